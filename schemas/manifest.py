@@ -1,0 +1,179 @@
+"""Dataset versions: version ids, the manifest written last, and how readers find data.
+
+Layout: `<root>/<version_id>/<table>/part-*.parquet` + `<root>/<version_id>/manifest.json`.
+A version without a manifest does not exist for readers; the manifest is written
+atomically after every file it lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from schemas import storage
+from schemas.records import TABLES
+
+PACKAGE_VERSION = "0.1.0"
+MANIFEST = "manifest.json"
+
+# Per-stage logic versions: bump a stage's constant when its output changes for the same
+# inputs and config. Docs and refactors leave data valid.
+STAGE_LOGIC = {
+    "corpus": 1,
+    "ingest": 1,
+    "synth": 1,
+    "shard": 1,
+    "train": 1,
+    "mine": 1,
+    "eval": 1,
+    "report": 1,
+    "backfill": 1,
+}
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def logic_version(stage: str) -> str:
+    return f"{PACKAGE_VERSION}+{stage}.{STAGE_LOGIC[stage]}"
+
+
+def version_id(stage: str, inputs: list[str], config: dict) -> str:
+    """Hash of (input version ids or raw listing digest, stage config, stage logic)."""
+    payload = canonical_json(
+        {"stage": stage, "inputs": inputs, "config": config, "logic": logic_version(stage)}
+    )
+    return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def listing_digest(entries: list[storage.FileEntry]) -> str:
+    """A raw prefix's identity: every file's uri, size and mtime/generation."""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(f"{e.uri}\0{e.size}\0{e.mtime_ns}\n".encode())
+    return f"raw-{h.hexdigest()[:16]}"
+
+
+@dataclasses.dataclass
+class FileRecord:
+    path: str  # relative to the version folder
+    rows: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Manifest:
+    stage: str
+    version: str
+    tables: dict[str, list[FileRecord]]
+    counts: dict[str, int]
+    config: dict
+    lineage: dict
+    created_at: str = ""
+    logic_version: str = ""
+
+    def to_json(self) -> str:
+        body = dataclasses.asdict(self)
+        return json.dumps(body, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        raw["tables"] = {k: [FileRecord(**f) for f in v] for k, v in raw["tables"].items()}
+        return cls(**raw)
+
+    def files(self, version_uri: str, table: str) -> list[str]:
+        return [storage.join(version_uri, f.path) for f in self.tables.get(table, [])]
+
+    def rows(self, table: str) -> int:
+        return sum(f.rows for f in self.tables.get(table, []))
+
+
+def version_uri(root: str, version: str) -> str:
+    return storage.join(root, version)
+
+
+def read_manifest(version_dir: str) -> Manifest | None:
+    uri = storage.join(version_dir, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    return Manifest.from_json(storage.read_bytes(uri).decode())
+
+
+def resolve_input(uri: str) -> tuple[str, Manifest]:
+    """A version folder as is, or a root's newest complete version (by manifest time)."""
+    direct = read_manifest(uri)
+    if direct is not None:
+        return uri, direct
+    found = []
+    for d in storage.list_dirs(uri):
+        m = read_manifest(d)
+        if m is not None:
+            found.append((m.created_at, d, m))
+    if not found:
+        raise FileNotFoundError(f"no complete dataset version under {uri}")
+    _, d, m = max(found, key=lambda t: (t[0], t[1]))
+    return d, m
+
+
+def read_table(version_dir: str, manifest: Manifest, table: str,
+               columns: list[str] | None = None) -> pa.Table:
+    """Only the files the manifest lists: stray parts of a killed run are invisible."""
+    return storage.read_parquet(manifest.files(version_dir, table), columns=columns,
+                                schema=TABLES.get(table))
+
+
+class VersionWriter:
+    """Writes part files of one version and, last, its manifest."""
+
+    def __init__(self, root: str, stage: str, version: str):
+        self.root, self.stage, self.version = root, stage, version
+        self.dir = version_uri(root, version)
+
+    def existing(self) -> Manifest | None:
+        return read_manifest(self.dir)
+
+    def part_uri(self, table: str, name: str) -> str:
+        return storage.join(self.dir, table, f"{name}.parquet")
+
+    def write_part(self, table: str, name: str, data: pa.Table) -> FileRecord:
+        return write_part(self.dir, table, name, data)
+
+    def commit(self, tables: dict[str, list[FileRecord]], counts: dict[str, int],
+               config: dict, lineage: dict) -> Manifest:
+        manifest = Manifest(
+            stage=self.stage,
+            version=self.version,
+            tables={k: sorted(v, key=lambda f: f.path) for k, v in tables.items()},
+            counts=counts,
+            config=config,
+            lineage=lineage,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            logic_version=logic_version(self.stage),
+        )
+        storage.write_atomic(storage.join(self.dir, MANIFEST), manifest.to_json().encode())
+        return manifest
+
+
+def write_part(version_dir: str, table: str, name: str, data: pa.Table) -> FileRecord:
+    """One Parquet part; the name is deterministic per input chunk, so a retry overwrites."""
+    schema = TABLES.get(table)
+    if schema is not None and not data.schema.equals(schema):
+        data = data.cast(schema)
+    sink = pa.BufferOutputStream()
+    import pyarrow.parquet as pq
+
+    pq.write_table(data, sink, compression="zstd")
+    body = sink.getvalue().to_pybytes()
+    rel = f"{table}/{name}.parquet"
+    storage.write_atomic(storage.join(version_dir, rel), body)
+    return FileRecord(path=rel, rows=data.num_rows, sha256=hashlib.sha256(body).hexdigest())

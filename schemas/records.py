@@ -1,0 +1,191 @@
+"""Arrow schemas: the single source of truth for every record loom writes.
+
+Every table loom produces is one of these schemas; Beam rows, shard columns and
+validation derive from them. Parts of an Example are an ordered, interleaved list;
+a part carries its decoded payload (tokens, pixels or features) so later stages
+never decode again.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pyarrow as pa
+
+
+class Modality(str, enum.Enum):
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+    PAGE = "page"  # a rendered document page (image + its text layer)
+    INTERLEAVED = "interleaved"
+
+
+class Split(str, enum.Enum):
+    TRAIN = "train"
+    HELDOUT = "heldout"
+
+
+class Reason(str, enum.Enum):
+    """Reason codes of Rejected rows; a code is stable, the message is free text."""
+
+    EMPTY = "empty"
+    UNREADABLE = "unreadable"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    DECODE_ERROR = "decode_error"
+    TRUNCATED = "truncated"
+    TOO_LARGE = "too_large"
+    TOO_LONG = "too_long"
+    ENCRYPTED = "encrypted"
+    MISSING_REFERENCE = "missing_reference"
+    FORBIDDEN_REFERENCE = "forbidden_reference"
+    BAD_RECORD = "bad_record"
+    LLM_BLOCKED = "llm_blocked"
+    LLM_ERROR = "llm_error"
+    LLM_BAD_RESPONSE = "llm_bad_response"
+    NO_POSITIVE = "no_positive"
+
+
+# One part of an interleaved Example. Unused payload fields are null.
+PART = pa.struct(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # a Modality value (not interleaved)
+        pa.field("text", pa.string()),
+        pa.field("tokens", pa.list_(pa.int32())),
+        pa.field("pixels", pa.binary()),  # uint8, row-major (frames, height, width, 3)
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("frames", pa.int32()),
+        pa.field("features", pa.list_(pa.float32())),  # e.g. log-mel, row-major (frames, bins)
+        pa.field("feature_bins", pa.int32()),
+        pa.field("source_uri", pa.string()),
+        pa.field("mime", pa.string()),
+    ]
+)
+
+EXAMPLE = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # sha256 of the asset's bytes
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("parts", pa.list_(PART), nullable=False),
+        pa.field("source_uris", pa.list_(pa.string()), nullable=False),
+        pa.field("mime", pa.string()),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("metadata", pa.string()),  # JSON object
+    ]
+)
+
+REJECTED = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # a Reason value
+        pa.field("message", pa.string()),
+        pa.field("record_id", pa.string()),  # the example/record the failure belongs to
+    ]
+)
+
+# A listed file that is a byte-for-byte copy of an accepted one.
+DUPLICATE = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("duplicate_of", pa.string(), nullable=False),  # the accepted Example id
+    ]
+)
+
+PAIR = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("task", pa.string()),  # task description written by the LLM
+        pa.field("kind", pa.string(), nullable=False),  # query kind (prompt name)
+        pa.field("query_text", pa.string(), nullable=False),
+        pa.field("query_modality", pa.string(), nullable=False),
+        pa.field("positive_id", pa.string(), nullable=False),
+        pa.field("positive_modality", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("backend", pa.string(), nullable=False),
+        pa.field("generation_config", pa.string()),  # JSON
+        pa.field("seed", pa.int64()),
+    ]
+)
+
+NEGATIVE = pa.struct(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("modality", pa.string()),
+        pa.field("rank", pa.int32()),
+    ]
+)
+
+# Output of mining: a Pair plus its hard negatives (ids only; shard joins content).
+TRIPLE = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("query_text", pa.string(), nullable=False),
+        pa.field("query_modality", pa.string(), nullable=False),
+        pa.field("positive_id", pa.string(), nullable=False),
+        pa.field("positive_modality", pa.string(), nullable=False),
+        pa.field("positive_score", pa.float32()),
+        pa.field("negatives", pa.list_(NEGATIVE), nullable=False),
+        pa.field("checkpoint", pa.string(), nullable=False),
+        pa.field("mining_config", pa.string()),  # JSON
+    ]
+)
+
+# One side of a training example, self-contained: the trainer never joins.
+ITEM = pa.struct(
+    [
+        pa.field("id", pa.string()),
+        pa.field("modality", pa.string()),
+        pa.field("tokens", pa.list_(pa.int32())),
+        pa.field("pixels", pa.binary()),  # uint8 (frames, size, size, 3); size from the spec
+        pa.field("frames", pa.int32()),
+    ]
+)
+
+TRAINING_ROW = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("query", ITEM, nullable=False),
+        pa.field("positive", ITEM, nullable=False),
+        pa.field("negatives", pa.list_(ITEM), nullable=False),  # empty for pft
+    ]
+)
+
+EMBEDDING = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string()),
+        pa.field("modality", pa.string()),
+        pa.field("checkpoint", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+# table name -> schema, as laid out under <root>/<version>/<table>/
+TABLES: dict[str, pa.Schema] = {
+    "examples": EXAMPLE,
+    "rejected": REJECTED,
+    "duplicates": DUPLICATE,
+    "pairs": PAIR,
+    "triples": TRIPLE,
+    "shards": TRAINING_ROW,
+    "embeddings": EMBEDDING,
+}
+
+
+def empty_part(kind: str) -> dict:
+    """A part dict with every payload field null, to be filled by a decoder."""
+    return {name: None for name in PART.names} | {"kind": kind}
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table that conforms to `schema` exactly (missing keys are null)."""
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,157 @@
+"""One storage interface for local folders and gs:// buckets (pyarrow.fs underneath).
+
+`STORAGE_EMULATOR_HOST` (the variable google-cloud-storage reads) points gs:// at an
+emulator, as in tests; otherwise GCS uses Application Default Credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import posixpath
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    uri: str
+    size: int
+    mtime_ns: int
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith("gs://")
+
+
+@functools.lru_cache(maxsize=8)
+def _gcs(emulator: str | None) -> pafs.FileSystem:
+    if emulator:
+        parsed = urlparse(emulator if "://" in emulator else f"http://{emulator}")
+        return pafs.GcsFileSystem(
+            anonymous=True,
+            endpoint_override=parsed.netloc,
+            scheme=parsed.scheme or "http",
+            retry_time_limit=__import__("datetime").timedelta(seconds=10),
+        )
+    return pafs.GcsFileSystem()
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, file:// or gs:// URI."""
+    if uri.startswith("gs://"):
+        return _gcs(os.environ.get("STORAGE_EMULATOR_HOST")), uri[len("gs://") :]
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise ValueError(f"unsupported storage scheme in {uri!r} (use a local path or gs://)")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def _uri(template: str, path: str) -> str:
+    return f"gs://{path}" if is_remote(template) else path
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(prefix: str, suffix: str = "") -> list[FileEntry]:
+    """Every file under a prefix, sorted by URI (deterministic listings make version ids)."""
+    fs, path = resolve(prefix)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    out = [
+        FileEntry(_uri(prefix, i.path), int(i.size or 0), int(i.mtime_ns or 0))
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(suffix)
+    ]
+    return sorted(out, key=lambda e: e.uri)
+
+
+def list_dirs(prefix: str) -> list[str]:
+    fs, path = resolve(prefix)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(_uri(prefix, i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_bytes(uri: str, limit: int | None = None) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read(limit) if limit is not None else f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def write_atomic(uri: str, data: bytes) -> None:
+    """Readers see the old object or the whole new one, never a part.
+
+    Local: temp file + rename. GCS: a single-object upload only becomes visible
+    when complete, which is the object store's equivalent.
+    """
+    if is_remote(uri):
+        write_bytes(uri, data)
+        return
+    path = resolve(uri)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file, atomically for local paths."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_atomic(uri, sink.getvalue().to_pybytes())
+
+
+def read_parquet(uris: list[str], columns: list[str] | None = None,
+                 schema: pa.Schema | None = None) -> pa.Table:
+    tables = []
+    for uri in uris:
+        fs, path = resolve(uri)
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+    if not tables:
+        if schema is None:
+            raise ValueError("no files to read and no schema given")
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    return pa.concat_tables(tables, promote_options="default")
