@@ -1,0 +1,157 @@
+"""`loom ...`: every stage as a command; the last stdout line is one JSON object.
+
+Exit codes: 0 success, 1 failure, 2 bad input or config (one-line reason), 3 stopped by
+a budget (resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from pipelines.runner import Engine
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="loom: multimodal embedding training data on Beam and Ray.")
+
+Opt = typer.Option
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _run(fn, *args, **kwargs) -> None:
+    from pipelines.common import BadInput
+
+    try:
+        _emit(fn(*args, **kwargs))
+    except (BadInput, FileNotFoundError, ValueError) as e:
+        typer.echo(f"loom: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that maps failures to 1
+        if os.environ.get("LOOM_DEBUG"):
+            traceback.print_exc()
+        typer.echo(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")],
+           images: int = 200, texts: int = 200, seed: int = 0) -> None:
+    """Generate the offline demo corpus (scenes as images and texts, plus bad files)."""
+    from jobs.demo import make_corpus
+
+    _run(make_corpus, output, images, texts, seed)
+
+
+@app.command()
+def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
+           output: Annotated[str, Opt(help="dataset root")],
+           engine: Engine = Engine.BEAM, image_size: int = 48) -> None:
+    """Decode and tokenize every file under a prefix into Examples + Rejected."""
+    from pipelines.ingest import run_ingest
+    from schemas.spec import PreprocessingSpec
+
+    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine)
+
+
+@app.command()
+def synth(examples: Annotated[str, Opt(help="examples root or version")],
+          output: Annotated[str, Opt(help="pairs root")],
+          llm: Annotated[str, Opt(help="offline|gemini|vertex")] = "offline",
+          model: str = "gemini-2.5-flash",
+          base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
+          engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2) -> None:
+    """Write synthetic query/positive pairs with an LLM (responses cached)."""
+    from pipelines.synth import run_synth
+    from synth.client import LLMConfig
+
+    def go():
+        cfg = LLMConfig(backend=llm, model=model, base_url=base_url)
+        return run_synth(examples, output, cfg, engine, heldout_fraction)
+
+    _run(go)
+
+
+@app.command()
+def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
+          output: Annotated[str, Opt(help="shards root")],
+          rows_per_shard: int = 512, seed: int = 0, engine: Engine = Engine.BEAM) -> None:
+    """Shuffle and pack train-split pairs/triples into fixed-size Parquet shards."""
+    from pipelines.shard import run_shard
+
+    _run(run_shard, input, output, rows_per_shard, seed, engine)
+
+
+@app.command()
+def train(shards: Annotated[str, Opt(help="shards root or version")],
+          output: Annotated[str, Opt(help="checkpoint root")],
+          stage: Annotated[str, Opt(help="pft|ft")] = "pft",
+          init: Annotated[str | None, Opt(help="checkpoint id to start from")] = None,
+          init_root: Annotated[str | None, Opt(help="root of --init (default: --output)")] = None,
+          workers: int = 1, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
+          resume: bool = False) -> None:
+    """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
+    from pipelines.train import TrainConfig, TrainStage, run_train
+
+    def go():
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+        return run_train(shards, output, TrainStage(stage), cfg, init, init_root, workers, resume)
+
+    _run(go)
+
+
+@app.command()
+def mine(pairs: Annotated[str, Opt(help="pairs root or version")],
+         output: Annotated[str, Opt(help="triples root")],
+         checkpoint: Annotated[str, Opt(help="checkpoint id, run, or latest")] = "latest",
+         checkpoint_root: Annotated[str, Opt(help="checkpoint root")] = "checkpoints",
+         corpus: Annotated[str | None, Opt(help="examples (default: the pairs' corpus)")] = None,
+         negatives: int = 3) -> None:
+    """Mine modality-aware hard negatives with an encoder checkpoint."""
+    from pipelines.mine import run_mine
+    from transforms.mining import MiningConfig
+
+    _run(lambda: run_mine(pairs, output, checkpoint, checkpoint_root,
+                          MiningConfig(negatives=negatives), corpus))
+
+
+@app.command("eval")
+def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out split)")],
+             output: Annotated[str, Opt(help="eval root")],
+             checkpoint: str = "latest", checkpoint_root: str = "checkpoints",
+             ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None) -> None:
+    """Held-out retrieval R@1/R@5 beside random, untrained and lexical baselines."""
+    from pipelines.evaluate import run_eval
+
+    _run(run_eval, pairs, checkpoint, checkpoint_root, output, ground_truth)
+
+
+@app.command()
+def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
+         images: int = 700, texts: int = 700, pft_epochs: int = 12, ft_epochs: int = 4,
+         engine: Engine = Engine.BEAM) -> None:
+    """Run the whole chain end to end on a generated corpus (embedded defaults)."""
+    from jobs.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(images=images, texts=texts, pft_epochs=pft_epochs, ft_epochs=ft_epochs,
+                     engine=engine)
+    _run(run_demo, workdir, cfg, lambda m: typer.echo(m, err=True))
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The multimodal encoder: one bidirectional transformer over an interleaved sequence.
+
+Text token embeddings and image patch projections (frames are images) get modality
+and position embeddings, share one transformer, are mean-pooled over valid positions
+and projected to the largest Matryoshka size. Sizes are config: tiny in tests, small
+in the demo, large on a GPU cluster.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+TEXT, IMAGE = 0, 1
+
+
+class EncoderConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: int = 2000
+    max_text_tokens: int = 64
+    image_size: int = 48
+    patch_size: int = 8
+    max_frames: int = 1
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.0
+    embed_dims: tuple[int, ...] = Field((32, 64, 128))
+
+    @property
+    def out_dim(self) -> int:
+        return max(self.embed_dims)
+
+    @property
+    def patches_per_frame(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+
+class MultimodalEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.token_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.text_pos = nn.Embedding(cfg.max_text_tokens, d)
+        self.patch_proj = nn.Linear(cfg.patch_dim, d)
+        self.patch_pos = nn.Embedding(cfg.patches_per_frame * cfg.max_frames, d)
+        self.modality = nn.Embedding(2, d)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.heads, d * cfg.ff_mult, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, cfg.out_dim)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                patches: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """tokens [B,T] int, token_mask [B,T] bool, patches [B,P,patch_dim], patch_mask [B,P].
+
+        Returns unnormalized embeddings [B, out_dim]; callers normalize per Matryoshka size.
+        """
+        seqs, masks = [], []
+        if tokens.shape[1] > 0:
+            pos = torch.arange(tokens.shape[1], device=tokens.device)
+            seqs.append(self.token_emb(tokens) + self.text_pos(pos) + self.modality.weight[TEXT])
+            masks.append(token_mask)
+        if patches.shape[1] > 0:
+            pos = torch.arange(patches.shape[1], device=patches.device)
+            seqs.append(self.patch_proj(patches) + self.patch_pos(pos) + self.modality.weight[IMAGE])
+            masks.append(patch_mask)
+        x = torch.cat(seqs, dim=1)
+        mask = torch.cat(masks, dim=1)
+        # A row with no valid position at all (should not happen) attends to itself only.
+        empty = ~mask.any(dim=1)
+        if empty.any():
+            mask = mask.clone()
+            mask[empty, 0] = True
+        x = self.transformer(x, src_key_padding_mask=~mask)
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.proj(pooled)
+
+
+def matryoshka(emb: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` coordinates, L2-normalized: a nested embedding size."""
+    return F.normalize(emb[:, :dim], dim=-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

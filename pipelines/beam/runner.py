@@ -1,0 +1,57 @@
+"""Beam adapter: any stage as a ParDo over work items (DirectRunner here, Dataflow there)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.runner import StageTask, dumps
+from schemas import storage
+
+
+class _StageDoFn(beam.DoFn):
+    """One stage per worker, built in `setup`; each element is one work item."""
+
+    def __init__(self, task: StageTask):
+        self.task = task
+        self.stage = None
+
+    def setup(self):
+        self.stage = self.task.open()
+
+    def process(self, item_json: str):
+        yield dumps(self.task.run(self.stage, json.loads(item_json)))
+
+    def teardown(self):
+        if self.stage is not None:
+            self.stage.teardown()
+
+
+def _write_results(results: list[str], uri: str) -> None:
+    storage.write_atomic(uri, json.dumps(sorted(results)).encode())
+
+
+def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None = None,
+             workers: int = 2) -> list[dict]:
+    """Runs the items; results come back through one small JSON object next to the data."""
+    args = pipeline_args or [
+        "--runner=DirectRunner",
+        f"--direct_num_workers={workers}",
+        "--direct_running_mode=multi_threading",
+    ]
+    results_uri = storage.join(task.version_dir, "_work", f"beam-{uuid.uuid4().hex}.json")
+    with beam.Pipeline(options=PipelineOptions(args)) as p:
+        (
+            p
+            | "Items" >> beam.Create([dumps(i) for i in items])
+            | "Spread" >> beam.Reshuffle()
+            | "Stage" >> beam.ParDo(_StageDoFn(task))
+            | "Collect" >> beam.combiners.ToList()
+            | "Results" >> beam.Map(_write_results, results_uri)
+        )
+    out = [json.loads(r) for r in json.loads(storage.read_bytes(results_uri))]
+    storage.delete(results_uri)
+    return out

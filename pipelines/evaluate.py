@@ -1,0 +1,146 @@
+"""Eval: held-out retrieval per modality pair, beside baselines that keep it honest.
+
+For each `query->target` pair: R@1 and R@5 of the checkpoint, the expected R@k of a
+random ranking, the same architecture untrained (same seed), and for text->text a BM25
+baseline. The gallery is every held-out asset of the target modality. Relevance is the
+exact positive, or with a ground-truth file, any gallery asset of the same scene key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import torch
+from rank_bm25 import BM25Okapi
+
+from models.checkpoint import load_checkpoint, resolve
+from models.embed import embed_items
+from models.encoder import MultimodalEncoder
+from pipelines.common import BadInput, result, reuse, timed
+from schemas import manifest as mf
+from schemas import storage
+from schemas.records import Split
+from schemas.splits import split_for
+from transforms.items import example_to_item, text_to_item
+from transforms.tokenizer import TextTokenizer
+
+KS = (1, 5)
+
+
+def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
+    """scores [Q, N]; a hit at k if any relevant gallery index is in the top k."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        top = order[:, :k]
+        out[f"r@{k}"] = float(np.mean([bool(rel & set(row)) for row, rel in
+                                       zip(top.tolist(), relevant, strict=True)]))
+    return out
+
+
+def random_recall(n: int, relevant: list[set[int]], ks=KS) -> dict[str, float]:
+    """Expected recall@k of a uniformly random ranking (exact, not sampled)."""
+    out = {}
+    for k in ks:
+        k = min(k, n)
+        vals = [1 - math.comb(n - len(r), k) / math.comb(n, k) for r in relevant]
+        out[f"r@{k}"] = float(np.mean(vals))
+    return out
+
+
+def load_ground_truth(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    lines = storage.read_bytes(path).decode().splitlines()
+    return {(rec := json.loads(line))["file"]: rec["key"] for line in lines if line.strip()}
+
+
+def _key_of(example: dict, truth: dict[str, str]) -> str:
+    for uri in example["source_uris"]:
+        parts = uri.replace("\\", "/").split("/")
+        for n in range(1, len(parts) + 1):
+            key = truth.get("/".join(parts[-n:]))
+            if key:
+                return key
+    return f"id:{example['id']}"
+
+
+def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
+             ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000) -> dict:
+    pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
+    if "pairs" not in pairs_manifest.tables:
+        raise BadInput(f"{pairs_dir} is not a pairs dataset")
+    ckpt_id = resolve(checkpoint_root, checkpoint)
+    ex_dir, ex_manifest = mf.resolve_input(pairs_manifest.lineage["examples"])
+    truth_digest = mf.listing_digest(storage.list_files(ground_truth)) if ground_truth else ""
+    cfg = {"seed": seed, "max_queries": max_queries, "ground_truth": truth_digest}
+    version = mf.version_id("eval", [pairs_manifest.version, ckpt_id], cfg)
+    writer = mf.VersionWriter(output_root, "eval", version)
+    if (done := reuse(writer, "eval", checkpoint=ckpt_id)) is not None:
+        return done
+    timings: dict[str, float] = {}
+    ckpt = load_checkpoint(checkpoint_root, ckpt_id)
+    torch.manual_seed(seed)
+    untrained = MultimodalEncoder(ckpt.encoder_config)
+    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
+    truth = load_ground_truth(ground_truth)
+    pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
+             if p["split"] == Split.HELDOUT.value]
+    examples = [e for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
+                if split_for(e["id"], heldout_fraction) == Split.HELDOUT]
+    table: dict[str, dict] = {}
+    rows = []
+    with timed(timings, "eval_s"):
+        for target in sorted({p["positive_modality"] for p in pairs}):
+            gallery = [e for e in examples if e["modality"] == target]
+            index = {e["id"]: i for i, e in enumerate(gallery)}
+            qs = [p for p in pairs if p["positive_modality"] == target and p["positive_id"] in index]
+            qs = sorted(qs, key=lambda p: p["pair_id"])[:max_queries]
+            if not qs or not gallery:
+                continue
+            keys = [_key_of(e, truth) for e in gallery]
+            by_key: dict[str, set[int]] = {}
+            for i, k in enumerate(keys):
+                by_key.setdefault(k, set()).add(i)
+            relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
+                        for p in qs]
+            g_items = [example_to_item(e) for e in gallery]
+            q_items = [text_to_item(p["pair_id"], p["query_text"], tokenizer,
+                                    ckpt.spec.max_text_tokens) for p in qs]
+            name = f"{qs[0]['query_modality']}->{target}"
+            trained = embed_items(ckpt.model, q_items) @ embed_items(ckpt.model, g_items).T
+            base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
+            entry = recall_at(trained, relevant)
+            entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
+            entry |= {f"untrained_{k}": v for k, v in recall_at(base, relevant).items()}
+            if target == "text":
+                entry |= {f"lexical_{k}": v for k, v in
+                          recall_at(_bm25(qs, gallery, tokenizer), relevant).items()}
+            entry |= {"queries": len(qs), "gallery": len(gallery)}
+            table[name] = entry
+            rows.append({"pair": name, **{k: float(v) for k, v in entry.items()}})
+    if not table:
+        raise BadInput("no held-out queries with a held-out positive to evaluate")
+    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
+    counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
+    lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
+               "ground_truth": ground_truth, "timings": timings,
+               "extra": {"eval": table}}
+    manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
+    return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
+                  timings=timings)
+
+
+def _text_of(example: dict) -> str:
+    return " ".join(p.get("text") or "" for p in example["parts"])
+
+
+def _bm25(qs: list[dict], gallery: list[dict], tokenizer: TextTokenizer) -> np.ndarray:
+    """BM25 over lowercased word tokens: the lexical baseline for text->text."""
+    docs = [_text_of(e).lower().split() for e in gallery]
+    bm25 = BM25Okapi(docs)
+    return np.stack([bm25.get_scores(p["query_text"].lower().split()) for p in qs])

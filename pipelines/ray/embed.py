@@ -1,0 +1,44 @@
+"""Batch inference on Ray Data: one encoder per actor, GPU when the cluster has one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from ray.data import ActorPoolStrategy
+
+from models.checkpoint import load_checkpoint
+from models.embed import embed_items
+from pipelines.ray.session import ensure_ray
+
+
+class EmbedActor:
+    """Loads the checkpoint once (in __init__), then embeds batches of ITEM rows."""
+
+    def __init__(self, root: str, ckpt_id: str, dim: int | None = None):
+        torch.set_num_threads(1)
+        self.model = load_checkpoint(root, ckpt_id).model
+        self.dim = dim
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        items = batch.column("item").to_pylist()
+        vecs = embed_items(self.model, items, self.dim)
+        return {"id": np.array([it["id"] for it in items], dtype=object),
+                "vector": vecs}
+
+
+def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = None,
+                 actors: int = 1, batch_size: int = 256) -> tuple[list[str], np.ndarray]:
+    """Ids and vectors in input order."""
+    ensure_ray()
+    if not items:
+        return [], np.zeros((0, dim or 1), dtype=np.float32)
+    ds = ray.data.from_arrow(pa.table({"item": items}))
+    ds = ds.map_batches(EmbedActor, fn_constructor_args=(root, ckpt_id, dim),
+                        batch_size=batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
+    rows = ds.take_all()
+    by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+    ids = [it["id"] for it in items]
+    return ids, np.stack([by_id[i] for i in ids])

@@ -1,0 +1,123 @@
+"""The contrastive training loop on Ray Train's TorchTrainer, fed by Ray Data streaming."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from models.collate import collate_items
+from models.encoder import EncoderConfig, MultimodalEncoder
+from models.losses import matryoshka_info_nce, same_asset_mask
+from pipelines.ray.session import ensure_ray
+from schemas import storage
+from schemas.spec import PreprocessingSpec
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warmup, then cosine decay to 10% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _loop(config: dict) -> None:
+    tc = config["train"]
+    enc = EncoderConfig.model_validate(config["encoder"])
+    spec = PreprocessingSpec.model_validate(config["spec"])
+    torch.manual_seed(tc["seed"])
+    torch.set_num_threads(config["threads"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    model = MultimodalEncoder(enc)
+    start_step = 0
+    if config.get("resume_from"):
+        loaded = load_checkpoint(config["root"], config["resume_from"], with_optimizer=True)
+        model.load_state_dict(loaded.model.state_dict())
+        start_step = loaded.state["step"]
+    elif config.get("init"):
+        init_root, init_id = config["init"]
+        model.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    if config.get("resume_from") and loaded.state.get("optimizer"):
+        opt.load_state_dict(loaded.state["optimizer"])
+    total = config["total_steps"]
+    dims = tuple(enc.embed_dims)
+    shard = ray.train.get_dataset_shard("train")
+    step, metrics, seen = 0, [], 0
+    base_model = model.module if hasattr(model, "module") else model
+    t0 = time.perf_counter()
+    for epoch in range(tc["epochs"]):
+        for batch in shard.iter_batches(batch_size=tc["batch_size"], batch_format="pyarrow",
+                                        drop_last=True):
+            if step < start_step:  # resume: skip to the saved data position
+                step += 1
+                continue
+            rows = batch.to_pylist() if isinstance(batch, pa.Table) else batch
+            queries = [r["query"] for r in rows]
+            docs = [r["positive"] for r in rows]
+            docs += [n for r in rows for n in (r["negatives"] or [])[: tc["max_negatives"]]]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
+            q_emb = model(**collate_items(queries, enc))
+            d_emb = model(**collate_items(docs, enc))
+            same = same_asset_mask([r["positive"]["id"] for r in rows], [d["id"] for d in docs])
+            terms = matryoshka_info_nce(q_emb, d_emb, same, tc["temperature"], dims)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            seen += len(rows)
+            row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                   "temperature": tc["temperature"], "negatives": len(docs) - len(rows),
+                   "samples_per_s": seen / (time.perf_counter() - t0)}
+            row |= {k: float(v.detach()) for k, v in terms.items()}
+            metrics.append(row)
+            if rank == 0 and step % tc["checkpoint_every"] == 0:
+                save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc,
+                                tc, {"epoch": epoch, "step": step})
+            if step % tc["report_every"] == 0:
+                ray.train.report({"step": step, "loss": row["loss"]})
+    if rank == 0:
+        save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc, tc,
+                        {"epoch": tc["epochs"], "step": step}, extra_state={"complete": True})
+        storage.write_parquet(pa.Table.from_pylist(metrics),
+                              storage.join(config["root"], config["run"], "metrics.parquet"))
+    ray.train.report({"step": step, "done": True})
+
+
+def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures: int = 1):
+    ensure_ray()
+    root = loop_config["root"]
+    storage_path = (os.path.join(root, "_ray") if not storage.is_remote(root)
+                    else tempfile.mkdtemp(prefix="loom-train-"))
+    loop_config["threads"] = max(1, (os.cpu_count() or 2) // workers)
+    trainer = TorchTrainer(
+        _loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available(),
+                                     resources_per_worker={"CPU": 1}),
+        datasets={"train": dataset},
+        run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config["run"],
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()
+
+
+def latest_of_run(root: str, run: str) -> str | None:
+    try:
+        return resolve(root, run)
+    except FileNotFoundError:
+        return None

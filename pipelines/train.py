@@ -1,0 +1,115 @@
+"""Train: shards -> a checkpoint run (`pft` on pairs, `ft` with hard negatives)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+
+from pydantic import BaseModel, ConfigDict
+
+from models.checkpoint import load_checkpoint, resolve
+from models.encoder import EncoderConfig
+from pipelines.common import BadInput, timed
+from schemas import manifest as mf
+from schemas import storage
+
+
+class TrainStage(str, enum.Enum):
+    PFT = "pft"
+    FT = "ft"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    temperature: float = 0.05
+    max_negatives: int = 3
+    checkpoint_every: int = 100
+    report_every: int = 10
+    seed: int = 0
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    embed_dims: tuple[int, ...] = (32, 64, 128)
+
+
+def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
+    return EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
+                         image_size=spec.image_size, patch_size=spec.patch_size,
+                         dim=tc.dim, layers=tc.layers, heads=tc.heads, embed_dims=tc.embed_dims)
+
+
+def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: TrainConfig,
+              init: str | None = None, init_root: str | None = None, workers: int = 1,
+              resume: bool = False) -> dict:
+    from pipelines.ray.train import fit, latest_of_run
+    from pipelines.shard import spec_of
+
+    sh_dir, sh_manifest = mf.resolve_input(shards_uri)
+    if "shards" not in sh_manifest.tables:
+        raise BadInput(f"{sh_dir} is not a shards dataset")
+    init_ref = None
+    if init:
+        init_root = init_root or output_root
+        init_ref = (init_root, resolve(init_root, init))
+    spec = spec_of(sh_manifest)
+    if init_ref:  # a stage started from weights applies those weights' spec
+        spec = load_checkpoint(*init_ref).spec
+    enc = encoder_for(spec, config)
+    run_hash = mf.version_id("train", [sh_manifest.version, init_ref[1] if init_ref else ""],
+                             config.model_dump() | {"workers": workers, "stage": stage.value})
+    run = run_hash.replace("train-", f"{stage.value}-", 1)
+    out = {"stage": "train", "train_stage": stage.value, "version": run}
+    latest = latest_of_run(output_root, run)
+    if latest:
+        done = load_checkpoint(output_root, latest)
+        if done.state.get("complete"):
+            return out | _result(output_root, run, latest, sh_manifest, reused=True)
+    rows = sh_manifest.counts["rows"]
+    steps_per_epoch = max(1, rows // workers // config.batch_size)
+    loop_config = {
+        "train": config.model_dump(),
+        "encoder": enc.model_dump(),
+        "spec": spec.model_dump(),
+        "root": output_root,
+        "run": run,
+        "init": list(init_ref) if init_ref else None,
+        "resume_from": latest if (resume and latest) else None,
+        "total_steps": steps_per_epoch * config.epochs,
+    }
+    import ray.data
+
+    from pipelines.ray.session import ensure_ray
+
+    ensure_ray()
+    files = sh_manifest.files(sh_dir, "shards")
+    timings: dict[str, float] = {}
+    with timed(timings, "train_s"):
+        dataset = ray.data.read_parquet(files, shuffle="files")
+        fit(dataset, loop_config, workers)
+    storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({
+        "shards": sh_dir, "shards_version": sh_manifest.version, "stage": stage.value,
+        "init": init_ref[1] if init_ref else None, "config": config.model_dump(),
+    }, default=str).encode())
+    ckpt = resolve(output_root, run)
+    return out | _result(output_root, run, ckpt, sh_manifest, reused=False) | {"timings": timings}
+
+
+def _result(root: str, run: str, ckpt: str, sh_manifest: mf.Manifest, reused: bool) -> dict:
+    state = json.loads(storage.read_bytes(storage.join(root, ckpt, "state.json")))
+    return {
+        "uri": storage.join(root, run),
+        "checkpoint": ckpt,
+        "checkpoint_root": root,
+        "datasets": {"checkpoint": storage.join(root, ckpt),
+                     "metrics": storage.join(root, run, "metrics.parquet")},
+        "counts": {"steps": state["step"], "rows": sh_manifest.counts["rows"],
+                   "epochs": math.ceil(state["data_position"].get("epoch", 0))},
+        "reused": reused,
+    }

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from jobs.corpus import generate_corpus
+from schemas import storage
+from schemas.spec import PreprocessingSpec
+from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from transforms.scenes import COLORS, COLS, ROWS, Scene
+
+
+def files(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_deterministic(tmp_path):
+    a = generate_corpus(str(tmp_path / "a"), 6, 5, seed=3)
+    b = generate_corpus(str(tmp_path / "b"), 6, 5, seed=3)
+    assert a == b == {"images": 6, "texts": 5, "bad": 5, "files": 16}
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    generate_corpus(str(tmp_path / "c"), 6, 5, seed=4)
+    assert files(tmp_path / "a") != files(tmp_path / "c")
+
+
+def test_ground_truth_matches_content(tmp_path):
+    generate_corpus(str(tmp_path), 12, 8, seed=1)
+    truth = [json.loads(x) for x in (tmp_path / "ground_truth.jsonl").read_text().splitlines()]
+    media = files(tmp_path / "media")
+    assert sorted(r["file"] for r in truth) == sorted(media)  # labels live outside media/
+    for r in truth:
+        data = media[r["file"]]
+        if r["key"] is None:
+            continue
+        scene = Scene(**r["scene"])
+        assert scene.key == r["key"]
+        if r["file"].startswith("texts/doc-0"):
+            words = data.decode()
+            assert all(w in words for w in (scene.size, scene.color, scene.shape))
+            continue
+        px = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+        near = np.abs(px - np.array(COLORS[scene.color])).max(axis=2) <= 20
+        ys, xs = np.nonzero(near)
+        assert len(ys) > 20, r
+        side = px.shape[0]
+        assert int(ys.mean() * 3 // side) == ROWS.index(scene.row), r
+        assert int(xs.mean() * 3 // side) == COLS.index(scene.col), r
+
+
+def test_ingest_over_corpus(tmp_path):
+    generate_corpus(str(tmp_path), 4, 3, seed=0)
+    hashes = [hash_file(e.uri) for e in storage.list_files(str(tmp_path / "media"))]
+    canonical, duplicates = pick_canonical(hashes)
+    assert len(duplicates) == 1 and len(canonical) == len(hashes) - 1
+    stage = IngestStage(IngestConfig(spec=PreprocessingSpec()))
+    out = stage.process_batch(pa.RecordBatch.from_pylist(
+        [{"uri": h["uri"], "id": h["id"]} for h in canonical], schema=IngestStage.input_schema))
+    assert out["examples"].num_rows == 4 + 3 + 1  # the mislabeled PNG is a good image
+    assert sorted(out["rejected"].column("reason").to_pylist()) == [
+        "empty", "truncated", "unsupported_type"]

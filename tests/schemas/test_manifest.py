@@ -1,0 +1,260 @@
+"""Version ids, listing digests, manifests written last, and how readers find data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from schemas import manifest as mf
+from schemas import storage
+from schemas.manifest import (
+    MANIFEST,
+    Manifest,
+    VersionWriter,
+    listing_digest,
+    read_table,
+    resolve_input,
+    version_id,
+)
+from schemas.records import REJECTED, Split, to_table
+from schemas.splits import split_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rejected(n: int, start: int = 0) -> pa.Table:
+    rows = [{"uri": f"gs://raw/{i}.bin", "stage": "ingest", "reason": "empty",
+             "message": None, "record_id": None} for i in range(start, start + n)]
+    return to_table(rows, REJECTED)
+
+
+def commit_version(root: str, version: str, parts: list[int]) -> Manifest:
+    w = VersionWriter(root, "ingest", version)
+    recs, start = [], 0
+    for i, n in enumerate(parts):
+        recs.append(w.write_part("rejected", f"part-{i:05d}", rejected(n, start)))
+        start += n
+    return w.commit({"rejected": recs}, {"rejected": start}, {"k": 1}, {"raw": "raw-x"})
+
+
+# --- version ids ---------------------------------------------------------------------
+
+def test_version_id_is_stable():
+    a = version_id("ingest", ["raw-1"], {"b": 2, "a": [1, 2]})
+    b = version_id("ingest", ["raw-1"], {"a": [1, 2], "b": 2})  # key order is irrelevant
+    assert a == b
+    assert a.startswith("ingest-") and len(a) == len("ingest-") + 16
+
+
+def test_version_id_is_stable_across_processes():
+    code = ("from schemas.manifest import version_id;"
+            "print(version_id('ingest', ['raw-1'], {'a': [1, 2], 'b': 2}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+                         capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out == version_id("ingest", ["raw-1"], {"b": 2, "a": [1, 2]})
+
+
+def test_version_id_changes_with_config_input_stage_and_logic(monkeypatch):
+    base = version_id("ingest", ["raw-1"], {"a": 1})
+    assert version_id("ingest", ["raw-1"], {"a": 2}) != base
+    assert version_id("ingest", ["raw-1"], {"a": 1, "b": None}) != base
+    assert version_id("ingest", ["raw-2"], {"a": 1}) != base
+    assert version_id("ingest", ["raw-1", "raw-2"], {"a": 1}) != base
+    assert version_id("synth", ["raw-1"], {"a": 1}).split("-")[1] != base.split("-")[1]
+    monkeypatch.setitem(mf.STAGE_LOGIC, "ingest", mf.STAGE_LOGIC["ingest"] + 1)
+    bumped = version_id("ingest", ["raw-1"], {"a": 1})
+    assert bumped != base
+    monkeypatch.undo()
+    assert version_id("ingest", ["raw-1"], {"a": 1}) == base
+
+
+def test_listing_digest_tracks_uri_size_and_mtime(tmp_path):
+    f = tmp_path / "raw" / "a.bin"
+    f.parent.mkdir()
+    f.write_bytes(b"abc")
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    d0 = listing_digest(storage.list_files(str(tmp_path / "raw")))
+    assert d0.startswith("raw-")
+    assert listing_digest(storage.list_files(str(tmp_path / "raw"))) == d0
+
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))  # touched: same bytes, new mtime
+    d1 = listing_digest(storage.list_files(str(tmp_path / "raw")))
+    assert d1 != d0
+
+    f.write_bytes(b"abcd")  # new size
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    d2 = listing_digest(storage.list_files(str(tmp_path / "raw")))
+    assert d2 not in (d0, d1)
+
+    (tmp_path / "raw" / "b.bin").write_bytes(b"")  # a new file
+    assert listing_digest(storage.list_files(str(tmp_path / "raw"))) != d2
+    assert listing_digest([]) == listing_digest([])
+
+
+def test_listing_digest_on_entries():
+    e = storage.FileEntry("gs://b/x", 3, 10)
+    assert listing_digest([e]) != listing_digest([storage.FileEntry("gs://b/x", 4, 10)])
+    assert listing_digest([e]) != listing_digest([storage.FileEntry("gs://b/x", 3, 11)])
+    assert listing_digest([e]) != listing_digest([storage.FileEntry("gs://b/y", 3, 10)])
+
+
+# --- manifests and resolution ----------------------------------------------------------
+
+def test_manifest_json_round_trip(tmp_path):
+    m = commit_version(str(tmp_path), "ingest-aaaa", [2, 3])
+    text = (tmp_path / "ingest-aaaa" / MANIFEST).read_text()
+    assert json.loads(text)["version"] == "ingest-aaaa"
+    again = Manifest.from_json(text)
+    assert again == m
+    assert again.rows("rejected") == 5 and again.rows("missing") == 0
+    assert again.logic_version == mf.logic_version("ingest")
+
+
+def test_commit_then_resolve_finds_newest_complete(tmp_path):
+    root = str(tmp_path / "root")
+    with pytest.raises(FileNotFoundError):
+        resolve_input(root)
+    commit_version(root, "ingest-zzzz", [1])
+    time.sleep(0.002)  # created_at has microsecond resolution
+    commit_version(root, "ingest-aaaa", [2, 3])  # newer, though it sorts first by name
+    d, m = resolve_input(root)
+    assert d == os.path.join(root, "ingest-aaaa")
+    assert m.version == "ingest-aaaa" and m.counts == {"rejected": 5}
+    assert read_table(d, m, "rejected").num_rows == 5
+
+    # A version folder given directly is taken as is, even when it is not the newest.
+    d2, m2 = resolve_input(os.path.join(root, "ingest-zzzz"))
+    assert m2.version == "ingest-zzzz" and read_table(d2, m2, "rejected").num_rows == 1
+
+
+def test_version_without_manifest_is_invisible(tmp_path):
+    root = str(tmp_path / "root")
+    commit_version(root, "ingest-old0", [4])
+    time.sleep(0.002)
+    # A newer version whose run died before its manifest: parts only.
+    w = VersionWriter(root, "ingest", "ingest-new0")
+    w.write_part("rejected", "part-00000", rejected(9))
+    d, m = resolve_input(root)
+    assert m.version == "ingest-old0"
+    assert w.existing() is None
+    with pytest.raises(FileNotFoundError):
+        resolve_input(str(tmp_path / "only-parts"))
+
+
+def test_read_table_reads_only_listed_files(tmp_path):
+    root = str(tmp_path / "root")
+    commit_version(root, "ingest-aaaa", [2, 3])
+    d, m = resolve_input(root)
+    # Stray parts (a killed earlier attempt's) beside the listed ones.
+    VersionWriter(root, "ingest", "ingest-aaaa").write_part("rejected", "part-99999",
+                                                            rejected(100))
+    assert len(storage.list_files(os.path.join(d, "rejected"), ".parquet")) == 3
+    t = read_table(d, m, "rejected")
+    assert t.num_rows == 5
+    assert t.column("uri").to_pylist() == [f"gs://raw/{i}.bin" for i in range(5)]
+    # A table the manifest does not have reads as empty with its schema.
+    assert read_table(d, m, "examples").num_rows == 0
+    assert read_table(d, m, "examples", columns=["id"]).column_names == ["id"]
+
+
+# --- a killed writer leaves nothing visible -----------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from schemas.manifest import VersionWriter
+    from schemas.records import REJECTED, to_table
+
+    root, version, nparts, hang = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    w = VersionWriter(root, "ingest", version)
+    recs, total = [], 0
+    for i in range(nparts):
+        rows = [{"uri": f"u{i}-{j}", "stage": "ingest", "reason": "empty"}
+                for j in range(10 + i)]
+        recs.append(w.write_part("rejected", f"part-{i:05d}", to_table(rows, REJECTED)))
+        total += len(rows)
+    if hang == "hang":
+        print("PARTS-WRITTEN", flush=True)
+        time.sleep(300)
+    w.commit({"rejected": recs}, {"rejected": total}, {}, {})
+    print("COMMITTED", total, flush=True)
+""")
+
+
+def _child(root: str, version: str, nparts: int, hang: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", CHILD, root, version, str(nparts), hang],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_killed_writer_leaves_no_version_and_rerun_commits(tmp_path):
+    root = str(tmp_path / "root")
+    version = "ingest-0123456789abcdef"
+
+    first = _child(root, version, 5, "hang")
+    try:
+        line = first.stdout.readline()  # blocks until the parts are written
+        assert line.strip() == "PARTS-WRITTEN", line
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        first.stdout.close()
+    assert first.returncode == -signal.SIGKILL
+    vdir = os.path.join(root, version)
+    assert len(storage.list_files(os.path.join(vdir, "rejected"), ".parquet")) == 5
+    assert not storage.exists(os.path.join(vdir, MANIFEST))
+    with pytest.raises(FileNotFoundError):
+        resolve_input(root)
+    with pytest.raises(FileNotFoundError):
+        resolve_input(vdir)  # the folder itself is not a version either
+
+    # The rerun writes the same version completely (its chunking gives 3 parts).
+    second = _child(root, version, 3, "no")
+    out, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, out
+    assert out.strip() == "COMMITTED 33"
+
+    d, m = resolve_input(root)
+    assert d == vdir and m.version == version
+    assert m.counts == {"rejected": 33} and m.rows("rejected") == 33
+    listed = [f.path for f in m.tables["rejected"]]
+    assert listed == [f"rejected/part-{i:05d}.parquet" for i in range(3)]
+    # Parts 3 and 4 of the killed run are still on disk but not listed, nor read.
+    assert len(storage.list_files(os.path.join(vdir, "rejected"), ".parquet")) == 5
+    t = read_table(d, m, "rejected")
+    assert t.num_rows == 33
+    assert not any(u.startswith(("u3-", "u4-")) for u in t.column("uri").to_pylist())
+    # No temp files are left behind by the atomic writes.
+    assert not [e for e in storage.list_files(root) if ".tmp-" in e.uri]
+
+
+# --- splits ------------------------------------------------------------------------------
+
+def test_split_for_is_deterministic_and_near_fraction():
+    ids = [f"id-{i}" for i in range(10_000)]
+    first = [split_for(i) for i in ids]
+    assert first == [split_for(i) for i in ids]
+    heldout = sum(s is Split.HELDOUT for s in first)
+    assert abs(heldout / len(ids) - 0.2) < 0.02
+    assert heldout == 1980  # pinned: the same on every engine and machine
+    for frac in (0.05, 0.5):
+        share = sum(split_for(i, frac) is Split.HELDOUT for i in ids) / len(ids)
+        assert abs(share - frac) < 0.02
+    assert all(split_for(i, 0.0) is Split.TRAIN for i in ids[:500])
+    assert all(split_for(i, 1.0) is Split.HELDOUT for i in ids[:500])
+    # Monotone in the fraction: raising it only moves ids into held-out.
+    assert all(split_for(i, 0.3) is Split.HELDOUT for i, s in zip(ids, first)
+               if s is Split.HELDOUT)
+    # The salt changes the assignment.
+    assert [split_for(i, salt="other") for i in ids[:200]] != first[:200]

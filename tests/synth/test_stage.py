@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+
+from schemas.records import PAIR, REJECTED
+from synth.client import LLMConfig
+from synth.stage import SynthConfig, SynthStage
+from tests.synth.conftest import batch_of, image_example, text_example
+from transforms import scenes
+
+
+def _batch(tmp_path, n=4):
+    rng = random.Random(11)
+    rows = []
+    for _ in range(n):
+        scene = scenes.random_scene(rng)
+        rows.append(image_example(tmp_path, scene, rng))
+        rows.append(text_example(scenes.describe(scene, rng)))
+    return rows
+
+
+def test_stage_pairs_and_cache(tmp_path, server_url):
+    cfg = SynthConfig(cache_uri=str(tmp_path / "cache"), base_url=server_url)
+    rows = _batch(tmp_path)
+    stage = SynthStage(cfg)
+    stage.setup()
+    out = stage.process_batch(batch_of(rows))
+    stats = out.pop("stats").to_pylist()[0]
+    assert set(out) == {"pairs", "rejected"}
+    assert out["pairs"].schema.equals(PAIR) and out["rejected"].schema.equals(REJECTED)
+    assert out["rejected"].num_rows == 0
+    pairs = out["pairs"].to_pylist()
+    assert stats == {"llm_calls": 16, "cache_hits": 0} and stage.llm_calls == 16
+    assert {p["positive_id"] for p in pairs} == {r["id"] for r in rows}
+    assert {p["kind"] for p in pairs if p["positive_modality"] == "image"} == {"caption", "keyword"}
+    assert {p["kind"] for p in pairs if p["positive_modality"] == "text"} == {"keyword", "question"}
+    assert len({p["pair_id"] for p in pairs}) == len(pairs)
+    assert all(p["backend"] == "offline" and p["prompt_version"] == f"{p['kind']}.v1" for p in pairs)
+
+    again = SynthStage(cfg)  # a fresh worker over the same cache
+    out2 = again.process_batch(batch_of(rows))
+    assert out2.pop("stats").to_pylist()[0] == {"llm_calls": 0, "cache_hits": 16}
+    assert again.llm_calls == 0 and again.cache_hits == 16
+    assert out2["pairs"].equals(out["pairs"])
+    again.teardown()
+    stage.teardown()
+
+
+def test_in_process_server_and_pickle(tmp_path):
+    stage = SynthStage(SynthConfig(cache_uri=str(tmp_path / "c")))
+    stage.setup()  # offline without base_url: starts an in-process server
+    clone = pickle.loads(pickle.dumps(stage))
+    try:
+        out = clone.process_batch(batch_of([text_example("A small black diamond at the bottom.")]))
+        assert [p["query_text"] for p in out["pairs"].to_pylist()][0] == "small black diamond bottom"
+    finally:
+        clone.teardown()
+        stage.teardown()
+
+
+def test_bad_examples_become_rejected_rows(tmp_path, server_url):
+    rng = random.Random(5)
+    scene = scenes.random_scene(rng)
+    unreadable = image_example(tmp_path, scene, rng, write=False, pixels=False)
+    garbage = image_example(tmp_path, scene, rng, write=False, pixels=False)
+    (tmp_path / "garbage.png").write_bytes(b"definitely not an image")
+    garbage["source_uris"] = [str(tmp_path / "garbage.png")]
+    empty = text_example("   ")
+    fallback = image_example(tmp_path, scene, rng, write=False)  # pixels only
+    stage = SynthStage(SynthConfig(cache_uri=str(tmp_path / "cache"), base_url=server_url))
+    out = stage.process_batch(batch_of([unreadable, garbage, empty, fallback]))
+    rej = {(r["record_id"], r["reason"]) for r in out["rejected"].to_pylist()}
+    assert (unreadable["id"], "unreadable") in rej
+    assert (garbage["id"], "llm_error") in rej
+    assert (empty["id"], "empty") in rej
+    assert {p["positive_id"] for p in out["pairs"].to_pylist()} == {fallback["id"]}
+    assert all(r["stage"] == "synth" for r in out["rejected"].to_pylist())
+
+
+def test_gemini_key_never_leaks(tmp_path, server_url, monkeypatch, caplog, capfd):
+    key = "AIzaPLANTED-fake-key-0123456789"
+    monkeypatch.setenv("GEMINI_API_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    rng = random.Random(9)
+    scene = scenes.random_scene(rng)
+    good = image_example(tmp_path, scene, rng)
+    bad = image_example(tmp_path, scene, rng, write=False, pixels=False)
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    bad["source_uris"] = [str(tmp_path / "bad.png")]
+    cfg = SynthConfig(cache_uri=str(tmp_path / "cache"),
+                      llm=LLMConfig(backend="gemini", base_url=server_url))
+    stage = SynthStage(cfg)
+    out = stage.process_batch(batch_of([good, bad, text_example("")]))
+    out.pop("stats")
+    assert out["pairs"].num_rows > 0 and out["rejected"].num_rows == 4
+    assert {p["backend"] for p in out["pairs"].to_pylist()} == {"gemini"}
+    captured = capfd.readouterr()
+    blob = " ".join([str(out["pairs"].to_pylist()), str(out["rejected"].to_pylist()),
+                     caplog.text, captured.out, captured.err, cfg.model_dump_json(),
+                     repr(stage.__getstate__())])
+    assert key not in blob
