@@ -86,7 +86,29 @@ def list_files(prefix: str, suffix: str = "") -> list[FileEntry]:
     return sorted(out, key=lambda e: e.uri)
 
 
+@functools.lru_cache(maxsize=8)
+def _gcs_client(emulator: str | None):
+    """The official client: it lists "folders" by delimiter, which pyarrow cannot."""
+    from google.cloud import storage as gcs
+
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        endpoint = emulator if "://" in emulator else f"http://{emulator}"
+        return gcs.Client(project="_", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": endpoint})
+    return gcs.Client()
+
+
 def list_dirs(prefix: str) -> list[str]:
+    if is_remote(prefix):
+        bucket, _, key = prefix[len("gs://"):].partition("/")
+        key = key.strip("/")
+        it = _gcs_client(os.environ.get("STORAGE_EMULATOR_HOST")).list_blobs(
+            bucket, prefix=f"{key}/" if key else None, delimiter="/")
+        for _ in it.pages:  # prefixes fill in as pages are read
+            pass
+        return sorted(f"gs://{bucket}/{p.rstrip('/')}" for p in it.prefixes)
     fs, path = resolve(prefix)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
@@ -132,7 +154,11 @@ def delete(uri: str) -> None:
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
+        try:
+            fs.delete_dir(path)
+        except FileNotFoundError:
+            if not is_remote(uri):
+                raise  # GCS: the contents are gone; a "dir/" marker never existed
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
 

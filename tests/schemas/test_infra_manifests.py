@@ -6,6 +6,7 @@ with no cluster and no network.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,11 +22,15 @@ needs_crds = pytest.mark.skipif(
     not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR} (shared/ beside the clone)")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large: libyaml
+
+
+@functools.lru_cache(maxsize=1)
 def _crd_schemas() -> dict[tuple[str, str], dict]:
     """(apiVersion, kind) -> openAPIV3Schema, for every served version of every CRD."""
     out = {}
     for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in yaml.load_all(path.read_text(), Loader=_Loader):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
             spec = doc["spec"]

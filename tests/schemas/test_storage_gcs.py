@@ -14,14 +14,6 @@ from schemas import storage
 from schemas.manifest import MANIFEST, VersionWriter, read_table, resolve_input
 from schemas.records import EMBEDDING, REJECTED, to_table
 
-# The emulator ignores `includeTrailingDelimiter`, so pyarrow's non-recursive listing sees
-# no sub-"directories" there; on real GCS the same code misses every prefix without an
-# Arrow marker object (written by gsutil, Beam, the client). See the report on list_dirs.
-LIST_DIRS_GCS = pytest.mark.xfail(
-    reason="storage.list_dirs on gs:// relies on Arrow directory-marker objects being "
-           "returned by includeTrailingDelimiter listings", strict=True)
-
-
 @pytest.fixture(params=["local", "gcs"])
 def base(request, tmp_path):
     """A fresh, empty prefix: a local folder or gs://<bucket>/<random>."""
@@ -29,11 +21,6 @@ def base(request, tmp_path):
         return str(tmp_path / "store")
     gcs = request.getfixturevalue("gcs")
     return f"gs://{gcs.bucket}/t-{uuid.uuid4().hex[:12]}"
-
-
-def xfail_on_gcs(request, base):
-    if storage.is_remote(base):
-        request.applymarker(LIST_DIRS_GCS)
 
 
 def rejected(n: int):
@@ -75,7 +62,6 @@ def test_bytes_exists_list_delete(base):
 
 
 def test_list_dirs(request, base):
-    xfail_on_gcs(request, base)
     for p in ("v2/t/x.bin", "v1/y.bin", "z.bin"):
         storage.write_bytes(storage.join(base, p), b"1")
     assert storage.list_dirs(base) == [storage.join(base, "v1"), storage.join(base, "v2")]
@@ -121,7 +107,6 @@ def test_version_commit_and_resolve_version_dir(base):
 
 
 def test_version_commit_and_resolve_root(request, base):
-    xfail_on_gcs(request, base)
     w = VersionWriter(base, "ingest", "ingest-00000000000000bb")
     w.commit({"rejected": [w.write_part("rejected", "part-00000", rejected(4))]},
              {"rejected": 4}, {}, {})
@@ -175,8 +160,6 @@ def test_client_writes_storage_reads(gcs):
     assert storage.exists(f"{root}/x")  # a prefix without a marker object is a folder
 
 
-@pytest.mark.xfail(reason="storage.list_dirs misses prefixes without Arrow marker objects "
-                          "(true on real GCS too)", strict=True)
 def test_client_written_prefixes_are_dirs(gcs):
     prefix = f"interop-{uuid.uuid4().hex[:8]}"
     bucket = gcs.client().bucket(gcs.bucket)
@@ -185,9 +168,6 @@ def test_client_written_prefixes_are_dirs(gcs):
         f"gs://{gcs.bucket}/{prefix}/v1"]
 
 
-@pytest.mark.xfail(reason="storage.delete of a marker-less gs:// folder raises "
-                          "FileNotFoundError (DeleteObject of the absent 'dir/' marker)",
-                   strict=True)
 def test_delete_client_written_folder(gcs):
     prefix = f"interop-{uuid.uuid4().hex[:8]}"
     bucket = gcs.client().bucket(gcs.bucket)
