@@ -3,7 +3,8 @@
 Candidates are searched per target modality (a text->image pair gets image negatives).
 Excluded: the positive itself, exact duplicates (same id), near-duplicates of the
 positive (cosine above `near_duplicate`), and likely false negatives scoring above
-`perc_pos` x the positive's score (NV-Retriever's TopK-PercPos rule).
+`perc_pos` x the positive's score (NV-Retriever's TopK-PercPos rule; for a negative
+positive score the margin is taken below it, so the rule never admits more).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def select_negatives(q_vecs: np.ndarray, pos_ids: list[str], cand_ids: list[str]
             if cid == pos:
                 stats["positive"] += 1
                 continue
-            if s > cfg.perc_pos * pos_score:
+            if s > pos_score - (1 - cfg.perc_pos) * abs(pos_score):
                 stats["false_negative"] += 1
                 continue
             if p_vec is not None and float(cand_vecs[j] @ p_vec) > cfg.near_duplicate:
