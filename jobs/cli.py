@@ -28,10 +28,17 @@ def _emit(obj: dict) -> None:
 
 
 def _run(fn, *args, **kwargs) -> None:
+    import pydantic
+
     from pipelines.common import BadInput
 
     try:
         _emit(fn(*args, **kwargs))
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        typer.echo(f"loom: bad config: {where}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
     except (BadInput, FileNotFoundError, ValueError) as e:
         typer.echo(f"loom: {type(e).__name__}: {e}".splitlines()[0], err=True)
         raise typer.Exit(2) from None

@@ -15,7 +15,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from models.collate import collate_items
+from models.embed import forward_items
 from models.encoder import EncoderConfig, MultimodalEncoder
 from models.losses import matryoshka_info_nce, same_asset_mask
 from pipelines.ray.session import ensure_ray
@@ -70,8 +70,8 @@ def _loop(config: dict) -> None:
             docs += [n for r in rows for n in (r["negatives"] or [])[: tc["max_negatives"]]]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
-            q_emb = model(**collate_items(queries, enc))
-            d_emb = model(**collate_items(docs, enc))
+            q_emb = forward_items(model, queries, enc)
+            d_emb = forward_items(model, docs, enc)
             same = same_asset_mask([r["positive"]["id"] for r in rows], [d["id"] for d in docs])
             terms = matryoshka_info_nce(q_emb, d_emb, same, tc["temperature"], dims)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,96 @@
+"""The `loom` CLI contract: help everywhere, exit 2 with one line on bad input, JSON last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from jobs.cli import app
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COMMANDS = sorted(typer.main.get_command(app).commands)
+RESULT_KEYS = {"stage", "version", "datasets", "counts", "reused"}
+
+
+def test_every_command_is_listed():
+    assert set(COMMANDS) >= {"corpus", "ingest", "synth", "shard", "train", "mine", "eval",
+                             "demo"}
+
+
+def test_top_level_help():
+    res = CliRunner().invoke(app, ["--help"])
+    assert res.exit_code == 0, res.output
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help(command):
+    res = CliRunner().invoke(app, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output
+
+
+def _one_line_reason(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("loom: "), lines[0]
+    return lines[0]
+
+
+def test_ingest_missing_folder_exits_2(tmp_path):
+    missing = tmp_path / "does-not-exist"
+    res = CliRunner().invoke(app, ["ingest", "--input", str(missing),
+                                   "--output", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert str(missing) in _one_line_reason(res)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_synth_bogus_llm_exits_2(tmp_path):
+    res = CliRunner().invoke(app, ["synth", "--examples", str(tmp_path / "examples"),
+                                   "--output", str(tmp_path / "pairs"), "--llm", "bogus"])
+    assert res.exit_code == 2, res.output
+    _one_line_reason(res)
+    assert not (tmp_path / "pairs").exists()
+
+
+def _loom(*args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    obj = json.loads(last)
+    assert isinstance(obj, dict)
+    assert RESULT_KEYS <= set(obj), obj
+    return obj
+
+
+def test_corpus_then_ingest_last_line_is_json(tmp_path):
+    corpus = _last_json(_loom("corpus", "--output", str(tmp_path / "corpus"),
+                              "--images", "4", "--texts", "4"))
+    assert corpus["stage"] == "corpus" and corpus["reused"] is False
+    media = corpus["datasets"]["media"]
+    assert pathlib.Path(media).is_dir()
+
+    ingest = _last_json(_loom("ingest", "--input", media, "--output", str(tmp_path / "ex")))
+    assert ingest["stage"] == "ingest" and ingest["reused"] is False
+    assert ingest["version"].startswith("ingest-")
+    c = ingest["counts"]
+    assert c["listed"] == corpus["counts"]["files"]
+    assert c["listed"] == c["accepted"] + c["duplicate"] + c["rejected"]
+    assert set(ingest["datasets"]) >= {"examples", "rejected"}
+
+    again = _last_json(_loom("ingest", "--input", media, "--output", str(tmp_path / "ex")))
+    assert again["reused"] is True and again["version"] == ingest["version"]
