@@ -145,13 +145,16 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
 
 @app.command()
 def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
-         images: int = 700, texts: int = 700, pft_epochs: int = 12, ft_epochs: int = 4,
+         images: Annotated[int | None, Opt(help="images in the corpus [600]")] = None,
+         texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,
+         pft_epochs: Annotated[int | None, Opt(help="pre-fine-tuning epochs [8]")] = None,
+         ft_epochs: Annotated[int | None, Opt(help="fine-tuning epochs [3]")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
     from jobs.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(images=images, texts=texts, pft_epochs=pft_epochs, ft_epochs=ft_epochs,
-                     engine=engine)
+    given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs}
+    cfg = DemoConfig(engine=engine, **{k: v for k, v in given.items() if v is not None})
     _run(run_demo, workdir, cfg, lambda m: typer.echo(m, err=True))
 
 

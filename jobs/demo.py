@@ -20,12 +20,12 @@ DONE = "_corpus_done.json"
 class DemoConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    images: int = 700
-    texts: int = 700
+    images: int = 600
+    texts: int = 600
     seed: int = 0
     engine: Engine = Engine.BEAM
-    pft_epochs: int = 12
-    ft_epochs: int = 4
+    pft_epochs: int = 8
+    ft_epochs: int = 3
     batch_size: int = 64
     rows_per_shard: int = 512
 

@@ -59,11 +59,13 @@ def _loop(config: dict) -> None:
     base_model = model.module if hasattr(model, "module") else model
     t0 = time.perf_counter()
     for epoch in range(tc["epochs"]):
+        t_data = time.perf_counter()
         for batch in shard.iter_batches(batch_size=tc["batch_size"], batch_format="pyarrow",
                                         drop_last=True):
             if step < start_step:  # resume: skip to the saved data position
                 step += 1
                 continue
+            t_step = time.perf_counter()
             rows = batch.to_pylist() if isinstance(batch, pa.Table) else batch
             queries = [r["query"] for r in rows]
             docs = [r["positive"] for r in rows]
@@ -82,7 +84,8 @@ def _loop(config: dict) -> None:
             seen += len(rows)
             row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
                    "temperature": tc["temperature"], "negatives": len(docs) - len(rows),
-                   "samples_per_s": seen / (time.perf_counter() - t0)}
+                   "samples_per_s": seen / (time.perf_counter() - t0),
+                   "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {k: float(v.detach()) for k, v in terms.items()}
             metrics.append(row)
             if rank == 0 and step % tc["checkpoint_every"] == 0:
@@ -90,6 +93,7 @@ def _loop(config: dict) -> None:
                                 tc, {"epoch": epoch, "step": step})
             if step % tc["report_every"] == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
+            t_data = time.perf_counter()
     if rank == 0:
         save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc, tc,
                         {"epoch": tc["epochs"], "step": step}, extra_state={"complete": True})
