@@ -67,6 +67,7 @@ def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
         return out
 
     stages: dict[str, dict] = {}
+    workdir = storage.absolute(workdir)
     root = lambda name: storage.join(workdir, name)  # noqa: E731
     corpus = step("corpus", make_corpus, root("corpus"), cfg.images, cfg.texts, cfg.seed)
     spec = PreprocessingSpec()

@@ -70,6 +70,8 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
              ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000) -> dict:
+    pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
+    checkpoint_root = storage.absolute(checkpoint_root)
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
     if "pairs" not in pairs_manifest.tables:
         raise BadInput(f"{pairs_dir} is not a pairs dataset")

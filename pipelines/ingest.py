@@ -69,6 +69,7 @@ class _IngestFactory:
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
                engine: Engine = Engine.BEAM, files_per_item: int = 64) -> dict:
     spec = spec or PreprocessingSpec()
+    input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     listing = storage.list_files(input_uri)
     if not listing:
         raise BadInput(f"no files under {input_uri}")

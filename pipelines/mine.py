@@ -9,6 +9,7 @@ import pyarrow as pa
 from models.checkpoint import load_checkpoint, resolve
 from pipelines.common import BadInput, result, reuse, timed
 from schemas import manifest as mf
+from schemas import storage
 from schemas.records import TRIPLE, Split
 from schemas.splits import split_for
 from transforms.items import example_to_item, text_to_item
@@ -21,6 +22,9 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     from pipelines.ray.embed import embed_on_ray
 
     config = config or MiningConfig()
+    pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
+    checkpoint_root = storage.absolute(checkpoint_root)
+    corpus_uri = storage.absolute(corpus_uri) if corpus_uri else None
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
     if "pairs" not in pairs_manifest.tables:
         raise BadInput(f"{pairs_dir} is not a pairs dataset")

@@ -61,6 +61,7 @@ class _ShardFactory:
 
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,
               engine: Engine = Engine.BEAM) -> dict:
+    input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     in_dir, in_manifest = mf.resolve_input(input_uri)
     table = "triples" if "triples" in in_manifest.tables else "pairs"
     if table not in in_manifest.tables:

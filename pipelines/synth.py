@@ -32,6 +32,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
               kinds: dict[str, list[str]] | None = None, rows_per_item: int = 64) -> dict:
     llm = llm or LLMConfig()
+    examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,
                        cache_uri=storage.join(output_root, "_llm_cache"),

@@ -51,6 +51,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     from pipelines.ray.train import fit, latest_of_run
     from pipelines.shard import spec_of
 
+    shards_uri, output_root = storage.absolute(shards_uri), storage.absolute(output_root)
+    init_root = storage.absolute(init_root) if init_root else None
     sh_dir, sh_manifest = mf.resolve_input(shards_uri)
     if "shards" not in sh_manifest.tables:
         raise BadInput(f"{sh_dir} is not a shards dataset")

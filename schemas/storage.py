@@ -53,6 +53,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def absolute(uri: str) -> str:
+    """Local paths made absolute: Ray and Beam workers do not share the driver's cwd."""
+    if is_remote(uri):
+        return uri
+    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
 def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(base.rstrip("/"), *parts)

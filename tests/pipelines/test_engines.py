@@ -74,3 +74,13 @@ def test_beam_bundle_replay_writes_no_duplicates(media, tmp_path):
     # On disk too: exactly one part per item and table, whatever the replays did.
     on_disk = sorted((tmp_path / "version" / "examples").glob("*.parquet"))
     assert len(on_disk) == len(tables["examples"])
+
+
+def test_relative_paths_reach_ray_workers(media, tmp_path, monkeypatch, ray_session):
+    """Ray workers run in their own cwd: a relative --output must still land here."""
+    monkeypatch.chdir(tmp_path)
+    out = run_ingest(media, "rel-out", PreprocessingSpec(), Engine.RAY)
+    assert out["uri"].startswith(str(tmp_path))
+    version_dir, manifest = mf.resolve_input(str(tmp_path / "rel-out"))
+    assert manifest.counts["accepted"] > 0
+    assert mf.read_table(version_dir, manifest, "examples").num_rows == manifest.counts["accepted"]
