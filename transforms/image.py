@@ -27,7 +27,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DecodeError(Reason.TOO_LARGE, str(e)) from None
+            raise DecodeError(Reason.DECOMPRESSION_BOMB, str(e)) from None
         except UnidentifiedImageError as e:
             raise DecodeError(Reason.DECODE_ERROR, f"not a decodable image: {e}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -38,7 +38,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if w <= 0 or h <= 0:
         raise DecodeError(Reason.DECODE_ERROR, f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise DecodeError(Reason.TOO_LARGE, f"{w}x{h} exceeds {max_pixels} pixels")
+        raise DecodeError(Reason.DECOMPRESSION_BOMB, f"{w}x{h} exceeds {max_pixels} pixels")
     return img
 
 
@@ -80,7 +80,7 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
-        raise DecodeError(Reason.TOO_LARGE, str(e)) from None
+        raise DecodeError(Reason.DECOMPRESSION_BOMB, str(e)) from None
     except (OSError, SyntaxError, EOFError, ValueError) as e:
         text = str(e).lower()
         reason = (Reason.TRUNCATED if isinstance(e, EOFError)

@@ -108,9 +108,9 @@ class IngestStage(BaseStage):
             if self._tokenizer is not None:
                 part["tokens"] = self._tokenizer.encode(text, spec.max_text_tokens)
         elif modality is None:
-            raise DecodeError(Reason.UNSUPPORTED_TYPE, "unrecognized content type")
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
         else:
-            raise DecodeError(Reason.UNSUPPORTED_TYPE,
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT,
                               f"{modality.value} ({mime}) is not supported by ingest yet")
         part.update(source_uri=uri, mime=mime)
         return {"id": file_id, "modality": modality.value, "parts": [part],

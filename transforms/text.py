@@ -49,7 +49,7 @@ def _decode(data: bytes) -> str:
     except UnicodeDecodeError:
         pass
     if data.count(0) > max(1, len(data) // 100):
-        raise DecodeError(Reason.DECODE_ERROR, "binary content (NUL bytes), not text")
+        raise DecodeError(Reason.BAD_ENCODING, "binary content (NUL bytes), not text")
     best = _detect(data).best() if _detect is not None else None
     if best is not None and not _SINGLE_BYTE.match(best.encoding):
         return str(best)  # a multi-byte encoding that decodes strictly: trust it
@@ -76,7 +76,7 @@ def decode_text(data: bytes, spec: PreprocessingSpec) -> str:
         raise DecodeError(Reason.EMPTY, "empty file")
     text = _decode(data)
     if _garbage(text):
-        raise DecodeError(Reason.DECODE_ERROR, "undecodable or binary content, not text")
+        raise DecodeError(Reason.BAD_ENCODING, "undecodable or binary content, not text")
     text = clean_text(text, spec.max_text_chars)
     if not text:
         raise DecodeError(Reason.EMPTY, "no text left after cleaning")

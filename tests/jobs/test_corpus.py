@@ -63,4 +63,4 @@ def test_ingest_over_corpus(tmp_path):
         [{"uri": h["uri"], "id": h["id"]} for h in canonical], schema=IngestStage.input_schema))
     assert out["examples"].num_rows == 4 + 3 + 1  # the mislabeled PNG is a good image
     assert sorted(out["rejected"].column("reason").to_pylist()) == [
-        "empty", "truncated", "unsupported_type"]
+        "empty", "truncated", "unsupported_format"]

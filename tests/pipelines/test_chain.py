@@ -55,8 +55,8 @@ def test_ingest_accounts_for_every_file(chain):
     # The planted bad files, each with its reason code.
     assert rejected["doc-empty.txt"] == "empty"
     assert rejected["img-truncated.png"] in {"truncated", "decode_error"}
-    assert rejected["blob.bin"] in {"unsupported_type", "decode_error"}
-    assert set(rejected.values()) <= {"empty", "truncated", "decode_error", "unsupported_type"}
+    assert rejected["blob.bin"] in {"unsupported_format", "decode_error"}
+    assert set(rejected.values()) <= {"empty", "truncated", "decode_error", "unsupported_format"}
     # A PNG named .txt is sniffed by content and accepted as an image.
     examples = _table(ingest["uri"], "examples")
     by_name = {pathlib.PurePath(e["source_uris"][0]).name: e for e in examples}

@@ -118,7 +118,7 @@ def test_decompression_bomb_header_too_large():
     saved = Image.MAX_IMAGE_PIXELS
     with pytest.raises(DecodeError) as e:
         decode_image(png_bomb(), SPEC)
-    assert e.value.reason == Reason.TOO_LARGE
+    assert e.value.reason == Reason.DECOMPRESSION_BOMB
     assert Image.MAX_IMAGE_PIXELS == saved
 
 
@@ -127,4 +127,4 @@ def test_small_pixel_limit_too_large(limit):
     spec = PreprocessingSpec(image_size=48, max_image_pixels=limit)
     with pytest.raises(DecodeError) as e:
         decode_image(encode(Image.new("RGB", (96, 96))), spec)
-    assert e.value.reason == Reason.TOO_LARGE
+    assert e.value.reason == Reason.DECOMPRESSION_BOMB

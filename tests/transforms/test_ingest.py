@@ -77,9 +77,9 @@ def test_good_and_hostile_files(tmp_path, stage):
 
     reasons = {u.rsplit("/", 1)[1]: r["reason"] for u, r in rejected.items()}
     assert reasons == {
-        "empty.png": "empty", "trunc.png": "truncated", "garbage.bin": "unsupported_type",
-        "doc.pdf": "unsupported_type", "song.wav": "unsupported_type",
-        "bomb.png": "too_large", "big.png": "too_large", "blank.txt": "empty",
+        "empty.png": "empty", "trunc.png": "truncated", "garbage.bin": "unsupported_format",
+        "doc.pdf": "unsupported_format", "song.wav": "unsupported_format",
+        "bomb.png": "decompression_bomb", "big.png": "too_large", "blank.txt": "empty",
         "missing.png": "unreadable", "changed.txt": "decode_error",
     }
     assert all(r["stage"] == "ingest" and r["message"] for r in rejected.values())

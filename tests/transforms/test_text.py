@@ -54,4 +54,4 @@ def test_binary_garbage():
     data = random.Random(0).randbytes(4096)
     with pytest.raises(DecodeError) as e:
         decode_text(data, SPEC)
-    assert e.value.reason == Reason.DECODE_ERROR
+    assert e.value.reason == Reason.BAD_ENCODING
