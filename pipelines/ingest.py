@@ -8,7 +8,7 @@ rejected is checked before the manifest is written.
 
 from __future__ import annotations
 
-import dataclasses
+from functools import partial
 from typing import ClassVar
 
 import pyarrow as pa
@@ -52,20 +52,6 @@ class HashStage(BaseStage):
         return {"_hashes": pa.Table.from_pylist(rows, schema=HASHES)}
 
 
-@dataclasses.dataclass(frozen=True)
-class _HashFactory:
-    def __call__(self) -> HashStage:
-        return HashStage()
-
-
-@dataclasses.dataclass(frozen=True)
-class _IngestFactory:
-    config: IngestConfig
-
-    def __call__(self) -> IngestStage:
-        return IngestStage(self.config)
-
-
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
                engine: Engine = Engine.BEAM, files_per_item: int = 64) -> dict:
     spec = spec or PreprocessingSpec()
@@ -83,7 +69,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
 
     with timed(timings, "hash_s"):
         uris = [{"uri": e.uri} for e in listing]
-        res = run_stage(engine, StageTask(_HashFactory(), storage.join(writer.dir, "_work")),
+        res = run_stage(engine, StageTask(HashStage, storage.join(writer.dir, "_work")),
                         row_items(uris, files_per_item * 4, "hash"))
         tables, _ = merge_results(res)
         hashes = storage.read_parquet(
@@ -96,7 +82,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
     with timed(timings, "decode_s"):
-        task = StageTask(_IngestFactory(IngestConfig(spec=spec)), writer.dir)
+        task = StageTask(partial(IngestStage, IngestConfig(spec=spec)), writer.dir)
         rows = [{"uri": h["uri"], "id": h["id"]} for h in sorted(canonical, key=lambda h: h["uri"])]
         tables, _ = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
     if duplicates:

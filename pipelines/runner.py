@@ -32,7 +32,7 @@ class Engine(str, enum.Enum):
 class StageTask:
     """Picklable: how to build the stage on a worker, and where to write."""
 
-    factory: Callable[[], Stage]
+    factory: Callable[[], Stage]  # a Stage class or functools.partial of one: picklable
     version_dir: str
 
     def open(self) -> Stage:

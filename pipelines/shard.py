@@ -8,7 +8,7 @@ a streaming pack is the trainer issue's work.
 
 from __future__ import annotations
 
-import dataclasses
+from functools import partial
 from typing import ClassVar
 
 import pyarrow as pa
@@ -50,15 +50,6 @@ class ShardStage(BaseStage):
         return {"_rows": rows, "_missing": pa.Table.from_pylist(missing, schema=MISSING)}
 
 
-@dataclasses.dataclass(frozen=True)
-class _ShardFactory:
-    examples_dir: str
-    input_table: str
-
-    def __call__(self) -> ShardStage:
-        return ShardStage(self.examples_dir, self.input_table)
-
-
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,
               engine: Engine = Engine.BEAM) -> dict:
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
@@ -77,7 +68,7 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
     timings: dict[str, float] = {}
     work = storage.join(writer.dir, "_work")
     with timed(timings, "join_s"):
-        task = StageTask(_ShardFactory(examples_dir, table), work)
+        task = StageTask(partial(ShardStage, examples_dir, table), work)
         tables, _ = merge_results(
             run_stage(engine, task, file_items(in_manifest.tables[table], in_dir, 256)))
     with timed(timings, "pack_s"):

@@ -8,7 +8,7 @@ for what changed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+from functools import partial
 
 from pipelines.common import cleanup_work, result, reuse, timed
 from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
@@ -18,14 +18,6 @@ from synth.client import LLMConfig
 from synth.offline_server import offline_server
 from synth.prompts import PromptSet
 from synth.stage import SynthConfig, SynthStage
-
-
-@dataclasses.dataclass(frozen=True)
-class _SynthFactory:
-    config: SynthConfig
-
-    def __call__(self) -> SynthStage:
-        return SynthStage(self.config)
 
 
 def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
@@ -54,7 +46,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         cfg = base.model_copy(update={"base_url": base_url})
         items = file_items(ex_manifest.tables.get("examples", []), ex_dir, rows_per_item)
         tables, stats = merge_results(
-            run_stage(engine, StageTask(_SynthFactory(cfg), writer.dir), items))
+            run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items))
     for t in ("pairs", "rejected"):
         tables.setdefault(t, [])
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],

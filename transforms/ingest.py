@@ -71,7 +71,7 @@ class IngestStage(BaseStage):
     def process_batch(self, batch: pa.RecordBatch | pa.Table) -> dict[str, pa.Table]:
         self.setup()
         examples, rejected = [], []
-        for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist()):
+        for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(), strict=False):
             try:
                 examples.append(self._process(uri, file_id))
             except DecodeError as e:

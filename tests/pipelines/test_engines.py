@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pyarrow as pa
 import pytest
 
 from jobs.corpus import generate_corpus
-from pipelines.ingest import _IngestFactory, run_ingest
+from pipelines.ingest import run_ingest
 from pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from schemas import manifest as mf
 from schemas import storage
 from schemas.spec import PreprocessingSpec
-from transforms.ingest import IngestConfig, hash_file, pick_canonical
+from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_beam_bundle_replay_writes_no_duplicates(media, tmp_path):
     canonical, _ = pick_canonical(hashes)
     rows = [{"uri": h["uri"], "id": h["id"]} for h in canonical]
     version_dir = str(tmp_path / "version")
-    task = StageTask(_IngestFactory(IngestConfig(spec=PreprocessingSpec())), version_dir)
+    task = StageTask(partial(IngestStage, IngestConfig(spec=PreprocessingSpec())), version_dir)
     items = row_items(rows, 5)
     results = run_stage(Engine.BEAM, task, items, pipeline_args=[
         "--runner=DirectRunner", "--direct_runner_bundle_repeat=2",

@@ -254,7 +254,7 @@ def test_split_for_is_deterministic_and_near_fraction():
     assert all(split_for(i, 0.0) is Split.TRAIN for i in ids[:500])
     assert all(split_for(i, 1.0) is Split.HELDOUT for i in ids[:500])
     # Monotone in the fraction: raising it only moves ids into held-out.
-    assert all(split_for(i, 0.3) is Split.HELDOUT for i, s in zip(ids, first)
+    assert all(split_for(i, 0.3) is Split.HELDOUT for i, s in zip(ids, first, strict=False)
                if s is Split.HELDOUT)
     # The salt changes the assignment.
     assert [split_for(i, salt="other") for i in ids[:200]] != first[:200]

@@ -133,7 +133,7 @@ def test_round_trip(tmp_path, name, kind):
     try:
         cur = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
         cols = [d[0] for d in cur.description]
-        via_duck = [dict(zip(cols, r)) for r in cur.fetchall()]
+        via_duck = [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
     finally:
         con.close()
     assert cols == schema.names

@@ -14,6 +14,7 @@ from schemas import storage
 from schemas.manifest import MANIFEST, VersionWriter, read_table, resolve_input
 from schemas.records import EMBEDDING, REJECTED, to_table
 
+
 @pytest.fixture(params=["local", "gcs"])
 def base(request, tmp_path):
     """A fresh, empty prefix: a local folder or gs://<bucket>/<random>."""
