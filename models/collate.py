@@ -9,7 +9,12 @@ from models.encoder import EncoderConfig
 
 
 def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
-    """Pads text to the longest row and patches to the most frames in the batch."""
+    """Pads text to the longest row, patches to the most frames, audio to the most tokens.
+
+    Videos longer than `cfg.max_frames` are evenly subsampled; log-mel rows are
+    average-pooled into at most `cfg.max_audio_tokens` tokens, so a 30 s clip and a 2 s
+    clip cost the same.
+    """
     b = len(items)
     t_len = max((len(it.get("tokens") or []) for it in items), default=0)
     t_len = min(t_len, cfg.max_text_tokens)
@@ -28,14 +33,34 @@ def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tens
         f = frames[i]
         if not f:
             continue
-        px = np.frombuffer(it["pixels"], dtype=np.uint8)[: f * s * s * 3].reshape(f, s, s, 3)
+        have = len(it["pixels"]) // (s * s * 3)
+        px = np.frombuffer(it["pixels"], dtype=np.uint8)[: have * s * s * 3].reshape(have, s, s, 3)
+        px = px[np.linspace(0, have - 1, f).round().astype(int)]
         g = s // p
         pt = px.reshape(f, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(f * g * g, -1)
         patches[i, : f * per_frame] = pt.astype(np.float32) / 127.5 - 1.0
         patch_mask[i, : f * per_frame] = True
+    pooled = [_pool_audio(it, cfg) for it in items]
+    a_len = max((len(p) for p in pooled), default=0)
+    audio = np.zeros((b, a_len, cfg.n_mels), dtype=np.float32)
+    audio_mask = np.zeros((b, a_len), dtype=bool)
+    for i, p in enumerate(pooled):
+        audio[i, : len(p)] = p
+        audio_mask[i, : len(p)] = True
     return {
+        "audio": torch.from_numpy(audio),
+        "audio_mask": torch.from_numpy(audio_mask),
         "tokens": torch.from_numpy(tokens),
         "token_mask": torch.from_numpy(tokens != 0),
         "patches": torch.from_numpy(patches),
         "patch_mask": torch.from_numpy(patch_mask),
     }
+
+
+def _pool_audio(item: dict, cfg: EncoderConfig) -> np.ndarray:
+    feats, bins = item.get("features"), item.get("feature_bins")
+    if not feats or bins != cfg.n_mels:
+        return np.zeros((0, cfg.n_mels), dtype=np.float32)
+    rows = np.asarray(feats, dtype=np.float32).reshape(-1, bins)
+    groups = np.array_split(rows, min(len(rows), cfg.max_audio_tokens))
+    return np.stack([g.mean(axis=0) for g in groups])

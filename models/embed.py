@@ -12,12 +12,13 @@ from models.encoder import MultimodalEncoder, matryoshka
 def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tensor:
     """Unnormalized embeddings [N, out_dim] in input order (with grad when training).
 
-    Items are encoded in groups of the same layout (text only, pixels only, both), which
+    Items are encoded in groups of the same layout (which of text, pixels, audio they have), which
     halves the work of a mixed batch compared with padding every row to the longest.
     """
-    groups: dict[tuple[bool, bool], list[int]] = {}
+    groups: dict[tuple[bool, bool, bool], list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault((bool(it.get("tokens")), bool(it.get("pixels"))), []).append(i)
+        layout = (bool(it.get("tokens")), bool(it.get("pixels")), bool(it.get("features")))
+        groups.setdefault(layout, []).append(i)
     if len(groups) == 1:
         return model(**collate_items(items, cfg))
     out: torch.Tensor | None = None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-TEXT, IMAGE = 0, 1
+TEXT, IMAGE, AUDIO = 0, 1, 2
 
 
 class EncoderConfig(BaseModel):
@@ -23,7 +23,9 @@ class EncoderConfig(BaseModel):
     max_text_tokens: int = 64
     image_size: int = 48
     patch_size: int = 8
-    max_frames: int = 1
+    max_frames: int = 8  # video frames seen by the encoder (evenly subsampled)
+    n_mels: int = 64
+    max_audio_tokens: int = 64  # log-mel frames are average-pooled into at most this many
     dim: int = 128
     layers: int = 2
     heads: int = 4
@@ -53,7 +55,9 @@ class MultimodalEncoder(nn.Module):
         self.text_pos = nn.Embedding(cfg.max_text_tokens, d)
         self.patch_proj = nn.Linear(cfg.patch_dim, d)
         self.patch_pos = nn.Embedding(cfg.patches_per_frame * cfg.max_frames, d)
-        self.modality = nn.Embedding(2, d)
+        self.audio_proj = nn.Linear(cfg.n_mels, d)
+        self.audio_pos = nn.Embedding(cfg.max_audio_tokens, d)
+        self.modality = nn.Embedding(3, d)
         layer = nn.TransformerEncoderLayer(
             d, cfg.heads, d * cfg.ff_mult, cfg.dropout, batch_first=True, norm_first=True
         )
@@ -62,8 +66,11 @@ class MultimodalEncoder(nn.Module):
         self.proj = nn.Linear(d, cfg.out_dim)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,
-                patches: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-        """tokens [B,T] int, token_mask [B,T] bool, patches [B,P,patch_dim], patch_mask [B,P].
+                patches: torch.Tensor, patch_mask: torch.Tensor,
+                audio: torch.Tensor | None = None,
+                audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B,T] int, token_mask [B,T] bool, patches [B,P,patch_dim], patch_mask [B,P],
+        audio [B,A,n_mels] pooled log-mel, audio_mask [B,A].
 
         Returns unnormalized embeddings [B, out_dim]; callers normalize per Matryoshka size.
         """
@@ -76,6 +83,10 @@ class MultimodalEncoder(nn.Module):
             pos = torch.arange(patches.shape[1], device=patches.device)
             seqs.append(self.patch_proj(patches) + self.patch_pos(pos) + self.modality.weight[IMAGE])
             masks.append(patch_mask)
+        if audio is not None and audio.shape[1] > 0:
+            pos = torch.arange(audio.shape[1], device=audio.device)
+            seqs.append(self.audio_proj(audio) + self.audio_pos(pos) + self.modality.weight[AUDIO])
+            masks.append(audio_mask)
         x = torch.cat(seqs, dim=1)
         mask = torch.cat(masks, dim=1)
         # A row with no valid position at all (should not happen) attends to itself only.

@@ -150,6 +150,8 @@ ITEM = pa.struct(
         pa.field("tokens", pa.list_(pa.int32())),
         pa.field("pixels", pa.binary()),  # uint8 (frames, size, size, 3); size from the spec
         pa.field("frames", pa.int32()),
+        pa.field("features", pa.list_(pa.float32())),  # log-mel, row-major (n, feature_bins)
+        pa.field("feature_bins", pa.int32()),
     ]
 )
 
