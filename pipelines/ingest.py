@@ -82,23 +82,29 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
     with timed(timings, "decode_s"):
-        task = StageTask(partial(IngestStage, IngestConfig(spec=spec)), writer.dir)
+        config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,))
+        task = StageTask(partial(IngestStage, config_), writer.dir)
         rows = [{"uri": h["uri"], "id": h["id"]} for h in sorted(canonical, key=lambda h: h["uri"])]
-        tables, _ = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
+        tables, stats = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
     if duplicates:
         dup = pa.Table.from_pylist(sorted(duplicates, key=lambda d: d["uri"]), schema=DUPLICATE)
         tables["duplicates"] = [writer.write_part("duplicates", "part-00000", dup)]
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
 
-    counts = {
+    counts = {  # file outcomes, then rows (a PDF or a manifest gives several Examples)
         "listed": len(listing),
-        "accepted": sum(f.rows for f in tables["examples"]),
+        "accepted": stats.get("accepted_files", 0),
         "duplicate": sum(f.rows for f in tables["duplicates"]),
-        "rejected": sum(f.rows for f in tables["rejected"]),
+        "rejected": stats.get("rejected_files", 0),
+        "examples": sum(f.rows for f in tables["examples"]),
+        "rejected_records": stats.get("rejected_records", 0),
     }
     if counts["accepted"] + counts["duplicate"] + counts["rejected"] != counts["listed"]:
-        raise RuntimeError(f"ingest lost or invented rows: {counts}")
+        raise RuntimeError(f"ingest lost or invented files: {counts}")
+    rejected_rows = sum(f.rows for f in tables["rejected"])
+    if rejected_rows != counts["rejected"] + counts["rejected_records"]:
+        raise RuntimeError(f"rejected rows {rejected_rows} do not match outcomes {counts}")
     lineage = {
         "input": input_uri,
         "raw_listing": digest,

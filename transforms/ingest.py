@@ -7,7 +7,8 @@ duplicates; `IngestStage` reads, sniffs and decodes the canonical files.
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar
+import json
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
@@ -15,10 +16,14 @@ from pydantic import BaseModel, ConfigDict
 from schemas import storage
 from schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
 from schemas.spec import PreprocessingSpec
+from transforms.audio import decode_audio
 from transforms.image import decode_image
+from transforms.pdf import decode_pdf
+from transforms.records import RecordError, build_interleaved, parse_manifest
 from transforms.sniff import DecodeError, sniff
 from transforms.stage import BaseStage
 from transforms.text import decode_text
+from transforms.video import decode_video
 from transforms.tokenizer import TextTokenizer
 
 MiB = 1 << 20
@@ -53,6 +58,24 @@ class IngestConfig(BaseModel):
 
     spec: PreprocessingSpec
     max_file_bytes: int = 256 * MiB
+    # Roots a manifest's references may point into (the input prefix by default).
+    allowed_roots: tuple[str, ...] = ()
+    video_mode: Literal["smart", "full", "keyframes"] = "smart"
+
+
+STATS = pa.schema([("accepted_files", pa.int64()), ("rejected_files", pa.int64()),
+                   ("rejected_records", pa.int64())])
+
+
+def _is_manifest(uri: str, data: bytes) -> str | None:
+    """Interleaved-record manifests: `*.jsonl` whose first record has `parts`, or Parquet."""
+    name = uri.rsplit("/", 1)[-1].lower()
+    if name.endswith(".parquet") and data[:4] == b"PAR1":
+        return "parquet"
+    if name.endswith(".jsonl"):
+        first = data.lstrip()[:1]
+        return "jsonl" if first == b"{" and b'"parts"' in data[:65536] else None
+    return None
 
 
 class IngestStage(BaseStage):
@@ -69,23 +92,58 @@ class IngestStage(BaseStage):
             self._tokenizer = TextTokenizer.from_json(self.config.spec.tokenizer_json)
 
     def process_batch(self, batch: pa.RecordBatch | pa.Table) -> dict[str, pa.Table]:
+        """Every input file ends as >= 1 Example or exactly one Rejected row.
+
+        A PDF gives one Example per page; a manifest gives one per good record and a
+        Rejected row (with `record_id`) per bad one: those count under `stats`.
+        """
         self.setup()
         examples, rejected = [], []
-        for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(), strict=False):
+        stats = {"accepted_files": 0, "rejected_files": 0, "rejected_records": 0}
+        for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(),
+                                strict=True):
             try:
-                examples.append(self._process(uri, file_id))
+                got, bad = self._process(uri, file_id)
             except DecodeError as e:
+                got, bad = [], []
                 rejected.append(self._reject(uri, file_id, e.reason, e.message))
             except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
+                got, bad = [], []
                 rejected.append(self._reject(uri, file_id, Reason.DECODE_ERROR,
                                              f"{type(e).__name__}: {e}"))
-        return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED)}
+            if got:
+                stats["accepted_files"] += 1
+                examples.extend(got)
+                rejected.extend(bad)
+                stats["rejected_records"] += len(bad)
+            elif bad:  # a manifest none of whose records is usable: the file is rejected
+                rejected.append(self._reject(uri, file_id, bad[0]["reason"],
+                                             f"no usable record; first: {bad[0]['message']}"))
+                stats["rejected_records"] += len(bad)
+                rejected.extend(bad)
+                stats["rejected_files"] += 1
+            else:
+                stats["rejected_files"] += 1
+        return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED),
+                "stats": pa.Table.from_pylist([stats], schema=STATS)}
 
     def _reject(self, uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
         return {"uri": uri, "stage": self.name, "reason": Reason(reason).value,
                 "message": message, "record_id": file_id}
 
-    def _process(self, uri: str, file_id: str) -> dict:
+    def _tokenize(self, parts: list[dict]) -> list[dict]:
+        for part in parts:
+            if part.get("text") and self._tokenizer is not None:
+                part["tokens"] = self._tokenizer.encode(part["text"], self.config.spec.max_text_tokens)
+        return parts
+
+    def _example(self, ex_id: str, modality: str, parts: list[dict], uris: list[str],
+                 mime: str | None, size: int, metadata: dict) -> dict:
+        return {"id": ex_id, "modality": modality, "parts": self._tokenize(parts),
+                "source_uris": uris, "mime": mime, "size_bytes": size,
+                "metadata": json.dumps(metadata, sort_keys=True)}
+
+    def _process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict]]:
         spec, limit = self.config.spec, self.config.max_file_bytes
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
@@ -97,21 +155,68 @@ class IngestStage(BaseStage):
             raise DecodeError(Reason.EMPTY, "empty file")
         if hashlib.sha256(data).hexdigest() != file_id:
             raise DecodeError(Reason.DECODE_ERROR, "content changed during ingest (hash mismatch)")
+        if fmt := _is_manifest(uri, data):
+            return self._manifest(uri, data, fmt)
         modality, mime = sniff(data, uri)
+        meta: dict = {}
         if modality == Modality.IMAGE:
-            part = decode_image(data, spec)
-            mime = part["mime"] or mime
+            parts = [decode_image(data, spec)]
+            mime = parts[0]["mime"] or mime
         elif modality == Modality.TEXT:
-            text = decode_text(data, spec)
             part = empty_part(Modality.TEXT.value)
-            part["text"] = text
-            if self._tokenizer is not None:
-                part["tokens"] = self._tokenizer.encode(text, spec.max_text_tokens)
-        elif modality is None:
-            raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
+            part["text"] = decode_text(data, spec)
+            parts = [part]
+        elif modality == Modality.AUDIO:
+            part, meta = decode_audio(data, spec, mime)
+            parts = [part]
+        elif modality == Modality.VIDEO:
+            parts, meta = decode_video(data, spec, self.config.video_mode)
+        elif modality == Modality.PAGE:
+            return self._pdf(uri, file_id, data, mime), []
         else:
-            raise DecodeError(Reason.UNSUPPORTED_FORMAT,
-                              f"{modality.value} ({mime}) is not supported by ingest yet")
-        part.update(source_uri=uri, mime=mime)
-        return {"id": file_id, "modality": modality.value, "parts": [part],
-                "source_uris": [uri], "mime": mime, "size_bytes": len(data), "metadata": "{}"}
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
+        for part in parts:
+            part.update(source_uri=uri, mime=part.get("mime") or mime)
+        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], []
+
+    def _pdf(self, uri: str, file_id: str, data: bytes, mime: str | None) -> list[dict]:
+        pages, total = decode_pdf(data, self.config.spec, file_id)
+        out = []
+        for page in pages:
+            for part in page["parts"]:
+                part.update(source_uri=uri)
+            meta = page["metadata"] | {"pages_total": total,
+                                       "pages_kept": len(pages)}
+            out.append(self._example(f"{file_id}-p{page['page']:05d}", Modality.PAGE.value,
+                                     page["parts"], [uri], mime, len(data), meta))
+        return out
+
+    def _manifest(self, uri: str, data: bytes, fmt: str) -> tuple[list[dict], list[dict]]:
+        roots = list(self.config.allowed_roots) or [uri.rsplit("/", 1)[0]]
+        decoders = {
+            "image": decode_image,
+            "audio": lambda b, spec: decode_audio(b, spec)[0],
+            "video": lambda b, spec: decode_video(b, spec, self.config.video_mode)[0],
+            "pdf": lambda b, spec: [p for page in decode_pdf(b, spec, "ref")[0]
+                                    for p in page["parts"]],
+        }
+        examples, bad = [], []
+        for rec in parse_manifest(data, fmt, uri):
+            if isinstance(rec, RecordError):
+                bad.append(self._reject(f"{uri}#{rec.record_index}", None, rec.reason,
+                                        rec.message))
+                continue
+            try:
+                built = build_interleaved(rec, uri, roots, self.config.spec, decoders)
+            except DecodeError as e:
+                bad.append(self._reject(f"{uri}#{rec['index']}", rec.get("id"), e.reason,
+                                        e.message))
+                continue
+            except Exception as e:  # noqa: BLE001
+                bad.append(self._reject(f"{uri}#{rec['index']}", rec.get("id"),
+                                        Reason.DECODE_ERROR, f"{type(e).__name__}: {e}"))
+                continue
+            examples.append(self._example(built["id"], Modality.INTERLEAVED.value,
+                                          built["parts"], built["source_uris"], None,
+                                          len(data), built.get("metadata") or {}))
+        return examples, bad

@@ -84,4 +84,4 @@ def test_relative_paths_reach_ray_workers(media, tmp_path, monkeypatch, ray_sess
     assert out["uri"].startswith(str(tmp_path))
     version_dir, manifest = mf.resolve_input(str(tmp_path / "rel-out"))
     assert manifest.counts["accepted"] > 0
-    assert mf.read_table(version_dir, manifest, "examples").num_rows == manifest.counts["accepted"]
+    assert mf.read_table(version_dir, manifest, "examples").num_rows == manifest.counts["examples"]
