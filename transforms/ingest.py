@@ -23,8 +23,8 @@ from transforms.records import RecordError, build_interleaved, parse_manifest
 from transforms.sniff import DecodeError, sniff
 from transforms.stage import BaseStage
 from transforms.text import decode_text
-from transforms.video import decode_video
 from transforms.tokenizer import TextTokenizer
+from transforms.video import decode_video
 
 MiB = 1 << 20
 
