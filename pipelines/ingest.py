@@ -8,6 +8,7 @@ rejected is checked before the manifest is written.
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import ClassVar
 
@@ -17,7 +18,7 @@ from pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from schemas import manifest as mf
 from schemas import storage
-from schemas.records import DUPLICATE, Modality
+from schemas.records import DUPLICATE, REJECTED, Modality
 from schemas.spec import SPEC_FILE, PreprocessingSpec
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from transforms.sniff import sniff
@@ -25,6 +26,7 @@ from transforms.stage import BaseStage
 from transforms.text import decode_text
 from transforms.tokenizer import train_tokenizer
 
+FILES = pa.schema([("uri", pa.string()), ("id", pa.string()), ("outcome", pa.string())])
 HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string()),
                     ("modality", pa.string())])
 TOKENIZER_SAMPLE_FILES = 5000
@@ -76,16 +78,32 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
             [storage.join(writer.dir, "_work", f.path) for f in tables.get("_hashes", [])]
         ).to_pylist()
     canonical, duplicates = pick_canonical(hashes)
+    prior = _prior_version(output_root, input_uri, config)
 
     with timed(timings, "tokenizer_s"):
-        spec = spec.model_copy(update={"tokenizer_json": _train_tokenizer(canonical, spec)})
+        if prior is not None:  # same tokenizer as the rows it reuses
+            spec = PreprocessingSpec.model_validate_json(
+                storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
+        else:
+            spec = spec.model_copy(update={"tokenizer_json": _train_tokenizer(canonical, spec)})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
+    prior_files = _files_of(prior)
+    reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
         config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,))
         task = StageTask(partial(IngestStage, config_), writer.dir)
-        rows = [{"uri": h["uri"], "id": h["id"]} for h in sorted(canonical, key=lambda h: h["uri"])]
+        rows = [{"uri": h["uri"], "id": h["id"]} for h in sorted(canonical, key=lambda h: h["uri"])
+                if h["uri"] not in reused]
         tables, stats = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
+    outcomes = _decoded_outcomes(writer.dir, tables, {r["uri"] for r in rows})
+    if reused:
+        _copy_reused(prior, prior_files, writer, reused, tables, stats)
+        outcomes |= {u: prior_files[u][1] for u in reused}
+    ids = {h["uri"]: h["id"] for h in canonical}
+    files = pa.Table.from_pylist(
+        [{"uri": u, "id": ids[u], "outcome": o} for u, o in sorted(outcomes.items())], schema=FILES)
+    tables["files"] = [writer.write_part("files", "part-00000", files)]
     if duplicates:
         dup = pa.Table.from_pylist(sorted(duplicates, key=lambda d: d["uri"]), schema=DUPLICATE)
         tables["duplicates"] = [writer.write_part("duplicates", "part-00000", dup)]
@@ -99,6 +117,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "rejected": stats.get("rejected_files", 0),
         "examples": sum(f.rows for f in tables["examples"]),
         "rejected_records": stats.get("rejected_records", 0),
+        "decoded": len(rows),
+        "reused": len(reused),
     }
     if counts["accepted"] + counts["duplicate"] + counts["rejected"] != counts["listed"]:
         raise RuntimeError(f"ingest lost or invented files: {counts}")
@@ -110,11 +130,65 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "raw_listing": digest,
         "engine": engine.value,
         "spec_digest": spec.digest(),
+        "reused_from": prior[0] if prior else None,
         "timings": timings,
     }
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
+
+
+def _base_uri(uri: str) -> str:
+    """The listed file a row came from (`manifest.jsonl#3` -> `manifest.jsonl`)."""
+    head, _, tail = uri.rpartition("#")
+    return head if head and tail.isdigit() else uri
+
+
+def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Manifest] | None:
+    """The newest complete version of the same input and config: its rows can be reused."""
+    try:
+        vdir, manifest = mf.resolve_input(root)
+    except FileNotFoundError:
+        return None
+    same = json.loads(mf.canonical_json(config)) == json.loads(mf.canonical_json(manifest.config))
+    if manifest.lineage.get("input") != input_uri or not same or "files" not in manifest.tables:
+        return None
+    return vdir, manifest
+
+
+def _files_of(prior: tuple[str, mf.Manifest] | None) -> dict[str, tuple[str, str]]:
+    if prior is None:
+        return {}
+    rows = mf.read_table(*prior, "files").to_pylist()
+    return {r["uri"]: (r["id"], r["outcome"]) for r in rows}
+
+
+def _decoded_outcomes(version_dir: str, tables: dict, uris: set[str]) -> dict[str, str]:
+    """A decoded file is rejected iff a file-level Rejected row names it."""
+    files = [storage.join(version_dir, f.path) for f in tables.get("rejected", [])]
+    rejected = set(storage.read_parquet(files, columns=["uri"], schema=REJECTED)
+                   .column("uri").to_pylist()) if files else set()
+    return {u: "rejected" if u in rejected else "accepted" for u in uris}
+
+
+def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
+                 writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict) -> None:
+    """Rows of unchanged files are copied from the prior version, not decoded again."""
+    for table, column in (("examples", "source_uris"), ("rejected", "uri")):
+        old = mf.read_table(*prior, table)
+        keys = old.column(column).to_pylist()
+        if column == "source_uris":
+            keys = [k[0] if k else "" for k in keys]
+        keep = [i for i, k in enumerate(keys) if _base_uri(k) in reused]
+        if keep:
+            part = old.take(pa.array(keep, pa.int64()))
+            tables.setdefault(table, []).append(writer.write_part(table, "reused-00000", part))
+        if table == "rejected":
+            rec = sum(1 for i in keep if _base_uri(keys[i]) != keys[i])
+            stats["rejected_records"] = stats.get("rejected_records", 0) + rec
+    for u in reused:
+        key = "accepted_files" if prior_files[u][1] == "accepted" else "rejected_files"
+        stats[key] = stats.get(key, 0) + 1
 
 
 def _train_tokenizer(canonical: list[dict], spec: PreprocessingSpec) -> str:

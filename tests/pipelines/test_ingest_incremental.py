@@ -1,0 +1,44 @@
+"""Files added to a prefix: a rerun decodes only the new ones and reuses the old rows."""
+
+from __future__ import annotations
+
+import random
+
+from jobs.corpus import generate_corpus
+from pipelines.ingest import run_ingest
+from pipelines.runner import Engine
+from schemas import manifest as mf
+from transforms.scenes import describe, random_scene, render_image
+
+
+def _rows(out: dict, table: str) -> list[dict]:
+    vdir, manifest = mf.resolve_input(out["uri"])
+    return mf.read_table(vdir, manifest, table).to_pylist()
+
+
+def test_added_files_decode_alone(tmp_path):
+    generate_corpus(str(tmp_path / "c"), 20, 20, seed=3)
+    media, root = str(tmp_path / "c" / "media"), str(tmp_path / "out")
+    first = run_ingest(media, root, engine=Engine.BEAM)
+    assert first["counts"]["reused"] == 0
+    rng = random.Random(9)
+    (tmp_path / "c" / "media" / "images" / "new.png").write_bytes(
+        render_image(random_scene(rng), rng))
+    (tmp_path / "c" / "media" / "texts" / "new.txt").write_text(describe(random_scene(rng), rng))
+    (tmp_path / "c" / "media" / "texts" / "new-empty.txt").write_bytes(b"")
+    second = run_ingest(media, root, engine=Engine.BEAM)
+    c1, c2 = first["counts"], second["counts"]
+    assert second["version"] != first["version"] and not second["reused"]
+    assert c2["decoded"] == 3
+    assert c2["reused"] == c1["accepted"] + c1["rejected"]
+    assert c2["listed"] == c1["listed"] + 3 == c2["accepted"] + c2["duplicate"] + c2["rejected"]
+    assert c2["accepted"] == c1["accepted"] + 2 and c2["rejected"] == c1["rejected"] + 1
+    old = {e["id"]: e for e in _rows(first, "examples")}
+    new = {e["id"]: e for e in _rows(second, "examples")}
+    assert len(new) == len(_rows(second, "examples"))  # no duplicated rows
+    assert set(old) < set(new) and len(new) == len(old) + 2
+    assert all(new[i]["parts"] == old[i]["parts"] for i in old)  # same tokens: same tokenizer
+    assert len(_rows(second, "rejected")) == len(_rows(first, "rejected")) + 1
+    outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
+    assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"
+    assert run_ingest(media, root, engine=Engine.BEAM)["reused"] is True
