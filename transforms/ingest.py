@@ -6,18 +6,20 @@ duplicates; `IngestStage` reads, sniffs and decodes the canonical files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import storage
 from schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
 from schemas.spec import PreprocessingSpec
 from transforms.audio import decode_audio
 from transforms.image import decode_image
+from transforms.isolation import IsolatedDecoder
 from transforms.pdf import decode_pdf
 from transforms.records import RecordError, build_interleaved, parse_manifest
 from transforms.sniff import DecodeError, sniff
@@ -61,6 +63,10 @@ class IngestConfig(BaseModel):
     # Roots a manifest's references may point into (the input prefix by default).
     allowed_roots: tuple[str, ...] = ()
     video_mode: Literal["smart", "full", "keyframes"] = "smart"
+    # Decoders run in a persistent, memory-capped worker process with a per-file timeout.
+    isolate: bool = True
+    decode_timeout_s: float = Field(120.0, gt=0)
+    decoder_memory_mb: int = Field(4096, ge=256)
 
 
 STATS = pa.schema([("accepted_files", pa.int64()), ("rejected_files", pa.int64()),
@@ -85,11 +91,18 @@ class IngestStage(BaseStage):
 
     def __init__(self, config: IngestConfig):
         self.config = config
-        self._tokenizer: TextTokenizer | None = None
+        self._isolated: IsolatedDecoder | None = None
 
     def setup(self) -> None:
-        if self.config.spec.tokenizer_json and self._tokenizer is None:
-            self._tokenizer = TextTokenizer.from_json(self.config.spec.tokenizer_json)
+        if self.config.isolate and self._isolated is None:
+            self._isolated = IsolatedDecoder(self.config.decode_timeout_s,
+                                             self.config.decoder_memory_mb)
+            self._isolated.start()
+
+    def teardown(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
+            self._isolated = None
 
     def process_batch(self, batch: pa.RecordBatch | pa.Table) -> dict[str, pa.Table]:
         """Every input file ends as >= 1 Example or exactly one Rejected row.
@@ -103,22 +116,25 @@ class IngestStage(BaseStage):
         for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(),
                                 strict=True):
             try:
-                got, bad = self._process(uri, file_id)
+                if self._isolated is not None:
+                    got, bad = self._isolated.run(process_file, uri, file_id, self.config)
+                else:
+                    got, bad = process_file(uri, file_id, self.config)
             except DecodeError as e:
                 got, bad = [], []
-                rejected.append(self._reject(uri, file_id, e.reason, e.message))
+                rejected.append(_reject(uri, file_id, e.reason, e.message))
             except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
                 got, bad = [], []
-                rejected.append(self._reject(uri, file_id, Reason.DECODE_ERROR,
-                                             f"{type(e).__name__}: {e}"))
+                rejected.append(_reject(uri, file_id, Reason.DECODE_ERROR,
+                                        f"{type(e).__name__}: {e}"))
             if got:
                 stats["accepted_files"] += 1
                 examples.extend(got)
                 rejected.extend(bad)
                 stats["rejected_records"] += len(bad)
             elif bad:  # a manifest none of whose records is usable: the file is rejected
-                rejected.append(self._reject(uri, file_id, bad[0]["reason"],
-                                             f"no usable record; first: {bad[0]['message']}"))
+                rejected.append(_reject(uri, file_id, bad[0]["reason"],
+                                        f"no usable record; first: {bad[0]['message']}"))
                 stats["rejected_records"] += len(bad)
                 rejected.extend(bad)
                 stats["rejected_files"] += 1
@@ -127,9 +143,31 @@ class IngestStage(BaseStage):
         return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED),
                 "stats": pa.Table.from_pylist([stats], schema=STATS)}
 
-    def _reject(self, uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
-        return {"uri": uri, "stage": self.name, "reason": Reason(reason).value,
-                "message": message, "record_id": file_id}
+
+def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
+    return {"uri": uri, "stage": IngestStage.name, "reason": Reason(reason).value,
+            "message": message, "record_id": file_id}
+
+
+def process_file(uri: str, file_id: str, config: IngestConfig) -> tuple[list[dict], list[dict]]:
+    """One listed file -> (Examples, record-level Rejected rows); raises DecodeError.
+
+    Module-level so the isolated worker can run it; the worker keeps one ingestor (and
+    its tokenizer) per config.
+    """
+    return _ingestor(config).process(uri, file_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _ingestor(config: IngestConfig) -> _FileIngestor:
+    return _FileIngestor(config)
+
+
+class _FileIngestor:
+    def __init__(self, config: IngestConfig):
+        self.config = config
+        self._tokenizer = (TextTokenizer.from_json(config.spec.tokenizer_json)
+                           if config.spec.tokenizer_json else None)
 
     def _tokenize(self, parts: list[dict]) -> list[dict]:
         for part in parts:
@@ -143,7 +181,7 @@ class IngestStage(BaseStage):
                 "source_uris": uris, "mime": mime, "size_bytes": size,
                 "metadata": json.dumps(metadata, sort_keys=True)}
 
-    def _process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict]]:
+    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict]]:
         spec, limit = self.config.spec, self.config.max_file_bytes
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
@@ -203,17 +241,17 @@ class IngestStage(BaseStage):
         examples, bad = [], []
         for rec in parse_manifest(data, fmt, uri):
             if isinstance(rec, RecordError):
-                bad.append(self._reject(f"{uri}#{rec.record_index}", None, rec.reason,
+                bad.append(_reject(f"{uri}#{rec.record_index}", None, rec.reason,
                                         rec.message))
                 continue
             try:
                 built = build_interleaved(rec, uri, roots, self.config.spec, decoders)
             except DecodeError as e:
-                bad.append(self._reject(f"{uri}#{rec['index']}", rec.get("id"), e.reason,
+                bad.append(_reject(f"{uri}#{rec['index']}", rec.get("id"), e.reason,
                                         e.message))
                 continue
             except Exception as e:  # noqa: BLE001
-                bad.append(self._reject(f"{uri}#{rec['index']}", rec.get("id"),
+                bad.append(_reject(f"{uri}#{rec['index']}", rec.get("id"),
                                         Reason.DECODE_ERROR, f"{type(e).__name__}: {e}"))
                 continue
             examples.append(self._example(built["id"], Modality.INTERLEAVED.value,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +88,7 @@ def test_good_and_hostile_files(tmp_path, stage):
 
 
 def test_unexpected_exception_becomes_rejected(tmp_path, stage, monkeypatch):
+    stage = IngestStage(stage.config.model_copy(update={"isolate": False}))  # patch in-process
     def boom(data, spec):
         raise RuntimeError("kaboom")
 
@@ -108,3 +110,46 @@ def test_hash_file_and_pick_canonical(tmp_path):
     canonical, duplicates = pick_canonical(hashes)
     assert [h["uri"] for h in canonical] == sorted([b, c, e1, e2])
     assert duplicates == [{"uri": a, "duplicate_of": hashlib.sha256(b"same").hexdigest()}]
+
+
+def _video_row(tmp_path):
+    from tests.transforms.media import make_video
+
+    data = make_video(20.0, fps=25, size=(320, 240))
+    return {"uri": write(tmp_path, "slow.mp4", data), "id": hashlib.sha256(data).hexdigest()}
+
+
+def test_decode_timeout_rejects_only_that_file(tmp_path, stage):
+    """A decode past its time limit is killed; the worker is replaced, the next file works."""
+    slow = IngestStage(stage.config.model_copy(update={"decode_timeout_s": 0.05,
+                                                       "max_file_bytes": 50 << 20}))
+    data = encode(Image.new("RGB", (8, 8)))
+    ok_row = {"uri": write(tmp_path, "ok.png", data), "id": hashlib.sha256(data).hexdigest()}
+    examples, rejected = run(slow, [_video_row(tmp_path)])  # setup() started the worker
+    assert [r["reason"] for r in rejected.values()] == ["decode_timeout"]
+    assert slow._isolated.restarts == 1
+    slow.teardown()
+    relaxed = IngestStage(stage.config.model_copy(update={"max_file_bytes": 50 << 20}))
+    examples, rejected = run(relaxed, [_video_row(tmp_path), ok_row])
+    assert len(examples) == 2 and not rejected
+    relaxed.teardown()
+
+
+def test_memory_bound_rejects_instead_of_crashing(tmp_path, stage):
+    """A legal but huge image (16k x 16k, allowed by the bomb guard) exceeds the decoder's
+    256 MiB budget: that file is rejected with a reason, and the stage keeps going."""
+    big = Image.new("L", (16000, 16000), 7)
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    del big
+    data = buf.getvalue()
+    spec = stage.config.spec.model_copy(update={"max_image_pixels": 10**9})
+    tight = IngestStage(stage.config.model_copy(update={
+        "decoder_memory_mb": 256, "max_file_bytes": 50 << 20, "spec": spec}))
+    ok = encode(Image.new("RGB", (8, 8)))
+    rows = [{"uri": write(tmp_path, "huge.png", data), "id": hashlib.sha256(data).hexdigest()},
+            {"uri": write(tmp_path, "ok.png", ok), "id": hashlib.sha256(ok).hexdigest()}]
+    examples, rejected = run(tight, rows)
+    tight.teardown()
+    assert [e["source_uris"][0] for e in examples] == [rows[1]["uri"]]
+    assert rejected[rows[0]["uri"]]["reason"] in {"too_large", "decode_error"}

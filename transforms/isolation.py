@@ -1,0 +1,105 @@
+"""Decoding in a persistent, memory-capped worker process, with a per-file timeout.
+
+A hostile file can hang a decoder, exhaust memory or crash a C library. The stage sends
+each file's bytes to one long-lived worker process (not a process per file); when a call
+times out or the worker dies, the worker is replaced and only that file is rejected
+(`decode_timeout` or `decode_error`), never its batch or the engine's worker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from schemas.records import Reason
+from transforms.sniff import DecodeError
+
+
+def _init_worker() -> None:
+    """End the worker if its parent dies (even by SIGKILL): nobody would read its results."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)  # orphaned: nobody will read our results
+
+    threading.Thread(target=watch, daemon=True, name="loom-parent-watch").start()
+
+
+def _call(fn: Callable, args: tuple) -> tuple[str, Any]:
+    """Runs in the worker: DecodeErrors come back as values (they pickle poorly)."""
+    try:
+        return "ok", fn(*args)
+    except DecodeError as e:
+        return "reject", (e.reason.value, e.message)
+    except MemoryError:
+        return "reject", (Reason.TOO_LARGE.value, "decoder ran out of its memory bound")
+
+
+def _warm(budget_bytes: int) -> None:
+    """Import the decoders, then cap the address space at what they take + the budget."""
+    import transforms.ingest  # noqa: F401 - pay the decoders' imports at start-up
+
+    if budget_bytes > 0:
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (size + budget_bytes, size + budget_bytes))
+
+
+class IsolatedDecoder:
+    """`run(fn, *args)` in the worker; fn must be a module-level (picklable) function."""
+
+    def __init__(self, timeout_s: float, memory_mb: int):
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_mb * 1024 * 1024
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _ensure(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: forking a multi-threaded engine worker (Beam threads, Ray) is unsafe
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        return self._pool
+
+    def start(self) -> None:
+        """Start the worker (imports included) so its start-up never counts as decode time."""
+        self._ensure().submit(_call, _warm, (self.memory_bytes,)).result()
+
+    def _replace(self) -> None:
+        pool, self._pool = self._pool, None
+        self.restarts += 1
+        if pool is not None:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()  # a hung decoder never returns: stop it, don't wait for it
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, fn: Callable, *args: Any, _retry: bool = False) -> Any:
+        future = self._ensure().submit(_call, fn, args)
+        try:
+            status, value = future.result(timeout=self.timeout_s)
+        except cf.TimeoutError:
+            self._replace()
+            raise DecodeError(Reason.DECODE_TIMEOUT,
+                              f"decoding took longer than {self.timeout_s:g} s") from None
+        except cf.process.BrokenProcessPool:
+            self._replace()
+            if not _retry:  # once more on a fresh worker: was it this file, or bad luck?
+                return self.run(fn, *args, _retry=True)
+            raise DecodeError(Reason.DECODE_ERROR,
+                              "the decoder process died on this file (twice)") from None
+        if status == "reject":
+            raise DecodeError(Reason(value[0]), value[1])
+        return value
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
