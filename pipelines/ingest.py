@@ -125,6 +125,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     rejected_rows = sum(f.rows for f in tables["rejected"])
     if rejected_rows != counts["rejected"] + counts["rejected_records"]:
         raise RuntimeError(f"rejected rows {rejected_rows} do not match outcomes {counts}")
+    counts |= _summary(writer.dir, tables)
     lineage = {
         "input": input_uri,
         "raw_listing": digest,
@@ -136,6 +137,18 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
+
+
+def _summary(version_dir: str, tables: dict) -> dict[str, int]:
+    """Rows per modality (`examples.<modality>`) and per reason (`rejected.<reason>`)."""
+    out: dict[str, int] = {}
+    for table, column, prefix in (("examples", "modality", "examples."),
+                                  ("rejected", "reason", "rejected.")):
+        files = [storage.join(version_dir, f.path) for f in tables.get(table, [])]
+        if files:
+            for value in storage.read_parquet(files, columns=[column]).column(column).to_pylist():
+                out[prefix + value] = out.get(prefix + value, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _base_uri(uri: str) -> str:
