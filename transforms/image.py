@@ -90,3 +90,12 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     part.update(pixels=out.tobytes(), height=size, width=size, frames=1,
                 mime=Image.MIME.get(fmt or "", None))
     return part
+
+
+def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMAGE.value) -> dict:
+    """An already-decoded RGB image (a rendered page, say) resized like `decode_image`."""
+    size = spec.image_size
+    out = ImageOps.fit(_to_rgb(img), (size, size), method=Image.Resampling.BICUBIC)
+    part = empty_part(kind)
+    part.update(pixels=out.tobytes(), height=size, width=size, frames=1)
+    return part

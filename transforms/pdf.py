@@ -4,21 +4,21 @@ PDFium is not thread-safe, so every call into it is serialized by a process-wide
 (Beam workers run bundles on several threads). Pages are rendered only over their
 centered square, the same region `decode_image`'s center crop keeps, so a page with an
 extreme aspect ratio never needs a huge bitmap; the render then goes through
-`decode_image` (as PNG) so pages are resized exactly like images.
+`image.fit_part`, so pages are resized exactly like images.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
+from PIL import Image
 
 from schemas.records import Modality, Reason, empty_part
 from schemas.spec import PreprocessingSpec
-from transforms.image import decode_image
+from transforms.image import fit_part
 from transforms.sniff import DecodeError
 from transforms.text import clean_text
 
@@ -50,8 +50,8 @@ def _open(data: bytes) -> pdfium.PdfDocument:
     return pdfium.PdfDocument(raw)
 
 
-def _render_square(page: pdfium.PdfPage, spec: PreprocessingSpec, index: int) -> bytes:
-    """The page's centered square rendered with a shorter side of >= image_size, as PNG."""
+def _render_square(page: pdfium.PdfPage, spec: PreprocessingSpec, index: int) -> Image.Image:
+    """The page's centered square rendered with a shorter side of >= image_size."""
     w, h = page.get_size()
     if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
         raise DecodeError(Reason.DECODE_ERROR, f"page {index} has no area ({w}x{h} pt)")
@@ -74,14 +74,12 @@ def _render_square(page: pdfium.PdfPage, spec: PreprocessingSpec, index: int) ->
         img = bitmap.to_pil().convert("RGB")  # copies out of the PDFium buffer
     finally:
         bitmap.close()
-    out = io.BytesIO()
-    img.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    return img
 
 
 def _read_page(doc: pdfium.PdfDocument, i: int, spec: PreprocessingSpec,
-               data: bytes) -> tuple[bytes, str]:
-    """(PNG of the page's centered square, raw text layer); PDFium lock held."""
+               data: bytes) -> tuple[Image.Image, str]:
+    """(the page's centered square, raw text layer); PDFium lock held."""
     try:
         page = doc[i]
     except pdfium.PdfiumError as e:
@@ -101,10 +99,10 @@ def _read_page(doc: pdfium.PdfDocument, i: int, spec: PreprocessingSpec,
     return png, raw_text
 
 
-def _page_record(png: bytes, raw_text: str, i: int, n: int, spec: PreprocessingSpec,
+def _page_record(png: Image.Image, raw_text: str, i: int, n: int, spec: PreprocessingSpec,
                  doc_id: str) -> dict:
-    image = decode_image(png, spec)
-    image.update(kind=Modality.PAGE.value, mime=PDF_MIME)
+    image = fit_part(png, spec, Modality.PAGE.value)
+    image.update(mime=PDF_MIME)
     parts = [image]
     text = clean_text(raw_text, spec.max_text_chars)
     if text:
