@@ -93,12 +93,13 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     with timed(timings, "decode_s"):
         config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,))
         task = StageTask(partial(IngestStage, config_), writer.dir)
-        rows = [{"uri": h["uri"], "id": h["id"]} for h in sorted(canonical, key=lambda h: h["uri"])
-                if h["uri"] not in reused]
+        dups = _dups_by_uri(canonical, duplicates)
+        rows = [{"uri": h["uri"], "id": h["id"], "dups": dups.get(h["uri"])}
+                for h in sorted(canonical, key=lambda h: h["uri"]) if h["uri"] not in reused]
         tables, stats = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
     outcomes = _decoded_outcomes(writer.dir, tables, {r["uri"] for r in rows})
     if reused:
-        _copy_reused(prior, prior_files, writer, reused, tables, stats)
+        _copy_reused(prior, prior_files, writer, reused, tables, stats, dups)
         outcomes |= {u: prior_files[u][1] for u in reused}
     ids = {h["uri"]: h["id"] for h in canonical}
     files = pa.Table.from_pylist(
@@ -184,8 +185,18 @@ def _decoded_outcomes(version_dir: str, tables: dict, uris: set[str]) -> dict[st
     return {u: "rejected" if u in rejected else "accepted" for u in uris}
 
 
+def _dups_by_uri(canonical: list[dict], duplicates: list[dict]) -> dict[str, list[str]]:
+    """Canonical URI -> the URIs of its byte-identical copies."""
+    by_id = {h["id"]: h["uri"] for h in canonical if h.get("size")}
+    out: dict[str, list[str]] = {}
+    for d in duplicates:
+        out.setdefault(by_id[d["duplicate_of"]], []).append(d["uri"])
+    return out
+
+
 def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
-                 writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict) -> None:
+                 writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict,
+                 dups: dict[str, list[str]]) -> None:
     """Rows of unchanged files are copied from the prior version, not decoded again."""
     for table, column in (("examples", "source_uris"), ("rejected", "uri")):
         old = mf.read_table(*prior, table)
@@ -195,6 +206,12 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
         keep = [i for i, k in enumerate(keys) if _base_uri(k) in reused]
         if keep:
             part = old.take(pa.array(keep, pa.int64()))
+            if table == "examples":  # copies may have come or gone since
+                sources = [s if _base_uri(s[0]) != s[0] else [s[0], *dups.get(s[0], [])]
+                           for s in part.column("source_uris").to_pylist()]
+                idx = part.schema.get_field_index("source_uris")
+                part = part.set_column(idx, part.schema.field(idx),
+                                       pa.array(sources, pa.list_(pa.string())))
             tables.setdefault(table, []).append(writer.write_part(table, "reused-00000", part))
         if table == "rejected":
             rec = sum(1 for i in keep if _base_uri(keys[i]) != keys[i])

@@ -17,6 +17,7 @@ class PreprocessingSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image_size: int = Field(48, ge=8, le=1024)
+    image_frames: int = Field(1, ge=1, le=64)  # animated images: frames spread evenly
     patch_size: int = Field(8, ge=2, le=64)
     max_text_chars: int = Field(4000, ge=16)
     max_text_tokens: int = Field(64, ge=4)

@@ -1,13 +1,18 @@
-"""Image bytes to a fixed-size RGB part: orientation, mode, first frame, resize, crop."""
+"""Image bytes to a fixed-size RGB part: orientation, mode, frame(s), resize, crop.
+
+Animated GIF/APNG/WebP give their first frame, or with spec.image_frames > 1 up to that
+many frames spread evenly over the animation, as pixels (frames, S, S, 3).
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from schemas.records import Modality, Reason, empty_part
 from schemas.spec import PreprocessingSpec
@@ -16,6 +21,8 @@ from transforms.sniff import DecodeError
 # Image.MAX_IMAGE_PIXELS is process-global; the guard is set per call under a lock.
 _GUARD = threading.Lock()
 _TRUNCATION_HINTS = ("truncated", "end of file", "eof", "broken", "incomplete", "ended")
+# Formats whose extra frames are animation (not pages of a TIFF or views of an MPO).
+_ANIMATED = frozenset({"GIF", "PNG", "WEBP"})
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -42,8 +49,22 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+@functools.cache
+def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransformFromOpenProfiles(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
+    if mode == "LAB":  # CIE L*a*b* (TIFF): a colour-managed transform, not a channel copy
+        return ImageCms.applyTransform(img, _lab_to_srgb())
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
         a = np.asarray(img, dtype=np.float64)
         top = float(a.max()) if a.size else 0.0
@@ -55,14 +76,31 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             a = a * (255.0 / (65535.0 if top <= 65535.0 else top))
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
+        return _on_white(img)
     return img if mode == "RGB" else img.convert("RGB")
 
 
+def _fit(rgb: Image.Image, size: int) -> Image.Image:
+    return ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
+
+
+def _frame_indices(img: Image.Image, want: int, max_pixels: int) -> list[int]:
+    """Evenly spaced frame indices, at most `want`; [0] for a still image.
+
+    Seeking decodes every frame before the target at full canvas size, so the span
+    sampled is capped to the frames whose canvases fit in max_pixels together.
+    """
+    n = int(getattr(img, "n_frames", 1)) if want > 1 and img.format in _ANIMATED else 1
+    if n <= 1:
+        return [0]
+    w, h = img.size
+    span = min(n, max(1, max_pixels // (w * h)))
+    picks = np.rint(np.linspace(0, span - 1, min(want, span))).astype(int)
+    return sorted({int(i) for i in picks})
+
+
 def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
-    """A PART dict (kind image) with uint8 RGB pixels of shape (size, size, 3)."""
+    """A PART dict (kind image): uint8 RGB pixels (frames, size, size, 3), usually 1 frame."""
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -74,9 +112,14 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
         if fmt == "JPEG":
             img.draft(None, (size, size))  # DCT scaling: decode at >= size, much faster
         img.load()  # first frame only; raises on truncated data
-        img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img)
-        out = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
+        indices = _frame_indices(img, spec.image_frames, spec.max_image_pixels)
+        if len(indices) == 1:
+            outs = [_fit(_to_rgb(ImageOps.exif_transpose(img)), size)]
+        else:
+            outs = []
+            for i in indices:  # increasing: Pillow composites each frame (disposal, blend)
+                img.seek(i)
+                outs.append(_fit(_on_white(ImageOps.exif_transpose(img)), size))
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -87,15 +130,15 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
                   or any(h in text for h in _TRUNCATION_HINTS) else Reason.DECODE_ERROR)
         raise DecodeError(reason, f"{fmt or 'image'}: {type(e).__name__}: {e}") from None
     part = empty_part(Modality.IMAGE.value)
-    part.update(pixels=out.tobytes(), height=size, width=size, frames=1,
-                mime=Image.MIME.get(fmt or "", None))
+    part.update(pixels=b"".join(o.tobytes() for o in outs), height=size, width=size,
+                frames=len(outs), mime=Image.MIME.get(fmt or "", None))
     return part
 
 
 def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMAGE.value) -> dict:
     """An already-decoded RGB image (a rendered page, say) resized like `decode_image`."""
     size = spec.image_size
-    out = ImageOps.fit(_to_rgb(img), (size, size), method=Image.Resampling.BICUBIC)
+    out = _fit(_to_rgb(img), size)
     part = empty_part(kind)
     part.update(pixels=out.tobytes(), height=size, width=size, frames=1)
     return part

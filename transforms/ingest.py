@@ -86,7 +86,9 @@ def _is_manifest(uri: str, data: bytes) -> str | None:
 
 class IngestStage(BaseStage):
     name: ClassVar[str] = "ingest"
-    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string()), ("id", pa.string())])
+    # `dups`: URIs of byte-identical copies; the Example lists them among its sources.
+    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string()), ("id", pa.string()),
+                                                   ("dups", pa.list_(pa.string()))])
     output_schemas: ClassVar[dict[str, pa.Schema]] = {"examples": EXAMPLE, "rejected": REJECTED}
 
     def __init__(self, config: IngestConfig):
@@ -113,13 +115,18 @@ class IngestStage(BaseStage):
         self.setup()
         examples, rejected = [], []
         stats = {"accepted_files": 0, "rejected_files": 0, "rejected_records": 0}
-        for uri, file_id in zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(),
-                                strict=True):
+        dups_col = (batch.column("dups").to_pylist() if "dups" in batch.schema.names
+                    else [None] * batch.num_rows)
+        for uri, file_id, dups in zip(batch.column("uri").to_pylist(),
+                                      batch.column("id").to_pylist(), dups_col, strict=True):
             try:
                 if self._isolated is not None:
                     got, bad = self._isolated.run(process_file, uri, file_id, self.config)
                 else:
                     got, bad = process_file(uri, file_id, self.config)
+                for ex in got:
+                    if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
+                        ex["source_uris"] = [uri, *dups]
             except DecodeError as e:
                 got, bad = [], []
                 rejected.append(_reject(uri, file_id, e.reason, e.message))

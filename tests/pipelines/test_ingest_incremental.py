@@ -26,18 +26,25 @@ def test_added_files_decode_alone(tmp_path):
         render_image(random_scene(rng), rng))
     (tmp_path / "c" / "media" / "texts" / "new.txt").write_text(describe(random_scene(rng), rng))
     (tmp_path / "c" / "media" / "texts" / "new-empty.txt").write_bytes(b"")
+    first_image = (tmp_path / "c" / "media" / "images" / "img-00000.png").read_bytes()
+    (tmp_path / "c" / "media" / "images" / "zz-copy.png").write_bytes(first_image)
     second = run_ingest(media, root, engine=Engine.BEAM)
     c1, c2 = first["counts"], second["counts"]
     assert second["version"] != first["version"] and not second["reused"]
     assert c2["decoded"] == 3
     assert c2["reused"] == c1["accepted"] + c1["rejected"]
-    assert c2["listed"] == c1["listed"] + 3 == c2["accepted"] + c2["duplicate"] + c2["rejected"]
+    assert c2["listed"] == c1["listed"] + 4 == c2["accepted"] + c2["duplicate"] + c2["rejected"]
+    assert c2["duplicate"] == c1["duplicate"] + 1
     assert c2["accepted"] == c1["accepted"] + 2 and c2["rejected"] == c1["rejected"] + 1
     old = {e["id"]: e for e in _rows(first, "examples")}
     new = {e["id"]: e for e in _rows(second, "examples")}
     assert len(new) == len(_rows(second, "examples"))  # no duplicated rows
     assert set(old) < set(new) and len(new) == len(old) + 2
     assert all(new[i]["parts"] == old[i]["parts"] for i in old)  # same tokens: same tokenizer
+    # A reused row gains the copy that arrived since: every source URI is listed.
+    copied = next(e for e in new.values() if any(u.endswith("zz-copy.png")
+                                                 for u in e["source_uris"]))
+    assert copied["id"] in old and len(copied["source_uris"]) == len(old[copied["id"]]["source_uris"]) + 1
     assert len(_rows(second, "rejected")) == len(_rows(first, "rejected")) + 1
     outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
     assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"

@@ -128,3 +128,91 @@ def test_small_pixel_limit_too_large(limit):
     with pytest.raises(DecodeError) as e:
         decode_image(encode(Image.new("RGB", (96, 96))), spec)
     assert e.value.reason == Reason.DECOMPRESSION_BOMB
+
+
+COLORS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255))
+
+
+def animation(fmt: str = "GIF", size: int = 40, **kw) -> bytes:
+    frames = [Image.new("RGB", (size, size), c) for c in COLORS]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **kw)
+
+
+def frame_stack(part: dict, spec: PreprocessingSpec) -> np.ndarray:
+    s = spec.image_size
+    assert part["height"] == part["width"] == s
+    arr = np.frombuffer(part["pixels"], dtype=np.uint8)
+    assert arr.size == part["frames"] * s * s * 3
+    return arr.reshape(part["frames"], s, s, 3)
+
+
+def dominant(frame: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.rint(frame.reshape(-1, 3).mean(axis=0)))
+
+
+def close(a: tuple[int, ...], b: tuple[int, ...], tol: int = 8) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("fmt,kw", [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})])
+def test_animation_frames_spread_evenly(fmt, kw):
+    spec = PreprocessingSpec(image_size=48, image_frames=3)
+    part = decode_image(animation(fmt, **kw), spec)
+    assert part["frames"] == 3 and len(part["pixels"]) == 3 * 48 * 48 * 3
+    first, middle, last = (dominant(f) for f in frame_stack(part, spec))
+    assert close(first, COLORS[0]) and close(last, COLORS[5])
+    assert close(middle, COLORS[2]) or close(middle, COLORS[3])  # index round(2.5)
+
+
+def test_animation_default_is_first_frame_only():
+    assert SPEC.image_frames == 1
+    part = decode_image(animation(), SPEC)
+    assert part["frames"] == 1 and dominant(pixels(part)) == COLORS[0]
+
+
+def test_animation_more_frames_wanted_than_present():
+    spec = PreprocessingSpec(image_size=16, image_frames=64)
+    stack = frame_stack(decode_image(animation(), spec), spec)
+    assert [dominant(f) for f in stack] == list(COLORS)
+
+
+def test_still_image_with_image_frames_is_one_frame():
+    spec = PreprocessingSpec(image_size=48, image_frames=4)
+    part = decode_image(encode(Image.new("RGB", (40, 40), (10, 200, 30))), spec)
+    assert part["frames"] == 1 and len(part["pixels"]) == 48 * 48 * 3
+    assert dominant(frame_stack(part, spec)[0]) == (10, 200, 30)
+
+
+def test_gif_frames_composited_with_disposal():
+    palette = [v for c in COLORS for v in c] + [0] * (768 - 3 * len(COLORS))
+    frames = []
+    for i in range(len(COLORS)):
+        im = Image.new("P", (40, 40), 0 if i == 0 else 9)  # 9: transparent
+        im.putpalette(palette)
+        if i:
+            im.paste(i, (10, 10, 30, 30))
+        frames.append(im)
+    spec = PreprocessingSpec(image_size=40, image_frames=2)
+    for disposal, corner in ((1, COLORS[0]), (2, (255, 255, 255))):
+        data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100,
+                      disposal=disposal, transparency=9, optimize=False)
+        first, last = frame_stack(decode_image(data, spec), spec)
+        assert tuple(first[20, 20]) == COLORS[0] and tuple(last[20, 20]) == COLORS[5]
+        assert tuple(last[1, 1]) == corner  # kept frame 0 under it, or cleared to white
+
+
+def test_animation_span_capped_by_pixel_budget():
+    # 40x40 canvases, budget of two: only frames 0..1 are decoded.
+    spec = PreprocessingSpec(image_size=16, image_frames=6, max_image_pixels=2 * 40 * 40)
+    stack = frame_stack(decode_image(animation(), spec), spec)
+    assert [dominant(f) for f in stack] == list(COLORS[:2])
+
+
+def test_lab_converted_to_rgb():
+    # Pillow's LAB bytes: L* scaled to 0..255, a* and b* offset by 128; L=53 a=80 b=67 is red.
+    lab = Image.new("LAB", (40, 40), (round(53 * 255 / 100), 128 + 80, 128 + 67))
+    r, g, b = center(decode_image(encode(lab, "TIFF"), SPEC))
+    assert r > 180 and g < 80 and b < 80
+    grey = Image.new("LAB", (40, 40), (round(50 * 255 / 100), 128, 128))
+    r, g, b = center(decode_image(encode(grey, "TIFF"), SPEC))
+    assert max(r, g, b) - min(r, g, b) <= 3 and 110 <= r <= 130
