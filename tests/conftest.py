@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.gcs import GcsEmulator, emulator_available
+
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
@@ -19,3 +21,21 @@ def ray_session():
     ensure_ray(num_cpus=2, object_store_mb=256)
     yield ray
     ray.shutdown()
+
+
+BUCKET = "loom-test"
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A running emulator with bucket `loom-test`; STORAGE_EMULATOR_HOST points at it.
+
+    schemas.storage caches one GcsFileSystem per emulator host, so the variable must be
+    set before the first gs:// call, which this fixture guarantees for its users.
+    """
+    if not emulator_available():
+        pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[test]')")
+    with GcsEmulator(bucket=BUCKET) as emulator, pytest.MonkeyPatch.context() as mp:
+        for key, value in emulator.env().items():
+            mp.setenv(key, value)
+        yield emulator
