@@ -119,7 +119,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "examples": sum(f.rows for f in tables["examples"]),
         "rejected_records": stats.get("rejected_records", 0),
         "decoded": len(rows),
-        "reused": len(reused),
+        "reused_files": len(reused),
     }
     if counts["accepted"] + counts["duplicate"] + counts["rejected"] != counts["listed"]:
         raise RuntimeError(f"ingest lost or invented files: {counts}")
@@ -127,6 +127,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if rejected_rows != counts["rejected"] + counts["rejected_records"]:
         raise RuntimeError(f"rejected rows {rejected_rows} do not match outcomes {counts}")
     counts |= _summary(writer.dir, tables)
+    counts["bytes_in"] = sum(e.size for e in listing)
+    sizes = {e.uri: e.size for e in storage.list_files(writer.dir)}
+    counts["bytes_out"] = sum(sizes.get(storage.join(writer.dir, f.path), 0)
+                              for files in tables.values() for f in files)
+    total_s = sum(timings.values())
+    timings["files_per_s"] = round(len(listing) / total_s, 1) if total_s else 0.0
     lineage = {
         "input": input_uri,
         "raw_listing": digest,

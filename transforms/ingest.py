@@ -69,10 +69,6 @@ class IngestConfig(BaseModel):
     decoder_memory_mb: int = Field(4096, ge=256)
 
 
-STATS = pa.schema([("accepted_files", pa.int64()), ("rejected_files", pa.int64()),
-                   ("rejected_records", pa.int64())])
-
-
 def _is_manifest(uri: str, data: bytes) -> str | None:
     """Interleaved-record manifests: `*.jsonl` whose first record has `parts`, or Parquet."""
     name = uri.rsplit("/", 1)[-1].lower()
@@ -136,6 +132,9 @@ class IngestStage(BaseStage):
                                         f"{type(e).__name__}: {e}"))
             if got:
                 stats["accepted_files"] += 1
+                for ex in got:
+                    key = f"examples.{ex['modality']}"
+                    stats[key] = stats.get(key, 0) + 1
                 examples.extend(got)
                 rejected.extend(bad)
                 stats["rejected_records"] += len(bad)
@@ -148,7 +147,7 @@ class IngestStage(BaseStage):
             else:
                 stats["rejected_files"] += 1
         return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED),
-                "stats": pa.Table.from_pylist([stats], schema=STATS)}
+                "stats": pa.Table.from_pylist([stats])}
 
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:

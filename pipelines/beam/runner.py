@@ -8,6 +8,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.progress import progress, report
 from pipelines.runner import StageTask, dumps
 from schemas import storage
 
@@ -15,15 +16,18 @@ from schemas import storage
 class _StageDoFn(beam.DoFn):
     """One stage per worker, built in `setup`; each element is one work item."""
 
-    def __init__(self, task: StageTask):
+    def __init__(self, task: StageTask, progress_key: str | None = None):
         self.task = task
+        self.progress_key = progress_key
         self.stage = None
 
     def setup(self):
         self.stage = self.task.open()
 
     def process(self, item_json: str):
-        yield dumps(self.task.run(self.stage, json.loads(item_json)))
+        result = self.task.run(self.stage, json.loads(item_json))
+        report(self.progress_key, result)
+        yield dumps(result)
 
     def teardown(self):
         if self.stage is not None:
@@ -43,12 +47,13 @@ def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None
         "--direct_running_mode=multi_threading",
     ]
     results_uri = storage.join(task.version_dir, "_work", f"beam-{uuid.uuid4().hex}.json")
-    with beam.Pipeline(options=PipelineOptions(args)) as p:
+    name = getattr(task.factory, "func", task.factory).__name__
+    with progress(len(items), name) as (key, _), beam.Pipeline(options=PipelineOptions(args)) as p:
         (
             p
             | "Items" >> beam.Create([dumps(i) for i in items])
             | "Spread" >> beam.Reshuffle()
-            | "Stage" >> beam.ParDo(_StageDoFn(task))
+            | "Stage" >> beam.ParDo(_StageDoFn(task, key))
             | "Collect" >> beam.combiners.ToList()
             | "Results" >> beam.Map(_write_results, results_uri)
         )

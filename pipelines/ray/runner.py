@@ -8,6 +8,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
+from pipelines.progress import progress
 from pipelines.ray.session import ensure_ray
 from pipelines.runner import StageTask, dumps
 
@@ -34,4 +35,10 @@ def run_ray(task: StageTask, items: list[dict], actors: int = 2,
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(actors, len(items)))),
         num_cpus=cpus_per_actor,
     )
-    return [json.loads(r["result"]) for r in ds.take_all()]
+    name = getattr(task.factory, "func", task.factory).__name__
+    results = []
+    with progress(len(items), name) as (_, bar):
+        for row in ds.iter_rows():  # streams: the bar moves as items finish
+            results.append(json.loads(row["result"]))
+            bar.update(results[-1])
+    return results

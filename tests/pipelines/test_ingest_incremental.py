@@ -20,7 +20,7 @@ def test_added_files_decode_alone(tmp_path):
     generate_corpus(str(tmp_path / "c"), 20, 20, seed=3)
     media, root = str(tmp_path / "c" / "media"), str(tmp_path / "out")
     first = run_ingest(media, root, engine=Engine.BEAM)
-    assert first["counts"]["reused"] == 0
+    assert first["counts"]["reused_files"] == 0
     rng = random.Random(9)
     (tmp_path / "c" / "media" / "images" / "new.png").write_bytes(
         render_image(random_scene(rng), rng))
@@ -32,7 +32,7 @@ def test_added_files_decode_alone(tmp_path):
     c1, c2 = first["counts"], second["counts"]
     assert second["version"] != first["version"] and not second["reused"]
     assert c2["decoded"] == 3
-    assert c2["reused"] == c1["accepted"] + c1["rejected"]
+    assert c2["reused_files"] == c1["accepted"] + c1["rejected"]
     assert c2["listed"] == c1["listed"] + 4 == c2["accepted"] + c2["duplicate"] + c2["rejected"]
     assert c2["duplicate"] == c1["duplicate"] + 1
     assert c2["accepted"] == c1["accepted"] + 2 and c2["rejected"] == c1["rejected"] + 1
