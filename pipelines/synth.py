@@ -14,7 +14,7 @@ from pipelines.common import cleanup_work, result, reuse, timed
 from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from schemas import manifest as mf
 from schemas import storage
-from synth.client import LLMConfig
+from synth.client import LLMConfig, check_backend
 from synth.offline_server import offline_server
 from synth.prompts import PromptSet
 from synth.stage import SynthConfig, SynthStage
@@ -24,6 +24,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
               kinds: dict[str, list[str]] | None = None, rows_per_item: int = 64) -> dict:
     llm = llm or LLMConfig()
+    check_backend(llm)
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,

@@ -67,6 +67,15 @@ def _http_options(cfg: LLMConfig, base_url: str | None, **kw: Any) -> types.Http
                              retry_options=retry, **kw)
 
 
+def check_backend(cfg: LLMConfig) -> None:
+    """Fail fast in the driver (ValueError, one line) before any worker starts."""
+    if cfg.backend == "gemini" and not (os.environ.get("GEMINI_API_KEY")
+                                        or os.environ.get("GOOGLE_API_KEY")):
+        raise ValueError("backend 'gemini' needs GEMINI_API_KEY or GOOGLE_API_KEY to be set")
+    if cfg.backend == "vertex" and not cfg.project:
+        raise ValueError("backend 'vertex' needs llm.project")
+
+
 def make_client(cfg: LLMConfig, base_url: str | None = None) -> genai.Client:
     base_url = base_url or cfg.base_url
     if cfg.backend == "offline":

@@ -94,3 +94,13 @@ def test_corpus_then_ingest_last_line_is_json(tmp_path):
 
     again = _last_json(_loom("ingest", "--input", media, "--output", str(tmp_path / "ex")))
     assert again["reused"] is True and again["version"] == ingest["version"]
+
+
+def test_gemini_without_a_key_is_a_config_error(tmp_path, monkeypatch):
+    """Checked in the driver before any engine starts: exit 2, one line, no traceback."""
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["synth", "--examples", str(tmp_path), "--output",
+                                      str(tmp_path / "p"), "--llm", "gemini"])
+    assert result.exit_code == 2
+    assert "GEMINI_API_KEY" in result.output and "Traceback" not in result.output
