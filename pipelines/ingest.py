@@ -8,6 +8,7 @@ rejected is checked before the manifest is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import partial
 from typing import ClassVar
@@ -62,7 +63,9 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if not listing:
         raise BadInput(f"no files under {input_uri}")
     digest = mf.listing_digest(listing)
-    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20}
+    given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
+    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20,
+              "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
     version = mf.version_id("ingest", [digest], config)
     writer = mf.VersionWriter(output_root, "ingest", version)
     if (done := reuse(writer, "ingest")) is not None:
@@ -81,10 +84,10 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     prior = _prior_version(output_root, input_uri, config)
 
     with timed(timings, "tokenizer_s"):
-        if prior is not None:  # same tokenizer as the rows it reuses
+        if prior is not None and not given:  # same tokenizer as the rows it reuses
             spec = PreprocessingSpec.model_validate_json(
                 storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
-        else:
+        elif not given:
             spec = spec.model_copy(update={"tokenizer_json": _train_tokenizer(canonical, spec)})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 

@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 2,
+    "ingest": 3,
     "synth": 1,
     "shard": 1,
     "train": 1,

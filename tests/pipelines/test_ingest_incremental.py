@@ -49,3 +49,19 @@ def test_added_files_decode_alone(tmp_path):
     outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
     assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"
     assert run_ingest(media, root, engine=Engine.BEAM)["reused"] is True
+
+
+def test_a_given_tokenizer_is_kept(tmp_path):
+    """Backfill applies a checkpoint's spec: its tokenizer must not be retrained."""
+    from schemas.spec import PreprocessingSpec
+    from transforms.tokenizer import train_tokenizer
+
+    generate_corpus(str(tmp_path / "c"), 4, 6, seed=4)
+    media = str(tmp_path / "c" / "media")
+    tok = train_tokenizer(["only these words"], 100)
+    out = run_ingest(media, str(tmp_path / "out"), PreprocessingSpec(tokenizer_json=tok))
+    spec = PreprocessingSpec.model_validate_json((tmp_path / "out" / out["version"] /
+                                                  "preprocessing.json").read_text())
+    assert spec.tokenizer_json == tok
+    trained = run_ingest(media, str(tmp_path / "out2"))
+    assert trained["version"] != out["version"]
