@@ -144,6 +144,22 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
 
 
 @app.command()
+def soup(checkpoints: Annotated[list[str], typer.Argument(help="checkpoint ids, runs or latest")],
+         root: Annotated[str, Opt(help="checkpoint root of the inputs")] = "checkpoints",
+         output: Annotated[str | None, Opt(help="root for the new run (default: --root)")] = None,
+         weights: Annotated[str | None, Opt(help="comma-separated weights, e.g. 3,1")] = None
+         ) -> None:
+    """Average checkpoints (uniform or weighted) into a new run; no input run is moved."""
+    from pipelines.soup import run_soup
+
+    def go():
+        w = [float(x) for x in weights.split(",")] if weights else None
+        return run_soup(checkpoints, root, output, w)
+
+    _run(go)
+
+
+@app.command()
 def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
          images: Annotated[int | None, Opt(help="images in the corpus [600]")] = None,
          texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,

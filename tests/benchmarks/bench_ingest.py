@@ -1,10 +1,19 @@
 """Benchmark: the ingest stage (`IngestStage.process_batch`) vs a bare loop, same files.
 
-    .venv/bin/python tests/benchmarks/bench_ingest.py [--images 300] [--repeats 3]
+    .venv/bin/python tests/benchmarks/bench_ingest.py [--images 300] [--jpegs 100] [--texts 100] [--repeats 3]
 
-The files are ~300 PNGs written to a temp folder by `jobs.corpus.generate_corpus`. The
-bare loop reads the bytes, hashes them (sha256) and decodes + fits them with Pillow to the
-spec's size. Prints files/s for both and the ratio stage/bare. Not collected by pytest.
+A mixed set in a temp folder: PNGs (96x96) and texts from `jobs.corpus.generate_corpus`,
+plus JPEG 640x480 (noise + shapes, q85). Three paths, interleaved, best of N:
+
+- bare loop: read bytes, sha256, pick the decoder by extension, Pillow open (+ `draft`
+  for JPEG, as loom does) + RGB + `ImageOps.fit` bicubic, or UTF-8 decode + NFC + cap +
+  `transforms.tokenizer` encode (the same trained tokenizer the stage uses);
+- loom, isolation ON (the default): decode in the persistent worker process;
+  `stage.setup()` runs before timing and its time (worker spawn + imports) is printed
+  separately;
+- loom, isolation OFF (`IngestConfig(..., isolate=False)`): decode in-process.
+
+Prints files/s per path and ratios vs bare. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -16,53 +25,93 @@ import pathlib
 import sys
 import tempfile
 import time
+import unicodedata
 
 import pyarrow as pa
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from bench_image_decode import make_jpegs  # noqa: E402
 
 from jobs.corpus import generate_corpus  # noqa: E402
 from schemas.spec import PreprocessingSpec  # noqa: E402
 from transforms.ingest import IngestConfig, IngestStage  # noqa: E402
+from transforms.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
 
 
-def bare(uri: str, size: int) -> bytes:
+def bare(uri: str, spec: PreprocessingSpec, tok: TextTokenizer):
     data = pathlib.Path(uri).read_bytes()
     hashlib.sha256(data).hexdigest()
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC).tobytes()
+    ext = uri.rsplit(".", 1)[-1].lower()
+    if ext == "txt":
+        text = unicodedata.normalize("NFC", data.decode("utf-8"))[: spec.max_text_chars]
+        return tok.encode(text, spec.max_text_tokens)
+    img = Image.open(io.BytesIO(data))
+    if ext in ("jpg", "jpeg"):
+        img.draft("RGB", (spec.image_size, spec.image_size))
+    img = img.convert("RGB")
+    size = (spec.image_size, spec.image_size)
+    return ImageOps.fit(img, size, method=Image.Resampling.BICUBIC).tobytes()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--jpegs", type=int, default=100)
+    ap.add_argument("--texts", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    spec = PreprocessingSpec()
     with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
-        generate_corpus(tmp, args.images, 0, seed=0, bad_files=False)
-        uris = sorted(str(p) for p in pathlib.Path(tmp, "media", "images").glob("*.png"))
+        generate_corpus(tmp, args.images, args.texts, seed=0, bad_files=False)
+        media = pathlib.Path(tmp, "media")
+        (media / "jpegs").mkdir()
+        for i, blob in enumerate(make_jpegs(args.jpegs)):
+            (media / "jpegs" / f"photo-{i:05d}.jpg").write_bytes(blob)
+        uris = sorted(str(p) for p in media.rglob("*") if p.is_file())
+        texts = [p.read_text() for p in (media / "texts").glob("*.txt")]
+        spec = PreprocessingSpec()
+        spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(texts, spec.vocab_size)})
+        tok = TextTokenizer.from_json(spec.tokenizer_json)
         ids = [hashlib.sha256(pathlib.Path(u).read_bytes()).hexdigest() for u in uris]
-        batch = pa.RecordBatch.from_pydict({"uri": uris, "id": ids},
+        # from_pylist: any other input column (none given here) comes out null
+        batch = pa.RecordBatch.from_pylist([{"uri": u, "id": i} for u, i in zip(uris, ids, strict=True)],
                                            schema=IngestStage.input_schema)
-        stage = IngestStage(IngestConfig(spec=spec))
-        stage.setup()
-        out = stage.process_batch(batch)
-        assert out["examples"].num_rows == len(uris) and out["rejected"].num_rows == 0
-        print(f"{len(uris)} PNG files ({spec.image_size}px target), best of {args.repeats}")
-        best_stage = best_bare = 0.0
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            stage.process_batch(batch)
-            best_stage = max(best_stage, len(uris) / (time.perf_counter() - t))
+        mb = sum(pathlib.Path(u).stat().st_size for u in uris) / 1e6
+
+        t = time.perf_counter()
+        iso = IngestStage(IngestConfig(spec=spec))  # isolate=True is the default
+        iso.setup()
+        startup = time.perf_counter() - t
+        inproc = IngestStage(IngestConfig(spec=spec, isolate=False))
+        inproc.setup()
+        stages = {"loom isolate=True": iso, "loom isolate=False": inproc}
+        for stage in stages.values():  # warm-up + correctness
+            out = stage.process_batch(batch)
+            assert out["examples"].num_rows == len(uris) and out["rejected"].num_rows == 0
+        for u in uris:
+            bare(u, spec, tok)
+
+        print(f"{len(uris)} files ({args.images} PNG 96x96, {args.jpegs} JPEG 640x480, "
+              f"{args.texts} text; {mb:.1f} MB) -> {spec.image_size}px / "
+              f"{spec.max_text_tokens} tokens, one batch, best of {args.repeats}")
+        best = {"bare loop": 0.0} | {k: 0.0 for k in stages}
+        for _ in range(args.repeats):  # interleaved so drift hits every path alike
             t = time.perf_counter()
             for u in uris:
-                bare(u, spec.image_size)
-            best_bare = max(best_bare, len(uris) / (time.perf_counter() - t))
-    print(f"{'ingest stage':<14} {best_stage:8.1f} files/s")
-    print(f"{'bare loop':<14} {best_bare:8.1f} files/s")
-    print(f"ratio stage/bare {best_stage / best_bare:.2f}x")
+                bare(u, spec, tok)
+            best["bare loop"] = max(best["bare loop"], len(uris) / (time.perf_counter() - t))
+            for name, stage in stages.items():
+                t = time.perf_counter()
+                stage.process_batch(batch)
+                best[name] = max(best[name], len(uris) / (time.perf_counter() - t))
+        iso.teardown()
+        inproc.teardown()
+    for name, fps in best.items():
+        ratio = "" if name == "bare loop" else f"  {fps / best['bare loop']:.2f}x bare"
+        print(f"{name:<20} {fps:8.1f} files/s{ratio}")
+    print(f"isolated worker start-up (setup(), excluded above): {startup:.2f} s")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ RESULT_KEYS = {"stage", "version", "datasets", "counts", "reused"}
 
 def test_every_command_is_listed():
     assert set(COMMANDS) >= {"corpus", "ingest", "synth", "shard", "train", "mine", "eval",
-                             "demo"}
+                             "demo", "soup"}
 
 
 def test_top_level_help():
@@ -104,3 +104,25 @@ def test_gemini_without_a_key_is_a_config_error(tmp_path, monkeypatch):
                                       str(tmp_path / "p"), "--llm", "gemini"])
     assert result.exit_code == 2
     assert "GEMINI_API_KEY" in result.output and "Traceback" not in result.output
+
+
+def test_soup_command_writes_a_new_run(tmp_path):
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.encoder import EncoderConfig, MultimodalEncoder
+    from schemas.spec import PreprocessingSpec
+
+    cfg = EncoderConfig(vocab_size=50, max_text_tokens=8, image_size=16, patch_size=8, dim=16,
+                        layers=1, heads=2, embed_dims=(8, 16))
+    for seed, run in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        save_checkpoint(str(tmp_path), run, 3, MultimodalEncoder(cfg), None,
+                        PreprocessingSpec(image_size=16, patch_size=8), cfg, {}, {})
+    res = CliRunner().invoke(app, ["soup", "a", "b", "--root", str(tmp_path), "--weights", "3,1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["stage"] == "soup" and out["checkpoint"].startswith("soup-")
+    assert (tmp_path / out["checkpoint"] / "model.safetensors").exists()
+    bad = CliRunner().invoke(app, ["soup", "a", "nope", "--root", str(tmp_path)])
+    assert bad.exit_code == 2
