@@ -67,6 +67,7 @@ class IngestConfig(BaseModel):
     isolate: bool = True
     decode_timeout_s: float = Field(120.0, gt=0)
     decoder_memory_mb: int = Field(4096, ge=256)
+    files_per_call: int = Field(16, ge=1)  # files per round trip to the isolated worker
 
 
 def _is_manifest(uri: str, data: bytes) -> str | None:
@@ -113,23 +114,18 @@ class IngestStage(BaseStage):
         stats = {"accepted_files": 0, "rejected_files": 0, "rejected_records": 0}
         dups_col = (batch.column("dups").to_pylist() if "dups" in batch.schema.names
                     else [None] * batch.num_rows)
-        for uri, file_id, dups in zip(batch.column("uri").to_pylist(),
-                                      batch.column("id").to_pylist(), dups_col, strict=True):
-            try:
-                if self._isolated is not None:
-                    got, bad = self._isolated.run(process_file, uri, file_id, self.config)
-                else:
-                    got, bad = process_file(uri, file_id, self.config)
+        rows = list(zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(),
+                        strict=True))
+        for (uri, file_id), dups, outcome in zip(rows, dups_col, self._outcomes(rows),
+                                                 strict=True):
+            if outcome[0] == "reject":
+                got, bad = [], []
+                rejected.append(_reject(uri, file_id, Reason(outcome[1]), outcome[2]))
+            else:
+                got, bad = outcome[1], outcome[2]
                 for ex in got:
                     if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
                         ex["source_uris"] = [uri, *dups]
-            except DecodeError as e:
-                got, bad = [], []
-                rejected.append(_reject(uri, file_id, e.reason, e.message))
-            except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
-                got, bad = [], []
-                rejected.append(_reject(uri, file_id, Reason.DECODE_ERROR,
-                                        f"{type(e).__name__}: {e}"))
             if got:
                 stats["accepted_files"] += 1
                 for ex in got:
@@ -148,6 +144,50 @@ class IngestStage(BaseStage):
                 stats["rejected_files"] += 1
         return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED),
                 "stats": pa.Table.from_pylist([stats])}
+
+
+    def _outcomes(self, rows: list[tuple[str, str]]) -> list[tuple]:
+        """Per file ("ok", examples, bad records) or ("reject", reason, message).
+
+        Isolated: files go to the worker a chunk at a time (one round trip per chunk, not
+        per file); a chunk that times out or kills the worker is retried file by file,
+        so only the culprit is rejected.
+        """
+        if self._isolated is None:
+            return process_files(rows, self.config)
+        out: list[tuple] = []
+        n = self.config.files_per_call
+        for chunk in (rows[i : i + n] for i in range(0, len(rows), n)):
+            try:
+                out.extend(self._isolated.run(process_files, chunk, self.config,
+                                              timeout_s=self.config.decode_timeout_s * len(chunk)))
+                continue
+            except DecodeError as e:
+                if len(chunk) == 1:
+                    out.append(("reject", e.reason.value, e.message))
+                    continue
+            for row in chunk:
+                try:
+                    out.extend(self._isolated.run(process_files, [row], self.config))
+                except DecodeError as e:
+                    out.append(("reject", e.reason.value, e.message))
+        return out
+
+
+def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tuple]:
+    """Module-level, so the isolated worker can run it: every file gets an outcome."""
+    out: list[tuple] = []
+    for uri, file_id in rows:
+        try:
+            got, bad = process_file(uri, file_id, config)
+            out.append(("ok", got, bad))
+        except DecodeError as e:
+            out.append(("reject", e.reason.value, e.message))
+        except MemoryError:
+            out.append(("reject", Reason.TOO_LARGE.value, "decoder ran out of its memory bound"))
+        except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
+            out.append(("reject", Reason.DECODE_ERROR.value, f"{type(e).__name__}: {e}"))
+    return out
 
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:

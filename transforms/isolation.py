@@ -81,18 +81,20 @@ class IsolatedDecoder:
                 proc.kill()  # a hung decoder never returns: stop it, don't wait for it
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def run(self, fn: Callable, *args: Any, _retry: bool = False) -> Any:
+    def run(self, fn: Callable, *args: Any, timeout_s: float | None = None,
+            _retry: bool = False) -> Any:
+        timeout_s = timeout_s or self.timeout_s
         future = self._ensure().submit(_call, fn, args)
         try:
-            status, value = future.result(timeout=self.timeout_s)
+            status, value = future.result(timeout=timeout_s)
         except cf.TimeoutError:
             self._replace()
             raise DecodeError(Reason.DECODE_TIMEOUT,
-                              f"decoding took longer than {self.timeout_s:g} s") from None
+                              f"decoding took longer than {timeout_s:g} s") from None
         except cf.process.BrokenProcessPool:
             self._replace()
             if not _retry:  # once more on a fresh worker: was it this file, or bad luck?
-                return self.run(fn, *args, _retry=True)
+                return self.run(fn, *args, timeout_s=timeout_s, _retry=True)
             raise DecodeError(Reason.DECODE_ERROR,
                               "the decoder process died on this file (twice)") from None
         if status == "reject":
