@@ -144,6 +144,20 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
 
 
 @app.command()
+def backfill(input: Annotated[str, Opt(help="raw prefix to embed: local folder or gs://")],
+             output: Annotated[str, Opt(help="embeddings root")],
+             checkpoint: Annotated[str, Opt(help="checkpoint id, run, or latest")] = "latest",
+             checkpoint_root: Annotated[str, Opt(help="checkpoint root")] = "checkpoints",
+             dim: Annotated[int | None, Opt(help="Matryoshka size (default: largest)")] = None,
+             faiss_index: Annotated[bool, Opt(help="also write a FAISS index")] = False,
+             engine: Engine = Engine.BEAM) -> None:
+    """Embed every asset under a prefix with a checkpoint (incremental, resumable)."""
+    from pipelines.backfill import run_backfill
+
+    _run(run_backfill, input, output, checkpoint, checkpoint_root, dim, faiss_index, engine)
+
+
+@app.command()
 def soup(checkpoints: Annotated[list[str], typer.Argument(help="checkpoint ids, runs or latest")],
          root: Annotated[str, Opt(help="checkpoint root of the inputs")] = "checkpoints",
          output: Annotated[str | None, Opt(help="root for the new run (default: --root)")] = None,

@@ -21,7 +21,7 @@ RESULT_KEYS = {"stage", "version", "datasets", "counts", "reused"}
 
 def test_every_command_is_listed():
     assert set(COMMANDS) >= {"corpus", "ingest", "synth", "shard", "train", "mine", "eval",
-                             "demo", "soup"}
+                             "demo", "soup", "backfill"}
 
 
 def test_top_level_help():

@@ -1,0 +1,251 @@
+"""Backfill: a raw prefix + a checkpoint -> an embeddings version (and optionally a FAISS index).
+
+The checkpoint is resolved once, and its own PreprocessingSpec (tokenizer included) prepares
+the inputs through ingest, so the encoder sees inputs made the way it was trained. Every
+Example is embedded on Ray Data (an actor pool, one model per actor).
+
+Resumable without duplicates: example ids are sorted and cut into chunks of CHUNK ids; chunk
+n is written as `embeddings/part-<n>.parquet` (a retry overwrites it) and the manifest is
+written last. A rerun of a killed run keeps the parts it finished. Incremental: a previous
+complete backfill under the same root with the same checkpoint and dim donates the vectors
+of the ids it already has; only new ids are embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from models.checkpoint import resolve
+from models.encoder import EncoderConfig
+from pipelines.common import BadInput, result, reuse, timed
+from pipelines.ingest import run_ingest
+from pipelines.runner import Engine
+from schemas import manifest as mf
+from schemas import storage
+from schemas.records import EMBEDDING
+from schemas.spec import SPEC_FILE, PreprocessingSpec
+from transforms.items import example_to_item
+
+STAGE = "backfill"
+TABLE = "embeddings"
+INGEST_DIR = "_ingest"
+CHUNK = 1024  # ids per part file
+ROUND = 8  # chunks per Ray Data job: the actor pool loads the model once per job
+INDEX_FILE = "index.faiss"
+INDEX_IDS_FILE = "index_ids.json"
+
+
+def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
+                 dim: int | None = None, faiss_index: bool = False,
+                 engine: Engine = Engine.BEAM) -> dict:
+    from pipelines.ray.embed import embed_on_ray
+
+    input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
+    checkpoint_root = storage.absolute(checkpoint_root)
+    try:
+        ckpt_id = resolve(checkpoint_root, checkpoint)  # `latest` resolves once, here
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from e
+    spec, enc = _checkpoint_configs(checkpoint_root, ckpt_id)
+    dim = enc.out_dim if dim is None else dim
+    if dim not in enc.embed_dims:
+        raise BadInput(f"dim {dim} is not one of {ckpt_id}'s embed_dims {list(enc.embed_dims)}")
+    if not spec.tokenizer_json:
+        raise BadInput(f"checkpoint {ckpt_id} carries no tokenizer in its preprocessing spec")
+    timings: dict[str, float] = {}
+
+    with timed(timings, "ingest_s"):
+        ingested = run_ingest(input_uri, storage.join(output_root, INGEST_DIR), spec=spec,
+                              engine=engine)
+    ex_dir, ex_manifest = mf.resolve_input(ingested["uri"])
+    used = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(ex_dir, SPEC_FILE)))
+    if used != spec:
+        raise RuntimeError(f"ingest {ex_dir} did not apply checkpoint {ckpt_id}'s spec/tokenizer")
+
+    config = {"dim": dim, "faiss": faiss_index}
+    version = mf.version_id(STAGE, [ex_manifest.version, ckpt_id], config)
+    writer = mf.VersionWriter(output_root, STAGE, version)
+    if (done := reuse(writer, STAGE)) is not None:
+        return done
+
+    examples: dict[str, dict] = {}
+    for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist():
+        examples.setdefault(e["id"], e)
+    ids = sorted(examples)
+    chunks = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
+
+    prior = _prior_version(output_root, version, ckpt_id, dim)
+    prior_table = (mf.read_table(*prior, TABLE, columns=["id", "vector"])
+                   if prior is not None else EMBEDDING.empty_table().select(["id", "vector"]))
+    prior_row = {i: n for n, i in enumerate(prior_table.column("id").to_pylist())}
+    prior_vectors = prior_table.column("vector")
+
+    files: list[mf.FileRecord] = []
+    index_parts: dict[int, np.ndarray] = {}  # chunk number -> its vectors
+    counts = {"examples": len(ids), "embedded": 0, "copied": 0, "dim": dim, "resumed_chunks": 0}
+    actors = _actors()
+    bar = tqdm(total=len(chunks), desc=f"backfill {version}", unit="chunk", disable=None,
+               leave=False)
+    try:
+        with timed(timings, "embed_s"):
+            for start in range(0, len(chunks), ROUND):
+                pending = []
+                for n, chunk in enumerate(chunks[start : start + ROUND], start):
+                    name = f"part-{n:05d}"
+                    finished = _finished_part(writer, name, chunk, ckpt_id, dim)
+                    if finished is None:
+                        pending.append((n, name, chunk))
+                        continue
+                    record, table = finished  # a killed run wrote this chunk already
+                    files.append(record)
+                    if faiss_index:
+                        index_parts[n] = _vectors(table, dim)
+                    copied = sum(1 for i in chunk if i in prior_row)
+                    counts["copied"] += copied
+                    counts["embedded"] += len(chunk) - copied
+                    counts["resumed_chunks"] += 1
+                    _tick(bar, counts)
+                new = [i for _, _, chunk in pending for i in chunk if i not in prior_row]
+                fresh: dict[str, np.ndarray] = {}
+                if new:
+                    got_ids, got = embed_on_ray([example_to_item(examples[i]) for i in new],
+                                                checkpoint_root, ckpt_id, dim, actors=actors)
+                    fresh = dict(zip(got_ids, got, strict=True))
+                for n, name, chunk in pending:
+                    table = _chunk_table(chunk, examples, fresh, prior_row, prior_vectors,
+                                         ckpt_id, dim)
+                    files.append(writer.write_part(TABLE, name, table))
+                    if faiss_index:
+                        index_parts[n] = _vectors(table, dim)
+                    counts["embedded"] += sum(1 for i in chunk if i in fresh)
+                    counts["copied"] += sum(1 for i in chunk if i not in fresh)
+                    _tick(bar, counts)
+    finally:
+        bar.close()
+    if counts["embedded"] + counts["copied"] != len(ids) or sum(f.rows for f in files) != len(ids):
+        raise RuntimeError(f"backfill lost or invented rows: {counts}")
+
+    index_info = None
+    if faiss_index:
+        with timed(timings, "index_s"):
+            index_info = _write_index(writer.dir, ids,
+                                      [index_parts[n] for n in sorted(index_parts)], dim)
+    extra = {"checkpoint": ckpt_id,
+             "index": storage.join(writer.dir, INDEX_FILE) if faiss_index else None}
+    lineage = {
+        "input": input_uri,
+        "examples": ex_dir,
+        "examples_version": ex_manifest.version,
+        "checkpoint": ckpt_id,
+        "checkpoint_root": checkpoint_root,
+        "spec_digest": spec.digest(),
+        "engine": engine.value,
+        "reused_from": prior[0] if prior else None,
+        "faiss": index_info,
+        "timings": timings,
+        "extra": extra,
+    }
+    manifest = writer.commit({TABLE: files}, counts, config, lineage)
+    return result(STAGE, manifest, writer.dir, False, timings=timings, **extra)
+
+
+def _checkpoint_configs(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, EncoderConfig]:
+    """The checkpoint's spec and encoder config, without loading its weights in the driver."""
+    d = storage.join(root, ckpt_id)
+    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
+    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
+    return spec, enc
+
+
+def _actors() -> int:
+    """Embedding actors: half the cluster's CPUs (1 on a laptop), at most 8."""
+    import ray
+
+    from pipelines.ray.session import ensure_ray
+
+    ensure_ray()
+    return max(1, min(8, int(ray.cluster_resources().get("CPU", 1)) // 2))
+
+
+def _prior_version(root: str, version: str, ckpt_id: str,
+                   dim: int) -> tuple[str, mf.Manifest] | None:
+    """The newest complete backfill under root with the same checkpoint and dim."""
+    found = []
+    for d in storage.list_dirs(root):
+        m = mf.read_manifest(d)
+        if (m is None or m.stage != STAGE or m.version == version or TABLE not in m.tables
+                or m.lineage.get("checkpoint") != ckpt_id or m.config.get("dim") != dim):
+            continue
+        found.append((m.created_at, d, m))
+    if not found:
+        return None
+    _, d, m = max(found, key=lambda t: (t[0], t[1]))
+    return d, m
+
+
+def _finished_part(writer: mf.VersionWriter, name: str, chunk: list[str], ckpt_id: str,
+                   dim: int) -> tuple[mf.FileRecord, pa.Table] | None:
+    """A part a killed run of this version completed (write_atomic: whole or absent)."""
+    uri = writer.part_uri(TABLE, name)
+    if not storage.exists(uri):
+        return None
+    body = storage.read_bytes(uri)
+    try:
+        table = pq.read_table(io.BytesIO(body))
+    except Exception:
+        return None
+    if (table.column("id").to_pylist() != chunk
+            or set(table.column("checkpoint").to_pylist()) != {ckpt_id}
+            or set(table.column("dim").to_pylist()) != {dim}):
+        return None
+    record = mf.FileRecord(path=f"{TABLE}/{name}.parquet", rows=table.num_rows,
+                           sha256=hashlib.sha256(body).hexdigest())
+    return record, table
+
+
+def _chunk_table(chunk: list[str], examples: dict[str, dict], fresh: dict[str, np.ndarray],
+                 prior_row: dict[str, int], prior_vectors: pa.ChunkedArray, ckpt_id: str,
+                 dim: int) -> pa.Table:
+    rows = []
+    for i in chunk:
+        e = examples[i]
+        vector = fresh[i].tolist() if i in fresh else prior_vectors[prior_row[i]].as_py()
+        if len(vector) != dim:
+            raise RuntimeError(f"embedding of {i} has length {len(vector)}, not {dim}")
+        rows.append({"id": i, "source_uri": (e.get("source_uris") or [None])[0],
+                     "modality": e["modality"], "checkpoint": ckpt_id, "dim": dim,
+                     "vector": vector})
+    return pa.Table.from_pylist(rows, schema=EMBEDDING)
+
+
+def _vectors(table: pa.Table, dim: int) -> np.ndarray:
+    values = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+
+
+def _write_index(version_dir: str, ids: list[str], parts: list[np.ndarray], dim: int) -> dict:
+    """An exact inner-product index over the unit vectors; row i of the index is ids[i]."""
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    vecs = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
+    if len(vecs) != len(ids):
+        raise RuntimeError(f"index has {len(vecs)} vectors for {len(ids)} ids")
+    index.add(vecs)
+    storage.write_atomic(storage.join(version_dir, INDEX_IDS_FILE), json.dumps(ids).encode())
+    storage.write_atomic(storage.join(version_dir, INDEX_FILE),
+                         faiss.serialize_index(index).tobytes())
+    return {"index": INDEX_FILE, "ids": INDEX_IDS_FILE, "ntotal": int(index.ntotal),
+            "metric": "inner_product"}
+
+
+def _tick(bar: tqdm, counts: dict) -> None:
+    bar.set_postfix({"embedded": counts["embedded"], "copied": counts["copied"]}, refresh=False)
+    bar.update(1)

@@ -1,0 +1,147 @@
+"""Backfill: a raw prefix + a checkpoint -> one unit embedding per Example, incrementally."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from jobs.corpus import generate_corpus
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.embed import embed_items
+from models.encoder import EncoderConfig, MultimodalEncoder
+from pipelines.backfill import run_backfill
+from pipelines.common import BadInput
+from pipelines.ingest import run_ingest
+from schemas import manifest as mf
+from schemas import storage
+from schemas.spec import SPEC_FILE, PreprocessingSpec
+from transforms.items import example_to_item
+from transforms.scenes import random_scene, render_image
+
+
+def _save(root: str, run: str, seed: int, spec: PreprocessingSpec) -> str:
+    cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
+                        image_size=spec.image_size, patch_size=spec.patch_size, dim=32,
+                        layers=1, heads=2, embed_dims=(16, 32))
+    torch.manual_seed(seed)
+    return save_checkpoint(root, run, 1, MultimodalEncoder(cfg), None, spec, cfg, {}, {})
+
+
+def _rows(out: dict) -> list[dict]:
+    vdir, manifest = mf.resolve_input(out["uri"])
+    return mf.read_table(vdir, manifest, "embeddings").to_pylist()
+
+
+def _examples(out: dict) -> list[dict]:
+    _, manifest = mf.resolve_input(out["uri"])
+    return mf.read_table(*mf.resolve_input(manifest.lineage["examples"]), "examples").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, ray_session):
+    base = tmp_path_factory.mktemp("backfill")
+    generate_corpus(str(base / "c"), 12, 12, seed=5)
+    media, ckpts, out = str(base / "c" / "media"), str(base / "ckpt"), str(base / "out")
+    prep = run_ingest(media, str(base / "prep"))  # trains the tokenizer the checkpoints carry
+    spec = PreprocessingSpec.model_validate_json(
+        storage.read_bytes(storage.join(prep["uri"], SPEC_FILE)))
+    a, b = _save(ckpts, "run-a", 0, spec), _save(ckpts, "run-b", 1, spec)
+    first = run_backfill(media, out, "run-a", ckpts)
+    return {"base": base, "media": media, "ckpts": ckpts, "out": out, "a": a, "b": b,
+            "first": first, "accepted": prep["counts"]["examples"]}
+
+
+def test_every_example_embedded_once(env):
+    first = env["first"]
+    rows, examples = _rows(first), _examples(first)
+    ids = [r["id"] for r in rows]
+    assert first["stage"] == "backfill" and first["checkpoint"] == env["a"]
+    assert not first["reused"] and first["version"].startswith("backfill-")
+    assert len(ids) == len(set(ids)) == len(examples) == env["accepted"] >= 24
+    assert set(ids) == {e["id"] for e in examples}
+    assert {e["modality"] for e in examples} >= {"image", "text"}
+    c = first["counts"]
+    assert (c["examples"], c["embedded"], c["copied"], c["dim"]) == (len(ids), len(ids), 0, 32)
+    vecs = np.array([r["vector"] for r in rows], dtype=np.float32)
+    assert vecs.shape == (len(ids), 32)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    by_id = {e["id"]: e for e in examples}
+    for r in rows:
+        assert r["checkpoint"] == env["a"] and r["dim"] == 32
+        assert r["source_uri"] == by_id[r["id"]]["source_uris"][0]
+        assert r["modality"] == by_id[r["id"]]["modality"]
+    model = load_checkpoint(env["ckpts"], env["a"]).model
+    direct = embed_items(model, [example_to_item(by_id[i]) for i in ids], 32)
+    np.testing.assert_allclose(vecs, direct, atol=1e-5)
+
+    again = run_backfill(env["media"], env["out"], "run-a", env["ckpts"])
+    assert again["reused"] and again["version"] == first["version"]
+    assert again["checkpoint"] == env["a"] and again["counts"] == first["counts"]
+
+
+def test_added_files_embed_alone(env, tmp_path):
+    media, out = str(tmp_path / "media"), str(tmp_path / "out")
+    shutil.copytree(env["media"], media)
+    shutil.copytree(env["out"], out)
+    rng = random.Random(11)
+    for k in range(3):
+        (tmp_path / "media" / "images" / f"new-{k}.png").write_bytes(
+            render_image(random_scene(rng), rng, side=64))
+    second = run_backfill(media, out, env["a"], env["ckpts"])
+    first = env["first"]["counts"]
+    assert not second["reused"] and second["version"] != env["first"]["version"]
+    c = second["counts"]
+    assert (c["embedded"], c["copied"], c["examples"]) == (3, first["examples"],
+                                                           first["examples"] + 3)
+    old = {r["id"]: r["vector"] for r in _rows(env["first"])}
+    rows = _rows(second)
+    assert len({r["id"] for r in rows}) == len(rows) == c["examples"]
+    assert all(r["vector"] == old[r["id"]] for r in rows if r["id"] in old)
+    assert run_backfill(media, out, env["a"], env["ckpts"])["reused"]
+
+
+def test_other_checkpoint_reembeds_everything(env):
+    other = run_backfill(env["media"], env["out"], "run-b", env["ckpts"])
+    n = env["first"]["counts"]["examples"]
+    assert other["checkpoint"] == env["b"] and other["version"] != env["first"]["version"]
+    assert (other["counts"]["embedded"], other["counts"]["copied"]) == (n, 0)
+    assert {r["checkpoint"] for r in _rows(other)} == {env["b"]}
+
+
+def test_matryoshka_dim_and_faiss_index(env):
+    with pytest.raises(BadInput):
+        run_backfill(env["media"], env["out"], "run-a", env["ckpts"], dim=7)
+    small = run_backfill(env["media"], env["out"], "run-a", env["ckpts"], dim=16,
+                         faiss_index=True)
+    rows = _rows(small)
+    vecs = np.array([r["vector"] for r in rows], dtype=np.float32)
+    assert vecs.shape == (env["first"]["counts"]["examples"], 16)
+    assert small["counts"]["dim"] == 16 and small["counts"]["copied"] == 0
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    vdir, manifest = mf.resolve_input(small["uri"])
+    info = manifest.lineage["faiss"]
+    assert small["index"] == storage.join(vdir, info["index"])
+    index = faiss.deserialize_index(
+        np.frombuffer(storage.read_bytes(storage.join(vdir, info["index"])), dtype=np.uint8))
+    index_ids = json.loads(storage.read_bytes(storage.join(vdir, info["ids"])))
+    assert index.ntotal == info["ntotal"] == len(rows) == len(index_ids)
+    _, top = index.search(vecs, 1)
+    assert [index_ids[t] for t in top[:, 0]] == [r["id"] for r in rows]
+
+
+def test_killed_run_resumes_its_parts(env, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(env["out"], out)
+    vdir = storage.join(out, env["first"]["version"])
+    storage.delete(storage.join(vdir, mf.MANIFEST))  # killed after its parts, before commit
+    again = run_backfill(env["media"], out, "run-a", env["ckpts"])
+    assert not again["reused"] and again["version"] == env["first"]["version"]
+    assert again["counts"]["resumed_chunks"] == 1
+    assert again["counts"]["embedded"] == env["first"]["counts"]["embedded"]
+    assert _rows(again) == _rows(env["first"])
