@@ -173,6 +173,15 @@ def soup(checkpoints: Annotated[list[str], typer.Argument(help="checkpoint ids, 
     _run(go)
 
 
+@app.command("run")
+def run_(spec: Annotated[str, typer.Argument(help="job spec YAML")]) -> None:
+    """Run a job spec's chain locally; stages whose output version exists are skipped."""
+    from jobs.run import run_spec
+    from jobs.spec import load_spec
+
+    _run(lambda: run_spec(load_spec(spec), lambda m: typer.echo(m, err=True)))
+
+
 @app.command()
 def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
          images: Annotated[int | None, Opt(help="images in the corpus [600]")] = None,

@@ -21,7 +21,7 @@ RESULT_KEYS = {"stage", "version", "datasets", "counts", "reused"}
 
 def test_every_command_is_listed():
     assert set(COMMANDS) >= {"corpus", "ingest", "synth", "shard", "train", "mine", "eval",
-                             "demo", "soup", "backfill"}
+                             "demo", "soup", "backfill", "run"}
 
 
 def test_top_level_help():
@@ -126,3 +126,12 @@ def test_soup_command_writes_a_new_run(tmp_path):
     assert (tmp_path / out["checkpoint"] / "model.safetensors").exists()
     bad = CliRunner().invoke(app, ["soup", "a", "nope", "--root", str(tmp_path)])
     assert bad.exit_code == 2
+
+
+def test_run_with_a_bad_spec_names_field_and_line(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\nworkdir: w\nstages:\n  - stage: ingest\n    id: a\n"
+                    "    input: m\n    image_size: big\n")
+    res = CliRunner().invoke(app, ["run", str(spec)])
+    assert res.exit_code == 2
+    assert "image_size" in res.output and "line 7" in res.output

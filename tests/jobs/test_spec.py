@@ -1,0 +1,265 @@
+"""Job specs: loading, errors that name the field and the YAML line, references, safety;
+plus one slow end-to-end run of a whole chain from a spec (and its fully reused rerun)."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pydantic
+import pytest
+
+from jobs.spec import EvalStep, IngestStep, JobSpec, SpecError, TrainStep, load_spec, ref_target
+from pipelines.runner import Engine
+from pipelines.train import TrainStage
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "jobs" / "examples" / "demo.yaml"
+
+VALID = textwrap.dedent("""\
+    name: small
+    workdir: /tmp/loom-spec-test
+    engine: ray
+    stages:
+      - stage: ingest
+        id: ingest
+        input: /data/media
+      - stage: synth
+        id: synth
+        examples: ${ingest}
+      - stage: shard
+        id: shard_pft
+        input: ${synth}
+        rows_per_shard: 64
+      - stage: train
+        id: pft
+        shards: ${shard_pft}
+        train_stage: pft
+        config:
+          epochs: 1
+          lr: 0.001
+      - stage: mine
+        id: mine
+        pairs: ${synth}
+        checkpoint: ${pft}
+      - stage: shard
+        id: shard_ft
+        input: ${mine}
+      - stage: train
+        id: ft
+        shards: ${shard_ft}
+        train_stage: ft
+        init: ${pft}
+      - stage: eval
+        id: eval
+        pairs: ${synth}
+        checkpoint: ${ft}
+        ground_truth: /data/ground_truth.jsonl
+    """)
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing `needle`."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def expect_error(text: str, path: str, needle: str, *words: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_spec(text)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: "), msg
+    assert msg.endswith(f"(line {line_of(text, needle)})"), msg
+    assert info.value.line == line_of(text, needle)
+    for w in words:
+        assert w in msg, msg
+    return info.value
+
+
+def test_valid_spec_loads():
+    spec = load_spec(VALID)
+    assert spec.name == "small" and spec.engine is Engine.RAY
+    assert [s.id for s in spec.stages] == ["ingest", "synth", "shard_pft", "pft", "mine",
+                                           "shard_ft", "ft", "eval"]
+    assert isinstance(spec.stages[0], IngestStep) and spec.stages[0].image_size == 48
+    pft = spec.stages[3]
+    assert isinstance(pft, TrainStep) and pft.train_stage is TrainStage.PFT
+    assert pft.config.epochs == 1 and pft.config.batch_size == 64
+    assert ref_target(spec.stages[6].init) == "pft"
+    assert isinstance(spec.stages[7], EvalStep)
+    assert spec.stages[0].output_root(spec.workdir) == "/tmp/loom-spec-test/ingest"
+    with pytest.raises(pydantic.ValidationError):
+        spec.stages[0].id = "other"  # frozen
+
+
+def test_example_file_loads():
+    spec = load_spec(EXAMPLE)
+    assert spec == load_spec(str(EXAMPLE)) == load_spec(EXAMPLE.read_text())
+    assert [s.stage for s in spec.stages] == ["ingest", "synth", "shard", "train", "mine",
+                                              "shard", "train", "eval"]
+
+
+def test_bad_type_names_field_and_line():
+    text = VALID.replace("lr: 0.001", "lr: fast")
+    expect_error(text, "stages[3].config.lr", "lr: fast", "valid number")
+
+
+def test_unknown_field():
+    text = VALID.replace("rows_per_shard: 64", "rows_per_shard: 64\n    colour: blue")
+    expect_error(text, "stages[2].colour", "colour: blue", "Extra inputs")
+    text = VALID.replace("engine: ray", "engine: ray\nretries: 3")
+    expect_error(text, "retries", "retries: 3")
+
+
+def test_unknown_stage_kind():
+    text = VALID.replace("stage: mine", "stage: dig")
+    expect_error(text, "stages[4].stage", "stage: dig", "dig")
+
+
+def test_missing_field_points_at_its_step():
+    text = VALID.replace("    input: /data/media\n", "")
+    expect_error(text, "stages[0].input", "- stage: ingest", "Field required")
+
+
+def test_bad_enum_value():
+    text = VALID.replace("train_stage: ft", "train_stage: warmup")
+    expect_error(text, "stages[6].train_stage", "train_stage: warmup")
+
+
+def test_forward_reference():
+    text = VALID.replace("pairs: ${synth}\n    checkpoint: ${pft}",
+                         "pairs: ${synth}\n    checkpoint: ${ft}")
+    expect_error(text, "stages[4].checkpoint", "checkpoint: ${ft}", "later step")
+
+
+def test_unknown_reference():
+    text = VALID.replace("examples: ${ingest}", "examples: ${nowhere}")
+    expect_error(text, "stages[1].examples", "examples: ${nowhere}", "no step")
+
+
+def test_wrong_kind_reference():
+    text = VALID.replace("shards: ${shard_ft}", "shards: ${mine}")
+    expect_error(text, "stages[6].shards", "shards: ${mine}", "mine step", "shard")
+    text = VALID.replace("init: ${pft}", "init: ${shard_pft}")
+    expect_error(text, "stages[6].init", "init: ${shard_pft}", "expected train")
+
+
+def test_partial_reference_is_rejected():
+    text = VALID.replace("examples: ${ingest}", "examples: /x/${ingest}/y")
+    expect_error(text, "stages[1].examples", "examples: /x/", "whole value")
+
+
+def test_duplicate_id():
+    text = VALID.replace("id: shard_ft", "id: shard_pft").replace("${shard_ft}", "${shard_pft}")
+    with pytest.raises(SpecError) as info:
+        load_spec(text)
+    lines = [i for i, line in enumerate(text.splitlines(), 1) if line.strip() == "id: shard_pft"]
+    assert len(lines) == 2
+    assert str(info.value) == f"stages[5].id: duplicate step id 'shard_pft' (line {lines[1]})"
+
+
+def test_literal_checkpoint_needs_its_root():
+    text = VALID.replace("checkpoint: ${ft}", "checkpoint: pft-abc/step-1")
+    expect_error(text, "stages[7].checkpoint_root", "- stage: eval", "checkpoint_root")
+    ok = text.replace("checkpoint: pft-abc/step-1",
+                      "checkpoint: pft-abc/step-1\n    checkpoint_root: /ckpts")
+    assert load_spec(ok).stages[7].checkpoint_root == "/ckpts"
+
+
+def test_invalid_step_id():
+    text = VALID.replace("id: mine", "id: ../escape")
+    expect_error(text, "stages[4].id", "id: ../escape")
+
+
+def test_yaml_syntax_error_has_line():
+    text = VALID.replace("rows_per_shard: 64", "rows_per_shard: [64")
+    with pytest.raises(SpecError, match=r"\(line \d+\)"):
+        load_spec(text)
+
+
+def test_not_a_mapping():
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec("- just\n- a list\n")
+
+
+def test_python_tag_rejected_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    for payload in (f'!!python/object/apply:os.system ["touch {marker}"]',
+                    f'!!python/object/apply:subprocess.call [["touch", "{marker}"]]'):
+        text = VALID.replace("name: small", f"name: {payload}")
+        with pytest.raises(SpecError) as info:
+            load_spec(text)
+        assert info.value.line == 1, str(info.value)
+        text = VALID.replace("input: /data/media", f"input: {payload}")
+        with pytest.raises(SpecError):
+            load_spec(text)
+    assert not marker.exists()
+
+
+def test_programmatic_spec_checks_references():
+    with pytest.raises(ValueError, match="later step"):
+        JobSpec(name="x", workdir="/tmp/x", stages=[
+            {"stage": "synth", "id": "synth", "examples": "${ingest}"},
+            {"stage": "ingest", "id": "ingest", "input": "/data"},
+        ])
+
+
+# --- slow: the whole chain from a spec --------------------------------------------------
+
+E2E = """\
+name: e2e
+workdir: {workdir}
+engine: beam
+stages:
+  - {{stage: ingest, id: ingest, input: {media}}}
+  - {{stage: synth, id: synth, examples: "${{ingest}}"}}
+  - {{stage: shard, id: shard_pft, input: "${{synth}}", rows_per_shard: 64}}
+  - stage: train
+    id: pft
+    shards: ${{shard_pft}}
+    train_stage: pft
+    config: {{epochs: 1, batch_size: 16}}
+  - {{stage: mine, id: mine, pairs: "${{synth}}", checkpoint: "${{pft}}"}}
+  - {{stage: shard, id: shard_ft, input: "${{mine}}", rows_per_shard: 64}}
+  - stage: train
+    id: ft
+    shards: ${{shard_ft}}
+    train_stage: ft
+    init: ${{pft}}
+    config: {{epochs: 1, batch_size: 16, warmup_steps: 2}}
+  - stage: eval
+    id: eval
+    pairs: ${{synth}}
+    checkpoint: ${{ft}}
+    ground_truth: {truth}
+"""
+
+
+@pytest.mark.slow
+def test_spec_end_to_end_and_rerun(tmp_path, ray_session):
+    import json
+
+    from jobs.corpus import generate_corpus
+    from jobs.run import run_spec
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(str(corpus), 40, 40, seed=0)
+    spec = load_spec(E2E.format(workdir=tmp_path / "work", media=corpus / "media",
+                                truth=corpus / "ground_truth.jsonl"))
+    ids = [s.id for s in spec.stages]
+    first = run_spec(spec, log=lambda m: None)
+    assert first["stage"] == "run" and first["name"] == "e2e"
+    assert "text->image" in open(first["report"]).read()
+    assert list(first["stages"]) == ids
+    assert first["reused"] == []
+    assert first["stages"]["ingest"]["uri"].startswith(str(tmp_path / "work" / "ingest"))
+    # ft started from pft's checkpoint
+    ft = first["stages"]["ft"]
+    lineage = json.loads((pathlib.Path(ft["checkpoint_root"]) / ft["version"]
+                          / "lineage.json").read_text())
+    assert lineage["init"] == first["stages"]["pft"]["checkpoint"]
+    assert set(first["eval"]) >= {"text->image", "text->text"}
+
+    second = run_spec(spec, log=lambda m: None)
+    assert second["reused"] == ids
+    for i in ids:
+        assert second["stages"][i]["version"] == first["stages"][i]["version"], i
+    assert second["eval"] == first["eval"]
