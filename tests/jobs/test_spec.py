@@ -263,3 +263,12 @@ def test_spec_end_to_end_and_rerun(tmp_path, ray_session):
     for i in ids:
         assert second["stages"][i]["version"] == first["stages"][i]["version"], i
     assert second["eval"] == first["eval"]
+
+
+def test_readme_example_spec_loads():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    spec = load_spec(re.search(r"```yaml\n(.*?)```", readme, re.S).group(1))
+    assert [s.stage for s in spec.stages][-1] == "eval"
