@@ -106,7 +106,8 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           init: Annotated[str | None, Opt(help="checkpoint id to start from")] = None,
           init_root: Annotated[str | None, Opt(help="root of --init (default: --output)")] = None,
           workers: int = 1, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
-          resume: bool = False) -> None:
+          resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
+          ) -> None:
     """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
     from pipelines.train import TrainConfig, TrainStage, run_train
 

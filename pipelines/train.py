@@ -47,7 +47,9 @@ def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
 
 def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: TrainConfig,
               init: str | None = None, init_root: str | None = None, workers: int = 1,
-              resume: bool = False) -> dict:
+              resume: bool = True, max_failures: int = 1) -> dict:
+    """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
+    run resumes it (unless resume=False), and a complete one is reused."""
     from pipelines.ray.train import fit, latest_of_run
     from pipelines.shard import spec_of
 
@@ -82,7 +84,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
         "root": output_root,
         "run": run,
         "init": list(init_ref) if init_ref else None,
-        "resume_from": latest if (resume and latest) else None,
+        # A restart after a failure always resumes; --no-resume only ignores older steps.
+        "ignore_checkpoint": None if resume else latest,
         "total_steps": steps_per_epoch * config.epochs,
     }
     import ray.data
@@ -94,7 +97,7 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
         dataset = ray.data.read_parquet(files, shuffle="files")
-        fit(dataset, loop_config, workers)
+        fit(dataset, loop_config, workers, max_failures)
     storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({
         "shards": sh_dir, "shards_version": sh_manifest.version, "stage": stage.value,
         "init": init_ref[1] if init_ref else None, "config": config.model_dump(),

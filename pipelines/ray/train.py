@@ -40,18 +40,27 @@ def _loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     model = MultimodalEncoder(enc)
-    start_step = 0
-    if config.get("resume_from"):
-        loaded = load_checkpoint(config["root"], config["resume_from"], with_optimizer=True)
+    start_step, resumed = 0, []
+    # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
+    # complete step: same weights, optimizer and data position.
+    resume_from = latest_of_run(config["root"], config["run"])
+    if resume_from == config.get("ignore_checkpoint"):  # --no-resume: older steps don't count
+        resume_from = None
+    if resume_from:
+        loaded = load_checkpoint(config["root"], resume_from, with_optimizer=True)
         model.load_state_dict(loaded.model.state_dict())
         start_step = loaded.state["step"]
+        resumed = [*loaded.state.get("resumed_from", []), start_step]
     elif config.get("init"):
         init_root, init_id = config["init"]
         model.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-    if config.get("resume_from") and loaded.state.get("optimizer"):
+    if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
+    if rank == 0:  # lets an operator (or a test) find the process doing the work
+        storage.write_atomic(storage.join(config["root"], config["run"], "worker.pid"),
+                             str(os.getpid()).encode())
     total = config["total_steps"]
     dims = tuple(enc.embed_dims)
     shard = ray.train.get_dataset_shard("train")
@@ -90,13 +99,15 @@ def _loop(config: dict) -> None:
             metrics.append(row)
             if rank == 0 and step % tc["checkpoint_every"] == 0:
                 save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc,
-                                tc, {"epoch": epoch, "step": step})
+                                tc, {"epoch": epoch, "step": step},
+                                extra_state={"resumed_from": resumed})
             if step % tc["report_every"] == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
             t_data = time.perf_counter()
     if rank == 0:
         save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc, tc,
-                        {"epoch": tc["epochs"], "step": step}, extra_state={"complete": True})
+                        {"epoch": tc["epochs"], "step": step},
+                        extra_state={"complete": True, "resumed_from": resumed})
         storage.write_parquet(pa.Table.from_pylist(metrics),
                               storage.join(config["root"], config["run"], "metrics.parquet"))
     ray.train.report({"step": step, "done": True})
