@@ -71,14 +71,26 @@ def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
     _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine)
 
 
-@app.command()
-def synth(examples: Annotated[str, Opt(help="examples root or version")],
-          output: Annotated[str, Opt(help="pairs root")],
+synth_app = typer.Typer(add_completion=False, help="Write synthetic query/positive pairs with an LLM "
+                        "(responses cached); `loom synth diff OLD NEW` compares two versions.")
+app.add_typer(synth_app, name="synth")
+
+
+@synth_app.callback(invoke_without_command=True)
+def synth(ctx: typer.Context,
+          examples: Annotated[str | None, Opt(help="examples root or version")] = None,
+          output: Annotated[str | None, Opt(help="pairs root")] = None,
           llm: Annotated[str, Opt(help="offline|gemini|vertex")] = "offline",
           model: str = "gemini-2.5-flash",
           base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
           engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2) -> None:
     """Write synthetic query/positive pairs with an LLM (responses cached)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not examples or not output:
+        typer.echo("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
+                   err=True)
+        raise typer.Exit(2)
     from pipelines.synth import run_synth
     from synth.client import LLMConfig
 
@@ -87,6 +99,15 @@ def synth(examples: Annotated[str, Opt(help="examples root or version")],
         return run_synth(examples, output, cfg, engine, heldout_fraction)
 
     _run(go)
+
+
+@synth_app.command("diff")
+def synth_diff(old: Annotated[str, typer.Argument(help="older pairs version")],
+               new: Annotated[str, typer.Argument(help="newer pairs version")]) -> None:
+    """Rows added, removed and rewritten per query kind between two pairs versions."""
+    from pipelines.synth_diff import diff_synth
+
+    _run(diff_synth, old, new)
 
 
 @app.command()

@@ -62,6 +62,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "cache_hits": stats.get("cache_hits", 0),
     }
     lineage = {
+        "previous": _previous(output_root, writer.version, ex_manifest.version),
         "examples": ex_dir,
         "examples_version": ex_manifest.version,
         "prompt_set": prompt_set.digest(),
@@ -75,3 +76,14 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
                   timings=timings)
+
+
+def _previous(root: str, version: str, examples_version: str) -> str | None:
+    """The newest other synth version over the same examples: what this one regenerates."""
+    found = []
+    for d in storage.list_dirs(root):
+        m = mf.read_manifest(d)
+        if (m is not None and m.stage == "synth" and m.version != version
+                and m.lineage.get("examples_version") == examples_version):
+            found.append((m.created_at, d))
+    return max(found)[1] if found else None
