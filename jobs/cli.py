@@ -31,9 +31,14 @@ def _run(fn, *args, **kwargs) -> None:
     import pydantic
 
     from pipelines.common import BadInput
+    from pipelines.synth import BudgetExceeded
 
     try:
         _emit(fn(*args, **kwargs))
+    except BudgetExceeded as e:  # resumable: rerun to continue
+        _emit(e.payload)
+        typer.echo(f"loom: {e}", err=True)
+        raise typer.Exit(3) from None
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         where = ".".join(map(str, err["loc"]))
@@ -83,7 +88,9 @@ def synth(ctx: typer.Context,
           llm: Annotated[str, Opt(help="offline|gemini|vertex")] = "offline",
           model: str = "gemini-2.5-flash",
           base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
-          engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2) -> None:
+          engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
+          max_calls: Annotated[int | None, Opt(help="LLM call budget (exit 3 when hit)")] = None,
+          dry_run: Annotated[bool, Opt(help="only count the calls needed")] = False) -> None:
     """Write synthetic query/positive pairs with an LLM (responses cached)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -96,7 +103,8 @@ def synth(ctx: typer.Context,
 
     def go():
         cfg = LLMConfig(backend=llm, model=model, base_url=base_url)
-        return run_synth(examples, output, cfg, engine, heldout_fraction)
+        return run_synth(examples, output, cfg, engine, heldout_fraction,
+                         max_calls=max_calls, dry_run=dry_run)
 
     _run(go)
 

@@ -10,19 +10,36 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
+import pyarrow as pa
+
 from pipelines.common import cleanup_work, result, reuse, timed
 from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from schemas import manifest as mf
 from schemas import storage
+from schemas.manifest import write_part
+from synth.cache import ResponseCache
+from synth.cache import key as cache_key
 from synth.client import LLMConfig, check_backend
 from synth.offline_server import offline_server
 from synth.prompts import PromptSet
 from synth.stage import SynthConfig, SynthStage
 
 
+class BudgetExceeded(Exception):
+    """The run stopped at its call budget; what it paid for is cached, a rerun resumes."""
+
+    def __init__(self, payload: dict):
+        super().__init__(f"stopped by the LLM call budget: {payload['counts']}")
+        self.payload = payload
+
+
 def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
-              kinds: dict[str, list[str]] | None = None, rows_per_item: int = 64) -> dict:
+              kinds: dict[str, list[str]] | None = None, rows_per_item: int = 64,
+              max_calls: int | None = None, dry_run: bool = False) -> dict:
+    """Pairs for every Example. `max_calls` is a budget the run never exceeds: past it,
+    the run does what fits, commits nothing and raises BudgetExceeded (CLI exit 3); a
+    rerun pays only for what is still missing. `dry_run` only counts the calls needed."""
     llm = llm or LLMConfig()
     check_backend(llm)
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
@@ -42,12 +59,28 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     if (done := reuse(writer, "synth", llm_calls=0)) is not None:
         return done
     timings: dict[str, float] = {}
+    examples_files = ex_manifest.tables.get("examples", [])
+    budget_payload = None
+    if max_calls is not None or dry_run:
+        pending = _pending_calls(ex_dir, ex_manifest, base, prompt_set)
+        needed = sum(pending.values())
+        if dry_run:
+            return {"stage": "synth", "version": version, "dry_run": True, "reused": False,
+                    "datasets": {}, "counts": {"examples": len(pending),
+                                               "llm_calls_needed": needed}}
+        if needed > max_calls:
+            examples_files, budget_payload = _within_budget(
+                ex_dir, ex_manifest, writer, pending, max_calls, version)
     server = offline_server() if llm.backend == "offline" and not llm.base_url else None
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "synth_s"):
         cfg = base.model_copy(update={"base_url": base_url})
-        items = file_items(ex_manifest.tables.get("examples", []), ex_dir, rows_per_item)
+        items = file_items(examples_files, ex_dir if budget_payload is None
+                           else storage.join(writer.dir, "_work"), rows_per_item)
         tables, stats = merge_results(
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items))
+    if budget_payload is not None:  # nothing is committed: the version stays invisible
+        budget_payload["counts"]["llm_calls"] = stats.get("llm_calls", 0)
+        raise BudgetExceeded(budget_payload)
     for t in ("pairs", "rejected"):
         tables.setdefault(t, [])
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
@@ -87,3 +120,40 @@ def _previous(root: str, version: str, examples_version: str) -> str | None:
                 and m.lineage.get("examples_version") == examples_version):
             found.append((m.created_at, d))
     return max(found)[1] if found else None
+
+
+def _pending_calls(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
+                   prompt_set: PromptSet) -> dict[str, int]:
+    """Example id -> calls it still needs (its kinds whose response is not cached)."""
+    llm = base.llm
+    cache = ResponseCache(base.cache_uri)
+    table = mf.read_table(ex_dir, ex_manifest, "examples", columns=["id", "modality"])
+    out = {}
+    for eid, modality in zip(table.column("id").to_pylist(),
+                             table.column("modality").to_pylist(), strict=True):
+        out[eid] = sum(
+            1 for kind in base.kinds.get(modality, [])
+            if not storage.exists(cache.uri(cache_key(
+                llm.model, prompt_set.version(kind), llm.generation_config(), llm.seed, eid,
+                llm.backend))))
+    return out
+
+
+def _within_budget(ex_dir: str, ex_manifest: mf.Manifest, writer: mf.VersionWriter,
+                   pending: dict[str, int], max_calls: int, version: str):
+    """The examples whose missing calls fit the budget (in id order), as a work file."""
+    keep, spent = set(), 0
+    for eid in sorted(pending):
+        if spent + pending[eid] <= max_calls:
+            keep.add(eid)
+            spent += pending[eid]
+    table = mf.read_table(ex_dir, ex_manifest, "examples")
+    mask = pa.array([i in keep for i in table.column("id").to_pylist()])
+    record = write_part(storage.join(writer.dir, "_work"), "budget", "examples",
+                        table.filter(mask))
+    payload = {"stage": "synth", "version": version, "stopped": "budget", "reused": False,
+               "datasets": {}, "counts": {"budget": max_calls,
+                                          "llm_calls_needed": sum(pending.values()),
+                                          "examples_done": len(keep),
+                                          "examples": len(pending)}}
+    return [record], payload
