@@ -177,17 +177,9 @@ def _actors() -> int:
 def _prior_version(root: str, version: str, ckpt_id: str,
                    dim: int) -> tuple[str, mf.Manifest] | None:
     """The newest complete backfill under root with the same checkpoint and dim."""
-    found = []
-    for d in storage.list_dirs(root):
-        m = mf.read_manifest(d)
-        if (m is None or m.stage != STAGE or m.version == version or TABLE not in m.tables
-                or m.lineage.get("checkpoint") != ckpt_id or m.config.get("dim") != dim):
-            continue
-        found.append((m.created_at, d, m))
-    if not found:
-        return None
-    _, d, m = max(found, key=lambda t: (t[0], t[1]))
-    return d, m
+    return mf.newest_version(root, lambda m: (
+        m.stage == STAGE and m.version != version and TABLE in m.tables
+        and m.lineage.get("checkpoint") == ckpt_id and m.config.get("dim") == dim))
 
 
 def _finished_part(writer: mf.VersionWriter, name: str, chunk: list[str], ckpt_id: str,

@@ -113,13 +113,10 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
 
 def _previous(root: str, version: str, examples_version: str) -> str | None:
     """The newest other synth version over the same examples: what this one regenerates."""
-    found = []
-    for d in storage.list_dirs(root):
-        m = mf.read_manifest(d)
-        if (m is not None and m.stage == "synth" and m.version != version
-                and m.lineage.get("examples_version") == examples_version):
-            found.append((m.created_at, d))
-    return max(found)[1] if found else None
+    found = mf.newest_version(root, lambda m: (
+        m.stage == "synth" and m.version != version
+        and m.lineage.get("examples_version") == examples_version))
+    return found[0] if found else None
 
 
 def _pending_calls(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -109,20 +110,29 @@ def read_manifest(version_dir: str) -> Manifest | None:
     return Manifest.from_json(storage.read_bytes(uri).decode())
 
 
+def newest_version(root: str, accept: Callable[[Manifest], bool] = lambda m: True
+                   ) -> tuple[str, Manifest] | None:
+    """The newest complete version under root (by manifest time) that `accept` takes."""
+    found = []
+    for d in storage.list_dirs(root):
+        m = read_manifest(d)
+        if m is not None and accept(m):
+            found.append((m.created_at, d, m))
+    if not found:
+        return None
+    _, d, m = max(found, key=lambda t: (t[0], t[1]))
+    return d, m
+
+
 def resolve_input(uri: str) -> tuple[str, Manifest]:
     """A version folder as is, or a root's newest complete version (by manifest time)."""
     direct = read_manifest(uri)
     if direct is not None:
         return uri, direct
-    found = []
-    for d in storage.list_dirs(uri):
-        m = read_manifest(d)
-        if m is not None:
-            found.append((m.created_at, d, m))
-    if not found:
+    newest = newest_version(uri)
+    if newest is None:
         raise FileNotFoundError(f"no complete dataset version under {uri}")
-    _, d, m = max(found, key=lambda t: (t[0], t[1]))
-    return d, m
+    return newest
 
 
 def read_table(version_dir: str, manifest: Manifest, table: str,
