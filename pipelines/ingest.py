@@ -22,7 +22,6 @@ from schemas import storage
 from schemas.records import DUPLICATE, REJECTED, Modality
 from schemas.spec import SPEC_FILE, PreprocessingSpec
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
-from transforms.sniff import sniff
 from transforms.stage import BaseStage
 from transforms.text import decode_text
 from transforms.tokenizer import train_tokenizer
@@ -45,10 +44,7 @@ class HashStage(BaseStage):
         rows = []
         for uri in batch.column("uri").to_pylist():
             try:
-                h = hash_file(uri)
-                head = storage.read_bytes(uri, limit=4096) if h["size"] else b""
-                modality, _ = sniff(head, uri)
-                h["modality"] = modality.value if modality else None
+                h = hash_file(uri, with_modality=True)
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)

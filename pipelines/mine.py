@@ -51,6 +51,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
         cand_ids, cand_vecs = embed_on_ray(cand_items, checkpoint_root, ckpt_id)
         _, q_vecs = embed_on_ray(q_items, checkpoint_root, ckpt_id)
     modality_of = {e["id"]: e["modality"] for e in corpus}
+    pos_row = {c: i for i, c in enumerate(cand_ids)}
     rows, stats = [], {}
     with timed(timings, "search_s"):
         for modality in sorted({p["positive_modality"] for p in pairs}):
@@ -59,7 +60,6 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
             negs, st = select_negatives(q_vecs[sel], [pairs[i]["positive_id"] for i in sel],
                                         [cand_ids[i] for i in cands], cand_vecs[cands], config)
             stats[modality] = st
-            pos_row = {c: i for i, c in enumerate(cand_ids)}
             for qi, n in zip(sel, negs, strict=True):
                 p = pairs[qi]
                 pr = pos_row.get(p["positive_id"])

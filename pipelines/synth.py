@@ -18,11 +18,10 @@ from schemas import manifest as mf
 from schemas import storage
 from schemas.manifest import write_part
 from synth.cache import ResponseCache
-from synth.cache import key as cache_key
 from synth.client import LLMConfig, check_backend
 from synth.offline_server import offline_server
 from synth.prompts import PromptSet
-from synth.stage import SynthConfig, SynthStage
+from synth.stage import SynthConfig, SynthStage, response_key
 
 
 class BudgetExceeded(Exception):
@@ -130,9 +129,7 @@ def _pending_calls(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
                              table.column("modality").to_pylist(), strict=True):
         out[eid] = sum(
             1 for kind in base.kinds.get(modality, [])
-            if not storage.exists(cache.uri(cache_key(
-                llm.model, prompt_set.version(kind), llm.generation_config(), llm.seed, eid,
-                llm.backend))))
+            if not storage.exists(cache.uri(response_key(llm, prompt_set.version(kind), eid))))
     return out
 
 

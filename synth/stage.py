@@ -52,6 +52,12 @@ class _Failure(Exception):
         self.reason = reason
 
 
+def response_key(llm: llm_client.LLMConfig, prompt_version: str, example_id: str) -> str:
+    """The cache key of one answer; the budget estimate uses the same key."""
+    return cache_key(llm.model, prompt_version, llm.generation_config(), llm.seed, example_id,
+                     llm.backend)
+
+
 def pair_id(example_id: str, kind: str, prompt_version: str, index: int) -> str:
     return hashlib.sha256(f"{example_id}|{kind}|{prompt_version}|{index}".encode()).hexdigest()[:24]
 
@@ -133,8 +139,7 @@ class SynthStage(BaseStage):
         """(answer, came_from_cache)."""
         cfg = self.config.llm
         version, text = self.prompts.prompts[kind]
-        k = cache_key(cfg.model, version, cfg.generation_config(), cfg.seed, example_id,
-                      cfg.backend)
+        k = response_key(cfg, version, example_id)
         cached = self._cache.get(k)
         if cached is not None:
             return cached, True

@@ -31,10 +31,17 @@ from transforms.video import decode_video
 MiB = 1 << 20
 
 
-def hash_file(uri: str) -> dict:
-    """{uri, size, id}: id is the sha256 hex of the file's bytes."""
+def hash_file(uri: str, with_modality: bool = False) -> dict:
+    """{uri, size, id}: id is the sha256 hex of the file's bytes.
+
+    with_modality adds the sniffed modality, from the bytes already read (one read).
+    """
     data = storage.read_bytes(uri)
-    return {"uri": uri, "size": len(data), "id": hashlib.sha256(data).hexdigest()}
+    out = {"uri": uri, "size": len(data), "id": hashlib.sha256(data).hexdigest()}
+    if with_modality:
+        modality = sniff(data[:4096], uri)[0] if data else None
+        out["modality"] = modality.value if modality else None
+    return out
 
 
 def pick_canonical(hashes: list[dict]) -> tuple[list[dict], list[dict]]:
