@@ -120,6 +120,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "decoded": len(rows),
         "reused_files": len(reused),
     }
+    if "archive_members" in stats:  # members of decoded archives (see transforms/archives.py)
+        counts |= {k: stats.get(k, 0) for k in ("archive_members", "archive_members_accepted",
+                                                   "archive_members_rejected")}
+        if counts["archive_members"] != (counts["archive_members_accepted"]
+                                         + counts["archive_members_rejected"]):
+            raise RuntimeError(f"ingest lost or invented archive members: {counts}")
     if counts["accepted"] + counts["duplicate"] + counts["rejected"] != counts["listed"]:
         raise RuntimeError(f"ingest lost or invented files: {counts}")
     rejected_rows = sum(f.rows for f in tables["rejected"])
@@ -157,10 +163,17 @@ def _summary(version_dir: str, tables: dict) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _base_uri(uri: str) -> str:
-    """The listed file a row came from (`manifest.jsonl#3` -> `manifest.jsonl`)."""
-    head, _, tail = uri.rpartition("#")
-    return head if head and tail.isdigit() else uri
+def _base_uri(uri: str, listed: set[str]) -> str:
+    """The listed file a row came from: `manifest.jsonl#3` -> `manifest.jsonl`, and
+    `shard.tar#dir/0001.jpg` -> `shard.tar` (a listed name may itself hold a `#`)."""
+    if uri in listed:
+        return uri
+    at = uri.find("#")
+    while at != -1:
+        if uri[:at] in listed:
+            return uri[:at]
+        at = uri.find("#", at + 1)
+    return uri
 
 
 def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Manifest] | None:
@@ -208,18 +221,18 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
         keys = old.column(column).to_pylist()
         if column == "source_uris":
             keys = [k[0] if k else "" for k in keys]
-        keep = [i for i, k in enumerate(keys) if _base_uri(k) in reused]
+        keep = [i for i, k in enumerate(keys) if _base_uri(k, reused) in reused]
         if keep:
             part = old.take(pa.array(keep, pa.int64()))
             if table == "examples":  # copies may have come or gone since
-                sources = [s if _base_uri(s[0]) != s[0] else [s[0], *dups.get(s[0], [])]
+                sources = [s if _base_uri(s[0], reused) != s[0] else [s[0], *dups.get(s[0], [])]
                            for s in part.column("source_uris").to_pylist()]
                 idx = part.schema.get_field_index("source_uris")
                 part = part.set_column(idx, part.schema.field(idx),
                                        pa.array(sources, pa.list_(pa.string())))
             tables.setdefault(table, []).append(writer.write_part(table, "reused-00000", part))
         if table == "rejected":
-            rec = sum(1 for i in keep if _base_uri(keys[i]) != keys[i])
+            rec = sum(1 for i in keep if _base_uri(keys[i], reused) != keys[i])
             stats["rejected_records"] = stats.get("rejected_records", 0) + rec
     for u in reused:
         key = "accepted_files" if prior_files[u][1] == "accepted" else "rejected_files"

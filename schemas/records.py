@@ -45,6 +45,7 @@ class Reason(str, enum.Enum):
     ENCRYPTED = "encrypted"
     MISSING_REFERENCE = "missing_reference"
     FORBIDDEN_REFERENCE = "forbidden_reference"
+    FORBIDDEN_MEMBER = "forbidden_member"  # an archive member: traversal name, link, device
     BAD_RECORD = "bad_record"
     LLM_BLOCKED = "llm_blocked"
     LLM_ERROR = "llm_error"

@@ -124,9 +124,19 @@ def list_dirs(prefix: str) -> list[str]:
 
 
 def read_bytes(uri: str, limit: int | None = None) -> bytes:
+    """The stored bytes, as they are: never decompressed because of the name (pyarrow
+    would inflate a `*.gz` by default, unbounded: a bomb, and not the bytes hashed)."""
     fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read(limit) if limit is not None else f.read()
+
+
+def iter_chunks(uri: str, chunk_bytes: int = 1 << 20):
+    """The stored bytes in chunks, so a huge file is hashed without being held."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path, compression=None) as f:
+        while chunk := f.read(chunk_bytes):
+            yield chunk
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -134,7 +144,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as f:
+    with fs.open_output_stream(path, compression=None) as f:
         f.write(data)
 
 

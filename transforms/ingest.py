@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas import storage
 from schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
 from schemas.spec import PreprocessingSpec
+from transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
 from transforms.audio import decode_audio
 from transforms.image import decode_image
 from transforms.isolation import IsolatedDecoder
@@ -34,12 +35,17 @@ MiB = 1 << 20
 def hash_file(uri: str, with_modality: bool = False) -> dict:
     """{uri, size, id}: id is the sha256 hex of the file's bytes.
 
-    with_modality adds the sniffed modality, from the bytes already read (one read).
+    with_modality adds the sniffed modality, from the first bytes read (one streamed read).
     """
-    data = storage.read_bytes(uri)
-    out = {"uri": uri, "size": len(data), "id": hashlib.sha256(data).hexdigest()}
+    h, size, head = hashlib.sha256(), 0, b""
+    for chunk in storage.iter_chunks(uri):  # streamed: a huge file is never held whole
+        if len(head) < 4096:
+            head += chunk[: 4096 - len(head)]
+        h.update(chunk)
+        size += len(chunk)
+    out = {"uri": uri, "size": size, "id": h.hexdigest()}
     if with_modality:
-        modality = sniff(data[:4096], uri)[0] if data else None
+        modality = sniff(head, uri)[0] if head else None
         out["modality"] = modality.value if modality else None
     return out
 
@@ -75,6 +81,7 @@ class IngestConfig(BaseModel):
     decode_timeout_s: float = Field(120.0, gt=0)
     decoder_memory_mb: int = Field(4096, ge=256)
     files_per_call: int = Field(16, ge=1)  # files per round trip to the isolated worker
+    archive: ArchiveLimits = ArchiveLimits()
 
 
 def _is_manifest(uri: str, data: bytes) -> str | None:
@@ -130,6 +137,8 @@ class IngestStage(BaseStage):
                 rejected.append(_reject(uri, file_id, Reason(outcome[1]), outcome[2]))
             else:
                 got, bad = outcome[1], outcome[2]
+                for k, v in (outcome[3] if len(outcome) > 3 else {}).items():
+                    stats[k] = stats.get(k, 0) + v
                 for ex in got:
                     if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
                         ex["source_uris"] = [uri, *dups]
@@ -186,8 +195,7 @@ def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tup
     out: list[tuple] = []
     for uri, file_id in rows:
         try:
-            got, bad = process_file(uri, file_id, config)
-            out.append(("ok", got, bad))
+            out.append(("ok", *process_file(uri, file_id, config)))
         except DecodeError as e:
             out.append(("reject", e.reason.value, e.message))
         except MemoryError:
@@ -202,8 +210,12 @@ def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict
             "message": message, "record_id": file_id}
 
 
-def process_file(uri: str, file_id: str, config: IngestConfig) -> tuple[list[dict], list[dict]]:
-    """One listed file -> (Examples, record-level Rejected rows); raises DecodeError.
+def process_file(uri: str, file_id: str, config: IngestConfig
+                 ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """One listed file -> (Examples, record-level Rejected rows, stats); raises DecodeError.
+
+    stats counts an archive's members: `archive_members` = `archive_members_accepted` +
+    `archive_members_rejected` (empty for other files).
 
     Module-level so the isolated worker can run it; the worker keeps one ingestor (and
     its tokenizer) per config.
@@ -234,7 +246,7 @@ class _FileIngestor:
                 "source_uris": uris, "mime": mime, "size_bytes": size,
                 "metadata": json.dumps(metadata, sort_keys=True)}
 
-    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict]]:
+    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
@@ -247,7 +259,9 @@ class _FileIngestor:
         if hashlib.sha256(data).hexdigest() != file_id:
             raise DecodeError(Reason.DECODE_ERROR, "content changed during ingest (hash mismatch)")
         if fmt := _is_manifest(uri, data):
-            return self._manifest(uri, data, fmt)
+            return *self._manifest(uri, data, fmt), {}
+        if kind := archive_kind(data):
+            return self._archive(uri, data, kind)
         modality, mime = sniff(data, uri)
         meta: dict = {}
         if modality == Modality.IMAGE:
@@ -263,12 +277,12 @@ class _FileIngestor:
         elif modality == Modality.VIDEO:
             parts, meta = decode_video(data, spec, self.config.video_mode)
         elif modality == Modality.PAGE:
-            return self._pdf(uri, file_id, data, mime), []
+            return self._pdf(uri, file_id, data, mime), [], {}
         else:
             raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
         for part in parts:
             part.update(source_uri=uri, mime=part.get("mime") or mime)
-        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], []
+        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], [], {}
 
     def _pdf(self, uri: str, file_id: str, data: bytes, mime: str | None) -> list[dict]:
         pages, total = decode_pdf(data, self.config.spec, file_id)
@@ -282,15 +296,59 @@ class _FileIngestor:
                                      page["parts"], [uri], mime, len(data), meta))
         return out
 
-    def _manifest(self, uri: str, data: bytes, fmt: str) -> tuple[list[dict], list[dict]]:
-        roots = list(self.config.allowed_roots) or [uri.rsplit("/", 1)[0]]
-        decoders = {
+    def _decoders(self) -> dict:
+        """Part decoders for manifest references and archive members: bytes -> part(s)."""
+        def text(b: bytes, spec: PreprocessingSpec) -> dict:
+            return empty_part(Modality.TEXT.value) | {"text": decode_text(b, spec)}
+
+        return {
+            "text": text,
             "image": decode_image,
             "audio": lambda b, spec: decode_audio(b, spec)[0],
             "video": lambda b, spec: decode_video(b, spec, self.config.video_mode)[0],
             "pdf": lambda b, spec: [p for page in decode_pdf(b, spec, "ref")[0]
                                     for p in page["parts"]],
         }
+
+    def _archive(self, uri: str, data: bytes, kind: str) -> tuple[list[dict], list[dict], dict]:
+        """One Example per WebDataset sample; a Rejected row per refused member or sample.
+
+        Members are accounted one by one: a refused member is rejected on its own, the
+        members of a sample are accepted or rejected with it.
+        """
+        decoders = self._decoders()
+        examples, bad = [], []
+        n = {"archive_members": 0, "archive_members_accepted": 0, "archive_members_rejected": 0}
+        for item in iter_samples(data, kind, self.config.archive):
+            size = len(item.members) if isinstance(item, Sample) else 1
+            n["archive_members"] += size
+            if not isinstance(item, Sample):
+                bad.append(_reject(f"{uri}#{item.name[:1024]}", None, item.reason, item.message))
+                n["archive_members_rejected"] += 1
+                continue
+            try:
+                s = build_sample(uri, item, self.config.spec, decoders, sniff)
+            except DecodeError as e:
+                bad.append(_reject(f"{uri}#{item.key[:1024]}", None, e.reason,
+                                   f"sample of {size} member(s): {e.message}"))
+                n["archive_members_rejected"] += size
+                continue
+            except Exception as e:  # noqa: BLE001 - a member must end as a row, not a crash
+                bad.append(_reject(f"{uri}#{item.key[:1024]}", None, Reason.DECODE_ERROR,
+                                   f"sample of {size} member(s): {type(e).__name__}: {e}"))
+                n["archive_members_rejected"] += size
+                continue
+            n["archive_members_accepted"] += size
+            examples.append(self._example(s["id"], s["modality"], s["parts"],
+                                          [f"{uri}#{item.key}"], None,
+                                          sum(len(m.data) for m in item.members), s["metadata"]))
+        if not n["archive_members"]:
+            raise DecodeError(Reason.EMPTY, f"{kind} archive without file members")
+        return examples, bad, n
+
+    def _manifest(self, uri: str, data: bytes, fmt: str) -> tuple[list[dict], list[dict]]:
+        roots = list(self.config.allowed_roots) or [uri.rsplit("/", 1)[0]]
+        decoders = self._decoders()
         examples, bad = [], []
         for rec in parse_manifest(data, fmt, uri):
             if isinstance(rec, RecordError):
