@@ -68,12 +68,17 @@ def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")
 @app.command()
 def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
            output: Annotated[str, Opt(help="dataset root")],
-           engine: Engine = Engine.BEAM, image_size: int = 48) -> None:
+           engine: Engine = Engine.BEAM, image_size: int = 48,
+           allow_host: Annotated[list[str] | None, Opt(
+               help="host whose http(s) manifest references may be fetched (repeatable)")] = None
+           ) -> None:
     """Decode and tokenize every file under a prefix into Examples + Rejected."""
     from pipelines.ingest import run_ingest
     from schemas.spec import PreprocessingSpec
+    from transforms.remote import RemoteConfig
 
-    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine)
+    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine,
+         remote=RemoteConfig(allowed_hosts=tuple(allow_host or ())))
 
 
 synth_app = typer.Typer(add_completion=False, help="Write synthetic query/positive pairs with an LLM "

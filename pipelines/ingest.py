@@ -21,7 +21,9 @@ from schemas import manifest as mf
 from schemas import storage
 from schemas.records import DUPLICATE, REJECTED, Modality
 from schemas.spec import SPEC_FILE, PreprocessingSpec
+from transforms.archives import ArchiveLimits
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from transforms.remote import RemoteConfig
 from transforms.stage import BaseStage
 from transforms.text import decode_text
 from transforms.tokenizer import train_tokenizer
@@ -52,8 +54,11 @@ class HashStage(BaseStage):
 
 
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
-               engine: Engine = Engine.BEAM, files_per_item: int = 64) -> dict:
+               engine: Engine = Engine.BEAM, files_per_item: int = 64,
+               remote: RemoteConfig | None = None, archive: ArchiveLimits | None = None) -> dict:
+    """`remote` allows http(s) references to named hosts; `archive` bounds tar/zip input."""
     spec = spec or PreprocessingSpec()
+    remote, archive = remote or RemoteConfig(), archive or ArchiveLimits()
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     listing = storage.list_files(input_uri)
     if not listing:
@@ -62,6 +67,9 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
     config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
+    for key, value in (("remote", remote), ("archive", archive)):  # only when set: ids stay
+        if value != type(value)():
+            config[key] = value.model_dump()
     version = mf.version_id("ingest", [digest], config)
     writer = mf.VersionWriter(output_root, "ingest", version)
     if (done := reuse(writer, "ingest")) is not None:
@@ -90,7 +98,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     prior_files = _files_of(prior)
     reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
-        config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,))
+        config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,), remote=remote,
+                               archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
         dups = _dups_by_uri(canonical, duplicates)
         rows = [{"uri": h["uri"], "id": h["id"], "dups": dups.get(h["uri"])}

@@ -23,6 +23,7 @@ from transforms.image import decode_image
 from transforms.isolation import IsolatedDecoder
 from transforms.pdf import decode_pdf
 from transforms.records import RecordError, build_interleaved, parse_manifest
+from transforms.remote import RemoteConfig
 from transforms.sniff import DecodeError, sniff
 from transforms.stage import BaseStage
 from transforms.text import decode_text
@@ -82,6 +83,8 @@ class IngestConfig(BaseModel):
     decoder_memory_mb: int = Field(4096, ge=256)
     files_per_call: int = Field(16, ge=1)  # files per round trip to the isolated worker
     archive: ArchiveLimits = ArchiveLimits()
+    # http(s) references in manifests: none unless a host is allowed (transforms/remote.py).
+    remote: RemoteConfig = RemoteConfig()
 
 
 def _is_manifest(uri: str, data: bytes) -> str | None:
@@ -356,7 +359,8 @@ class _FileIngestor:
                                         rec.message))
                 continue
             try:
-                built = build_interleaved(rec, uri, roots, self.config.spec, decoders)
+                built = build_interleaved(rec, uri, roots, self.config.spec, decoders,
+                                          self.config.remote)
             except DecodeError as e:
                 bad.append(_reject(f"{uri}#{rec['index']}", rec.get("id"), e.reason,
                                         e.message))
