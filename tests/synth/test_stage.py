@@ -7,6 +7,7 @@ import random
 from schemas.records import PAIR, REJECTED
 from synth.client import LLMConfig
 from synth.stage import SynthConfig, SynthStage
+from tests.key_leak import PLANTED_KEY, leaks
 from tests.synth.conftest import batch_of, image_example, text_example
 from transforms import scenes
 
@@ -80,7 +81,8 @@ def test_bad_examples_become_rejected_rows(tmp_path, server_url):
 
 
 def test_gemini_key_never_leaks(tmp_path, server_url, monkeypatch, caplog, capfd):
-    key = "AIzaPLANTED-fake-key-0123456789"
+    """The stage alone (fast); tests/pipelines/test_key_leak.py runs the whole chain."""
+    key = PLANTED_KEY
     monkeypatch.setenv("GEMINI_API_KEY", key)
     caplog.set_level(logging.DEBUG)
     rng = random.Random(9)
@@ -100,4 +102,4 @@ def test_gemini_key_never_leaks(tmp_path, server_url, monkeypatch, caplog, capfd
     blob = " ".join([str(out["pairs"].to_pylist()), str(out["rejected"].to_pylist()),
                      caplog.text, captured.out, captured.err, cfg.model_dump_json(),
                      repr(stage.__getstate__())])
-    assert key not in blob
+    assert leaks(blob) == []
