@@ -42,11 +42,14 @@ class HashStage(BaseStage):
     input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
+    def __init__(self, roots: tuple[str, ...] = ()):
+        self.roots = roots
+
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         rows = []
         for uri in batch.column("uri").to_pylist():
             try:
-                h = hash_file(uri, with_modality=True)
+                h = hash_file(uri, with_modality=True, roots=self.roots)
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)
@@ -78,7 +81,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
 
     with timed(timings, "hash_s"):
         uris = [{"uri": e.uri} for e in listing]
-        res = run_stage(engine, StageTask(HashStage, storage.join(writer.dir, "_work")),
+        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,)),
+                                          storage.join(writer.dir, "_work")),
                         row_items(uris, files_per_item * 4, "hash"))
         tables, _ = merge_results(res)
         hashes = storage.read_parquet(

@@ -75,9 +75,26 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def _list_local(path: str, suffix: str) -> list[FileEntry]:
+    """A local tree walked without following symlinks: a link to a folder is never entered
+    (two links to a parent would list 2^depth copies), but every link, fifo or device is
+    listed like a file, so ingest accounts for it (and refuses what it may not read)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames + links:
+            full = os.path.join(dirpath, name)
+            if full.endswith(suffix):
+                st = os.lstat(full)
+                out.append(FileEntry(full, int(st.st_size), int(st.st_mtime_ns)))
+    return out
+
+
 def list_files(prefix: str, suffix: str = "") -> list[FileEntry]:
     """Every file under a prefix, sorted by URI (deterministic listings make version ids)."""
     fs, path = resolve(prefix)
+    if not is_remote(prefix) and os.path.isdir(path):
+        return sorted(_list_local(path, suffix), key=lambda e: e.uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return []

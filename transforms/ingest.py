@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import stat
 from typing import ClassVar, Literal
 
 import pyarrow as pa
@@ -33,11 +35,41 @@ from transforms.video import decode_video
 MiB = 1 << 20
 
 
-def hash_file(uri: str, with_modality: bool = False) -> dict:
+def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
+    """A listed local file is read only if it is a regular file, inside `roots` once its
+    symlinks are resolved: a link to ~/.config or /etc, a fifo (which would block the
+    reader forever) or a device is `forbidden_reference`. gs:// objects pass."""
+    if storage.is_remote(uri):
+        return
+    path = storage.absolute(uri)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # the read reports it
+    if stat.S_ISLNK(st.st_mode):
+        real = os.path.realpath(path)
+        homes = [os.path.realpath(storage.absolute(r)) for r in roots if not storage.is_remote(r)]
+        if homes and not any(real == h or real.startswith(h.rstrip(os.sep) + os.sep)
+                             for h in homes):
+            raise DecodeError(Reason.FORBIDDEN_REFERENCE, "a symlink leading outside the input")
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"a dangling symlink: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("folder (symlinked)" if stat.S_ISDIR(st.st_mode) else "fifo"
+                if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device")
+        raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"not a regular file: a {kind}")
+
+
+def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = ()) -> dict:
     """{uri, size, id}: id is the sha256 hex of the file's bytes.
 
     with_modality adds the sniffed modality, from the first bytes read (one streamed read).
+    Raises DecodeError for what `confine_listed` refuses, before opening it.
     """
+    confine_listed(uri, roots)
     h, size, head = hashlib.sha256(), 0, b""
     for chunk in storage.iter_chunks(uri):  # streamed: a huge file is never held whole
         if len(head) < 4096:
@@ -251,6 +283,7 @@ class _FileIngestor:
 
     def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes
+        confine_listed(uri, self.config.allowed_roots)
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
         except Exception as e:  # noqa: BLE001
