@@ -74,6 +74,7 @@ def test_planted_key_never_leaks_across_the_chain(tmp_path):
         files, found = grep_tree(str(work), ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"KEY LEAK: grepped {files} files and {len(outputs)} captured streams")
     assert files > 50
     assert found == {}
     assert [leaks(o) for o in outputs] == [[]] * len(outputs)

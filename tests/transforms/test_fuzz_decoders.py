@@ -23,7 +23,7 @@ import time
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -113,9 +113,6 @@ def test_fuzz_decoders_contained(tmp_path):
     tally: dict[str, int] = {}
     found: list[dict] = []
 
-    @settings(max_examples=int(os.environ.get("LOOM_FUZZ_EXAMPLES", "20000")), deadline=None,
-              database=None, suppress_health_check=list(HealthCheck))
-    @given(mutated())
     def one(case: tuple[str, bytes]) -> None:
         if time.monotonic() > stop_at:
             return
@@ -139,12 +136,19 @@ def test_fuzz_decoders_contained(tmp_path):
                               "kept": _keep(kind, data, f"{row['reason']}: {row['message']}")})
         path.unlink()
 
-    try:
-        one()
+    max_examples = int(os.environ.get("LOOM_FUZZ_EXAMPLES", "20000"))
+    rounds = 0
+    try:  # rounds of 250, each seeded: the budget ends the run between rounds
+        while time.monotonic() < stop_at and sum(tally.values()) < max_examples:
+            seed(rounds)(settings(max_examples=250, deadline=None, database=None,
+                                  suppress_health_check=list(HealthCheck))(
+                given(mutated())(one)))()
+            rounds += 1
     finally:
         restarts = stage._isolated.restarts if stage._isolated is not None else None
         stage.teardown()
-    summary = {"examples": sum(tally.values()), "tally": dict(sorted(tally.items())),
+    summary = {"examples": sum(tally.values()), "rounds": rounds,
+               "tally": dict(sorted(tally.items())),
                "crashes_or_hangs": found, "worker_restarts": restarts}
     print("FUZZ SUMMARY " + json.dumps(summary))
     assert summary["examples"] > 0
