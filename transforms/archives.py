@@ -139,14 +139,18 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 def _tar_members(data: bytes, limits: ArchiveLimits) -> Iterator[Member]:
     raw: BinaryIO = io.BytesIO(data)
+    plain = True
     for magic, opener in _COMPRESSED.items():
         if data.startswith(magic):
             raw = io.BufferedReader(_CappedReader(opener(io.BytesIO(data)), len(data), limits))
+            plain = False
     total = 0
     try:
         with tarfile.open(fileobj=raw, mode="r|", tarinfo=_StrictTarInfo) as tf:  # a stream: nothing held but a member
             for info in tf:
                 name = info.name
+                if plain and info.offset_data + info.size > len(data):
+                    raise EOFError(f"member {name[:200]!r} claims {info.size} bytes past the end")
                 if info.isdir():
                     continue
                 if why := forbidden_name(name):

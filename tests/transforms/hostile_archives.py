@@ -142,3 +142,12 @@ def lying_size_zip() -> bytes:
 def many_members_zip(n: int) -> bytes:
     return make_zip([(f"{i:04d}.txt", f"caption {i}".encode(), None) for i in range(n)],
                     zipfile.ZIP_STORED)
+
+
+def lying_size_tar() -> bytes:
+    """A plain tar whose first header claims an 8 GiB member (checksum kept valid)."""
+    data = bytearray(make_tar([_reg("s/0001.txt", b"short")]))
+    data[124:136] = b"77777777777\x00"
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\x00 " % sum(data[:512])
+    return bytes(data)

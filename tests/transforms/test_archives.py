@@ -94,6 +94,7 @@ def test_hostile_zip(stage, tmp_path):
     ("cut-header.tar", lambda: ha.webdataset_tar()[0][:1024 + 512 + 300], "truncated"),
     ("garbage-mid.tar", lambda: (lambda d: d[:3584] + b"\x7f" * 512 + d[4096:])(
         ha.webdataset_tar()[0]), "decode_error"),
+    ("liar.tar", ha.lying_size_tar, "truncated"),
     ("only-links.tar", lambda: ha.make_tar([ha._special("a.txt", b"2", "/etc/shadow")]),
      "forbidden_member"),
 ])
