@@ -90,7 +90,20 @@ def synth(ctx: typer.Context,
           base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
           engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
           max_calls: Annotated[int | None, Opt(help="LLM call budget (exit 3 when hit)")] = None,
-          dry_run: Annotated[bool, Opt(help="only count the calls needed")] = False) -> None:
+          max_tokens: Annotated[int | None, Opt(help="LLM token budget (exit 3)")] = None,
+          max_cost: Annotated[float | None, Opt(help="USD budget, synth/prices.yaml (exit 3)")
+                              ] = None,
+          dry_run: Annotated[bool, Opt(help="only estimate calls, tokens and cost")] = False,
+          concurrency: Annotated[int, Opt(help="requests in flight per worker")] = 32,
+          rpm: Annotated[float | None, Opt(help="requests per minute (all workers)")] = None,
+          tpm: Annotated[float | None, Opt(help="tokens per minute (all workers)")] = None,
+          script: Annotated[str, Opt(help="expected query script (latin, cyrillic, cjk, ...; "
+                                          "none: no language filter)")] = "latin",
+          checkpoint: Annotated[str | None, Opt(help="round-trip filter with this checkpoint")
+                                ] = None,
+          checkpoint_root: str = "checkpoints",
+          roundtrip_k: Annotated[int, Opt(help="round trip: positive within top k")] = 10
+          ) -> None:
     """Write synthetic query/positive pairs with an LLM (responses cached)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -99,12 +112,21 @@ def synth(ctx: typer.Context,
                    err=True)
         raise typer.Exit(2)
     from pipelines.synth import run_synth
+    from synth.budget import Budget
     from synth.client import LLMConfig
+    from synth.filters import FilterConfig
+    from synth.limits import RateLimits
 
     def go():
         cfg = LLMConfig(backend=llm, model=model, base_url=base_url)
-        return run_synth(examples, output, cfg, engine, heldout_fraction,
-                         max_calls=max_calls, dry_run=dry_run)
+        return run_synth(
+            examples, output, cfg, engine, heldout_fraction, dry_run=dry_run,
+            budget=Budget(max_calls=max_calls, max_tokens=max_tokens, max_cost=max_cost),
+            limits=RateLimits(concurrency=concurrency, requests_per_minute=rpm,
+                              tokens_per_minute=tpm),
+            filters=FilterConfig(script=None if script == "none" else script,
+                                 roundtrip_k=roundtrip_k),
+            checkpoint=checkpoint, checkpoint_root=checkpoint_root)
 
     _run(go)
 

@@ -114,6 +114,9 @@ PAIR = pa.schema(
         pa.field("backend", pa.string(), nullable=False),
         pa.field("generation_config", pa.string()),  # JSON
         pa.field("seed", pa.int64()),
+        # usage_metadata of the call that wrote it (shared by the queries of one answer)
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
     ]
 )
 
