@@ -234,6 +234,7 @@ def _parse(response: types.GenerateContentResponse) -> dict[str, Any]:
         raise LLMBadResponse("structured output has no queries")
     result = dict(raw) | {"task": out.task.strip(), "queries": queries}
     result["model_version"] = response.model_version
+    result["response_id"] = response.response_id
     return result
 
 
