@@ -245,12 +245,12 @@ class SynthStage(BaseStage):
             stats["blocked"] += 1
             stats["requests"] += 1
             value = {"rejected": Reason.LLM_BLOCKED.value, "message": str(exc)}
-            self._cache.put(key, value)
+            await asyncio.to_thread(self._cache.put, key, value)
             return value
         except llm_client.LLMBadResponse as exc:
             stats["requests"] += 2
             value = {"rejected": Reason.LLM_BAD_RESPONSE.value, "message": str(exc)}
-            self._cache.put(key, value)
+            await asyncio.to_thread(self._cache.put, key, value)
             return value
         except Exception as exc:  # noqa: BLE001 - LLMError after retries and anything else: a row
             msg = (str(exc) if isinstance(exc, llm_client.LLMError)
@@ -261,7 +261,7 @@ class SynthStage(BaseStage):
         stats["repairs"] += int(bool(answer.get("repaired")))
         stats["input_tokens"] += int(usage.get("input_tokens", 0))
         stats["output_tokens"] += int(usage.get("output_tokens", 0))
-        self._cache.put(key, answer)
+        await asyncio.to_thread(self._cache.put, key, answer)  # fsyncs: off the loop
         return answer
 
     async def _call_all(self, calls: list[tuple[int, dict, str, list, str]],

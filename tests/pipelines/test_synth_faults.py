@@ -115,3 +115,12 @@ def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, ser
     assert len(rerun_ids) == 40 - len(finished)
     assert json.loads(stdout.strip().splitlines()[-1])["counts"]["llm_calls"] == len(rerun_ids)
     assert _pairs(str(out)) == _pairs(run_synth(examples, str(tmp_path / "clean"))["uri"])
+
+
+def test_ray_and_beam_write_the_same_pairs(tmp_path, examples, ray_session):
+    from pipelines.runner import Engine
+
+    beam = run_synth(examples, str(tmp_path / "beam"), rows_per_item=8)
+    ray = run_synth(examples, str(tmp_path / "ray"), engine=Engine.RAY, rows_per_item=8)
+    assert _pairs(ray["uri"]) == _pairs(beam["uri"]) and len(_pairs(beam["uri"])) > 0
+    assert ray["counts"] == beam["counts"]
