@@ -131,6 +131,27 @@ def synth(ctx: typer.Context,
     _run(go)
 
 
+@synth_app.command("relabel")
+def synth_relabel(triples: Annotated[str, Opt(help="triples root or version (loom mine)")],
+                  output: Annotated[str, Opt(help="relabelled triples root")],
+                  llm: Annotated[str, Opt(help="offline|gemini|vertex")] = "offline",
+                  model: str = "gemini-2.5-flash",
+                  base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
+                  negatives: int = 3,
+                  concurrency: Annotated[int, Opt(help="requests in flight")] = 32) -> None:
+    """FRet relabel: the LLM picks each query's best positive and hard negatives among
+    its mined candidates; the `relabels` table records which positives changed."""
+    from pipelines.synth_relabel import run_relabel
+    from synth.client import LLMConfig
+    from synth.limits import RateLimits
+
+    def go():
+        return run_relabel(triples, output, LLMConfig(backend=llm, model=model, base_url=base_url),
+                           negatives, RateLimits(concurrency=concurrency))
+
+    _run(go)
+
+
 @synth_app.command("diff")
 def synth_diff(old: Annotated[str, typer.Argument(help="older pairs version")],
                new: Annotated[str, typer.Argument(help="newer pairs version")]) -> None:

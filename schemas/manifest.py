@@ -27,7 +27,8 @@ MANIFEST = "manifest.json"
 STAGE_LOGIC = {
     "corpus": 1,
     "ingest": 3,
-    "synth": 1,
+    "synth": 2,  # 2: usage columns, filters, run-wide dedupe
+    "relabel": 1,
     "shard": 1,
     "train": 1,
     "mine": 1,

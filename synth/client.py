@@ -218,21 +218,26 @@ def _blocked(response: types.GenerateContentResponse) -> str | None:
     return None
 
 
-def _parse(response: types.GenerateContentResponse) -> dict[str, Any]:
+def _queries_check(raw: dict, out: QueryOutput) -> dict[str, Any]:
+    queries = [q.strip() for q in out.queries if isinstance(q, str) and q.strip()]
+    if not queries:
+        raise LLMBadResponse("structured output has no queries")
+    return dict(raw) | {"task": out.task.strip(), "queries": queries}
+
+
+def _parse(response: types.GenerateContentResponse, schema: type[pydantic.BaseModel],
+           check: Callable[[dict, Any], dict[str, Any]]) -> dict[str, Any]:
     """The structured answer, or LLMBadResponse naming what was wrong."""
     text = response.text
     try:
         raw = json.loads(text or "")
-        out = QueryOutput.model_validate(raw)
+        out = schema.model_validate(raw)
     except pydantic.ValidationError as exc:
         where = ".".join(map(str, exc.errors()[0]["loc"])) or "root"
         raise LLMBadResponse(f"schema-invalid output: {where}: {exc.errors()[0]['msg']}") from None
     except ValueError as exc:
         raise LLMBadResponse(f"unparsable structured output: {type(exc).__name__}") from None
-    queries = [q.strip() for q in out.queries if isinstance(q, str) and q.strip()]
-    if not queries:
-        raise LLMBadResponse("structured output has no queries")
-    result = dict(raw) | {"task": out.task.strip(), "queries": queries}
+    result = check(raw, out)
     result["model_version"] = response.model_version
     result["response_id"] = response.response_id
     return result
@@ -246,10 +251,21 @@ async def agenerate_pair_json(client: genai.Client, cfg: LLMConfig, prompt_text:
 
     Returns {"task", "queries", ..., "usage": {"input_tokens", "output_tokens", "calls"},
     "repaired": bool}. A schema-invalid answer gets one repair call; a refusal raises
-    LLMBlocked at once. `slot(n_tokens)` (an async context manager) gates each attempt.
+    LLMBlocked at once. `slot()` (an async context manager) gates each attempt.
     """
+    return await agenerate_structured(client, cfg, prompt_text, parts, QueryOutput,
+                                      _queries_check, slot, on_retry)
+
+
+async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text: str,
+                               parts: list[types.Part], schema: type[pydantic.BaseModel],
+                               check: Callable[[dict, Any], dict[str, Any]], slot=None,
+                               on_retry: Callable[[LLMError], None] | None = None,
+                               repair_hint: str | None = None) -> dict[str, Any]:
+    """`agenerate_pair_json` for any response schema; `check(raw, parsed)` may raise
+    LLMBadResponse for a semantically invalid answer (it gets the one repair too)."""
     config = types.GenerateContentConfig(
-        response_mime_type="application/json", response_schema=QueryOutput,
+        response_mime_type="application/json", response_schema=schema,
         temperature=cfg.temperature, seed=cfg.seed, max_output_tokens=cfg.max_output_tokens,
     )
     contents = [types.Content(role="user", parts=[types.Part.from_text(text=prompt_text), *parts])]
@@ -279,19 +295,21 @@ async def agenerate_pair_json(client: genai.Client, cfg: LLMConfig, prompt_text:
         raise LLMBlocked(why)
     repaired = False
     try:
-        result = _parse(response)
+        result = _parse(response, schema, check)
     except LLMBadResponse as first:
         previous = response.text or ""
+        hint = repair_hint or REPAIR_PROMPT.format(error=str(first)[:300])
+        if repair_hint:
+            hint = f"Your previous answer did not match the JSON schema ({str(first)[:300]}). {hint}"
         repair = contents + [
             types.Content(role="model", parts=[types.Part.from_text(text=previous)]),
-            types.Content(role="user", parts=[types.Part.from_text(
-                text=REPAIR_PROMPT.format(error=str(first)[:300]))]),
+            types.Content(role="user", parts=[types.Part.from_text(text=hint)]),
         ]
         response = await call(repair)
         if (why := _blocked(response)) is not None:
             raise LLMBlocked(why) from None
         try:
-            result = _parse(response)
+            result = _parse(response, schema, check)
         except LLMBadResponse as second:
             raise LLMBadResponse(f"after one repair: {second}") from None
         repaired = True

@@ -153,8 +153,66 @@ def count_tokens(texts: list[str], media: int) -> int:
     return sum(len(t.split()) for t in texts) + 258 * media
 
 
+_CANDIDATE_RE = re.compile(r"^Candidate (\d+):")
+_QUERY_RE = re.compile(r"^Query:\s*(.*)$", re.S)
+
+
+def _attr_words(attrs: dict[str, str]) -> set[str]:
+    return {attrs[a] for a in ("size", "color", "shape", "row", "col") if a in attrs}
+
+
+def relabel(request: dict[str, Any]) -> dict[str, Any]:
+    """FRet-style relabel: the candidate sharing most attribute words with the query is
+    the best (ties: the lowest number); the rest, most overlapping first, are negatives."""
+    query = ""
+    cands: dict[int, set[str]] = {}
+    current = None
+    all_texts = []
+    media = 0
+    for content in request.get("contents") or []:
+        if content.get("role") == "model":
+            continue
+        for part in content.get("parts") or []:
+            text = part.get("text")
+            blob = part.get("inlineData") or part.get("inline_data")
+            if text is not None:
+                all_texts.append(text)
+                if (m := _CANDIDATE_RE.match(text.strip())):
+                    current = int(m.group(1))
+                    cands.setdefault(current, set())
+                    rest = text.strip()[m.end():]
+                    if rest.strip():
+                        cands[current] |= _attr_words(extract_text_attributes(rest))
+                elif (m := _QUERY_RE.match(text.strip())):
+                    query = m.group(1)
+                elif current is not None:
+                    cands[current] |= _attr_words(extract_text_attributes(text))
+            elif blob and current is not None:
+                media += 1
+                mime = str(blob.get("mimeType") or blob.get("mime_type") or "")
+                if mime.startswith("image/"):
+                    try:
+                        cands[current] |= _attr_words(analyze_image(b64decode(blob.get("data", ""))))
+                    except BadInput:
+                        pass
+    q = _attr_words(extract_text_attributes(query))
+    order = sorted(cands, key=lambda i: (-len(q & cands[i]), i))
+    best = order[0] if order else 1
+    body = {"best": best, "hard_negatives": [i for i in order if i != best]}
+    text = json.dumps(body)
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": _usage(count_tokens(all_texts, media), len(text.split())),
+            "modelVersion": "loom-offline-1",
+            "responseId": hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:20]}
+
+
 def respond(request: dict[str, Any]) -> dict[str, Any]:
     """A GenerateContentResponse (REST JSON) for a generateContent request body."""
+    first = next((p.get("text") for c in request.get("contents") or []
+                  for p in c.get("parts") or [] if p.get("text")), "") or ""
+    if "QUERY_KIND: relabel" in first:
+        return relabel(request)
     gen = request.get("generationConfig") or {}
     texts: list[str] = []
     all_texts: list[str] = []

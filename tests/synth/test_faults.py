@@ -10,8 +10,6 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from synth.client import (
-    LLMBadResponse,
-    LLMBlocked,
     LLMConfig,
     TransientError,
     agenerate_pair_json,
