@@ -206,8 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "not found")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that hung up (a timeout, a killed worker) is not news
+        super().handle_error(request, client_address)
+
+
 def _make(port: int, faults: Faults | None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((HOST, port), _Handler)
+    server = _Server((HOST, port), _Handler)
     server.daemon_threads = True
     server.request_queue_size = 256
     server.loom_state = _State(faults or Faults())  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@
    - engines: `run_synth` on Beam (2 workers x 16) and Ray (2 actors x 16) over an
      ingested corpus; engine start-up (a run whose every call is cached, 1 example) is
      timed apart and subtracted.
-2. Regenerating unchanged pairs: the same stage over `--regen-pairs / 2` examples with an
+2. Regenerating unchanged pairs: the same stage over `--regen-pairs / 4` examples with an
    empty cache (uncached), then a fresh stage over the same cache (every call a hit).
 The server is `synth.offline_server` as a subprocess (`Faults(latency_s=0.2)`), text
 examples only (the server's image analysis would make the server, not loom, the limit
@@ -157,7 +157,7 @@ def main() -> None:
                 run = total - startup
                 print(f"| run_synth {name} (2 x 16) | {calls} | {total:.2f} (start-up {startup:.2f}) "
                       f"| {calls / run:.1f} excl. start-up | {calls / run / target:.2f} |")
-        regen = examples(args.regen_pairs // 2, seed=2)
+        regen = examples(args.regen_pairs // 4, seed=2)  # 2 kinds x ~2 queries per example
         cache = str(tmp / "cache-regen")
         t_cold, cold = stage_run(url, cache, regen)
         t_warm, warm = stage_run(url, cache, regen)
