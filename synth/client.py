@@ -8,6 +8,7 @@ the SDK, and never stored in a config, a record, a log line or an exception mess
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -218,6 +219,12 @@ def _blocked(response: types.GenerateContentResponse) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _json_schema(schema: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """Built once per model: the SDK would rebuild it from the class on every call."""
+    return schema.model_json_schema()
+
+
 def _queries_check(raw: dict, out: QueryOutput) -> dict[str, Any]:
     queries = [q.strip() for q in out.queries if isinstance(q, str) and q.strip()]
     if not queries:
@@ -265,7 +272,7 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
     """`agenerate_pair_json` for any response schema; `check(raw, parsed)` may raise
     LLMBadResponse for a semantically invalid answer (it gets the one repair too)."""
     config = types.GenerateContentConfig(
-        response_mime_type="application/json", response_schema=schema,
+        response_mime_type="application/json", response_json_schema=_json_schema(schema),
         temperature=cfg.temperature, seed=cfg.seed, max_output_tokens=cfg.max_output_tokens,
     )
     contents = [types.Content(role="user", parts=[types.Part.from_text(text=prompt_text), *parts])]

@@ -84,6 +84,7 @@ def _cached(out: pathlib.Path) -> dict[str, str]:
     return found
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, server):
     url = server(Faults(latency_s=0.25))
     out = tmp_path / "pairs"
