@@ -117,6 +117,10 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
                       **(engine_opts or {})))
     usage = _usage(stats, price)
+    if budget.limited:  # settle: what the calls really used against what was reserved
+        actual = Estimate(usage["requests"], usage["input_tokens"], usage["output_tokens"])
+        ledger.settle(ledger.reserved, actual)
+        usage["within_budget"] = ledger.fits(ledger.spent)
     if budget_payload is not None:  # nothing is committed: the version stays invisible
         budget_payload["counts"]["llm_calls"] = stats.get("llm_calls", 0)
         budget_payload["usage"] = usage
@@ -190,10 +194,11 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
             out.append(f)
             continue
         kept = table.filter(mask)
-        if kept.num_rows:
+        if kept.num_rows:  # the same part name: the filtered part replaces the original
             name = f.path.split("/", 1)[1].removesuffix(".parquet")
             out.append(write_part(version_dir, "pairs", name, kept))
-        storage.delete(storage.join(version_dir, f.path)) if not kept.num_rows else None
+        else:
+            storage.delete(storage.join(version_dir, f.path))
     return out, counts
 
 

@@ -134,7 +134,7 @@ class Ledger:
         self.spent = ZERO
         self._lock = threading.Lock()
 
-    def _fits(self, total: Estimate) -> bool:
+    def fits(self, total: Estimate) -> bool:
         b = self.budget
         return ((b.max_calls is None or total.calls <= b.max_calls)
                 and (b.max_tokens is None or total.tokens <= b.max_tokens)
@@ -142,7 +142,7 @@ class Ledger:
 
     def reserve(self, est: Estimate) -> bool:
         with self._lock:
-            if not self._fits(self.spent + self.reserved + est):
+            if not self.fits(self.spent + self.reserved + est):
                 return False
             self.reserved = self.reserved + est
             return True

@@ -66,7 +66,7 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
     with pytest.raises(BudgetExceeded) as stop:
         run_synth(ex["uri"], root, budget=Budget(max_tokens=tokens))
     used = stop.value.payload["usage"]
-    assert 0 < used["input_tokens"] + used["output_tokens"] <= tokens
+    assert 0 < used["input_tokens"] + used["output_tokens"] <= tokens and used["within_budget"]
     cost = est["cost_usd_worst_case"] / 3
     with pytest.raises(BudgetExceeded) as stop:
         run_synth(ex["uri"], root, budget=Budget(max_cost=cost))
