@@ -265,7 +265,9 @@ def respond(request: dict[str, Any]) -> dict[str, Any]:
                                 "finishReason": finish.group(1), "index": 0}],
                 "usageMetadata": _usage(prompt_tokens, 2), "modelVersion": "loom-offline-1"}
     rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "big"))
-    if images:
+    if images and docs:  # a document page: its text layer names what the picture shows
+        attrs, modality, fallback = extract_text_attributes(doc), "text", _longest_words(doc)
+    elif images:
         attrs, modality, fallback = analyze_image(images[0]), "image", []
     elif media and not docs:
         mime = media[0][0]

@@ -48,7 +48,9 @@ class SynthConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     kinds: dict[str, list[str]] = pydantic.Field(
-        default_factory=lambda: {"image": ["caption", "keyword"], "text": ["keyword", "question"]})
+        default_factory=lambda: {"image": ["caption", "keyword"], "text": ["keyword", "question"],
+                                 "audio": ["caption", "keyword"], "video": ["caption", "question"],
+                                 "page": ["question", "keyword"]})
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
     llm: llm_client.LLMConfig = pydantic.Field(default_factory=llm_client.LLMConfig)
     cache_uri: str
@@ -131,19 +133,29 @@ def _frames_png(part: dict) -> list[bytes]:
 
 
 def _content_parts(example: dict) -> list[types.Part]:
-    """The Example in its own modality: images, audio, video and PDF pages as inline bytes
-    (the original file when readable; else video frames / page pixels as PNG), text as text."""
+    """The Example in its own modality: images, audio and video as inline bytes of the
+    original file (else decoded video frames as PNG); a PDF page as its rendered image plus
+    its text layer (else the PDF); text as text."""
     modality = example["modality"]
     if modality == Modality.IMAGE.value:
         data, mime = _image_bytes(example)
         return [types.Part.from_bytes(data=data, mime_type=mime)]
     text = "\n".join(p["text"] for p in example.get("parts") or [] if p.get("text"))
     if modality in _NATIVE:
+        parts: list[types.Part] = []
+        if modality == Modality.PAGE.value:
+            # one page of a document: its rendered image and text layer, not the whole PDF
+            for p in example.get("parts") or []:
+                parts += [types.Part.from_bytes(data=f, mime_type="image/png")
+                          for f in _frames_png(p)[:1]]
+            if parts and text.strip():
+                parts.append(types.Part.from_text(text=text))
+            if parts:
+                return parts
         src = _source_bytes(example, _NATIVE[modality])
         if src is not None:
             return [types.Part.from_bytes(data=src[0], mime_type=src[1])]
-        parts: list[types.Part] = []
-        if modality in (Modality.VIDEO.value, Modality.PAGE.value):
+        if modality == Modality.VIDEO.value:
             for p in example.get("parts") or []:
                 parts += [types.Part.from_bytes(data=f, mime_type="image/png")
                           for f in _frames_png(p)]

@@ -77,18 +77,21 @@ def test_media_parts_sent_natively(tmp_path):
     pdf.write_bytes(b"%PDF-1.4 fake page")
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": 32, "metadata": "{}"}
-    page = {"id": "p" * 64, "modality": "page", "parts": [{"text": "Revenue chart, Q3"}],
-            "source_uris": [str(pdf)], "mime": "application/pdf", "size_bytes": 18,
-            "metadata": "{}"}
     frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    page = {"id": "p" * 64, "modality": "page", "source_uris": [str(pdf)],
+            "mime": "application/pdf", "size_bytes": 18, "metadata": "{}",
+            "parts": [{"kind": "page", "pixels": frames[:1].tobytes(), "height": 8, "width": 8,
+                       "frames": 1}, {"kind": "text", "text": "Revenue chart, Q3"}]}
+    bare_page = page | {"parts": [{"kind": "text", "text": "Revenue chart, Q3"}]}
     video = {"id": "v" * 64, "modality": "video", "source_uris": [str(tmp_path / "gone.mp4")],
              "mime": "video/mp4", "size_bytes": 10, "metadata": "{}",
              "parts": [{"kind": "video", "pixels": frames.tobytes(), "height": 8, "width": 8,
                         "frames": 3}]}
     a = _content_parts(audio)
     assert [(p.inline_data.mime_type, p.inline_data.data) for p in a] == [("audio/wav", wav.read_bytes())]
-    p = _content_parts(page)
-    assert p[0].inline_data.mime_type == "application/pdf"
+    p = _content_parts(page)  # the page itself: its image and text layer, not the whole PDF
+    assert [x.inline_data.mime_type if x.inline_data else "text" for x in p] == ["image/png", "text"]
+    assert _content_parts(bare_page)[0].inline_data.mime_type == "application/pdf"
     v = _content_parts(video)  # source unreadable: the decoded frames go as images
     assert [x.inline_data.mime_type for x in v] == ["image/png"] * 3
     assert all(isinstance(x, types.Part) for x in a + p + v)
