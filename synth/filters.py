@@ -3,8 +3,9 @@
 - length: characters and words within bounds;
 - language: a light script check (the share of letters in the expected script), no
   model download; `script=None` turns it off;
-- duplicate: one Pair per normalized query text across the whole run (a query that
-  names two positives is a false negative for one of them); the smallest pair_id stays;
+- duplicate: one Pair per (positive modality, normalized query text) across the whole
+  run (a query that names two positives of one modality is a false negative for one of
+  them; galleries are per modality); the smallest pair_id stays;
 - round trip (pipelines.synth, needs a checkpoint): the query must retrieve its own
   positive in the top k of the run's positives.
 """
@@ -87,11 +88,12 @@ def normalize(q: str) -> str:
 
 
 def duplicate_ids(rows: list[dict]) -> set[str]:
-    """pair_ids to drop: every Pair whose normalized query an earlier pair_id already has."""
-    seen: set[str] = set()
+    """pair_ids to drop: every Pair whose normalized query an earlier pair_id already has
+    for a positive of the same modality."""
+    seen: set[tuple] = set()
     drop = set()
     for r in sorted(rows, key=lambda r: r["pair_id"]):
-        n = normalize(r["query_text"])
+        n = (r.get("positive_modality"), normalize(r["query_text"]))
         if n in seen:
             drop.add(r["pair_id"])
         seen.add(n)

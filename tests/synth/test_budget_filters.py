@@ -64,9 +64,11 @@ def test_row_filters_and_duplicates():
     assert qf.row_filters(["красный круг"], qf.FilterConfig(script="cyrillic"))[0] == {"красный круг"}
     assert qf.row_filters(["赤い丸を探す"], qf.FilterConfig(script="cjk"))[0] == {"赤い丸を探す"}
     assert qf.row_filters(["赤い丸"], qf.FilterConfig(script=None))[0] == {"赤い丸"}
-    rows = [{"pair_id": "b", "query_text": "Red  circle!"}, {"pair_id": "a", "query_text": "red circle"},
-            {"pair_id": "c", "query_text": "blue"}]
-    assert qf.duplicate_ids(rows) == {"b"}  # the smallest pair_id keeps the query
+    rows = [{"pair_id": "b", "query_text": "Red  circle!", "positive_modality": "image"},
+            {"pair_id": "a", "query_text": "red circle", "positive_modality": "image"},
+            {"pair_id": "d", "query_text": "red circle", "positive_modality": "text"},
+            {"pair_id": "c", "query_text": "blue", "positive_modality": "image"}]
+    assert qf.duplicate_ids(rows) == {"b"}  # the smallest pair_id keeps it, per modality
 
 
 def test_media_parts_sent_natively(tmp_path):
