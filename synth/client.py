@@ -297,9 +297,13 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
         usage["calls"] += 1
         return resp
 
+    def failed(exc: LLMError) -> LLMError:
+        exc.usage = usage  # a refused or broken answer is still billed
+        return exc
+
     response = await call(contents)
     if (why := _blocked(response)) is not None:
-        raise LLMBlocked(why)
+        raise failed(LLMBlocked(why))
     repaired = False
     try:
         result = _parse(response, schema, check)
@@ -314,11 +318,11 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
         ]
         response = await call(repair)
         if (why := _blocked(response)) is not None:
-            raise LLMBlocked(why) from None
+            raise failed(LLMBlocked(why)) from None
         try:
             result = _parse(response, schema, check)
         except LLMBadResponse as second:
-            raise LLMBadResponse(f"after one repair: {second}") from None
+            raise failed(LLMBadResponse(f"after one repair: {second}")) from None
         repaired = True
     result["usage"] = usage
     result["repaired"] = repaired

@@ -13,6 +13,7 @@ such, so a rerun does not pay for them again; calls that failed after every retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -220,7 +221,7 @@ class SynthStage(BaseStage):
     def teardown(self) -> None:
         if self._loop is not None:
             loop, self._loop = self._loop, None
-            with _suppress():
+            with contextlib.suppress(Exception):  # closing sessions is best effort
                 asyncio.run_coroutine_threadsafe(self._client.aio.aclose(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
         if self._server is not None:
@@ -253,15 +254,15 @@ class SynthStage(BaseStage):
         try:
             answer = await llm_client.agenerate_pair_json(self._client, cfg, text, parts, slot,
                                                           on_retry)
-        except llm_client.LLMBlocked as exc:
-            stats["blocked"] += 1
-            stats["requests"] += 1
-            value = {"rejected": Reason.LLM_BLOCKED.value, "message": str(exc)}
-            await asyncio.to_thread(self._cache.put, key, value)
-            return value
-        except llm_client.LLMBadResponse as exc:
-            stats["requests"] += 2
-            value = {"rejected": Reason.LLM_BAD_RESPONSE.value, "message": str(exc)}
+        except (llm_client.LLMBlocked, llm_client.LLMBadResponse) as exc:
+            blocked = isinstance(exc, llm_client.LLMBlocked)
+            stats["blocked"] += int(blocked)
+            usage = getattr(exc, "usage", None) or {}
+            stats["requests"] += int(usage.get("calls", 1))
+            stats["input_tokens"] += int(usage.get("input_tokens", 0))
+            stats["output_tokens"] += int(usage.get("output_tokens", 0))
+            reason = Reason.LLM_BLOCKED if blocked else Reason.LLM_BAD_RESPONSE
+            value = {"rejected": reason.value, "message": str(exc), "usage": usage}
             await asyncio.to_thread(self._cache.put, key, value)
             return value
         except Exception as exc:  # noqa: BLE001 - LLMError after retries and anything else: a row
@@ -341,11 +342,3 @@ class SynthStage(BaseStage):
             ]
         return {"pairs": to_table(pairs, PAIR), "rejected": to_table(rejected, REJECTED),
                 "stats": to_table([stats], STATS)}
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return True

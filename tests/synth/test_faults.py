@@ -117,6 +117,7 @@ def test_refusals_and_bad_answers_become_rejected_rows_unretried(tmp_path, serve
     assert rej[ids[5]][0] == "llm_bad_response" and "after one repair" in rej[ids[5]][1]
     assert [p["positive_id"] for p in out["pairs"].to_pylist()][:1] == [ids[6]]
     assert stats["repairs"] == 1 and stats["retries"] == 0 and stats["blocked"] == 5
+    assert stats["requests"] == 9 and stats["input_tokens"] > 0  # refusals are billed too
     # one request per refusal, two (answer + repair) per broken answer: nothing retried
     assert server_stats(url)["requests"] == 5 + 2 + 2
     again = SynthStage(cfg)  # refusals are cached: a rerun pays nothing
