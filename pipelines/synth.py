@@ -86,8 +86,8 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
                                "k": filters.roundtrip_k}
     version = mf.version_id("synth", [ex_manifest.version], config)
     writer = mf.VersionWriter(output_root, "synth", version)
-    if (done := reuse(writer, "synth", llm_calls=0)) is not None:
-        return done
+    if (done := reuse(writer, "synth", llm_calls=0, usage=_usage({}, price))) is not None:
+        return done  # nothing spent by this run (the manifest's counts show the first run's)
     timings: dict[str, float] = {}
     examples_files = ex_manifest.tables.get("examples", [])
     budget_payload = None
