@@ -121,11 +121,28 @@ def synth_diff(old: Annotated[str, typer.Argument(help="older pairs version")],
 @app.command()
 def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
           output: Annotated[str, Opt(help="shards root")],
-          rows_per_shard: int = 512, seed: int = 0, engine: Engine = Engine.BEAM) -> None:
+          rows_per_shard: int = 512, seed: int = 0, engine: Engine = Engine.BEAM,
+          target_mb: Annotated[float | None, Opt(help="shard size in MB (overrides rows)")] = None,
+          weight: Annotated[list[str] | None, Opt(help="KEY=W: sample rows of a query kind or "
+                                                  "positive modality W times (repeatable)")] = None
+          ) -> None:
     """Shuffle and pack train-split pairs/triples into fixed-size Parquet shards."""
+    from pipelines.common import BadInput
     from pipelines.shard import run_shard
 
-    _run(run_shard, input, output, rows_per_shard, seed, engine)
+    def go():
+        weights = {}
+        for w in weight or []:
+            key, sep, value = w.partition("=")
+            try:
+                weights[key] = float(value)
+            except ValueError:
+                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}") from None
+            if not sep or not key:
+                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}")
+        return run_shard(input, output, rows_per_shard, seed, engine, target_mb, weights)
+
+    _run(go)
 
 
 @app.command()
@@ -135,13 +152,17 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           init: Annotated[str | None, Opt(help="checkpoint id to start from")] = None,
           init_root: Annotated[str | None, Opt(help="root of --init (default: --output)")] = None,
           workers: int = 1, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
+          temperature: float = 0.05,
+          learn_temperature: Annotated[bool, Opt(help="learn the temperature (from --temperature)")
+                                       ] = False,
           resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
           ) -> None:
     """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
     from pipelines.train import TrainConfig, TrainStage, run_train
 
     def go():
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+                          learn_temperature=learn_temperature)
         return run_train(shards, output, TrainStage(stage), cfg, init, init_root, workers, resume)
 
     _run(go)
@@ -167,10 +188,18 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
              output: Annotated[str, Opt(help="eval root")],
              checkpoint: str = "latest", checkpoint_root: str = "checkpoints",
              ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None) -> None:
-    """Held-out retrieval R@1/R@5 beside random, untrained and lexical baselines."""
-    from pipelines.evaluate import run_eval
+    """Held-out R@1/R@5/NDCG@10 per modality pair and Matryoshka size, beside baselines.
 
-    _run(run_eval, pairs, checkpoint, checkpoint_root, output, ground_truth)
+    The table goes to stderr (the terminal); stdout's last line stays the JSON result.
+    """
+    from pipelines.evaluate import format_table, run_eval
+
+    def go():
+        out = run_eval(pairs, checkpoint, checkpoint_root, output, ground_truth)
+        typer.echo(format_table(out.get("eval", {})), err=True)
+        return out
+
+    _run(go)
 
 
 @app.command()
