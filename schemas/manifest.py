@@ -26,12 +26,12 @@ MANIFEST = "manifest.json"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 3,
+    "ingest": 4,
     "synth": 1,
     "shard": 1,
-    "train": 1,
+    "train": 2,
     "mine": 1,
-    "eval": 1,
+    "eval": 2,
     "report": 1,
     "backfill": 1,
 }
