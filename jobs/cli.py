@@ -187,7 +187,9 @@ def mine(pairs: Annotated[str, Opt(help="pairs root or version")],
 def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out split)")],
              output: Annotated[str, Opt(help="eval root")],
              checkpoint: str = "latest", checkpoint_root: str = "checkpoints",
-             ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None) -> None:
+             ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None,
+             dims: Annotated[str, Opt(help="extra prefix sizes, e.g. 32,64 (truncation)")] = ""
+             ) -> None:
     """Held-out R@1/R@5/NDCG@10 per modality pair and Matryoshka size, beside baselines.
 
     The table goes to stderr (the terminal); stdout's last line stays the JSON result.
@@ -195,7 +197,8 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
     from pipelines.evaluate import format_table, run_eval
 
     def go():
-        out = run_eval(pairs, checkpoint, checkpoint_root, output, ground_truth)
+        sizes = tuple(int(d) for d in dims.split(",") if d.strip())
+        out = run_eval(pairs, checkpoint, checkpoint_root, output, ground_truth, dims=sizes)
         typer.echo(format_table(out.get("eval", {})), err=True)
         return out
 

@@ -86,7 +86,10 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
-             ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000) -> dict:
+             ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000,
+             dims: tuple[int, ...] = ()) -> dict:
+    """`dims` adds prefix sizes to the checkpoint's Matryoshka sizes: plain truncation of
+    a model trained without Matryoshka losses is evaluated the same way."""
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
@@ -96,6 +99,8 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     ex_dir, ex_manifest = mf.resolve_input(pairs_manifest.lineage["examples"])
     truth_digest = mf.listing_digest(storage.list_files(ground_truth)) if ground_truth else ""
     cfg = {"seed": seed, "max_queries": max_queries, "ground_truth": truth_digest}
+    if dims:
+        cfg["dims"] = sorted(set(dims))
     version = mf.version_id("eval", [pairs_manifest.version, ckpt_id], cfg)
     writer = mf.VersionWriter(output_root, "eval", version)
     if (done := reuse(writer, "eval", checkpoint=ckpt_id)) is not None:
@@ -133,13 +138,14 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             name = f"{qs[0]['query_modality']}->{target}"
             q_full = embed_items(ckpt.model, q_items)
             g_full = embed_items(ckpt.model, g_items)
-            dims = sorted(ckpt.encoder_config.embed_dims)
+            sizes = sorted({*ckpt.encoder_config.embed_dims,
+                            *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
-            for d in dims:  # nested sizes: the first d coordinates, renormalized
+            for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
                 by_dim[d] = retrieval_metrics(qd @ gd.T, relevant)
             base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
-            entry = dict(by_dim[dims[-1]])
+            entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in retrieval_metrics(base, relevant).items()}
             if target == "text":

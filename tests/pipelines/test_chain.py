@@ -186,3 +186,14 @@ def test_rerun_reuses_everything(chain):
         assert second["stages"][name]["version"] == first["stages"][name]["version"], name
     assert second["checkpoint"] == first["checkpoint"]
     assert second["eval"] == first["eval"]
+
+
+def test_eval_truncation_sizes(chain, tmp_path):
+    from pipelines.evaluate import run_eval
+
+    stages = chain["first"]["stages"]
+    out = run_eval(stages["synth"]["uri"], stages["train_ft"]["checkpoint"],
+                   stages["train_ft"]["checkpoint_root"], str(tmp_path / "eval"), dims=(16,))
+    for name, entry in out["eval"].items():
+        assert sorted(entry["by_dim"], key=int) == ["16", "32", "64", "128"], name
+        assert entry["by_dim"]["128"] == chain["first"]["eval"][name]["by_dim"]["128"]
