@@ -14,12 +14,21 @@ from typing import Annotated
 
 import typer
 
+from jobs import logs
 from pipelines.runner import Engine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="loom: multimodal embedding training data on Beam and Ray.")
 
 Opt = typer.Option
+
+
+@app.callback()
+def _global(log_json: Annotated[bool, Opt("--log-json", help="structured JSON logs on stderr")]
+            = False,
+            log_level: Annotated[str, Opt(help="DEBUG|INFO|WARNING|ERROR")] = "INFO") -> None:
+    """loom: multimodal embedding training data on Beam and Ray."""
+    logs.setup(log_json, log_level)
 
 
 def _emit(obj: dict) -> None:
@@ -37,22 +46,22 @@ def _run(fn, *args, **kwargs) -> None:
         _emit(fn(*args, **kwargs))
     except BudgetExceeded as e:  # resumable: rerun to continue
         _emit(e.payload)
-        typer.echo(f"loom: {e}", err=True)
+        logs.error(f"loom: {e}", exit_code=3)
         raise typer.Exit(3) from None
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         where = ".".join(map(str, err["loc"]))
-        typer.echo(f"loom: bad config: {where}: {err['msg']}", err=True)
+        logs.error(f"loom: bad config: {where}: {err['msg']}", exit_code=2)
         raise typer.Exit(2) from None
     except (BadInput, FileNotFoundError, ValueError) as e:
-        typer.echo(f"loom: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        logs.error(f"loom: {type(e).__name__}: {e}".splitlines()[0], exit_code=2)
         raise typer.Exit(2) from None
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 - the CLI's one place that maps failures to 1
         if os.environ.get("LOOM_DEBUG"):
             traceback.print_exc()
-        typer.echo(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        logs.error(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], exit_code=1)
         raise typer.Exit(1) from None
 
 
@@ -95,8 +104,8 @@ def synth(ctx: typer.Context,
     if ctx.invoked_subcommand is not None:
         return
     if not examples or not output:
-        typer.echo("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
-                   err=True)
+        logs.error("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
+                   exit_code=2)
         raise typer.Exit(2)
     from pipelines.synth import run_synth
     from synth.client import LLMConfig
@@ -209,7 +218,7 @@ def run_(spec: Annotated[str, typer.Argument(help="job spec YAML")]) -> None:
     from jobs.run import run_spec
     from jobs.spec import load_spec
 
-    _run(lambda: run_spec(load_spec(spec), lambda m: typer.echo(m, err=True)))
+    _run(lambda: run_spec(load_spec(spec), logs.say))
 
 
 @app.command()
@@ -224,7 +233,58 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
 
     given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs}
     cfg = DemoConfig(engine=engine, **{k: v for k, v in given.items() if v is not None})
-    _run(run_demo, workdir, cfg, lambda m: typer.echo(m, err=True))
+    _run(run_demo, workdir, cfg, logs.say)
+
+
+@app.command("ls")
+def ls_(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")]) -> None:
+    """Dataset versions with their lineage and sizes (and partial writes)."""
+    from jobs.ops import format_ls, list_versions
+
+    def go():
+        out = list_versions(root)
+        if out["versions"] or out["partials"]:
+            typer.echo(format_ls(out))
+        return out
+
+    _run(go)
+
+
+@app.command()
+def inspect(uri: Annotated[str, typer.Argument(help="a version folder, or a root (newest)")]
+            ) -> None:
+    """A dataset version's manifest and lineage chain."""
+    from jobs.ops import inspect_version
+
+    def go():
+        out = inspect_version(uri)
+        m = out["manifest"]
+        typer.echo(f"{m['version']}  stage={m['stage']}  created={m['created_at']}  "
+                   f"bytes={out['bytes']}  files={out['files']}")
+        for table, files in m["tables"].items():
+            typer.echo(f"  {table}: {sum(f['rows'] for f in files)} rows in {len(files)} files")
+        typer.echo("  counts: " + json.dumps(m["counts"], sort_keys=True))
+        typer.echo("  config: " + json.dumps(m["config"], sort_keys=True, default=str))
+        for link in out["lineage_chain"]:
+            typer.echo(f"  {link['of']} <-{link['via']}- {link['version']}  ({link['uri']})")
+        return out
+
+    _run(go)
+
+
+@app.command()
+def gc(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")],
+       keep: Annotated[int, Opt(help="newest versions to keep per root and stage")] = 3,
+       dry_run: Annotated[bool, Opt("--dry-run/--no-dry-run", help="only print the plan")]
+       = True,
+       yes: Annotated[bool, Opt("--yes", help="delete (same as --no-dry-run)")] = False,
+       grace_hours: Annotated[float, Opt(help="partial writes younger than this stay")] = 6.0
+       ) -> None:
+    """Delete old versions nothing kept depends on, and stale partial writes (plan first)."""
+    from jobs.ops import gc as run_gc
+
+    _run(lambda: run_gc(root, keep, dry_run=dry_run and not yes, grace_s=grace_hours * 3600,
+                        log_line=logs.say))
 
 
 def main() -> None:

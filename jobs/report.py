@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from jobs.report_html import REPORT_HTML, write_html  # noqa: E402
 from schemas import manifest as mf  # noqa: E402
 from schemas import storage  # noqa: E402
 
@@ -22,9 +23,10 @@ def write_report(out_root: str, stages: dict[str, dict], eval_table: dict[str, d
     version = mf.version_id("report", inputs, {})
     out = storage.join(out_root, version)
     path = storage.join(out, REPORT)
-    if storage.exists(path):
+    page = storage.join(out, REPORT_HTML)
+    if storage.exists(path) and storage.exists(page):
         return {"stage": "report", "version": version, "report": path, "reused": True,
-                "datasets": {"report": path}, "counts": {}}
+                "datasets": {"report": path, "html": page}, "counts": {}}
     if storage.is_remote(out):
         raise ValueError("reports are written to a local folder")
     os.makedirs(out, exist_ok=True)
@@ -74,5 +76,7 @@ def write_report(out_root: str, stages: dict[str, dict], eval_table: dict[str, d
                      f"{json.dumps(s.get('counts', {}))} |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     storage.write_atomic(path, "\n".join(lines).encode())
+    html = write_html(page, stages)  # the same run as one self-contained HTML page
     return {"stage": "report", "version": version, "report": path, "reused": False,
-            "datasets": {"report": path}, "counts": {"plots": len(plots)}}
+            "datasets": {"report": path, "html": page},
+            "counts": {"plots": len(plots), "html_plots": html["plots"]}}
