@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
+CRD_DIR = Path(os.environ.get("LOOM_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
 INFRA = REPO / "infra"
 MANIFESTS = sorted((INFRA / "kuberay").glob("*.y*ml"))
 
@@ -143,5 +145,12 @@ def test_dockerfile_installs_with_constraints():
     text = (INFRA / "Dockerfile").read_text()
     assert text.splitlines()[[i for i, line in enumerate(text.splitlines())
                               if line.startswith("FROM")][0]] == "FROM python:3.11-slim"
-    assert "pip install -c constraints.txt ." in text
+    assert 'pip install -c constraints.txt ".[dataflow]"' in text
+
+
+def test_dataflow_extra_pins_beam_gcp_to_the_core_beam():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (beam,) = [d for d in meta["dependencies"] if d.startswith("apache-beam")]
+    assert meta["optional-dependencies"]["dataflow"] == [beam.replace("apache-beam",
+                                                                      "apache-beam[gcp]")]
     assert 'ENTRYPOINT ["loom"]' in text
