@@ -146,6 +146,7 @@ def test_dockerfile_installs_with_constraints():
     assert text.splitlines()[[i for i, line in enumerate(text.splitlines())
                               if line.startswith("FROM")][0]] == "FROM python:3.11-slim"
     assert 'pip install -c constraints.txt ".[dataflow]"' in text
+    assert 'ENTRYPOINT ["loom"]' in text
 
 
 def test_dataflow_extra_pins_beam_gcp_to_the_core_beam():
@@ -153,4 +154,3 @@ def test_dataflow_extra_pins_beam_gcp_to_the_core_beam():
     (beam,) = [d for d in meta["dependencies"] if d.startswith("apache-beam")]
     assert meta["optional-dependencies"]["dataflow"] == [beam.replace("apache-beam",
                                                                       "apache-beam[gcp]")]
-    assert 'ENTRYPOINT ["loom"]' in text
