@@ -236,6 +236,16 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
     _run(run_demo, workdir, cfg, logs.say)
 
 
+@app.command()
+def report(workdir: Annotated[str, typer.Argument(help="a workdir (loom demo / loom run)")],
+           output: Annotated[str | None, Opt(help="HTML path (default WORKDIR/report.html)")]
+           = None) -> None:
+    """One self-contained HTML page: counts, rejections, synth, negatives, loss, eval."""
+    from jobs.report_html import report_workdir
+
+    _run(report_workdir, workdir, output)
+
+
 @app.command("ls")
 def ls_(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")]) -> None:
     """Dataset versions with their lineage and sizes (and partial writes)."""

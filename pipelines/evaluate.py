@@ -41,6 +41,11 @@ def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, 
     return out
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """A prefix of a unit vector, renormalized: the Matryoshka embedding of that size."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def random_recall(n: int, relevant: list[set[int]], ks=KS) -> dict[str, float]:
     """Expected recall@k of a uniformly random ranking (exact, not sampled)."""
     out = {}
@@ -114,9 +119,14 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             q_items = [text_to_item(p["pair_id"], p["query_text"], tokenizer,
                                     ckpt.spec.max_text_tokens) for p in qs]
             name = f"{qs[0]['query_modality']}->{target}"
-            trained = embed_items(ckpt.model, q_items) @ embed_items(ckpt.model, g_items).T
+            q_emb, g_emb = embed_items(ckpt.model, q_items), embed_items(ckpt.model, g_items)
+            trained = q_emb @ g_emb.T
             base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
             entry = recall_at(trained, relevant)
+            for d in sorted(ckpt.encoder_config.embed_dims):  # nested sizes, e.g. r@1@64
+                if d < q_emb.shape[1]:
+                    entry |= {f"{k}@{d}": v for k, v in recall_at(
+                        _unit(q_emb[:, :d]) @ _unit(g_emb[:, :d]).T, relevant).items()}
             entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in recall_at(base, relevant).items()}
             if target == "text":

@@ -31,7 +31,7 @@ STAGE_LOGIC = {
     "shard": 1,
     "train": 1,
     "mine": 1,
-    "eval": 1,
+    "eval": 2,  # 2: recall per Matryoshka size (r@1@64, ...)
     "report": 1,
     "backfill": 1,
 }
