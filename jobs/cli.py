@@ -39,11 +39,16 @@ def _emit(obj: dict) -> None:
 def _run(fn, *args, **kwargs) -> None:
     import pydantic
 
+    from jobs.submit import JobFailed
     from pipelines.common import BadInput
     from pipelines.synth import BudgetExceeded
 
     try:
         _emit(fn(*args, **kwargs))
+    except JobFailed as e:  # the cluster ran it: its own exit code, its JSON
+        _emit(e.payload)
+        logs.error(f"loom: {e}".splitlines()[0], exit_code=e.code)
+        raise typer.Exit(e.code) from None
     except BudgetExceeded as e:  # resumable: rerun to continue
         _emit(e.payload)
         logs.error(f"loom: {e}", exit_code=3)
@@ -219,6 +224,25 @@ def run_(spec: Annotated[str, typer.Argument(help="job spec YAML")]) -> None:
     from jobs.spec import load_spec
 
     _run(lambda: run_spec(load_spec(spec), logs.say))
+
+
+@app.command()
+def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
+           address: Annotated[str, Opt(help="Ray dashboard, e.g. http://HOST:8265")],
+           wait: Annotated[bool, Opt("--wait/--no-wait", help="wait for the job to end")] = True,
+           timeout: Annotated[float, Opt(help="seconds to wait before stopping the job")]
+           = 3600.0,
+           python: Annotated[str, Opt(help="python on the cluster")] = "python",
+           env: Annotated[list[str] | None, Opt(help="KEY=VALUE for the job (repeatable)")]
+           = None) -> None:
+    """Run a job spec on a Ray cluster (Ray Jobs API); loom travels in the runtime env."""
+    from jobs.submit import submit as submit_job
+
+    def go():
+        env_vars = dict(kv.split("=", 1) for kv in env or [])
+        return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say)
+
+    _run(go)
 
 
 @app.command()
