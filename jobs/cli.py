@@ -246,6 +246,20 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
 
 
 @app.command()
+def schedule(spec: Annotated[str, typer.Argument(help="job spec YAML")],
+             cron: Annotated[str, Opt(help='5-field cron, e.g. "0 3 * * *"')],
+             output: Annotated[str | None, Opt(help="manifest file to write")] = None,
+             image: str = "loom:latest",
+             time_zone: Annotated[str | None, Opt(help="e.g. Europe/Paris (default UTC)")]
+             = None,
+             workers: Annotated[int, Opt(help="CPU workers per run")] = 1) -> None:
+    """Render a KubeRay RayCronJob (plus the spec as a ConfigMap) that runs the spec."""
+    from jobs.schedule import write_schedule
+
+    _run(write_schedule, spec, cron, output, image, time_zone, workers)
+
+
+@app.command()
 def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
          images: Annotated[int | None, Opt(help="images in the corpus [600]")] = None,
          texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,
