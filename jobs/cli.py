@@ -260,6 +260,26 @@ def schedule(spec: Annotated[str, typer.Argument(help="job spec YAML")],
 
 
 @app.command()
+def scheduler(schedules: Annotated[str, typer.Argument(help="YAML: schedules of spec + cron")],
+              once: Annotated[bool, Opt(help="one tick, then exit")] = False,
+              now: Annotated[str | None, Opt(help="the clock for this tick (ISO time)")] = None,
+              wait: Annotated[bool, Opt(help="with --once: wait for started runs")] = False,
+              poll_s: Annotated[float, Opt(help="seconds between ticks")] = 30.0) -> None:
+    """Run due `loom run` jobs on this machine (no overlap, restart-safe, outcomes kept)."""
+    import datetime as dt
+
+    from jobs.scheduler import serve
+
+    def go():
+        clock = dt.datetime.fromisoformat(now) if now else None
+        if clock and clock.tzinfo is None:
+            clock = clock.replace(tzinfo=dt.timezone.utc)
+        return serve(schedules, once, clock, wait, poll_s, log=logs.say)
+
+    _run(go)
+
+
+@app.command()
 def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-demo",
          images: Annotated[int | None, Opt(help="images in the corpus [600]")] = None,
          texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,
