@@ -55,7 +55,7 @@ def stages_of_workdir(workdir: str) -> dict[str, dict]:
                 newest[key] = (m.created_at, d)
         for (stage, hint), (_, d) in sorted(newest.items(), key=lambda kv: kv[1][0]):
             name = posixpath.basename(root.rstrip("/")) + (f"_{hint}" if hint else "")
-            out[name] = _version_stage(d) or {}
+            out[name if name not in out else f"{name}_{stage}"] = _version_stage(d) or {}
     for child in storage.list_dirs(workdir):
         for run in storage.list_dirs(child):
             metrics = storage.join(run, "metrics.parquet")

@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-
 from typer.testing import CliRunner
 
 from jobs.cli import app
