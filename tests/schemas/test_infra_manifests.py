@@ -149,8 +149,22 @@ def test_dockerfile_installs_with_constraints():
     assert 'ENTRYPOINT ["loom"]' in text
 
 
-def test_dataflow_extra_pins_beam_gcp_to_the_core_beam():
+def test_dataflow_extra_is_beams_own_gcp_requirements():
+    """Each package of loom[dataflow] is one apache-beam[gcp] declares, with beam's range."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     (beam,) = [d for d in meta["dependencies"] if d.startswith("apache-beam")]
-    assert meta["optional-dependencies"]["dataflow"] == [beam.replace("apache-beam",
-                                                                      "apache-beam[gcp]")]
+    assert beam == f"apache-beam=={version('apache-beam')}"
+    gcp = {}
+    for line in requires("apache-beam"):
+        req = Requirement(line)
+        if req.marker and req.marker.evaluate({"extra": "gcp"}) and not req.marker.evaluate(
+                {"extra": ""}):
+            gcp[req.name] = req.specifier
+    extra = [Requirement(r) for r in meta["optional-dependencies"]["dataflow"]]
+    assert {r.name for r in extra} >= {"google-cloud-dataflow-client", "google-apitools"}
+    for r in extra:
+        assert r.name in gcp and r.specifier == gcp[r.name], (r, gcp.get(r.name))
