@@ -148,6 +148,10 @@ def test_eval_table(chain):
         assert ev[name]["queries"] > 0 and ev[name]["gallery"] > 0
     assert 0.0 <= ev["text->text"]["lexical_r@1"] <= 1.0
     assert "lexical_r@1" not in ev["text->image"]
+    for name in ("text->image", "text->text"):  # every nested Matryoshka size below the full
+        sizes = sorted(int(k.rsplit("@", 1)[1]) for k in ev[name] if k.count("@") == 2)
+        assert sizes and all(0.0 <= ev[name][f"r@1@{d}"] <= ev[name][f"r@5@{d}"] <= 1.0
+                             for d in sizes)
 
 
 def test_report(chain):
@@ -157,6 +161,9 @@ def test_report(chain):
     assert "| text->image |" in text and "| text->text |" in text
     assert (report.parent / "loss.png").is_file()
     assert (report.parent / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = pathlib.Path(chain["first"]["report_html"]).read_text()
+    for fig in ("stage_counts", "rejected", "synth", "negatives", "loss", "eval"):
+        assert f"id=fig-{fig}><svg" in page, fig
 
 
 def test_rerun_reuses_everything(chain):
