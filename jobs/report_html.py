@@ -130,6 +130,35 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
+def loss_figure(losses: dict[str, tuple[list, list]]):
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, (steps, loss) in losses.items():
+        ax.plot(steps, loss, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE (mean over Matryoshka sizes)")
+    ax.set_title("training loss")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def eval_figure(ev: dict[str, dict]):
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = list(ev)
+    series = [k for k in ("r@1", "untrained_r@1", "random_r@1", "lexical_r@1")
+              if any(k in e for e in ev.values())]
+    width = 0.8 / len(series)
+    for j, key in enumerate(series):
+        vals = [ev[n].get(key) or 0.0 for n in names]
+        ax.bar([i + j * width for i in range(len(names))], vals, width, label=key)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    ax.set_ylabel("recall@1 (held-out)")
+    ax.set_title("retrieval vs baselines")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def _figures(data: dict) -> dict[str, str]:
     figs: dict[str, str] = {}
     main = {"corpus": "images", "ingest": "examples", "synth": "pairs", "shard": "rows",
@@ -183,30 +212,9 @@ def _figures(data: dict) -> dict[str, str]:
         fig.tight_layout()
         figs["negatives"] = _svg(fig)
     if data["losses"]:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        for name, (steps, loss) in data["losses"].items():
-            ax.plot(steps, loss, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("InfoNCE (mean over Matryoshka sizes)")
-        ax.set_title("training loss")
-        ax.legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
-        figs["loss"] = _svg(fig)
+        figs["loss"] = _svg(loss_figure(data["losses"]))
     if data["eval"]:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        names = list(data["eval"])
-        series = [k for k in ("r@1", "untrained_r@1", "random_r@1", "lexical_r@1")
-                  if any(k in e for e in data["eval"].values())]
-        width = 0.8 / len(series)
-        for j, key in enumerate(series):
-            vals = [data["eval"][n].get(key) or 0.0 for n in names]
-            ax.bar([i + j * width for i in range(len(names))], vals, width, label=key)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
-        ax.set_ylabel("recall@1 (held-out)")
-        ax.set_title("retrieval vs baselines")
-        ax.legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
-        figs["eval"] = _svg(fig)
+        figs["eval"] = _svg(eval_figure(data["eval"]))
     return figs
 
 
@@ -290,8 +298,9 @@ def render(data: dict, title: str = "loom run report") -> str:
             f"<p class=note>written {when}</p>{''.join(sec)}</body></html>")
 
 
-def write_html(path: str, stages: dict[str, dict], title: str = "loom run report") -> dict:
-    data = collect(stages)
+def write_html(path: str, stages: dict[str, dict], title: str = "loom run report",
+               data: dict | None = None) -> dict:
+    data = collect(stages) if data is None else data
     storage.write_atomic(path, render(data, title).encode())
     return {"html": path, "plots": len(_figure_ids(data))}
 
