@@ -189,15 +189,17 @@ def runs(path: str) -> list[dict]:
 def serve(path: str, once: bool = False, now: dt.datetime | None = None, wait: bool = False,
           poll_s: float = 30.0, log=print) -> dict:
     """`loom scheduler`: ticks until stopped (or once); returns the runs recorded."""
+    running: list[subprocess.Popen] = []
     while True:
         procs = tick(path, now)
         for p in procs:
-            log(f"[loom scheduler] started run pid {p.pid}")
+            log(f"[loom scheduler] started run pid {p.pid}", pid=p.pid)
         if wait:
             for p in procs:
                 p.wait()
         if once:
             break
+        running = [p for p in running + procs if p.poll() is None]  # reap finished runs
         time.sleep(poll_s)
     recorded = runs(path)
     by_status: dict[str, int] = {}
