@@ -193,7 +193,7 @@ def serve(path: str, once: bool = False, now: dt.datetime | None = None, wait: b
     while True:
         procs = tick(path, now)
         for p in procs:
-            log(f"[loom scheduler] started run pid {p.pid}", pid=p.pid)
+            log(f"[loom scheduler] started run pid {p.pid}")
         if wait:
             for p in procs:
                 p.wait()
