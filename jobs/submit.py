@@ -67,11 +67,13 @@ def _last_json(logs: str) -> dict | None:
 
 def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3600,
            python: str = "python", env_vars: dict[str, str] | None = None,
-           log=print, poll_s: float = 2.0) -> dict:
+           log=None, poll_s: float = 2.0) -> dict:
     from ray.job_submission import JobSubmissionClient
 
+    from jobs.logs import say
     from jobs.spec import load_spec
 
+    log = log or say  # progress lines carry job_id / status as fields under --log-json
     spec = load_spec(spec_path)  # a bad spec stops here, before the cluster
     client = JobSubmissionClient(address)
     staging = tempfile.mkdtemp(prefix="loom-submit-")
