@@ -98,6 +98,7 @@ def run_spec(spec: JobSpec, log=print) -> dict:
         "stage": "run",
         "name": spec.name,
         "report": report["report"],
+        "report_html": report["datasets"]["html"],
         "stages": stages,
         "reused": [i for i, s in stages.items() if s.get("reused")],
         "eval": eval_table,

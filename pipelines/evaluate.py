@@ -29,6 +29,7 @@ from transforms.items import example_to_item, text_to_item
 from transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
+BASELINES = ("random_", "untrained_", "lexical_")
 
 
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -153,9 +154,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                           retrieval_metrics(_bm25(qs, gallery, tokenizer), relevant).items()}
             entry |= {"queries": len(qs), "gallery": len(gallery)}
             table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
-            for d, m in by_dim.items():
-                rows.append({"pair": name, "dim": d, **m, "queries": len(qs),
-                             "gallery": len(gallery)})
+            baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
+            for d, m in by_dim.items():  # one row per pair and size; baselines repeated
+                rows.append({"pair": name, "dim": d, **m, **baselines,
+                             "queries": len(qs), "gallery": len(gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
     files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
@@ -166,6 +168,19 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def table_from_rows(rows: list[dict]) -> dict[str, dict]:
+    """The metrics table (one row per pair and size) back to run_eval's `eval` object."""
+    table: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: (r["pair"], r["dim"])):
+        entry = table.setdefault(row["pair"], {"by_dim": {}})
+        sizes = {k: row[k] for k in ("r@1", "r@5", "ndcg@10")}
+        entry["by_dim"][str(row["dim"])] = sizes
+        entry |= sizes | {k: v for k, v in row.items() if k.startswith(BASELINES)
+                          and v is not None}  # the largest size ends on top
+        entry |= {"queries": row["queries"], "gallery": row["gallery"]}
+    return table
 
 
 def format_table(table: dict[str, dict]) -> str:

@@ -31,7 +31,7 @@ STAGE_LOGIC = {
     "shard": 1,
     "train": 2,
     "mine": 1,
-    "eval": 2,
+    "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
     "report": 1,
     "backfill": 1,
 }

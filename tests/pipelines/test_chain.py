@@ -175,6 +175,10 @@ def test_report(chain):
     assert "| text->image |" in text and "| text->text |" in text
     assert (report.parent / "loss.png").is_file()
     assert (report.parent / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = pathlib.Path(chain["first"]["report_html"]).read_text()
+    for fig in ("stage_counts", "rejected", "synth", "negatives", "loss", "eval"):
+        assert f"id=fig-{fig}><svg" in page, fig
+    assert "ndcg@10" in page  # the per-size eval table
 
 
 def test_rerun_reuses_everything(chain):
