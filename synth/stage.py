@@ -20,6 +20,7 @@ import json
 import threading
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pydantic
 from google.genai import types
@@ -120,17 +121,18 @@ def _source_bytes(example: dict, prefix: str) -> tuple[bytes, str] | None:
 
 
 def _frames_png(part: dict) -> list[bytes]:
-    """Decoded video frames (frames, h, w, 3) as PNG images, at most 8 evenly spaced."""
-    h, w, n = int(part.get("height") or 0), int(part.get("width") or 0), int(part.get("frames") or 1)
-    if not (h and w and part.get("pixels")):
+    """Decoded video frames as PNG images, at most 8 evenly spaced."""
+    if not (part.get("height") and part.get("width") and part.get("pixels")):
         return []
-    px = np.frombuffer(part["pixels"], dtype=np.uint8)
-    n = min(n, px.size // (h * w * 3))
+    try:
+        frames = part_frames(part)
+    except (OSError, ValueError):
+        return []
     out = []
+    n = len(frames)
     for i in sorted({int(x) for x in np.linspace(0, n - 1, min(n, 8))}) if n else []:
         buf = io.BytesIO()
-        Image.fromarray(px[i * h * w * 3:(i + 1) * h * w * 3].reshape(h, w, 3), "RGB").save(
-            buf, format="PNG")
+        Image.fromarray(frames[i], "RGB").save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
 
