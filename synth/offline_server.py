@@ -124,6 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(data) if length is None else length))
+        self._release()  # before the client can see the answer and send its next request
         try:
             self.end_headers()
             self.wfile.write(data)
@@ -150,11 +151,18 @@ class _Handler(BaseHTTPRequestHandler):
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
             st.times.append(time.monotonic())
+        self._counted = True
         try:
             self._generate(raw)
         finally:
-            with st.lock:
-                st.in_flight -= 1
+            self._release()
+
+    def _release(self) -> None:
+        """This request stops counting as in flight (once)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.state.lock:
+                self.state.in_flight -= 1
 
     def _generate(self, raw: bytes) -> None:
         st, f = self.state, self.state.faults
