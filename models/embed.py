@@ -8,26 +8,40 @@ import torch
 from models.collate import collate_items
 from models.encoder import MultimodalEncoder, matryoshka
 
+Group = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (row indices, encoder inputs)
 
-def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tensor:
-    """Unnormalized embeddings [N, out_dim] in input order (with grad when training).
 
-    Items are encoded in groups of the same layout (which of text, pixels, audio they have), which
-    halves the work of a mixed batch compared with padding every row to the longest.
+def collate_groups(items: list[dict], cfg) -> list[Group]:
+    """Items split by layout (which of text, pixels, audio they have), each group collated.
+
+    Encoding per layout halves the work of a mixed batch compared with padding every row
+    to the longest. This is the CPU half of a forward pass: the trainer runs it in Ray
+    Data's prefetch threads (iter_torch_batches' collate_fn), off the training thread.
     """
     groups: dict[tuple[bool, bool, bool], list[int]] = {}
     for i, it in enumerate(items):
         layout = (bool(it.get("tokens")), bool(it.get("pixels")), bool(it.get("features")))
         groups.setdefault(layout, []).append(i)
+    return [(torch.tensor(idx), collate_items([items[i] for i in idx], cfg))
+            for idx in groups.values()]
+
+
+def forward_groups(model: torch.nn.Module, groups: list[Group], n: int) -> torch.Tensor:
+    """Unnormalized embeddings [n, out_dim] in input order (with grad when training)."""
     if len(groups) == 1:
-        return model(**collate_items(items, cfg))
+        return model(**groups[0][1])
     out: torch.Tensor | None = None
-    for idx in groups.values():
-        emb = model(**collate_items([items[i] for i in idx], cfg))
+    for idx, inputs in groups:
+        emb = model(**inputs)
         if out is None:
-            out = emb.new_zeros((len(items), emb.shape[1]))
-        out = out.index_copy(0, torch.tensor(idx), emb)
+            out = emb.new_zeros((n, emb.shape[1]))
+        out = out.index_copy(0, idx.to(emb.device), emb)
     return out
+
+
+def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tensor:
+    """Unnormalized embeddings [N, out_dim] in input order (see collate_groups)."""
+    return forward_groups(model, collate_groups(items, cfg), len(items))
 
 
 @torch.no_grad()

@@ -26,12 +26,13 @@ MANIFEST = "manifest.json"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 3,
-    "synth": 1,
+    "ingest": 4,
+    "synth": 2,  # 2: usage columns, filters, run-wide dedupe
+    "relabel": 1,
     "shard": 1,
-    "train": 1,
+    "train": 2,
     "mine": 1,
-    "eval": 1,
+    "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
     "report": 1,
     "backfill": 1,
 }

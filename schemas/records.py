@@ -59,11 +59,13 @@ PART = pa.struct(
         pa.field("kind", pa.string(), nullable=False),  # a Modality value (not interleaved)
         pa.field("text", pa.string()),
         pa.field("tokens", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),  # uint8, row-major (frames, height, width, 3)
+        # frames (F, height, width, 3) stacked vertically: one JPEG/WebP/PNG, or raw uint8
+        pa.field("pixels", pa.binary()),
+        pa.field("pixel_format", pa.string()),  # jpeg | webp | png | raw (null: raw)
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float32())),  # e.g. log-mel, row-major (frames, bins)
+        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (frames, bins)
         pa.field("feature_bins", pa.int32()),
         pa.field("source_uri", pa.string()),
         pa.field("mime", pa.string()),
@@ -115,6 +117,9 @@ PAIR = pa.schema(
         pa.field("backend", pa.string(), nullable=False),
         pa.field("generation_config", pa.string()),  # JSON
         pa.field("seed", pa.int64()),
+        # usage_metadata of the call that wrote it (shared by the queries of one answer)
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
     ]
 )
 
@@ -149,9 +154,10 @@ ITEM = pa.struct(
         pa.field("id", pa.string()),
         pa.field("modality", pa.string()),
         pa.field("tokens", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),  # uint8 (frames, size, size, 3); size from the spec
+        pa.field("pixels", pa.binary()),  # frames of size x size (the spec's), as in PART
+        pa.field("pixel_format", pa.string()),
         pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float32())),  # log-mel, row-major (n, feature_bins)
+        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (n, feature_bins)
         pa.field("feature_bins", pa.int32()),
     ]
 )
@@ -189,9 +195,14 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+_EMPTY_PART = dict.fromkeys(PART.names)
+
+
 def empty_part(kind: str) -> dict:
     """A part dict with every payload field null, to be filled by a decoder."""
-    return {name: None for name in PART.names} | {"kind": kind}
+    part = _EMPTY_PART.copy()
+    part["kind"] = kind
+    return part
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -143,6 +143,10 @@ def list_dirs(prefix: str) -> list[str]:
 def read_bytes(uri: str, limit: int | None = None) -> bytes:
     """The stored bytes, as they are: never decompressed because of the name (pyarrow
     would inflate a `*.gz` by default, unbounded: a bomb, and not the bytes hashed)."""
+    if not is_remote(uri) and "://" not in uri.removeprefix("file://"):
+        # Local: a plain read (pyarrow's resolve + stream cost ~0.15 ms a file).
+        with open(uri.removeprefix("file://"), "rb") as f:
+            return f.read(limit) if limit is not None else f.read()
     fs, path = resolve(uri)
     with fs.open_input_stream(path, compression=None) as f:
         return f.read(limit) if limit is not None else f.read()

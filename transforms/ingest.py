@@ -201,17 +201,24 @@ class IngestStage(BaseStage):
         """Per file ("ok", examples, bad records) or ("reject", reason, message).
 
         Isolated: files go to the worker a chunk at a time (one round trip per chunk, not
-        per file); a chunk that times out or kills the worker is retried file by file,
-        so only the culprit is rejected.
+        per file), the next chunk queued while the current one decodes; a chunk that
+        times out or kills the worker is retried file by file, so only the culprit is
+        rejected, and the chunk queued behind it goes to the fresh worker.
         """
         if self._isolated is None:
             return process_files(rows, self.config)
         out: list[tuple] = []
         n = self.config.files_per_call
-        for chunk in (rows[i : i + n] for i in range(0, len(rows), n)):
+        chunks = [rows[i : i + n] for i in range(0, len(rows), n)]
+        ticket = self._isolated.submit(process_files, chunks[0], self.config) if chunks else None
+        for j, chunk in enumerate(chunks):
+            current = ticket
+            if j + 1 < len(chunks):  # queued behind this one: no idle worker between chunks
+                ticket = self._isolated.submit(process_files, chunks[j + 1], self.config)
             try:
-                out.extend(self._isolated.run(process_files, chunk, self.config,
-                                              timeout_s=self.config.decode_timeout_s * len(chunk)))
+                out.extend(self._isolated.collect(
+                    current, process_files, chunk, self.config,
+                    timeout_s=self.config.decode_timeout_s * len(chunk)))
                 continue
             except DecodeError as e:
                 if len(chunk) == 1:
