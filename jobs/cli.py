@@ -319,7 +319,13 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
     from jobs.submit import submit as submit_job
 
     def go():
+        from jobs.submit import check_env_vars
+        from pipelines.common import BadInput
+
+        if any("=" not in kv for kv in env or []):
+            raise BadInput("--env wants KEY=VALUE")
         env_vars = dict(kv.split("=", 1) for kv in env or [])
+        check_env_vars(env_vars)  # before anything reaches the cluster
         return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say)
 
     _run(go)

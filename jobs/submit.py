@@ -38,7 +38,24 @@ def package_dirs() -> list[str]:
     return [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES]
 
 
+# A job's runtime_env is job metadata: the dashboard and `ray job list` show it to anyone
+# who can reach the cluster. Credentials reach a cluster through its own secret store (a
+# Kubernetes Secret, workload identity, ADC), never through here.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def check_env_vars(env_vars: dict[str, str]) -> None:
+    """Refuses variables that look like credentials (raises BadInput: exit 2)."""
+    from pipelines.common import BadInput
+
+    for name in env_vars:
+        if _SECRET_NAME.search(name) and name != "RAY_AUTH_MODE":
+            raise BadInput(f"--env {name}=...: credentials are not passed in job metadata "
+                           "(the Ray dashboard shows it); give the cluster a secret instead")
+
+
 def runtime_env(spec_dir: str, env_vars: dict[str, str] | None = None) -> dict:
+    check_env_vars(env_vars or {})
     return {"working_dir": spec_dir, "py_modules": package_dirs(), "excludes": EXCLUDES,
             "env_vars": {"RAY_AUTH_MODE": "disabled", **(env_vars or {})}}
 

@@ -39,6 +39,22 @@ def test_bad_spec_exits_2_before_contacting_a_cluster(tmp_path):
     assert "line 4" in res.stderr
 
 
+@pytest.mark.parametrize("name", ["GEMINI_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS",
+                                  "hf_token", "DB_PASSWORD"])
+def test_credentials_never_go_into_job_metadata(tmp_path, name):
+    spec = tmp_path / "ok.yaml"
+    spec.write_text("name: x\nworkdir: w\nstages:\n  - {stage: corpus, id: c, images: 2}\n")
+    planted = "AIzaPLANTED-not-a-real-key-1234"
+    res = CliRunner().invoke(app, ["submit", str(spec), "--address", "http://127.0.0.1:9",
+                                   "--env", f"{name}={planted}"])
+    assert res.exit_code == 2, res.output
+    assert name in res.stderr and planted not in res.output + res.stderr
+    with pytest.raises(Exception, match="credentials"):
+        runtime_env(str(tmp_path), {name: planted})
+    assert runtime_env(str(tmp_path), {"LOOM_LOG_LEVEL": "debug"})["env_vars"][
+        "LOOM_LOG_LEVEL"] == "debug"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
