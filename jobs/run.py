@@ -79,9 +79,12 @@ def run_spec(spec: JobSpec, log=print) -> dict:
         raise ValueError(f"{format_loc(problems[0][0])}: {problems[0][1]}")
     stages: dict[str, dict] = {}
     eval_table: dict | None = None
+    from pipelines.beam.runner import beam_options
+
     for step in spec.stages:
         start = time.perf_counter()
-        res = run_step(step, spec, stages)
+        with beam_options(spec.beam_options):
+            res = run_step(step, spec, stages)
         res["wall_s"] = round(time.perf_counter() - start, 1)
         stages[step.id] = res
         if isinstance(step, EvalStep):

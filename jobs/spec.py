@@ -130,6 +130,9 @@ class JobSpec(BaseModel):
     name: str = Field(pattern=ID_PATTERN)
     workdir: str
     engine: Engine = Engine.BEAM
+    # Beam pipeline options for every Beam stage (Dataflow: runner, project, region,
+    # temp_location, sdk_container_image, ...); DirectRunner flags when none given.
+    beam_options: dict[str, str | int | float | bool] = {}
     stages: list[Stage] = Field(min_length=1)
 
     @model_validator(mode="after")

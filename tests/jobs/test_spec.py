@@ -272,3 +272,22 @@ def test_readme_example_spec_loads():
     readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     spec = load_spec(re.search(r"```yaml\n(.*?)```", readme, re.S).group(1))
     assert [s.stage for s in spec.stages][-1] == "eval"
+
+
+def test_beam_options_reach_every_beam_stage():
+    from pipelines.beam.runner import beam_options, default_args
+
+    spec = load_spec(VALID.replace("workdir:", "beam_options:\n  runner: DataflowRunner\n"
+                                        "  project: my-proj\n  region: europe-west4\n"
+                                        "  temp_location: gs://b/tmp\n  use_public_ips: false\n"
+                                        "  save_main_session: true\nworkdir:", 1))
+    assert spec.beam_options["runner"] == "DataflowRunner"
+    assert default_args(2)[0] == "--runner=DirectRunner"  # outside: the local default
+    with beam_options(spec.beam_options):
+        args = default_args(2)
+    assert args == ["--runner=DataflowRunner", "--project=my-proj", "--region=europe-west4",
+                    "--temp_location=gs://b/tmp", "--save_main_session"]
+    with beam_options({"direct_num_workers": 1}):  # DirectRunner flags can be tuned
+        assert "--direct_num_workers=1" in default_args(2)
+    expect_error(VALID.replace("workdir:", "beam_options:\n  runner: [1]\nworkdir:", 1),
+                 "beam_options.runner.str", "runner: [1]")
