@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from models.encoder import EncoderConfig
+from transforms.pixels import decode_frames
 
 
 def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
@@ -33,9 +34,8 @@ def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tens
         f = frames[i]
         if not f:
             continue
-        have = len(it["pixels"]) // (s * s * 3)
-        px = np.frombuffer(it["pixels"], dtype=np.uint8)[: have * s * s * 3].reshape(have, s, s, 3)
-        px = px[np.linspace(0, have - 1, f).round().astype(int)]
+        px = decode_frames(it["pixels"], it.get("pixel_format"), s, s)
+        px = px[np.linspace(0, len(px) - 1, f).round().astype(int)]
         g = s // p
         pt = px.reshape(f, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(f * g * g, -1)
         patches[i, : f * per_frame] = pt.astype(np.float32) / 127.5 - 1.0

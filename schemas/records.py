@@ -58,11 +58,13 @@ PART = pa.struct(
         pa.field("kind", pa.string(), nullable=False),  # a Modality value (not interleaved)
         pa.field("text", pa.string()),
         pa.field("tokens", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),  # uint8, row-major (frames, height, width, 3)
+        # frames (F, height, width, 3) stacked vertically: one JPEG/WebP/PNG, or raw uint8
+        pa.field("pixels", pa.binary()),
+        pa.field("pixel_format", pa.string()),  # jpeg | webp | png | raw (null: raw)
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float32())),  # e.g. log-mel, row-major (frames, bins)
+        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (frames, bins)
         pa.field("feature_bins", pa.int32()),
         pa.field("source_uri", pa.string()),
         pa.field("mime", pa.string()),
@@ -148,9 +150,10 @@ ITEM = pa.struct(
         pa.field("id", pa.string()),
         pa.field("modality", pa.string()),
         pa.field("tokens", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),  # uint8 (frames, size, size, 3); size from the spec
+        pa.field("pixels", pa.binary()),  # frames of size x size (the spec's), as in PART
+        pa.field("pixel_format", pa.string()),
         pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float32())),  # log-mel, row-major (n, feature_bins)
+        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (n, feature_bins)
         pa.field("feature_bins", pa.int32()),
     ]
 )

@@ -7,6 +7,7 @@ inputs prepared the way it was trained.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,9 @@ class PreprocessingSpec(BaseModel):
 
     image_size: int = Field(48, ge=8, le=1024)
     image_frames: int = Field(1, ge=1, le=64)  # animated images: frames spread evenly
+    # How decoded frames are stored (transforms.pixels): JPEG q90 by measurement.
+    image_codec: Literal["jpeg", "webp", "png", "raw"] = "jpeg"
+    image_quality: int = Field(90, ge=1, le=100)
     patch_size: int = Field(8, ge=2, le=64)
     max_text_chars: int = Field(4000, ge=16)
     max_text_tokens: int = Field(64, ge=4)

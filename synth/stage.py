@@ -14,7 +14,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 import pydantic
 from google.genai import types
@@ -27,6 +26,7 @@ from synth import client as llm_client
 from synth.cache import ResponseCache
 from synth.cache import key as cache_key
 from synth.prompts import PromptSet
+from transforms.pixels import part_frames
 from transforms.stage import BaseStage
 
 STATS = pa.schema([pa.field("llm_calls", pa.int64()), pa.field("cache_hits", pa.int64())])
@@ -76,12 +76,14 @@ def _image_bytes(example: dict) -> tuple[bytes, str]:
     part = next((p for p in example.get("parts") or [] if p.get("pixels")), None)
     if part is None or not part.get("height") or not part.get("width"):
         raise _Failure(Reason.UNREADABLE, "source unreadable and no decoded pixels to send")
-    h, w = int(part["height"]), int(part["width"])
-    pixels = np.frombuffer(part["pixels"], dtype=np.uint8)
-    if pixels.size < h * w * 3:
+    try:
+        frames = part_frames(part)
+    except (OSError, ValueError) as e:
+        raise _Failure(Reason.UNREADABLE, f"decoded pixels unreadable: {e}") from None
+    if not len(frames):
         raise _Failure(Reason.UNREADABLE, "decoded pixels shorter than height*width*3")
     buf = io.BytesIO()
-    Image.fromarray(pixels[: h * w * 3].reshape(h, w, 3), "RGB").save(buf, format="PNG")
+    Image.fromarray(frames[0], "RGB").save(buf, format="PNG")
     return buf.getvalue(), "image/png"
 
 

@@ -29,6 +29,7 @@ from schemas.records import Modality, Reason, empty_part
 from schemas.spec import PreprocessingSpec
 from transforms.audio import audio_part_from_samples, decode_track
 from transforms.av_safety import open_container, reason_for
+from transforms.image import frames_payload
 from transforms.sniff import DecodeError, sniff
 
 MODES = ("smart", "full", "keyframes")
@@ -293,7 +294,7 @@ def decode_video(data: bytes, spec: PreprocessingSpec,
     size = spec.image_size
     mime = sniff(data)[1]
     part = empty_part(Modality.VIDEO.value)
-    part.update(pixels=pixels.tobytes(), height=size, width=size, frames=int(len(pixels)),
+    part.update(frames_payload(pixels, spec), height=size, width=size, frames=int(len(pixels)),
                 mime=mime)
     parts = [part]
     if audio_part is not None:

@@ -13,6 +13,7 @@ from schemas.records import EXAMPLE, REJECTED
 from schemas.spec import PreprocessingSpec
 from tests.transforms.helpers import encode, png_bomb
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from transforms.pixels import part_frames
 from transforms.tokenizer import train_tokenizer
 
 TEXT = "A small red circle sits in the top left of the frame."
@@ -71,7 +72,7 @@ def test_good_and_hostile_files(tmp_path, stage):
         part = e["parts"][0]
         assert part["source_uri"] == e["source_uris"][0] and part["kind"] == e["modality"]
         if e["modality"] == "image":
-            assert len(part["pixels"]) == 32 * 32 * 3 and part["text"] is None
+            assert part_frames(part).shape == (1, 32, 32, 3) and part["text"] is None
     assert by_name["d.txt"]["parts"][0]["text"] == "Déjà vu — “façade”"
     text_part = by_name["c.txt"]["parts"][0]
     assert text_part["text"] == TEXT and text_part["tokens"] and 1 not in text_part["tokens"]

@@ -8,6 +8,7 @@ import pytest
 from schemas.records import PART, Reason
 from schemas.spec import PreprocessingSpec
 from transforms.pdf import decode_pdf
+from transforms.pixels import part_frames
 from transforms.sniff import DecodeError
 
 
@@ -47,7 +48,7 @@ def make_pdf(pages: list[str], *, encrypt: bool = False,
     return bytes(out)
 
 
-SPEC = PreprocessingSpec()
+SPEC = PreprocessingSpec(image_codec="raw")
 THREE = make_pdf(["Hello first page", "Second page text", "Third one"])
 
 
@@ -82,13 +83,13 @@ def test_blank_page_has_no_text_part():
 def test_extreme_page_sizes_stay_fixed_size(box):
     spec = SPEC.model_copy(update={"image_size": 32})
     pages, _ = decode_pdf(make_pdf(["x"], mediabox=box), spec, "d")
-    assert len(pages[0]["parts"][0]["pixels"]) == 32 * 32 * 3
+    assert part_frames(pages[0]["parts"][0]).shape == (1, 32, 32, 3)
 
 
 def test_pixel_budget_caps_the_render():
     spec = SPEC.model_copy(update={"max_image_pixels": 100})  # render <= 100 px, upsampled
     pages, _ = decode_pdf(THREE, spec, "d")
-    assert len(pages[0]["parts"][0]["pixels"]) == spec.image_size ** 2 * 3
+    assert part_frames(pages[0]["parts"][0]).shape == (1, spec.image_size, spec.image_size, 3)
 
 
 def _reason(data: bytes) -> Reason:

@@ -6,7 +6,6 @@ import io
 import json
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 from schemas.records import PART, Reason
 from schemas.spec import PreprocessingSpec
 from transforms.image import decode_image
+from transforms.pixels import part_frames
 from transforms.records import (
     RecordError,
     build_interleaved,
@@ -68,7 +68,7 @@ def _parquet(records) -> bytes:
 
 
 def _rgb(part) -> tuple[int, int, int]:
-    px = np.frombuffer(part["pixels"], np.uint8).reshape(part["height"], part["width"], 3)
+    px = part_frames(part)
     return tuple(int(v) for v in px.reshape(-1, 3).mean(axis=0).round())
 
 

@@ -16,7 +16,7 @@ from transforms.av_safety import open_container
 from transforms.sniff import DecodeError
 from transforms.video import MODES, decode_video, sample_times
 
-SPEC = PreprocessingSpec()  # 1 fps, 32 frames, 48 px
+SPEC = PreprocessingSpec(image_codec="raw")  # 1 fps, 32 frames, 48 px, exact pixels
 S = SPEC.image_size
 
 
