@@ -72,11 +72,13 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     with timed(timings, "embed_s"):
         cand_items = [example_to_item(e) for e in corpus]
         digests = [item_digest(it) for it in cand_items]  # also the exact-duplicate key
-        cand_vecs, c_counts = cache.embed(cand_items, embed, digests)
-        del cand_items
         q_items = [text_to_item(_query_id(p["query_text"]), p["query_text"], tokenizer,
                                 spec.max_text_tokens) for p in pairs]
-        q_vecs, q_counts = cache.embed(q_items, embed)
+        # One call, so one Ray Data job embeds whatever corpus items and queries are missing.
+        vecs, e_counts = cache.embed(cand_items + q_items, embed,
+                                     digests + [item_digest(q) for q in q_items])
+        cand_vecs, q_vecs = vecs[: len(corpus)], vecs[len(corpus) :]
+        del cand_items, q_items, vecs
     with timed(timings, "search_s"):
         cands = Candidates.build([e["id"] for e in corpus], [e["modality"] for e in corpus],
                                  cand_vecs, [_asset_keys(e) for e in corpus],
@@ -99,8 +101,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     counts = {"triples": len(rows), "corpus": len(corpus),
               "heldout_excluded": len(examples) - len(corpus),
               "negatives": sum(len(r["negatives"]) for r in rows),
-              "embedded": c_counts["embedded"] + q_counts["embedded"],
-              "cache_hits": c_counts["cache_hits"] + q_counts["cache_hits"],
+              "embedded": e_counts["embedded"], "cache_hits": e_counts["cache_hits"],
               "filtered_false_negatives": sum(mc[r] for r in RULES),
               "filtered_near_duplicates": mc["near_duplicate"]}
     counts |= {f"filtered.{r}": mc[r] for r in (*EXCLUSIONS, *RULES)}
