@@ -59,7 +59,11 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
              if p["split"] == Split.TRAIN.value]
     examples = mf.read_table(corpus_dir, corpus_manifest, "examples").to_pylist()
-    corpus = [e for e in examples if split_for(e["id"], heldout_fraction) == Split.TRAIN]
+    # Held-out assets are never candidates; (modality, id) order lets the search use the
+    # embedded vectors in place.
+    corpus = sorted((e for e in examples if split_for(e["id"], heldout_fraction) == Split.TRAIN),
+                    key=lambda e: (e["modality"], e["id"]))
+    del examples
     cache = EmbeddingCache(cache_root or output_root,
                            {"checkpoint_root": checkpoint_root, "checkpoint": ckpt_id,
                             "spec_digest": spec.digest()}, dim)
@@ -67,7 +71,9 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     def embed(items: list[dict]):
         from pipelines.ray.embed import embed_on_ray
 
-        return embed_on_ray(items, checkpoint_root, ckpt_id, dim)[1]
+        actors, cpus = _embed_plan()
+        return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,
+                            cpus_per_actor=cpus)[1]
 
     with timed(timings, "embed_s"):
         cand_items = [example_to_item(e) for e in corpus]
@@ -99,7 +105,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                  for i in range(0, len(rows), ROWS_PER_PART)]
     mc = mined.counts
     counts = {"triples": len(rows), "corpus": len(corpus),
-              "heldout_excluded": len(examples) - len(corpus),
+              "heldout_excluded": corpus_manifest.rows("examples") - len(corpus),
               "negatives": sum(len(r["negatives"]) for r in rows),
               "embedded": e_counts["embedded"], "cache_hits": e_counts["cache_hits"],
               "filtered_false_negatives": sum(mc[r] for r in RULES),
@@ -116,6 +122,19 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     manifest = writer.commit({"triples": files}, counts, cfg, lineage)
     return result("mine", manifest, writer.dir, False, timings=timings,
                   histograms=mined.histograms, **extra)
+
+
+def _embed_plan() -> tuple[int, float]:
+    """(actors, CPUs per actor): actors of up to 8 CPUs that together take the cluster's CPUs
+    (on a 2-core machine one actor with 2 torch threads, as a plain script would run)."""
+    import ray
+
+    from pipelines.ray.session import ensure_ray
+
+    ensure_ray()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors = max(1, cpus // 8)
+    return actors, float(cpus // actors)
 
 
 def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:

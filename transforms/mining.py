@@ -73,7 +73,10 @@ class MiningConfig(BaseModel):
 
 @dataclasses.dataclass
 class Candidates:
-    """The searchable corpus, rows grouped by modality (each modality is one contiguous slice)."""
+    """The searchable corpus, rows grouped by modality (each modality is one contiguous slice).
+
+    Rows given sorted by (modality, id) are used in place; otherwise the vectors are copied.
+    """
 
     ids: list[str]
     modalities: list[str]
@@ -87,9 +90,12 @@ class Candidates:
     def build(cls, ids: Sequence[str], modalities: Sequence[str], vectors: np.ndarray,
               asset_keys: Sequence[Iterable[str]], digests: Sequence[str]) -> Candidates:
         order = sorted(range(len(ids)), key=lambda i: (modalities[i], ids[i]))
+        if order == list(range(len(ids))):  # already grouped: no copy of the vectors
+            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        else:
+            vecs = np.ascontiguousarray(vectors[order], dtype=np.float32)
         ids = [ids[i] for i in order]
         mods = [modalities[i] for i in order]
-        vecs = np.ascontiguousarray(vectors[order] if len(order) else vectors, dtype=np.float32)
         groups = _asset_groups([asset_keys[i] for i in order], ids)
         _, content = np.unique(np.array([digests[i] for i in order], dtype=object).astype(str),
                                return_inverse=True)

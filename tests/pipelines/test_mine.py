@@ -106,6 +106,7 @@ def test_negatives_respect_exclusions_and_quotas(env):
     assert c["negatives"] == sum(len(t["negatives"]) for t in triples)
     assert c["negatives"] == c["kept.image"] + c["kept.text"]
     assert c["filtered.positive"] > 0 and c["heldout_excluded"] > 0
+    assert c["filtered.duplicate"] > 0  # the planted copies were candidates, and were dropped
     assert c["corpus"] + c["heldout_excluded"] == len(examples)
 
 
