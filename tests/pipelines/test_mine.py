@@ -84,7 +84,7 @@ def test_negatives_respect_exclusions_and_quotas(env):
     examples, triples = env["examples"], _triples(env["first"])
     digest = {i: item_digest(example_to_item(e)) for i, e in examples.items()}
     copies = {}
-    for i, e in examples.items():
+    for i in examples:
         copies.setdefault(digest[i], set()).add(i)
     planted = [ids for ids in copies.values() if len(ids) > 1]
     assert len(planted) == COPIES
