@@ -30,7 +30,7 @@ STAGE_LOGIC = {
     "synth": 1,
     "shard": 1,
     "train": 1,
-    "mine": 1,
+    "mine": 2,
     "eval": 1,
     "report": 1,
     "backfill": 1,
