@@ -172,6 +172,9 @@ def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
                 final = (k >= min(hi - lo, cfg.max_search_k)) or cfg.sampling == "range"
                 chunk = ctx.select(chunk, scores, np.where(rows >= 0, rows + lo, -1), final)
                 k = min(k * 4, hi - lo, cfg.max_search_k)
+    for qi in np.flatnonzero(has_pos):  # a quota for a modality the corpus lacks stays unfilled
+        counts["unfilled"] += sum(q for m, q in cfg.quotas(positive_modalities[qi]).items()
+                                  if m not in cands.spans)
     out = []
     for qi in range(n):
         order = [pm for pm in [positive_modalities[qi]] if pm in picked[qi]]

@@ -114,6 +114,7 @@ def test_modality_quotas_and_cross_modal_mix():
     text_negs = res.negatives[3]  # a text positive: 2 texts; `text` in cross_modal adds nothing
     assert [n["modality"] for n in text_negs] == ["text", "text"]
     assert res.counts["kept.image"] == 6 and res.counts["kept.text"] == 5
+    assert res.counts["unfilled"] == 4 * 5  # no audio in the corpus
     assert all(not {n["id"] for n in negs} & s for negs, s in zip(res.negatives[:3], planted.values(), strict=True))
 
 
