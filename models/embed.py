@@ -19,14 +19,21 @@ def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tenso
     for i, it in enumerate(items):
         layout = (bool(it.get("tokens")), bool(it.get("pixels")), bool(it.get("features")))
         groups.setdefault(layout, []).append(i)
+    device = next(model.parameters()).device
+
+    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if device.type != "cpu":  # a GPU actor: inputs follow the weights
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return model(**batch)
+
     if len(groups) == 1:
-        return model(**collate_items(items, cfg))
+        return run(collate_items(items, cfg))
     out: torch.Tensor | None = None
     for idx in groups.values():
-        emb = model(**collate_items([items[i] for i in idx], cfg))
+        emb = run(collate_items([items[i] for i in idx], cfg))
         if out is None:
             out = emb.new_zeros((len(items), emb.shape[1]))
-        out = out.index_copy(0, torch.tensor(idx), emb)
+        out = out.index_copy(0, torch.tensor(idx, device=emb.device), emb)
     return out
 
 
@@ -40,5 +47,5 @@ def embed_items(model: MultimodalEncoder, items: list[dict], dim: int | None = N
     out = np.zeros((len(items), dim), dtype=np.float32)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        out[start : start + len(chunk)] = matryoshka(forward_items(model, chunk, cfg), dim).numpy()
+        out[start : start + len(chunk)] = matryoshka(forward_items(model, chunk, cfg), dim).float().cpu().numpy()
     return out

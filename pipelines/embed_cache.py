@@ -44,44 +44,47 @@ class EmbeddingCache:
         self.schema = pa.schema([("id", pa.string()), ("digest", pa.string()),
                                  ("vector", pa.list_(pa.float32(), dim))])
 
-    def _load(self) -> tuple[dict[tuple[str, str], int], np.ndarray]:
-        parts = [f.uri for f in storage.list_files(self.dir, ".parquet")]
-        table = storage.read_parquet(parts, schema=self.schema) if parts else \
-            self.schema.empty_table()
-        ids = table.column("id").to_pylist()
-        digests = table.column("digest").to_pylist()
+    def _part_vectors(self, uri: str) -> tuple[list[str], list[str], np.ndarray]:
+        table = storage.read_parquet([uri])
         vec = table.column("vector").combine_chunks()
         values = vec.flatten().to_numpy(zero_copy_only=False) if len(vec) else np.zeros(0)
-        vectors = np.asarray(values, dtype=np.float32).reshape(-1, self.dim)
-        return {k: i for i, k in enumerate(zip(ids, digests, strict=True))}, vectors
+        return (table.column("id").to_pylist(), table.column("digest").to_pylist(),
+                np.asarray(values, dtype=np.float32).reshape(-1, self.dim))
 
     def embed(self, items: Sequence[dict], embed_fn: Callable[[list[dict]], np.ndarray],
               digests: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
-        """Vectors of `items` in order; only (id, digest) pairs not cached go to `embed_fn`."""
+        """Vectors of `items` in order; only (id, digest) pairs not cached go to `embed_fn`.
+
+        Cached parts are read one at a time into the output: memory stays at the output's
+        size plus one part.
+        """
         digests = digests if digests is not None else [item_digest(it) for it in items]
-        keys = list(zip((it["id"] for it in items), digests, strict=True))
-        row_of, cached = self._load()
-        missing: dict[tuple[str, str], int] = {}
-        for i, k in enumerate(keys):
-            if k not in row_of:
-                missing.setdefault(k, i)
-        fresh: dict[tuple[str, str], np.ndarray] = {}
-        todo = list(missing.items())
+        want: dict[tuple[str, str], list[int]] = {}
+        for i, k in enumerate(zip((it["id"] for it in items), digests, strict=True)):
+            want.setdefault(k, []).append(i)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        found: set[tuple[str, str]] = set()
+        for f in storage.list_files(self.dir, ".parquet"):
+            ids, dig, vecs = self._part_vectors(f.uri)
+            for r, k in enumerate(zip(ids, dig, strict=True)):
+                if k in want and k not in found:
+                    out[want[k]] = vecs[r]
+                    found.add(k)
+        todo = [(k, pos) for k, pos in want.items() if k not in found]
         if todo and not storage.exists(storage.join(self.dir, "key.json")):
             storage.write_atomic(storage.join(self.dir, "key.json"),
                                  json.dumps(self.key, indent=2, sort_keys=True).encode())
         for start in range(0, len(todo), PART_ROWS):
             chunk = todo[start : start + PART_ROWS]
-            vecs = np.asarray(embed_fn([items[i] for _, i in chunk]), dtype=np.float32)
+            vecs = np.asarray(embed_fn([items[pos[0]] for _, pos in chunk]), dtype=np.float32)
             if vecs.shape != (len(chunk), self.dim):
                 raise RuntimeError(f"embedder returned {vecs.shape} for {len(chunk)} items")
-            fresh.update(zip((k for k, _ in chunk), vecs, strict=True))
+            for (_, pos), v in zip(chunk, vecs, strict=True):
+                out[pos] = v
             name = hashlib.sha256("\n".join(f"{a}\0{b}" for (a, b), _ in chunk).encode())
             table = pa.table({"id": [a for (a, _), _ in chunk], "digest": [b for (_, b), _ in chunk],
                               "vector": pa.FixedSizeListArray.from_arrays(
                                   pa.array(vecs.reshape(-1)), self.dim)}, schema=self.schema)
-            storage.write_parquet(table, storage.join(self.dir, f"part-{name.hexdigest()[:16]}.parquet"))
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        for i, k in enumerate(keys):
-            out[i] = fresh[k] if k in fresh else cached[row_of[k]]
-        return out, {"embedded": len(fresh), "cache_hits": sum(1 for k in keys if k in row_of)}
+            storage.write_parquet(table, storage.join(self.dir,
+                                                      f"part-{name.hexdigest()[:16]}.parquet"))
+        return out, {"embedded": len(todo), "cache_hits": sum(len(want[k]) for k in found)}

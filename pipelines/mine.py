@@ -71,9 +71,9 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     def embed(items: list[dict]):
         from pipelines.ray.embed import embed_on_ray
 
-        actors, cpus = _embed_plan()
+        actors, cpus, gpus = _embed_plan()
         return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,
-                            cpus_per_actor=cpus)[1]
+                            cpus_per_actor=cpus, gpus_per_actor=gpus)[1]
 
     with timed(timings, "embed_s"):
         cand_items = [example_to_item(e) for e in corpus]
@@ -124,17 +124,21 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                   histograms=mined.histograms, **extra)
 
 
-def _embed_plan() -> tuple[int, float]:
-    """(actors, CPUs per actor): actors of up to 8 CPUs that together take the cluster's CPUs
-    (on a 2-core machine one actor with 2 torch threads, as a plain script would run)."""
+def _embed_plan() -> tuple[int, float, float]:
+    """(actors, CPUs, GPUs per actor): one actor per GPU when the cluster has GPUs; otherwise
+    actors of up to 8 CPUs that together take the cluster's CPUs (on a 2-core machine, one
+    actor with 2 torch threads, as a plain script would run)."""
     import ray
 
     from pipelines.ray.session import ensure_ray
 
     ensure_ray()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    res = ray.cluster_resources()
+    cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
+    if gpus:
+        return gpus, float(max(1, min(8, cpus // gpus - 1))), 1.0
     actors = max(1, cpus // 8)
-    return actors, float(cpus // actors)
+    return actors, float(cpus // actors), 0.0
 
 
 def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:

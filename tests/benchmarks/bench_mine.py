@@ -93,10 +93,10 @@ def job(args) -> None:
         from pipelines.ray.embed import embed_on_ray
 
         ex0 = mf.read_table(*mf.resolve_input(ingest["uri"]), "examples").to_pylist()[:8]
-        actors, cpus = _embed_plan()
+        actors, cpus, gpus = _embed_plan()
         t = time.perf_counter()
         embed_on_ray([example_to_item(e) for e in ex0], f"{tmp}/ckpt", ckpt, None, actors=actors,
-                     cpus_per_actor=cpus)
+                     cpus_per_actor=cpus, gpus_per_actor=gpus)
         actor_s = time.perf_counter() - t
 
         def bare() -> tuple[float, int]:
