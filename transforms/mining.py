@@ -5,11 +5,12 @@ the positive's modality gets `negatives`, and `cross_modal` adds negatives of ot
 modalities (`{"image": 1}`). A candidate is dropped by the first rule that fires, in order:
 `positive` (the positive itself), `same_asset` (another part or source of the positive's
 asset: same id, PDF document or source URI, transitively), `duplicate` (same content digest),
-`near_duplicate` (cosine to the positive above `near_duplicate`), then the enabled
-false-negative rules: `perc_pos` (score above `perc_pos` x the positive's score, NV-Retriever's
-TopK-PercPos; for a negative positive score the margin is taken below it, so the rule never
-admits more), `margin` (score above positive score - `margin`), `max_score` (score above
-`max_score`). Held-out assets never reach the candidates (the caller leaves them out).
+then the enabled false-negative rules: `perc_pos` (score above `perc_pos` x the positive's
+score, NV-Retriever's TopK-PercPos; for a negative positive score the margin is taken below
+it, so the rule never admits more), `margin` (score above positive score - `margin`),
+`max_score` (score above `max_score`), and last `near_duplicate` (cosine to the positive
+above `near_duplicate`: a near-copy that the score rules let through, e.g. with
+`false_negative: []`). Held-out assets never reach the candidates (the caller leaves them out).
 
 Survivors are taken in rank order (`top_k`) or sampled from a rank range (`range`), with a
 generator seeded by (seed, query key, modality): the same inputs give the same negatives.
@@ -32,6 +33,10 @@ from transforms.search import AnnKind, VectorIndex, ann_recall
 Rule = Literal["perc_pos", "margin", "max_score"]
 EXCLUSIONS = ("positive", "same_asset", "duplicate", "near_duplicate")
 RULES: tuple[Rule, ...] = ("perc_pos", "margin", "max_score")
+# The order rules are tried in (a candidate counts under the first that drops it): identity
+# rules, then score rules, then the near-duplicate check, which needs the candidate's vector
+# and so runs only on what the others left.
+ORDER = ("positive", "same_asset", "duplicate", *RULES, "near_duplicate")
 HIST_BINS = np.linspace(-1.0, 1.0, 41)
 GATHER_FLOATS = 1 << 23  # candidate vectors gathered at once for near-duplicate checks
 
@@ -231,7 +236,7 @@ class _Ctx:
                  "modality": self.modality, "rank": int(r)} for r in np.flatnonzero(taken[j])]
         c = considered[done]
         d = drop[done]
-        for code, name in enumerate((*EXCLUSIONS, *RULES)):
+        for code, name in enumerate(ORDER):
             self.counts[name] += int(((d == code) & c).sum())
         self.counts["considered"] += int(c.sum())
         n_taken = int(taken[done].sum())
@@ -244,40 +249,38 @@ class _Ctx:
         return qs[~done]
 
     def _rules(self, qs: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Per candidate, the code of the first rule that drops it (index into EXCLUSIONS +
-        RULES), or -1 when it survives."""
+        """Per candidate, the index in ORDER of the first rule that drops it, or -1."""
         c = self.cands
         safe = np.maximum(rows, 0)
         prow = self.pos_row[qs][:, None]
         drop = np.full(rows.shape, -1, dtype=np.int8)
+        drop[rows < 0] = -2  # no candidate
 
-        def mark(code: int, cond: np.ndarray) -> None:
-            drop[(drop < 0) & cond] = code
+        def mark(name: str, cond: np.ndarray) -> None:
+            drop[(drop == -1) & cond] = ORDER.index(name)
 
-        mark(0, rows == prow)
-        mark(1, c.groups[safe] == c.groups[prow])
-        mark(2, c.content[safe] == c.content[prow])
-        mark(3, self._cos_to_positive(qs, safe) > self.cfg.near_duplicate)
+        mark("positive", rows == prow)
+        mark("same_asset", c.groups[safe] == c.groups[prow])
+        mark("duplicate", c.content[safe] == c.content[prow])
         ps = self.pos_score[qs][:, None]
         for rule in self.cfg.false_negative:
-            code = len(EXCLUSIONS) + RULES.index(rule)
             if rule == "perc_pos":
-                mark(code, scores > ps - (1 - self.cfg.perc_pos) * np.abs(ps))
+                mark(rule, scores > ps - (1 - self.cfg.perc_pos) * np.abs(ps))
             elif rule == "margin":
-                mark(code, scores > ps - self.cfg.margin)
+                mark(rule, scores > ps - self.cfg.margin)
             else:
-                mark(code, scores > self.cfg.max_score)
-        drop[rows < 0] = -1
+                mark(rule, scores > self.cfg.max_score)
+        q_idx, k_idx = np.nonzero(drop == -1)  # only survivors need their vectors
+        near = np.zeros(len(q_idx), dtype=bool)
+        dim = c.vectors.shape[1]
+        step = max(1, GATHER_FLOATS // dim)
+        for s in range(0, len(q_idx), step):
+            cand = c.vectors[rows[q_idx[s : s + step], k_idx[s : s + step]]]
+            pos = self.pos_vec[qs[q_idx[s : s + step]]]
+            near[s : s + step] = np.einsum("nd,nd->n", cand, pos) > self.cfg.near_duplicate
+        drop[q_idx[near], k_idx[near]] = ORDER.index("near_duplicate")
+        drop[drop == -2] = -1
         return drop
-
-    def _cos_to_positive(self, qs: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        out = np.empty(rows.shape, dtype=np.float32)
-        dim = self.cands.vectors.shape[1]
-        step = max(1, GATHER_FLOATS // max(1, rows.shape[1] * dim))
-        for s in range(0, len(qs), step):
-            gathered = self.cands.vectors[rows[s : s + step]]  # (b, k, d)
-            out[s : s + step] = np.einsum("bkd,bd->bk", gathered, self.pos_vec[qs[s : s + step]])
-        return out
 
 
 def _seed(seed: int, key: str, modality: str) -> int:
