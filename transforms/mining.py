@@ -47,7 +47,7 @@ class MiningConfig(BaseModel):
     negatives: int = Field(3, ge=0)  # of the positive's modality
     cross_modal: dict[str, int] = {}  # other modality -> extra negatives of it
     search_k: int = Field(32, ge=1)  # first search depth; widened while quotas go unfilled
-    max_search_k: int = Field(1024, ge=1)
+    max_search_k: int = Field(256, ge=1)
     false_negative: tuple[Rule, ...] = ("perc_pos",)
     perc_pos: float = 0.95
     margin: float = 0.05
