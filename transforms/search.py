@@ -55,7 +55,7 @@ class VectorIndex:
             index.hnsw.efSearch = ef_search
             self.ef_search = ef_search
         else:
-            nlist = max(1, min(65536, int(4 * math.sqrt(len(xb)))))
+            nlist = max(1, min(65536, int(8 * math.sqrt(len(xb)))))
             self.quantizer = faiss.IndexFlatIP(dim)  # the IVF index does not own it
             index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
@@ -98,16 +98,19 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def ann_recall(index: VectorIndex, xq: np.ndarray, k: int, sample: int, seed: int = 0) -> dict:
-    """recall@k of `index` against exact search on up to `sample` queries, and both speeds."""
+    """recall@k of `index` against exact search on up to `sample` queries, and both speeds
+    (best of two runs each)."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(xq), min(sample, len(xq)), replace=False))
     q = xq[pick]
-    t0 = time.perf_counter()
-    _, approx = index.search(q, k)
-    t1 = time.perf_counter()
-    _, exact = exact_search(index.xb, q, k)
-    t2 = time.perf_counter()
-    ann_s, exact_s = max(t1 - t0, 1e-9), max(t2 - t1, 1e-9)
+    ann_s = exact_s = float("inf")
+    for _ in range(2):  # best of two each, interleaved: the first call also warms up threads
+        t0 = time.perf_counter()
+        _, approx = index.search(q, k)
+        t1 = time.perf_counter()
+        _, exact = exact_search(index.xb, q, k)
+        t2 = time.perf_counter()
+        ann_s, exact_s = min(ann_s, max(t1 - t0, 1e-9)), min(exact_s, max(t2 - t1, 1e-9))
     return {"index": index.kind, "vectors": len(index), "k": k, "sample": len(q),
             f"recall@{k}": round(recall_at_k(approx, exact), 4),
             "build_s": round(index.build_s, 3), "ann_qps": round(len(q) / ann_s, 1),

@@ -12,7 +12,7 @@
    start-up (`ensure_ray`) is timed apart. Also a re-mine with another MiningConfig (cache:
    embeds nothing).
 2. ANN: `--ann-n` x 256-d clustered unit vectors (1000 centres, noise 0.6), 1000 noisy
-   queries; `VectorIndex(..., "ivf")` (nlist 4 sqrt(n), nprobe 64) vs exact: recall@50 and
+   queries; `VectorIndex(..., "ivf")` (nlist 8 sqrt(n), nprobe 64) vs exact: recall@50 and
    speed-up from `ann_recall` (and HNSW M=32, efSearch 256 with `--hnsw`).
 3. Memory: per size, a fresh subprocess fills an N x 256 float32 array (the vectors), builds
    `Candidates` (ids, groups) and runs `mine` (exact, 1000 queries, k 32) over it; RSS is
