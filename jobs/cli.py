@@ -14,12 +14,21 @@ from typing import Annotated
 
 import typer
 
+from jobs import logs
 from pipelines.runner import Engine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="loom: multimodal embedding training data on Beam and Ray.")
 
 Opt = typer.Option
+
+
+@app.callback()
+def _global(log_json: Annotated[bool, Opt("--log-json", help="structured JSON logs on stderr")]
+            = False,
+            log_level: Annotated[str, Opt(help="DEBUG|INFO|WARNING|ERROR")] = "INFO") -> None:
+    """loom: multimodal embedding training data on Beam and Ray."""
+    logs.setup(log_json, log_level)
 
 
 def _emit(obj: dict) -> None:
@@ -30,29 +39,34 @@ def _emit(obj: dict) -> None:
 def _run(fn, *args, **kwargs) -> None:
     import pydantic
 
+    from jobs.submit import JobFailed
     from pipelines.common import BadInput
     from pipelines.synth import BudgetExceeded
 
     try:
         _emit(fn(*args, **kwargs))
+    except JobFailed as e:  # the cluster ran it: its own exit code, its JSON
+        _emit(e.payload)
+        logs.error(f"loom: {e}".splitlines()[0], exit_code=e.code)
+        raise typer.Exit(e.code) from None
     except BudgetExceeded as e:  # resumable: rerun to continue
         _emit(e.payload)
-        typer.echo(f"loom: {e}", err=True)
+        logs.error(f"loom: {e}", exit_code=3)
         raise typer.Exit(3) from None
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         where = ".".join(map(str, err["loc"]))
-        typer.echo(f"loom: bad config: {where}: {err['msg']}", err=True)
+        logs.error(f"loom: bad config: {where}: {err['msg']}", exit_code=2)
         raise typer.Exit(2) from None
     except (BadInput, FileNotFoundError, ValueError) as e:
-        typer.echo(f"loom: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        logs.error(f"loom: {type(e).__name__}: {e}".splitlines()[0], exit_code=2)
         raise typer.Exit(2) from None
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 - the CLI's one place that maps failures to 1
         if os.environ.get("LOOM_DEBUG"):
             traceback.print_exc()
-        typer.echo(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        logs.error(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], exit_code=1)
         raise typer.Exit(1) from None
 
 
@@ -68,12 +82,17 @@ def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")
 @app.command()
 def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
            output: Annotated[str, Opt(help="dataset root")],
-           engine: Engine = Engine.BEAM, image_size: int = 48) -> None:
+           engine: Engine = Engine.BEAM, image_size: int = 48,
+           allow_host: Annotated[list[str] | None, Opt(
+               help="host whose http(s) manifest references may be fetched (repeatable)")] = None
+           ) -> None:
     """Decode and tokenize every file under a prefix into Examples + Rejected."""
     from pipelines.ingest import run_ingest
     from schemas.spec import PreprocessingSpec
+    from transforms.remote import RemoteConfig
 
-    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine)
+    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine,
+         remote=RemoteConfig(allowed_hosts=tuple(allow_host or ())))
 
 
 synth_app = typer.Typer(add_completion=False, help="Write synthetic query/positive pairs with an LLM "
@@ -90,21 +109,64 @@ def synth(ctx: typer.Context,
           base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
           engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
           max_calls: Annotated[int | None, Opt(help="LLM call budget (exit 3 when hit)")] = None,
-          dry_run: Annotated[bool, Opt(help="only count the calls needed")] = False) -> None:
+          max_tokens: Annotated[int | None, Opt(help="LLM token budget (exit 3)")] = None,
+          max_cost: Annotated[float | None, Opt(help="USD budget, synth/prices.yaml (exit 3)")
+                              ] = None,
+          dry_run: Annotated[bool, Opt(help="only estimate calls, tokens and cost")] = False,
+          concurrency: Annotated[int, Opt(help="requests in flight per worker")] = 32,
+          rpm: Annotated[float | None, Opt(help="requests per minute (all workers)")] = None,
+          tpm: Annotated[float | None, Opt(help="tokens per minute (all workers)")] = None,
+          script: Annotated[str, Opt(help="expected query script (latin, cyrillic, cjk, ...; "
+                                          "none: no language filter)")] = "latin",
+          checkpoint: Annotated[str | None, Opt(help="round-trip filter with this checkpoint")
+                                ] = None,
+          checkpoint_root: str = "checkpoints",
+          roundtrip_k: Annotated[int, Opt(help="round trip: positive within top k")] = 10
+          ) -> None:
     """Write synthetic query/positive pairs with an LLM (responses cached)."""
     if ctx.invoked_subcommand is not None:
         return
     if not examples or not output:
-        typer.echo("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
-                   err=True)
+        logs.error("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
+                   exit_code=2)
         raise typer.Exit(2)
     from pipelines.synth import run_synth
+    from synth.budget import Budget
     from synth.client import LLMConfig
+    from synth.filters import FilterConfig
+    from synth.limits import RateLimits
 
     def go():
         cfg = LLMConfig(backend=llm, model=model, base_url=base_url)
-        return run_synth(examples, output, cfg, engine, heldout_fraction,
-                         max_calls=max_calls, dry_run=dry_run)
+        return run_synth(
+            examples, output, cfg, engine, heldout_fraction, dry_run=dry_run,
+            budget=Budget(max_calls=max_calls, max_tokens=max_tokens, max_cost=max_cost),
+            limits=RateLimits(concurrency=concurrency, requests_per_minute=rpm,
+                              tokens_per_minute=tpm),
+            filters=FilterConfig(script=None if script == "none" else script,
+                                 roundtrip_k=roundtrip_k),
+            checkpoint=checkpoint, checkpoint_root=checkpoint_root)
+
+    _run(go)
+
+
+@synth_app.command("relabel")
+def synth_relabel(triples: Annotated[str, Opt(help="triples root or version (loom mine)")],
+                  output: Annotated[str, Opt(help="relabelled triples root")],
+                  llm: Annotated[str, Opt(help="offline|gemini|vertex")] = "offline",
+                  model: str = "gemini-2.5-flash",
+                  base_url: Annotated[str | None, Opt(help="override the API endpoint")] = None,
+                  negatives: int = 3,
+                  concurrency: Annotated[int, Opt(help="requests in flight")] = 32) -> None:
+    """FRet relabel: the LLM picks each query's best positive and hard negatives among
+    its mined candidates; the `relabels` table records which positives changed."""
+    from pipelines.synth_relabel import run_relabel
+    from synth.client import LLMConfig
+    from synth.limits import RateLimits
+
+    def go():
+        return run_relabel(triples, output, LLMConfig(backend=llm, model=model, base_url=base_url),
+                           negatives, RateLimits(concurrency=concurrency))
 
     _run(go)
 
@@ -121,11 +183,28 @@ def synth_diff(old: Annotated[str, typer.Argument(help="older pairs version")],
 @app.command()
 def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
           output: Annotated[str, Opt(help="shards root")],
-          rows_per_shard: int = 512, seed: int = 0, engine: Engine = Engine.BEAM) -> None:
+          rows_per_shard: int = 512, seed: int = 0, engine: Engine = Engine.BEAM,
+          target_mb: Annotated[float | None, Opt(help="shard size in MB (overrides rows)")] = None,
+          weight: Annotated[list[str] | None, Opt(help="KEY=W: sample rows of a query kind or "
+                                                  "positive modality W times (repeatable)")] = None
+          ) -> None:
     """Shuffle and pack train-split pairs/triples into fixed-size Parquet shards."""
+    from pipelines.common import BadInput
     from pipelines.shard import run_shard
 
-    _run(run_shard, input, output, rows_per_shard, seed, engine)
+    def go():
+        weights = {}
+        for w in weight or []:
+            key, sep, value = w.partition("=")
+            try:
+                weights[key] = float(value)
+            except ValueError:
+                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}") from None
+            if not sep or not key:
+                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}")
+        return run_shard(input, output, rows_per_shard, seed, engine, target_mb, weights)
+
+    _run(go)
 
 
 @app.command()
@@ -135,13 +214,17 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           init: Annotated[str | None, Opt(help="checkpoint id to start from")] = None,
           init_root: Annotated[str | None, Opt(help="root of --init (default: --output)")] = None,
           workers: int = 1, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
+          temperature: float = 0.05,
+          learn_temperature: Annotated[bool, Opt(help="learn the temperature (from --temperature)")
+                                       ] = False,
           resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
           ) -> None:
     """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
     from pipelines.train import TrainConfig, TrainStage, run_train
 
     def go():
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+                          learn_temperature=learn_temperature)
         return run_train(shards, output, TrainStage(stage), cfg, init, init_root, workers, resume)
 
     _run(go)
@@ -190,11 +273,22 @@ def _mining_config(config: str | None, negatives: int | None, cross_modal: str |
 def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out split)")],
              output: Annotated[str, Opt(help="eval root")],
              checkpoint: str = "latest", checkpoint_root: str = "checkpoints",
-             ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None) -> None:
-    """Held-out retrieval R@1/R@5 beside random, untrained and lexical baselines."""
-    from pipelines.evaluate import run_eval
+             ground_truth: Annotated[str | None, Opt(help="ground_truth.jsonl")] = None,
+             dims: Annotated[str, Opt(help="extra prefix sizes, e.g. 32,64 (truncation)")] = ""
+             ) -> None:
+    """Held-out R@1/R@5/NDCG@10 per modality pair and Matryoshka size, beside baselines.
 
-    _run(run_eval, pairs, checkpoint, checkpoint_root, output, ground_truth)
+    The table goes to stderr (the terminal); stdout's last line stays the JSON result.
+    """
+    from pipelines.evaluate import format_table, run_eval
+
+    def go():
+        sizes = tuple(int(d) for d in dims.split(",") if d.strip())
+        out = run_eval(pairs, checkpoint, checkpoint_root, output, ground_truth, dims=sizes)
+        typer.echo(format_table(out.get("eval", {})), err=True)
+        return out
+
+    _run(go)
 
 
 @app.command()
@@ -233,7 +327,60 @@ def run_(spec: Annotated[str, typer.Argument(help="job spec YAML")]) -> None:
     from jobs.run import run_spec
     from jobs.spec import load_spec
 
-    _run(lambda: run_spec(load_spec(spec), lambda m: typer.echo(m, err=True)))
+    _run(lambda: run_spec(load_spec(spec), logs.say))
+
+
+@app.command()
+def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
+           address: Annotated[str, Opt(help="Ray dashboard, e.g. http://HOST:8265")],
+           wait: Annotated[bool, Opt("--wait/--no-wait", help="wait for the job to end")] = True,
+           timeout: Annotated[float, Opt(help="seconds to wait before stopping the job")]
+           = 3600.0,
+           python: Annotated[str, Opt(help="python on the cluster")] = "python",
+           env: Annotated[list[str] | None, Opt(help="KEY=VALUE for the job (repeatable)")]
+           = None) -> None:
+    """Run a job spec on a Ray cluster (Ray Jobs API); loom travels in the runtime env."""
+    from jobs.submit import submit as submit_job
+
+    def go():
+        env_vars = dict(kv.split("=", 1) for kv in env or [])
+        return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say)
+
+    _run(go)
+
+
+@app.command()
+def schedule(spec: Annotated[str, typer.Argument(help="job spec YAML")],
+             cron: Annotated[str, Opt(help='5-field cron, e.g. "0 3 * * *"')],
+             output: Annotated[str | None, Opt(help="manifest file to write")] = None,
+             image: str = "loom:latest",
+             time_zone: Annotated[str | None, Opt(help="e.g. Europe/Paris (default UTC)")]
+             = None,
+             workers: Annotated[int, Opt(help="CPU workers per run")] = 1) -> None:
+    """Render a KubeRay RayCronJob (plus the spec as a ConfigMap) that runs the spec."""
+    from jobs.schedule import write_schedule
+
+    _run(write_schedule, spec, cron, output, image, time_zone, workers)
+
+
+@app.command()
+def scheduler(schedules: Annotated[str, typer.Argument(help="YAML: schedules of spec + cron")],
+              once: Annotated[bool, Opt(help="one tick, then exit")] = False,
+              now: Annotated[str | None, Opt(help="the clock for this tick (ISO time)")] = None,
+              wait: Annotated[bool, Opt(help="with --once: wait for started runs")] = False,
+              poll_s: Annotated[float, Opt(help="seconds between ticks")] = 30.0) -> None:
+    """Run due `loom run` jobs on this machine (no overlap, restart-safe, outcomes kept)."""
+    import datetime as dt
+
+    from jobs.scheduler import serve
+
+    def go():
+        clock = dt.datetime.fromisoformat(now) if now else None
+        if clock and clock.tzinfo is None:
+            clock = clock.replace(tzinfo=dt.timezone.utc)
+        return serve(schedules, once, clock, wait, poll_s, log=logs.say)
+
+    _run(go)
 
 
 @app.command()
@@ -248,7 +395,68 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
 
     given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs}
     cfg = DemoConfig(engine=engine, **{k: v for k, v in given.items() if v is not None})
-    _run(run_demo, workdir, cfg, lambda m: typer.echo(m, err=True))
+    _run(run_demo, workdir, cfg, logs.say)
+
+
+@app.command()
+def report(workdir: Annotated[str, typer.Argument(help="a workdir (loom demo / loom run)")],
+           output: Annotated[str | None, Opt(help="HTML path (default WORKDIR/report.html)")]
+           = None) -> None:
+    """One self-contained HTML page: counts, rejections, synth, negatives, loss, eval."""
+    from jobs.report_html import report_workdir
+
+    _run(report_workdir, workdir, output)
+
+
+@app.command("ls")
+def ls_(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")]) -> None:
+    """Dataset versions with their lineage and sizes (and partial writes)."""
+    from jobs.ops import format_ls, list_versions
+
+    def go():
+        out = list_versions(root)
+        if out["versions"] or out["partials"]:
+            typer.echo(format_ls(out))
+        return out
+
+    _run(go)
+
+
+@app.command()
+def inspect(uri: Annotated[str, typer.Argument(help="a version folder, or a root (newest)")]
+            ) -> None:
+    """A dataset version's manifest and lineage chain."""
+    from jobs.ops import inspect_version
+
+    def go():
+        out = inspect_version(uri)
+        m = out["manifest"]
+        typer.echo(f"{m['version']}  stage={m['stage']}  created={m['created_at']}  "
+                   f"bytes={out['bytes']}  files={out['files']}")
+        for table, files in m["tables"].items():
+            typer.echo(f"  {table}: {sum(f['rows'] for f in files)} rows in {len(files)} files")
+        typer.echo("  counts: " + json.dumps(m["counts"], sort_keys=True))
+        typer.echo("  config: " + json.dumps(m["config"], sort_keys=True, default=str))
+        for link in out["lineage_chain"]:
+            typer.echo(f"  {link['of']} <-{link['via']}- {link['version']}  ({link['uri']})")
+        return out
+
+    _run(go)
+
+
+@app.command()
+def gc(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")],
+       keep: Annotated[int, Opt(help="newest versions to keep per root and stage")] = 3,
+       dry_run: Annotated[bool, Opt("--dry-run/--no-dry-run", help="only print the plan")]
+       = True,
+       yes: Annotated[bool, Opt("--yes", help="delete (same as --no-dry-run)")] = False,
+       grace_hours: Annotated[float, Opt(help="partial writes younger than this stay")] = 6.0
+       ) -> None:
+    """Delete old versions nothing kept depends on, and stale partial writes (plan first)."""
+    from jobs.ops import gc as run_gc
+
+    _run(lambda: run_gc(root, keep, dry_run=dry_run and not yes, grace_s=grace_hours * 3600,
+                        log_line=logs.say))
 
 
 def main() -> None:

@@ -93,6 +93,7 @@ def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
     return {
         "stage": "demo",
         "report": report["report"],
+        "report_html": report["datasets"]["html"],
         "eval": eval_table,
         "reused": [n for n, s in stages.items() if s.get("reused")],
         "stages": stages,

@@ -55,7 +55,7 @@ def run_step(step, spec: JobSpec, done: dict[str, dict]) -> dict:
                          heldout_fraction=step.heldout_fraction)
     if isinstance(step, ShardStep):
         return run_shard(_dataset(step.input, done), out, step.rows_per_shard, step.seed,
-                         spec.engine)
+                         spec.engine, step.target_mb, step.weights)
     if isinstance(step, TrainStep):
         init, init_root = (_checkpoint(step.init, step.init_root, done) if step.init
                            else (None, None))
@@ -98,6 +98,7 @@ def run_spec(spec: JobSpec, log=print) -> dict:
         "stage": "run",
         "name": spec.name,
         "report": report["report"],
+        "report_html": report["datasets"]["html"],
         "stages": stages,
         "reused": [i for i, s in stages.items() if s.get("reused")],
         "eval": eval_table,

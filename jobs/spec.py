@@ -71,6 +71,8 @@ class ShardStep(_Step):
     stage: Literal["shard"]
     input: str
     rows_per_shard: int = Field(512, ge=1)
+    target_mb: float | None = Field(None, gt=0)
+    weights: dict[str, float] = {}
     seed: int = 0
 
 

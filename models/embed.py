@@ -8,33 +8,49 @@ import torch
 from models.collate import collate_items
 from models.encoder import MultimodalEncoder, matryoshka
 
+Group = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (row indices, encoder inputs)
 
-def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tensor:
-    """Unnormalized embeddings [N, out_dim] in input order (with grad when training).
 
-    Items are encoded in groups of the same layout (which of text, pixels, audio they have), which
-    halves the work of a mixed batch compared with padding every row to the longest.
+def collate_groups(items: list[dict], cfg) -> list[Group]:
+    """Items split by layout (which of text, pixels, audio they have), each group collated.
+
+    Encoding per layout halves the work of a mixed batch compared with padding every row
+    to the longest. This is the CPU half of a forward pass: the trainer runs it in Ray
+    Data's prefetch threads (iter_torch_batches' collate_fn), off the training thread.
     """
     groups: dict[tuple[bool, bool, bool], list[int]] = {}
     for i, it in enumerate(items):
         layout = (bool(it.get("tokens")), bool(it.get("pixels")), bool(it.get("features")))
         groups.setdefault(layout, []).append(i)
+    return [(torch.tensor(idx), collate_items([items[i] for i in idx], cfg))
+            for idx in groups.values()]
+
+
+def forward_groups(model: torch.nn.Module, groups: list[Group], n: int) -> torch.Tensor:
+    """Unnormalized embeddings [n, out_dim] in input order (with grad when training).
+
+    Inputs follow the weights: on a GPU actor they are moved to the model's device."""
     device = next(model.parameters()).device
 
-    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if device.type != "cpu":  # a GPU actor: inputs follow the weights
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        return model(**batch)
+    def run(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if device.type != "cpu":
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        return model(**inputs)
 
     if len(groups) == 1:
-        return run(collate_items(items, cfg))
+        return run(groups[0][1])
     out: torch.Tensor | None = None
-    for idx in groups.values():
-        emb = run(collate_items([items[i] for i in idx], cfg))
+    for idx, inputs in groups:
+        emb = run(inputs)
         if out is None:
-            out = emb.new_zeros((len(items), emb.shape[1]))
-        out = out.index_copy(0, torch.tensor(idx, device=emb.device), emb)
+            out = emb.new_zeros((n, emb.shape[1]))
+        out = out.index_copy(0, idx.to(emb.device), emb)
     return out
+
+
+def forward_items(model: torch.nn.Module, items: list[dict], cfg) -> torch.Tensor:
+    """Unnormalized embeddings [N, out_dim] in input order (see collate_groups)."""
+    return forward_groups(model, collate_groups(items, cfg), len(items))
 
 
 @torch.no_grad()
@@ -47,5 +63,6 @@ def embed_items(model: MultimodalEncoder, items: list[dict], dim: int | None = N
     out = np.zeros((len(items), dim), dtype=np.float32)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        out[start : start + len(chunk)] = matryoshka(forward_items(model, chunk, cfg), dim).float().cpu().numpy()
+        emb = matryoshka(forward_items(model, chunk, cfg), dim)
+        out[start : start + len(chunk)] = emb.float().cpu().numpy()
     return out

@@ -42,3 +42,27 @@ def same_asset_mask(query_positive_ids: list[str], doc_ids: list[str]) -> torch.
     pos = torch.tensor([index.setdefault(i, len(index)) for i in query_positive_ids])
     docs = torch.tensor([index.setdefault(i, len(index)) for i in doc_ids])
     return pos.unsqueeze(1) == docs.unsqueeze(0)
+
+
+class ContrastiveModel(torch.nn.Module):
+    """The encoder plus its (optionally learnable) temperature: one forward per step.
+
+    One module, so DDP runs one forward per step and all-reduces the temperature's
+    gradient with the encoder's. The temperature is exp(log_temperature), clamped to
+    [0.01, 1] (CLIP's logit-scale rule, as a temperature).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, temperature: float, learn: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.log_temperature = torch.nn.Parameter(
+            torch.tensor(float(temperature)).log(), requires_grad=learn)
+
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(0.01, 1.0)
+
+    def forward(self, queries, n_queries: int, docs, n_docs: int):
+        from models.embed import forward_groups
+
+        return (forward_groups(self.encoder, queries, n_queries),
+                forward_groups(self.encoder, docs, n_docs), self.temperature())

@@ -1,7 +1,8 @@
 """Eval: held-out retrieval per modality pair, beside baselines that keep it honest.
 
-For each `query->target` pair: R@1 and R@5 of the checkpoint, the expected R@k of a
-random ranking, the same architecture untrained (same seed), and for text->text a BM25
+For each `query->target` pair: R@1, R@5 and NDCG@10 of the checkpoint at every
+Matryoshka size (`by_dim`; the top-level figures are the full size), the expected R@k of
+a random ranking, the same architecture untrained (same seed), and for text->text a BM25
 baseline. The gallery is every held-out asset of the target modality. Relevance is the
 exact positive, or with a ground-truth file, any gallery asset of the same scene key.
 """
@@ -28,6 +29,7 @@ from transforms.items import example_to_item, text_to_item
 from transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
+BASELINES = ("random_", "untrained_", "lexical_")
 
 
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -39,6 +41,22 @@ def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, 
         out[f"r@{k}"] = float(np.mean([bool(rel & set(row)) for row, rel in
                                        zip(top.tolist(), relevant, strict=True)]))
     return out
+
+
+def ndcg_at(scores: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
+    """Mean NDCG@k with binary relevance (every gallery item of the query's scene counts)."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    vals = []
+    for row, rel in zip(top.tolist(), relevant, strict=True):
+        dcg = sum(discount[i] for i, j in enumerate(row) if j in rel)
+        vals.append(dcg / discount[: min(len(rel), k)].sum())
+    return float(np.mean(vals))
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
+    return recall_at(scores, relevant) | {"ndcg@10": ndcg_at(scores, relevant)}
 
 
 def random_recall(n: int, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -69,7 +87,10 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
-             ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000) -> dict:
+             ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000,
+             dims: tuple[int, ...] = ()) -> dict:
+    """`dims` adds prefix sizes to the checkpoint's Matryoshka sizes: plain truncation of
+    a model trained without Matryoshka losses is evaluated the same way."""
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
@@ -79,6 +100,8 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     ex_dir, ex_manifest = mf.resolve_input(pairs_manifest.lineage["examples"])
     truth_digest = mf.listing_digest(storage.list_files(ground_truth)) if ground_truth else ""
     cfg = {"seed": seed, "max_queries": max_queries, "ground_truth": truth_digest}
+    if dims:
+        cfg["dims"] = sorted(set(dims))
     version = mf.version_id("eval", [pairs_manifest.version, ckpt_id], cfg)
     writer = mf.VersionWriter(output_root, "eval", version)
     if (done := reuse(writer, "eval", checkpoint=ckpt_id)) is not None:
@@ -114,17 +137,27 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             q_items = [text_to_item(p["pair_id"], p["query_text"], tokenizer,
                                     ckpt.spec.max_text_tokens) for p in qs]
             name = f"{qs[0]['query_modality']}->{target}"
-            trained = embed_items(ckpt.model, q_items) @ embed_items(ckpt.model, g_items).T
+            q_full = embed_items(ckpt.model, q_items)
+            g_full = embed_items(ckpt.model, g_items)
+            sizes = sorted({*ckpt.encoder_config.embed_dims,
+                            *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
+            by_dim = {}
+            for d in sizes:  # nested sizes: the first d coordinates, renormalized
+                qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
+                by_dim[d] = retrieval_metrics(qd @ gd.T, relevant)
             base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
-            entry = recall_at(trained, relevant)
+            entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
-            entry |= {f"untrained_{k}": v for k, v in recall_at(base, relevant).items()}
+            entry |= {f"untrained_{k}": v for k, v in retrieval_metrics(base, relevant).items()}
             if target == "text":
                 entry |= {f"lexical_{k}": v for k, v in
-                          recall_at(_bm25(qs, gallery, tokenizer), relevant).items()}
+                          retrieval_metrics(_bm25(qs, gallery, tokenizer), relevant).items()}
             entry |= {"queries": len(qs), "gallery": len(gallery)}
-            table[name] = entry
-            rows.append({"pair": name, **{k: float(v) for k, v in entry.items()}})
+            table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
+            baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
+            for d, m in by_dim.items():  # one row per pair and size; baselines repeated
+                rows.append({"pair": name, "dim": d, **m, **baselines,
+                             "queries": len(qs), "gallery": len(gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
     files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
@@ -135,6 +168,38 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def table_from_rows(rows: list[dict]) -> dict[str, dict]:
+    """The metrics table (one row per pair and size) back to run_eval's `eval` object."""
+    table: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: (r["pair"], r["dim"])):
+        entry = table.setdefault(row["pair"], {"by_dim": {}})
+        sizes = {k: row[k] for k in ("r@1", "r@5", "ndcg@10")}
+        entry["by_dim"][str(row["dim"])] = sizes
+        entry |= sizes | {k: v for k, v in row.items() if k.startswith(BASELINES)
+                          and v is not None}  # the largest size ends on top
+        entry |= {"queries": row["queries"], "gallery": row["gallery"]}
+    return table
+
+
+def format_table(table: dict[str, dict]) -> str:
+    """The eval table as aligned text: one line per modality pair and Matryoshka size."""
+    head = ["pair", "dim", "R@1", "R@5", "NDCG@10", "random R@1", "untrained R@1",
+            "lexical R@1", "queries"]
+    lines = [head]
+    for name, e in table.items():
+        for d, m in (e.get("by_dim") or {}).items():
+            lines.append([name, d, f"{m['r@1']:.3f}", f"{m['r@5']:.3f}", f"{m['ndcg@10']:.3f}",
+                          f"{e['random_r@1']:.4f}", f"{e['untrained_r@1']:.3f}",
+                          f"{e['lexical_r@1']:.3f}" if "lexical_r@1" in e else "-",
+                          str(int(e["queries"]))])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def _renorm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _text_of(example: dict) -> str:

@@ -21,7 +21,9 @@ from schemas import manifest as mf
 from schemas import storage
 from schemas.records import DUPLICATE, REJECTED, Modality
 from schemas.spec import SPEC_FILE, PreprocessingSpec
+from transforms.archives import ArchiveLimits
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from transforms.remote import RemoteConfig
 from transforms.stage import BaseStage
 from transforms.text import decode_text
 from transforms.tokenizer import train_tokenizer
@@ -40,11 +42,14 @@ class HashStage(BaseStage):
     input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
+    def __init__(self, roots: tuple[str, ...] = ()):
+        self.roots = roots
+
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         rows = []
         for uri in batch.column("uri").to_pylist():
             try:
-                h = hash_file(uri, with_modality=True)
+                h = hash_file(uri, with_modality=True, roots=self.roots)
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)
@@ -52,8 +57,11 @@ class HashStage(BaseStage):
 
 
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
-               engine: Engine = Engine.BEAM, files_per_item: int = 64) -> dict:
+               engine: Engine = Engine.BEAM, files_per_item: int = 64,
+               remote: RemoteConfig | None = None, archive: ArchiveLimits | None = None) -> dict:
+    """`remote` allows http(s) references to named hosts; `archive` bounds tar/zip input."""
     spec = spec or PreprocessingSpec()
+    remote, archive = remote or RemoteConfig(), archive or ArchiveLimits()
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     listing = storage.list_files(input_uri)
     if not listing:
@@ -62,6 +70,9 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
     config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
+    for key, value in (("remote", remote), ("archive", archive)):  # only when set: ids stay
+        if value != type(value)():
+            config[key] = value.model_dump()
     version = mf.version_id("ingest", [digest], config)
     writer = mf.VersionWriter(output_root, "ingest", version)
     if (done := reuse(writer, "ingest")) is not None:
@@ -70,7 +81,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
 
     with timed(timings, "hash_s"):
         uris = [{"uri": e.uri} for e in listing]
-        res = run_stage(engine, StageTask(HashStage, storage.join(writer.dir, "_work")),
+        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,)),
+                                          storage.join(writer.dir, "_work")),
                         row_items(uris, files_per_item * 4, "hash"))
         tables, _ = merge_results(res)
         hashes = storage.read_parquet(
@@ -90,7 +102,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     prior_files = _files_of(prior)
     reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
-        config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,))
+        config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,), remote=remote,
+                               archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
         dups = _dups_by_uri(canonical, duplicates)
         rows = [{"uri": h["uri"], "id": h["id"], "dups": dups.get(h["uri"])}
@@ -120,6 +133,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "decoded": len(rows),
         "reused_files": len(reused),
     }
+    if "archive_members" in stats:  # members of decoded archives (see transforms/archives.py)
+        counts |= {k: stats.get(k, 0) for k in ("archive_members", "archive_members_accepted",
+                                                   "archive_members_rejected")}
+        if counts["archive_members"] != (counts["archive_members_accepted"]
+                                         + counts["archive_members_rejected"]):
+            raise RuntimeError(f"ingest lost or invented archive members: {counts}")
     if counts["accepted"] + counts["duplicate"] + counts["rejected"] != counts["listed"]:
         raise RuntimeError(f"ingest lost or invented files: {counts}")
     rejected_rows = sum(f.rows for f in tables["rejected"])
@@ -157,10 +176,17 @@ def _summary(version_dir: str, tables: dict) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _base_uri(uri: str) -> str:
-    """The listed file a row came from (`manifest.jsonl#3` -> `manifest.jsonl`)."""
-    head, _, tail = uri.rpartition("#")
-    return head if head and tail.isdigit() else uri
+def _base_uri(uri: str, listed: set[str]) -> str:
+    """The listed file a row came from: `manifest.jsonl#3` -> `manifest.jsonl`, and
+    `shard.tar#dir/0001.jpg` -> `shard.tar` (a listed name may itself hold a `#`)."""
+    if uri in listed:
+        return uri
+    at = uri.find("#")
+    while at != -1:
+        if uri[:at] in listed:
+            return uri[:at]
+        at = uri.find("#", at + 1)
+    return uri
 
 
 def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Manifest] | None:
@@ -208,18 +234,18 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
         keys = old.column(column).to_pylist()
         if column == "source_uris":
             keys = [k[0] if k else "" for k in keys]
-        keep = [i for i, k in enumerate(keys) if _base_uri(k) in reused]
+        keep = [i for i, k in enumerate(keys) if _base_uri(k, reused) in reused]
         if keep:
             part = old.take(pa.array(keep, pa.int64()))
             if table == "examples":  # copies may have come or gone since
-                sources = [s if _base_uri(s[0]) != s[0] else [s[0], *dups.get(s[0], [])]
+                sources = [s if _base_uri(s[0], reused) != s[0] else [s[0], *dups.get(s[0], [])]
                            for s in part.column("source_uris").to_pylist()]
                 idx = part.schema.get_field_index("source_uris")
                 part = part.set_column(idx, part.schema.field(idx),
                                        pa.array(sources, pa.list_(pa.string())))
             tables.setdefault(table, []).append(writer.write_part(table, "reused-00000", part))
         if table == "rejected":
-            rec = sum(1 for i in keep if _base_uri(keys[i]) != keys[i])
+            rec = sum(1 for i in keep if _base_uri(keys[i], reused) != keys[i])
             stats["rejected_records"] = stats.get("rejected_records", 0) + rec
     for u in reused:
         key = "accepted_files" if prior_files[u][1] == "accepted" else "rejected_files"

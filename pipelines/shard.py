@@ -1,13 +1,20 @@
 """Shard: train-split Pairs (pft) or triples (ft) -> fixed-size, shuffled Parquet shards.
 
-Pass 1 (engine): join content into TrainingRows. Pass 2 (driver): a deterministic global
-shuffle by `shuffle_key(seed, pair_id)` and packing into shards of exactly
-`rows_per_shard` rows (the last one smaller). Pass 2 holds one version's rows in memory;
-a streaming pack is the trainer issue's work.
+Pass 1 (engine): join content into TrainingRows. Pass 2 (driver, streaming): a
+deterministic global shuffle by `shuffle_key(seed, pair_id)` computed from the keys
+alone, then every joined file is read once and its rows are scattered into per-shard
+buckets, and each bucket is sorted into its shard. Memory holds one joined file or one
+shard, never the whole version. Shards hold exactly `rows_per_shard` rows (the last one
+smaller), or as many as fit `target_mb` at the joined rows' average compressed size.
+
+Sampling weights (`weights`, keyed by a row's query kind or its positive's modality)
+repeat rows: a weight w gives floor(w) copies plus one more with probability frac(w),
+decided by the seed, so a mix can be tilted towards a task or a modality.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import ClassVar
 
@@ -50,8 +57,18 @@ class ShardStage(BaseStage):
         return {"_rows": rows, "_missing": pa.Table.from_pylist(missing, schema=MISSING)}
 
 
+def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None,
+            modality: str | None) -> int:
+    """How many copies of a row the weights ask for (deterministic per seed and pair)."""
+    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0)
+    whole = math.floor(w)
+    frac = int(shuffle_key(seed, f"w:{pair_id}")[:8], 16) / 16**8
+    return whole + (1 if frac < w - whole else 0)
+
+
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,
-              engine: Engine = Engine.BEAM) -> dict:
+              engine: Engine = Engine.BEAM, target_mb: float | None = None,
+              weights: dict[str, float] | None = None) -> dict:
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     in_dir, in_manifest = mf.resolve_input(input_uri)
     table = "triples" if "triples" in in_manifest.tables else "pairs"
@@ -60,7 +77,11 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
     examples_dir = in_manifest.lineage.get("examples")
     if not examples_dir:
         raise BadInput(f"{in_dir}'s lineage names no examples dataset")
-    config = {"rows_per_shard": rows_per_shard, "seed": seed, "input_table": table}
+    weights = dict(sorted((weights or {}).items()))
+    if any(w < 0 for w in weights.values()):
+        raise BadInput(f"sampling weights must be >= 0: {weights}")
+    config = {"rows_per_shard": rows_per_shard, "seed": seed, "input_table": table,
+              "target_mb": target_mb, "weights": weights}
     version = mf.version_id("shard", [in_manifest.version], config)
     writer = mf.VersionWriter(output_root, "shard", version)
     if (done := reuse(writer, "shard")) is not None:
@@ -72,17 +93,15 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
         tables, _ = merge_results(
             run_stage(engine, task, file_items(in_manifest.tables[table], in_dir, 256)))
     with timed(timings, "pack_s"):
-        rows = storage.read_parquet([storage.join(work, f.path) for f in tables.get("_rows", [])],
-                                    schema=TRAINING_ROW)
+        joined = [storage.join(work, f.path) for f in tables.get("_rows", [])]
         missing = sum(f.rows for f in tables.get("_missing", []))
-        keys = pa.array([shuffle_key(seed, p) for p in rows.column("pair_id").to_pylist()])
-        rows = rows.take(pc.sort_indices(keys))
-        files = []
-        for i, start in enumerate(range(0, rows.num_rows, rows_per_shard)):
-            files.append(writer.write_part("shards", f"shard-{i:05d}",
-                                           rows.slice(start, rows_per_shard)))
-    counts = {"rows": rows.num_rows, "shards": len(files), "missing_content": missing,
-              "input_rows": in_manifest.rows(table)}
+        if target_mb:
+            n = sum(f.rows for f in tables.get("_rows", []))
+            size = sum(_file_size(u) for u in joined)
+            rows_per_shard = max(1, int(target_mb * 1e6 / max(1.0, size / max(1, n))))
+        files, n_rows = _pack(writer, work, joined, rows_per_shard, seed, weights)
+    counts = {"rows": n_rows, "shards": len(files), "missing_content": missing,
+              "input_rows": in_manifest.rows(table), "rows_per_shard": rows_per_shard}
     lineage = {
         "input": in_dir,
         "input_version": in_manifest.version,
@@ -94,6 +113,52 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
     manifest = writer.commit({"shards": files}, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("shard", manifest, writer.dir, False, timings=timings)
+
+
+def _file_size(uri: str) -> int:
+    fs, path = storage.resolve(uri)
+    return fs.get_file_info(path).size or 0
+
+
+def _pack(writer: mf.VersionWriter, work: str, joined: list[str], rows_per_shard: int,
+          seed: int, weights: dict[str, float]) -> tuple[list, int]:
+    """Global shuffle + fixed-size shards, streaming: see the module docstring."""
+    # 1. The order, from keys alone: (shuffle key, file, row) for every copy of every row.
+    order = []
+    for f, uri in enumerate(joined):
+        keys = storage.read_parquet([uri], columns=["pair_id", "kind", "positive"]).to_pydict()
+        for r, (pid, kind, pos) in enumerate(zip(keys["pair_id"], keys["kind"], keys["positive"],
+                                                strict=True)):
+            copies = repeats(weights, seed, pid, kind, pos["modality"]) if weights else 1
+            for c in range(copies):
+                order.append((shuffle_key(seed, pid if c == 0 else f"{pid}#{c}"), f, r))
+    order.sort()
+    where: dict[int, list[tuple[int, int, int]]] = {}  # file -> [(row, shard, position)]
+    for pos, (_, f, r) in enumerate(order):
+        where.setdefault(f, []).append((r, pos // rows_per_shard, pos))
+    # 2. Scatter: each joined file once, its rows into per-shard buckets.
+    buckets = storage.join(work, "buckets")
+    for f, uri in enumerate(joined):
+        if f not in where:
+            continue
+        data = storage.read_parquet([uri], schema=TRAINING_ROW)
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for r, shard, pos in where[f]:
+            by_shard.setdefault(shard, []).append((r, pos))
+        for shard, picks in by_shard.items():
+            part = data.take([r for r, _ in picks]).append_column(
+                "_pos", pa.array([p for _, p in picks], pa.int64()))
+            storage.write_parquet(part, storage.join(buckets, f"{shard:05d}", f"{f:05d}.parquet"))
+        del data
+    # 3. Gather: each bucket sorted by position is one shard.
+    files = []
+    for shard in range((len(order) + rows_per_shard - 1) // rows_per_shard):
+        parts = [e.uri for e in storage.list_files(storage.join(buckets, f"{shard:05d}"),
+                                                   ".parquet")]
+        rows = storage.read_parquet(sorted(parts))
+        rows = rows.take(pc.sort_indices(rows.column("_pos"))).drop_columns(["_pos"])
+        files.append(writer.write_part("shards", f"shard-{shard:05d}", rows))
+    return files, len(order)
 
 
 def spec_of(manifest: mf.Manifest) -> PreprocessingSpec:

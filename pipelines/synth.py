@@ -2,7 +2,10 @@
 
 The `offline` backend starts loom's local Gemini-compatible server for the run; the
 response cache lives next to the output root, so a rerun or a changed prompt pays only
-for what changed.
+for what changed. A budget (calls, tokens, cost) is never exceeded: every example's
+worst case is reserved before the run (synth.budget); what does not fit waits for a
+rerun (exit 3). After the stage, run-wide filters drop duplicate queries and, with a
+checkpoint, queries that do not retrieve their own positive in the top k.
 """
 
 from __future__ import annotations
@@ -16,72 +19,118 @@ from pipelines.common import cleanup_work, result, reuse, timed
 from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from schemas import manifest as mf
 from schemas import storage
-from schemas.manifest import write_part
+from schemas.manifest import FileRecord, write_part
+from synth import filters as qf
+from synth.budget import ZERO, Budget, Estimate, Ledger, call_estimate, price_for
 from synth.cache import ResponseCache
 from synth.client import LLMConfig, check_backend
+from synth.limits import RateLimits
 from synth.offline_server import offline_server
 from synth.prompts import PromptSet
-from synth.stage import SynthConfig, SynthStage, response_key
+from synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
+
+ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
 
 
 class BudgetExceeded(Exception):
-    """The run stopped at its call budget; what it paid for is cached, a rerun resumes."""
+    """The run stopped at its budget; what it paid for is cached, a rerun resumes."""
 
     def __init__(self, payload: dict):
-        super().__init__(f"stopped by the LLM call budget: {payload['counts']}")
+        super().__init__(f"stopped by the LLM budget: {payload['counts']}")
         self.payload = payload
 
 
 def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               engine: Engine = Engine.BEAM, heldout_fraction: float = 0.2,
               kinds: dict[str, list[str]] | None = None, rows_per_item: int = 64,
-              max_calls: int | None = None, dry_run: bool = False) -> dict:
-    """Pairs for every Example. `max_calls` is a budget the run never exceeds: past it,
-    the run does what fits, commits nothing and raises BudgetExceeded (CLI exit 3); a
-    rerun pays only for what is still missing. `dry_run` only counts the calls needed."""
+              max_calls: int | None = None, dry_run: bool = False,
+              budget: Budget | None = None, limits: RateLimits | None = None,
+              filters: qf.FilterConfig | None = None, checkpoint: str | None = None,
+              checkpoint_root: str = "checkpoints", engine_opts: dict | None = None) -> dict:
+    """Pairs for every Example. `budget` (or `max_calls`) is never exceeded: past it, the
+    run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
+    (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
+    the calls, tokens and cost needed. `checkpoint` turns on the round-trip filter."""
     llm = llm or LLMConfig()
     check_backend(llm)
+    budget = budget or Budget()
+    if max_calls is not None:
+        budget = budget.model_copy(update={"max_calls": max_calls})
+    filters = filters or qf.FilterConfig()
+    workers = int((engine_opts or {}).get("workers", (engine_opts or {}).get("actors", 0))
+                  or ENGINE_WORKERS[Engine(engine)])
+    limits = (limits or RateLimits()).share(workers)
+    price = price_for(llm.model)
+    ledger = Ledger(budget, price)  # refuses a cost budget without a price, before any work
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,
-                       cache_uri=storage.join(output_root, "_llm_cache"),
-                       **({"kinds": kinds} if kinds else {}))
+                       cache_uri=storage.join(output_root, "_llm_cache"), limits=limits,
+                       filters=filters, **({"kinds": kinds} if kinds else {}))
     prompt_set = PromptSet.load(sorted({k for ks in base.kinds.values() for k in ks}))
     config = {
         "kinds": base.kinds,
         "heldout_fraction": heldout_fraction,
-        "llm": llm.model_dump(exclude={"base_url", "timeout_s"}),
+        "llm": llm.model_dump(exclude={"base_url", "timeout_s", "retry_attempts",
+                                       "retry_initial_delay_s", "retry_max_delay_s",
+                                       "retry_jitter_s"}),
         "prompts": prompt_set.digest(),
     }
+    if filters != qf.FilterConfig():
+        config["filters"] = filters.model_dump()
+    if checkpoint:
+        from models.checkpoint import resolve
+
+        checkpoint_root = storage.absolute(checkpoint_root)
+        config["roundtrip"] = {"checkpoint": resolve(checkpoint_root, checkpoint),
+                               "k": filters.roundtrip_k}
     version = mf.version_id("synth", [ex_manifest.version], config)
     writer = mf.VersionWriter(output_root, "synth", version)
-    if (done := reuse(writer, "synth", llm_calls=0)) is not None:
-        return done
+    if (done := reuse(writer, "synth", llm_calls=0, usage=_usage({}, price))) is not None:
+        return done  # nothing spent by this run (the manifest's counts show the first run's)
     timings: dict[str, float] = {}
     examples_files = ex_manifest.tables.get("examples", [])
     budget_payload = None
-    if max_calls is not None or dry_run:
-        pending = _pending_calls(ex_dir, ex_manifest, base, prompt_set)
-        needed = sum(pending.values())
+    if budget.limited or dry_run:
+        pending = _pending(ex_dir, ex_manifest, base, prompt_set)
+        needed = sum((e for _, e in pending.values()), ZERO)
+        tasks = sum(n for n, _ in pending.values())
+        estimate = {"llm_calls_needed": tasks, "llm_calls_worst_case": needed.calls,
+                    "input_tokens_worst_case": needed.input_tokens,
+                    "output_tokens_worst_case": needed.output_tokens,
+                    "cost_usd_worst_case": round(needed.cost(price), 6) if price else None}
         if dry_run:
             return {"stage": "synth", "version": version, "dry_run": True, "reused": False,
                     "datasets": {}, "counts": {"examples": len(pending),
-                                               "llm_calls_needed": needed}}
-        if needed > max_calls:
+                                               "llm_calls_needed": tasks},
+                    "estimate": estimate}
+        keep = [eid for eid in sorted(pending) if ledger.reserve(pending[eid][1])]
+        if len(keep) < len(pending):
             examples_files, budget_payload = _within_budget(
-                ex_dir, ex_manifest, writer, pending, max_calls, version)
+                ex_dir, ex_manifest, writer, set(keep), budget, version, estimate)
     server = offline_server() if llm.backend == "offline" and not llm.base_url else None
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "synth_s"):
         cfg = base.model_copy(update={"base_url": base_url})
         items = file_items(examples_files, ex_dir if budget_payload is None
                            else storage.join(writer.dir, "_work"), rows_per_item)
         tables, stats = merge_results(
-            run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items))
+            run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
+                      **(engine_opts or {})))
+    usage = _usage(stats, price)
+    if budget.limited:  # settle: what the calls really used against what was reserved
+        actual = Estimate(usage["requests"], usage["input_tokens"], usage["output_tokens"])
+        ledger.settle(ledger.reserved, actual)
+        usage["within_budget"] = ledger.fits(ledger.spent)
     if budget_payload is not None:  # nothing is committed: the version stays invisible
         budget_payload["counts"]["llm_calls"] = stats.get("llm_calls", 0)
+        budget_payload["usage"] = usage
         raise BudgetExceeded(budget_payload)
     for t in ("pairs", "rejected"):
         tables.setdefault(t, [])
+    with timed(timings, "filters_s"):
+        tables["pairs"], dropped = _run_filters(writer.dir, tables["pairs"], filters,
+                                                config.get("roundtrip"), checkpoint_root,
+                                                ex_dir, ex_manifest)
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
                                  columns=["split"]) if tables["pairs"] else None
     heldout = sum(1 for s in pairs.column("split").to_pylist() if s == "heldout") if pairs else 0
@@ -90,9 +139,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "pairs": sum(f.rows for f in tables["pairs"]),
         "heldout_pairs": heldout,
         "rejected": sum(f.rows for f in tables["rejected"]),
-        "llm_calls": stats.get("llm_calls", 0),
-        "cache_hits": stats.get("cache_hits", 0),
-    }
+    } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped
     lineage = {
         "previous": _previous(output_root, writer.version, ex_manifest.version),
         "examples": ex_dir,
@@ -103,11 +150,86 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "backend": llm.backend,
         "spec_digest": ex_manifest.lineage.get("spec_digest"),
         "timings": timings,
+        "extra": {"usage": usage},
     }
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
-                  timings=timings)
+                  timings=timings, usage=usage)
+
+
+def _usage(stats: dict[str, int], price) -> dict:
+    """What this run spent (cache hits are free): tokens from usage_metadata, priced."""
+    inp, out = int(stats.get("input_tokens", 0)), int(stats.get("output_tokens", 0))
+    return {"llm_calls": int(stats.get("llm_calls", 0)), "requests": int(stats.get("requests", 0)),
+            "input_tokens": inp, "output_tokens": out,
+            "cost_usd": round(price.cost(inp, out), 6) if price else None}
+
+
+def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
+                 roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
+                 ex_manifest: mf.Manifest) -> tuple[list[FileRecord], dict[str, int]]:
+    """Run-wide filters over the written pairs; rewrites only the parts that lose rows."""
+    counts = {"filtered_roundtrip": 0}
+    if not files or not (cfg.dedupe or roundtrip):
+        return files, counts
+    parts = {f.path: storage.read_parquet([storage.join(version_dir, f.path)]) for f in files}
+    rows = [r for t in parts.values() for r in
+            t.select(["pair_id", "query_text", "positive_id", "positive_modality"]).to_pylist()]
+    drop_dup = qf.duplicate_ids(rows) if cfg.dedupe else set()
+    drop_rt = set()
+    if roundtrip:
+        rest = [r for r in rows if r["pair_id"] not in drop_dup]
+        drop_rt = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
+    counts["filtered_duplicate"] = len(drop_dup)
+    counts["filtered_roundtrip"] = len(drop_rt)
+    drop = drop_dup | drop_rt
+    if not drop:
+        return files, counts
+    out = []
+    for f in files:
+        table = parts[f.path]
+        mask = pa.array([p not in drop for p in table.column("pair_id").to_pylist()])
+        if all(mask.to_pylist()):
+            out.append(f)
+            continue
+        kept = table.filter(mask)
+        if kept.num_rows:  # the same part name: the filtered part replaces the original
+            name = f.path.split("/", 1)[1].removesuffix(".parquet")
+            out.append(write_part(version_dir, "pairs", name, kept))
+        else:
+            storage.delete(storage.join(version_dir, f.path))
+    return out, counts
+
+
+def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, ex_dir: str,
+                      ex_manifest: mf.Manifest) -> set[str]:
+    """pair_ids whose query does not rank its own positive in the top k of its modality."""
+    import numpy as np
+
+    from models.checkpoint import load_checkpoint
+    from models.embed import embed_items
+    from transforms.items import example_to_item, text_to_item
+    from transforms.tokenizer import TextTokenizer
+
+    ckpt = load_checkpoint(checkpoint_root, roundtrip["checkpoint"])
+    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
+    misses = set()
+    for modality in sorted({r["positive_modality"] for r in rows}):
+        gallery = [e for e in examples if e["modality"] == modality]
+        index = {e["id"]: i for i, e in enumerate(gallery)}
+        qs = [r for r in rows if r["positive_modality"] == modality]
+        g = embed_items(ckpt.model, [example_to_item(e) for e in gallery])
+        q = embed_items(ckpt.model, [text_to_item(r["pair_id"], r["query_text"], tokenizer,
+                                                  ckpt.spec.max_text_tokens) for r in qs])
+        scores = q @ g.T
+        k = min(int(roundtrip["k"]), len(gallery))
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        for r, t in zip(qs, top, strict=True):
+            if index.get(r["positive_id"]) not in set(t.tolist()):
+                misses.add(r["pair_id"])
+    return misses
 
 
 def _previous(root: str, version: str, examples_version: str) -> str | None:
@@ -118,36 +240,35 @@ def _previous(root: str, version: str, examples_version: str) -> str | None:
     return found[0] if found else None
 
 
-def _pending_calls(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
-                   prompt_set: PromptSet) -> dict[str, int]:
-    """Example id -> calls it still needs (its kinds whose response is not cached)."""
+def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
+             prompt_set: PromptSet) -> dict[str, tuple[int, Estimate]]:
+    """Example id -> (calls it still needs, their worst case): its uncached kinds."""
     llm = base.llm
     cache = ResponseCache(base.cache_uri)
-    table = mf.read_table(ex_dir, ex_manifest, "examples", columns=["id", "modality"])
+    table = mf.read_table(ex_dir, ex_manifest, "examples")
     out = {}
-    for eid, modality in zip(table.column("id").to_pylist(),
-                             table.column("modality").to_pylist(), strict=True):
-        out[eid] = sum(
-            1 for kind in base.kinds.get(modality, [])
-            if not storage.exists(cache.uri(response_key(llm, prompt_set.version(kind), eid))))
+    for ex in table.to_pylist():
+        todo = [kind for kind in base.kinds.get(ex["modality"], [])
+                if not storage.exists(cache.uri(response_key(llm, prompt_set.version(kind),
+                                                             ex["id"])))]
+        est = sum((call_estimate(ex, prompt_set.text(k), llm.max_output_tokens) for k in todo),
+                  ZERO)
+        out[ex["id"]] = (len(todo), est)
     return out
 
 
 def _within_budget(ex_dir: str, ex_manifest: mf.Manifest, writer: mf.VersionWriter,
-                   pending: dict[str, int], max_calls: int, version: str):
-    """The examples whose missing calls fit the budget (in id order), as a work file."""
-    keep, spent = set(), 0
-    for eid in sorted(pending):
-        if spent + pending[eid] <= max_calls:
-            keep.add(eid)
-            spent += pending[eid]
+                   keep: set[str], budget: Budget, version: str, estimate: dict):
+    """The examples whose worst case fits the budget (in id order), as a work file."""
     table = mf.read_table(ex_dir, ex_manifest, "examples")
     mask = pa.array([i in keep for i in table.column("id").to_pylist()])
     record = write_part(storage.join(writer.dir, "_work"), "budget", "examples",
                         table.filter(mask))
     payload = {"stage": "synth", "version": version, "stopped": "budget", "reused": False,
-               "datasets": {}, "counts": {"budget": max_calls,
-                                          "llm_calls_needed": sum(pending.values()),
-                                          "examples_done": len(keep),
-                                          "examples": len(pending)}}
+               "datasets": {}, "budget": budget.model_dump(exclude_none=True),
+               "estimate": estimate,
+               "counts": {"budget": budget.max_calls if budget.max_calls is not None else -1,
+                          "llm_calls_needed": estimate["llm_calls_needed"],
+                          "examples_done": len(keep),
+                          "examples": table.num_rows}}
     return [record], payload

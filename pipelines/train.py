@@ -28,7 +28,9 @@ class TrainConfig(BaseModel):
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
-    temperature: float = 0.05
+    temperature: float = 0.05  # the initial value when learn_temperature
+    learn_temperature: bool = False
+    bf16: bool = True  # autocast on CUDA only; the CPU path stays float32
     max_negatives: int = 3
     checkpoint_every: int = 100
     report_every: int = 10

@@ -26,12 +26,13 @@ MANIFEST = "manifest.json"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 3,
-    "synth": 1,
+    "ingest": 4,
+    "synth": 2,  # 2: usage columns, filters, run-wide dedupe
+    "relabel": 1,
     "shard": 1,
-    "train": 1,
-    "mine": 2,
-    "eval": 1,
+    "train": 2,
+    "mine": 2,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms
+    "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
     "report": 1,
     "backfill": 1,
 }

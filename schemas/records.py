@@ -45,6 +45,7 @@ class Reason(str, enum.Enum):
     ENCRYPTED = "encrypted"
     MISSING_REFERENCE = "missing_reference"
     FORBIDDEN_REFERENCE = "forbidden_reference"
+    FORBIDDEN_MEMBER = "forbidden_member"  # an archive member: traversal name, link, device
     BAD_RECORD = "bad_record"
     LLM_BLOCKED = "llm_blocked"
     LLM_ERROR = "llm_error"
@@ -116,6 +117,9 @@ PAIR = pa.schema(
         pa.field("backend", pa.string(), nullable=False),
         pa.field("generation_config", pa.string()),  # JSON
         pa.field("seed", pa.int64()),
+        # usage_metadata of the call that wrote it (shared by the queries of one answer)
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
     ]
 )
 
@@ -191,9 +195,14 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+_EMPTY_PART = dict.fromkeys(PART.names)
+
+
 def empty_part(kind: str) -> dict:
     """A part dict with every payload field null, to be filled by a decoder."""
-    return {name: None for name in PART.names} | {"kind": kind}
+    part = _EMPTY_PART.copy()
+    part["kind"] = kind
+    return part
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

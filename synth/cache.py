@@ -36,8 +36,9 @@ class ResponseCache:
         uri = self.uri(k)
         value = None
         try:
-            if storage.exists(uri):
-                value = json.loads(storage.read_bytes(uri))
+            value = json.loads(storage.read_bytes(uri))
+        except FileNotFoundError:
+            value = None
         except (OSError, ValueError):
             value = None  # a torn or unreadable entry is a miss; the put rewrites it
         with self._lock:

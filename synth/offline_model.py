@@ -133,44 +133,156 @@ def _queries(kind: str, attrs: dict[str, str], modality: str, rng: np.random.Gen
     return task, [q for i, q in enumerate(queries) if q and q not in queries[:i]]
 
 
+REPAIR_MARKER = "did not match the JSON schema"
+# Deterministic triggers (in a document's text) for the answers a real model sometimes gives.
+TRIGGER_BLOCK_PROMPT = "LOOM_BLOCK_PROMPT"  # promptFeedback.blockReason SAFETY
+TRIGGER_FINISH = "LOOM_FINISH_"  # + SAFETY / RECITATION / PROHIBITED_CONTENT
+TRIGGER_EMPTY = "LOOM_EMPTY_CANDIDATES"  # a 200 with no candidates
+TRIGGER_BAD_SCHEMA = "LOOM_BAD_SCHEMA"  # valid JSON, wrong shape (also after a repair)
+TRIGGER_BAD_SCHEMA_ONCE = "LOOM_BAD_SCHEMA_ONCE"  # wrong shape until asked to repair
+_FINISH_RE = re.compile(r"LOOM_FINISH_([A-Z_]+)")
+
+
+def _usage(prompt_tokens: int, out_tokens: int = 0) -> dict[str, int]:
+    return {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+            "totalTokenCount": prompt_tokens + out_tokens}
+
+
+def count_tokens(texts: list[str], media: int) -> int:
+    """The offline model's token count: words, plus 258 per media part (Gemini's image rate)."""
+    return sum(len(t.split()) for t in texts) + 258 * media
+
+
+_CANDIDATE_RE = re.compile(r"^Candidate (\d+):")
+_QUERY_RE = re.compile(r"^Query:\s*(.*)$", re.S)
+
+
+def _attr_words(attrs: dict[str, str]) -> set[str]:
+    return {attrs[a] for a in ("size", "color", "shape", "row", "col") if a in attrs}
+
+
+def relabel(request: dict[str, Any]) -> dict[str, Any]:
+    """FRet-style relabel: the candidate sharing most attribute words with the query is
+    the best (ties: the lowest number); the rest, most overlapping first, are negatives."""
+    query = ""
+    cands: dict[int, set[str]] = {}
+    current = None
+    all_texts = []
+    media = 0
+    for content in request.get("contents") or []:
+        if content.get("role") == "model":
+            continue
+        for part in content.get("parts") or []:
+            text = part.get("text")
+            blob = part.get("inlineData") or part.get("inline_data")
+            if text is not None:
+                all_texts.append(text)
+                if (m := _CANDIDATE_RE.match(text.strip())):
+                    current = int(m.group(1))
+                    cands.setdefault(current, set())
+                    rest = text.strip()[m.end():]
+                    if rest.strip():
+                        cands[current] |= _attr_words(extract_text_attributes(rest))
+                elif (m := _QUERY_RE.match(text.strip())):
+                    query = m.group(1)
+                elif current is not None:
+                    cands[current] |= _attr_words(extract_text_attributes(text))
+            elif blob and current is not None:
+                media += 1
+                mime = str(blob.get("mimeType") or blob.get("mime_type") or "")
+                if mime.startswith("image/"):
+                    try:
+                        cands[current] |= _attr_words(analyze_image(b64decode(blob.get("data", ""))))
+                    except BadInput:
+                        pass
+    q = _attr_words(extract_text_attributes(query))
+    order = sorted(cands, key=lambda i: (-len(q & cands[i]), i))
+    best = order[0] if order else 1
+    body = {"best": best, "hard_negatives": [i for i in order if i != best]}
+    text = json.dumps(body)
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": _usage(count_tokens(all_texts, media), len(text.split())),
+            "modelVersion": "loom-offline-1",
+            "responseId": hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:20]}
+
+
 def respond(request: dict[str, Any]) -> dict[str, Any]:
     """A GenerateContentResponse (REST JSON) for a generateContent request body."""
+    first = next((p.get("text") for c in request.get("contents") or []
+                  for p in c.get("parts") or [] if p.get("text")), "") or ""
+    if "QUERY_KIND: relabel" in first:
+        return relabel(request)
     gen = request.get("generationConfig") or {}
     texts: list[str] = []
+    all_texts: list[str] = []
     images: list[bytes] = []
+    media: list[tuple[str, bytes]] = []
+    repairing = False
     for content in request.get("contents") or []:
+        model_turn = content.get("role") == "model"
         for part in content.get("parts") or []:
             if part.get("text") is not None:
+                all_texts.append(part["text"])
+                if model_turn:
+                    continue
+                if REPAIR_MARKER in part["text"]:
+                    repairing = True
+                    continue
                 texts.append(part["text"])
             elif part.get("inlineData") or part.get("inline_data"):
                 # proto JSON: either field-name spelling (the SDK sends mime_type)
                 blob = part.get("inlineData") or part.get("inline_data")
-                mime = blob.get("mimeType") or blob.get("mime_type") or ""
-                if not str(mime).startswith("image/"):
+                mime = str(blob.get("mimeType") or blob.get("mime_type") or "")
+                data = b64decode(blob.get("data", ""))
+                if mime.startswith("image/"):
+                    images.append(data)
+                elif mime.split("/")[0] in ("audio", "video") or mime == "application/pdf":
+                    media.append((mime, data))
+                else:
                     raise BadInput(f"unsupported mime type {mime!r}")
-                images.append(b64decode(blob.get("data", "")))
     prompt = next((t for t in texts if _KIND_RE.search(t)), "")
     docs = [t for t in texts if t is not prompt and t.strip()]
     match = _KIND_RE.search(prompt)
     kind = match.group(1) if match else "keyword"
     seed = int(gen.get("seed") or 0)
-    digest = hashlib.sha256(json.dumps([prompt, docs, seed]).encode())
+    digest = hashlib.sha256(json.dumps([prompt, docs, seed] + ([True] if repairing else [])).encode())
     for img in images:
         digest.update(hashlib.sha256(img).digest())
-    prompt_tokens = sum(len(t.split()) for t in texts) + 258 * len(images)
-    if not docs and not images:
-        return {"promptFeedback": {"blockReason": "OTHER"},
-                "usageMetadata": {"promptTokenCount": prompt_tokens,
-                                  "totalTokenCount": prompt_tokens},
+    for mime, data in media:
+        digest.update(mime.encode() + hashlib.sha256(data).digest())
+    prompt_tokens = count_tokens(all_texts, len(images) + len(media))
+    doc = "\n".join(docs)
+    if (not docs and not images and not media) or TRIGGER_BLOCK_PROMPT in doc:
+        reason = "SAFETY" if docs else "OTHER"
+        return {"promptFeedback": {"blockReason": reason}, "usageMetadata": _usage(prompt_tokens),
                 "modelVersion": "loom-offline-1"}
+    if TRIGGER_EMPTY in doc:
+        return {"candidates": [], "usageMetadata": _usage(prompt_tokens),
+                "modelVersion": "loom-offline-1"}
+    if (finish := _FINISH_RE.search(doc)) and finish.group(1) != "":
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": "{\"task\": "}]},
+                                "finishReason": finish.group(1), "index": 0}],
+                "usageMetadata": _usage(prompt_tokens, 2), "modelVersion": "loom-offline-1"}
     rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "big"))
-    if images:
+    if images and docs:  # a document page: its text layer names what the picture shows
+        attrs, modality, fallback = extract_text_attributes(doc), "text", _longest_words(doc)
+    elif images:
         attrs, modality, fallback = analyze_image(images[0]), "image", []
+    elif media and not docs:
+        mime = media[0][0]
+        word = {"audio": "audio clip", "video": "video clip"}.get(mime.split("/")[0], "document page")
+        attrs, modality = {}, mime.split("/")[0]
+        fallback = [word, hashlib.sha256(media[0][1]).hexdigest()[:6]]
     else:
-        doc = "\n".join(docs)
         attrs, modality, fallback = extract_text_attributes(doc), "text", _longest_words(doc)
     task, queries = _queries(kind, attrs, modality, rng, fallback)
     body = {"task": task, "queries": queries, "backend_note": "offline"}
+    if TRIGGER_BAD_SCHEMA_ONCE in doc:
+        if not repairing:
+            body = {"task": task, "query": queries[0]}
+    elif TRIGGER_BAD_SCHEMA in doc:
+        body = {"task": task, "query": queries[0]}
     if gen.get("responseMimeType") == "application/json":
         text = json.dumps(body)
     else:
@@ -179,8 +291,7 @@ def respond(request: dict[str, Any]) -> dict[str, Any]:
     return {
         "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                         "finishReason": "STOP", "index": 0}],
-        "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
-                          "totalTokenCount": prompt_tokens + out_tokens},
+        "usageMetadata": _usage(prompt_tokens, out_tokens),
         "modelVersion": "loom-offline-1",
         "responseId": digest.hexdigest()[:20],
     }

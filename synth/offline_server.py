@@ -4,48 +4,139 @@ POST /v1beta/models/{model}:generateContent (or /v1/...) answers a
 GenerateContentResponse computed by `synth.offline_model`. It binds 127.0.0.1 only,
 never logs request headers (an API key travels in one), and needs no network.
 
-    python -m synth.offline_server --port 0   # prints: LOOM_OFFLINE_SERVER http://127.0.0.1:PORT
+Fault injection (`Faults`): a seeded share of generateContent requests answers 429
+(Retry-After header plus a RetryInfo `retryDelay` in the body, as Gemini does), 500,
+503, a slow answer (past the client's timeout), a truncated JSON body, or a connection
+cut mid-body. A request body is faulted at most `max_per_request` times, so a client
+that retries enough always gets through. GET /loom/stats reports what was served.
+
+    python -m synth.offline_server --port 0 [--latency-ms 200] [--faults 0.3 --fault-seed 1]
+    # prints: LOOM_OFFLINE_SERVER http://127.0.0.1:PORT
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
+import random
 import re
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pydantic
 
 from synth import offline_model
 
 HOST = "127.0.0.1"
 BANNER = "LOOM_OFFLINE_SERVER"
 _ROUTE = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
-_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 500: "INTERNAL", 501: "UNIMPLEMENTED"}
+_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+           500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
+FAULT_KINDS = ("429", "500", "503", "slow", "truncated", "cut")
+
+
+class Faults(pydantic.BaseModel):
+    """What the server does besides answering: latency and injected faults."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    latency_s: float = 0.0  # added to every generateContent answer
+    share: float = 0.0  # of generateContent requests that get a fault
+    seed: int = 0
+    kinds: tuple[str, ...] = FAULT_KINDS  # drawn uniformly
+    retry_after_s: float = 1.0  # what a 429 asks the client to wait
+    slow_s: float = 5.0  # a slow answer's delay (set it past the client's timeout)
+    max_per_request: int = 3  # a request body is faulted at most this often
+
+    @pydantic.field_validator("kinds")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = set(v) - set(FAULT_KINDS)
+        if bad:
+            raise ValueError(f"unknown fault kinds {sorted(bad)} (have {FAULT_KINDS})")
+        return v
+
+
+class _State:
+    """Counters and the seeded fault draw, shared by the handler threads."""
+
+    def __init__(self, faults: Faults):
+        self.faults = faults
+        self.rng = random.Random(faults.seed)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.answered = 0  # 200s with a model answer: what a real API bills
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.fault_counts: Counter[str] = Counter()
+        self.per_body: Counter[str] = Counter()
+        self.answered_ids: list[str] = []
+        self.times: list[float] = []
+
+    def draw(self, digest: str) -> str | None:
+        f = self.faults
+        with self.lock:
+            if f.share <= 0 or self.per_body[digest] >= f.max_per_request:
+                return None
+            if self.rng.random() >= f.share:
+                return None
+            kind = f.kinds[self.rng.randrange(len(f.kinds))]
+            self.per_body[digest] += 1
+            self.fault_counts[kind] += 1
+            return kind
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"requests": self.requests, "answered": self.answered,
+                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                    "faults": dict(self.fault_counts), "answered_ids": list(self.answered_ids),
+                    "times": list(self.times)}
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "loom-offline/1"
 
+    @property
+    def state(self) -> _State:
+        return self.server.loom_state  # type: ignore[attr-defined]
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - silence; no headers logged
         pass
 
-    def _send(self, code: int, body: dict) -> None:
+    def _send(self, code: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
+        self._send_bytes(code, data, headers)
+
+    def _send_bytes(self, code: int, data: bytes, headers: dict[str, str] | None = None,
+                    length: int | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self._release()  # before the client can see the answer and send its next request
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
+            self.close_connection = True
 
-    def _error(self, code: int, message: str) -> None:
-        self._send(code, {"error": {"code": code, "message": message,
-                                    "status": _STATUS.get(code, "UNKNOWN")}})
+    def _error(self, code: int, message: str, details: list | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        err = {"code": code, "message": message, "status": _STATUS.get(code, "UNKNOWN")}
+        if details:
+            err["details"] = details
+        self._send(code, {"error": err}, headers)
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
@@ -54,41 +145,116 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404 if ":" in self.path else 501,
                         "method not supported by the offline server")
             return
+        st = self.state
+        with st.lock:
+            st.requests += 1
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            st.times.append(time.monotonic())
+        self._counted = True
+        try:
+            self._generate(raw)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """This request stops counting as in flight (once)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.state.lock:
+                self.state.in_flight -= 1
+
+    def _generate(self, raw: bytes) -> None:
+        st, f = self.state, self.state.faults
+        fault = st.draw(hashlib.sha256(raw).hexdigest())
+        if f.latency_s > 0:
+            time.sleep(f.latency_s)
+        if fault == "429":
+            delay = f.retry_after_s
+            self._error(429, "Resource has been exhausted (e.g. check quota).",
+                        details=[{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                  "retryDelay": f"{delay:g}s"}],
+                        headers={"Retry-After": str(math.ceil(delay))})
+            return
+        if fault in ("500", "503"):
+            self._error(int(fault), "injected fault: try again")
+            return
+        if fault == "slow":
+            time.sleep(f.slow_s)
         try:
             request = json.loads(raw or b"{}")
         except ValueError:
             self._error(400, "invalid JSON payload")
             return
         try:
-            self._send(200, offline_model.respond(request))
+            answer = offline_model.respond(request)
         except offline_model.BadInput as exc:
             self._error(400, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - a model bug is a 500, not a dead server
             self._error(500, f"offline model failed: {type(exc).__name__}")
+            return
+        data = json.dumps(answer).encode()
+        if fault == "truncated":  # a complete HTTP message whose JSON is cut short
+            self._send_bytes(200, data[: len(data) // 2])
+            return
+        if fault == "cut":  # the connection drops mid-body
+            self._send_bytes(200, data[: len(data) // 2], length=len(data))
+            self.close_connection = True
+            return
+        self._send_bytes(200, data)
+        with st.lock:
+            st.answered += 1
+            st.answered_ids.append(str(answer.get("responseId", "")))
 
     def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/loom/stats":
+            self._send(200, self.state.stats())
+            return
         self._error(404, "not found")
 
 
-def start_server(port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that hung up (a timeout, a killed worker) is not news
+        super().handle_error(request, client_address)
+
+
+def _make(port: int, faults: Faults | None) -> ThreadingHTTPServer:
+    server = _Server((HOST, port), _Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    server.loom_state = _State(faults or Faults())  # type: ignore[attr-defined]
+    return server
+
+
+def start_server(port: int = 0, faults: Faults | None = None) -> tuple[ThreadingHTTPServer, str]:
     """Start the server in a daemon thread of this process; returns (server, base_url).
 
     Stop it with `server.shutdown(); server.server_close()`.
     """
-    server = ThreadingHTTPServer((HOST, port), _Handler)
-    server.daemon_threads = True
+    server = _make(port, faults)
     threading.Thread(target=server.serve_forever, name="loom-offline-llm", daemon=True).start()
     return server, f"http://{HOST}:{server.server_address[1]}"
 
 
+def server_stats(base_url: str) -> dict:
+    """GET /loom/stats of a running server (requests, answered, faults, max_in_flight)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/loom/stats", timeout=10) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
 @contextlib.contextmanager
-def offline_server(timeout_s: float = 30.0) -> Iterator[str]:
+def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Iterator[str]:
     """Run the server as a subprocess; yields its base URL and stops it on exit."""
     root = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synth.offline_server", "--port", "0"],
-        stdout=subprocess.PIPE, text=True, cwd=root,
-    )
+    args = [sys.executable, "-m", "synth.offline_server", "--port", "0"]
+    if faults is not None:
+        args += ["--faults-json", faults.model_dump_json()]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root)
     try:
         assert proc.stdout is not None
         timer = threading.Timer(timeout_s, proc.kill)
@@ -114,9 +280,16 @@ def offline_server(timeout_s: float = 30.0) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--faults", type=float, default=0.0, help="share of requests faulted")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--faults-json", default=None, help="a full Faults object as JSON")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((HOST, args.port), _Handler)
-    server.daemon_threads = True
+    if args.faults_json:
+        faults = Faults.model_validate_json(args.faults_json)
+    else:
+        faults = Faults(latency_s=args.latency_ms / 1000, share=args.faults, seed=args.fault_seed)
+    server = _make(args.port, faults)
     print(f"{BANNER} http://{HOST}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

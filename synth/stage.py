@@ -3,17 +3,24 @@
 Each example gets one call per query kind of its modality; every query of an answer is
 one Pair. Answers are cached by (backend, model, prompt version, generation config,
 seed, example id), so a re-run makes no calls. A failed call is a Rejected row.
+
+Calls run on one event loop per stage instance (`client.aio`), many in flight, gated by
+a concurrency cap and request/token buckets (synth.limits); transient faults are retried
+(synth.client). Refusals and answers still schema-invalid after a repair are cached as
+such, so a rerun does not pay for them again; calls that failed after every retry are not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pydantic
 from google.genai import types
@@ -23,13 +30,19 @@ from schemas import storage
 from schemas.records import EXAMPLE, PAIR, REJECTED, Modality, Reason, to_table
 from schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
 from synth import client as llm_client
+from synth import filters as qfilters
+from synth.budget import call_estimate
 from synth.cache import ResponseCache
 from synth.cache import key as cache_key
+from synth.filters import FilterConfig
+from synth.limits import Limiter, RateLimits
 from synth.prompts import PromptSet
 from transforms.pixels import part_frames
 from transforms.stage import BaseStage
 
-STATS = pa.schema([pa.field("llm_calls", pa.int64()), pa.field("cache_hits", pa.int64())])
+STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
+              "input_tokens", "output_tokens", "filtered_length", "filtered_language")
+STATS = pa.schema([pa.field(n, pa.int64()) for n in STAT_NAMES])
 STAGE = "synth"
 
 
@@ -37,13 +50,16 @@ class SynthConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     kinds: dict[str, list[str]] = pydantic.Field(
-        default_factory=lambda: {"image": ["caption", "keyword"], "text": ["keyword", "question"]})
+        default_factory=lambda: {"image": ["caption", "keyword"], "text": ["keyword", "question"],
+                                 "audio": ["caption", "keyword"], "video": ["caption", "question"],
+                                 "page": ["question", "keyword"]})
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
     llm: llm_client.LLMConfig = pydantic.Field(default_factory=llm_client.LLMConfig)
     cache_uri: str
     # overrides llm.base_url; the offline backend with neither starts a server in-process
     base_url: str | None = None
-    max_workers: int = 8
+    limits: RateLimits = pydantic.Field(default_factory=RateLimits)
+    filters: FilterConfig = pydantic.Field(default_factory=FilterConfig)
 
 
 class _Failure(Exception):
@@ -87,14 +103,82 @@ def _image_bytes(example: dict) -> tuple[bytes, str]:
     return buf.getvalue(), "image/png"
 
 
+_NATIVE = {Modality.AUDIO.value: "audio/", Modality.VIDEO.value: "video/",
+           Modality.PAGE.value: "application/pdf"}
+
+
+def _source_bytes(example: dict, prefix: str) -> tuple[bytes, str] | None:
+    """The original file, sent natively, when its mime type is one Gemini reads."""
+    mime = example.get("mime") or ""
+    uris = example.get("source_uris") or []
+    if not uris or not mime.startswith(prefix):
+        return None
+    try:
+        data = storage.read_bytes(uris[0])
+    except Exception:  # noqa: BLE001 - fall back to the decoded parts
+        return None
+    return (data, mime) if data else None
+
+
+def _frames_png(part: dict) -> list[bytes]:
+    """Decoded video frames as PNG images, at most 8 evenly spaced."""
+    if not (part.get("height") and part.get("width") and part.get("pixels")):
+        return []
+    try:
+        frames = part_frames(part)
+    except (OSError, ValueError):
+        return []
+    out = []
+    n = len(frames)
+    for i in sorted({int(x) for x in np.linspace(0, n - 1, min(n, 8))}) if n else []:
+        buf = io.BytesIO()
+        Image.fromarray(frames[i], "RGB").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
 def _content_parts(example: dict) -> list[types.Part]:
-    if example["modality"] == Modality.IMAGE.value:
+    """The Example in its own modality: images, audio and video as inline bytes of the
+    original file (else decoded video frames as PNG); a PDF page as its rendered image plus
+    its text layer (else the PDF); text as text."""
+    modality = example["modality"]
+    if modality == Modality.IMAGE.value:
         data, mime = _image_bytes(example)
         return [types.Part.from_bytes(data=data, mime_type=mime)]
     text = "\n".join(p["text"] for p in example.get("parts") or [] if p.get("text"))
+    if modality in _NATIVE:
+        parts: list[types.Part] = []
+        if modality == Modality.PAGE.value:
+            # one page of a document: its rendered image and text layer, not the whole PDF
+            for p in example.get("parts") or []:
+                parts += [types.Part.from_bytes(data=f, mime_type="image/png")
+                          for f in _frames_png(p)[:1]]
+            if parts and text.strip():
+                parts.append(types.Part.from_text(text=text))
+            if parts:
+                return parts
+        src = _source_bytes(example, _NATIVE[modality])
+        if src is not None:
+            return [types.Part.from_bytes(data=src[0], mime_type=src[1])]
+        if modality == Modality.VIDEO.value:
+            for p in example.get("parts") or []:
+                parts += [types.Part.from_bytes(data=f, mime_type="image/png")
+                          for f in _frames_png(p)]
+        if text.strip():
+            parts.append(types.Part.from_text(text=text))
+        if not parts:
+            raise _Failure(Reason.UNREADABLE, f"{modality}: source unreadable, nothing decoded to send")
+        return parts
     if not text.strip():
         raise _Failure(Reason.EMPTY, "example has no text to send")
     return [types.Part.from_text(text=text)]
+
+
+def _cached_outcome(value: dict) -> tuple[Reason, str] | None:
+    """A cached refusal / unusable answer (a rejection that a rerun should not pay for)."""
+    if "rejected" in value:
+        return Reason(value["rejected"]), str(value.get("message", ""))
+    return None
 
 
 class SynthStage(BaseStage):
@@ -110,6 +194,8 @@ class SynthStage(BaseStage):
         self._client = None
         self._server = None
         self._cache: ResponseCache | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limiter: Limiter | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:  # picklable before and after setup
@@ -129,90 +215,134 @@ class SynthStage(BaseStage):
             self._server, base_url = start_server(0)
         self._client = llm_client.make_client(cfg.llm, base_url=base_url)
         self._cache = ResponseCache(cfg.cache_uri)
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="loom-synth-loop", daemon=True).start()
+        self._limiter = asyncio.run_coroutine_threadsafe(self._make_limiter(), self._loop).result()
+
+    async def _make_limiter(self) -> Limiter:
+        return Limiter(self.config.limits)
 
     def teardown(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            with contextlib.suppress(Exception):  # closing sessions is best effort
+                asyncio.run_coroutine_threadsafe(self._client.aio.aclose(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
         self._client = None
 
-    def _answer(self, example_id: str, kind: str, parts_fn) -> tuple[dict[str, Any], bool]:
-        """(answer, came_from_cache)."""
-        cfg = self.config.llm
-        version, text = self.prompts.prompts[kind]
-        k = response_key(cfg, version, example_id)
-        cached = self._cache.get(k)
-        if cached is not None:
-            return cached, True
-        parts = parts_fn()
-        with self._lock:
-            self.llm_calls += 1
-        answer = llm_client.generate_pair_json(self._client, cfg, text, parts)
-        self._cache.put(k, answer)
-        return answer, False
-
-    def _one(self, example: dict, kind: str,
-             parts_cache: dict) -> tuple[list[dict], list[dict], int, int]:
-        """(pairs, rejected, llm calls, cache hits) for one example and one query kind."""
-        cfg = self.config
-        eid, modality = example["id"], example["modality"]
-        uri = (example.get("source_uris") or [""])[0] or eid
-        version = self.prompts.version(kind)
-
-        def parts_fn() -> list[types.Part]:
-            with self._lock:  # build the (possibly large) parts once per example
-                if eid not in parts_cache:
-                    try:
-                        parts_cache[eid] = _content_parts(example)
-                    except _Failure as exc:
-                        parts_cache[eid] = exc
-            got = parts_cache[eid]
-            if isinstance(got, _Failure):
-                raise got
-            return got
-
-        try:
-            answer, hit = self._answer(eid, kind, parts_fn)
-        except _Failure as exc:
-            return [], [self._rejected(uri, exc.reason, str(exc), eid)], 0, 0
-        except llm_client.LLMBlocked as exc:
-            return [], [self._rejected(uri, Reason.LLM_BLOCKED, str(exc), eid)], 1, 0
-        except llm_client.LLMBadResponse as exc:
-            return [], [self._rejected(uri, Reason.LLM_BAD_RESPONSE, str(exc), eid)], 1, 0
-        except Exception as exc:  # noqa: BLE001 - LLMError and anything else: a row, not a crash
-            msg = (str(exc) if isinstance(exc, llm_client.LLMError)
-                   else f"{type(exc).__name__}: {exc}")
-            return [], [self._rejected(uri, Reason.LLM_ERROR, msg, eid)], 1, 0
-        split = split_for(eid, cfg.heldout_fraction).value
-        gen = json.dumps(cfg.llm.generation_config(), sort_keys=True)
-        queries = list(dict.fromkeys(q.strip() for q in answer.get("queries", []) if q.strip()))
-        pairs = [
-            {"pair_id": pair_id(eid, kind, version, i), "task": answer.get("task"), "kind": kind,
-             "query_text": q, "query_modality": Modality.TEXT.value, "positive_id": eid,
-             "positive_modality": modality, "split": split, "prompt_version": version,
-             "model": cfg.llm.model, "backend": cfg.llm.backend, "generation_config": gen,
-             "seed": cfg.llm.seed}
-            for i, q in enumerate(queries)
-        ]
-        return pairs, [], 0 if hit else 1, 1 if hit else 0
-
     @staticmethod
     def _rejected(uri: str, reason: Reason, message: str, record_id: str) -> dict:
         return {"uri": uri, "stage": STAGE, "reason": reason.value, "message": message[:2000],
                 "record_id": record_id}
 
+    async def _call(self, example: dict, kind: str, parts: list[types.Part], key: str,
+                    stats: dict[str, int]) -> dict:
+        """One (example, kind) call: the answer, or {"rejected": reason, "message": ...}."""
+        cfg = self.config.llm
+        text = self.prompts.text(kind)
+        est = call_estimate(example, text, cfg.max_output_tokens, with_repair=False)
+
+        def slot():
+            return self._limiter.slot(est.tokens)
+
+        def on_retry(_exc: Exception) -> None:
+            stats["retries"] += 1
+
+        with self._lock:
+            self.llm_calls += 1
+        stats["llm_calls"] += 1
+        try:
+            answer = await llm_client.agenerate_pair_json(self._client, cfg, text, parts, slot,
+                                                          on_retry)
+        except (llm_client.LLMBlocked, llm_client.LLMBadResponse) as exc:
+            blocked = isinstance(exc, llm_client.LLMBlocked)
+            stats["blocked"] += int(blocked)
+            usage = getattr(exc, "usage", None) or {}
+            stats["requests"] += int(usage.get("calls", 1))
+            stats["input_tokens"] += int(usage.get("input_tokens", 0))
+            stats["output_tokens"] += int(usage.get("output_tokens", 0))
+            reason = Reason.LLM_BLOCKED if blocked else Reason.LLM_BAD_RESPONSE
+            value = {"rejected": reason.value, "message": str(exc), "usage": usage}
+            await asyncio.to_thread(self._cache.put, key, value)
+            return value
+        except Exception as exc:  # noqa: BLE001 - LLMError after retries and anything else: a row
+            msg = (str(exc) if isinstance(exc, llm_client.LLMError)
+                   else f"{type(exc).__name__}: {exc}")
+            return {"rejected": Reason.LLM_ERROR.value, "message": msg, "transient": True}
+        usage = answer.get("usage") or {}
+        stats["requests"] += int(usage.get("calls", 1))
+        stats["repairs"] += int(bool(answer.get("repaired")))
+        stats["input_tokens"] += int(usage.get("input_tokens", 0))
+        stats["output_tokens"] += int(usage.get("output_tokens", 0))
+        await asyncio.to_thread(self._cache.put, key, answer)  # fsyncs: off the loop
+        return answer
+
+    async def _call_all(self, calls: list[tuple[int, dict, str, list, str]],
+                        stats: dict[str, int]) -> dict[int, dict]:
+        results = await asyncio.gather(*(self._call(ex, kind, parts, key, stats)
+                                         for _, ex, kind, parts, key in calls))
+        return {c[0]: r for c, r in zip(calls, results, strict=True)}
+
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         self.setup()
+        cfg = self.config
+        stats = dict.fromkeys(STAT_NAMES, 0)
         tasks = [(ex, kind) for ex in batch.to_pylist()
-                 for kind in self.config.kinds.get(ex["modality"], [])]
-        parts_cache: dict[str, Any] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.config.max_workers)) as pool:
-            results = list(pool.map(lambda t: self._one(t[0], t[1], parts_cache), tasks))
-        pairs = [p for r in results for p in r[0]]
-        rejected = [x for r in results for x in r[1]]
-        calls, hits = sum(r[2] for r in results), sum(r[3] for r in results)
+                 for kind in cfg.kinds.get(ex["modality"], [])]
+        answers: dict[int, dict] = {}
+        calls = []
+        parts_of: dict[str, Any] = {}
+        for i, (ex, kind) in enumerate(tasks):  # cache first, on this thread: no loop hop
+            key = response_key(cfg.llm, self.prompts.version(kind), ex["id"])
+            cached = self._cache.get(key)
+            if cached is not None:
+                answers[i] = cached
+                stats["cache_hits"] += 1
+                continue
+            if ex["id"] not in parts_of:
+                try:
+                    parts_of[ex["id"]] = _content_parts(ex)
+                except _Failure as exc:
+                    parts_of[ex["id"]] = exc
+            parts = parts_of[ex["id"]]
+            if isinstance(parts, _Failure):
+                answers[i] = {"rejected": parts.reason.value, "message": str(parts)}
+                continue
+            calls.append((i, ex, kind, parts, key))
+        if calls:
+            answers |= asyncio.run_coroutine_threadsafe(self._call_all(calls, stats),
+                                                        self._loop).result()
         with self._lock:
-            self.cache_hits += hits
+            self.cache_hits += stats["cache_hits"]
+        pairs, rejected = [], []
+        gen = json.dumps(cfg.llm.generation_config(), sort_keys=True)
+        for i, (ex, kind) in enumerate(tasks):
+            eid = ex["id"]
+            uri = (ex.get("source_uris") or [""])[0] or eid
+            answer = answers[i]
+            if (bad := _cached_outcome(answer)) is not None:
+                rejected.append(self._rejected(uri, bad[0], bad[1], eid))
+                continue
+            version = self.prompts.version(kind)
+            queries = list(dict.fromkeys(q.strip() for q in answer.get("queries", []) if q.strip()))
+            kept, removed = qfilters.row_filters(queries, cfg.filters)
+            for name, n in removed.items():
+                stats[f"filtered_{name}"] += n
+            usage = answer.get("usage") or {}
+            split = split_for(eid, cfg.heldout_fraction).value
+            pairs += [
+                {"pair_id": pair_id(eid, kind, version, j), "task": answer.get("task"),
+                 "kind": kind, "query_text": q, "query_modality": Modality.TEXT.value,
+                 "positive_id": eid, "positive_modality": ex["modality"], "split": split,
+                 "prompt_version": version, "model": cfg.llm.model, "backend": cfg.llm.backend,
+                 "generation_config": gen, "seed": cfg.llm.seed,
+                 "input_tokens": usage.get("input_tokens"),
+                 "output_tokens": usage.get("output_tokens")}
+                for j, q in enumerate(queries) if q in kept
+            ]
         return {"pairs": to_table(pairs, PAIR), "rejected": to_table(rejected, REJECTED),
-                "stats": to_table([{"llm_calls": calls, "cache_hits": hits}], STATS)}
+                "stats": to_table([stats], STATS)}

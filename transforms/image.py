@@ -131,7 +131,8 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
                   or any(h in text for h in _TRUNCATION_HINTS) else Reason.DECODE_ERROR)
         raise DecodeError(reason, f"{fmt or 'image'}: {type(e).__name__}: {e}") from None
     part = empty_part(Modality.IMAGE.value)
-    part.update(frames_payload(np.stack([np.asarray(o) for o in outs]), spec),
+    frames = outs[0] if len(outs) == 1 else np.stack([np.asarray(o) for o in outs])
+    part.update(frames_payload(frames, spec),
                 height=size, width=size, frames=len(outs), mime=Image.MIME.get(fmt or "", None))
     return part
 
@@ -141,11 +142,11 @@ def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMA
     size = spec.image_size
     out = _fit(_to_rgb(img), size)
     part = empty_part(kind)
-    part.update(frames_payload(np.asarray(out)[None], spec), height=size, width=size, frames=1)
+    part.update(frames_payload(out, spec), height=size, width=size, frames=1)
     return part
 
 
-def frames_payload(frames: np.ndarray, spec: PreprocessingSpec) -> dict:
-    """{"pixels", "pixel_format"} for uint8 frames (F, S, S, 3), stored as the spec says."""
+def frames_payload(frames: np.ndarray | Image.Image, spec: PreprocessingSpec) -> dict:
+    """{"pixels", "pixel_format"} for uint8 frames (F, S, S, 3) or one RGB image, as the spec says."""
     data, fmt = encode_frames(frames, spec.image_codec, spec.image_quality)
     return {"pixels": data, "pixel_format": fmt}

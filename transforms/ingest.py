@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import stat
 from typing import ClassVar, Literal
 
 import pyarrow as pa
@@ -17,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas import storage
 from schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
 from schemas.spec import PreprocessingSpec
+from transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
 from transforms.audio import decode_audio
 from transforms.image import decode_image
 from transforms.isolation import IsolatedDecoder
 from transforms.pdf import decode_pdf
 from transforms.records import RecordError, build_interleaved, parse_manifest
+from transforms.remote import RemoteConfig
 from transforms.sniff import DecodeError, sniff
 from transforms.stage import BaseStage
 from transforms.text import decode_text
@@ -31,15 +35,50 @@ from transforms.video import decode_video
 MiB = 1 << 20
 
 
-def hash_file(uri: str, with_modality: bool = False) -> dict:
+def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
+    """A listed local file is read only if it is a regular file, inside `roots` once its
+    symlinks are resolved: a link to ~/.config or /etc, a fifo (which would block the
+    reader forever) or a device is `forbidden_reference`. gs:// objects pass."""
+    if storage.is_remote(uri):
+        return
+    path = storage.absolute(uri)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # the read reports it
+    if stat.S_ISLNK(st.st_mode):
+        real = os.path.realpath(path)
+        homes = [os.path.realpath(storage.absolute(r)) for r in roots if not storage.is_remote(r)]
+        if homes and not any(real == h or real.startswith(h.rstrip(os.sep) + os.sep)
+                             for h in homes):
+            raise DecodeError(Reason.FORBIDDEN_REFERENCE, "a symlink leading outside the input")
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"a dangling symlink: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("folder (symlinked)" if stat.S_ISDIR(st.st_mode) else "fifo"
+                if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device")
+        raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"not a regular file: a {kind}")
+
+
+def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = ()) -> dict:
     """{uri, size, id}: id is the sha256 hex of the file's bytes.
 
-    with_modality adds the sniffed modality, from the bytes already read (one read).
+    with_modality adds the sniffed modality, from the first bytes read (one streamed read).
+    Raises DecodeError for what `confine_listed` refuses, before opening it.
     """
-    data = storage.read_bytes(uri)
-    out = {"uri": uri, "size": len(data), "id": hashlib.sha256(data).hexdigest()}
+    confine_listed(uri, roots)
+    h, size, head = hashlib.sha256(), 0, b""
+    for chunk in storage.iter_chunks(uri):  # streamed: a huge file is never held whole
+        if len(head) < 4096:
+            head += chunk[: 4096 - len(head)]
+        h.update(chunk)
+        size += len(chunk)
+    out = {"uri": uri, "size": size, "id": h.hexdigest()}
     if with_modality:
-        modality = sniff(data[:4096], uri)[0] if data else None
+        modality = sniff(head, uri)[0] if head else None
         out["modality"] = modality.value if modality else None
     return out
 
@@ -75,6 +114,9 @@ class IngestConfig(BaseModel):
     decode_timeout_s: float = Field(120.0, gt=0)
     decoder_memory_mb: int = Field(4096, ge=256)
     files_per_call: int = Field(16, ge=1)  # files per round trip to the isolated worker
+    archive: ArchiveLimits = ArchiveLimits()
+    # http(s) references in manifests: none unless a host is allowed (transforms/remote.py).
+    remote: RemoteConfig = RemoteConfig()
 
 
 def _is_manifest(uri: str, data: bytes) -> str | None:
@@ -130,6 +172,8 @@ class IngestStage(BaseStage):
                 rejected.append(_reject(uri, file_id, Reason(outcome[1]), outcome[2]))
             else:
                 got, bad = outcome[1], outcome[2]
+                for k, v in (outcome[3] if len(outcome) > 3 else {}).items():
+                    stats[k] = stats.get(k, 0) + v
                 for ex in got:
                     if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
                         ex["source_uris"] = [uri, *dups]
@@ -157,17 +201,24 @@ class IngestStage(BaseStage):
         """Per file ("ok", examples, bad records) or ("reject", reason, message).
 
         Isolated: files go to the worker a chunk at a time (one round trip per chunk, not
-        per file); a chunk that times out or kills the worker is retried file by file,
-        so only the culprit is rejected.
+        per file), the next chunk queued while the current one decodes; a chunk that
+        times out or kills the worker is retried file by file, so only the culprit is
+        rejected, and the chunk queued behind it goes to the fresh worker.
         """
         if self._isolated is None:
             return process_files(rows, self.config)
         out: list[tuple] = []
         n = self.config.files_per_call
-        for chunk in (rows[i : i + n] for i in range(0, len(rows), n)):
+        chunks = [rows[i : i + n] for i in range(0, len(rows), n)]
+        ticket = self._isolated.submit(process_files, chunks[0], self.config) if chunks else None
+        for j, chunk in enumerate(chunks):
+            current = ticket
+            if j + 1 < len(chunks):  # queued behind this one: no idle worker between chunks
+                ticket = self._isolated.submit(process_files, chunks[j + 1], self.config)
             try:
-                out.extend(self._isolated.run(process_files, chunk, self.config,
-                                              timeout_s=self.config.decode_timeout_s * len(chunk)))
+                out.extend(self._isolated.collect(
+                    current, process_files, chunk, self.config,
+                    timeout_s=self.config.decode_timeout_s * len(chunk)))
                 continue
             except DecodeError as e:
                 if len(chunk) == 1:
@@ -186,8 +237,7 @@ def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tup
     out: list[tuple] = []
     for uri, file_id in rows:
         try:
-            got, bad = process_file(uri, file_id, config)
-            out.append(("ok", got, bad))
+            out.append(("ok", *process_file(uri, file_id, config)))
         except DecodeError as e:
             out.append(("reject", e.reason.value, e.message))
         except MemoryError:
@@ -202,8 +252,12 @@ def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict
             "message": message, "record_id": file_id}
 
 
-def process_file(uri: str, file_id: str, config: IngestConfig) -> tuple[list[dict], list[dict]]:
-    """One listed file -> (Examples, record-level Rejected rows); raises DecodeError.
+def process_file(uri: str, file_id: str, config: IngestConfig
+                 ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """One listed file -> (Examples, record-level Rejected rows, stats); raises DecodeError.
+
+    stats counts an archive's members: `archive_members` = `archive_members_accepted` +
+    `archive_members_rejected` (empty for other files).
 
     Module-level so the isolated worker can run it; the worker keeps one ingestor (and
     its tokenizer) per config.
@@ -234,8 +288,9 @@ class _FileIngestor:
                 "source_uris": uris, "mime": mime, "size_bytes": size,
                 "metadata": json.dumps(metadata, sort_keys=True)}
 
-    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict]]:
+    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes
+        confine_listed(uri, self.config.allowed_roots)
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
         except Exception as e:  # noqa: BLE001
@@ -247,7 +302,9 @@ class _FileIngestor:
         if hashlib.sha256(data).hexdigest() != file_id:
             raise DecodeError(Reason.DECODE_ERROR, "content changed during ingest (hash mismatch)")
         if fmt := _is_manifest(uri, data):
-            return self._manifest(uri, data, fmt)
+            return *self._manifest(uri, data, fmt), {}
+        if kind := archive_kind(data):
+            return self._archive(uri, data, kind)
         modality, mime = sniff(data, uri)
         meta: dict = {}
         if modality == Modality.IMAGE:
@@ -263,12 +320,12 @@ class _FileIngestor:
         elif modality == Modality.VIDEO:
             parts, meta = decode_video(data, spec, self.config.video_mode)
         elif modality == Modality.PAGE:
-            return self._pdf(uri, file_id, data, mime), []
+            return self._pdf(uri, file_id, data, mime), [], {}
         else:
             raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
         for part in parts:
             part.update(source_uri=uri, mime=part.get("mime") or mime)
-        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], []
+        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], [], {}
 
     def _pdf(self, uri: str, file_id: str, data: bytes, mime: str | None) -> list[dict]:
         pages, total = decode_pdf(data, self.config.spec, file_id)
@@ -282,15 +339,59 @@ class _FileIngestor:
                                      page["parts"], [uri], mime, len(data), meta))
         return out
 
-    def _manifest(self, uri: str, data: bytes, fmt: str) -> tuple[list[dict], list[dict]]:
-        roots = list(self.config.allowed_roots) or [uri.rsplit("/", 1)[0]]
-        decoders = {
+    def _decoders(self) -> dict:
+        """Part decoders for manifest references and archive members: bytes -> part(s)."""
+        def text(b: bytes, spec: PreprocessingSpec) -> dict:
+            return empty_part(Modality.TEXT.value) | {"text": decode_text(b, spec)}
+
+        return {
+            "text": text,
             "image": decode_image,
             "audio": lambda b, spec: decode_audio(b, spec)[0],
             "video": lambda b, spec: decode_video(b, spec, self.config.video_mode)[0],
             "pdf": lambda b, spec: [p for page in decode_pdf(b, spec, "ref")[0]
                                     for p in page["parts"]],
         }
+
+    def _archive(self, uri: str, data: bytes, kind: str) -> tuple[list[dict], list[dict], dict]:
+        """One Example per WebDataset sample; a Rejected row per refused member or sample.
+
+        Members are accounted one by one: a refused member is rejected on its own, the
+        members of a sample are accepted or rejected with it.
+        """
+        decoders = self._decoders()
+        examples, bad = [], []
+        n = {"archive_members": 0, "archive_members_accepted": 0, "archive_members_rejected": 0}
+        for item in iter_samples(data, kind, self.config.archive):
+            size = len(item.members) if isinstance(item, Sample) else 1
+            n["archive_members"] += size
+            if not isinstance(item, Sample):
+                bad.append(_reject(f"{uri}#{item.name[:1024]}", None, item.reason, item.message))
+                n["archive_members_rejected"] += 1
+                continue
+            try:
+                s = build_sample(uri, item, self.config.spec, decoders, sniff)
+            except DecodeError as e:
+                bad.append(_reject(f"{uri}#{item.key[:1024]}", None, e.reason,
+                                   f"sample of {size} member(s): {e.message}"))
+                n["archive_members_rejected"] += size
+                continue
+            except Exception as e:  # noqa: BLE001 - a member must end as a row, not a crash
+                bad.append(_reject(f"{uri}#{item.key[:1024]}", None, Reason.DECODE_ERROR,
+                                   f"sample of {size} member(s): {type(e).__name__}: {e}"))
+                n["archive_members_rejected"] += size
+                continue
+            n["archive_members_accepted"] += size
+            examples.append(self._example(s["id"], s["modality"], s["parts"],
+                                          [f"{uri}#{item.key}"], None,
+                                          sum(len(m.data) for m in item.members), s["metadata"]))
+        if not n["archive_members"]:
+            raise DecodeError(Reason.EMPTY, f"{kind} archive without file members")
+        return examples, bad, n
+
+    def _manifest(self, uri: str, data: bytes, fmt: str) -> tuple[list[dict], list[dict]]:
+        roots = list(self.config.allowed_roots) or [uri.rsplit("/", 1)[0]]
+        decoders = self._decoders()
         examples, bad = [], []
         for rec in parse_manifest(data, fmt, uri):
             if isinstance(rec, RecordError):
@@ -298,7 +399,8 @@ class _FileIngestor:
                                         rec.message))
                 continue
             try:
-                built = build_interleaved(rec, uri, roots, self.config.spec, decoders)
+                built = build_interleaved(rec, uri, roots, self.config.spec, decoders,
+                                          self.config.remote)
             except DecodeError as e:
                 bad.append(_reject(f"{uri}#{rec['index']}", rec.get("id"), e.reason,
                                         e.message))

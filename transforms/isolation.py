@@ -63,15 +63,19 @@ class IsolatedDecoder:
         self.restarts = 0
 
     def _ensure(self) -> cf.ProcessPoolExecutor:
+        """The worker, started and warmed (imports paid, memory capped) before any call,
+        so neither a first start nor a replacement counts against a file's timeout."""
         if self._pool is None:
             # spawn: forking a multi-threaded engine worker (Beam threads, Ray) is unsafe
-            self._pool = cf.ProcessPoolExecutor(
+            pool = cf.ProcessPoolExecutor(
                 max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+            pool.submit(_call, _warm, (self.memory_bytes,)).result()
+            self._pool = pool
         return self._pool
 
     def start(self) -> None:
-        """Start the worker (imports included) so its start-up never counts as decode time."""
-        self._ensure().submit(_call, _warm, (self.memory_bytes,)).result()
+        """Start the worker now rather than on the first call."""
+        self._ensure()
 
     def _replace(self) -> None:
         pool, self._pool = self._pool, None
@@ -81,10 +85,20 @@ class IsolatedDecoder:
                 proc.kill()  # a hung decoder never returns: stop it, don't wait for it
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def run(self, fn: Callable, *args: Any, timeout_s: float | None = None,
-            _retry: bool = False) -> Any:
+    def submit(self, fn: Callable, *args: Any) -> tuple[cf.Future, int]:
+        """Queue a call; collect() it later. Submitting the next call before collecting
+        the current one lets the worker start on it at once, while this process unpickles
+        the previous results (one worker: calls still run one at a time, in order)."""
+        return self._ensure().submit(_call, fn, args), self.restarts
+
+    def collect(self, ticket: tuple[cf.Future, int], fn: Callable, *args: Any,
+                timeout_s: float | None = None, _retry: bool = False) -> Any:
+        """The result of a submitted call, waiting at most timeout_s from now."""
         timeout_s = timeout_s or self.timeout_s
-        future = self._ensure().submit(_call, fn, args)
+        future, generation = ticket
+        if generation != self.restarts:  # queued on a worker replaced since: not its fault
+            return self.collect(self.submit(fn, *args), fn, *args, timeout_s=timeout_s,
+                                _retry=_retry)
         try:
             status, value = future.result(timeout=timeout_s)
         except cf.TimeoutError:
@@ -94,12 +108,16 @@ class IsolatedDecoder:
         except cf.process.BrokenProcessPool:
             self._replace()
             if not _retry:  # once more on a fresh worker: was it this file, or bad luck?
-                return self.run(fn, *args, timeout_s=timeout_s, _retry=True)
+                return self.collect(self.submit(fn, *args), fn, *args, timeout_s=timeout_s,
+                                    _retry=True)
             raise DecodeError(Reason.DECODE_ERROR,
                               "the decoder process died on this file (twice)") from None
         if status == "reject":
             raise DecodeError(Reason(value[0]), value[1])
         return value
+
+    def run(self, fn: Callable, *args: Any, timeout_s: float | None = None) -> Any:
+        return self.collect(self.submit(fn, *args), fn, *args, timeout_s=timeout_s)
 
     def close(self) -> None:
         if self._pool is not None:

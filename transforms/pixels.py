@@ -19,8 +19,19 @@ _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
 _MAX_SIDE = {"jpeg": 65_500, "webp": 16_383, "png": 1 << 30}
 
 
-def encode_frames(frames: np.ndarray, codec: str = "jpeg", quality: int = 90) -> tuple[bytes, str]:
-    """(bytes, pixel_format) for uint8 frames (F, H, W, 3); raw when the strip is too tall."""
+def encode_frames(frames: np.ndarray | Image.Image, codec: str = "jpeg",
+                  quality: int = 90) -> tuple[bytes, str]:
+    """(bytes, pixel_format) for uint8 frames (F, H, W, 3) or one RGB image.
+
+    Raw when the strip would be too tall for the codec.
+    """
+    if isinstance(frames, Image.Image):
+        if frames.mode != "RGB":
+            raise ValueError(f"image mode must be RGB, not {frames.mode}")
+        if codec not in _PIL_FORMAT:
+            frames = np.asarray(frames)[None]
+        else:  # one frame: straight from Pillow, no numpy round trip
+            return _save(frames, codec, quality), codec
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (F, H, W, 3), not {frames.shape}")
@@ -29,10 +40,14 @@ def encode_frames(frames: np.ndarray, codec: str = "jpeg", quality: int = 90) ->
         raise ValueError(f"codec must be one of {CODECS}, not {codec!r}")
     if codec == "raw" or f * h > _MAX_SIDE[codec]:
         return frames.tobytes(), "raw"
+    return _save(Image.fromarray(frames.reshape(f * h, w, 3), "RGB"), codec, quality), codec
+
+
+def _save(img: Image.Image, codec: str, quality: int) -> bytes:
     buf = io.BytesIO()
     options = {"quality": quality} if codec in ("jpeg", "webp") else {"compress_level": 1}
-    Image.fromarray(frames.reshape(f * h, w, 3), "RGB").save(buf, _PIL_FORMAT[codec], **options)
-    return buf.getvalue(), codec
+    img.save(buf, _PIL_FORMAT[codec], **options)
+    return buf.getvalue()
 
 
 def decode_frames(data: bytes, pixel_format: str | None, height: int, width: int) -> np.ndarray:

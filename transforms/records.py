@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from schemas import storage
 from schemas.records import Modality, Reason, empty_part
 from schemas.spec import PreprocessingSpec
+from transforms.remote import RemoteConfig, check_remote, fetch
 from transforms.sniff import DecodeError
 from transforms.text import clean_text
 
@@ -204,17 +205,25 @@ def _resolve_local(ref: str, manifest_uri: str, roots: list[str]) -> str:
     return real
 
 
-def resolve_reference(ref: str, manifest_uri: str, allowed_roots: list[str]) -> str:
+def resolve_reference(ref: str, manifest_uri: str, allowed_roots: list[str],
+                      remote: RemoteConfig | None = None) -> str:
     """The absolute URI a manifest reference points to, or DecodeError(forbidden_reference).
 
     Relative refs resolve against the manifest's folder. Local manifests accept paths and
     file:// URIs; gs:// manifests accept relative refs and gs:// URIs; any other scheme
     (http, ftp, data, ...) is forbidden, as is any target outside `allowed_roots` (after
     normalizing `..` and, locally, resolving symlinks; the symlink-free path is returned).
-    With no roots given, the manifest's own folder is the only root.
+    With no roots given, the manifest's own folder is the only root. An http(s) reference
+    passes only when `remote.allowed_hosts` names its host (see transforms.remote; the
+    address is checked when it is fetched).
     """
     if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
         raise DecodeError(Reason.BAD_RECORD, f"invalid reference {ref!r}")
+    scheme = _SCHEME.match(ref)
+    if scheme and scheme.group(1).lower() in ("http", "https") and remote is not None \
+            and remote.allowed_hosts:
+        check_remote(ref, remote)
+        return ref
     roots = list(allowed_roots) or [posixpath.dirname(manifest_uri)
                                     if storage.is_remote(manifest_uri)
                                     else os.path.dirname(os.path.abspath(
@@ -243,7 +252,8 @@ def _label(record: dict) -> str:
 
 
 def build_interleaved(record: dict, manifest_uri: str, allowed_roots: list[str],
-                      spec: PreprocessingSpec, decoders: Mapping[str, Decoder]) -> dict:
+                      spec: PreprocessingSpec, decoders: Mapping[str, Decoder],
+                      remote: RemoteConfig | None = None) -> dict:
     """A record's parts decoded in order: {"id", "parts", "source_uris", "metadata"}.
 
     Text parts are cleaned inline (kind "text"; ones that clean to nothing are dropped);
@@ -275,13 +285,15 @@ def build_interleaved(record: dict, manifest_uri: str, allowed_roots: list[str],
                 parts.append(p)
             continue
         try:
-            uri = resolve_reference(value, manifest_uri, allowed_roots)
+            uri = resolve_reference(value, manifest_uri, allowed_roots, remote)
+            data = fetch(uri, remote) if remote is not None and uri.startswith("http") else None
         except DecodeError as e:
             raise DecodeError(e.reason, f"{label}: {e.message}") from None
         try:
-            if not storage.exists(uri):
-                raise FileNotFoundError(uri)
-            data = storage.read_bytes(uri)
+            if data is None:
+                if not storage.exists(uri):
+                    raise FileNotFoundError(uri)
+                data = storage.read_bytes(uri)
         except FileNotFoundError:
             raise DecodeError(Reason.MISSING_REFERENCE,
                               f"{label}: referenced {kind} {value!r} not found ({uri})") from None

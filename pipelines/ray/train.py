@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import tempfile
@@ -11,13 +13,14 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from models.embed import forward_items
+from models.embed import Group, collate_groups
 from models.encoder import EncoderConfig, MultimodalEncoder
-from models.losses import matryoshka_info_nce, same_asset_mask
+from models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
 from pipelines.ray.session import ensure_ray
 from schemas import storage
 from schemas.spec import PreprocessingSpec
@@ -31,6 +34,46 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@dataclasses.dataclass
+class TrainBatch:
+    """One step's encoder inputs, collated off the training thread."""
+
+    queries: list[Group]
+    docs: list[Group]
+    same: torch.Tensor  # [B, N] True where doc j is query i's positive asset
+    rows: int
+    n_docs: int
+
+    def to(self, device: torch.device) -> TrainBatch:
+        def move(groups):
+            return [(i.to(device), {k: v.to(device, non_blocking=True) for k, v in t.items()})
+                    for i, t in groups]
+        return dataclasses.replace(self, queries=move(self.queries), docs=move(self.docs),
+                                   same=self.same.to(device))
+
+
+class TrainCollate(ArrowBatchCollateFn):
+    """Arrow TrainingRows -> TrainBatch: queries, positives then mined negatives.
+
+    Runs in iter_torch_batches' prefetch threads, so JPEG decode, padding and patching
+    overlap the previous step's compute.
+    """
+
+    def __init__(self, enc: EncoderConfig, max_negatives: int):
+        super().__init__()
+        self.enc, self.max_negatives = enc, max_negatives
+
+    def __call__(self, batch: pa.Table) -> TrainBatch:
+        rows = batch.to_pylist()
+        queries = [r["query"] for r in rows]
+        docs = [r["positive"] for r in rows]
+        docs += [n for r in rows for n in (r["negatives"] or [])[: self.max_negatives]]
+        return TrainBatch(collate_groups(queries, self.enc), collate_groups(docs, self.enc),
+                          same_asset_mask([r["positive"]["id"] for r in rows],
+                                          [d["id"] for d in docs]),
+                          len(rows), len(docs))
+
+
 def _loop(config: dict) -> None:
     tc = config["train"]
     enc = EncoderConfig.model_validate(config["encoder"])
@@ -39,7 +82,8 @@ def _loop(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    model = MultimodalEncoder(enc)
+    encoder = MultimodalEncoder(enc)
+    model = ContrastiveModel(encoder, tc["temperature"], tc["learn_temperature"])
     start_step, resumed = 0, []
     # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
     # complete step: same weights, optimizer and data position.
@@ -48,12 +92,15 @@ def _loop(config: dict) -> None:
         resume_from = None
     if resume_from:
         loaded = load_checkpoint(config["root"], resume_from, with_optimizer=True)
-        model.load_state_dict(loaded.model.state_dict())
+        encoder.load_state_dict(loaded.model.state_dict())
+        if "log_temperature" in loaded.state:
+            model.log_temperature.data.fill_(loaded.state["log_temperature"])
         start_step = loaded.state["step"]
         resumed = [*loaded.state.get("resumed_from", []), start_step]
     elif config.get("init"):
         init_root, init_id = config["init"]
-        model.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
+        encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
+    device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     if resume_from and loaded.state.get("optimizer"):
@@ -65,49 +112,54 @@ def _loop(config: dict) -> None:
     dims = tuple(enc.embed_dims)
     shard = ray.train.get_dataset_shard("train")
     step, metrics, seen = 0, [], 0
-    base_model = model.module if hasattr(model, "module") else model
+    base = model.module if hasattr(model, "module") else model
+    collate = TrainCollate(enc, tc["max_negatives"])
+    bf16 = tc["bf16"] and device.type == "cuda"
     t0 = time.perf_counter()
     for epoch in range(tc["epochs"]):
         t_data = time.perf_counter()
-        for batch in shard.iter_batches(batch_size=tc["batch_size"], batch_format="pyarrow",
-                                        drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=tc["batch_size"], collate_fn=collate,
+                                              drop_last=True, prefetch_batches=2):
             if step < start_step:  # resume: skip to the saved data position
                 step += 1
                 continue
             t_step = time.perf_counter()
-            rows = batch.to_pylist() if isinstance(batch, pa.Table) else batch
-            queries = [r["query"] for r in rows]
-            docs = [r["positive"] for r in rows]
-            docs += [n for r in rows for n in (r["negatives"] or [])[: tc["max_negatives"]]]
+            batch = batch.to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
-            q_emb = forward_items(model, queries, enc)
-            d_emb = forward_items(model, docs, enc)
-            same = same_asset_mask([r["positive"]["id"] for r in rows], [d["id"] for d in docs])
-            terms = matryoshka_info_nce(q_emb, d_emb, same, tc["temperature"], dims)
+            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
+                        else contextlib.nullcontext())
+            with autocast:
+                q_emb, d_emb, temperature = model(batch.queries, batch.rows, batch.docs,
+                                                  batch.n_docs)
+            terms = matryoshka_info_nce(q_emb.float(), d_emb.float(), batch.same, temperature,
+                                        dims)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-            seen += len(rows)
+            seen += batch.rows
             row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                   "temperature": tc["temperature"], "negatives": len(docs) - len(rows),
+                   "temperature": float(temperature.detach()),
+                   "negatives": batch.n_docs - batch.rows,
                    "samples_per_s": seen / (time.perf_counter() - t0),
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {k: float(v.detach()) for k, v in terms.items()}
             metrics.append(row)
             if rank == 0 and step % tc["checkpoint_every"] == 0:
-                save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc,
-                                tc, {"epoch": epoch, "step": step},
-                                extra_state={"resumed_from": resumed})
+                save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
+                                enc, tc, {"epoch": epoch, "step": step},
+                                extra_state={"resumed_from": resumed,
+                                             "log_temperature": float(base.log_temperature)})
             if step % tc["report_every"] == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
             t_data = time.perf_counter()
     if rank == 0:
-        save_checkpoint(config["root"], config["run"], step, base_model, opt, spec, enc, tc,
+        save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec, enc, tc,
                         {"epoch": tc["epochs"], "step": step},
-                        extra_state={"complete": True, "resumed_from": resumed})
+                        extra_state={"complete": True, "resumed_from": resumed,
+                                     "log_temperature": float(base.log_temperature)})
         storage.write_parquet(pa.Table.from_pylist(metrics),
                               storage.join(config["root"], config["run"], "metrics.parquet"))
     ray.train.report({"step": step, "done": True})

@@ -45,15 +45,22 @@ def make_jpegs(n: int, seed: int = 0, w: int = 640, h: int = 480) -> list[bytes]
     return out
 
 
+def store(img: Image.Image) -> bytes:
+    """What loom stores by default (PreprocessingSpec.image_codec): JPEG q90 at the target size."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def bare(data: bytes, size: int = SIZE) -> bytes:
-    """Open, RGB, resize the shorter side to `size`, center crop, raw bytes."""
+    """Open, RGB, resize the shorter side to `size`, center crop, JPEG q90."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size)).tobytes()
+    return store(img.crop((left, top, left + size, top + size)))
 
 
 def bare_draft(data: bytes, size: int = SIZE) -> bytes:
@@ -61,7 +68,7 @@ def bare_draft(data: bytes, size: int = SIZE) -> bytes:
     img = Image.open(io.BytesIO(data))
     img.draft("RGB", (size, size))
     img = img.convert("RGB")
-    return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC).tobytes()
+    return store(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC))
 
 
 def time_loop(fn, blobs: list[bytes]) -> float:
@@ -80,8 +87,9 @@ def main() -> None:
     blobs = make_jpegs(args.images)
     mb = sum(map(len, blobs)) / 1e6
     print(f"{len(blobs)} JPEG 640x480 ({mb:.1f} MB) -> {SIZE}x{SIZE} RGB, best of {args.repeats}")
-    # Same output shape on all paths.
-    assert len(decode_image(blobs[0], spec)["pixels"]) == len(bare(blobs[0])) == SIZE * SIZE * 3
+    # Same output on all paths: one JPEG q90 of SIZE x SIZE.
+    part = decode_image(blobs[0], spec)
+    assert part["pixel_format"] == "jpeg" and Image.open(io.BytesIO(bare(blobs[0]))).size == (SIZE, SIZE)
     paths = {"loom decode_image": lambda b: decode_image(b, spec), "bare pillow": bare,
              "bare pillow + draft": bare_draft}
     best = {k: 0.0 for k in paths}

@@ -6,7 +6,7 @@ A mixed set in a temp folder: PNGs (96x96) and texts from `jobs.corpus.generate_
 plus JPEG 640x480 (noise + shapes, q85). Three paths, interleaved, best of N:
 
 - bare loop: read bytes, sha256, pick the decoder by extension, Pillow open (+ `draft`
-  for JPEG, as loom does) + RGB + `ImageOps.fit` bicubic, or UTF-8 decode + NFC + cap +
+  for JPEG, as loom does) + RGB + `ImageOps.fit` bicubic + JPEG q90 re-encode, or UTF-8 decode + NFC + cap +
   `transforms.tokenizer` encode (the same trained tokenizer the stage uses);
 - loom, isolation ON (the default): decode in the persistent worker process;
   `stage.setup()` runs before timing and its time (worker spawn + imports) is printed
@@ -53,7 +53,9 @@ def bare(uri: str, spec: PreprocessingSpec, tok: TextTokenizer):
         img.draft("RGB", (spec.image_size, spec.image_size))
     img = img.convert("RGB")
     size = (spec.image_size, spec.image_size)
-    return ImageOps.fit(img, size, method=Image.Resampling.BICUBIC).tobytes()
+    buf = io.BytesIO()  # stored as loom stores it by default: JPEG q90 at the target size
+    ImageOps.fit(img, size, method=Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def main() -> None:

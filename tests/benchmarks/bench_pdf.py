@@ -16,6 +16,7 @@ loom/bare (< 1: loom is slower). Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import io
 import pathlib
 import sys
 import time
@@ -29,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from schemas.spec import PreprocessingSpec  # noqa: E402
 from tests.transforms.test_pdf import make_pdf  # noqa: E402
 from transforms.pdf import decode_pdf  # noqa: E402
+from transforms.pixels import part_frames  # noqa: E402
 
 LETTER = (0, 0, 612, 792)
 
@@ -49,7 +51,9 @@ def bare(data: bytes, size: int) -> list[tuple[bytes, str]]:
             bitmap.close()
             page.close()
             fit = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
-            out.append((fit.tobytes(), text))
+            buf = io.BytesIO()  # stored as loom stores it: JPEG q90
+            fit.save(buf, "JPEG", quality=90)
+            out.append((buf.getvalue(), text))
     finally:
         doc.close()
     return out
@@ -70,8 +74,9 @@ def main() -> None:
     records, n = decode_pdf(data, spec, "bench")
     ref = bare(data, args.size)
     assert n == len(records) == len(ref) == args.pages
-    diffs = [np.abs(np.frombuffer(r["parts"][0]["pixels"], np.uint8).astype(int)
-                    - np.frombuffer(px, np.uint8)).mean() for r, (px, _) in zip(records, ref, strict=True)]
+    diffs = [np.abs(part_frames(r["parts"][0])[0].astype(int)
+                    - np.asarray(Image.open(io.BytesIO(px)))).mean()
+             for r, (px, _) in zip(records, ref, strict=True)]
     same_text = all(r["parts"][1]["text"] == t.strip() for r, (_, t) in zip(records, ref, strict=True))
     print(f"  check: mean |pixel diff| loom vs bare {np.mean(diffs):.2f} (of 255), "
           f"text {'identical' if same_text else 'differs'}")

@@ -45,14 +45,24 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.spec import PreprocessingSpec  # noqa: E402
 from tests.transforms.media import make_video  # noqa: E402
+from transforms.pixels import part_frames  # noqa: E402
 from transforms.video import decode_video  # noqa: E402
 
 FPS = 25
 MODES = ("smart", "full", "keyframes")
 
 
-def make_spec(size: int) -> PreprocessingSpec:
-    return PreprocessingSpec(image_size=size, video_fps=1.0, video_max_frames=60)
+def make_spec(size: int, codec: str = "jpeg") -> PreprocessingSpec:
+    return PreprocessingSpec(image_size=size, video_fps=1.0, video_max_frames=60,
+                             image_codec=codec)
+
+
+def bare_stored(data: bytes, size: int) -> bytes:
+    """The bare loop, then stored as loom stores frames: one JPEG q90 strip."""
+    frames = bare(data, size)
+    buf = io.BytesIO()
+    Image.fromarray(frames.reshape(-1, size, 3)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def bare(data: bytes, size: int, fps: float = 1.0) -> np.ndarray:
@@ -85,8 +95,7 @@ def bare(data: bytes, size: int, fps: float = 1.0) -> np.ndarray:
 
 def loom_pixels(data: bytes, spec: PreprocessingSpec, mode: str) -> np.ndarray:
     parts, meta = decode_video(data, spec, mode)
-    s = spec.image_size
-    return np.frombuffer(parts[0]["pixels"], np.uint8).reshape(-1, s, s, 3)
+    return part_frames(parts[0])
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -110,15 +119,15 @@ def bench_clips(args) -> None:
           f"{args.size}x{args.size} RGB; best of {args.repeats} interleaved passes")
     for gop, data in clips.items():
         ref = bare(data, args.size)
-        for mode in MODES:
-            px = loom_pixels(data, spec, mode)
+        for mode in MODES:  # raw storage for the check: the frames themselves
+            px = loom_pixels(data, make_spec(args.size, "raw"), mode)
             same = px.shape == ref.shape and np.array_equal(px, ref)
             print(f"  check gop={gop} loom {mode:<9} frames={len(px)} "
                   f"{'identical to bare' if same else 'differs from bare'}")
     rows = []
     for gop, data in clips.items():
         paths = {f"loom {m}": (lambda m=m, d=data: decode_video(d, spec, m)) for m in MODES}
-        paths["bare full decode"] = lambda d=data: bare(d, args.size)
+        paths["bare full decode"] = lambda d=data: bare_stored(d, args.size)
         best = {k: math.inf for k in paths}
         for _ in range(args.repeats):  # interleaved so drift hits every path alike
             for name, fn in paths.items():

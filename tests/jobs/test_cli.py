@@ -21,7 +21,8 @@ RESULT_KEYS = {"stage", "version", "datasets", "counts", "reused"}
 
 def test_every_command_is_listed():
     assert set(COMMANDS) >= {"corpus", "ingest", "synth", "shard", "train", "mine", "eval",
-                             "demo", "soup", "backfill", "run"}
+                             "demo", "soup", "backfill", "run", "submit", "schedule",
+                             "scheduler", "ls", "inspect", "gc", "report"}
 
 
 def test_top_level_help():

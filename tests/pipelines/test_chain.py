@@ -148,6 +148,24 @@ def test_eval_table(chain):
         assert ev[name]["queries"] > 0 and ev[name]["gallery"] > 0
     assert 0.0 <= ev["text->text"]["lexical_r@1"] <= 1.0
     assert "lexical_r@1" not in ev["text->image"]
+    for name in ("text->image", "text->text"):  # every Matryoshka size, full size on top
+        by_dim = ev[name]["by_dim"]
+        assert sorted(by_dim, key=int) == ["32", "64", "128"]
+        top = by_dim[max(by_dim, key=int)]
+        assert {k: ev[name][k] for k in top} == top
+        assert all(0.0 <= m["ndcg@10"] <= 1.0 for m in by_dim.values())
+
+
+def test_metrics_table(chain):
+    import polars as pl
+
+    stages = chain["first"]["stages"]
+    df = pl.read_parquet(stages["train_pft"]["datasets"]["metrics"])
+    assert {"step", "lr", "temperature", "loss", "samples_per_s", "data_wait_s",
+            "compute_s"} <= set(df.columns)
+    assert any(c.startswith("loss_") for c in df.columns)
+    assert df["step"].to_list() == list(range(1, df.height + 1))
+    assert set(df["temperature"].round(6).to_list()) == {0.05}  # fixed unless learned
 
 
 def test_report(chain):
@@ -157,6 +175,10 @@ def test_report(chain):
     assert "| text->image |" in text and "| text->text |" in text
     assert (report.parent / "loss.png").is_file()
     assert (report.parent / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = pathlib.Path(chain["first"]["report_html"]).read_text()
+    for fig in ("stage_counts", "rejected", "synth", "negatives", "loss", "eval"):
+        assert f"id=fig-{fig}><svg" in page, fig
+    assert "ndcg@10" in page  # the per-size eval table
 
 
 def test_rerun_reuses_everything(chain):
@@ -168,3 +190,14 @@ def test_rerun_reuses_everything(chain):
         assert second["stages"][name]["version"] == first["stages"][name]["version"], name
     assert second["checkpoint"] == first["checkpoint"]
     assert second["eval"] == first["eval"]
+
+
+def test_eval_truncation_sizes(chain, tmp_path):
+    from pipelines.evaluate import run_eval
+
+    stages = chain["first"]["stages"]
+    out = run_eval(stages["synth"]["uri"], stages["train_ft"]["checkpoint"],
+                   stages["train_ft"]["checkpoint_root"], str(tmp_path / "eval"), dims=(16,))
+    for name, entry in out["eval"].items():
+        assert sorted(entry["by_dim"], key=int) == ["16", "32", "64", "128"], name
+        assert entry["by_dim"]["128"] == chain["first"]["eval"][name]["by_dim"]["128"]

@@ -122,3 +122,64 @@ def test_shuffle_is_deterministic_per_seed(pairs_root, tmp_path):
     assert _order(first) == _order(same)
     assert sorted(_order(other)) == sorted(_order(first))
     assert _order(other) != _order(first)
+
+
+def _bigger_pairs(root: str, examples_dir: str, n: int) -> str:
+    positives = ["text-0", "text-1", "image-0", "image-1"]
+    rows = [{"pair_id": f"pair-{i:04d}", "task": "t", "kind": ["caption", "question"][i % 2],
+             "query_text": f"{TEXTS[i % 2]} {i}", "query_modality": "text",
+             "positive_id": positives[i % 4],
+             "positive_modality": "image" if i % 4 >= 2 else "text", "split": "train",
+             "prompt_version": "v1", "model": "offline", "backend": "offline",
+             "generation_config": "{}", "seed": 0} for i in range(n)]
+    writer = mf.VersionWriter(root, "synth", "synth-bigger")
+    recs = [writer.write_part("pairs", f"part-{k:05d}", to_table(rows[k:k + 37], PAIR))
+            for k in range(0, n, 37)]  # several input files -> several joined files
+    writer.commit({"pairs": recs}, {"pairs": n}, {"heldout_fraction": 0.0},
+                  {"examples": examples_dir})
+    return writer.dir
+
+
+@pytest.fixture(scope="module")
+def bigger_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bigger")
+    _bigger_pairs(str(base / "pairs"), _examples(str(base / "examples")), 200)
+    return str(base / "pairs")
+
+
+def test_streaming_pack_is_the_global_shuffle(bigger_root, tmp_path):
+    from transforms.packing import shuffle_key
+
+    out = run_shard(bigger_root, str(tmp_path / "s"), rows_per_shard=30, seed=3)
+    files = _shard_files(out)
+    sizes = [pl.read_parquet(f).height for f in files]
+    assert sizes == [30] * 6 + [20]
+    expected = sorted((f"pair-{i:04d}" for i in range(200)), key=lambda p: shuffle_key(3, p))
+    assert _order(out) == expected  # one global order across every input file
+    assert not storage.exists(storage.join(out["uri"], "_work"))  # buckets cleaned up
+
+
+def test_sampling_weights_repeat_rows_deterministically(bigger_root, tmp_path):
+    weights = {"image": 2.0, "question": 0.5}
+    a = run_shard(bigger_root, str(tmp_path / "a"), rows_per_shard=64, weights=weights)
+    b = run_shard(bigger_root, str(tmp_path / "b"), rows_per_shard=64, weights=weights)
+    assert _order(a) == _order(b)
+    df = pl.concat([pl.read_parquet(f) for f in _shard_files(a)])
+    mod = df.select(pl.col("positive").struct.field("modality")).to_series().to_list()
+    counts = {(k, m): 0 for k in ("caption", "question") for m in ("image", "text")}
+    for k, m in zip(df["kind"].to_list(), mod, strict=True):
+        counts[(k, m)] += 1
+    # 50 pairs per (kind, modality) cell; weights multiply: caption/image x2,
+    # question/image x1, caption/text x1, question/text x0.5 (about 25, by the seed)
+    assert counts[("caption", "image")] == 100 and counts[("question", "image")] == 50
+    assert counts[("caption", "text")] == 50 and 15 <= counts[("question", "text")] <= 35
+    assert a["counts"]["rows"] == len(df)
+    assert df["pair_id"].n_unique() < len(df)  # copies of a pair share its id
+
+
+def test_target_mb_sizes_shards(bigger_root, tmp_path):
+    out = run_shard(bigger_root, str(tmp_path / "mb"), target_mb=0.002)
+    rps = out["counts"]["rows_per_shard"]
+    assert 1 <= rps < 200 and out["counts"]["shards"] == -(-200 // rps)
+    with pytest.raises(Exception, match="weights must be >= 0"):
+        run_shard(bigger_root, str(tmp_path / "neg"), weights={"image": -1.0})

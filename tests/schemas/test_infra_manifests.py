@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
+CRD_DIR = Path(os.environ.get("LOOM_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
 INFRA = REPO / "infra"
 MANIFESTS = sorted((INFRA / "kuberay").glob("*.y*ml"))
 
@@ -143,5 +145,26 @@ def test_dockerfile_installs_with_constraints():
     text = (INFRA / "Dockerfile").read_text()
     assert text.splitlines()[[i for i, line in enumerate(text.splitlines())
                               if line.startswith("FROM")][0]] == "FROM python:3.11-slim"
-    assert "pip install -c constraints.txt ." in text
+    assert 'pip install -c constraints.txt ".[dataflow]"' in text
     assert 'ENTRYPOINT ["loom"]' in text
+
+
+def test_dataflow_extra_is_beams_own_gcp_requirements():
+    """Each package of loom[dataflow] is one apache-beam[gcp] declares, with beam's range."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (beam,) = [d for d in meta["dependencies"] if d.startswith("apache-beam")]
+    assert beam == f"apache-beam=={version('apache-beam')}"
+    gcp = {}
+    for line in requires("apache-beam"):
+        req = Requirement(line)
+        if req.marker and req.marker.evaluate({"extra": "gcp"}) and not req.marker.evaluate(
+                {"extra": ""}):
+            gcp[req.name] = req.specifier
+    extra = [Requirement(r) for r in meta["optional-dependencies"]["dataflow"]]
+    assert {r.name for r in extra} >= {"google-cloud-dataflow-client", "google-apitools"}
+    for r in extra:
+        assert r.name in gcp and r.specifier == gcp[r.name], (r, gcp.get(r.name))

@@ -205,7 +205,8 @@ def test_gif_frames_composited_with_disposal():
 
 def test_animation_span_capped_by_pixel_budget():
     # 40x40 canvases, budget of two: only frames 0..1 are decoded.
-    spec = PreprocessingSpec(image_size=16, image_frames=6, max_image_pixels=2 * 40 * 40)
+    spec = PreprocessingSpec(image_size=16, image_frames=6, max_image_pixels=2 * 40 * 40,
+                             image_codec="raw")
     stack = frame_stack(decode_image(animation(), spec), spec)
     assert [dominant(f) for f in stack] == list(COLORS[:2])
 

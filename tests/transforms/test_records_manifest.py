@@ -24,7 +24,7 @@ from transforms.records import (
 )
 from transforms.sniff import DecodeError
 
-SPEC = PreprocessingSpec()
+SPEC = PreprocessingSpec(image_codec="raw")  # exact colours
 DECODERS = {"image": decode_image}
 
 

@@ -1,0 +1,325 @@
+"""The HTML run report: one self-contained page (inline SVG plots, inline CSS, no scripts,
+no network) built from what the stages wrote: manifests, their tables and training metrics.
+
+`collect` reads a run's stages (the objects `loom demo` / `loom run` return) or, for
+`loom report WORKDIR`, the newest version of each dataset root plus every checkpoint run.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import html
+import io
+import json
+import posixpath
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from jobs.ops import dataset_roots  # noqa: E402
+from schemas import manifest as mf  # noqa: E402
+from schemas import storage  # noqa: E402
+from transforms.sniff import sniff  # noqa: E402
+
+REPORT_HTML = "report.html"
+SNIFF_BYTES = 4096
+SNIFF_MAX_FILES = 2000
+plt.rcParams["svg.hashsalt"] = "loom"  # stable element ids: the same data, the same page
+plt.rcParams["svg.fonttype"] = "none"  # text stays text: smaller pages, faster to write
+
+
+def _version_stage(uri: str) -> dict | None:
+    found = mf.read_manifest(uri)
+    if found is None:
+        return None
+    return {"stage": found.stage, "version": found.version, "uri": uri, "counts": found.counts,
+            "datasets": {t: storage.join(uri, t) for t in found.tables}}
+
+
+def stages_of_workdir(workdir: str) -> dict[str, dict]:
+    """name -> stage object: the newest version per (root, stage, shard kind), and every
+    checkpoint run that left training metrics."""
+    workdir = storage.absolute(workdir)
+    out: dict[str, dict] = {}
+    for root in dataset_roots(workdir):
+        newest: dict[tuple, tuple[str, str]] = {}
+        for d in storage.list_dirs(root):
+            m = mf.read_manifest(d)
+            if m is None:
+                continue
+            key = (m.stage, m.lineage.get("stage_hint"))
+            if key not in newest or m.created_at > newest[key][0]:
+                newest[key] = (m.created_at, d)
+        for (stage, hint), (_, d) in sorted(newest.items(), key=lambda kv: kv[1][0]):
+            name = posixpath.basename(root.rstrip("/")) + (f"_{hint}" if hint else "")
+            out[name if name not in out else f"{name}_{stage}"] = _version_stage(d) or {}
+    for child in storage.list_dirs(workdir):
+        for run in storage.list_dirs(child):
+            metrics = storage.join(run, "metrics.parquet")
+            if storage.exists(metrics):
+                name = posixpath.basename(run.rstrip("/"))
+                out[f"train_{name.split('-')[0]}_{name[-6:]}"] = {
+                    "stage": "train", "version": name, "uri": run,
+                    "datasets": {"metrics": metrics}, "counts": {}}
+    return out
+
+
+def collect(stages: dict[str, dict]) -> dict:
+    """Everything the page shows, as plain data (tests read it too)."""
+    data: dict = {"stages": [], "rejected": collections.Counter(), "examples": {},
+                  "synth": [], "negatives": {}, "positives": {}, "losses": {}, "eval": {}}
+    for name, s in stages.items():
+        uri, stage = s.get("uri"), s.get("stage")
+        data["stages"].append({"name": name, "stage": stage, "version": s.get("version"),
+                               "reused": s.get("reused"), "counts": s.get("counts", {})})
+        found = mf.read_manifest(uri) if uri and stage != "train" else None
+        if stage == "ingest" and found:
+            data["examples"] = {k.split(".", 1)[1]: v for k, v in found.counts.items()
+                                if k.startswith("examples.")}
+            _rejected(uri, found, data["rejected"])
+        elif stage == "synth" and found:
+            data["synth"].append({"name": name, "version": found.version,
+                                  "llm_calls": found.counts.get("llm_calls", 0),
+                                  "cache_hits": found.counts.get("cache_hits", 0),
+                                  "backend": found.lineage.get("backend"),
+                                  "model": found.lineage.get("llm_model"),
+                                  "cost_usd": found.counts.get("cost_usd")})
+        elif stage == "mine" and found:
+            t = mf.read_table(uri, found, "triples",
+                              ["query_modality", "positive_score", "negatives"]).to_pylist()
+            for row in t:
+                data["positives"].setdefault(row["query_modality"], []).append(
+                    row["positive_score"])
+                for n in row["negatives"]:
+                    data["negatives"].setdefault(n["modality"], []).append(n["score"])
+        elif stage == "eval" and found:
+            from pipelines.evaluate import table_from_rows
+
+            data["eval"] |= table_from_rows(mf.read_table(uri, found, "metrics").to_pylist())
+        elif stage == "train":
+            metrics = (s.get("datasets") or {}).get("metrics")
+            if metrics and storage.exists(metrics):
+                t = storage.read_parquet([metrics], columns=["step", "loss"]).to_pydict()
+                data["losses"][name] = (t["step"], t["loss"])
+    return data
+
+
+def _rejected(uri: str, found: mf.Manifest, into: collections.Counter) -> None:
+    """(reason, modality) counts; a rejected file's modality is sniffed from its first bytes
+    (it was never decoded), or guessed from its name once the file is gone."""
+    rows = mf.read_table(uri, found, "rejected", ["uri", "reason"]).to_pylist()
+    for i, r in enumerate(rows):
+        source = r["uri"].split("#", 1)[0]
+        head = b""
+        if i < SNIFF_MAX_FILES:
+            try:
+                head = storage.read_bytes(source, SNIFF_BYTES)
+            except (OSError, ValueError):
+                head = b""
+        modality, _ = sniff(head, source)
+        into[(r["reason"], modality.value if modality else "unknown")] += 1
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def loss_figure(losses: dict[str, tuple[list, list]]):
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, (steps, loss) in losses.items():
+        ax.plot(steps, loss, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE (mean over Matryoshka sizes)")
+    ax.set_title("training loss")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def eval_figure(ev: dict[str, dict]):
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = list(ev)
+    sizes = sorted({d for e in ev.values() for d in e.get("by_dim") or {}}, key=int)
+    series = [(f"r@1 dim {d}", lambda e, d=d: ((e.get("by_dim") or {}).get(d) or {}).get("r@1"))
+              for d in sizes] or [("r@1", lambda e: e.get("r@1"))]
+    series += [(k, lambda e, k=k: e.get(k)) for k in ("untrained_r@1", "random_r@1",
+                                                      "lexical_r@1")
+               if any(k in e for e in ev.values())]
+    width = 0.8 / len(series)
+    for j, (label, get) in enumerate(series):
+        vals = [get(ev[n]) or 0.0 for n in names]
+        ax.bar([i + j * width for i in range(len(names))], vals, width, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    ax.set_ylabel("recall@1 (held-out)")
+    ax.set_title("retrieval vs baselines")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def _figures(data: dict) -> dict[str, str]:
+    figs: dict[str, str] = {}
+    main = {"corpus": "images", "ingest": "examples", "synth": "pairs", "shard": "rows",
+            "mine": "triples", "train": "steps", "backfill": "embedded"}
+    bars = [(f"{s['name']}\n{main[s['stage']]}", s["counts"][main[s["stage"]]])
+            for s in data["stages"] if s["stage"] in main
+            and isinstance(s["counts"].get(main[s["stage"]]), int | float)]
+    if bars:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.bar(range(len(bars)), [v for _, v in bars], color="#4c72b0")
+        ax.set_xticks(range(len(bars)), [n for n, _ in bars], fontsize=7)
+        ax.set_ylabel("rows")
+        ax.set_title("per-stage output")
+        fig.tight_layout()
+        figs["stage_counts"] = _svg(fig)
+    if data["rejected"]:
+        reasons = sorted({r for r, _ in data["rejected"]})
+        modalities = sorted({m for _, m in data["rejected"]})
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        bottom = [0] * len(reasons)
+        for m in modalities:
+            vals = [data["rejected"].get((r, m), 0) for r in reasons]
+            ax.bar(reasons, vals, bottom=bottom, label=m)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.set_ylabel("rejected files")
+        ax.set_title("rejected by reason and modality")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        figs["rejected"] = _svg(fig)
+    if data["synth"]:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        names = [s["name"] for s in data["synth"]]
+        ax.bar(names, [s["llm_calls"] for s in data["synth"]], label="LLM calls")
+        ax.bar(names, [s["cache_hits"] for s in data["synth"]],
+               bottom=[s["llm_calls"] for s in data["synth"]], label="cache hits")
+        ax.set_title("synth: calls and cache hits")
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        figs["synth"] = _svg(fig)
+    if data["negatives"]:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for m, scores in sorted(data["negatives"].items()):
+            ax.hist(scores, bins=30, alpha=0.55, label=f"negatives: {m}")
+        pos = [v for vs in data["positives"].values() for v in vs if v is not None]
+        if pos:
+            ax.hist(pos, bins=30, histtype="step", color="black", label="positives")
+        ax.set_xlabel("cosine similarity to the query")
+        ax.set_title("hard-negative scores")
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        figs["negatives"] = _svg(fig)
+    if data["losses"]:
+        figs["loss"] = _svg(loss_figure(data["losses"]))
+    if data["eval"]:
+        figs["eval"] = _svg(eval_figure(data["eval"]))
+    return figs
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, dict):
+            return html.escape(json.dumps(v, sort_keys=True))
+        return html.escape("-" if v is None else str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _eval_tables(ev: dict[str, dict]) -> str:
+    """One table per modality pair: a row per Matryoshka size (the largest is the full)."""
+    parts = []
+    for pair, e in ev.items():
+        by_dim = e.get("by_dim") or {}
+        rows = [[d, m.get("r@1"), m.get("r@5"), m.get("ndcg@10")]
+                for d, m in sorted(by_dim.items(), key=lambda kv: int(kv[0]))]
+        base = ", ".join(f"{k} {e[k]:.3f}" for k in ("random_r@1", "untrained_r@1",
+                                                      "lexical_r@1") if e.get(k) is not None)
+        parts.append(f"<h3>{html.escape(pair)}</h3><p class=note>{int(e.get('queries', 0))} "
+                     f"queries, gallery {int(e.get('gallery', 0))}; baselines: {base}</p>"
+                     + _table(["Matryoshka size", "r@1", "r@5", "ndcg@10"], rows))
+    return "".join(parts)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}.note{color:#666;font-size:13px}"""
+
+
+def render(data: dict, title: str = "loom run report") -> str:
+    figs = _figures(data)
+    sec = []
+    sec.append("<h2>Stages</h2>" + _table(
+        ["name", "stage", "version", "reused", "counts"],
+        [[s["name"], s["stage"], s["version"], s["reused"], s["counts"]] for s in data["stages"]]))
+    if "stage_counts" in figs:
+        sec.append(f"<figure id=fig-stage_counts>{figs['stage_counts']}</figure>")
+    sec.append("<h2>Rejected inputs</h2>")
+    if data["rejected"]:
+        sec.append(_table(["reason", "modality", "files"],
+                          [[r, m, n] for (r, m), n in sorted(data["rejected"].items())]))
+        sec.append(f"<figure id=fig-rejected>{figs['rejected']}</figure>")
+    else:
+        sec.append("<p class=note>none</p>")
+    if data["synth"]:
+        rows = []
+        for s in data["synth"]:
+            total = s["llm_calls"] + s["cache_hits"]
+            cost = s["cost_usd"] if s["cost_usd"] is not None else (
+                0.0 if s["backend"] == "offline" else None)
+            rows.append([s["name"], s["backend"], s["model"], s["llm_calls"], s["cache_hits"],
+                         f"{s['cache_hits'] / total:.0%}" if total else "-",
+                         "not recorded" if cost is None else f"${cost:.2f}"])
+        sec.append("<h2>Synth</h2>" + _table(
+            ["name", "backend", "model", "LLM calls", "cache hits", "hit rate", "cost"], rows))
+        sec.append(f"<figure id=fig-synth>{figs['synth']}</figure>")
+    if "negatives" in figs:
+        sec.append("<h2>Hard negatives</h2>" + _table(
+            ["modality", "negatives", "mean score"],
+            [[m, len(v), sum(v) / len(v)] for m, v in sorted(data["negatives"].items()) if v]))
+        sec.append(f"<figure id=fig-negatives>{figs['negatives']}</figure>")
+    if "loss" in figs:
+        sec.append("<h2>Training</h2>" + _table(
+            ["run", "steps", "first loss", "last loss"],
+            [[n, len(s), lv[0], lv[-1]] for n, (s, lv) in data["losses"].items() if lv]))
+        sec.append(f"<figure id=fig-loss>{figs['loss']}</figure>")
+    if data["eval"]:
+        sec.append("<h2>Held-out retrieval</h2>" + _eval_tables(data["eval"]))
+        sec.append(f"<figure id=fig-eval>{figs['eval']}</figure>")
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width'><link rel=icon href='data:,'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class=note>written {when}</p>{''.join(sec)}</body></html>")
+
+
+def write_html(path: str, stages: dict[str, dict], title: str = "loom run report",
+               data: dict | None = None) -> dict:
+    data = collect(stages) if data is None else data
+    storage.write_atomic(path, render(data, title).encode())
+    return {"html": path, "plots": len(_figure_ids(data))}
+
+
+def _figure_ids(data: dict) -> list[str]:
+    return [k for k in ("rejected", "synth", "negatives", "losses", "eval") if data.get(k)]
+
+
+def report_workdir(workdir: str, output: str | None = None) -> dict:
+    """`loom report WORKDIR`: the page for whatever the workdir holds."""
+    stages = stages_of_workdir(workdir)
+    if not stages:
+        raise FileNotFoundError(f"no dataset versions or training runs under {workdir}")
+    path = output or storage.join(storage.absolute(workdir), REPORT_HTML)
+    out = write_html(path, stages, f"loom report: {posixpath.basename(workdir.rstrip('/'))}")
+    return {"stage": "report", "version": None, "report": path, "datasets": {"report": path},
+            "counts": {"stages": len(stages), "plots": out["plots"]}, "reused": False}

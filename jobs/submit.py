@@ -1,0 +1,114 @@
+"""`loom submit SPEC --address http://HOST:8265`: run a job spec on a Ray cluster through
+the Ray Jobs API.
+
+The runtime environment carries loom itself: its packages as `py_modules` (source only: no
+virtualenv, data or caches) and a working_dir holding just the spec, so a cluster whose image
+has loom's dependencies runs the submitter's loom. The job runs `loom run` there; its last
+log line is `loom run`'s JSON object, which becomes `result` here. Exit code: 0 when the job
+succeeds, the job's own code (2 bad spec, 3 budget) when its message names one, else 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+PACKAGES = ("schemas", "transforms", "synth", "models", "pipelines", "jobs")
+EXCLUDES = ["__pycache__", "*.pyc", ".venv", "data", ".loom-demo", "*.parquet", ".git"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SPEC_NAME = "spec.yaml"
+
+
+class JobFailed(RuntimeError):
+    """The cluster ran the job and it did not succeed; `code` is the exit code to use."""
+
+    def __init__(self, payload: dict, code: int):
+        self.payload, self.code = payload, code
+        super().__init__(f"job {payload['job_id']} {payload['status']}: "
+                         f"{payload.get('message') or ''}".strip())
+
+
+def package_dirs() -> list[str]:
+    """The source folders of loom's packages, wherever loom is installed."""
+    return [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES]
+
+
+def runtime_env(spec_dir: str, env_vars: dict[str, str] | None = None) -> dict:
+    return {"working_dir": spec_dir, "py_modules": package_dirs(), "excludes": EXCLUDES,
+            "env_vars": {"RAY_AUTH_MODE": "disabled", **(env_vars or {})}}
+
+
+def entrypoint(python: str = "python") -> str:
+    return f"{python} -m jobs.cli run {SPEC_NAME}"
+
+
+def _exit_code(message: str | None) -> int:
+    m = re.search(r"exit code (\d+)", message or "")
+    code = int(m.group(1)) if m else 1
+    return code if code in (2, 3) else 1
+
+
+def _last_json(logs: str) -> dict | None:
+    import json
+
+    for line in reversed(logs.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3600,
+           python: str = "python", env_vars: dict[str, str] | None = None,
+           log=None, poll_s: float = 2.0) -> dict:
+    from ray.job_submission import JobSubmissionClient
+
+    from jobs.logs import say
+    from jobs.spec import load_spec
+
+    log = log or say  # progress lines carry job_id / status as fields under --log-json
+    spec = load_spec(spec_path)  # a bad spec stops here, before the cluster
+    client = JobSubmissionClient(address)
+    staging = tempfile.mkdtemp(prefix="loom-submit-")
+    try:
+        shutil.copyfile(spec_path, os.path.join(staging, SPEC_NAME))
+        job_id = client.submit_job(entrypoint=entrypoint(python),
+                                   runtime_env=runtime_env(staging, env_vars),
+                                   metadata={"loom_spec": spec.name})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # uploaded at submit time
+    log(f"[loom submit] {spec.name}: job {job_id} on {address}", job_id=job_id)
+    out = {"stage": "submit", "version": None, "name": spec.name, "job_id": job_id,
+           "address": address, "datasets": {}, "counts": {}, "reused": False}
+    if not wait:
+        return out | {"status": str(client.get_job_status(job_id).value)}
+    deadline, last = time.monotonic() + timeout_s, None
+    while True:
+        info = client.get_job_info(job_id)
+        status = str(info.status.value)
+        if status != last:
+            log(f"[loom submit] job {job_id}: {status}", job_id=job_id, status=status)
+            last = status
+        if status in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f}s (stopped)")
+        time.sleep(poll_s)
+    logs = client.get_job_logs(job_id)
+    result = _last_json(logs)
+    out |= {"status": status, "message": info.message, "result": result}
+    if result:
+        out |= {"reused": result.get("reused", []), "stages": result.get("stages", {}),
+                "eval": result.get("eval"), "report": result.get("report")}
+    if status != "SUCCEEDED":
+        out["logs_tail"] = logs[-2000:]
+        raise JobFailed(out, _exit_code(info.message) if status == "FAILED" else 1)
+    return out

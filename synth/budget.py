@@ -1,0 +1,156 @@
+"""LLM spend: a per-model price table, conservative per-call estimates, a reserving ledger.
+
+A run never exceeds its budget because it *reserves* each call's worst case before
+making it (input estimate + `max_output_tokens`, and room for the one repair call a
+schema-invalid answer may need) and settles with the response's usage_metadata after.
+Estimates err high: 1 token per 2 bytes of text (Gemini averages about 4), 258 tokens
+per image tile of up to 768x768 px, 32 tokens per second of audio, 263 per second of
+video (Gemini's published rates), 258 per PDF page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from pathlib import Path
+
+import pydantic
+import yaml
+
+PRICES_PATH = Path(__file__).resolve().parent / "prices.yaml"
+REPAIR_OVERHEAD_TOKENS = 128
+
+
+class Price(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    input: float  # USD per 1M input tokens
+    output: float  # USD per 1M output tokens
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1e6
+
+
+def load_prices(path: str | Path | None = None) -> dict[str, Price]:
+    raw = yaml.safe_load(Path(path or PRICES_PATH).read_text(encoding="utf-8")) or {}
+    return {str(k): Price.model_validate(v) for k, v in raw.items()}
+
+
+def price_for(model: str, path: str | Path | None = None) -> Price | None:
+    prices = load_prices(path)
+    if model in prices:
+        return prices[model]
+    # versioned ids ("gemini-2.5-flash-001") price like their family
+    family = max((k for k in prices if model.startswith(k)), key=len, default=None)
+    return prices.get(family) if family else None
+
+
+def text_tokens(text: str) -> int:
+    return math.ceil(len(text.encode("utf-8")) / 2)
+
+
+def media_tokens(example: dict) -> int:
+    """Worst-case tokens for the non-text parts of an Example as the stage sends them."""
+    modality = example.get("modality")
+    parts = example.get("parts") or []
+    if modality == "image" or modality == "page":
+        total = 0
+        for p in parts:
+            if p.get("height") and p.get("width") or p.get("pixels"):
+                h, w = int(p.get("height") or 768), int(p.get("width") or 768)
+                total += 258 * math.ceil(h / 768) * math.ceil(w / 768)
+        return max(total, 258)
+    if modality in ("audio", "video"):
+        meta = example.get("metadata") or "{}"
+        try:
+            import json
+
+            seconds = float(json.loads(meta).get("duration_s") or 0)
+        except (ValueError, TypeError, AttributeError):
+            seconds = 0.0
+        if seconds <= 0:  # unknown length: assume 1 s per 16 KB, at least 30 s
+            seconds = max(30.0, (example.get("size_bytes") or 0) / 16000)
+        return math.ceil(seconds * (32 if modality == "audio" else 263))
+    return 0
+
+
+def example_text(example: dict) -> str:
+    return "\n".join(p["text"] for p in example.get("parts") or [] if p.get("text"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    calls: int
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def cost(self, price: Price | None) -> float:
+        return price.cost(self.input_tokens, self.output_tokens) if price else 0.0
+
+    def __add__(self, other: Estimate) -> Estimate:
+        return Estimate(self.calls + other.calls, self.input_tokens + other.input_tokens,
+                        self.output_tokens + other.output_tokens)
+
+
+ZERO = Estimate(0, 0, 0)
+
+
+def call_estimate(example: dict, prompt_text: str, max_output_tokens: int,
+                  with_repair: bool = True) -> Estimate:
+    """The worst case of one (example, kind) call, and of its repair call if allowed."""
+    inp = text_tokens(prompt_text) + text_tokens(example_text(example)) + media_tokens(example)
+    main = Estimate(1, inp, max_output_tokens)
+    if not with_repair:
+        return main
+    repair = Estimate(1, inp + max_output_tokens + REPAIR_OVERHEAD_TOKENS, max_output_tokens)
+    return main + repair
+
+
+class Budget(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    max_calls: int | None = pydantic.Field(None, ge=0)
+    max_tokens: int | None = pydantic.Field(None, ge=0)
+    max_cost: float | None = pydantic.Field(None, ge=0)  # USD
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
+
+
+class Ledger:
+    """Reserve before a call, settle after: spent + reserved never passes the budget."""
+
+    def __init__(self, budget: Budget, price: Price | None):
+        if budget.max_cost is not None and price is None:
+            raise ValueError("a cost budget needs the model's price in synth/prices.yaml")
+        self.budget, self.price = budget, price
+        self.reserved = ZERO
+        self.spent = ZERO
+        self._lock = threading.Lock()
+
+    def fits(self, total: Estimate) -> bool:
+        b = self.budget
+        return ((b.max_calls is None or total.calls <= b.max_calls)
+                and (b.max_tokens is None or total.tokens <= b.max_tokens)
+                and (b.max_cost is None or total.cost(self.price) <= b.max_cost + 1e-12))
+
+    def reserve(self, est: Estimate) -> bool:
+        with self._lock:
+            if not self.fits(self.spent + self.reserved + est):
+                return False
+            self.reserved = self.reserved + est
+            return True
+
+    def settle(self, reserved: Estimate, actual: Estimate) -> None:
+        """Release a reservation and book what the call really used."""
+        with self._lock:
+            self.reserved = Estimate(self.reserved.calls - reserved.calls,
+                                     self.reserved.input_tokens - reserved.input_tokens,
+                                     self.reserved.output_tokens - reserved.output_tokens)
+            self.spent = self.spent + actual

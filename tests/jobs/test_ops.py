@@ -1,0 +1,151 @@
+"""`loom ls`, `loom inspect`, `loom gc` over versions written by the real VersionWriter,
+on a local folder and on gs:// (the GCS emulator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from jobs.ops import gc, gc_plan, inspect_version, list_versions
+from schemas import manifest as mf
+from schemas import storage
+from schemas.records import REJECTED, to_table
+
+
+def _version(root: str, stage: str, n: int, lineage: dict | None = None) -> str:
+    vid = mf.version_id(stage, [str(n)], {})
+    w = mf.VersionWriter(root, stage, vid)
+    rows = to_table([{"uri": f"u{i}", "stage": stage, "reason": "empty"} for i in range(n)],
+                    REJECTED)
+    part = w.write_part("rejected", "part-00000", rows)
+    w.commit({"rejected": [part]}, {"rejected": n}, {"n": n}, lineage or {})
+    time.sleep(0.01)  # distinct created_at
+    return w.dir
+
+
+def _partial(root: str, n: int, age_s: float) -> str:
+    d = storage.join(root, mf.version_id("ingest", [f"partial{n}"], {}))
+    part = storage.join(d, "examples", "part-00000.parquet")
+    storage.write_bytes(part, b"x" * 10)
+    if age_s and not storage.is_remote(part):
+        old = time.time() - age_s
+        os.utime(part, (old, old))
+    return d
+
+
+def _workdir(base: str) -> dict[str, str]:
+    ex, pairs = storage.join(base, "examples"), storage.join(base, "pairs")
+    e1, e2, e3 = (_version(ex, "ingest", i) for i in (1, 2, 3))
+    p1 = _version(pairs, "synth", 1, {"examples": e1, "examples_version": "x"})
+    p2 = _version(pairs, "synth", 2, {"examples": e3, "previous": p1})
+    run = storage.join(base, "checkpoints", "pft-0123456789abcdef")
+    storage.write_bytes(storage.join(run, "lineage.json"), json.dumps({"shards": "elsewhere"})
+                        .encode())
+    return {"e1": e1, "e2": e2, "e3": e3, "p1": p1, "p2": p2,
+            "old_partial": _partial(ex, 1, age_s=48 * 3600),
+            "young_partial": _partial(ex, 2, age_s=0)}
+
+
+def test_ls_lists_versions_lineage_sizes(tmp_path):
+    v = _workdir(str(tmp_path))
+    out = list_versions(str(tmp_path))
+    by_uri = {x["uri"]: x for x in out["versions"]}
+    assert set(by_uri) == {v["e1"], v["e2"], v["e3"], v["p1"], v["p2"]}
+    assert by_uri[v["p1"]]["depends_on"] == [v["e1"]]
+    assert by_uri[v["p2"]]["depends_on"] == [v["e3"]]  # `previous` is not a dependency
+    assert all(x["bytes"] > 0 and x["files"] == 2 for x in by_uri.values())
+    assert by_uri[v["e2"]]["rows"] == {"rejected": 2}
+    assert {p["uri"] for p in out["partials"]} == {v["old_partial"], v["young_partial"]}
+
+
+def test_gc_keeps_newest_and_what_they_use(tmp_path):
+    v = _workdir(str(tmp_path))
+    plan = gc_plan(str(tmp_path), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {v["e1"], v["e2"], v["p1"], v["old_partial"]}
+    # gc of one root alone still sees that a sibling root's version uses e1
+    plan = gc_plan(storage.join(str(tmp_path), "examples"), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {v["e2"], v["old_partial"]}
+    why = {k["uri"]: k["why"] for k in plan["keep_versions"]}
+    assert why[v["e1"]] == "used outside this root"
+    # keeping both pairs versions keeps e1 through p1's lineage
+    plan = gc_plan(str(tmp_path), keep=2)
+    assert {d["uri"] for d in plan["delete"]} == {v["old_partial"]}
+
+
+def test_gc_cli_dry_run_by_default_then_yes(tmp_path):
+    v = _workdir(str(tmp_path))
+    res = CliRunner().invoke(app, ["gc", str(tmp_path), "--keep", "1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["dry_run"] and out["counts"]["delete_versions"] == 3
+    assert "would delete" in res.stderr
+    assert all(os.path.isdir(v[k]) for k in v)
+    res = CliRunner().invoke(app, ["gc", str(tmp_path), "--keep", "1", "--yes"])
+    assert res.exit_code == 0, res.output
+    gone = {"e1", "e2", "p1", "old_partial"}
+    assert all(not os.path.exists(v[k]) for k in gone)
+    assert all(os.path.isdir(v[k]) for k in set(v) - gone)
+    assert os.path.isdir(tmp_path / "checkpoints" / "pft-0123456789abcdef")
+    assert mf.resolve_input(str(tmp_path / "pairs"))[0] == v["p2"]
+
+
+def test_gc_bad_keep_exits_2(tmp_path):
+    res = CliRunner().invoke(app, ["gc", str(tmp_path), "--keep", "0"])
+    assert res.exit_code == 2
+
+
+def test_ls_and_inspect_cli(tmp_path):
+    v = _workdir(str(tmp_path))
+    res = CliRunner().invoke(app, ["ls", str(tmp_path / "pairs")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["counts"]["versions"] == 2
+    assert os.path.basename(v["p1"]) in res.stdout and "<- " in res.stdout
+    res = CliRunner().invoke(app, ["inspect", v["p1"]])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["manifest"]["version"] == os.path.basename(v["p1"])
+    assert [c["uri"] for c in out["lineage_chain"]] == [v["e1"]]
+    assert "rejected: 1 rows in 1 files" in res.stdout
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "nothing")])
+    assert res.exit_code == 2
+
+
+def test_log_json_lines_are_json(tmp_path):
+    _workdir(str(tmp_path))
+    res = CliRunner().invoke(app, ["--log-json", "gc", str(tmp_path), "--keep", "1"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    res = CliRunner().invoke(app, ["--log-json", "inspect", str(tmp_path / "nothing")])
+    assert res.exit_code == 2
+    (rec,) = [json.loads(line) for line in res.stderr.splitlines() if line.strip()]
+    assert rec["level"] == "ERROR" and rec["exit_code"] == 2
+
+
+def test_gc_on_gcs(gcs):
+    base = f"gs://{gcs.bucket}/gc-{uuid.uuid4().hex[:10]}"
+    v = _workdir(base)
+    assert {x["uri"] for x in list_versions(base)["versions"]} == {
+        v[k] for k in ("e1", "e2", "e3", "p1", "p2")}
+    out = gc(base, keep=1, dry_run=False, grace_s=3600, log_line=lambda m: None)
+    assert {d["uri"] for d in out["delete"]} == {v["e1"], v["e2"], v["p1"]}
+    left = {x["uri"] for x in list_versions(base)["versions"]}
+    assert left == {v["e3"], v["p2"]}
+    assert inspect_version(v["p2"])["lineage_chain"][0]["uri"] == v["e3"]
+
+
+@pytest.mark.parametrize("keep", [1, 5])
+def test_gc_never_deletes_what_a_survivor_uses(tmp_path, keep):
+    v = _workdir(str(tmp_path))
+    plan = gc_plan(str(tmp_path), keep=keep)
+    deleted = {d["uri"] for d in plan["delete"]}
+    for x in list_versions(str(tmp_path))["versions"]:
+        if x["uri"] not in deleted:
+            assert not set(x["depends_on"]) & deleted
+    assert v["young_partial"] not in deleted

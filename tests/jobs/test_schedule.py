@@ -1,0 +1,75 @@
+"""`loom schedule`: the rendered RayCronJob validates against KubeRay's own CRD schema and
+runs a real loom command on the spec it carries."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from jobs.schedule import CONFIG_DIR, SPEC_KEY, k8s_name
+from jobs.spec import load_spec
+from tests.schemas.test_infra_manifests import REPO, _crd_schemas, _unknown_fields, needs_crds
+
+SPEC = REPO / "jobs" / "examples" / "demo.yaml"
+
+
+def _render(tmp_path, *extra: str) -> list[dict]:
+    out = tmp_path / "cron.yaml"
+    res = CliRunner().invoke(app, ["schedule", str(SPEC), "--cron", "0 3 * * *",
+                                   "--output", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["kinds"] == ["ConfigMap",
+                                                                        "RayCronJob"]
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+@needs_crds
+def test_raycronjob_matches_crd(tmp_path):
+    import jsonschema
+
+    _, cron = _render(tmp_path, "--time-zone", "Europe/Paris")
+    schema = _crd_schemas()[("ray.io/v1", "RayCronJob")]
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(cron))
+    assert not errors, [e.message for e in errors]
+    assert _unknown_fields(cron["spec"], schema["properties"]["spec"], "spec") == []
+    assert cron["spec"]["schedule"] == "0 3 * * *"
+    assert cron["spec"]["timeZone"] == "Europe/Paris"
+
+
+def test_entrypoint_is_a_real_loom_command_on_the_carried_spec(tmp_path):
+    config_map, cron = _render(tmp_path)
+    argv = shlex.split(cron["spec"]["jobTemplate"]["entrypoint"])
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert argv[0] in scripts
+    commands = typer.main.get_command(app).commands
+    sub = [a for a in argv[1:] if not a.startswith("-")]
+    assert sub[0] in commands and sub[0] == "run"
+    assert sub[1] == f"{CONFIG_DIR}/{SPEC_KEY}"
+    # the ConfigMap holds the spec, loadable as is, and the head pod mounts it there
+    assert load_spec(config_map["data"][SPEC_KEY]).name == load_spec(SPEC).name
+    head = cron["spec"]["jobTemplate"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (mount,) = head["containers"][0]["volumeMounts"]
+    (volume,) = [v for v in head["volumes"] if v["name"] == mount["name"]]
+    assert mount["mountPath"] == CONFIG_DIR
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+
+
+def test_bad_cron_and_bad_spec_exit_2(tmp_path):
+    res = CliRunner().invoke(app, ["schedule", str(SPEC), "--cron", "61 * * * *",
+                                   "--output", str(tmp_path / "x.yaml")])
+    assert res.exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: a\nworkdir: w\nstages: []\n")
+    res = CliRunner().invoke(app, ["schedule", str(bad), "--cron", "0 3 * * *"])
+    assert res.exit_code == 2
+
+
+def test_k8s_names():
+    assert k8s_name("Nightly_Run") == "loom-nightly-run"
+    assert len(k8s_name("x" * 80)) <= 52

@@ -1,0 +1,127 @@
+"""Synth under 30% injected faults ends with exactly a clean run's pairs; a SIGKILLed run
+resumes without paying again for the calls it finished (counted on the server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs.corpus import generate_corpus
+from pipelines.ingest import run_ingest
+from pipelines.synth import run_synth
+from schemas import manifest as mf
+from synth.client import LLMConfig
+from synth.offline_server import Faults, server_stats, start_server
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COLS = ["pair_id", "kind", "query_text", "task", "positive_id", "split", "prompt_version"]
+
+
+def _pairs(uri: str) -> list[dict]:
+    vdir, manifest = mf.resolve_input(uri)
+    return sorted(mf.read_table(vdir, manifest, "pairs", columns=COLS).to_pylist(),
+                  key=lambda r: r["pair_id"])
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synthf")
+    generate_corpus(str(tmp / "c"), 10, 10, seed=21, bad_files=False)
+    return run_ingest(str(tmp / "c" / "media"), str(tmp / "ex"))["uri"]
+
+
+@pytest.fixture
+def server():
+    made = []
+
+    def start(faults: Faults):
+        srv, url = start_server(0, faults)
+        made.append(srv)
+        return url
+
+    yield start
+    for s in made:
+        s.shutdown()
+        s.server_close()
+
+
+def test_thirty_percent_faults_end_with_the_clean_pairs(tmp_path, examples, server):
+    clean = run_synth(examples, str(tmp_path / "clean"))
+    url = server(Faults(share=0.3, seed=4, retry_after_s=0.05, slow_s=3.5))
+    llm = LLMConfig(base_url=url, timeout_s=3.0, retry_initial_delay_s=0.02, retry_jitter_s=0.05)
+    faulty = run_synth(examples, str(tmp_path / "faulty"), llm)
+    stats = server_stats(url)
+    assert sum(stats["faults"].values()) >= 0.2 * stats["requests"]
+    assert len(stats["faults"]) == 6  # every kind was drawn
+    got, want = _pairs(faulty["uri"]), _pairs(clean["uri"])
+    assert got == want and len({p["pair_id"] for p in got}) == len(got)
+    assert faulty["counts"]["rejected"] == clean["counts"]["rejected"] == 0
+    assert faulty["counts"]["retries"] >= sum(stats["faults"].values())
+    assert faulty["counts"]["llm_calls"] == clean["counts"]["llm_calls"]
+    assert faulty["usage"]["input_tokens"] == clean["usage"]["input_tokens"] > 0
+
+
+def _synth_cli(examples: str, out: str, url: str) -> subprocess.Popen:
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "synth", "--examples", examples,
+                             "--output", out, "--base-url", url, "--concurrency", "4"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _cached(out: pathlib.Path) -> dict[str, str]:
+    """cache entry -> the responseId the server gave it."""
+    found = {}
+    for p in (out / "_llm_cache").glob("*/*.json"):
+        found[p.name] = json.loads(p.read_text()).get("response_id") or ""
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, server):
+    url = server(Faults(latency_s=0.25))
+    out = tmp_path / "pairs"
+    proc = _synth_cli(examples, str(out), url)
+    deadline = time.monotonic() + 180
+    try:
+        while len(_cached(out)) < 6:
+            assert proc.poll() is None, "synth finished before it could be killed"
+            assert time.monotonic() < deadline, "no call finished"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with pytest.raises(FileNotFoundError):
+        mf.resolve_input(str(out))
+    time.sleep(0.5)  # calls in flight at the kill reach the server's books
+    finished = _cached(out)
+    before = server_stats(url)["answered"]
+    assert 6 <= len(finished) < 40
+
+    proc = _synth_cli(examples, str(out), url)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    stats = server_stats(url)
+    rerun_ids = stats["answered_ids"][before:]
+    assert not set(rerun_ids) & set(finished.values())  # no finished call was paid again
+    assert len(rerun_ids) == 40 - len(finished)
+    assert json.loads(stdout.strip().splitlines()[-1])["counts"]["llm_calls"] == len(rerun_ids)
+    assert _pairs(str(out)) == _pairs(run_synth(examples, str(tmp_path / "clean"))["uri"])
+
+
+def test_ray_and_beam_write_the_same_pairs(tmp_path, examples, ray_session):
+    from pipelines.runner import Engine
+
+    beam = run_synth(examples, str(tmp_path / "beam"), rows_per_item=8)
+    ray = run_synth(examples, str(tmp_path / "ray"), engine=Engine.RAY, rows_per_item=8)
+    assert _pairs(ray["uri"]) == _pairs(beam["uri"]) and len(_pairs(beam["uri"])) > 0
+    assert ray["counts"] == beam["counts"]

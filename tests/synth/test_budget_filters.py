@@ -1,0 +1,105 @@
+"""Price table, worst-case estimates that bound real usage, the reserving ledger, filters."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from google.genai import types
+
+from synth import filters as qf
+from synth.budget import Budget, Estimate, Ledger, call_estimate, load_prices, price_for
+from synth.client import LLMConfig, generate_pair_json
+from synth.prompts import PromptSet
+from synth.stage import _content_parts
+from tests.synth.conftest import image_example, text_example
+from transforms import scenes
+
+PROMPTS = PromptSet.load(["caption", "keyword", "question"])
+
+
+def test_price_table():
+    prices = load_prices()
+    assert prices["gemini-2.5-flash"].input > 0 and prices["gemini-2.5-pro"].output > 0
+    assert price_for("gemini-2.5-flash-001") == prices["gemini-2.5-flash"]  # a versioned id
+    assert price_for("no-such-model") is None
+    assert prices["gemini-2.5-flash"].cost(1_000_000, 0) == prices["gemini-2.5-flash"].input
+    with pytest.raises(ValueError, match="price"):
+        Ledger(Budget(max_cost=1.0), None)
+
+
+def test_ledger_never_passes_the_budget():
+    ledger = Ledger(Budget(max_tokens=1000, max_calls=5), price_for("gemini-2.5-flash"))
+    est = Estimate(1, 200, 100)
+    assert ledger.reserve(est) and ledger.reserve(est) and ledger.reserve(est)
+    assert not ledger.reserve(est)  # 4 x 300 > 1000
+    ledger.settle(est, Estimate(1, 50, 10))  # the call used less: room comes back
+    assert ledger.reserve(est)
+    assert ledger.spent.tokens + ledger.reserved.tokens <= 1000
+
+
+def test_estimate_bounds_offline_usage(tmp_path, offline_client):
+    rng = random.Random(4)
+    cfg = LLMConfig()
+    rows = []
+    for _ in range(3):
+        scene = scenes.random_scene(rng)
+        rows += [image_example(tmp_path, scene, rng), text_example(scenes.describe(scene, rng))]
+    for ex in rows:
+        for kind in ("caption", "keyword"):
+            out = generate_pair_json(offline_client, cfg, PROMPTS.text(kind), _content_parts(ex))
+            est = call_estimate(ex, PROMPTS.text(kind), cfg.max_output_tokens, with_repair=False)
+            assert out["usage"]["calls"] == 1
+            assert out["usage"]["input_tokens"] <= est.input_tokens
+            assert out["usage"]["output_tokens"] <= est.output_tokens
+
+
+def test_row_filters_and_duplicates():
+    cfg = qf.FilterConfig(min_chars=3, max_words=6)
+    kept, removed = qf.row_filters(
+        ["red circle", "ok", "one two three four five six seven", "красный круг",
+         "赤い丸を探す", "small blue square"], cfg)
+    assert kept == {"red circle", "small blue square"}
+    assert removed == {"length": 2, "language": 2}
+    assert qf.row_filters(["красный круг"], qf.FilterConfig(script="cyrillic"))[0] == {"красный круг"}
+    assert qf.row_filters(["赤い丸を探す"], qf.FilterConfig(script="cjk"))[0] == {"赤い丸を探す"}
+    assert qf.row_filters(["赤い丸"], qf.FilterConfig(script=None))[0] == {"赤い丸"}
+    rows = [{"pair_id": "b", "query_text": "Red  circle!", "positive_modality": "image"},
+            {"pair_id": "a", "query_text": "red circle", "positive_modality": "image"},
+            {"pair_id": "d", "query_text": "red circle", "positive_modality": "text"},
+            {"pair_id": "c", "query_text": "blue", "positive_modality": "image"}]
+    assert qf.duplicate_ids(rows) == {"b"}  # the smallest pair_id keeps it, per modality
+
+
+def test_media_parts_sent_natively(tmp_path):
+    import numpy as np
+
+    wav, pdf = tmp_path / "a.wav", tmp_path / "p.pdf"
+    wav.write_bytes(b"RIFF....WAVEfmt fake audio bytes")
+    pdf.write_bytes(b"%PDF-1.4 fake page")
+    audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
+             "mime": "audio/wav", "size_bytes": 32, "metadata": "{}"}
+    frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    page = {"id": "p" * 64, "modality": "page", "source_uris": [str(pdf)],
+            "mime": "application/pdf", "size_bytes": 18, "metadata": "{}",
+            "parts": [{"kind": "page", "pixels": frames[:1].tobytes(), "height": 8, "width": 8,
+                       "frames": 1}, {"kind": "text", "text": "Revenue chart, Q3"}]}
+    bare_page = page | {"parts": [{"kind": "text", "text": "Revenue chart, Q3"}]}
+    video = {"id": "v" * 64, "modality": "video", "source_uris": [str(tmp_path / "gone.mp4")],
+             "mime": "video/mp4", "size_bytes": 10, "metadata": "{}",
+             "parts": [{"kind": "video", "pixels": frames.tobytes(), "height": 8, "width": 8,
+                        "frames": 3}]}
+    a = _content_parts(audio)
+    assert [(p.inline_data.mime_type, p.inline_data.data) for p in a] == [("audio/wav", wav.read_bytes())]
+    p = _content_parts(page)  # the page itself: its image and text layer, not the whole PDF
+    assert [x.inline_data.mime_type if x.inline_data else "text" for x in p] == ["image/png", "text"]
+    assert _content_parts(bare_page)[0].inline_data.mime_type == "application/pdf"
+    v = _content_parts(video)  # source unreadable: the decoded frames go as images
+    assert [x.inline_data.mime_type for x in v] == ["image/png"] * 3
+    assert all(isinstance(x, types.Part) for x in a + p + v)
+
+
+def test_offline_server_reads_native_media(offline_client, tmp_path):
+    part = types.Part.from_bytes(data=b"RIFF fake wav", mime_type="audio/wav")
+    out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"), [part])
+    assert out["queries"] and "audio clip" in out["queries"][0]

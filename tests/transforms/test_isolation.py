@@ -1,0 +1,62 @@
+"""The isolated decoder: queued calls, timeouts and crashes, and limits on every worker."""
+
+from __future__ import annotations
+
+import ctypes
+import resource
+import time
+
+import pytest
+
+from transforms.isolation import IsolatedDecoder
+from transforms.sniff import DecodeError
+
+
+def work(x: str) -> str:
+    """Runs in the worker: 'hang' sleeps past any timeout here, 'crash' reads address 0."""
+    if x == "hang":
+        time.sleep(30)
+    if x == "crash":
+        ctypes.string_at(0)
+    return x.upper()
+
+
+def address_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_AS)[0]
+
+
+def test_queued_calls_survive_a_timeout_and_a_crash_ahead_of_them():
+    iso = IsolatedDecoder(timeout_s=10.0, memory_mb=512)
+    try:
+        iso.start()
+        items = ["a", "hang", "b", "crash", "c"]
+        outcomes = []
+        ticket = iso.submit(work, items[0])
+        for j, x in enumerate(items):  # as the ingest stage drives it: one call queued ahead
+            current = ticket
+            if j + 1 < len(items):
+                ticket = iso.submit(work, items[j + 1])
+            try:
+                outcomes.append(iso.collect(current, work, x, timeout_s=1.0 if x == "hang"
+                                            else 20.0))
+            except DecodeError as e:
+                outcomes.append(e.reason.value)
+        assert outcomes == ["A", "decode_timeout", "B", "decode_error", "C"]
+        # the hang, the crash and its retry; "b" (resubmitted behind the crash once the hang
+        # replaced its worker) may lose its worker to the crash too, and is retried
+        assert 3 <= iso.restarts <= 4
+    finally:
+        iso.close()
+
+
+def test_every_worker_is_memory_capped_including_replacements():
+    iso = IsolatedDecoder(timeout_s=20.0, memory_mb=512)
+    try:
+        first = iso.run(address_limit)
+        with pytest.raises(DecodeError):
+            iso.run(work, "crash")
+        again = iso.run(address_limit)
+        assert first != resource.RLIM_INFINITY and again != resource.RLIM_INFINITY
+        assert abs(again - first) < 512 << 20  # same budget on top of a similar start-up size
+    finally:
+        iso.close()

@@ -1,0 +1,56 @@
+"""Replays the fuzzer's kept inputs, and proves a crash in native code is contained."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import pathlib
+
+import pyarrow as pa
+import pytest
+
+from schemas.spec import PreprocessingSpec
+from transforms.ingest import IngestConfig, IngestStage
+from transforms.isolation import IsolatedDecoder
+from transforms.sniff import DecodeError
+
+REGRESSIONS = sorted((pathlib.Path(__file__).parent / "regressions").glob("*.bin"))
+
+
+def segfault() -> None:
+    """A crash inside C: read address 0."""
+    ctypes.string_at(0)
+
+
+def echo(x):
+    return x
+
+
+def test_a_native_crash_is_a_rejected_outcome_not_a_dead_run():
+    iso = IsolatedDecoder(timeout_s=20, memory_mb=512)
+    try:
+        with pytest.raises(DecodeError) as e:
+            iso.run(segfault)
+        assert e.value.reason.value == "decode_error" and "died" in e.value.message
+        assert iso.run(echo, 7) == 7  # a fresh worker carries on
+        assert iso.restarts == 2  # the crash, and its one retry on a fresh worker
+    finally:
+        iso.close()
+
+
+@pytest.mark.skipif(not REGRESSIONS, reason="the fuzzer has kept no input yet")
+def test_kept_fuzz_inputs_end_as_one_outcome(tmp_path):
+    stage = IngestStage(IngestConfig(spec=PreprocessingSpec(image_size=32), decode_timeout_s=10,
+                                     decoder_memory_mb=768))
+    rows = []
+    for src in REGRESSIONS:
+        data = src.read_bytes()
+        path = tmp_path / src.name
+        path.write_bytes(data)
+        rows.append({"uri": str(path), "id": hashlib.sha256(data).hexdigest()})
+    try:
+        out = stage.process_batch(pa.RecordBatch.from_pylist(rows, schema=stage.input_schema))
+    finally:
+        stage.teardown()
+    stats = out["stats"].to_pylist()[0]
+    assert stats["accepted_files"] + stats["rejected_files"] == len(rows)
