@@ -236,13 +236,37 @@ def mine(pairs: Annotated[str, Opt(help="pairs root or version")],
          checkpoint: Annotated[str, Opt(help="checkpoint id, run, or latest")] = "latest",
          checkpoint_root: Annotated[str, Opt(help="checkpoint root")] = "checkpoints",
          corpus: Annotated[str | None, Opt(help="examples (default: the pairs' corpus)")] = None,
-         negatives: int = 3) -> None:
+         negatives: Annotated[int | None, Opt(help="negatives of the positive's modality")] = None,
+         cross_modal: Annotated[str | None, Opt(help="extra negatives, e.g. image=1,text=1")] = None,
+         config: Annotated[str | None, Opt(help="MiningConfig as a YAML/JSON file or inline")] = None,
+         cache: Annotated[str | None, Opt(help="embedding cache root (default: --output)")] = None
+         ) -> None:
     """Mine modality-aware hard negatives with an encoder checkpoint."""
     from pipelines.mine import run_mine
-    from transforms.mining import MiningConfig
 
     _run(lambda: run_mine(pairs, output, checkpoint, checkpoint_root,
-                          MiningConfig(negatives=negatives), corpus))
+                          _mining_config(config, negatives, cross_modal), corpus, cache))
+
+
+def _mining_config(config: str | None, negatives: int | None, cross_modal: str | None):
+    import pathlib
+
+    import yaml
+
+    from transforms.mining import MiningConfig
+
+    raw: dict = {}
+    if config:
+        path = pathlib.Path(config)
+        raw = yaml.safe_load(path.read_text() if path.is_file() else config) or {}
+        if not isinstance(raw, dict):
+            raise ValueError("--config must be a mapping of MiningConfig fields")
+    if negatives is not None:
+        raw["negatives"] = negatives
+    if cross_modal:
+        pairs = (kv.partition("=") for kv in cross_modal.split(",") if kv)
+        raw["cross_modal"] = {k.strip(): int(v) for k, _, v in pairs}
+    return MiningConfig.model_validate(raw)
 
 
 @app.command("eval")

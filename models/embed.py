@@ -27,12 +27,21 @@ def collate_groups(items: list[dict], cfg) -> list[Group]:
 
 
 def forward_groups(model: torch.nn.Module, groups: list[Group], n: int) -> torch.Tensor:
-    """Unnormalized embeddings [n, out_dim] in input order (with grad when training)."""
+    """Unnormalized embeddings [n, out_dim] in input order (with grad when training).
+
+    Inputs follow the weights: on a GPU actor they are moved to the model's device."""
+    device = next(model.parameters()).device
+
+    def run(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if device.type != "cpu":
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        return model(**inputs)
+
     if len(groups) == 1:
-        return model(**groups[0][1])
+        return run(groups[0][1])
     out: torch.Tensor | None = None
     for idx, inputs in groups:
-        emb = model(**inputs)
+        emb = run(inputs)
         if out is None:
             out = emb.new_zeros((n, emb.shape[1]))
         out = out.index_copy(0, idx.to(emb.device), emb)
@@ -54,5 +63,6 @@ def embed_items(model: MultimodalEncoder, items: list[dict], dim: int | None = N
     out = np.zeros((len(items), dim), dtype=np.float32)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        out[start : start + len(chunk)] = matryoshka(forward_items(model, chunk, cfg), dim).numpy()
+        emb = matryoshka(forward_items(model, chunk, cfg), dim)
+        out[start : start + len(chunk)] = emb.float().cpu().numpy()
     return out

@@ -1,26 +1,39 @@
-"""Mine: train Pairs + corpus + a checkpoint -> triples with modality-aware hard negatives."""
+"""Mine: train Pairs + corpus + a checkpoint -> triples with modality-aware hard negatives.
+
+The checkpoint resolves once (`latest` included) and its id, spec digest and the mining
+config go into the version id and the manifest. Corpus and query embeddings come from the
+per-checkpoint cache (pipelines.embed_cache); what is missing is embedded on Ray (one
+encoder per actor). Held-out assets never become candidates. The search, exclusions,
+false-negative rules and sampling are transforms.mining; the run reports counts per rule,
+score histograms and, for ANN-searched modalities, the index's measured recall@k.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
 
-from models.checkpoint import load_checkpoint, resolve
+from models.checkpoint import resolve
 from pipelines.common import BadInput, result, reuse, timed
+from pipelines.embed_cache import EmbeddingCache, item_digest
 from schemas import manifest as mf
 from schemas import storage
 from schemas.records import TRIPLE, Split
+from schemas.spec import SPEC_FILE, PreprocessingSpec
 from schemas.splits import split_for
 from transforms.items import example_to_item, text_to_item
-from transforms.mining import MiningConfig, select_negatives
+from transforms.mining import EXCLUSIONS, RULES, Candidates, MiningConfig, mine
 from transforms.tokenizer import TextTokenizer
+
+ROWS_PER_PART = 4096
 
 
 def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
-             config: MiningConfig | None = None, corpus_uri: str | None = None) -> dict:
-    from pipelines.ray.embed import embed_on_ray
-
+             config: MiningConfig | None = None, corpus_uri: str | None = None,
+             cache_root: str | None = None) -> dict:
+    """`cache_root` holds the embedding cache (default: the output root)."""
     config = config or MiningConfig()
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
@@ -28,60 +41,136 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
     if "pairs" not in pairs_manifest.tables:
         raise BadInput(f"{pairs_dir} is not a pairs dataset")
-    ckpt_id = resolve(checkpoint_root, checkpoint)  # `latest` resolves once, here
+    try:
+        ckpt_id = resolve(checkpoint_root, checkpoint)  # `latest` resolves once, here
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from e
     corpus_dir, corpus_manifest = mf.resolve_input(corpus_uri or pairs_manifest.lineage["examples"])
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
-    cfg = config.model_dump()
+    cfg = config.model_dump(mode="json")
     version = mf.version_id("mine", [pairs_manifest.version, corpus_manifest.version, ckpt_id], cfg)
     writer = mf.VersionWriter(output_root, "mine", version)
-    if (done := reuse(writer, "mine", checkpoint=ckpt_id)) is not None:
+    if (done := reuse(writer, "mine")) is not None:
         return done
     timings: dict[str, float] = {}
-    ckpt = load_checkpoint(checkpoint_root, ckpt_id)
-    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    spec, dim = _checkpoint_spec(checkpoint_root, ckpt_id)
+    _check_corpus_spec(corpus_dir, spec, ckpt_id)
+    tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
              if p["split"] == Split.TRAIN.value]
     examples = mf.read_table(corpus_dir, corpus_manifest, "examples").to_pylist()
-    # Held-out assets are never negatives.
-    corpus = [e for e in examples if split_for(e["id"], heldout_fraction) == Split.TRAIN]
+    # Held-out assets are never candidates; (modality, id) order lets the search use the
+    # embedded vectors in place.
+    corpus = sorted((e for e in examples if split_for(e["id"], heldout_fraction) == Split.TRAIN),
+                    key=lambda e: (e["modality"], e["id"]))
+    del examples
+    cache = EmbeddingCache(cache_root or output_root,
+                           {"checkpoint_root": checkpoint_root, "checkpoint": ckpt_id,
+                            "spec_digest": spec.digest()}, dim)
+
+    def embed(items: list[dict]):
+        from pipelines.ray.embed import embed_on_ray
+
+        actors, cpus, gpus = _embed_plan()
+        return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,
+                            cpus_per_actor=cpus, gpus_per_actor=gpus)[1]
+
     with timed(timings, "embed_s"):
         cand_items = [example_to_item(e) for e in corpus]
-        q_items = [text_to_item(f"q:{p['pair_id']}", p["query_text"], tokenizer,
-                                ckpt.spec.max_text_tokens) for p in pairs]
-        cand_ids, cand_vecs = embed_on_ray(cand_items, checkpoint_root, ckpt_id)
-        _, q_vecs = embed_on_ray(q_items, checkpoint_root, ckpt_id)
-    modality_of = {e["id"]: e["modality"] for e in corpus}
-    pos_row = {c: i for i, c in enumerate(cand_ids)}
-    rows, stats = [], {}
+        digests = [item_digest(it) for it in cand_items]  # also the exact-duplicate key
+        q_items = [text_to_item(_query_id(p["query_text"]), p["query_text"], tokenizer,
+                                spec.max_text_tokens) for p in pairs]
+        # One call, so one Ray Data job embeds whatever corpus items and queries are missing.
+        vecs, e_counts = cache.embed(cand_items + q_items, embed,
+                                     digests + [item_digest(q) for q in q_items])
+        cand_vecs, q_vecs = vecs[: len(corpus)], vecs[len(corpus) :]
+        del cand_items, q_items, vecs
     with timed(timings, "search_s"):
-        for modality in sorted({p["positive_modality"] for p in pairs}):
-            sel = [i for i, p in enumerate(pairs) if p["positive_modality"] == modality]
-            cands = [i for i, c in enumerate(cand_ids) if modality_of[c] == modality]
-            negs, st = select_negatives(q_vecs[sel], [pairs[i]["positive_id"] for i in sel],
-                                        [cand_ids[i] for i in cands], cand_vecs[cands], config)
-            stats[modality] = st
-            for qi, n in zip(sel, negs, strict=True):
-                p = pairs[qi]
-                pr = pos_row.get(p["positive_id"])
-                rows.append({
-                    "pair_id": p["pair_id"], "kind": p["kind"], "query_text": p["query_text"],
-                    "query_modality": p["query_modality"], "positive_id": p["positive_id"],
-                    "positive_modality": modality,
-                    "positive_score": float(q_vecs[qi] @ cand_vecs[pr]) if pr is not None else None,
-                    "negatives": [x | {"modality": modality} for x in n],
-                    "checkpoint": ckpt_id, "mining_config": json.dumps(cfg, sort_keys=True),
-                })
-    rows.sort(key=lambda r: r["pair_id"])
-    files = [writer.write_part("triples", f"part-{i // 4096:05d}",
-                               pa.Table.from_pylist(rows[i : i + 4096], schema=TRIPLE))
-             for i in range(0, len(rows), 4096)]
+        cands = Candidates.build([e["id"] for e in corpus], [e["modality"] for e in corpus],
+                                 cand_vecs, [_asset_keys(e) for e in corpus],
+                                 digests)
+        mined = mine(cands, q_vecs, [p["pair_id"] for p in pairs],
+                     [p["positive_id"] for p in pairs], [p["positive_modality"] for p in pairs],
+                     config)
+    with timed(timings, "write_s"):
+        rows = [{"pair_id": p["pair_id"], "kind": p["kind"], "query_text": p["query_text"],
+                 "query_modality": p["query_modality"], "positive_id": p["positive_id"],
+                 "positive_modality": p["positive_modality"],
+                 "positive_score": None if s != s else float(s), "negatives": negs,
+                 "checkpoint": ckpt_id, "mining_config": json.dumps(cfg, sort_keys=True)}
+                for p, s, negs in zip(pairs, mined.positive_scores, mined.negatives, strict=True)]
+        rows.sort(key=lambda r: r["pair_id"])
+        files = [writer.write_part("triples", f"part-{i // ROWS_PER_PART:05d}",
+                                   pa.Table.from_pylist(rows[i : i + ROWS_PER_PART], schema=TRIPLE))
+                 for i in range(0, len(rows), ROWS_PER_PART)]
+    mc = mined.counts
     counts = {"triples": len(rows), "corpus": len(corpus),
+              "heldout_excluded": corpus_manifest.rows("examples") - len(corpus),
               "negatives": sum(len(r["negatives"]) for r in rows),
-              "filtered_false_negatives": sum(s["false_negative"] for s in stats.values()),
-              "filtered_near_duplicates": sum(s["near_duplicate"] for s in stats.values())}
+              "embedded": e_counts["embedded"], "cache_hits": e_counts["cache_hits"],
+              "filtered_false_negatives": sum(mc[r] for r in RULES),
+              "filtered_near_duplicates": mc["near_duplicate"]}
+    counts |= {f"filtered.{r}": mc[r] for r in (*EXCLUSIONS, *RULES)}
+    counts |= {k: v for k, v in mc.items() if k.startswith("kept.")}
+    counts |= {k: mc[k] for k in ("considered", "unfilled", "positive_not_in_corpus")}
+    extra = {"checkpoint": ckpt_id, "search": mined.search, "cache": cache.dir}
     lineage = {"pairs": pairs_dir, "pairs_version": pairs_manifest.version,
                "examples": corpus_dir, "corpus_version": corpus_manifest.version,
                "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
-               "spec_digest": ckpt.spec.digest(), "rules": stats, "timings": timings}
+               "spec_digest": spec.digest(), "histograms": mined.histograms,
+               "timings": timings, "extra": extra}
     manifest = writer.commit({"triples": files}, counts, cfg, lineage)
-    return result("mine", manifest, writer.dir, False, checkpoint=ckpt_id, timings=timings)
+    return result("mine", manifest, writer.dir, False, timings=timings,
+                  histograms=mined.histograms, **extra)
+
+
+def _embed_plan() -> tuple[int, float, float]:
+    """(actors, CPUs, GPUs per actor): one actor per GPU when the cluster has GPUs; otherwise
+    actors of up to 8 CPUs that together take the cluster's CPUs (on a 2-core machine, one
+    actor with 2 torch threads, as a plain script would run)."""
+    import ray
+
+    from pipelines.ray.session import ensure_ray
+
+    ensure_ray()
+    res = ray.cluster_resources()
+    cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
+    if gpus:
+        return gpus, float(max(1, min(8, cpus // gpus - 1))), 1.0
+    actors = max(1, cpus // 8)
+    return actors, float(cpus // actors), 0.0
+
+
+def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:
+    """The checkpoint's spec and output size, without loading weights in the driver."""
+    from models.encoder import EncoderConfig
+
+    d = storage.join(root, ckpt_id)
+    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
+    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
+    if not spec.tokenizer_json:
+        raise BadInput(f"checkpoint {ckpt_id} carries no tokenizer in its preprocessing spec")
+    return spec, enc.out_dim
+
+
+def _check_corpus_spec(corpus_dir: str, spec: PreprocessingSpec, ckpt_id: str) -> None:
+    """The corpus must be prepared the way the checkpoint was trained (image size, patching)."""
+    uri = storage.join(corpus_dir, SPEC_FILE)
+    if not storage.exists(uri):
+        return
+    used = PreprocessingSpec.model_validate_json(storage.read_bytes(uri))
+    if used.without_tokenizer() != spec.without_tokenizer():
+        raise BadInput(f"corpus {corpus_dir} was not prepared with checkpoint {ckpt_id}'s spec")
+
+
+def _query_id(text: str) -> str:
+    return "q:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _asset_keys(example: dict) -> list[str]:
+    """Keys shared by parts and sources of one asset: PDF document id, source URIs."""
+    keys = [f"src:{u}" for u in example.get("source_uris") or []]
+    meta = json.loads(example["metadata"]) if example.get("metadata") else {}
+    if isinstance(meta, dict) and meta.get("document_id"):
+        keys.append(f"doc:{meta['document_id']}")
+    return keys

@@ -31,7 +31,7 @@ STAGE_LOGIC = {
     "relabel": 1,
     "shard": 1,
     "train": 2,
-    "mine": 1,
+    "mine": 2,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms
     "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
     "report": 1,
     "backfill": 1,

@@ -1,68 +1,287 @@
-"""Hard-negative selection: exact search, positive-aware false-negative filtering.
+"""Hard-negative selection: per-modality search with quotas, exclusions, false-negative rules.
 
-Candidates are searched per target modality (a text->image pair gets image negatives).
-Excluded: the positive itself, exact duplicates (same id), near-duplicates of the
-positive (cosine above `near_duplicate`), and likely false negatives scoring above
-`perc_pos` x the positive's score (NV-Retriever's TopK-PercPos rule; for a negative
-positive score the margin is taken below it, so the rule never admits more).
+For each query (a Pair) the candidates of every target modality with a quota are searched:
+the positive's modality gets `negatives`, and `cross_modal` adds negatives of other
+modalities (`{"image": 1}`). A candidate is dropped by the first rule that fires, in order:
+`positive` (the positive itself), `same_asset` (another part or source of the positive's
+asset: same id, PDF document or source URI, transitively), `duplicate` (same content digest),
+then the enabled false-negative rules: `perc_pos` (score above `perc_pos` x the positive's
+score, NV-Retriever's TopK-PercPos; for a negative positive score the margin is taken below
+it, so the rule never admits more), `margin` (score above positive score - `margin`),
+`max_score` (score above `max_score`), and last `near_duplicate` (cosine to the positive
+above `near_duplicate`: a near-copy that the score rules let through, e.g. with
+`false_negative: []`). Held-out assets never reach the candidates (the caller leaves them out).
+
+Survivors are taken in rank order (`top_k`) or sampled from a rank range (`range`), with a
+generator seeded by (seed, query key, modality): the same inputs give the same negatives.
+Counts are per rule over the candidates the miner considered (up to the last one it took, or
+the whole rank range), and histograms compare positive, kept and filtered scores.
 """
 
 from __future__ import annotations
 
-import faiss
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from transforms.search import AnnKind, VectorIndex, ann_recall
+
+Rule = Literal["perc_pos", "margin", "max_score"]
+EXCLUSIONS = ("positive", "same_asset", "duplicate", "near_duplicate")
+RULES: tuple[Rule, ...] = ("perc_pos", "margin", "max_score")
+# The order rules are tried in (a candidate counts under the first that drops it): identity
+# rules, then score rules, then the near-duplicate check, which needs the candidate's vector
+# and so runs only on what the others left.
+ORDER = ("positive", "same_asset", "duplicate", *RULES, "near_duplicate")
+HIST_BINS = np.linspace(-1.0, 1.0, 41)
+GATHER_FLOATS = 1 << 23  # candidate vectors gathered at once for near-duplicate checks
 
 
 class MiningConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    negatives: int = 3
-    search_k: int = 32
+    negatives: int = Field(3, ge=0)  # of the positive's modality
+    cross_modal: dict[str, int] = {}  # other modality -> extra negatives of it
+    search_k: int = Field(32, ge=1)  # first search depth; widened while quotas go unfilled
+    max_search_k: int = Field(256, ge=1)
+    false_negative: tuple[Rule, ...] = ("perc_pos",)
     perc_pos: float = 0.95
+    margin: float = 0.05
+    max_score: float = 0.9
     near_duplicate: float = 0.98
+    sampling: Literal["top_k", "range"] = "top_k"
+    rank_range: tuple[int, int] = (0, 32)  # [lo, hi) raw ranks, for sampling="range"
+    seed: int = 0
+    ann_threshold: int = Field(200_000, ge=0)  # corpus size per modality above which ANN answers
+    ann: AnnKind = "ivf"
+    ann_recall_sample: int = Field(256, ge=1)
+    query_chunk: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MiningConfig:
+        lo, hi = self.rank_range
+        if not 0 <= lo < hi:
+            raise ValueError(f"rank_range must be 0 <= lo < hi, got {self.rank_range}")
+        if any(n < 0 for n in self.cross_modal.values()):
+            raise ValueError("cross_modal counts must be >= 0")
+        return self
+
+    def quotas(self, positive_modality: str) -> dict[str, int]:
+        out = {positive_modality: self.negatives}
+        out |= {m: n for m, n in self.cross_modal.items() if m != positive_modality}
+        return {m: n for m, n in out.items() if n > 0}
 
 
-def exact_search(cand_vecs: np.ndarray, q_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatIP(cand_vecs.shape[1])
-    index.add(np.ascontiguousarray(cand_vecs, dtype=np.float32))
-    return index.search(np.ascontiguousarray(q_vecs, dtype=np.float32), min(k, len(cand_vecs)))
+@dataclasses.dataclass
+class Candidates:
+    """The searchable corpus, rows grouped by modality (each modality is one contiguous slice).
 
+    Rows given sorted by (modality, id) are used in place; otherwise the vectors are copied.
+    """
 
-def select_negatives(q_vecs: np.ndarray, pos_ids: list[str], cand_ids: list[str],
-                     cand_vecs: np.ndarray, cfg: MiningConfig) -> tuple[list[list[dict]], dict]:
-    """Per query: up to `cfg.negatives` {id, score, rank}; plus counts per rule."""
-    row_of = {c: i for i, c in enumerate(cand_ids)}
-    scores, idx = exact_search(cand_vecs, q_vecs, cfg.search_k)
-    stats = {"positive": 0, "false_negative": 0, "near_duplicate": 0, "kept": 0,
-             "positive_not_in_corpus": 0}
-    out: list[list[dict]] = []
-    for qi, pos in enumerate(pos_ids):
-        p_row = row_of.get(pos)
-        if p_row is None:
-            stats["positive_not_in_corpus"] += 1
-            pos_score = float("inf")
-            p_vec = None
+    ids: list[str]
+    modalities: list[str]
+    vectors: np.ndarray  # (N, d) float32, unit rows
+    groups: np.ndarray  # same-asset group per row
+    content: np.ndarray  # content-digest class per row
+    spans: dict[str, tuple[int, int]]
+    row_of: dict[str, int]
+
+    @classmethod
+    def build(cls, ids: Sequence[str], modalities: Sequence[str], vectors: np.ndarray,
+              asset_keys: Sequence[Iterable[str]], digests: Sequence[str]) -> Candidates:
+        order = sorted(range(len(ids)), key=lambda i: (modalities[i], ids[i]))
+        if order == list(range(len(ids))):  # already grouped: no copy of the vectors
+            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         else:
-            p_vec = cand_vecs[p_row]
-            pos_score = float(q_vecs[qi] @ p_vec)
-        kept = []
-        for rank, (j, s) in enumerate(zip(idx[qi], scores[qi], strict=True)):
-            if j < 0:
-                break
-            cid = cand_ids[j]
-            if cid == pos:
-                stats["positive"] += 1
-                continue
-            if s > pos_score - (1 - cfg.perc_pos) * abs(pos_score):
-                stats["false_negative"] += 1
-                continue
-            if p_vec is not None and float(cand_vecs[j] @ p_vec) > cfg.near_duplicate:
-                stats["near_duplicate"] += 1
-                continue
-            kept.append({"id": cid, "score": float(s), "rank": rank})
-            if len(kept) == cfg.negatives:
-                break
-        stats["kept"] += len(kept)
-        out.append(kept)
-    return out, stats
+            vecs = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        ids = [ids[i] for i in order]
+        mods = [modalities[i] for i in order]
+        groups = _asset_groups([asset_keys[i] for i in order], ids)
+        _, content = np.unique(np.array([digests[i] for i in order], dtype=object).astype(str),
+                               return_inverse=True)
+        spans: dict[str, tuple[int, int]] = {}
+        for row, m in enumerate(mods):
+            lo, _ = spans.get(m, (row, row))
+            spans[m] = (lo, row + 1)
+        return cls(ids, mods, vecs, groups, content.astype(np.int64), spans,
+                   {c: r for r, c in enumerate(ids)})
+
+
+def _asset_groups(keys: list[Iterable[str]], ids: list[str]) -> np.ndarray:
+    """Union-find over shared keys: rows sharing an id, document or source are one asset."""
+    parent = list(range(len(ids)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[str, int] = {}
+    for row, ks in enumerate(keys):
+        for k in {f"id:{ids[row]}", *ks}:
+            if k in first:
+                parent[find(row)] = find(first[k])
+            else:
+                first[k] = row
+    return np.array([find(r) for r in range(len(ids))], dtype=np.int64)
+
+
+@dataclasses.dataclass
+class MiningResult:
+    negatives: list[list[dict]]  # per query: {id, score, modality, rank}
+    positive_scores: np.ndarray  # nan where the positive is not a candidate
+    counts: dict[str, int]
+    histograms: dict
+    search: dict[str, dict]  # per modality: exact, or the ANN index and its measured recall
+
+
+def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
+         positive_ids: Sequence[str], positive_modalities: Sequence[str],
+         cfg: MiningConfig) -> MiningResult:
+    n = len(q_keys)
+    pos_row = np.array([cands.row_of.get(p, -1) for p in positive_ids], dtype=np.int64)
+    has_pos = pos_row >= 0
+    pos_vec = np.where(has_pos[:, None], cands.vectors[np.maximum(pos_row, 0)], 0.0) \
+        if len(cands.ids) else np.zeros_like(q_vecs)
+    pos_score = np.where(has_pos, np.einsum("qd,qd->q", q_vecs, pos_vec), np.nan)
+    counts = dict.fromkeys((*EXCLUSIONS, *RULES, "considered", "kept", "unfilled"), 0)
+    counts["positive_not_in_corpus"] = int((~has_pos).sum())
+    hist = {"positive": np.histogram(pos_score[has_pos], HIST_BINS)[0],
+            "kept": np.zeros(len(HIST_BINS) - 1, np.int64),
+            "filtered": np.zeros(len(HIST_BINS) - 1, np.int64)}
+    picked: list[dict[str, list[dict]]] = [{} for _ in range(n)]
+    search: dict[str, dict] = {}
+    pos_mod = np.array(positive_modalities, dtype=object)
+    for m, (lo, hi) in sorted(cands.spans.items()):
+        quota = np.array([cfg.quotas(pm).get(m, 0) for pm in pos_mod], dtype=np.int64)
+        todo = np.flatnonzero(has_pos & (quota > 0))
+        counts[f"kept.{m}"] = 0
+        if len(todo) == 0:
+            continue
+        index = VectorIndex(cands.vectors[lo:hi], cfg.ann_threshold, cfg.ann, seed=cfg.seed)
+        k0 = cfg.search_k if cfg.sampling == "top_k" else max(cfg.search_k, cfg.rank_range[1])
+        search[m] = ({"index": "exact", "vectors": hi - lo} if index.kind == "exact" else
+                     ann_recall(index, q_vecs[todo], k0, cfg.ann_recall_sample, cfg.seed))
+        ctx = _Ctx(cands, lo, m, q_vecs, q_keys, pos_row, pos_vec, pos_score, quota, cfg,
+                   counts, hist, picked)
+        for start in range(0, len(todo), cfg.query_chunk):
+            chunk, k = todo[start : start + cfg.query_chunk], min(k0, hi - lo)
+            while len(chunk):
+                scores, rows = index.search(q_vecs[chunk], k, cfg.query_chunk)
+                final = (k >= min(hi - lo, cfg.max_search_k)) or cfg.sampling == "range"
+                chunk = ctx.select(chunk, scores, np.where(rows >= 0, rows + lo, -1), final)
+                k = min(k * 4, hi - lo, cfg.max_search_k)
+    for qi in np.flatnonzero(has_pos):  # a quota for a modality the corpus lacks stays unfilled
+        counts["unfilled"] += sum(q for m, q in cfg.quotas(positive_modalities[qi]).items()
+                                  if m not in cands.spans)
+    out = []
+    for qi in range(n):
+        order = [pm for pm in [positive_modalities[qi]] if pm in picked[qi]]
+        order += sorted(m for m in picked[qi] if m != positive_modalities[qi])
+        out.append([neg for m in order for neg in picked[qi][m]])
+    histograms = {"bins": [round(float(b), 4) for b in HIST_BINS]} | {
+        k: v.astype(int).tolist() for k, v in hist.items()}
+    return MiningResult(out, pos_score, counts, histograms, search)
+
+
+@dataclasses.dataclass
+class _Ctx:
+    cands: Candidates
+    lo: int
+    modality: str
+    q_vecs: np.ndarray
+    q_keys: Sequence[str]
+    pos_row: np.ndarray
+    pos_vec: np.ndarray
+    pos_score: np.ndarray
+    quota: np.ndarray
+    cfg: MiningConfig
+    counts: dict[str, int]
+    hist: dict[str, np.ndarray]
+    picked: list[dict[str, list[dict]]]
+
+    def select(self, qs: np.ndarray, scores: np.ndarray, rows: np.ndarray,
+               final: bool) -> np.ndarray:
+        """Commits the queries whose quota is met (or that cannot search deeper); returns the rest."""
+        drop = self._rules(qs, scores, rows)
+        kept = (rows >= 0) & (drop < 0)
+        quota = self.quota[qs]
+        k = rows.shape[1]
+        lo_r, hi_r = self.cfg.rank_range
+        if self.cfg.sampling == "top_k":
+            taken = kept & (np.cumsum(kept, axis=1) <= quota[:, None])
+            filled = taken.sum(1) >= quota
+            last = np.where(filled, k - 1 - np.argmax(taken[:, ::-1], axis=1), k - 1)
+            considered = (rows >= 0) & (np.arange(k)[None, :] <= last[:, None])
+        else:
+            considered = (rows >= 0) & (np.arange(k) >= lo_r)[None, :] & (np.arange(k) < hi_r)
+            taken = np.zeros_like(kept)
+            for j, qi in enumerate(qs):
+                pool = np.flatnonzero(kept[j] & considered[j])
+                rng = np.random.default_rng(_seed(self.cfg.seed, self.q_keys[qi], self.modality))
+                take = rng.choice(pool, min(len(pool), quota[j]), replace=False)
+                taken[j, np.sort(take)] = True
+            filled = taken.sum(1) >= quota
+        done = filled | final
+        for j in np.flatnonzero(done):
+            qi = int(qs[j])
+            self.picked[qi][self.modality] = [
+                {"id": self.cands.ids[rows[j, r]], "score": float(scores[j, r]),
+                 "modality": self.modality, "rank": int(r)} for r in np.flatnonzero(taken[j])]
+        c = considered[done]
+        d = drop[done]
+        for code, name in enumerate(ORDER):
+            self.counts[name] += int(((d == code) & c).sum())
+        self.counts["considered"] += int(c.sum())
+        n_taken = int(taken[done].sum())
+        self.counts["kept"] += n_taken
+        self.counts[f"kept.{self.modality}"] += n_taken
+        self.counts["unfilled"] += int((quota[done] - taken[done].sum(1)).sum())
+        s = scores[done]
+        self.hist["kept"] += np.histogram(s[taken[done]], HIST_BINS)[0]
+        self.hist["filtered"] += np.histogram(s[c & (d > 0)], HIST_BINS)[0]
+        return qs[~done]
+
+    def _rules(self, qs: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per candidate, the index in ORDER of the first rule that drops it, or -1."""
+        c = self.cands
+        safe = np.maximum(rows, 0)
+        prow = self.pos_row[qs][:, None]
+        drop = np.full(rows.shape, -1, dtype=np.int8)
+        drop[rows < 0] = -2  # no candidate
+
+        def mark(name: str, cond: np.ndarray) -> None:
+            drop[(drop == -1) & cond] = ORDER.index(name)
+
+        mark("positive", rows == prow)
+        mark("same_asset", c.groups[safe] == c.groups[prow])
+        mark("duplicate", c.content[safe] == c.content[prow])
+        ps = self.pos_score[qs][:, None]
+        for rule in self.cfg.false_negative:
+            if rule == "perc_pos":
+                mark(rule, scores > ps - (1 - self.cfg.perc_pos) * np.abs(ps))
+            elif rule == "margin":
+                mark(rule, scores > ps - self.cfg.margin)
+            else:
+                mark(rule, scores > self.cfg.max_score)
+        q_idx, k_idx = np.nonzero(drop == -1)  # only survivors need their vectors
+        near = np.zeros(len(q_idx), dtype=bool)
+        dim = c.vectors.shape[1]
+        step = max(1, GATHER_FLOATS // dim)
+        for s in range(0, len(q_idx), step):
+            cand = c.vectors[rows[q_idx[s : s + step], k_idx[s : s + step]]]
+            pos = self.pos_vec[qs[q_idx[s : s + step]]]
+            near[s : s + step] = np.einsum("nd,nd->n", cand, pos) > self.cfg.near_duplicate
+        drop[q_idx[near], k_idx[near]] = ORDER.index("near_duplicate")
+        drop[drop == -2] = -1
+        return drop
+
+
+def _seed(seed: int, key: str, modality: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{modality}".encode()).digest()[:8], "big")

@@ -16,9 +16,11 @@ from pipelines.ray.session import ensure_ray
 class EmbedActor:
     """Loads the checkpoint once (in __init__), then embeds batches of ITEM rows."""
 
-    def __init__(self, root: str, ckpt_id: str, dim: int | None = None):
-        torch.set_num_threads(1)
+    def __init__(self, root: str, ckpt_id: str, dim: int | None = None, threads: int = 1):
+        torch.set_num_threads(threads)
         self.model = load_checkpoint(root, ckpt_id).model
+        if torch.cuda.is_available():  # Ray set CUDA_VISIBLE_DEVICES for a num_gpus actor
+            self.model = self.model.cuda()
         self.dim = dim
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
@@ -29,15 +31,20 @@ class EmbedActor:
 
 
 def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = None,
-                 actors: int = 1, batch_size: int = 256) -> tuple[list[str], np.ndarray]:
-    """Ids and vectors in input order."""
+                 actors: int = 1, batch_size: int = 256,
+                 cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0
+                 ) -> tuple[list[str], np.ndarray]:
+    """Ids and vectors in input order. Each actor reserves `cpus_per_actor` CPUs (and runs
+    that many torch threads) and `gpus_per_actor` GPUs (its model then runs on one)."""
     ensure_ray()
     if not items:
         return [], np.zeros((0, dim or 1), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"item": items}))
-    ds = ds.map_batches(EmbedActor, fn_constructor_args=(root, ckpt_id, dim),
+    ds = ds.map_batches(EmbedActor,
+                        fn_constructor_args=(root, ckpt_id, dim, max(1, int(cpus_per_actor))),
                         batch_size=batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
+                        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     rows = ds.take_all()
     by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
     ids = [it["id"] for it in items]

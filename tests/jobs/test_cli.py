@@ -136,3 +136,17 @@ def test_run_with_a_bad_spec_names_field_and_line(tmp_path):
     res = CliRunner().invoke(app, ["run", str(spec)])
     assert res.exit_code == 2
     assert "image_size" in res.output and "line 7" in res.output
+
+
+@pytest.mark.parametrize("extra,field", [
+    (["--config", "{sampling: nearest}"], "sampling"),
+    (["--config", "{rank_range: [5, 2]}"], "rank_range"),
+    (["--cross-modal", "image=-1"], "cross_modal"),
+])
+def test_mine_bad_config_exits_2(tmp_path, extra, field):
+    res = CliRunner().invoke(app, ["mine", "--pairs", str(tmp_path / "pairs"),
+                                   "--output", str(tmp_path / "triples"), *extra])
+    assert res.exit_code == 2, res.output
+    reason = _one_line_reason(res)
+    assert "bad config" in reason and field in reason
+    assert not (tmp_path / "triples").exists()

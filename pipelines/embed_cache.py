@@ -1,0 +1,90 @@
+"""Embeddings cached per checkpoint, so re-mining with the same checkpoint embeds nothing.
+
+`<cache root>/_embeddings/<key digest>/` holds Parquet parts of (id, digest, vector) and
+`key.json`; the key is (checkpoint root, checkpoint id, its preprocessing spec digest, dim).
+A row is reused only when both the item id and the digest of its encoder input (tokens,
+pixels, features) match, so a re-ingested corpus with other pixels never reads a stale
+vector. Parts are written atomically, each named by a hash of its keys, as their chunk
+finishes: a killed run keeps what it embedded and concurrent runs never overwrite each
+other. Works on local folders and gs:// through schemas.storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from schemas import storage
+from schemas.manifest import canonical_json
+
+CACHE_DIR = "_embeddings"
+PART_ROWS = 16_384  # items embedded and written per part
+
+
+def item_digest(item: dict) -> str:
+    """What the encoder reads of an ITEM: same digest, same embedding for a checkpoint."""
+    h = hashlib.sha256()
+    h.update(f"{item.get('modality')}\0{item.get('pixel_format')}\0{item.get('frames')}\0"
+             f"{item.get('feature_bins')}\0".encode())
+    h.update(np.asarray(item.get("tokens") or [], dtype=np.int32).tobytes() + b"\0")
+    h.update((item.get("pixels") or b"") + b"\0")
+    h.update(np.asarray(item.get("features") or [], dtype=np.float16).tobytes())
+    return h.hexdigest()[:32]
+
+
+class EmbeddingCache:
+    def __init__(self, root: str, key: dict, dim: int):
+        self.key, self.dim = key | {"dim": dim}, dim
+        digest = hashlib.sha256(canonical_json(self.key).encode()).hexdigest()[:16]
+        self.dir = storage.join(storage.absolute(root), CACHE_DIR, digest)
+        self.schema = pa.schema([("id", pa.string()), ("digest", pa.string()),
+                                 ("vector", pa.list_(pa.float32(), dim))])
+
+    def _part_vectors(self, uri: str) -> tuple[list[str], list[str], np.ndarray]:
+        table = storage.read_parquet([uri])
+        vec = table.column("vector").combine_chunks()
+        values = vec.flatten().to_numpy(zero_copy_only=False) if len(vec) else np.zeros(0)
+        return (table.column("id").to_pylist(), table.column("digest").to_pylist(),
+                np.asarray(values, dtype=np.float32).reshape(-1, self.dim))
+
+    def embed(self, items: Sequence[dict], embed_fn: Callable[[list[dict]], np.ndarray],
+              digests: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
+        """Vectors of `items` in order; only (id, digest) pairs not cached go to `embed_fn`.
+
+        Cached parts are read one at a time into the output: memory stays at the output's
+        size plus one part.
+        """
+        digests = digests if digests is not None else [item_digest(it) for it in items]
+        want: dict[tuple[str, str], list[int]] = {}
+        for i, k in enumerate(zip((it["id"] for it in items), digests, strict=True)):
+            want.setdefault(k, []).append(i)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        found: set[tuple[str, str]] = set()
+        for f in storage.list_files(self.dir, ".parquet"):
+            ids, dig, vecs = self._part_vectors(f.uri)
+            for r, k in enumerate(zip(ids, dig, strict=True)):
+                if k in want and k not in found:
+                    out[want[k]] = vecs[r]
+                    found.add(k)
+        todo = [(k, pos) for k, pos in want.items() if k not in found]
+        if todo and not storage.exists(storage.join(self.dir, "key.json")):
+            storage.write_atomic(storage.join(self.dir, "key.json"),
+                                 json.dumps(self.key, indent=2, sort_keys=True).encode())
+        for start in range(0, len(todo), PART_ROWS):
+            chunk = todo[start : start + PART_ROWS]
+            vecs = np.asarray(embed_fn([items[pos[0]] for _, pos in chunk]), dtype=np.float32)
+            if vecs.shape != (len(chunk), self.dim):
+                raise RuntimeError(f"embedder returned {vecs.shape} for {len(chunk)} items")
+            for (_, pos), v in zip(chunk, vecs, strict=True):
+                out[pos] = v
+            name = hashlib.sha256("\n".join(f"{a}\0{b}" for (a, b), _ in chunk).encode())
+            table = pa.table({"id": [a for (a, _), _ in chunk], "digest": [b for (_, b), _ in chunk],
+                              "vector": pa.FixedSizeListArray.from_arrays(
+                                  pa.array(vecs.reshape(-1)), self.dim)}, schema=self.schema)
+            storage.write_parquet(table, storage.join(self.dir,
+                                                      f"part-{name.hexdigest()[:16]}.parquet"))
+        return out, {"embedded": len(todo), "cache_hits": sum(len(want[k]) for k in found)}

@@ -1,0 +1,156 @@
+"""`run_mine` end to end with a real tiny checkpoint: cache, exclusions, quotas, output."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs.corpus import generate_corpus
+from models.checkpoint import save_checkpoint
+from models.encoder import EncoderConfig, MultimodalEncoder
+from pipelines.common import BadInput
+from pipelines.embed_cache import EmbeddingCache, item_digest
+from pipelines.ingest import run_ingest
+from pipelines.mine import run_mine
+from pipelines.synth import run_synth
+from schemas import manifest as mf
+from schemas import storage
+from schemas.spec import SPEC_FILE, PreprocessingSpec
+from schemas.splits import split_for
+from transforms.items import example_to_item
+from transforms.mining import MiningConfig
+
+COPIES = 8  # images re-encoded with other bytes: other ids, the same pixels
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, ray_session):
+    base = tmp_path_factory.mktemp("mine")
+    generate_corpus(str(base / "c"), 16, 12, seed=3)
+    images = sorted((base / "c" / "media").rglob("img-*.png"))[:COPIES]
+    for p in images:  # planted duplicates: same decoded pixels, different file bytes
+        buf = io.BytesIO()
+        Image.open(p).save(buf, format="PNG", compress_level=1)
+        (p.parent / f"recoded-{p.name}").write_bytes(buf.getvalue())
+    ingest = run_ingest(str(base / "c" / "media"), str(base / "examples"))
+    synth = run_synth(ingest["uri"], str(base / "pairs"))
+    spec = PreprocessingSpec.model_validate_json(
+        storage.read_bytes(storage.join(ingest["uri"], SPEC_FILE)))
+    cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
+                        image_size=spec.image_size, patch_size=spec.patch_size, dim=32,
+                        layers=1, heads=2, embed_dims=(16, 32))
+    torch.manual_seed(0)
+    ckpts = str(base / "ckpt")
+    ckpt = save_checkpoint(ckpts, "run-a", 1, MultimodalEncoder(cfg), None, spec, cfg, {}, {})
+    mix = MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1})
+    first = run_mine(synth["uri"], str(base / "triples"), "latest", ckpts, mix)
+    second = run_mine(synth["uri"], str(base / "triples"), ckpt, ckpts,
+                      MiningConfig(negatives=3, false_negative=("perc_pos", "margin")))
+    examples = mf.read_table(*mf.resolve_input(ingest["uri"]), "examples").to_pylist()
+    pairs = mf.read_table(*mf.resolve_input(synth["uri"]), "pairs").to_pylist()
+    return {"base": base, "first": first, "second": second, "ckpt": ckpt, "ckpts": ckpts,
+            "examples": {e["id"]: e for e in examples}, "pairs": pairs, "synth": synth}
+
+
+def _triples(out: dict) -> list[dict]:
+    d, m = mf.resolve_input(out["uri"])
+    return mf.read_table(d, m, "triples").to_pylist()
+
+
+def test_second_run_embeds_nothing(env):
+    first, second = env["first"], env["second"]
+    assert first["checkpoint"] == second["checkpoint"] == env["ckpt"]  # `latest` resolved once
+    assert first["version"] != second["version"] and not second["reused"]
+    n = first["counts"]["corpus"]
+    queries = len({p["query_text"] for p in env["pairs"] if p["split"] == "train"})
+    assert first["counts"]["embedded"] == n + queries and first["counts"]["cache_hits"] == 0
+    assert second["counts"]["embedded"] == 0
+    assert second["counts"]["cache_hits"] == n + first["counts"]["triples"]
+    assert second["cache"] == first["cache"]
+    again = run_mine(env["synth"]["uri"], str(env["base"] / "triples"), env["ckpt"], env["ckpts"],
+                     MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}))
+    assert again["reused"] and again["version"] == first["version"]
+    assert again["search"] == first["search"] and again["checkpoint"] == env["ckpt"]
+
+
+def test_negatives_respect_exclusions_and_quotas(env):
+    examples, triples = env["examples"], _triples(env["first"])
+    digest = {i: item_digest(example_to_item(e)) for i, e in examples.items()}
+    copies = {}
+    for i in examples:
+        copies.setdefault(digest[i], set()).add(i)
+    planted = [ids for ids in copies.values() if len(ids) > 1]
+    assert len(planted) == COPIES
+    assert triples and {t["positive_modality"] for t in triples} >= {"image", "text"}
+    for t in triples:
+        pm = t["positive_modality"]
+        by_mod: dict[str, int] = {}
+        for n in t["negatives"]:
+            assert n["id"] != t["positive_id"] and split_for(n["id"]).value == "train"
+            assert digest[n["id"]] != digest[t["positive_id"]]  # never a planted duplicate
+            assert n["modality"] == examples[n["id"]]["modality"]
+            assert n["score"] <= 0.95 * t["positive_score"] + 1e-6 or t["positive_score"] < 0
+            by_mod[n["modality"]] = by_mod.get(n["modality"], 0) + 1
+        quota = {pm: 2} | {m: 1 for m in ("image", "text") if m != pm}
+        assert all(by_mod.get(m, 0) <= q for m, q in quota.items()), t["pair_id"]
+        assert set(by_mod) <= set(quota)
+        assert [n["modality"] for n in t["negatives"]][: by_mod.get(pm, 0)] == [pm] * by_mod.get(pm, 0)
+    c = env["first"]["counts"]
+    assert c["negatives"] == sum(len(t["negatives"]) for t in triples)
+    assert c["negatives"] == c["kept.image"] + c["kept.text"]
+    assert c["filtered.positive"] > 0 and c["heldout_excluded"] > 0
+    assert c["filtered.duplicate"] > 0  # the planted copies were candidates, and were dropped
+    assert c["corpus"] + c["heldout_excluded"] == len(examples)
+
+
+def test_output_is_plain_parquet_with_lineage(env):
+    out = env["second"]
+    d, m = mf.resolve_input(out["uri"])
+    table = pq.read_table(pathlib.Path(d) / m.tables["triples"][0].path)
+    row = table.to_pylist()[0]
+    assert set(row) >= {"query_text", "positive_id", "negatives", "checkpoint", "mining_config"}
+    assert row["checkpoint"] == env["ckpt"]
+    assert json.loads(row["mining_config"])["false_negative"] == ["perc_pos", "margin"]
+    assert set(row["negatives"][0]) == {"id", "score", "modality", "rank"} if row["negatives"] \
+        else True
+    lin = m.lineage
+    assert lin["checkpoint"] == env["ckpt"] and len(lin["spec_digest"]) == 16
+    h = lin["histograms"]
+    assert sum(h["kept"]) == out["counts"]["negatives"]
+    assert sum(h["positive"]) == out["counts"]["triples"] - out["counts"]["positive_not_in_corpus"]
+    assert out["counts"]["filtered.margin"] + out["counts"]["filtered.perc_pos"] == \
+        out["counts"]["filtered_false_negatives"]
+    assert out["search"]["image"]["index"] == "exact"
+
+
+def test_bad_checkpoint_is_bad_input(env):
+    with pytest.raises(BadInput):
+        run_mine(env["synth"]["uri"], str(env["base"] / "t2"), "no-such-run", env["ckpts"])
+
+
+def test_cache_on_gcs(gcs):
+    """The cache keys rows by (id, digest) and lives on gs:// as well as locally."""
+    calls = []
+
+    def embed(items):
+        calls.append(len(items))
+        return np.stack([np.full(4, float(len(it["tokens"])), np.float32) for it in items])
+
+    items = [{"id": f"t{i}", "modality": "text", "tokens": list(range(i + 1))} for i in range(5)]
+    cache = EmbeddingCache("gs://loom-test/mine-cache", {"checkpoint": "r/step-1"}, 4)
+    v1, c1 = cache.embed(items, embed)
+    assert c1 == {"embedded": 5, "cache_hits": 0} and calls == [5]
+    changed = items[:4] + [items[4] | {"tokens": [7]}]  # same id, other content
+    v2, c2 = cache.embed(changed + [items[0]], embed)
+    assert c2 == {"embedded": 1, "cache_hits": 5} and calls == [5, 1]
+    np.testing.assert_array_equal(v2[:4], v1[:4])
+    assert v2[4, 0] == 1.0 and v2[5, 0] == v1[0, 0]
+    other = EmbeddingCache("gs://loom-test/mine-cache", {"checkpoint": "r/step-2"}, 4)
+    assert other.dir != cache.dir and other.embed(items, embed)[1]["embedded"] == 5

@@ -1,0 +1,189 @@
+"""Hard-negative selection on a constructed corpus whose right answers are known.
+
+Items are (color, shape, size) combinations embedded as weighted one-hot blocks, so the
+nearest non-duplicates of a positive are exactly the items that differ from it in size
+(score 0.82), then in shape (0.68), then in color (0.5). Planted next to the positive: an
+exact duplicate (same content digest, other id), a near-duplicate vector, another page of its
+document, and a likely false negative (score 0.97, not a duplicate).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from transforms.mining import Candidates, MiningConfig, mine
+from transforms.search import VectorIndex, ann_recall, exact_search, recall_at_k
+
+WEIGHTS = (1.0, 0.8, 0.6)  # color, shape, size
+VALUES = 4
+DIM = 3 * VALUES + 2  # + a modality block (text) + a free axis for planted vectors
+
+
+def _vec(attrs: tuple[int, int, int], text: bool = False) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    for a, (value, w) in enumerate(zip(attrs, WEIGHTS, strict=True)):
+        v[a * VALUES + value] = w
+    v[3 * VALUES] = 0.7 if text else 0.0
+    return v / np.linalg.norm(v)
+
+
+def _name(attrs, modality="image") -> str:
+    return f"{modality}-{attrs[0]}{attrs[1]}{attrs[2]}"
+
+
+POSITIVES = [(0, 0, 0), (1, 2, 3), (3, 1, 2)]
+
+
+def _corpus(text: bool = True) -> tuple[Candidates, dict]:
+    ids, mods, vecs, keys, digests = [], [], [], [], []
+
+    def add(i, m, v, k=(), d=None):
+        ids.append(i), mods.append(m), vecs.append(v / np.linalg.norm(v)), keys.append(list(k))
+        digests.append(d or f"digest-{i}")
+
+    for attrs in itertools.product(range(VALUES), repeat=3):
+        doc = [f"doc:{_name(attrs)}"] if attrs in POSITIVES else []
+        add(_name(attrs), "image", _vec(attrs), doc)
+        if text:
+            add(_name(attrs, "text"), "text", _vec(attrs, text=True))
+    planted = {}
+    for p in POSITIVES:
+        pv = _vec(p)
+        hard = _vec((p[0], p[1], (p[2] + 1) % VALUES)) + 0.3 * pv  # scores ~0.89
+        free = np.zeros(DIM, np.float32)
+        free[-1] = 1.0
+        names = {k: f"{_name(p)}-{k}" for k in ("dup", "near", "page", "falseneg")}
+        # Same content as the positive under another id (its vector made to look like the
+        # hardest negative, so only the content rule can catch it).
+        add(names["dup"], "image", hard, d=f"digest-{_name(p)}")
+        add(names["near"], "image", pv + 0.05 * free)  # cosine to the positive ~0.999
+        add(names["page"], "image", hard, [f"doc:{_name(p)}"])  # same document
+        add(names["falseneg"], "image", pv + 0.25 * free)  # score ~0.97 > 0.95 x positive
+        planted[p] = set(names.values())
+    return Candidates.build(ids, mods, np.stack(vecs), keys, digests), planted
+
+
+def _queries(positives=POSITIVES, modality="image"):
+    q = np.stack([_vec(p) for p in positives])
+    return q, [f"pair-{i}" for i in range(len(positives))], [_name(p) for p in positives], \
+        [modality] * len(positives)
+
+
+def _size_variants(p) -> set[str]:
+    return {_name((p[0], p[1], s)) for s in range(VALUES) if s != p[2]}
+
+
+def _shape_variants(p) -> set[str]:
+    return {_name((p[0], s, p[2])) for s in range(VALUES) if s != p[1]}
+
+
+def test_known_hard_negatives_never_duplicates():
+    cands, planted = _corpus(text=False)
+    res = mine(cands, *_queries(), MiningConfig(negatives=3))
+    for p, negs in zip(POSITIVES, res.negatives, strict=True):
+        got = {n["id"] for n in negs}
+        assert got == _size_variants(p)  # the three items that differ in one (the lightest) attribute
+        assert not got & planted[p] and _name(p) not in got
+        assert [n["rank"] for n in negs] == sorted(n["rank"] for n in negs)
+        assert all(n["modality"] == "image" and 0.8 < n["score"] < 0.85 for n in negs)
+    c = res.counts
+    assert c["positive"] == 3 and c["duplicate"] == 3 and c["same_asset"] == 3
+    assert c["perc_pos"] == 6 and c["near_duplicate"] == 0 and c["kept"] == 9  # near + falseneg
+    assert c["unfilled"] == 0 and c["positive_not_in_corpus"] == 0
+    np.testing.assert_allclose(res.positive_scores, 1.0, atol=1e-5)
+    h = res.histograms
+    assert len(h["bins"]) == len(h["kept"]) + 1
+    assert sum(h["positive"]) == 3 and sum(h["kept"]) == 9
+    assert sum(h["filtered"]) == c["considered"] - c["kept"] - c["positive"]
+    assert res.search == {"image": {"index": "exact", "vectors": len(cands.ids)}}
+
+
+def test_modality_quotas_and_cross_modal_mix():
+    cands, planted = _corpus()
+    cfg = MiningConfig(negatives=2, cross_modal={"text": 1, "audio": 5})
+    q, keys, pos, mods = _queries()
+    tq, tkeys, tpos, tmods = _queries(POSITIVES[:1], "text")
+    tpos = [_name(POSITIVES[0], "text")]
+    res = mine(cands, np.concatenate([q, tq]), keys + ["t-0"], pos + tpos, mods + tmods, cfg)
+    for negs in res.negatives[:3]:  # image positives: 2 images, then 1 text
+        assert [n["modality"] for n in negs] == ["image", "image", "text"]
+        assert all(n["id"].startswith(n["modality"]) for n in negs)
+    text_negs = res.negatives[3]  # a text positive: 2 texts; `text` in cross_modal adds nothing
+    assert [n["modality"] for n in text_negs] == ["text", "text"]
+    assert res.counts["kept.image"] == 6 and res.counts["kept.text"] == 5
+    assert res.counts["unfilled"] == 4 * 5  # no audio in the corpus
+    assert all(not {n["id"] for n in negs} & s for negs, s in zip(res.negatives[:3], planted.values(), strict=True))
+
+
+def test_near_duplicates_without_score_rules():
+    cands, planted = _corpus(text=False)
+    res = mine(cands, *_queries(), MiningConfig(negatives=3, false_negative=()))
+    for p, negs in zip(POSITIVES, res.negatives, strict=True):
+        got = [n["id"] for n in negs]
+        # The 0.97 look-alike is no copy (cosine < 0.98) and, with no score rule, the hardest.
+        assert got[0] == f"{_name(p)}-falseneg" and set(got[1:]) <= _size_variants(p)
+        assert f"{_name(p)}-near" not in got
+    assert res.counts["near_duplicate"] == 3 and res.counts["perc_pos"] == 0
+
+
+@pytest.mark.parametrize("rule,cfg", [("margin", {"margin": 0.2}),
+                                      ("max_score", {"max_score": 0.75})])
+def test_optional_false_negative_rules(rule, cfg):
+    cands, _ = _corpus(text=False)
+    res = mine(cands, *_queries(), MiningConfig(negatives=3, false_negative=("perc_pos", rule),
+                                                **cfg))
+    for p, negs in zip(POSITIVES, res.negatives, strict=True):
+        assert {n["id"] for n in negs} == _shape_variants(p)  # size variants score above the bar
+    assert res.counts[rule] == 9 and res.counts["perc_pos"] == 6
+
+
+def test_range_sampling_is_seeded():
+    cands, planted = _corpus(text=False)
+    cfg = MiningConfig(negatives=4, sampling="range", rank_range=(2, 20), seed=7)
+    a = mine(cands, *_queries(), cfg)
+    b = mine(cands, *_queries(), cfg)
+    c = mine(cands, *_queries(), cfg.model_copy(update={"seed": 8}))
+    assert a.negatives == b.negatives and a.negatives != c.negatives
+    for negs, p in zip(a.negatives, POSITIVES, strict=True):
+        assert len(negs) == 4 and all(2 <= n["rank"] < 20 for n in negs)
+        assert not {n["id"] for n in negs} & planted[p]
+
+
+def test_search_widens_until_quota_filled_and_missing_positive():
+    cands, planted = _corpus(text=False)
+    q, keys, pos, mods = _queries()
+    res = mine(cands, np.concatenate([q, q[:1]]), keys + ["gone"], pos + ["not-there"],
+               mods + ["image"], MiningConfig(negatives=3, search_k=1))
+    for p, negs in zip(POSITIVES, res.negatives[:3], strict=True):
+        assert {n["id"] for n in negs} == _size_variants(p)
+    assert res.negatives[3] == [] and res.counts["positive_not_in_corpus"] == 1
+    assert np.isnan(res.positive_scores[3])
+
+
+def test_ann_index_reports_recall_and_agrees():
+    cands, _ = _corpus(text=False)
+    exact = mine(cands, *_queries(), MiningConfig())
+    ann = mine(cands, *_queries(), MiningConfig(ann_threshold=10, ann="hnsw"))
+    info = ann.search["image"]
+    assert info["index"] == "hnsw" and info["vectors"] == len(cands.ids)
+    assert info["recall@32"] == 1.0 and info["sample"] == 3
+    assert ann.negatives == exact.negatives
+
+
+def test_exact_search_chunks_and_ivf_recall():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((20, 16)).astype(np.float32)
+    xb = centers[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 16)).astype("f4")
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = xb[:50]
+    s1, r1 = exact_search(xb, xq, 10, chunk=7)
+    brute = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    assert recall_at_k(r1, brute) > 0.99 and (r1[:, 0] == np.arange(50)).all()
+    np.testing.assert_allclose(s1[:, 0], 1.0, atol=1e-5)
+    _, few = exact_search(xb[:4], xq, 10)
+    assert (few[:, 4:] == -1).all()
+    info = ann_recall(VectorIndex(xb, 100, "ivf"), xq, 10, 50)
+    assert info["index"] == "ivf" and info["recall@10"] >= 0.9
