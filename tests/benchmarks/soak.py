@@ -122,17 +122,23 @@ def make_long_wav(path: str, minutes: float, sr: int = 16000) -> None:
 
 
 class TreeRSS:
-    """Peak RSS summed over this process and all its descendants, sampled in a thread."""
+    """Peak RSS summed over this process and its descendants, sampled in a thread.
+
+    Processes already running when it starts (a Ray session an earlier test left up in
+    the same pytest process, say) are not the run's and are left out.
+    """
 
     def __init__(self, interval_s: float = 0.2):
         self.interval_s, self.peak, self.peak_procs = interval_s, 0, 0
+        self.preexisting = {p.pid for p in psutil.Process().children(recursive=True)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> int:
         me = psutil.Process()
         total, procs = 0, 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in [me, *(c for c in me.children(recursive=True)
+                         if c.pid not in self.preexisting)]:
             try:
                 total += p.memory_info().rss
                 procs += 1
@@ -247,7 +253,8 @@ def run_soak(workdir: str, files: int, video_min: float, audio_min: float,
         "counts": {k: v for k, v in c.items() if not k.startswith("bytes")},
         "peak_rss_tree_mib": round(rss.peak / 2**20, 1), "peak_rss_procs": rss.peak_procs,
         "fds_before": fds_before, "fds_after": fds_after,
-        "children_after": [" ".join(p.cmdline()[-1:])[:60] for p in me.children(recursive=True)],
+        "children_after": [" ".join(p.cmdline()[-1:])[:60] for p in me.children(recursive=True)
+                           if p.pid not in rss.preexisting],
         **_throughput(events),
     }
 
