@@ -37,7 +37,7 @@ STAGE = "backfill"
 TABLE = "embeddings"
 INGEST_DIR = "_ingest"
 CHUNK = 1024  # ids per part file
-ROUND = 8  # chunks per Ray Data job: the actor pool loads the model once per job
+ROUND = 32  # chunks per Ray Data job: the actor pool starts and loads the model once per job
 INDEX_FILE = "index.faiss"
 INDEX_IDS_FILE = "index_ids.json"
 
@@ -45,7 +45,7 @@ INDEX_IDS_FILE = "index_ids.json"
 def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
                  dim: int | None = None, faiss_index: bool = False,
                  engine: Engine = Engine.BEAM) -> dict:
-    from pipelines.ray.embed import embed_on_ray
+    from pipelines.ray.embed import embed_on_ray, embed_plan
 
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
@@ -90,7 +90,7 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
     files: list[mf.FileRecord] = []
     index_parts: dict[int, np.ndarray] = {}  # chunk number -> its vectors
     counts = {"examples": len(ids), "embedded": 0, "copied": 0, "dim": dim, "resumed_chunks": 0}
-    actors = _actors()
+    actors, cpus, gpus = embed_plan()
     bar = tqdm(total=len(chunks), desc=f"backfill {version}", unit="chunk", disable=None,
                leave=False)
     try:
@@ -116,7 +116,8 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
                 fresh: dict[str, np.ndarray] = {}
                 if new:
                     got_ids, got = embed_on_ray([example_to_item(examples[i]) for i in new],
-                                                checkpoint_root, ckpt_id, dim, actors=actors)
+                                                checkpoint_root, ckpt_id, dim, actors=actors,
+                                                cpus_per_actor=cpus, gpus_per_actor=gpus)
                     fresh = dict(zip(got_ids, got, strict=True))
                 for n, name, chunk in pending:
                     table = _chunk_table(chunk, examples, fresh, prior_row, prior_vectors,
@@ -162,16 +163,6 @@ def _checkpoint_configs(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, Enc
     spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
     enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
     return spec, enc
-
-
-def _actors() -> int:
-    """Embedding actors: half the cluster's CPUs (1 on a laptop), at most 8."""
-    import ray
-
-    from pipelines.ray.session import ensure_ray
-
-    ensure_ray()
-    return max(1, min(8, int(ray.cluster_resources().get("CPU", 1)) // 2))
 
 
 def _prior_version(root: str, version: str, ckpt_id: str,

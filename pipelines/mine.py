@@ -69,9 +69,9 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                             "spec_digest": spec.digest()}, dim)
 
     def embed(items: list[dict]):
-        from pipelines.ray.embed import embed_on_ray
+        from pipelines.ray.embed import embed_on_ray, embed_plan
 
-        actors, cpus, gpus = _embed_plan()
+        actors, cpus, gpus = embed_plan()
         return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,
                             cpus_per_actor=cpus, gpus_per_actor=gpus)[1]
 
@@ -122,23 +122,6 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     manifest = writer.commit({"triples": files}, counts, cfg, lineage)
     return result("mine", manifest, writer.dir, False, timings=timings,
                   histograms=mined.histograms, **extra)
-
-
-def _embed_plan() -> tuple[int, float, float]:
-    """(actors, CPUs, GPUs per actor): one actor per GPU when the cluster has GPUs; otherwise
-    actors of up to 8 CPUs that together take the cluster's CPUs (on a 2-core machine, one
-    actor with 2 torch threads, as a plain script would run)."""
-    import ray
-
-    from pipelines.ray.session import ensure_ray
-
-    ensure_ray()
-    res = ray.cluster_resources()
-    cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
-    if gpus:
-        return gpus, float(max(1, min(8, cpus // gpus - 1))), 1.0
-    actors = max(1, cpus // 8)
-    return actors, float(cpus // actors), 0.0
 
 
 def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:

@@ -49,3 +49,16 @@ def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = N
     by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
     ids = [it["id"] for it in items]
     return ids, np.stack([by_id[i] for i in ids])
+
+
+def embed_plan() -> tuple[int, float, float]:
+    """(actors, CPUs, GPUs per actor): one actor per GPU when the cluster has GPUs; otherwise
+    actors of up to 8 CPUs that together take the cluster's CPUs (on a 2-core machine, one
+    actor with 2 torch threads, as a plain script would run)."""
+    ensure_ray()
+    res = ray.cluster_resources()
+    cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
+    if gpus:
+        return gpus, float(max(1, min(8, cpus // gpus - 1))), 1.0
+    actors = max(1, cpus // 8)
+    return actors, float(cpus // actors), 0.0
