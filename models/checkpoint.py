@@ -86,10 +86,17 @@ def resolve(root: str, ref: str) -> str:
     return json.loads(storage.read_bytes(uri))["checkpoint"]
 
 
+def checkpoint_configs(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, EncoderConfig]:
+    """A checkpoint's preprocessing spec and encoder config, without reading its weights."""
+    d = storage.join(root, ckpt_id)
+    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
+    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
+    return spec, enc
+
+
 def load_checkpoint(root: str, ckpt_id: str, with_optimizer: bool = False) -> LoadedCheckpoint:
     d = storage.join(root, ckpt_id)
-    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
-    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
+    spec, enc = checkpoint_configs(root, ckpt_id)
     model = MultimodalEncoder(enc)
     model.load_state_dict(st_load(storage.read_bytes(storage.join(d, "model.safetensors"))))
     model.eval()

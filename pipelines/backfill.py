@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from models.checkpoint import resolve
-from models.encoder import EncoderConfig
+from models.checkpoint import checkpoint_configs, resolve
 from pipelines.common import BadInput, result, reuse, timed
 from pipelines.ingest import run_ingest
 from pipelines.runner import Engine
@@ -53,7 +52,7 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
         ckpt_id = resolve(checkpoint_root, checkpoint)  # `latest` resolves once, here
     except FileNotFoundError as e:
         raise BadInput(str(e)) from e
-    spec, enc = _checkpoint_configs(checkpoint_root, ckpt_id)
+    spec, enc = checkpoint_configs(checkpoint_root, ckpt_id)  # no weights in the driver
     dim = enc.out_dim if dim is None else dim
     if dim not in enc.embed_dims:
         raise BadInput(f"dim {dim} is not one of {ckpt_id}'s embed_dims {list(enc.embed_dims)}")
@@ -155,14 +154,6 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
     }
     manifest = writer.commit({TABLE: files}, counts, config, lineage)
     return result(STAGE, manifest, writer.dir, False, timings=timings, **extra)
-
-
-def _checkpoint_configs(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, EncoderConfig]:
-    """The checkpoint's spec and encoder config, without loading its weights in the driver."""
-    d = storage.join(root, ckpt_id)
-    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
-    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
-    return spec, enc
 
 
 def _prior_version(root: str, version: str, ckpt_id: str,

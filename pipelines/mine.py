@@ -15,7 +15,7 @@ import json
 
 import pyarrow as pa
 
-from models.checkpoint import resolve
+from models.checkpoint import checkpoint_configs, resolve
 from pipelines.common import BadInput, result, reuse, timed
 from pipelines.embed_cache import EmbeddingCache, item_digest
 from schemas import manifest as mf
@@ -126,11 +126,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
 
 def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:
     """The checkpoint's spec and output size, without loading weights in the driver."""
-    from models.encoder import EncoderConfig
-
-    d = storage.join(root, ckpt_id)
-    spec = PreprocessingSpec.model_validate_json(storage.read_bytes(storage.join(d, SPEC_FILE)))
-    enc = EncoderConfig.model_validate_json(storage.read_bytes(storage.join(d, "encoder.json")))
+    spec, enc = checkpoint_configs(root, ckpt_id)
     if not spec.tokenizer_json:
         raise BadInput(f"checkpoint {ckpt_id} carries no tokenizer in its preprocessing spec")
     return spec, enc.out_dim

@@ -9,28 +9,18 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-import torch
 
 from jobs.corpus import generate_corpus
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint
 from models.embed import embed_items
-from models.encoder import EncoderConfig, MultimodalEncoder
 from pipelines.backfill import run_backfill
 from pipelines.common import BadInput
 from pipelines.ingest import run_ingest
 from schemas import manifest as mf
 from schemas import storage
-from schemas.spec import SPEC_FILE, PreprocessingSpec
+from tests.checkpoints import examples_spec, tiny_checkpoint
 from transforms.items import example_to_item
 from transforms.scenes import random_scene, render_image
-
-
-def _save(root: str, run: str, seed: int, spec: PreprocessingSpec) -> str:
-    cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
-                        image_size=spec.image_size, patch_size=spec.patch_size, dim=32,
-                        layers=1, heads=2, embed_dims=(16, 32))
-    torch.manual_seed(seed)
-    return save_checkpoint(root, run, 1, MultimodalEncoder(cfg), None, spec, cfg, {}, {})
 
 
 def _rows(out: dict) -> list[dict]:
@@ -49,9 +39,8 @@ def env(tmp_path_factory, ray_session):
     generate_corpus(str(base / "c"), 12, 12, seed=5)
     media, ckpts, out = str(base / "c" / "media"), str(base / "ckpt"), str(base / "out")
     prep = run_ingest(media, str(base / "prep"))  # trains the tokenizer the checkpoints carry
-    spec = PreprocessingSpec.model_validate_json(
-        storage.read_bytes(storage.join(prep["uri"], SPEC_FILE)))
-    a, b = _save(ckpts, "run-a", 0, spec), _save(ckpts, "run-b", 1, spec)
+    spec = examples_spec(prep["uri"])
+    a, b = tiny_checkpoint(ckpts, "run-a", spec, 0), tiny_checkpoint(ckpts, "run-b", spec, 1)
     first = run_backfill(media, out, "run-a", ckpts)
     return {"base": base, "media": media, "ckpts": ckpts, "out": out, "a": a, "b": b,
             "first": first, "accepted": prep["counts"]["examples"]}

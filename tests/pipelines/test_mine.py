@@ -9,21 +9,17 @@ import pathlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from jobs.corpus import generate_corpus
-from models.checkpoint import save_checkpoint
-from models.encoder import EncoderConfig, MultimodalEncoder
 from pipelines.common import BadInput
 from pipelines.embed_cache import EmbeddingCache, item_digest
 from pipelines.ingest import run_ingest
 from pipelines.mine import run_mine
 from pipelines.synth import run_synth
 from schemas import manifest as mf
-from schemas import storage
-from schemas.spec import SPEC_FILE, PreprocessingSpec
 from schemas.splits import split_for
+from tests.checkpoints import examples_spec, tiny_checkpoint
 from transforms.items import example_to_item
 from transforms.mining import MiningConfig
 
@@ -41,14 +37,9 @@ def env(tmp_path_factory, ray_session):
         (p.parent / f"recoded-{p.name}").write_bytes(buf.getvalue())
     ingest = run_ingest(str(base / "c" / "media"), str(base / "examples"))
     synth = run_synth(ingest["uri"], str(base / "pairs"))
-    spec = PreprocessingSpec.model_validate_json(
-        storage.read_bytes(storage.join(ingest["uri"], SPEC_FILE)))
-    cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
-                        image_size=spec.image_size, patch_size=spec.patch_size, dim=32,
-                        layers=1, heads=2, embed_dims=(16, 32))
-    torch.manual_seed(0)
+    spec = examples_spec(ingest["uri"])
     ckpts = str(base / "ckpt")
-    ckpt = save_checkpoint(ckpts, "run-a", 1, MultimodalEncoder(cfg), None, spec, cfg, {}, {})
+    ckpt = tiny_checkpoint(ckpts, "run-a", spec)
     mix = MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1})
     first = run_mine(synth["uri"], str(base / "triples"), "latest", ckpts, mix)
     second = run_mine(synth["uri"], str(base / "triples"), ckpt, ckpts,

@@ -12,6 +12,7 @@ from jobs.corpus import generate_corpus
 from pipelines.ingest import run_ingest
 from pipelines.synth import BudgetExceeded, run_synth
 from schemas import manifest as mf
+from tests.checkpoints import examples_spec, tiny_checkpoint
 
 
 def _pairs(uri: str) -> list[dict]:
@@ -85,24 +86,13 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
 
 @pytest.mark.slow
 def test_roundtrip_filter_with_a_checkpoint(tmp_path):
-    import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.encoder import EncoderConfig, MultimodalEncoder
-    from schemas import storage
-    from schemas.spec import SPEC_FILE, PreprocessingSpec
     from synth.filters import FilterConfig
 
     generate_corpus(str(tmp_path / "c"), 6, 6, seed=15, bad_files=False)
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
-    spec = PreprocessingSpec.model_validate_json(
-        storage.read_bytes(storage.join(ex["uri"], SPEC_FILE)))
-    cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
-                        image_size=spec.image_size, patch_size=spec.patch_size, dim=32,
-                        layers=1, heads=2, embed_dims=(16, 32))
-    torch.manual_seed(0)
     ckpts = str(tmp_path / "ckpt")
-    save_checkpoint(ckpts, "run-a", 1, MultimodalEncoder(cfg), None, spec, cfg, {}, {})
+    tiny_checkpoint(ckpts, "run-a", examples_spec(ex["uri"]))
     base = run_synth(ex["uri"], str(tmp_path / "p"))
     strict = run_synth(ex["uri"], str(tmp_path / "p"), checkpoint="run-a", checkpoint_root=ckpts,
                        filters=FilterConfig(roundtrip_k=1))
