@@ -39,3 +39,22 @@ def gcs():
         for key, value in emulator.env().items():
             mp.setenv(key, value)
         yield emulator
+
+
+@pytest.fixture
+def offline_llm():
+    """start(faults=None) -> the base URL of a new offline Gemini server on 127.0.0.1;
+    every server the test started is stopped after it."""
+    from synth.offline_server import start_server
+
+    servers = []
+
+    def start(faults=None) -> str:
+        server, url = start_server(0, faults)
+        servers.append(server)
+        return url
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from jobs.corpus import generate_corpus
 from pipelines.ingest import run_ingest
 from schemas import manifest as mf
+from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -38,17 +37,7 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
     media, out = str(corpus / "media"), tmp_path / "examples"
 
     proc = _ingest(media, str(out))
-    deadline = time.monotonic() + 240
-    try:
-        while not _mid_run(out):
-            assert proc.poll() is None, "ingest finished before it could be killed"
-            assert time.monotonic() < deadline, "no part file appeared"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: _mid_run(out), 240, "part file")
     assert _mid_run(out)  # parts were written, the manifest was not
     with pytest.raises(FileNotFoundError):
         mf.resolve_input(str(out))

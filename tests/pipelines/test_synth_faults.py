@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from pipelines.ingest import run_ingest
 from pipelines.synth import run_synth
 from schemas import manifest as mf
 from synth.client import LLMConfig
-from synth.offline_server import Faults, server_stats, start_server
+from synth.offline_server import Faults, server_stats
+from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COLS = ["pair_id", "kind", "query_text", "task", "positive_id", "split", "prompt_version"]
@@ -38,18 +38,8 @@ def examples(tmp_path_factory):
 
 
 @pytest.fixture
-def server():
-    made = []
-
-    def start(faults: Faults):
-        srv, url = start_server(0, faults)
-        made.append(srv)
-        return url
-
-    yield start
-    for s in made:
-        s.shutdown()
-        s.server_close()
+def server(offline_llm):
+    return offline_llm
 
 
 def test_thirty_percent_faults_end_with_the_clean_pairs(tmp_path, examples, server):
@@ -89,17 +79,7 @@ def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, ser
     url = server(Faults(latency_s=0.25))
     out = tmp_path / "pairs"
     proc = _synth_cli(examples, str(out), url)
-    deadline = time.monotonic() + 180
-    try:
-        while len(_cached(out)) < 6:
-            assert proc.poll() is None, "synth finished before it could be killed"
-            assert time.monotonic() < deadline, "no call finished"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: len(_cached(out)) >= 6, 180, "finished call")
     with pytest.raises(FileNotFoundError):
         mf.resolve_input(str(out))
     time.sleep(0.5)  # calls in flight at the kill reach the server's books

@@ -18,7 +18,7 @@ from synth.client import (
     retry_after,
 )
 from synth.limits import RateLimits
-from synth.offline_server import FAULT_KINDS, Faults, server_stats, start_server
+from synth.offline_server import FAULT_KINDS, Faults, server_stats
 from synth.prompts import PromptSet
 from synth.stage import SynthConfig, SynthStage
 from tests.synth.conftest import batch_of, text_example
@@ -30,18 +30,8 @@ FAST = LLMConfig(timeout_s=2.0, retry_initial_delay_s=0.01, retry_jitter_s=0.01)
 
 
 @pytest.fixture
-def serve():
-    servers = []
-
-    def start(**faults):
-        server, url = start_server(0, Faults(**faults))
-        servers.append(server)
-        return url
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def serve(offline_llm):
+    return lambda **faults: offline_llm(Faults(**faults))
 
 
 def _ask(url: str, text: str, cfg: LLMConfig = FAST, errors: list | None = None, slot=None):
