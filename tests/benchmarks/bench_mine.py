@@ -58,11 +58,12 @@ def job(args) -> None:
     from jobs.corpus import generate_corpus
     from models.checkpoint import load_checkpoint, save_checkpoint
     from models.embed import embed_items
-    from models.encoder import EncoderConfig, MultimodalEncoder
+    from models.encoder import MultimodalEncoder
     from pipelines.ingest import run_ingest
     from pipelines.mine import run_mine
     from pipelines.ray.session import ensure_ray
     from pipelines.synth import run_synth
+    from pipelines.train import TrainConfig, encoder_for
     from schemas import manifest as mf
     from schemas import storage
     from schemas.spec import SPEC_FILE, PreprocessingSpec
@@ -78,8 +79,7 @@ def job(args) -> None:
         synth = run_synth(ingest["uri"], f"{tmp}/pairs")
         spec = PreprocessingSpec.model_validate_json(
             storage.read_bytes(storage.join(ingest["uri"], SPEC_FILE)))
-        cfg = EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
-                            image_size=spec.image_size, patch_size=spec.patch_size)
+        cfg = encoder_for(spec, TrainConfig())  # the demo's encoder
         torch.manual_seed(0)
         ckpt = save_checkpoint(f"{tmp}/ckpt", "run", 1, MultimodalEncoder(cfg), None, spec, cfg,
                                {}, {})
