@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -11,6 +13,11 @@ from ray.data import ActorPoolStrategy
 from models.checkpoint import load_checkpoint
 from models.embed import embed_items
 from pipelines.ray.session import ensure_ray
+from schemas import storage
+from transforms.items import example_to_item
+
+EXAMPLE_COLUMNS = ["id", "modality", "parts"]
+ROWS_PER_CALL = 512  # rows an actor call embeds: files are grouped up to about this many
 
 
 class EmbedActor:
@@ -28,6 +35,24 @@ class EmbedActor:
         vecs = embed_items(self.model, items, self.dim)
         return {"id": np.array([it["id"] for it in items], dtype=object),
                 "vector": vecs}
+
+
+class EmbedFilesActor(EmbedActor):
+    """Reads Example Parquet files itself and embeds the rows it is told to.
+
+    A batch holds groups of file URIs, each file with the row numbers to embed (the rest are
+    done already or repeat an earlier id). Nothing but URIs and lists of ints crosses from
+    the driver, and only ids and vectors come back."""
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        items: list[dict] = []
+        for uris, takes in zip(batch.column("uris").to_pylist(),
+                               batch.column("takes").to_pylist(), strict=True):
+            for uri, take in zip(uris, takes, strict=True):
+                table = storage.read_parquet([uri], columns=EXAMPLE_COLUMNS).take(take)
+                items += [example_to_item(e) for e in table.to_pylist()]
+        return {"id": np.array([it["id"] for it in items], dtype=object),
+                "vector": embed_items(self.model, items, self.dim)}
 
 
 def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = None,
@@ -49,6 +74,38 @@ def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = N
     by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
     ids = [it["id"] for it in items]
     return ids, np.stack([by_id[i] for i in ids])
+
+
+def embed_files_on_ray(work: list[tuple[str, list[int]]], root: str, ckpt_id: str,
+                       dim: int | None = None, actors: int = 1, cpus_per_actor: float = 1.0,
+                       gpus_per_actor: float = 0.0, rows_per_call: int | None = None
+                       ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Streams (ids, vectors) per actor call as the actors finish them, in no promised order.
+
+    `work` is (Example Parquet URI, row numbers to embed) per file. Consecutive files are
+    grouped into calls of about `rows_per_call` rows (one forward batch, not one per small
+    file). One Ray Data job covers all of it, so the actor pool starts and loads the model
+    once however large the input."""
+    ensure_ray()
+    rows_per_call = rows_per_call or ROWS_PER_CALL
+    groups: list[dict] = []
+    for uri, take in work:
+        if not take:
+            continue
+        if not groups or sum(map(len, groups[-1]["takes"])) >= rows_per_call:
+            groups.append({"uris": [], "takes": []})
+        groups[-1]["uris"].append(uri)
+        groups[-1]["takes"].append(take)
+    if not groups:
+        return
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    ds = ds.map_batches(EmbedFilesActor,
+                        fn_constructor_args=(root, ckpt_id, dim, max(1, int(cpus_per_actor))),
+                        batch_size=1, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield list(batch["id"]), np.asarray(batch["vector"], dtype=np.float32)
 
 
 def embed_plan() -> tuple[int, float, float]:
