@@ -237,7 +237,7 @@ def render_rich(scene: RichScene, rng: random.Random, side: int = 96, fmt: str =
     img, draw = _canvas(rng, side)
     for obj in scene.objects:
         r = SIZES[obj.size] * side / 2
-        lo, hi = r + 1, side - 1 - r
+        lo, hi = r + 2, side - 2 - r
         cx = (COLS.index(obj.col) + 0.5) * side / 3 + rng.uniform(-0.04, 0.04) * side
         cy = (ROWS.index(obj.row) + 0.5) * side / 3 + rng.uniform(-0.04, 0.04) * side
         fill = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in RICH_COLORS[obj.color])
