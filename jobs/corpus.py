@@ -14,8 +14,17 @@ from collections.abc import Iterator
 from typing import Literal
 
 from schemas import storage
-from transforms.scenes import (RichScene, Scene, describe, describe_rich, random_rich_scene,
-                               random_scene, render_image, render_rich, variants)
+from transforms.scenes import (
+    RichScene,
+    Scene,
+    describe,
+    describe_rich,
+    random_rich_scene,
+    random_scene,
+    render_image,
+    render_rich,
+    variants,
+)
 
 IMAGE_SIDE = 96
 World = Literal["simple", "rich"]

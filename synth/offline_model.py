@@ -188,7 +188,7 @@ def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
     pos = [o.get("position", "center") for o in objects]
     at = [f"at the {p}" if p != "center" else "in the center" for p in pos]
     target = "image" if modality == "image" else "passage"
-    located = [f"{ph} {a}" for ph, a in zip(phrases, at)]
+    located = [f"{ph} {a}" for ph, a in zip(phrases, at, strict=True)]
     if kind == "caption":
         task = f"Given a caption, retrieve the {target} it describes."
         base = " and ".join(f"a {x}" for x in located)
@@ -202,8 +202,8 @@ def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
         alt = "is there a " + " next to a ".join(located) + "?"
     else:  # keyword (and any unknown kind)
         task = f"Given keywords, retrieve the matching {target}."
-        base = " and ".join(f"{ph} {p}" for ph, p in zip(phrases, pos))
-        alt = " and ".join(f"{p} {ph}" for ph, p in zip(phrases, pos))
+        base = " and ".join(f"{ph} {p}" for ph, p in zip(phrases, pos, strict=True))
+        alt = " and ".join(f"{p} {ph}" for ph, p in zip(phrases, pos, strict=True))
     prefixes = _PREFIXES.get(kind, _PREFIXES["keyword"])
     prefix = prefixes[int(rng.integers(len(prefixes)))]
     queries = [base, (prefix + alt).strip()]

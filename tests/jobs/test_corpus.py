@@ -13,8 +13,8 @@ from jobs.demo import DemoConfig, make_corpus
 from schemas import manifest as mf
 from schemas import storage
 from schemas.spec import PreprocessingSpec
-from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from synth import offline_model
+from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from transforms.scenes import COLORS, COLS, ROWS, RichScene, Scene
 
 
