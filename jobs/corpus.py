@@ -8,6 +8,7 @@ sees the labels.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ AnyScene = Scene | RichScene
 
 def _rich_families(rng: random.Random, kind: str) -> Iterator[tuple[RichScene, str]]:
     """Endless (scene, family id): a base scene, then 2-4 of its near misses."""
-    for n in range(1_000_000_000):
+    for n in itertools.count():
         base = random_rich_scene(rng)
         near = variants(base, rng)
         family = f"{kind}-{n:05d}"
