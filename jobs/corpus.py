@@ -8,54 +8,107 @@ sees the labels.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
+from collections.abc import Iterator
+from typing import Literal
 
 from schemas import storage
-from transforms.scenes import Scene, describe, random_scene, render_image
+from transforms.scenes import (
+    RichScene,
+    Scene,
+    describe,
+    describe_rich,
+    random_rich_scene,
+    random_scene,
+    render_image,
+    render_rich,
+    variants,
+)
 
 IMAGE_SIDE = 96
+World = Literal["simple", "rich"]
+AnyScene = Scene | RichScene
+
+
+def _rich_families(rng: random.Random, kind: str) -> Iterator[tuple[RichScene, str]]:
+    """Endless (scene, family id): a base scene, then 2-4 of its near misses."""
+    for n in itertools.count():
+        base = random_rich_scene(rng)
+        near = variants(base, rng)
+        family = f"{kind}-{n:05d}"
+        for scene in [base] + rng.sample(near, k=min(len(near), rng.randint(2, 4))):
+            yield scene, family
+
+
+def _scenes(rng: random.Random, kind: str, world: World) -> Iterator[tuple[AnyScene, str | None]]:
+    if world == "rich":
+        yield from _rich_families(rng, kind)
+    else:
+        while True:
+            yield random_scene(rng), None
+
+
+def _render(scene: AnyScene, rng: random.Random) -> bytes:
+    if isinstance(scene, RichScene):
+        return render_rich(scene, rng, side=IMAGE_SIDE)
+    return render_image(scene, rng, side=IMAGE_SIDE)
+
+
+def _describe(scene: AnyScene, rng: random.Random) -> str:
+    return describe_rich(scene, rng) if isinstance(scene, RichScene) else describe(scene, rng)
 
 
 def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
-                    bad_files: bool = True) -> dict:
-    """Writes the corpus; same seed -> byte-identical files. Returns file counts."""
+                    bad_files: bool = True, world: World = "simple") -> dict:
+    """Writes the corpus; same seed -> byte-identical files. Returns file counts.
+
+    world="rich" draws each modality's scenes in near-miss families (a base and a few
+    one-attribute-off or swapped-attribute variants); ground truth names the family."""
     truth: list[dict] = []
     files: dict[str, bytes] = {}
 
-    def add(rel: str, data: bytes, scene: Scene | None = None, note: str | None = None) -> None:
+    def add(rel: str, data: bytes, scene: AnyScene | None = None, note: str | None = None,
+            family: str | None = None) -> None:
         files[rel] = data
         row = {"file": rel, "key": scene.key if scene else None,
                "scene": dataclasses.asdict(scene) if scene else None}
+        if world != "simple":
+            row["family"] = family
         if note:
             row["note"] = note
         truth.append(row)
 
+    suffix = "" if world == "simple" else f"-{world}"
     for kind, n, ext in (("images", n_images, "png"), ("texts", n_texts, "txt")):
-        rng = random.Random(f"loom-corpus-{seed}-{kind}")  # independent scene draws
+        rng = random.Random(f"loom-corpus-{seed}-{kind}{suffix}")  # independent scene draws
         order = list(range(n))
         rng.shuffle(order)
+        draws = _scenes(rng, kind, world)
         for i in range(n):
-            scene = random_scene(rng)
+            scene, family = next(draws)
             if kind == "images":
-                data = render_image(scene, rng, side=IMAGE_SIDE)
-                add(f"images/img-{order[i]:05d}.{ext}", data, scene)
+                add(f"images/img-{order[i]:05d}.{ext}", _render(scene, rng), scene, family=family)
             else:
-                add(f"texts/doc-{order[i]:05d}.{ext}", describe(scene, rng).encode(), scene)
+                add(f"texts/doc-{order[i]:05d}.{ext}", _describe(scene, rng).encode(), scene,
+                    family=family)
 
     n_bad = 0
     if bad_files:
-        rng = random.Random(f"loom-corpus-{seed}-bad")
-        scene = random_scene(rng)
-        png = render_image(scene, rng, side=IMAGE_SIDE)
+        rng = random.Random(f"loom-corpus-{seed}-bad{suffix}")
+        scene = random_rich_scene(rng) if world == "rich" else random_scene(rng)
+        png = _render(scene, rng)
         add("texts/doc-empty.txt", b"", note="empty")
         add("images/img-truncated.png", png[: len(png) // 2], note="truncated")
         add("texts/doc-mislabeled.txt", png, scene, note="mislabeled: a PNG named .txt")
         add("misc/blob.bin", b"\x00\x01" + rng.randbytes(2046), note="binary garbage")
         if n_images:
             first = next(r for r in truth if r["file"] == "images/img-00000.png")
-            add("images/copy-of-first.png", files[first["file"]], Scene(**first["scene"]),
-                note="duplicate of images/img-00000.png")
+            scene = (RichScene.from_dict(first["scene"]) if world == "rich"
+                     else Scene(**first["scene"]))
+            add("images/copy-of-first.png", files[first["file"]], scene,
+                note="duplicate of images/img-00000.png", family=first.get("family"))
         n_bad = len(files) - n_images - n_texts
 
     media = storage.join(out_dir, "media")

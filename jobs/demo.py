@@ -7,7 +7,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from jobs.corpus import generate_corpus
+from jobs.corpus import World, generate_corpus
 from jobs.report import write_report
 from pipelines.runner import Engine
 from schemas import manifest as mf
@@ -23,6 +23,7 @@ class DemoConfig(BaseModel):
     images: int = 600
     texts: int = 600
     seed: int = 0
+    world: World = "simple"  # "rich": two-object scenes in near-miss families (issue 6)
     engine: Engine = Engine.BEAM
     pft_epochs: int = 8
     ft_epochs: int = 3
@@ -30,9 +31,11 @@ class DemoConfig(BaseModel):
     rows_per_shard: int = 512
 
 
-def make_corpus(root: str, images: int, texts: int, seed: int) -> dict:
+def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "simple") -> dict:
     """A version of the corpus keyed by its generator config: reruns reuse it."""
-    cfg = {"images": images, "texts": texts, "seed": seed}
+    cfg: dict = {"images": images, "texts": texts, "seed": seed}
+    if world != "simple":  # the simple world keeps its version ids
+        cfg["world"] = world
     version = mf.version_id("corpus", [], cfg)
     out = storage.join(root, version)
     done = storage.join(out, DONE)
@@ -40,7 +43,7 @@ def make_corpus(root: str, images: int, texts: int, seed: int) -> dict:
         counts = json.loads(storage.read_bytes(done))
         reused = True
     else:
-        counts = generate_corpus(out, images, texts, seed)
+        counts = generate_corpus(out, images, texts, seed, world=world)
         storage.write_atomic(done, json.dumps(counts).encode())
         reused = False
     return {"stage": "corpus", "version": version, "uri": out, "reused": reused,
@@ -69,7 +72,8 @@ def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
     stages: dict[str, dict] = {}
     workdir = storage.absolute(workdir)
     root = lambda name: storage.join(workdir, name)  # noqa: E731
-    corpus = step("corpus", make_corpus, root("corpus"), cfg.images, cfg.texts, cfg.seed)
+    corpus = step("corpus", make_corpus, root("corpus"), cfg.images, cfg.texts, cfg.seed,
+                  cfg.world)
     spec = PreprocessingSpec()
     ingest = step("ingest", run_ingest, corpus["datasets"]["media"], root("examples"), spec,
                   cfg.engine)

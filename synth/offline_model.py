@@ -39,12 +39,8 @@ def position_phrase(row: str, col: str) -> str:
     return scenes.Scene("circle", "red", "small", row, col).position
 
 
-def analyze_image(data: bytes) -> dict[str, str]:
-    """Scene attributes (size, color, shape, row, col, position) read from the pixels."""
-    try:
-        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int32)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
-        raise BadInput(f"unable to decode image: {type(exc).__name__}") from exc
+def _foreground(img: np.ndarray) -> np.ndarray:
+    """Pixels far from the border's median colour, isolated specks dropped."""
     h, w, _ = img.shape
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     bg = np.median(border, axis=0)
@@ -57,26 +53,71 @@ def analyze_image(data: bytes) -> dict[str, str]:
         for dx in (-1, 0, 1)
         if dy or dx
     )
-    mask &= neigh >= 3
-    if mask.sum() < 4:
-        raise BadInput("no foreground object found in the image")
+    return mask & (neigh >= 3)
+
+
+_PALETTE_NAMES = sorted(scenes.RICH_COLORS)
+_PALETTE = np.array([scenes.RICH_COLORS[c] for c in _PALETTE_NAMES], dtype=np.int32)
+_MIN_OBJECT_PX = 30  # a small ring or triangle covers ~115 px of a 96 px image
+
+
+def _color_parts(img: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """One mask per palette colour that many foreground pixels sit close to (a rich scene
+    never repeats a colour); blended edge pixels near no palette colour count for none."""
+    dist = ((img[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(axis=3)
+    nearest, best = dist.argmin(axis=2), dist.min(axis=2)
+    close = mask & (best <= 45**2)
+    parts = [close & (nearest == i) for i in range(len(_PALETTE))]
+    kept: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+    for part in sorted((p for p in parts if p.sum() >= _MIN_OBJECT_PX), key=lambda p: -p.sum()):
+        box = _box(part)
+        # Objects never touch and are >= 7 px across: a thin part, or one touching another's
+        # box, is the fringe a lossy codec leaves around an edge.
+        thick = min(box[1] - box[0], box[3] - box[2]) >= 4
+        if thick and not any(_overlap(box, other) for _, other in kept):
+            kept.append((part, box))
+    return [part for part, _ in kept]
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes touch or overlap (one pixel of margin)."""
+    return a[0] <= b[1] + 1 and b[0] <= a[1] + 1 and a[2] <= b[3] + 1 and b[2] <= a[3] + 1
+
+
+def _shape(box: np.ndarray) -> str:
+    bh, bw = box.shape
+    cy, cx = bh // 2, bw // 2
+    if not box[max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2].any():
+        return "ring"
+    if bw >= 1.5 * bh:
+        return "bar"
+    fill = box.mean()
+    if fill > 0.9:
+        return "square"
+    if fill > 0.66:
+        return "circle"
+    # triangle vs diamond: a triangle holds most of its area in its lower half
+    half = bh // 2
+    top, bottom = box[:half].sum(), box[bh - half :].sum()
+    return "triangle" if bottom > 1.6 * max(top, 1) else "diamond"
+
+
+def _read_object(img: np.ndarray, mask: np.ndarray) -> dict[str, str]:
+    h, w, _ = img.shape
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
     bh, bw = y1 - y0 + 1, x1 - x0 + 1
     mean = img[mask].mean(axis=0)
-    color = min(scenes.COLORS, key=lambda c: float(((mean - scenes.COLORS[c]) ** 2).sum()))
+    color = min(scenes.RICH_COLORS,
+                key=lambda c: float(((mean - scenes.RICH_COLORS[c]) ** 2).sum()))
     rel = max(bh, bw) / max(h, w)  # the shape's diameter is SIZES[size] of the side
     size = min(scenes.SIZES, key=lambda s: abs(scenes.SIZES[s] - rel))
-    box = mask[y0 : y1 + 1, x0 : x1 + 1]
-    fill = box.mean()
-    if fill > 0.9:
-        shape = "square"
-    elif fill > 0.66:
-        shape = "circle"
-    else:  # triangle vs diamond: a triangle holds most of its area in its lower half
-        half = bh // 2
-        top, bottom = box[:half].sum(), box[bh - half :].sum()
-        shape = "triangle" if bottom > 1.6 * max(top, 1) else "diamond"
+    shape = _shape(mask[y0 : y1 + 1, x0 : x1 + 1])
     cy, cx = (y0 + y1 + 1) / 2 / h, (x0 + x1 + 1) / 2 / w
     row = scenes.ROWS[min(2, int(cy * 3))]
     col = scenes.COLS[min(2, int(cx * 3))]
@@ -84,14 +125,38 @@ def analyze_image(data: bytes) -> dict[str, str]:
             "position": position_phrase(row, col)}
 
 
-def extract_text_attributes(text: str) -> dict[str, str]:
-    """The first size, color, shape and position words found in a passage."""
+def _reading_order(obj: dict[str, str]) -> tuple[int, int]:
+    return (scenes.ROWS.index(obj.get("row", "middle")),
+            scenes.COLS.index(obj.get("col", "center")))
+
+
+def analyze_image(data: bytes) -> dict[str, Any]:
+    """Scene attributes (size, color, shape, row, col, position) read from the pixels; for
+    two objects of different colours, {"objects": [...]} in reading order of their cells."""
+    try:
+        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int32)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+        raise BadInput(f"unable to decode image: {type(exc).__name__}") from exc
+    mask = _foreground(img)
+    if mask.sum() < 4:
+        raise BadInput("no foreground object found in the image")
+    parts = _color_parts(img, mask)
+    if len(parts) < 2:
+        return _read_object(img, mask)
+    return {"objects": sorted((_read_object(img, p) for p in parts), key=_reading_order)}
+
+
+_VOCAB = {"size": scenes.SIZES, "color": scenes.RICH_COLORS, "shape": scenes.RICH_SHAPES,
+          "row": scenes.ROWS, "col": scenes.COLS}
+# Where one object's phrase ends and the next begins in a passage or a query.
+_CLAUSE_RE = re.compile(r"[.;:]|\band\b|\bnext to\b|\bwhile\b")
+
+
+def _first_attributes(text: str) -> dict[str, str]:
     words = re.findall(r"[a-z]+", text.lower())
     found: dict[str, str] = {}
-    vocab = {"size": scenes.SIZES, "color": scenes.COLORS, "shape": scenes.SHAPES,
-             "row": scenes.ROWS, "col": scenes.COLS}
     for word in words:
-        for attr, names in vocab.items():
+        for attr, names in _VOCAB.items():
             if word in names and attr not in found:
                 found[attr] = word
     if "row" in found or "col" in found:
@@ -99,13 +164,56 @@ def extract_text_attributes(text: str) -> dict[str, str]:
     return found
 
 
+def extract_text_attributes(text: str) -> dict[str, Any]:
+    """The first size, color, shape and position words found in a passage; where two
+    clauses each name a shape, {"objects": [...]} with each clause's own attributes."""
+    clauses = [_first_attributes(c) for c in _CLAUSE_RE.split(text.lower())]
+    objects = [c for c in clauses if "shape" in c]
+    if len(objects) >= 2:
+        return {"objects": sorted(objects, key=_reading_order)}
+    return _first_attributes(text)
+
+
 def _longest_words(text: str, n: int = 4) -> list[str]:
     words = sorted(set(re.findall(r"[a-z]+", text.lower())), key=lambda w: (-len(w), w))
     return words[:n]
 
 
-def _queries(kind: str, attrs: dict[str, str], modality: str, rng: np.random.Generator,
+def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
+                    rng: np.random.Generator) -> tuple[str, list[str]]:
+    """Queries naming every object with its own attributes, so a scene with the same words
+    bound differently (colors swapped, say) does not answer them."""
+    phrases = [" ".join(o.get(a, "") for a in ("size", "color", "shape")).strip()
+               for o in objects]
+    pos = [o.get("position", "center") for o in objects]
+    at = [f"at the {p}" if p != "center" else "in the center" for p in pos]
+    target = "image" if modality == "image" else "passage"
+    located = [f"{ph} {a}" for ph, a in zip(phrases, at, strict=True)]
+    if kind == "caption":
+        task = f"Given a caption, retrieve the {target} it describes."
+        base = " and ".join(f"a {x}" for x in located)
+        alt = "a " + " next to a ".join(located)
+    elif kind == "question":
+        task = f"Given a question, retrieve the {target} that answers it."
+        if modality == "image":
+            base = "which image shows " + " and ".join(f"a {x}" for x in located) + "?"
+        else:
+            base = "Where are " + " and ".join(f"the {x}" for x in located) + " described?"
+        alt = "is there a " + " next to a ".join(located) + "?"
+    else:  # keyword (and any unknown kind)
+        task = f"Given keywords, retrieve the matching {target}."
+        base = " and ".join(f"{ph} {p}" for ph, p in zip(phrases, pos, strict=True))
+        alt = " and ".join(f"{p} {ph}" for ph, p in zip(phrases, pos, strict=True))
+    prefixes = _PREFIXES.get(kind, _PREFIXES["keyword"])
+    prefix = prefixes[int(rng.integers(len(prefixes)))]
+    queries = [base, (prefix + alt).strip()]
+    return task, [q for i, q in enumerate(queries) if q and q not in queries[:i]]
+
+
+def _queries(kind: str, attrs: dict[str, Any], modality: str, rng: np.random.Generator,
              fallback: list[str]) -> tuple[str, list[str]]:
+    if "objects" in attrs:
+        return _object_queries(kind, attrs["objects"], modality, rng)
     phrase = " ".join(attrs[a] for a in ("size", "color", "shape") if a in attrs)
     pos = attrs.get("position", "")
     if not phrase and not pos:
@@ -157,7 +265,12 @@ _CANDIDATE_RE = re.compile(r"^Candidate (\d+):")
 _QUERY_RE = re.compile(r"^Query:\s*(.*)$", re.S)
 
 
-def _attr_words(attrs: dict[str, str]) -> set[str]:
+def _attr_words(attrs: dict[str, Any]) -> set[str]:
+    """Attribute words; for several objects also one token per object binding them."""
+    if "objects" in attrs:
+        words = set().union(*(_attr_words(o) for o in attrs["objects"]))
+        return words | {"+".join(o.get(a, "") for a in ("size", "color", "shape", "row", "col"))
+                        for o in attrs["objects"]}
     return {attrs[a] for a in ("size", "color", "shape", "row", "col") if a in attrs}
 
 

@@ -9,10 +9,13 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.corpus import generate_corpus
+from jobs.demo import DemoConfig, make_corpus
+from schemas import manifest as mf
 from schemas import storage
 from schemas.spec import PreprocessingSpec
+from synth import offline_model
 from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
-from transforms.scenes import COLORS, COLS, ROWS, Scene
+from transforms.scenes import COLORS, COLS, ROWS, RichScene, Scene
 
 
 def files(root: pathlib.Path) -> dict[str, bytes]:
@@ -64,3 +67,52 @@ def test_ingest_over_corpus(tmp_path):
     assert out["examples"].num_rows == 4 + 3 + 1  # the mislabeled PNG is a good image
     assert sorted(out["rejected"].column("reason").to_pylist()) == [
         "empty", "truncated", "unsupported_format"]
+
+
+def test_rich_world_deterministic(tmp_path):
+    a = generate_corpus(str(tmp_path / "a"), 30, 20, seed=3, world="rich")
+    b = generate_corpus(str(tmp_path / "b"), 30, 20, seed=3, world="rich")
+    assert a == b == {"images": 30, "texts": 20, "bad": 5, "files": 55}
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    generate_corpus(str(tmp_path / "s"), 30, 20, seed=3)
+    assert files(tmp_path / "a") != files(tmp_path / "s")
+    simple = (tmp_path / "s" / "ground_truth.jsonl").read_text()
+    assert "family" not in simple and "rich:" not in simple  # the simple world is as before
+
+
+def test_rich_world_families(tmp_path):
+    generate_corpus(str(tmp_path), 120, 80, seed=1, world="rich")
+    truth = [json.loads(x) for x in (tmp_path / "ground_truth.jsonl").read_text().splitlines()]
+    media = files(tmp_path / "media")
+    assert sorted(r["file"] for r in truth) == sorted(media)
+    rows = [r for r in truth if r["key"] and "note" not in r]
+    assert len(rows) == 200 and all(r["family"] for r in rows)
+    for kind in ("images", "texts"):
+        fams: dict[str, list[RichScene]] = {}
+        for r in rows:
+            if r["file"].startswith(kind):
+                assert r["family"].startswith(kind)
+                scene = RichScene.from_dict(r["scene"])
+                assert scene.key == r["key"]
+                fams.setdefault(r["family"], []).append(scene)
+        sizes = [len(f) for f in fams.values()]
+        assert max(sizes) <= 5 and sum(s >= 3 for s in sizes) >= len(sizes) - 1  # the last may be cut
+        two = sum(len(s.objects) == 2 for f in fams.values() for s in f)
+        assert 0.3 < two / sum(sizes) < 0.7
+    for r in rows:  # each file shows or names its scene
+        data, scene = media[r["file"]], RichScene.from_dict(r["scene"])
+        if r["file"].startswith("texts/"):
+            got = offline_model.extract_text_attributes(data.decode())
+        else:
+            got = offline_model.analyze_image(data)
+        objs = got.get("objects", [got])
+        assert [(o["size"], o["color"], o["shape"]) for o in objs] == [
+            (o.size, o.color, o.shape) for o in scene.objects], r
+
+
+def test_demo_corpus_version_keeps_simple_ids(tmp_path):
+    simple = make_corpus(str(tmp_path), 4, 3, 0)
+    rich = make_corpus(str(tmp_path), 4, 3, 0, world="rich")
+    assert simple["version"] == mf.version_id("corpus", [], {"images": 4, "texts": 3, "seed": 0})
+    assert rich["version"] != simple["version"] and not rich["reused"]
+    assert DemoConfig(world="rich").world == "rich"

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import random
 import subprocess
 import sys
@@ -121,3 +124,39 @@ def test_synth_imports_no_engine():
     code = ("import sys, synth.stage, synth.offline_server; "
             "assert not {'apache_beam', 'ray'} & set(sys.modules), 'engine imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rich_image_query_through_server(offline_client):
+    """A two-object render through the real client: the answer is what `respond` gives,
+    and names every object with its own attributes (a color swap is a wrong answer)."""
+    a = scenes.Scene("circle", "red", "small", "top", "left")
+    b = scenes.Scene("bar", "blue", "large", "bottom", "right")
+    scene = scenes.RichScene((a, b))
+    png = scenes.render_rich(scene, random.Random(0))
+    out = generate_pair_json(offline_client, CFG, PROMPTS.text("keyword"), [_image_part(png)])
+    assert out["queries"][0] == "small red circle top left and large blue bar bottom right"
+    request = {"contents": [{"role": "user", "parts": [
+        {"text": PROMPTS.text("keyword")},
+        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode()}}]}],
+        "generationConfig": {"responseMimeType": "application/json", "seed": CFG.seed}}
+    body = offline_model.respond(request)["candidates"][0]["content"]["parts"][0]["text"]
+    assert json.loads(body)["queries"] == out["queries"]
+    swapped = scenes.RichScene((dataclasses.replace(a, color="blue"),
+                                dataclasses.replace(b, color="red")))
+    other = generate_pair_json(offline_client, CFG, PROMPTS.text("caption"),
+                               [_image_part(scenes.render_rich(swapped, random.Random(0)))])
+    mine = generate_pair_json(offline_client, CFG, PROMPTS.text("caption"), [_image_part(png)])
+    assert mine["queries"][0] == ("a small red circle at the top left and "
+                                  "a large blue bar at the bottom right")
+    assert not set(mine["queries"]) & set(other["queries"])
+
+
+def test_rich_passage_queries(offline_client):
+    rng = random.Random(8)
+    for _ in range(6):
+        scene = scenes.random_rich_scene(rng)
+        doc = scenes.describe_rich(scene, rng)
+        out = generate_pair_json(offline_client, CFG, PROMPTS.text("keyword"),
+                                 [types.Part.from_text(text=doc)])
+        want = " and ".join(f"{o.size} {o.color} {o.shape} {o.position}" for o in scene.objects)
+        assert out["queries"][0] == want, doc
