@@ -1,0 +1,338 @@
+"""Study (issue 6): do mined hard negatives beat continued in-batch training, do Matryoshka
+losses beat plain truncation, does a soup beat its best ingredient?
+
+    .venv/bin/python tests/benchmarks/study_train.py --workdir /tmp/loom-study \
+        [--images 1000 --texts 1000 --heldout 0.5 --seeds 0 1 2 --pft-epochs 12 --ft-epochs 4]
+
+World: `generate_corpus(world="rich")`: one- and two-object scenes (12 colors, 6 shapes,
+3 sizes, 9 cells) in near-miss families (one attribute changed, attributes swapped between
+the two objects), so a query's nearest wrong answers are compositional near-misses that a
+random in-batch negative rarely is. The offline LLM writes the queries from the pixels and
+passages; eval scores a hit on any held-out asset of the query's exact scene.
+
+Per seed s (the pft run's seed; every later run of that seed starts from its weights):
+- pft: stage 1 on the pairs, Matryoshka sizes 32/64/128; held-out R@1 at every checkpoint
+  (the plateau curve);
+- mine with the pft checkpoint (PercPos 0.95), and once with no false-negative rule, to
+  measure what the filter removes; hardness of what was kept from the ground truth (same
+  family = a true near-miss; same scene = a false negative);
+- ft: hard negatives, `--init pft`; ctrl: continue pft on the pairs for the same steps;
+  ctrl_wall: continue pft for as long as ft took (its step time, measured);
+- re-mine with the ft checkpoint, ft2 from ft; beside it ctrl2 from ctrl, same steps;
+- nomrl: stage 1 without Matryoshka losses (one 128 size), evaluated truncated to 32/64.
+Soup (right after seed 0's arm): ft from seed 0's pft with ft shards shuffled by seeds 0, 1,
+2, uniform soup vs best ingredient.
+
+Every stage is loom's own (ingest, synth, shard, train on Ray Train, mine, soup, eval); runs
+are content-addressed, so a rerun of a killed study reuses what finished. Results go to
+<workdir>/study.json and <workdir>/study.md. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from jobs.corpus import generate_corpus  # noqa: E402
+from pipelines.evaluate import run_eval  # noqa: E402
+from pipelines.ingest import run_ingest  # noqa: E402
+from pipelines.mine import run_mine  # noqa: E402
+from pipelines.shard import run_shard  # noqa: E402
+from pipelines.soup import run_soup  # noqa: E402
+from pipelines.synth import run_synth  # noqa: E402
+from pipelines.train import TrainConfig, TrainStage, run_train  # noqa: E402
+from schemas import manifest as mf  # noqa: E402
+from schemas import storage  # noqa: E402
+from transforms.mining import MiningConfig  # noqa: E402
+
+PAIRS = ("text->image", "text->text")
+
+
+class Study:
+    def __init__(self, args):
+        self.args = args
+        self.w = storage.absolute(args.workdir)
+        self.ckpts = storage.join(self.w, "checkpoints")
+        self.out: dict = {"args": vars(args), "runs": {}, "mining": {}, "curves": {}}
+        self.t0 = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        print(f"[study {time.perf_counter() - self.t0:7.0f}s] {msg}", flush=True)
+
+    def save(self) -> None:
+        storage.write_atomic(storage.join(self.w, "study.json"),
+                             json.dumps(self.out, indent=1, default=str).encode())
+
+    # -- stages -------------------------------------------------------------------------
+    def data(self) -> None:
+        a = self.args
+        corpus = storage.join(self.w, "corpus")
+        if not storage.exists(storage.join(corpus, "ground_truth.jsonl")):
+            world = {} if a.world == "simple" else {"world": a.world}  # simple: a smoke test
+            generate_corpus(corpus, a.images, a.texts, seed=0, bad_files=False, **world)
+        self.truth_uri = storage.join(corpus, "ground_truth.jsonl")
+        self.truth = {(r := json.loads(line))["file"]: r
+                      for line in storage.read_bytes(self.truth_uri).decode().splitlines()}
+        ingest = run_ingest(storage.join(corpus, "media"), storage.join(self.w, "examples"))
+        self.log(f"ingest {ingest['counts']}")
+        self.pairs = run_synth(ingest["uri"], storage.join(self.w, "pairs"),
+                               heldout_fraction=a.heldout)
+        self.log(f"synth {self.pairs['counts']}")
+        self.pft_shards = run_shard(self.pairs["uri"], storage.join(self.w, "shards"),
+                                    a.rows_per_shard, 0)
+        self.out["data"] = {"ingest": ingest["counts"], "pairs": self.pairs["counts"],
+                            "pft_rows": self.pft_shards["counts"]}
+        ex_dir, ex_manifest = mf.resolve_input(ingest["uri"])
+        ex = mf.read_table(ex_dir, ex_manifest, "examples", columns=["id", "source_uris"])
+        self.scene_of = {}
+        for i, uris in zip(ex.column("id").to_pylist(), ex.column("source_uris").to_pylist(),
+                           strict=True):
+            rel = "/".join(uris[0].replace("\\", "/").split("/")[-2:])
+            rec = self.truth.get(rel, {})
+            self.scene_of[i] = (rec.get("key"), rec.get("family"))
+
+    def cfg(self, seed: int, epochs: int, **kw) -> TrainConfig:
+        a = self.args
+        return TrainConfig(epochs=epochs, batch_size=a.batch_size, seed=seed,
+                           checkpoint_every=a.checkpoint_every, dim=a.dim, layers=a.layers,
+                           **kw)
+
+    def train(self, name: str, shards: dict, stage: TrainStage, cfg: TrainConfig,
+              init: str | None = None) -> dict:
+        t = time.perf_counter()
+        run = run_train(shards["uri"], self.ckpts, stage, cfg, init=init)
+        metrics = storage.read_parquet([run["datasets"]["metrics"]]).to_pylist()
+        wall = sum(m["data_wait_s"] + m["compute_s"] for m in metrics)
+        info = {"checkpoint": run["checkpoint"], "steps": run["counts"]["steps"],
+                "loop_s": round(wall, 1), "call_s": round(time.perf_counter() - t, 1),
+                "s_per_step": round(wall / max(1, len(metrics)), 4),
+                "final_loss": round(metrics[-1]["loss"], 4) if metrics else None,
+                "reused": run["reused"]}
+        self.out["runs"][name] = info
+        self.log(f"train {name}: {info}")
+        return run
+
+    def evaluate(self, name: str, ckpt: str, dims: tuple[int, ...] = ()) -> dict:
+        ev = run_eval(self.pairs["uri"], ckpt, self.ckpts, storage.join(self.w, "eval"),
+                      self.truth_uri, 0, max_queries=self.args.max_queries, dims=dims)
+        table = {p: {"r@1": e["r@1"], "r@5": e["r@5"], "ndcg@10": e["ndcg@10"],
+                     "queries": e["queries"], "gallery": e["gallery"],
+                     "by_dim": {d: m["r@1"] for d, m in e["by_dim"].items()},
+                     "untrained_r@1": e["untrained_r@1"], "random_r@1": e["random_r@1"],
+                     **({"lexical_r@1": e["lexical_r@1"]} if "lexical_r@1" in e else {})}
+                 for p, e in ev["eval"].items()}
+        self.out["runs"].setdefault(name, {})["eval"] = table
+        self.log(f"eval {name}: " + ", ".join(f"{p} R@1 {e['r@1']:.3f}"
+                                              for p, e in table.items()))
+        self.save()
+        return table
+
+    def mine(self, name: str, ckpt: str, config: MiningConfig) -> dict:
+        m = run_mine(self.pairs["uri"], storage.join(self.w, "triples"), ckpt, self.ckpts,
+                     config=config, cache_root=storage.join(self.w, "embed-cache"))
+        hard = self.hardness(m["uri"])
+        info = {"counts": {k: v for k, v in m["counts"].items()
+                           if k.startswith(("filtered", "kept", "negatives", "triples",
+                                            "considered", "unfilled"))},
+                "hardness": hard}
+        self.out["mining"][name] = info
+        self.log(f"mine {name}: {hard}")
+        return m
+
+    def hardness(self, triples_uri: str) -> dict:
+        """What the kept negatives are, by ground truth: the positive's scene (a false
+        negative), its near-miss family (one attribute off / swapped), or neither."""
+        d, manifest = mf.resolve_input(triples_uri)
+        rows = mf.read_table(d, manifest, "triples",
+                             columns=["positive_id", "positive_score", "negatives"]).to_pylist()
+        same_scene = same_family = other = 0
+        margins = []
+        for r in rows:
+            key, fam = self.scene_of.get(r["positive_id"], (None, None))
+            for n in r["negatives"]:
+                nkey, nfam = self.scene_of.get(n["id"], (None, None))
+                if key is not None and nkey == key:
+                    same_scene += 1
+                elif fam is not None and nfam == fam:
+                    same_family += 1
+                else:
+                    other += 1
+                if r["positive_score"] is not None and n["score"] is not None:
+                    margins.append(r["positive_score"] - n["score"])
+        total = max(1, same_scene + same_family + other)
+        return {"negatives": same_scene + same_family + other,
+                "false_negative_rate": round(same_scene / total, 4),
+                "near_miss_rate": round(same_family / total, 4),
+                "mean_margin": round(statistics.fmean(margins), 4) if margins else None}
+
+    def curve(self, name: str, run_id: str) -> None:
+        """Held-out R@1 at every saved step of a run (is stage 1 at a plateau?)."""
+        points = []
+        steps = sorted(d.rsplit("/", 1)[-1] for d in storage.list_dirs(
+            storage.join(self.ckpts, run_id)) if d.rsplit("/", 1)[-1].startswith("step-"))
+        for step in steps:
+            t = self.evaluate(f"{name}@{step}", f"{run_id}/{step}")
+            points.append({"step": int(step.split("-")[1]), **{p: t[p]["r@1"] for p in t}})
+        self.out["curves"][name] = points
+
+    # -- the study ----------------------------------------------------------------------
+    def seed_arm(self, s: int) -> None:
+        a = self.args
+        pft = self.train(f"pft.s{s}", self.pft_shards, TrainStage.PFT,
+                         self.cfg(s, a.pft_epochs))
+        self.curve(f"pft.s{s}", pft["version"])
+        self.evaluate(f"pft.s{s}", pft["checkpoint"])
+        nomrl = self.train(f"nomrl.s{s}", self.pft_shards, TrainStage.PFT,
+                           self.cfg(s, a.pft_epochs, embed_dims=(a.dim,)))
+        self.evaluate(f"nomrl.s{s}", nomrl["checkpoint"], dims=(a.dim // 4, a.dim // 2))
+
+        self.mine(f"raw.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives,
+                                                                false_negative=()))
+        m = self.mine(f"pft.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives))
+        ft_shards = run_shard(m["uri"], storage.join(self.w, "shards"), a.rows_per_shard, s)
+        cont = dict(lr=a.ft_lr, warmup_steps=5)
+        ft = self.train(f"ft.s{s}", ft_shards, TrainStage.FT,
+                        self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
+                        init=pft["checkpoint"])
+        self.evaluate(f"ft.s{s}", ft["checkpoint"])
+        ctrl = self.train(f"ctrl.s{s}", self.pft_shards, TrainStage.PFT,
+                          self.cfg(s, a.ft_epochs, **cont), init=pft["checkpoint"])
+        self.evaluate(f"ctrl.s{s}", ctrl["checkpoint"])
+        ratio = self.out["runs"][f"ft.s{s}"]["loop_s"] / max(
+            1e-9, self.out["runs"][f"ctrl.s{s}"]["loop_s"])
+        wall_epochs = max(a.ft_epochs, round(a.ft_epochs * ratio))
+        self.out["runs"][f"ctrl.s{s}"]["ft_time_ratio"] = round(ratio, 3)
+        wall = self.train(f"ctrl_wall.s{s}", self.pft_shards, TrainStage.PFT,
+                          self.cfg(s, wall_epochs, **cont), init=pft["checkpoint"])
+        self.evaluate(f"ctrl_wall.s{s}", wall["checkpoint"])
+        if a.remine:
+            m2 = self.mine(f"ft.s{s}", ft["checkpoint"], MiningConfig(negatives=a.negatives))
+            ft2_shards = run_shard(m2["uri"], storage.join(self.w, "shards"),
+                                   a.rows_per_shard, s)
+            ft2 = self.train(f"ft2.s{s}", ft2_shards, TrainStage.FT,
+                             self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
+                             init=ft["checkpoint"])
+            self.evaluate(f"ft2.s{s}", ft2["checkpoint"])
+            ctrl2 = self.train(f"ctrl2.s{s}", self.pft_shards, TrainStage.PFT,
+                               self.cfg(s, a.ft_epochs, **cont), init=ctrl["checkpoint"])
+            self.evaluate(f"ctrl2.s{s}", ctrl2["checkpoint"])
+        self.pft_ckpt = getattr(self, "pft_ckpt", None) or pft["checkpoint"]
+        self.ft_shards0 = getattr(self, "ft_shards0", None) or m["uri"]
+
+    def soup(self) -> None:
+        """ft ingredients from ONE pft checkpoint (seed 0's), differing in ft data order."""
+        a = self.args
+        cont = dict(lr=a.ft_lr, warmup_steps=5)
+        ingredients = [self.out["runs"]["ft.s0"]["checkpoint"]]
+        for s in a.soup_seeds:
+            shards = run_shard(self.ft_shards0, storage.join(self.w, "shards"),
+                               a.rows_per_shard, s)
+            run = self.train(f"ft.s0.data{s}", shards, TrainStage.FT,
+                             self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
+                             init=self.pft_ckpt)
+            self.evaluate(f"ft.s0.data{s}", run["checkpoint"])
+            ingredients.append(run["checkpoint"])
+        soup = run_soup(ingredients, self.ckpts)
+        self.out["runs"]["soup"] = {"checkpoint": soup["checkpoint"], "of": ingredients}
+        self.evaluate("soup", soup["checkpoint"])
+
+
+def summarize(out: dict, seeds: list[int]) -> str:
+    runs = out["runs"]
+
+    def r1(name: str, pair: str, dim: str | None = None) -> float | None:
+        e = runs.get(name, {}).get("eval", {}).get(pair)
+        if e is None:
+            return None
+        return e["by_dim"].get(dim) if dim else e["r@1"]
+
+    def stat(vals: list[float | None]) -> str:
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "-"
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.fmean(vals):.3f} ± {sd:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
+
+    lines = ["| arm | " + " | ".join(f"{p} R@1 (mean ± sd [min, max])" for p in PAIRS) + " |",
+             "|---|" + "---|" * len(PAIRS)]
+    for arm in ("pft", "ctrl", "ft", "ctrl_wall", "ctrl2", "ft2", "nomrl"):
+        if any(f"{arm}.s{s}" in runs for s in seeds):
+            lines.append(f"| {arm} | " + " | ".join(
+                stat([r1(f"{arm}.s{s}", p) for s in seeds]) for p in PAIRS) + " |")
+    lines += ["", "Paired differences (same pft init), R@1 points:", ""]
+    for a, b in (("ft", "ctrl"), ("ft", "ctrl_wall"), ("ft2", "ctrl2"), ("ft2", "ft")):
+        for p in PAIRS:
+            diffs = [(r1(f"{a}.s{s}", p) or 0) - (r1(f"{b}.s{s}", p) or 0) for s in seeds
+                     if r1(f"{a}.s{s}", p) is not None and r1(f"{b}.s{s}", p) is not None]
+            if diffs:
+                lines.append(f"- {a} - {b}, {p}: " + ", ".join(f"{100 * d:+.1f}" for d in diffs)
+                             + f" (mean {100 * statistics.fmean(diffs):+.1f})")
+    lines += ["", "| Matryoshka | " + " | ".join(PAIRS) + " |", "|---|" + "---|" * len(PAIRS)]
+    for label, arm, dim in (("pft 32 / pft 128", "pft", "32"),
+                            ("ft 32 / ft 128", "ft", "32")):
+        lines.append(f"| {label} | " + " | ".join(stat(
+            [(r1(f"{arm}.s{s}", p, dim) or 0) / max(1e-9, r1(f"{arm}.s{s}", p) or 0)
+             for s in seeds if r1(f"{arm}.s{s}", p) is not None]) for p in PAIRS) + " |")
+    for label, arm in (("pft at 32", "pft"), ("nomrl truncated to 32", "nomrl")):
+        lines.append(f"| {label} (R@1) | " + " | ".join(
+            stat([r1(f"{arm}.s{s}", p, "32") for s in seeds]) for p in PAIRS) + " |")
+    if "soup" in runs:
+        lines += ["", "| soup | " + " | ".join(PAIRS) + " |", "|---|" + "---|" * len(PAIRS)]
+        names = ["ft.s0"] + [n for n in runs if n.startswith("ft.s0.data")]
+        lines.append("| ingredients | " + " | ".join(
+            ", ".join(f"{r1(n, p):.3f}" for n in names if r1(n, p) is not None)
+            for p in PAIRS) + " |")
+        lines.append("| soup | " + " | ".join(f"{r1('soup', p):.3f}" for p in PAIRS) + " |")
+    lines += ["", "| mining | kept | false-negative rate | near-miss rate | mean margin |",
+              "|---|---|---|---|---|"]
+    for name, m in out["mining"].items():
+        h = m["hardness"]
+        lines.append(f"| {name} | {h['negatives']} | {h['false_negative_rate']:.3f} | "
+                     f"{h['near_miss_rate']:.3f} | {h['mean_margin']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--world", default="rich")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--heldout", type=float, default=0.5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--soup-seeds", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--pft-epochs", type=int, default=12)
+    ap.add_argument("--ft-epochs", type=int, default=4)
+    ap.add_argument("--ft-lr", type=float, default=5e-4)
+    ap.add_argument("--negatives", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rows-per-shard", type=int, default=1024)
+    ap.add_argument("--checkpoint-every", type=int, default=100)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--max-queries", type=int, default=2000)
+    ap.add_argument("--remine", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    study = Study(args)
+    study.data()
+    for s in args.seeds:  # seed 0's arm, then the soup (it needs only seed 0), then the rest
+        study.seed_arm(s)
+        if s == args.seeds[0] and args.soup_seeds:
+            study.soup()
+        study.out["summary"] = summarize(study.out, args.seeds)
+        study.save()
+    study.out["summary"] = summarize(study.out, args.seeds)
+    study.out["wall_s"] = round(time.perf_counter() - study.t0)
+    study.save()
+    storage.write_atomic(storage.join(study.w, "study.md"), study.out["summary"].encode())
+    print(study.out["summary"])
+
+
+if __name__ == "__main__":
+    main()
