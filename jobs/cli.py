@@ -10,7 +10,8 @@ import json
 import os
 import sys
 import traceback
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
 import typer
 
@@ -70,13 +71,33 @@ def _run(fn, *args, **kwargs) -> None:
         raise typer.Exit(1) from None
 
 
+def key_values(items: Iterable[str], flag: str, convert: Callable[[str], Any] = str,
+               wants: str = "KEY=VALUE") -> dict[str, Any]:
+    """KEY=VALUE options (--weight, --cross-modal, --env) as a dict; a malformed one is a
+    BadInput naming the flag (exit 2)."""
+    from pipelines.common import BadInput
+
+    out: dict[str, Any] = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError(kv)
+            out[key.strip()] = convert(value)
+        except ValueError:
+            raise BadInput(f"{flag} wants {wants}, not {kv!r}") from None
+    return out
+
+
 @app.command()
 def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")],
-           images: int = 200, texts: int = 200, seed: int = 0) -> None:
+           images: int = 200, texts: int = 200, seed: int = 0,
+           world: Annotated[str, Opt(help="simple (one shape) or rich (one or two objects "
+                                          "in near-miss families)")] = "simple") -> None:
     """Generate the offline demo corpus (scenes as images and texts, plus bad files)."""
     from jobs.demo import make_corpus
 
-    _run(make_corpus, output, images, texts, seed)
+    _run(make_corpus, output, images, texts, seed, world)
 
 
 @app.command()
@@ -189,19 +210,10 @@ def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
                                                   "positive modality W times (repeatable)")] = None
           ) -> None:
     """Shuffle and pack train-split pairs/triples into fixed-size Parquet shards."""
-    from pipelines.common import BadInput
     from pipelines.shard import run_shard
 
     def go():
-        weights = {}
-        for w in weight or []:
-            key, sep, value = w.partition("=")
-            try:
-                weights[key] = float(value)
-            except ValueError:
-                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}") from None
-            if not sep or not key:
-                raise BadInput(f"--weight wants KEY=NUMBER, not {w!r}")
+        weights = key_values(weight or [], "--weight", float, "KEY=NUMBER")
         return run_shard(input, output, rows_per_shard, seed, engine, target_mb, weights)
 
     _run(go)
@@ -264,8 +276,8 @@ def _mining_config(config: str | None, negatives: int | None, cross_modal: str |
     if negatives is not None:
         raw["negatives"] = negatives
     if cross_modal:
-        pairs = (kv.partition("=") for kv in cross_modal.split(",") if kv)
-        raw["cross_modal"] = {k.strip(): int(v) for k, _, v in pairs}
+        raw["cross_modal"] = key_values((kv for kv in cross_modal.split(",") if kv),
+                                        "--cross-modal", int, "MODALITY=COUNT,...")
     return MiningConfig.model_validate(raw)
 
 
@@ -344,11 +356,8 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
 
     def go():
         from jobs.submit import check_env_vars
-        from pipelines.common import BadInput
 
-        if any("=" not in kv for kv in env or []):
-            raise BadInput("--env wants KEY=VALUE")
-        env_vars = dict(kv.split("=", 1) for kv in env or [])
+        env_vars = key_values(env or [], "--env")
         check_env_vars(env_vars)  # before anything reaches the cluster
         return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say)
 
@@ -395,11 +404,13 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
          texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,
          pft_epochs: Annotated[int | None, Opt(help="pre-fine-tuning epochs [8]")] = None,
          ft_epochs: Annotated[int | None, Opt(help="fine-tuning epochs [3]")] = None,
+         world: Annotated[str | None, Opt(help="demo world: simple or rich [simple]")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
     from jobs.demo import DemoConfig, run_demo
 
-    given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs}
+    given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs,
+             "world": world}
     cfg = DemoConfig(engine=engine, **{k: v for k, v in given.items() if v is not None})
     _run(run_demo, workdir, cfg, logs.say)
 

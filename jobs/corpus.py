@@ -66,6 +66,8 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
 
     world="rich" draws each modality's scenes in near-miss families (a base and a few
     one-attribute-off or swapped-attribute variants); ground truth names the family."""
+    if world not in ("simple", "rich"):
+        raise ValueError(f"unknown world {world!r}: simple or rich")
     truth: list[dict] = []
     files: dict[str, bytes] = {}
 

@@ -100,16 +100,21 @@ def _size(uri: str) -> tuple[int, int, int]:
             max((e.mtime_ns for e in entries), default=0))
 
 
+def _holds_versions(uri: str) -> bool:
+    return any(storage.exists(storage.join(c, mf.MANIFEST)) or PARTIAL_NAME.match(_name(c))
+               for c in storage.list_dirs(uri))
+
+
 def dataset_roots(uri: str) -> list[str]:
-    """uri itself when it holds versions (or partial writes), else its child folders that do."""
+    """uri itself when it holds versions (or partial writes), else its child folders that do;
+    with each, the stage-private roots nested in it (a backfill's `_ingest/`), whose
+    versions are kept only while something newer uses them."""
     uri = storage.absolute(uri)
-    children = storage.list_dirs(uri)
-    if any(storage.exists(storage.join(c, mf.MANIFEST)) or PARTIAL_NAME.match(_name(c))
-           for c in children):
-        return [uri]
-    return [c for c in children
-            if any(storage.exists(storage.join(g, mf.MANIFEST)) or PARTIAL_NAME.match(_name(g))
-                   for g in storage.list_dirs(c))]
+    roots = [uri] if _holds_versions(uri) else [c for c in storage.list_dirs(uri)
+                                                 if _holds_versions(c)]
+    return [r for root in roots for r in (root, *(c for c in storage.list_dirs(root)
+                                                  if _name(c).startswith("_")
+                                                  and _holds_versions(c)))]
 
 
 def scan(uri: str, now: float | None = None, context: bool = True) -> Scan:

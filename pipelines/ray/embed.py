@@ -17,7 +17,7 @@ from schemas import storage
 from transforms.items import example_to_item
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
-ROWS_PER_CALL = 512  # rows an actor call embeds: files are grouped up to about this many
+ROWS_PER_CALL = 1024  # Example rows per actor call (one call's forward passes)
 
 
 class EmbedActor:
@@ -37,20 +37,20 @@ class EmbedActor:
                 "vector": vecs}
 
 
-class EmbedFilesActor(EmbedActor):
-    """Reads Example Parquet files itself and embeds the rows it is told to.
+def read_examples(batch: pa.Table) -> pa.Table:
+    """Ray Data task: the rows to embed of each listed Examples file, as one Arrow table."""
+    tables = [storage.read_parquet([uri], columns=EXAMPLE_COLUMNS).take(take)
+              for uris, takes in zip(batch.column("uris").to_pylist(),
+                                     batch.column("takes").to_pylist(), strict=True)
+              for uri, take in zip(uris, takes, strict=True)]
+    return pa.concat_tables(tables)
 
-    A batch holds groups of file URIs, each file with the row numbers to embed (the rest are
-    done already or repeat an earlier id). Nothing but URIs and lists of ints crosses from
-    the driver, and only ids and vectors come back."""
+
+class EmbedExamplesActor(EmbedActor):
+    """Embeds batches of Example rows (id, modality, parts) read by `read_examples`."""
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        items: list[dict] = []
-        for uris, takes in zip(batch.column("uris").to_pylist(),
-                               batch.column("takes").to_pylist(), strict=True):
-            for uri, take in zip(uris, takes, strict=True):
-                table = storage.read_parquet([uri], columns=EXAMPLE_COLUMNS).take(take)
-                items += [example_to_item(e) for e in table.to_pylist()]
+        items = [example_to_item(e) for e in batch.to_pylist()]
         return {"id": np.array([it["id"] for it in items], dtype=object),
                 "vector": embed_items(self.model, items, self.dim)}
 
@@ -82,13 +82,15 @@ def embed_files_on_ray(work: list[tuple[str, list[int]]], root: str, ckpt_id: st
                        ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Streams (ids, vectors) per actor call as the actors finish them, in no promised order.
 
-    `work` is (Example Parquet URI, row numbers to embed) per file. Consecutive files are
-    grouped into calls of about `rows_per_call` rows (one forward batch, not one per small
-    file). One Ray Data job covers all of it, so the actor pool starts and loads the model
-    once however large the input."""
+    `work` is (Example Parquet URI, row numbers to embed) per file. Two operators in one
+    Ray Data job: reading tasks (one at a time, each over consecutive files of about
+    `rows_per_call` rows, with no CPU reserved so they run beside the actors and overlap
+    their forward passes) turn file names into Example rows; the actor pool embeds them in
+    calls of `rows_per_call` rows. The pool starts and loads the model once per job, and
+    nothing but file names, row numbers, ids and vectors passes through the driver."""
     ensure_ray()
     rows_per_call = rows_per_call or ROWS_PER_CALL
-    groups: list[dict] = []
+    groups: list[dict] = []  # consecutive files, about rows_per_call rows: one read task
     for uri, take in work:
         if not take:
             continue
@@ -99,9 +101,11 @@ def embed_files_on_ray(work: list[tuple[str, list[int]]], root: str, ckpt_id: st
     if not groups:
         return
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
-    ds = ds.map_batches(EmbedFilesActor,
+    ds = ds.map_batches(read_examples, batch_size=1, batch_format="pyarrow", num_cpus=0,
+                        concurrency=1)
+    ds = ds.map_batches(EmbedExamplesActor,
                         fn_constructor_args=(root, ckpt_id, dim, max(1, int(cpus_per_actor))),
-                        batch_size=1, batch_format="pyarrow",
+                        batch_size=rows_per_call, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=actors),
                         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

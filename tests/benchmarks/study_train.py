@@ -19,7 +19,8 @@ Per seed s (the pft run's seed; every later run of that seed starts from its wei
 - ft: hard negatives, `--init pft`; ctrl: continue pft on the pairs for the same steps;
   ctrl_wall: continue pft for as long as ft took (its step time, measured);
 - re-mine with the ft checkpoint, ft2 from ft; beside it ctrl2 from ctrl, same steps;
-- nomrl: stage 1 without Matryoshka losses (one 128 size), evaluated truncated to 32/64.
+- nomrl: stage 1 without Matryoshka losses (one 128 size), evaluated truncated to 32/64;
+- first seed only: ft_unfiltered, the same ft on negatives mined with no false-negative rule.
 Soup (right after seed 0's arm): ft from seed 0's pft with ft shards shuffled by seeds 0, 1,
 2, uniform soup vs best ingredient.
 
@@ -192,8 +193,8 @@ class Study:
                            self.cfg(s, a.pft_epochs, embed_dims=(a.dim,)))
         self.evaluate(f"nomrl.s{s}", nomrl["checkpoint"], dims=(a.dim // 4, a.dim // 2))
 
-        self.mine(f"raw.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives,
-                                                                false_negative=()))
+        raw = self.mine(f"raw.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives,
+                                                                      false_negative=()))
         m = self.mine(f"pft.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives))
         ft_shards = run_shard(m["uri"], storage.join(self.w, "shards"), a.rows_per_shard, s)
         cont = dict(lr=a.ft_lr, warmup_steps=5)
@@ -211,6 +212,13 @@ class Study:
         wall = self.train(f"ctrl_wall.s{s}", self.pft_shards, TrainStage.PFT,
                           self.cfg(s, wall_epochs, **cont), init=pft["checkpoint"])
         self.evaluate(f"ctrl_wall.s{s}", wall["checkpoint"])
+        if a.unfiltered_arm and s == a.seeds[0]:  # the same ft on negatives no rule filtered
+            raw_shards = run_shard(raw["uri"], storage.join(self.w, "shards"),
+                                   a.rows_per_shard, s)
+            ft_raw = self.train(f"ft_unfiltered.s{s}", raw_shards, TrainStage.FT,
+                                self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
+                                init=pft["checkpoint"])
+            self.evaluate(f"ft_unfiltered.s{s}", ft_raw["checkpoint"])
         if a.remine:
             m2 = self.mine(f"ft.s{s}", ft["checkpoint"], MiningConfig(negatives=a.negatives))
             ft2_shards = run_shard(m2["uri"], storage.join(self.w, "shards"),
@@ -261,12 +269,13 @@ def summarize(out: dict, seeds: list[int]) -> str:
 
     lines = ["| arm | " + " | ".join(f"{p} R@1 (mean ± sd [min, max])" for p in PAIRS) + " |",
              "|---|" + "---|" * len(PAIRS)]
-    for arm in ("pft", "ctrl", "ft", "ctrl_wall", "ctrl2", "ft2", "nomrl"):
+    for arm in ("pft", "ctrl", "ft", "ctrl_wall", "ctrl2", "ft2", "ft_unfiltered", "nomrl"):
         if any(f"{arm}.s{s}" in runs for s in seeds):
             lines.append(f"| {arm} | " + " | ".join(
                 stat([r1(f"{arm}.s{s}", p) for s in seeds]) for p in PAIRS) + " |")
     lines += ["", "Paired differences (same pft init), R@1 points:", ""]
-    for a, b in (("ft", "ctrl"), ("ft", "ctrl_wall"), ("ft2", "ctrl2"), ("ft2", "ft")):
+    for a, b in (("ft", "ctrl"), ("ft", "ctrl_wall"), ("ft2", "ctrl2"), ("ft2", "ft"),
+                 ("ft_unfiltered", "ft")):
         for p in PAIRS:
             diffs = [(r1(f"{a}.s{s}", p) or 0) - (r1(f"{b}.s{s}", p) or 0) for s in seeds
                      if r1(f"{a}.s{s}", p) is not None and r1(f"{b}.s{s}", p) is not None]
@@ -318,6 +327,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--max-queries", type=int, default=2000)
     ap.add_argument("--remine", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--unfiltered-arm", action=argparse.BooleanOptionalAction, default=True,
+                    help="first seed: ft on negatives mined with no false-negative rule")
     args = ap.parse_args()
     study = Study(args)
     study.data()

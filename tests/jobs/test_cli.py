@@ -63,6 +63,20 @@ def test_synth_bogus_llm_exits_2(tmp_path):
     assert not (tmp_path / "pairs").exists()
 
 
+def test_corpus_world_rich_and_unknown(tmp_path):
+    res = CliRunner().invoke(app, ["corpus", "--output", str(tmp_path / "c"), "--images", "3",
+                                   "--texts", "3", "--world", "rich"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    truth = [json.loads(line) for line in
+             pathlib.Path(out["datasets"]["ground_truth"]).read_text().splitlines()]
+    assert sum(1 for r in truth if r.get("family") and "note" not in r) == 6  # 3 + 3 assets
+    assert all(r["family"] for r in truth if "duplicate" in r.get("note", ""))
+    bad = CliRunner().invoke(app, ["corpus", "--output", str(tmp_path / "d"), "--world", "x"])
+    assert bad.exit_code == 2, bad.output
+    assert "unknown world 'x'" in _one_line_reason(bad)
+
+
 def _loom(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env,
@@ -150,3 +164,15 @@ def test_mine_bad_config_exits_2(tmp_path, extra, field):
     reason = _one_line_reason(res)
     assert "bad config" in reason and field in reason
     assert not (tmp_path / "triples").exists()
+
+
+def test_key_values_one_parser_for_every_flag():
+    from jobs.cli import key_values
+    from pipelines.common import BadInput
+
+    assert key_values(["caption=2", " image =0.5"], "--weight", float) == {
+        "caption": 2.0, "image": 0.5}
+    assert key_values(["A=x=y", "B="], "--env") == {"A": "x=y", "B": ""}
+    for bad in ("noequals", "=3", "k=three"):
+        with pytest.raises(BadInput, match=f"--weight wants KEY=NUMBER, not '{bad}'"):
+            key_values([bad], "--weight", float, "KEY=NUMBER")

@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from jobs.corpus import generate_corpus
@@ -116,3 +117,9 @@ def test_demo_corpus_version_keeps_simple_ids(tmp_path):
     assert simple["version"] == mf.version_id("corpus", [], {"images": 4, "texts": 3, "seed": 0})
     assert rich["version"] != simple["version"] and not rich["reused"]
     assert DemoConfig(world="rich").world == "rich"
+
+
+def test_unknown_world_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown world 'fancy'"):
+        generate_corpus(str(tmp_path / "c"), 2, 2, world="fancy")
+    assert not (tmp_path / "c").exists()

@@ -149,3 +149,18 @@ def test_gc_never_deletes_what_a_survivor_uses(tmp_path, keep):
         if x["uri"] not in deleted:
             assert not set(x["depends_on"]) & deleted
     assert v["young_partial"] not in deleted
+
+
+def test_gc_collects_a_backfills_private_ingest_versions(tmp_path):
+    """A backfill root keeps its ingest versions in `_ingest/`: the one the kept backfill
+    uses stays, the one only an older backfill used goes with it."""
+    out = str(tmp_path / "embeddings")
+    inner = storage.join(out, "_ingest")
+    i1, i2 = _version(inner, "ingest", 1), _version(inner, "ingest", 2)
+    b1 = _version(out, "backfill", 1, {"examples": i1})
+    b2 = _version(out, "backfill", 2, {"examples": i2})
+    assert {v["uri"] for v in list_versions(out)["versions"]} == {i1, i2, b1, b2}
+    plan = gc_plan(out, keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {b1, i1}
+    why = {k["uri"]: k["why"] for k in plan["keep_versions"]}
+    assert why[b2] == "newest 1" and why[i2] in ("newest 1", f"used by {b2.rsplit('/', 1)[-1]}")
