@@ -62,6 +62,7 @@ class Study:
         self.ckpts = storage.join(self.w, "checkpoints")
         self.out: dict = {"args": vars(args), "runs": {}, "mining": {}, "curves": {}}
         self.t0 = time.perf_counter()
+        self.cont = {"lr": args.ft_lr, "warmup_steps": 5}  # every run that starts from weights
 
     def log(self, msg: str) -> None:
         print(f"[study {time.perf_counter() - self.t0:7.0f}s] {msg}", flush=True)
@@ -196,56 +197,47 @@ class Study:
         raw = self.mine(f"raw.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives,
                                                                       false_negative=()))
         m = self.mine(f"pft.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives))
-        ft_shards = run_shard(m["uri"], storage.join(self.w, "shards"), a.rows_per_shard, s)
-        cont = dict(lr=a.ft_lr, warmup_steps=5)
-        ft = self.train(f"ft.s{s}", ft_shards, TrainStage.FT,
-                        self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
-                        init=pft["checkpoint"])
-        self.evaluate(f"ft.s{s}", ft["checkpoint"])
-        ctrl = self.train(f"ctrl.s{s}", self.pft_shards, TrainStage.PFT,
-                          self.cfg(s, a.ft_epochs, **cont), init=pft["checkpoint"])
-        self.evaluate(f"ctrl.s{s}", ctrl["checkpoint"])
+        ft = self.ft(f"ft.s{s}", m["uri"], s, init=pft["checkpoint"])
+        ctrl = self.continue_pft(f"ctrl.s{s}", s, a.ft_epochs, init=pft["checkpoint"])
         ratio = self.out["runs"][f"ft.s{s}"]["loop_s"] / max(
             1e-9, self.out["runs"][f"ctrl.s{s}"]["loop_s"])
         wall_epochs = max(a.ft_epochs, round(a.ft_epochs * ratio))
         self.out["runs"][f"ctrl.s{s}"]["ft_time_ratio"] = round(ratio, 3)
-        wall = self.train(f"ctrl_wall.s{s}", self.pft_shards, TrainStage.PFT,
-                          self.cfg(s, wall_epochs, **cont), init=pft["checkpoint"])
-        self.evaluate(f"ctrl_wall.s{s}", wall["checkpoint"])
+        self.continue_pft(f"ctrl_wall.s{s}", s, wall_epochs, init=pft["checkpoint"])
         if a.unfiltered_arm and s == a.seeds[0]:  # the same ft on negatives no rule filtered
-            raw_shards = run_shard(raw["uri"], storage.join(self.w, "shards"),
-                                   a.rows_per_shard, s)
-            ft_raw = self.train(f"ft_unfiltered.s{s}", raw_shards, TrainStage.FT,
-                                self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
-                                init=pft["checkpoint"])
-            self.evaluate(f"ft_unfiltered.s{s}", ft_raw["checkpoint"])
+            self.ft(f"ft_unfiltered.s{s}", raw["uri"], s, init=pft["checkpoint"])
         if a.remine:
             m2 = self.mine(f"ft.s{s}", ft["checkpoint"], MiningConfig(negatives=a.negatives))
-            ft2_shards = run_shard(m2["uri"], storage.join(self.w, "shards"),
-                                   a.rows_per_shard, s)
-            ft2 = self.train(f"ft2.s{s}", ft2_shards, TrainStage.FT,
-                             self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
-                             init=ft["checkpoint"])
-            self.evaluate(f"ft2.s{s}", ft2["checkpoint"])
-            ctrl2 = self.train(f"ctrl2.s{s}", self.pft_shards, TrainStage.PFT,
-                               self.cfg(s, a.ft_epochs, **cont), init=ctrl["checkpoint"])
-            self.evaluate(f"ctrl2.s{s}", ctrl2["checkpoint"])
+            self.ft(f"ft2.s{s}", m2["uri"], s, init=ft["checkpoint"])
+            self.continue_pft(f"ctrl2.s{s}", s, a.ft_epochs, init=ctrl["checkpoint"])
         self.pft_ckpt = getattr(self, "pft_ckpt", None) or pft["checkpoint"]
         self.ft_shards0 = getattr(self, "ft_shards0", None) or m["uri"]
 
-    def soup(self) -> None:
-        """ft ingredients from ONE pft checkpoint (seed 0's), differing in ft data order."""
+    def ft(self, name: str, triples_uri: str, seed: int, init: str) -> dict:
+        """Stage 2 from `init` on triples shuffled by `seed`: shard, train, evaluate."""
         a = self.args
-        cont = dict(lr=a.ft_lr, warmup_steps=5)
-        ingredients = [self.out["runs"]["ft.s0"]["checkpoint"]]
-        for s in a.soup_seeds:
-            shards = run_shard(self.ft_shards0, storage.join(self.w, "shards"),
-                               a.rows_per_shard, s)
-            run = self.train(f"ft.s0.data{s}", shards, TrainStage.FT,
-                             self.cfg(s, a.ft_epochs, max_negatives=a.negatives, **cont),
-                             init=self.pft_ckpt)
-            self.evaluate(f"ft.s0.data{s}", run["checkpoint"])
-            ingredients.append(run["checkpoint"])
+        shards = run_shard(triples_uri, storage.join(self.w, "shards"), a.rows_per_shard, seed)
+        run = self.train(name, shards, TrainStage.FT,
+                         self.cfg(seed, a.ft_epochs, max_negatives=a.negatives, **self.cont),
+                         init=init)
+        self.evaluate(name, run["checkpoint"])
+        return run
+
+    def continue_pft(self, name: str, seed: int, epochs: int, init: str) -> dict:
+        """The control: stage 1 on the pairs again, from `init`, with ft's learning rate."""
+        run = self.train(name, self.pft_shards, TrainStage.PFT,
+                         self.cfg(seed, epochs, **self.cont), init=init)
+        self.evaluate(name, run["checkpoint"])
+        return run
+
+    def soup(self) -> None:
+        """ft ingredients from ONE pft checkpoint (the first seed's), differing in ft data
+        order."""
+        ingredients = [self.out["runs"][f"ft.s{self.args.seeds[0]}"]["checkpoint"]]
+        for s in self.args.soup_seeds:
+            name = f"ft.s{self.args.seeds[0]}.data{s}"
+            ingredients.append(self.ft(name, self.ft_shards0, s, init=self.pft_ckpt)
+                               ["checkpoint"])
         soup = run_soup(ingredients, self.ckpts)
         self.out["runs"]["soup"] = {"checkpoint": soup["checkpoint"], "of": ingredients}
         self.evaluate("soup", soup["checkpoint"])
@@ -293,7 +285,8 @@ def summarize(out: dict, seeds: list[int]) -> str:
             stat([r1(f"{arm}.s{s}", p, "32") for s in seeds]) for p in PAIRS) + " |")
     if "soup" in runs:
         lines += ["", "| soup | " + " | ".join(PAIRS) + " |", "|---|" + "---|" * len(PAIRS)]
-        names = ["ft.s0"] + [n for n in runs if n.startswith("ft.s0.data")]
+        first = f"ft.s{seeds[0]}"
+        names = [first] + [n for n in runs if n.startswith(f"{first}.data")]
         lines.append("| ingredients | " + " | ".join(
             ", ".join(f"{r1(n, p):.3f}" for n in names if r1(n, p) is not None)
             for p in PAIRS) + " |")
