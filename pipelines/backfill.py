@@ -3,12 +3,13 @@
 The checkpoint is resolved once, and its own PreprocessingSpec (tokenizer included) prepares
 the inputs through ingest, so the encoder sees inputs made the way it was trained. Every
 Example is embedded on Ray Data (an actor pool, one model per actor) in one job per run:
-the actors read the Examples Parquet files themselves, so only file names and row numbers
-leave the driver and only ids and vectors come back.
+Ray Data tasks read the Examples Parquet files, so only file names and row numbers leave
+the driver and only ids and vectors come back.
 
 Resumable without duplicates: example ids, in the Examples version's file and row order, are
 cut into chunks of CHUNK ids; chunk n is written as `embeddings/part-<n>.parquet` as soon as
-its last vector arrives (a retry overwrites it) and the manifest is written last. A rerun of a killed run keeps the parts it finished. Incremental: a previous
+its last vector arrives (a retry overwrites it) and the manifest is written last. A rerun
+of a killed run keeps the parts it finished. Incremental: a previous
 complete backfill under the same root with the same checkpoint and dim donates the vectors
 of the ids it already has; only new ids are embedded.
 """
@@ -132,8 +133,8 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
                     chunk_of[i] = n
                     f, row = where[i]
                     take[f].append(row)
-            work = [(uri, rows) for uri, rows in zip(ex_files, take, strict=True)]
-            actors, cpus, gpus = embed_plan() if missing else (1, 1.0, 0.0)
+            work = list(zip(ex_files, take, strict=True))
+            actors, cpus, gpus = embed_plan() if missing else (1, 1.0, 0.0)  # no Ray if none
             job_start = time.perf_counter()
             for got_ids, got in embed_files_on_ray(work, checkpoint_root, ckpt_id, dim,
                                                    actors=actors, cpus_per_actor=cpus,
@@ -211,10 +212,10 @@ def _finished_part(writer: mf.VersionWriter, name: str, chunk: list[str], ckpt_i
     return record, table
 
 
-def _example_ids(ex_files: list[str]) -> tuple[list[str], dict[str, tuple], dict]:
+def _example_ids(ex_files: list[str]) -> tuple[list[str], dict[str, tuple],
+                                                dict[str, tuple[int, int]]]:
     """Unique ids in file and row order (first occurrence wins), each id's (source URI,
     modality), and where it lives: (file number, row number). No pixels are read here."""
-    ids: list[str] = []
     meta: dict[str, tuple[str | None, str]] = {}
     where: dict[str, tuple[int, int]] = {}
     for f, uri in enumerate(ex_files):
@@ -223,10 +224,9 @@ def _example_ids(ex_files: list[str]) -> tuple[list[str], dict[str, tuple], dict
                 table.column("id").to_pylist(), table.column("modality").to_pylist(),
                 table.column("source_uris").to_pylist(), strict=True)):
             if i not in where:
-                ids.append(i)
                 meta[i] = ((sources or [None])[0], modality)
                 where[i] = (f, row)
-    return ids, meta, where
+    return list(where), meta, where
 
 
 def _chunk_table(chunk: list[str], meta: dict[str, tuple], fresh: dict[str, np.ndarray],
