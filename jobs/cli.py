@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from jobs import logs
-from pipelines.runner import Engine
+from loom.jobs import logs
+from loom.pipelines.runner import Engine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="loom: multimodal embedding training data on Beam and Ray.")
@@ -40,9 +40,9 @@ def _emit(obj: dict) -> None:
 def _run(fn, *args, **kwargs) -> None:
     import pydantic
 
-    from jobs.submit import JobFailed
-    from pipelines.common import BadInput
-    from pipelines.synth import BudgetExceeded
+    from loom.jobs.submit import JobFailed
+    from loom.pipelines.common import BadInput
+    from loom.pipelines.synth import BudgetExceeded
 
     try:
         _emit(fn(*args, **kwargs))
@@ -75,7 +75,7 @@ def key_values(items: Iterable[str], flag: str, convert: Callable[[str], Any] = 
                wants: str = "KEY=VALUE") -> dict[str, Any]:
     """KEY=VALUE options (--weight, --cross-modal, --env) as a dict; a malformed one is a
     BadInput naming the flag (exit 2)."""
-    from pipelines.common import BadInput
+    from loom.pipelines.common import BadInput
 
     out: dict[str, Any] = {}
     for kv in items:
@@ -95,7 +95,7 @@ def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")
            world: Annotated[str, Opt(help="simple (one shape) or rich (one or two objects "
                                           "in near-miss families)")] = "simple") -> None:
     """Generate the offline demo corpus (scenes as images and texts, plus bad files)."""
-    from jobs.demo import make_corpus
+    from loom.jobs.demo import make_corpus
 
     _run(make_corpus, output, images, texts, seed, world)
 
@@ -108,9 +108,9 @@ def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
                help="host whose http(s) manifest references may be fetched (repeatable)")] = None
            ) -> None:
     """Decode and tokenize every file under a prefix into Examples + Rejected."""
-    from pipelines.ingest import run_ingest
-    from schemas.spec import PreprocessingSpec
-    from transforms.remote import RemoteConfig
+    from loom.pipelines.ingest import run_ingest
+    from loom.schemas.spec import PreprocessingSpec
+    from loom.transforms.remote import RemoteConfig
 
     _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine,
          remote=RemoteConfig(allowed_hosts=tuple(allow_host or ())))
@@ -151,11 +151,11 @@ def synth(ctx: typer.Context,
         logs.error("loom: synth needs --examples and --output (or: loom synth diff OLD NEW)",
                    exit_code=2)
         raise typer.Exit(2)
-    from pipelines.synth import run_synth
-    from synth.budget import Budget
-    from synth.client import LLMConfig
-    from synth.filters import FilterConfig
-    from synth.limits import RateLimits
+    from loom.pipelines.synth import run_synth
+    from loom.synth.budget import Budget
+    from loom.synth.client import LLMConfig
+    from loom.synth.filters import FilterConfig
+    from loom.synth.limits import RateLimits
 
     def go():
         cfg = LLMConfig(backend=llm, model=model, base_url=base_url)
@@ -181,9 +181,9 @@ def synth_relabel(triples: Annotated[str, Opt(help="triples root or version (loo
                   concurrency: Annotated[int, Opt(help="requests in flight")] = 32) -> None:
     """FRet relabel: the LLM picks each query's best positive and hard negatives among
     its mined candidates; the `relabels` table records which positives changed."""
-    from pipelines.synth_relabel import run_relabel
-    from synth.client import LLMConfig
-    from synth.limits import RateLimits
+    from loom.pipelines.synth_relabel import run_relabel
+    from loom.synth.client import LLMConfig
+    from loom.synth.limits import RateLimits
 
     def go():
         return run_relabel(triples, output, LLMConfig(backend=llm, model=model, base_url=base_url),
@@ -196,7 +196,7 @@ def synth_relabel(triples: Annotated[str, Opt(help="triples root or version (loo
 def synth_diff(old: Annotated[str, typer.Argument(help="older pairs version")],
                new: Annotated[str, typer.Argument(help="newer pairs version")]) -> None:
     """Rows added, removed and rewritten per query kind between two pairs versions."""
-    from pipelines.synth_diff import diff_synth
+    from loom.pipelines.synth_diff import diff_synth
 
     _run(diff_synth, old, new)
 
@@ -210,7 +210,7 @@ def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
                                                   "positive modality W times (repeatable)")] = None
           ) -> None:
     """Shuffle and pack train-split pairs/triples into fixed-size Parquet shards."""
-    from pipelines.shard import run_shard
+    from loom.pipelines.shard import run_shard
 
     def go():
         weights = key_values(weight or [], "--weight", float, "KEY=NUMBER")
@@ -232,7 +232,7 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
           ) -> None:
     """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
-    from pipelines.train import TrainConfig, TrainStage, run_train
+    from loom.pipelines.train import TrainConfig, TrainStage, run_train
 
     def go():
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
@@ -254,7 +254,7 @@ def mine(pairs: Annotated[str, Opt(help="pairs root or version")],
          cache: Annotated[str | None, Opt(help="embedding cache root (default: --output)")] = None
          ) -> None:
     """Mine modality-aware hard negatives with an encoder checkpoint."""
-    from pipelines.mine import run_mine
+    from loom.pipelines.mine import run_mine
 
     _run(lambda: run_mine(pairs, output, checkpoint, checkpoint_root,
                           _mining_config(config, negatives, cross_modal), corpus, cache))
@@ -265,7 +265,7 @@ def _mining_config(config: str | None, negatives: int | None, cross_modal: str |
 
     import yaml
 
-    from transforms.mining import MiningConfig
+    from loom.transforms.mining import MiningConfig
 
     raw: dict = {}
     if config:
@@ -292,7 +292,7 @@ def evaluate(pairs: Annotated[str, Opt(help="pairs root or version (held-out spl
 
     The table goes to stderr (the terminal); stdout's last line stays the JSON result.
     """
-    from pipelines.evaluate import format_table, run_eval
+    from loom.pipelines.evaluate import format_table, run_eval
 
     def go():
         sizes = tuple(int(d) for d in dims.split(",") if d.strip())
@@ -312,7 +312,7 @@ def backfill(input: Annotated[str, Opt(help="raw prefix to embed: local folder o
              faiss_index: Annotated[bool, Opt(help="also write a FAISS index")] = False,
              engine: Engine = Engine.BEAM) -> None:
     """Embed every asset under a prefix with a checkpoint (incremental, resumable)."""
-    from pipelines.backfill import run_backfill
+    from loom.pipelines.backfill import run_backfill
 
     _run(run_backfill, input, output, checkpoint, checkpoint_root, dim, faiss_index, engine)
 
@@ -324,7 +324,7 @@ def soup(checkpoints: Annotated[list[str], typer.Argument(help="checkpoint ids, 
          weights: Annotated[str | None, Opt(help="comma-separated weights, e.g. 3,1")] = None
          ) -> None:
     """Average checkpoints (uniform or weighted) into a new run; no input run is moved."""
-    from pipelines.soup import run_soup
+    from loom.pipelines.soup import run_soup
 
     def go():
         w = [float(x) for x in weights.split(",")] if weights else None
@@ -336,8 +336,8 @@ def soup(checkpoints: Annotated[list[str], typer.Argument(help="checkpoint ids, 
 @app.command("run")
 def run_(spec: Annotated[str, typer.Argument(help="job spec YAML")]) -> None:
     """Run a job spec's chain locally; stages whose output version exists are skipped."""
-    from jobs.run import run_spec
-    from jobs.spec import load_spec
+    from loom.jobs.run import run_spec
+    from loom.jobs.spec import load_spec
 
     _run(lambda: run_spec(load_spec(spec), logs.say))
 
@@ -352,10 +352,10 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
            env: Annotated[list[str] | None, Opt(help="KEY=VALUE for the job (repeatable)")]
            = None) -> None:
     """Run a job spec on a Ray cluster (Ray Jobs API); loom travels in the runtime env."""
-    from jobs.submit import submit as submit_job
+    from loom.jobs.submit import submit as submit_job
 
     def go():
-        from jobs.submit import check_env_vars
+        from loom.jobs.submit import check_env_vars
 
         env_vars = key_values(env or [], "--env")
         check_env_vars(env_vars)  # before anything reaches the cluster
@@ -373,7 +373,7 @@ def schedule(spec: Annotated[str, typer.Argument(help="job spec YAML")],
              = None,
              workers: Annotated[int, Opt(help="CPU workers per run")] = 1) -> None:
     """Render a KubeRay RayCronJob (plus the spec as a ConfigMap) that runs the spec."""
-    from jobs.schedule import write_schedule
+    from loom.jobs.schedule import write_schedule
 
     _run(write_schedule, spec, cron, output, image, time_zone, workers)
 
@@ -387,7 +387,7 @@ def scheduler(schedules: Annotated[str, typer.Argument(help="YAML: schedules of 
     """Run due `loom run` jobs on this machine (no overlap, restart-safe, outcomes kept)."""
     import datetime as dt
 
-    from jobs.scheduler import serve
+    from loom.jobs.scheduler import serve
 
     def go():
         clock = dt.datetime.fromisoformat(now) if now else None
@@ -407,7 +407,7 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
          world: Annotated[str | None, Opt(help="demo world: simple or rich [simple]")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
-    from jobs.demo import DemoConfig, run_demo
+    from loom.jobs.demo import DemoConfig, run_demo
 
     given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs,
              "world": world}
@@ -420,7 +420,7 @@ def report(workdir: Annotated[str, typer.Argument(help="a workdir (loom demo / l
            output: Annotated[str | None, Opt(help="HTML path (default WORKDIR/report.html)")]
            = None) -> None:
     """One self-contained HTML page: counts, rejections, synth, negatives, loss, eval."""
-    from jobs.report_html import report_workdir
+    from loom.jobs.report_html import report_workdir
 
     _run(report_workdir, workdir, output)
 
@@ -428,7 +428,7 @@ def report(workdir: Annotated[str, typer.Argument(help="a workdir (loom demo / l
 @app.command("ls")
 def ls_(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of roots")]) -> None:
     """Dataset versions with their lineage and sizes (and partial writes)."""
-    from jobs.ops import format_ls, list_versions
+    from loom.jobs.ops import format_ls, list_versions
 
     def go():
         out = list_versions(root)
@@ -443,7 +443,7 @@ def ls_(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of 
 def inspect(uri: Annotated[str, typer.Argument(help="a version folder, or a root (newest)")]
             ) -> None:
     """A dataset version's manifest and lineage chain."""
-    from jobs.ops import inspect_version
+    from loom.jobs.ops import inspect_version
 
     def go():
         out = inspect_version(uri)
@@ -470,7 +470,7 @@ def gc(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of r
        grace_hours: Annotated[float, Opt(help="partial writes younger than this stay")] = 6.0
        ) -> None:
     """Delete old versions nothing kept depends on, and stale partial writes (plan first)."""
-    from jobs.ops import gc as run_gc
+    from loom.jobs.ops import gc as run_gc
 
     _run(lambda: run_gc(root, keep, dry_run=dry_run and not yes, grace_s=grace_hours * 3600,
                         log_line=logs.say))

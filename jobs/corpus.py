@@ -14,8 +14,8 @@ import random
 from collections.abc import Iterator
 from typing import Literal
 
-from schemas import storage
-from transforms.scenes import (
+from loom.schemas import storage
+from loom.transforms.scenes import (
     RichScene,
     Scene,
     describe,

@@ -7,12 +7,12 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from jobs.corpus import World, generate_corpus
-from jobs.report import write_report
-from pipelines.runner import Engine
-from schemas import manifest as mf
-from schemas import storage
-from schemas.spec import PreprocessingSpec
+from loom.jobs.corpus import World, generate_corpus
+from loom.jobs.report import write_report
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.spec import PreprocessingSpec
 
 DONE = "_corpus_done.json"
 
@@ -53,12 +53,12 @@ def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "s
 
 
 def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
-    from pipelines.evaluate import run_eval
-    from pipelines.ingest import run_ingest
-    from pipelines.mine import run_mine
-    from pipelines.shard import run_shard
-    from pipelines.synth import run_synth
-    from pipelines.train import TrainConfig, TrainStage, run_train
+    from loom.pipelines.evaluate import run_eval
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.mine import run_mine
+    from loom.pipelines.shard import run_shard
+    from loom.pipelines.synth import run_synth
+    from loom.pipelines.train import TrainConfig, TrainStage, run_train
 
     def step(name: str, fn, *args, **kwargs) -> dict:
         start = time.perf_counter()

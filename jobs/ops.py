@@ -23,8 +23,8 @@ import re
 import time
 from collections.abc import Iterator
 
-from schemas import manifest as mf
-from schemas import storage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 log = logging.getLogger("loom.ops")
 

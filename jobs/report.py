@@ -7,9 +7,9 @@ import os
 
 import matplotlib.pyplot as plt
 
-from jobs.report_html import REPORT_HTML, collect, eval_figure, loss_figure, write_html
-from schemas import manifest as mf
-from schemas import storage
+from loom.jobs.report_html import REPORT_HTML, collect, eval_figure, loss_figure, write_html
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 REPORT = "report.md"
 

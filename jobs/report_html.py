@@ -19,10 +19,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jobs.ops import dataset_roots  # noqa: E402
-from schemas import manifest as mf  # noqa: E402
-from schemas import storage  # noqa: E402
-from transforms.sniff import sniff  # noqa: E402
+from loom.jobs.ops import dataset_roots  # noqa: E402
+from loom.schemas import manifest as mf  # noqa: E402
+from loom.schemas import storage  # noqa: E402
+from loom.transforms.sniff import sniff  # noqa: E402
 
 REPORT_HTML = "report.html"
 SNIFF_BYTES = 4096
@@ -96,7 +96,7 @@ def collect(stages: dict[str, dict]) -> dict:
                 for n in row["negatives"]:
                     data["negatives"].setdefault(n["modality"], []).append(n["score"])
         elif stage == "eval" and found:
-            from pipelines.evaluate import table_from_rows
+            from loom.pipelines.evaluate import table_from_rows
 
             data["eval"] |= table_from_rows(mf.read_table(uri, found, "metrics").to_pylist())
         elif stage == "train":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from jobs.spec import (
+from loom.jobs.spec import (
     EvalStep,
     IngestStep,
     JobSpec,
@@ -22,8 +22,8 @@ from jobs.spec import (
     ref_target,
     reference_errors,
 )
-from schemas import storage
-from schemas.spec import PreprocessingSpec
+from loom.schemas import storage
+from loom.schemas.spec import PreprocessingSpec
 
 
 def _dataset(value: str, done: dict[str, dict]) -> str:
@@ -39,12 +39,12 @@ def _checkpoint(value: str, root: str | None, done: dict[str, dict]) -> tuple[st
 
 
 def run_step(step, spec: JobSpec, done: dict[str, dict]) -> dict:
-    from pipelines.evaluate import run_eval
-    from pipelines.ingest import run_ingest
-    from pipelines.mine import run_mine
-    from pipelines.shard import run_shard
-    from pipelines.synth import run_synth
-    from pipelines.train import run_train
+    from loom.pipelines.evaluate import run_eval
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.mine import run_mine
+    from loom.pipelines.shard import run_shard
+    from loom.pipelines.synth import run_synth
+    from loom.pipelines.train import run_train
 
     out = step.output_root(spec.workdir)
     if isinstance(step, IngestStep):
@@ -79,7 +79,7 @@ def run_spec(spec: JobSpec, log=print) -> dict:
         raise ValueError(f"{format_loc(problems[0][0])}: {problems[0][1]}")
     stages: dict[str, dict] = {}
     eval_table: dict | None = None
-    from pipelines.beam.runner import beam_options
+    from loom.pipelines.beam.runner import beam_options
 
     for step in spec.stages:
         start = time.perf_counter()
@@ -92,8 +92,8 @@ def run_spec(spec: JobSpec, log=print) -> dict:
         log(f"[loom run {spec.name}] {step.id:<12} {step.stage:<6} "
             f"{'reused' if res.get('reused') else 'done':<7} {res['wall_s']:>6.1f}s  "
             f"{res.get('version')}")
-    from jobs.report import write_report
-    from schemas import storage
+    from loom.jobs.report import write_report
+    from loom.schemas import storage
 
     report = write_report(storage.absolute(storage.join(spec.workdir, "reports")), dict(stages),
                           eval_table or {})

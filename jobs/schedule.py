@@ -39,7 +39,7 @@ def _container(name: str, image: str, cpu: str, memory: str, ports: bool) -> dic
 def render(spec_text: str, cron: str, image: str = "loom:latest", time_zone: str | None = None,
            workers: int = 1, ray_version: str = "2.60.0") -> list[dict]:
     """[ConfigMap with the spec, RayCronJob] for a validated spec's YAML text."""
-    from jobs.spec import load_spec
+    from loom.jobs.spec import load_spec
 
     spec = load_spec(spec_text)
     if not croniter.is_valid(cron) or len(cron.split()) != 5:

@@ -36,7 +36,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 UTC = dt.timezone.utc
-# jobs.spec.ID_PATTERN, not imported: `python -m jobs.scheduler` stays free of torch and Beam
+# jobs.spec.ID_PATTERN, not imported: `python -m loom.jobs.scheduler` stays free of torch and Beam
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
@@ -122,7 +122,7 @@ def claim(con: sqlite3.Connection, name: str, slot: str, now: dt.datetime) -> bo
 
 
 def default_command(spec: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "run", spec]
+    return [sys.executable, "-m", "loom.jobs.cli", "run", spec]
 
 
 def tick(path: str, now: dt.datetime | None = None,
@@ -146,7 +146,7 @@ def tick(path: str, now: dt.datetime | None = None,
             log.parent.mkdir(parents=True, exist_ok=True)
             con.execute("UPDATE runs SET log = ? WHERE name = ? AND slot = ?",
                         (str(log), s.name, _iso(slot)))
-            argv = [sys.executable, "-m", "jobs.scheduler", str(state), s.name, _iso(slot),
+            argv = [sys.executable, "-m", "loom.jobs.scheduler", str(state), s.name, _iso(slot),
                     str(log), "--", *command(spec)]
             started.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

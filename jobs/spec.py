@@ -16,11 +16,11 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from pipelines.runner import Engine
-from pipelines.train import TrainConfig, TrainStage
-from schemas import storage
-from synth.client import LLMConfig
-from transforms.mining import MiningConfig
+from loom.pipelines.runner import Engine
+from loom.pipelines.train import TrainConfig, TrainStage
+from loom.schemas import storage
+from loom.synth.client import LLMConfig
+from loom.transforms.mining import MiningConfig
 
 REF = re.compile(r"^\$\{([A-Za-z0-9][A-Za-z0-9_-]*)\}$")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # also a folder name under workdir

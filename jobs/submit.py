@@ -46,7 +46,7 @@ _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECA
 
 def check_env_vars(env_vars: dict[str, str]) -> None:
     """Refuses variables that look like credentials (raises BadInput: exit 2)."""
-    from pipelines.common import BadInput
+    from loom.pipelines.common import BadInput
 
     for name in env_vars:
         if _SECRET_NAME.search(name) and name != "RAY_AUTH_MODE":
@@ -61,7 +61,7 @@ def runtime_env(spec_dir: str, env_vars: dict[str, str] | None = None) -> dict:
 
 
 def entrypoint(python: str = "python") -> str:
-    return f"{python} -m jobs.cli run {SPEC_NAME}"
+    return f"{python} -m loom.jobs.cli run {SPEC_NAME}"
 
 
 def _exit_code(message: str | None) -> int:
@@ -87,8 +87,8 @@ def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3
            log=None, poll_s: float = 2.0) -> dict:
     from ray.job_submission import JobSubmissionClient
 
-    from jobs.logs import say
-    from jobs.spec import load_spec
+    from loom.jobs.logs import say
+    from loom.jobs.spec import load_spec
 
     log = log or say  # progress lines carry job_id / status as fields under --log-json
     spec = load_spec(spec_path)  # a bad spec stops here, before the cluster

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from models.encoder import EncoderConfig, MultimodalEncoder
-from schemas import storage
-from schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.models.encoder import EncoderConfig, MultimodalEncoder
+from loom.schemas import storage
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 
 LATEST = "latest.json"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.encoder import EncoderConfig
-from transforms.pixels import decode_frames
+from loom.models.encoder import EncoderConfig
+from loom.transforms.pixels import decode_frames
 
 
 def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tensor]:

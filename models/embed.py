@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.collate import collate_items
-from models.encoder import MultimodalEncoder, matryoshka
+from loom.models.collate import collate_items
+from loom.models.encoder import MultimodalEncoder, matryoshka
 
 Group = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (row indices, encoder inputs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.encoder import matryoshka
+from loom.models.encoder import matryoshka
 
 
 def info_nce(q: torch.Tensor, docs: torch.Tensor, same: torch.Tensor,
@@ -62,7 +62,7 @@ class ContrastiveModel(torch.nn.Module):
         return self.log_temperature.exp().clamp(0.01, 1.0)
 
     def forward(self, queries, n_queries: int, docs, n_docs: int):
-        from models.embed import forward_groups
+        from loom.models.embed import forward_groups
 
         return (forward_groups(self.encoder, queries, n_queries),
                 forward_groups(self.encoder, docs, n_docs), self.temperature())

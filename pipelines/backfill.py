@@ -26,14 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from models.checkpoint import checkpoint_configs, resolve
-from pipelines.common import BadInput, result, reuse, timed
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import EMBEDDING
-from schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.models.checkpoint import checkpoint_configs, resolve
+from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import EMBEDDING
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 
 STAGE = "backfill"
 TABLE = "embeddings"
@@ -46,7 +46,7 @@ INDEX_IDS_FILE = "index_ids.json"
 def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
                  dim: int | None = None, faiss_index: bool = False,
                  engine: Engine = Engine.BEAM) -> dict:
-    from pipelines.ray.embed import embed_files_on_ray, embed_plan
+    from loom.pipelines.ray.embed import embed_files_on_ray, embed_plan
 
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)

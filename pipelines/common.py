@@ -6,8 +6,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from schemas import storage
-from schemas.manifest import Manifest, VersionWriter
+from loom.schemas import storage
+from loom.schemas.manifest import Manifest, VersionWriter
 
 
 class BadInput(ValueError):

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from schemas import storage
-from schemas.manifest import canonical_json
+from loom.schemas import storage
+from loom.schemas.manifest import canonical_json
 
 CACHE_DIR = "_embeddings"
 PART_ROWS = 16_384  # items embedded and written per part

@@ -17,16 +17,16 @@ import pyarrow as pa
 import torch
 from rank_bm25 import BM25Okapi
 
-from models.checkpoint import load_checkpoint, resolve
-from models.embed import embed_items
-from models.encoder import MultimodalEncoder
-from pipelines.common import BadInput, result, reuse, timed
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import Split
-from schemas.splits import split_for
-from transforms.items import example_to_item, text_to_item
-from transforms.tokenizer import TextTokenizer
+from loom.models.checkpoint import load_checkpoint, resolve
+from loom.models.embed import embed_items
+from loom.models.encoder import MultimodalEncoder
+from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import Split
+from loom.schemas.splits import split_for
+from loom.transforms.items import example_to_item, text_to_item
+from loom.transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")

@@ -15,18 +15,18 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from pipelines.common import BadInput, cleanup_work, result, reuse, timed
-from pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import DUPLICATE, REJECTED, Modality
-from schemas.spec import SPEC_FILE, PreprocessingSpec
-from transforms.archives import ArchiveLimits
-from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
-from transforms.remote import RemoteConfig
-from transforms.stage import BaseStage
-from transforms.text import decode_text
-from transforms.tokenizer import train_tokenizer
+from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
+from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import DUPLICATE, REJECTED, Modality
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.transforms.archives import ArchiveLimits
+from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.remote import RemoteConfig
+from loom.transforms.stage import BaseStage
+from loom.transforms.text import decode_text
+from loom.transforms.tokenizer import train_tokenizer
 
 FILES = pa.schema([("uri", pa.string()), ("id", pa.string()), ("outcome", pa.string())])
 HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string()),

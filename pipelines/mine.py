@@ -15,17 +15,17 @@ import json
 
 import pyarrow as pa
 
-from models.checkpoint import checkpoint_configs, resolve
-from pipelines.common import BadInput, result, reuse, timed
-from pipelines.embed_cache import EmbeddingCache, item_digest
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import TRIPLE, Split
-from schemas.spec import SPEC_FILE, PreprocessingSpec
-from schemas.splits import split_for
-from transforms.items import example_to_item, text_to_item
-from transforms.mining import EXCLUSIONS, RULES, Candidates, MiningConfig, mine
-from transforms.tokenizer import TextTokenizer
+from loom.models.checkpoint import checkpoint_configs, resolve
+from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.pipelines.embed_cache import EmbeddingCache, item_digest
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import TRIPLE, Split
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.schemas.splits import split_for
+from loom.transforms.items import example_to_item, text_to_item
+from loom.transforms.mining import EXCLUSIONS, RULES, Candidates, MiningConfig, mine
+from loom.transforms.tokenizer import TextTokenizer
 
 ROWS_PER_PART = 4096
 
@@ -69,7 +69,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                             "spec_digest": spec.digest()}, dim)
 
     def embed(items: list[dict]):
-        from pipelines.ray.embed import embed_on_ray, embed_plan
+        from loom.pipelines.ray.embed import embed_on_ray, embed_plan
 
         actors, cpus, gpus = embed_plan()
         return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,

@@ -18,9 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import storage
-from schemas.manifest import FileRecord, write_part
-from transforms.stage import Stage
+from loom.schemas import storage
+from loom.schemas.manifest import FileRecord, write_part
+from loom.transforms.stage import Stage
 
 
 class Engine(str, enum.Enum):
@@ -122,9 +122,9 @@ def run_stage(engine: Engine, task: StageTask, items: list[dict], **engine_opts)
     if not items:
         return []
     if engine == Engine.BEAM:
-        from pipelines.beam.runner import run_beam
+        from loom.pipelines.beam.runner import run_beam
 
         return run_beam(task, items, **engine_opts)
-    from pipelines.ray.runner import run_ray
+    from loom.pipelines.ray.runner import run_ray
 
     return run_ray(task, items, **engine_opts)

@@ -21,16 +21,16 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.common import BadInput, cleanup_work, result, reuse, timed
-from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import PAIR, TRAINING_ROW, TRIPLE
-from schemas.spec import SPEC_FILE, PreprocessingSpec
-from transforms.items import example_to_item
-from transforms.packing import shuffle_key, training_rows
-from transforms.stage import BaseStage
-from transforms.tokenizer import TextTokenizer
+from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
+from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import PAIR, TRAINING_ROW, TRIPLE
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.transforms.items import example_to_item
+from loom.transforms.packing import shuffle_key, training_rows
+from loom.transforms.stage import BaseStage
+from loom.transforms.tokenizer import TextTokenizer
 
 MISSING = pa.schema([("pair_id", pa.string()), ("missing", pa.string())])
 

@@ -11,12 +11,12 @@ import json
 
 from pydantic import BaseModel
 
-from models.checkpoint import LATEST, LoadedCheckpoint, load_checkpoint, resolve, save_checkpoint
-from models.encoder import MultimodalEncoder
-from models.soup import average_state_dicts, normalize_weights
-from pipelines.common import BadInput
-from schemas import manifest as mf
-from schemas import storage
+from loom.models.checkpoint import LATEST, LoadedCheckpoint, load_checkpoint, resolve, save_checkpoint
+from loom.models.encoder import MultimodalEncoder
+from loom.models.soup import average_state_dicts, normalize_weights
+from loom.pipelines.common import BadInput
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 
 def _diff(a: BaseModel, b: BaseModel) -> list[str]:

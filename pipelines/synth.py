@@ -15,19 +15,19 @@ from functools import partial
 
 import pyarrow as pa
 
-from pipelines.common import cleanup_work, result, reuse, timed
-from pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
-from schemas import manifest as mf
-from schemas import storage
-from schemas.manifest import FileRecord, write_part
-from synth import filters as qf
-from synth.budget import ZERO, Budget, Estimate, Ledger, call_estimate, price_for
-from synth.cache import ResponseCache
-from synth.client import LLMConfig, check_backend
-from synth.limits import RateLimits
-from synth.offline_server import offline_server
-from synth.prompts import PromptSet
-from synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
+from loom.pipelines.common import cleanup_work, result, reuse, timed
+from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.manifest import FileRecord, write_part
+from loom.synth import filters as qf
+from loom.synth.budget import ZERO, Budget, Estimate, Ledger, call_estimate, price_for
+from loom.synth.cache import ResponseCache
+from loom.synth.client import LLMConfig, check_backend
+from loom.synth.limits import RateLimits
+from loom.synth.offline_server import offline_server
+from loom.synth.prompts import PromptSet
+from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
 
 ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
 
@@ -79,7 +79,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     if filters != qf.FilterConfig():
         config["filters"] = filters.model_dump()
     if checkpoint:
-        from models.checkpoint import resolve
+        from loom.models.checkpoint import resolve
 
         checkpoint_root = storage.absolute(checkpoint_root)
         config["roundtrip"] = {"checkpoint": resolve(checkpoint_root, checkpoint),
@@ -207,10 +207,10 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     """pair_ids whose query does not rank its own positive in the top k of its modality."""
     import numpy as np
 
-    from models.checkpoint import load_checkpoint
-    from models.embed import embed_items
-    from transforms.items import example_to_item, text_to_item
-    from transforms.tokenizer import TextTokenizer
+    from loom.models.checkpoint import load_checkpoint
+    from loom.models.embed import embed_items
+    from loom.transforms.items import example_to_item, text_to_item
+    from loom.transforms.tokenizer import TextTokenizer
 
     ckpt = load_checkpoint(checkpoint_root, roundtrip["checkpoint"])
     tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)

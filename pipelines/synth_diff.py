@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas import manifest as mf
-from schemas import storage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 
 def _keyed(version_uri: str) -> dict[tuple[str, str, int], str]:

@@ -19,18 +19,18 @@ import pyarrow as pa
 import pydantic
 from google.genai import types
 
-from pipelines.common import BadInput, result, reuse, timed
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import REJECTED, TRIPLE, Reason, to_table
-from synth import client as llm_client
-from synth.cache import ResponseCache
-from synth.cache import key as cache_key
-from synth.client import LLMConfig, check_backend
-from synth.limits import Limiter, RateLimits
-from synth.offline_server import offline_server
-from synth.prompts import PromptSet
-from synth.stage import _content_parts, _Failure
+from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import REJECTED, TRIPLE, Reason, to_table
+from loom.synth import client as llm_client
+from loom.synth.cache import ResponseCache
+from loom.synth.cache import key as cache_key
+from loom.synth.client import LLMConfig, check_backend
+from loom.synth.limits import Limiter, RateLimits
+from loom.synth.offline_server import offline_server
+from loom.synth.prompts import PromptSet
+from loom.synth.stage import _content_parts, _Failure
 
 RELABEL = pa.schema([
     pa.field("pair_id", pa.string(), nullable=False),

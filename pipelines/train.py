@@ -8,11 +8,11 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from models.checkpoint import load_checkpoint, resolve
-from models.encoder import EncoderConfig
-from pipelines.common import BadInput, timed
-from schemas import manifest as mf
-from schemas import storage
+from loom.models.checkpoint import load_checkpoint, resolve
+from loom.models.encoder import EncoderConfig
+from loom.pipelines.common import BadInput, timed
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 
 class TrainStage(str, enum.Enum):
@@ -52,8 +52,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
               resume: bool = True, max_failures: int = 1) -> dict:
     """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
     run resumes it (unless resume=False), and a complete one is reused."""
-    from pipelines.ray.train import fit, latest_of_run
-    from pipelines.shard import spec_of
+    from loom.pipelines.ray.train import fit, latest_of_run
+    from loom.pipelines.shard import spec_of
 
     shards_uri, output_root = storage.absolute(shards_uri), storage.absolute(output_root)
     init_root = storage.absolute(init_root) if init_root else None
@@ -92,7 +92,7 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     }
     import ray.data
 
-    from pipelines.ray.session import ensure_ray
+    from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
     files = sh_manifest.files(sh_dir, "shards")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas import storage
-from schemas.records import TABLES
+from loom.schemas import storage
+from loom.schemas.records import TABLES
 
 PACKAGE_VERSION = "0.1.0"
 MANIFEST = "manifest.json"

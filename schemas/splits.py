@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from schemas.records import Split
+from loom.schemas.records import Split
 
 DEFAULT_HELDOUT_FRACTION = 0.2
 

@@ -12,7 +12,7 @@ import json
 import threading
 from typing import Any
 
-from schemas import storage
+from loom.schemas import storage
 
 
 def key(model: str, prompt_version: str, generation_config: dict, seed: int,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from transforms import scenes
+from loom.transforms import scenes
 
 KINDS = ("caption", "keyword", "question")
 _KIND_RE = re.compile(r"QUERY_KIND:\s*([a-z_]+)")

@@ -10,7 +10,7 @@ Fault injection (`Faults`): a seeded share of generateContent requests answers 4
 cut mid-body. A request body is faulted at most `max_per_request` times, so a client
 that retries enough always gets through. GET /loom/stats reports what was served.
 
-    python -m synth.offline_server --port 0 [--latency-ms 200] [--faults 0.3 --fault-seed 1]
+    python -m loom.synth.offline_server --port 0 [--latency-ms 200] [--faults 0.3 --fault-seed 1]
     # prints: LOOM_OFFLINE_SERVER http://127.0.0.1:PORT
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pydantic
 
-from synth import offline_model
+from loom.synth import offline_model
 
 HOST = "127.0.0.1"
 BANNER = "LOOM_OFFLINE_SERVER"
@@ -251,7 +251,7 @@ def server_stats(base_url: str) -> dict:
 def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Iterator[str]:
     """Run the server as a subprocess; yields its base URL and stops it on exit."""
     root = str(Path(__file__).resolve().parent.parent)
-    args = [sys.executable, "-m", "synth.offline_server", "--port", "0"]
+    args = [sys.executable, "-m", "loom.synth.offline_server", "--port", "0"]
     if faults is not None:
         args += ["--faults-json", faults.model_dump_json()]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root)

@@ -26,19 +26,19 @@ import pydantic
 from google.genai import types
 from PIL import Image
 
-from schemas import storage
-from schemas.records import EXAMPLE, PAIR, REJECTED, Modality, Reason, to_table
-from schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
-from synth import client as llm_client
-from synth import filters as qfilters
-from synth.budget import call_estimate
-from synth.cache import ResponseCache
-from synth.cache import key as cache_key
-from synth.filters import FilterConfig
-from synth.limits import Limiter, RateLimits
-from synth.prompts import PromptSet
-from transforms.pixels import part_frames
-from transforms.stage import BaseStage
+from loom.schemas import storage
+from loom.schemas.records import EXAMPLE, PAIR, REJECTED, Modality, Reason, to_table
+from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
+from loom.synth import client as llm_client
+from loom.synth import filters as qfilters
+from loom.synth.budget import call_estimate
+from loom.synth.cache import ResponseCache
+from loom.synth.cache import key as cache_key
+from loom.synth.filters import FilterConfig
+from loom.synth.limits import Limiter, RateLimits
+from loom.synth.prompts import PromptSet
+from loom.transforms.pixels import part_frames
+from loom.transforms.stage import BaseStage
 
 STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
               "input_tokens", "output_tokens", "filtered_length", "filtered_language")
@@ -210,7 +210,7 @@ class SynthStage(BaseStage):
         cfg = self.config
         base_url = cfg.base_url or cfg.llm.base_url
         if cfg.llm.backend == "offline" and not base_url:
-            from synth.offline_server import start_server
+            from loom.synth.offline_server import start_server
 
             self._server, base_url = start_server(0)
         self._client = llm_client.make_client(cfg.llm, base_url=base_url)

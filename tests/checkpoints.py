@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.encoder import MultimodalEncoder
-from pipelines.train import TrainConfig, encoder_for
-from schemas import storage
-from schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.models.checkpoint import save_checkpoint
+from loom.models.encoder import MultimodalEncoder
+from loom.pipelines.train import TrainConfig, encoder_for
+from loom.schemas import storage
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 
 TINY = TrainConfig(dim=32, layers=1, heads=2, embed_dims=(16, 32))
 

@@ -16,7 +16,7 @@ def ray_session():
     """A local Ray (2 CPUs, small object store), started on first use, shut down at the end."""
     import ray
 
-    from pipelines.ray.session import ensure_ray
+    from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray(num_cpus=2, object_store_mb=256)
     yield ray
@@ -45,7 +45,7 @@ def gcs():
 def offline_llm():
     """start(faults=None) -> the base URL of a new offline Gemini server on 127.0.0.1;
     every server the test started is stopped after it."""
-    from synth.offline_server import start_server
+    from loom.synth.offline_server import start_server
 
     servers = []
 

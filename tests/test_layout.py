@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENGINE_FREE = ("transforms", "synth", "schemas", "models")
+ENGINE_FREE = ("loom.transforms", "loom.synth", "loom.schemas", "loom.models")
 
 _PROBE = """
 import importlib, pkgutil, sys, json
@@ -26,10 +26,10 @@ print(json.dumps({{"modules": names, "leaked": leaked}}))
 
 
 @pytest.mark.parametrize("package", ENGINE_FREE)
-def test_package_imports_no_engine(package):
+def test_package_imports_no_engine(package, tmp_path):
     """Every module of the package imported in a fresh interpreter pulls in neither engine."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(pkgs=(package,))], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _PROBE.format(pkgs=(package,))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -44,3 +44,17 @@ def test_package_imports_no_engine(package):
 ])
 def test_top_level_layout(path):
     assert (ROOT / path).exists(), path
+
+
+def test_installed_under_one_namespace(tmp_path):
+    """Installed, loom claims one name: `loom.schemas` imports, a bare `schemas` does not."""
+    probe = ("import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) "
+             "is not None for n in ('loom.schemas', 'loom.jobs.cli', 'schemas', 'jobs', "
+             "'pipelines', 'transforms', 'synth', 'models')}))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    import json
+
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found.pop("loom.schemas") and found.pop("loom.jobs.cli"), found
+    assert not any(found.values()), f"bare top-level packages importable: {found}"

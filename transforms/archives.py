@@ -32,8 +32,8 @@ from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import Reason
-from transforms.sniff import DecodeError
+from loom.schemas.records import Reason
+from loom.transforms.sniff import DecodeError
 
 MiB = 1 << 20
 ArchiveKind = Literal["tar", "zip"]
@@ -292,7 +292,7 @@ def build_sample(archive_uri: str, sample: Sample, spec, decoders, sniff_fn) -> 
     DecodeError naming the member: a nested archive is `unsupported_format`, a field
     that appears twice or bad JSON metadata is `bad_record`.
     """
-    from transforms.records import record_id  # decoder-free, like this module
+    from loom.transforms.records import record_id  # decoder-free, like this module
 
     parts: list[dict] = []
     content: list[tuple[str, bytes]] = []

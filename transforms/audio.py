@@ -16,10 +16,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from schemas.records import Modality, Reason, empty_part
-from schemas.spec import PreprocessingSpec
-from transforms.av_safety import open_container, reason_for
-from transforms.sniff import DecodeError, sniff
+from loom.schemas.records import Modality, Reason, empty_part
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.av_safety import open_container, reason_for
+from loom.transforms.sniff import DecodeError, sniff
 
 N_MELS = 64
 WIN_MS = 25.0

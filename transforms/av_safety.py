@@ -21,8 +21,8 @@ import io
 import av
 import av.container
 
-from schemas.records import Reason
-from transforms.sniff import DecodeError
+from loom.schemas.records import Reason
+from loom.transforms.sniff import DecodeError
 
 # FFmpeg demuxer names (AVInputFormat.name) of plain, self-contained containers.
 ALLOWED_DEMUXERS: frozenset[str] = frozenset({

@@ -14,10 +14,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from schemas.records import Modality, Reason, empty_part
-from schemas.spec import PreprocessingSpec
-from transforms.pixels import encode_frames
-from transforms.sniff import DecodeError
+from loom.schemas.records import Modality, Reason, empty_part
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.pixels import encode_frames
+from loom.transforms.sniff import DecodeError
 
 # Image.MAX_IMAGE_PIXELS is process-global; the guard is set per call under a lock.
 _GUARD = threading.Lock()

@@ -16,21 +16,21 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import storage
-from schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
-from schemas.spec import PreprocessingSpec
-from transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
-from transforms.audio import decode_audio
-from transforms.image import decode_image
-from transforms.isolation import IsolatedDecoder
-from transforms.pdf import decode_pdf
-from transforms.records import RecordError, build_interleaved, parse_manifest
-from transforms.remote import RemoteConfig
-from transforms.sniff import DecodeError, sniff
-from transforms.stage import BaseStage
-from transforms.text import decode_text
-from transforms.tokenizer import TextTokenizer
-from transforms.video import decode_video
+from loom.schemas import storage
+from loom.schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
+from loom.transforms.audio import decode_audio
+from loom.transforms.image import decode_image
+from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.pdf import decode_pdf
+from loom.transforms.records import RecordError, build_interleaved, parse_manifest
+from loom.transforms.remote import RemoteConfig
+from loom.transforms.sniff import DecodeError, sniff
+from loom.transforms.stage import BaseStage
+from loom.transforms.text import decode_text
+from loom.transforms.tokenizer import TextTokenizer
+from loom.transforms.video import decode_video
 
 MiB = 1 << 20
 

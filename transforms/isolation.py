@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from schemas.records import Reason
-from transforms.sniff import DecodeError
+from loom.schemas.records import Reason
+from loom.transforms.sniff import DecodeError
 
 
 def _init_worker() -> None:
@@ -45,7 +45,7 @@ def _call(fn: Callable, args: tuple) -> tuple[str, Any]:
 
 def _warm(budget_bytes: int) -> None:
     """Import the decoders, then cap the address space at what they take + the budget."""
-    import transforms.ingest  # noqa: F401 - pay the decoders' imports at start-up
+    import loom.transforms.ingest  # noqa: F401 - pay the decoders' imports at start-up
 
     if budget_bytes > 0:
         with open("/proc/self/statm") as f:

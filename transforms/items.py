@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.records import Modality
-from transforms.pixels import encode_frames, part_frames
-from transforms.tokenizer import TextTokenizer
+from loom.schemas.records import Modality
+from loom.transforms.pixels import encode_frames, part_frames
+from loom.transforms.tokenizer import TextTokenizer
 
 
 def example_to_item(example: dict) -> dict:

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from transforms.search import AnnKind, VectorIndex, ann_recall
+from loom.transforms.search import AnnKind, VectorIndex, ann_recall
 
 Rule = Literal["perc_pos", "margin", "max_score"]
 EXCLUSIONS = ("positive", "same_asset", "duplicate", "near_duplicate")

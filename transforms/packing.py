@@ -6,9 +6,9 @@ import hashlib
 
 import pyarrow as pa
 
-from schemas.records import TRAINING_ROW, Split
-from transforms.items import text_to_item
-from transforms.tokenizer import TextTokenizer
+from loom.schemas.records import TRAINING_ROW, Split
+from loom.transforms.items import text_to_item
+from loom.transforms.tokenizer import TextTokenizer
 
 
 def shuffle_key(seed: int, pair_id: str) -> str:

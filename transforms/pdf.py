@@ -16,11 +16,11 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
-from schemas.records import Modality, Reason, empty_part
-from schemas.spec import PreprocessingSpec
-from transforms.image import fit_part
-from transforms.sniff import DecodeError
-from transforms.text import clean_text
+from loom.schemas.records import Modality, Reason, empty_part
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.image import fit_part
+from loom.transforms.sniff import DecodeError
+from loom.transforms.text import clean_text
 
 PDF_MIME = "application/pdf"
 _LOCK = threading.RLock()  # PDFium keeps global state: one caller at a time per process

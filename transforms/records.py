@@ -22,12 +22,12 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import storage
-from schemas.records import Modality, Reason, empty_part
-from schemas.spec import PreprocessingSpec
-from transforms.remote import RemoteConfig, check_remote, fetch
-from transforms.sniff import DecodeError
-from transforms.text import clean_text
+from loom.schemas import storage
+from loom.schemas.records import Modality, Reason, empty_part
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.remote import RemoteConfig, check_remote, fetch
+from loom.transforms.sniff import DecodeError
+from loom.transforms.text import clean_text
 
 REF_KINDS = ("image", "audio", "video", "pdf")
 PART_KINDS = ("text", *REF_KINDS)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import Reason
-from transforms.sniff import DecodeError
+from loom.schemas.records import Reason
+from loom.transforms.sniff import DecodeError
 
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata",
                             "instance-data", "instance-data.ec2.internal"})

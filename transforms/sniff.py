@@ -8,7 +8,7 @@ from __future__ import annotations
 import mimetypes
 import posixpath
 
-from schemas.records import Modality, Reason
+from loom.schemas.records import Modality, Reason
 
 
 class DecodeError(Exception):

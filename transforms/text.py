@@ -6,9 +6,9 @@ import codecs
 import re
 import unicodedata
 
-from schemas.records import Reason
-from schemas.spec import PreprocessingSpec
-from transforms.sniff import DecodeError, _looks_utf16
+from loom.schemas.records import Reason
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.sniff import DecodeError, _looks_utf16
 
 try:  # optional: better guesses for multi-byte legacy encodings (Shift-JIS, GBK, ...)
     from charset_normalizer import from_bytes as _detect

@@ -25,12 +25,12 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from schemas.records import Modality, Reason, empty_part
-from schemas.spec import PreprocessingSpec
-from transforms.audio import audio_part_from_samples, decode_track
-from transforms.av_safety import open_container, reason_for
-from transforms.image import frames_payload
-from transforms.sniff import DecodeError, sniff
+from loom.schemas.records import Modality, Reason, empty_part
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.audio import audio_part_from_samples, decode_track
+from loom.transforms.av_safety import open_container, reason_for
+from loom.transforms.image import frames_payload
+from loom.transforms.sniff import DecodeError, sniff
 
 MODES = ("smart", "full", "keyframes")
 _MAX_PACKET_ERRORS = 8

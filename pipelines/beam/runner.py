@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.progress import progress, report
-from pipelines.runner import StageTask, dumps
-from schemas import storage
+from loom.pipelines.progress import progress, report
+from loom.pipelines.runner import StageTask, dumps
+from loom.schemas import storage
 
 
 class _StageDoFn(beam.DoFn):

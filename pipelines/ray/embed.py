@@ -10,11 +10,11 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from models.checkpoint import load_checkpoint
-from models.embed import embed_items
-from pipelines.ray.session import ensure_ray
-from schemas import storage
-from transforms.items import example_to_item
+from loom.models.checkpoint import load_checkpoint
+from loom.models.embed import embed_items
+from loom.pipelines.ray.session import ensure_ray
+from loom.schemas import storage
+from loom.transforms.items import example_to_item
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
 ROWS_PER_CALL = 1024  # Example rows per actor call (one call's forward passes)

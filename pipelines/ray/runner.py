@@ -8,9 +8,9 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from pipelines.progress import progress
-from pipelines.ray.session import ensure_ray
-from pipelines.runner import StageTask, dumps
+from loom.pipelines.progress import progress
+from loom.pipelines.ray.session import ensure_ray
+from loom.pipelines.runner import StageTask, dumps
 
 
 class _StageActor:

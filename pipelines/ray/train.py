@@ -17,13 +17,13 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from models.embed import Group, collate_groups
-from models.encoder import EncoderConfig, MultimodalEncoder
-from models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
-from pipelines.ray.session import ensure_ray
-from schemas import storage
-from schemas.spec import PreprocessingSpec
+from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from loom.models.embed import Group, collate_groups
+from loom.models.encoder import EncoderConfig, MultimodalEncoder
+from loom.models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
+from loom.pipelines.ray.session import ensure_ray
+from loom.schemas import storage
+from loom.schemas.spec import PreprocessingSpec
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:

@@ -34,17 +34,17 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from jobs.corpus import generate_corpus  # noqa: E402
-from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from models.embed import embed_items  # noqa: E402
-from models.encoder import MultimodalEncoder  # noqa: E402
-from pipelines.backfill import run_backfill  # noqa: E402
-from pipelines.ingest import run_ingest  # noqa: E402
-from pipelines.train import TrainConfig, encoder_for  # noqa: E402
-from schemas import manifest as mf  # noqa: E402
-from schemas import storage  # noqa: E402
-from schemas.spec import SPEC_FILE, PreprocessingSpec  # noqa: E402
-from transforms.items import example_to_item  # noqa: E402
+from loom.jobs.corpus import generate_corpus  # noqa: E402
+from loom.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from loom.models.embed import embed_items  # noqa: E402
+from loom.models.encoder import MultimodalEncoder  # noqa: E402
+from loom.pipelines.backfill import run_backfill  # noqa: E402
+from loom.pipelines.ingest import run_ingest  # noqa: E402
+from loom.pipelines.train import TrainConfig, encoder_for  # noqa: E402
+from loom.schemas import manifest as mf  # noqa: E402
+from loom.schemas import storage  # noqa: E402
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec  # noqa: E402
+from loom.transforms.items import example_to_item  # noqa: E402
 
 
 def bare(model, items: list[dict], threads: int) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         torch.manual_seed(0)
         ckpt = save_checkpoint(ckpts, "bench", 1, MultimodalEncoder(enc), None, spec, enc,
                                {}, {})
-        from pipelines.ray.session import ensure_ray
+        from loom.pipelines.ray.session import ensure_ray
 
         t = time.perf_counter()
         ensure_ray()

@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from schemas.spec import PreprocessingSpec  # noqa: E402
-from transforms.image import decode_image  # noqa: E402
+from loom.schemas.spec import PreprocessingSpec  # noqa: E402
+from loom.transforms.image import decode_image  # noqa: E402
 
 SIZE = 224
 

@@ -35,10 +35,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from bench_image_decode import make_jpegs  # noqa: E402
 
-from jobs.corpus import generate_corpus  # noqa: E402
-from schemas.spec import PreprocessingSpec  # noqa: E402
-from transforms.ingest import IngestConfig, IngestStage  # noqa: E402
-from transforms.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
+from loom.jobs.corpus import generate_corpus  # noqa: E402
+from loom.schemas.spec import PreprocessingSpec  # noqa: E402
+from loom.transforms.ingest import IngestConfig, IngestStage  # noqa: E402
+from loom.transforms.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
 
 
 def bare(uri: str, spec: PreprocessingSpec, tok: TextTokenizer):

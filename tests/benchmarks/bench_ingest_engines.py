@@ -26,13 +26,13 @@ from functools import partial
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from jobs.corpus import generate_corpus  # noqa: E402
-from pipelines.ingest import run_ingest  # noqa: E402
-from pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage  # noqa: E402
-from schemas import storage  # noqa: E402
-from schemas.spec import PreprocessingSpec  # noqa: E402
-from transforms.ingest import IngestConfig, IngestStage, pick_canonical  # noqa: E402
-from transforms.tokenizer import train_tokenizer  # noqa: E402
+from loom.jobs.corpus import generate_corpus  # noqa: E402
+from loom.pipelines.ingest import run_ingest  # noqa: E402
+from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage  # noqa: E402
+from loom.schemas import storage  # noqa: E402
+from loom.schemas.spec import PreprocessingSpec  # noqa: E402
+from loom.transforms.ingest import IngestConfig, IngestStage, pick_canonical  # noqa: E402
+from loom.transforms.tokenizer import train_tokenizer  # noqa: E402
 
 
 def decode_pass(engine: Engine, task: StageTask, items: list[dict], n: int, **opts) -> float:
@@ -85,7 +85,7 @@ def main() -> None:
         scaling = best["beam workers=1"] / best["beam workers=2"]
 
         if not args.no_ray:
-            from pipelines.ray.session import ensure_ray
+            from loom.pipelines.ray.session import ensure_ray
 
             t = time.perf_counter()
             ensure_ray()

@@ -55,22 +55,22 @@ def job(args) -> None:
     import faiss
     import torch
 
-    from jobs.corpus import generate_corpus
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.embed import embed_items
-    from models.encoder import MultimodalEncoder
-    from pipelines.ingest import run_ingest
-    from pipelines.mine import run_mine
-    from pipelines.ray.session import ensure_ray
-    from pipelines.synth import run_synth
-    from pipelines.train import TrainConfig, encoder_for
-    from schemas import manifest as mf
-    from schemas import storage
-    from schemas.spec import SPEC_FILE, PreprocessingSpec
-    from schemas.splits import split_for
-    from transforms.items import example_to_item, text_to_item
-    from transforms.mining import MiningConfig
-    from transforms.tokenizer import TextTokenizer
+    from loom.jobs.corpus import generate_corpus
+    from loom.models.checkpoint import load_checkpoint, save_checkpoint
+    from loom.models.embed import embed_items
+    from loom.models.encoder import MultimodalEncoder
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.mine import run_mine
+    from loom.pipelines.ray.session import ensure_ray
+    from loom.pipelines.synth import run_synth
+    from loom.pipelines.train import TrainConfig, encoder_for
+    from loom.schemas import manifest as mf
+    from loom.schemas import storage
+    from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+    from loom.schemas.splits import split_for
+    from loom.transforms.items import example_to_item, text_to_item
+    from loom.transforms.mining import MiningConfig
+    from loom.transforms.tokenizer import TextTokenizer
 
     with tempfile.TemporaryDirectory(prefix="loom-bench-mine-") as tmp:
         t = time.perf_counter()
@@ -89,8 +89,8 @@ def job(args) -> None:
         ray_s = time.perf_counter() - t
         mcfg = MiningConfig()
         # A Ray Data embedding job's fixed cost: actor process start, torch import, model load.
-        from pipelines.mine import _embed_plan
-        from pipelines.ray.embed import embed_on_ray
+        from loom.pipelines.mine import _embed_plan
+        from loom.pipelines.ray.embed import embed_on_ray
 
         ex0 = mf.read_table(*mf.resolve_input(ingest["uri"]), "examples").to_pylist()[:8]
         actors, cpus, gpus = _embed_plan()
@@ -148,7 +148,7 @@ def job(args) -> None:
 
 
 def ann(args) -> None:
-    from transforms.search import VectorIndex, ann_recall
+    from loom.transforms.search import VectorIndex, ann_recall
 
     xb = clustered(args.ann_n, 256, seed=1)
     rng = np.random.default_rng(2)
@@ -166,7 +166,7 @@ def ann(args) -> None:
 def rss_child(n: int) -> None:
     import psutil
 
-    from transforms.mining import Candidates, MiningConfig, mine
+    from loom.transforms.mining import Candidates, MiningConfig, mine
 
     proc = psutil.Process()
     xb = clustered(n, 256, seed=3)

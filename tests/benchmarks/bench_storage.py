@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from jobs.corpus import generate_corpus  # noqa: E402
-from schemas.spec import PreprocessingSpec  # noqa: E402
-from transforms.audio import decode_audio  # noqa: E402
-from transforms.image import decode_image  # noqa: E402
-from transforms.pixels import decode_frames, encode_frames, part_frames  # noqa: E402
+from loom.jobs.corpus import generate_corpus  # noqa: E402
+from loom.schemas.spec import PreprocessingSpec  # noqa: E402
+from loom.transforms.audio import decode_audio  # noqa: E402
+from loom.transforms.image import decode_image  # noqa: E402
+from loom.transforms.pixels import decode_frames, encode_frames, part_frames  # noqa: E402
 
 
 def photo_like(n: int, size: int) -> list[np.ndarray]:

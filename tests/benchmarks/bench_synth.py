@@ -31,13 +31,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from google.genai import types  # noqa: E402
 
-from schemas.records import EXAMPLE, empty_part, to_table  # noqa: E402
-from synth.client import LLMConfig, QueryOutput, make_client  # noqa: E402
-from synth.limits import RateLimits  # noqa: E402
-from synth.offline_server import Faults, offline_server, server_stats  # noqa: E402
-from synth.prompts import PromptSet  # noqa: E402
-from synth.stage import SynthConfig, SynthStage  # noqa: E402
-from transforms import scenes  # noqa: E402
+from loom.schemas.records import EXAMPLE, empty_part, to_table  # noqa: E402
+from loom.synth.client import LLMConfig, QueryOutput, make_client  # noqa: E402
+from loom.synth.limits import RateLimits  # noqa: E402
+from loom.synth.offline_server import Faults, offline_server, server_stats  # noqa: E402
+from loom.synth.prompts import PromptSet  # noqa: E402
+from loom.synth.stage import SynthConfig, SynthStage  # noqa: E402
+from loom.transforms import scenes  # noqa: E402
 
 LATENCY = 0.2
 CONCURRENCY = 32
@@ -102,10 +102,10 @@ def stage_run(url: str, cache: str, rows: list[dict]) -> tuple[float, dict]:
 
 
 def engines(url: str, tmp: pathlib.Path, n_texts: int) -> list[tuple[str, float, float, int]]:
-    from jobs.corpus import generate_corpus
-    from pipelines.ingest import run_ingest
-    from pipelines.runner import Engine
-    from pipelines.synth import run_synth
+    from loom.jobs.corpus import generate_corpus
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.runner import Engine
+    from loom.pipelines.synth import run_synth
 
     generate_corpus(str(tmp / "corpus"), 0, n_texts, seed=3, bad_files=False)
     ex = run_ingest(str(tmp / "corpus" / "media"), str(tmp / "ex"))["uri"]
@@ -116,7 +116,7 @@ def engines(url: str, tmp: pathlib.Path, n_texts: int) -> list[tuple[str, float,
     limits = RateLimits(concurrency=CONCURRENCY // 2)  # per worker: 2 workers x 16 = 32
     for engine in (Engine.BEAM, Engine.RAY):
         if engine == Engine.RAY:
-            from pipelines.ray.session import ensure_ray
+            from loom.pipelines.ray.session import ensure_ray
 
             t = time.perf_counter()
             ensure_ray(num_cpus=2, object_store_mb=256)

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from models.encoder import EncoderConfig, MultimodalEncoder  # noqa: E402
-from models.losses import ContrastiveModel, matryoshka_info_nce  # noqa: E402
-from pipelines.ray.train import TrainCollate  # noqa: E402
-from schemas.records import TRAINING_ROW  # noqa: E402
-from transforms.pixels import encode_frames  # noqa: E402
+from loom.models.encoder import EncoderConfig, MultimodalEncoder  # noqa: E402
+from loom.models.losses import ContrastiveModel, matryoshka_info_nce  # noqa: E402
+from loom.pipelines.ray.train import TrainCollate  # noqa: E402
+from loom.schemas.records import TRAINING_ROW  # noqa: E402
+from loom.transforms.pixels import encode_frames  # noqa: E402
 
 
 def make_rows(n: int, size: int, seed: int = 0) -> list[dict]:
@@ -76,7 +76,7 @@ def main() -> None:
             pq.write_table(pa.Table.from_pylist(rows[i:i + 512], schema=TRAINING_ROW), files[-1])
         import ray
 
-        from pipelines.ray.session import ensure_ray
+        from loom.pipelines.ray.session import ensure_ray
 
         t = time.perf_counter()
         ensure_ray(num_cpus=2, object_store_mb=256)

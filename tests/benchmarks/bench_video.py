@@ -43,10 +43,10 @@ from PIL import Image, ImageOps
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from schemas.spec import PreprocessingSpec  # noqa: E402
+from loom.schemas.spec import PreprocessingSpec  # noqa: E402
 from tests.transforms.media import make_video  # noqa: E402
-from transforms.pixels import part_frames  # noqa: E402
-from transforms.video import decode_video  # noqa: E402
+from loom.transforms.pixels import part_frames  # noqa: E402
+from loom.transforms.video import decode_video  # noqa: E402
 
 FPS = 25
 MODES = ("smart", "full", "keyframes")

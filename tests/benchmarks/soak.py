@@ -189,10 +189,10 @@ def run_soak(workdir: str, files: int, video_min: float, audio_min: float,
              audio_hard_limit_s: float = 3 * 3600) -> dict:
     """The hard audio limit is raised past the long file by default, so it is decoded
     (to the 30 s cap) rather than rejected `too_long` from its header."""
-    from pipelines import progress
-    from pipelines.ingest import run_ingest
-    from pipelines.runner import Engine
-    from schemas.spec import PreprocessingSpec
+    from loom.pipelines import progress
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.runner import Engine
+    from loom.schemas.spec import PreprocessingSpec
 
     media = os.path.join(workdir, "media")
     t0 = time.monotonic()
@@ -277,7 +277,7 @@ def main() -> None:
 
         shutil.rmtree(os.path.join(args.workdir, "out"), ignore_errors=True)
     if args.engine == "ray":
-        from pipelines.ray.session import ensure_ray
+        from loom.pipelines.ray.session import ensure_ray
 
         ensure_ray()
     print(json.dumps(run_soak(args.workdir, s["files"], s["video_min"], s["audio_min"],

@@ -40,17 +40,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from jobs.corpus import generate_corpus  # noqa: E402
-from pipelines.evaluate import run_eval  # noqa: E402
-from pipelines.ingest import run_ingest  # noqa: E402
-from pipelines.mine import run_mine  # noqa: E402
-from pipelines.shard import run_shard  # noqa: E402
-from pipelines.soup import run_soup  # noqa: E402
-from pipelines.synth import run_synth  # noqa: E402
-from pipelines.train import TrainConfig, TrainStage, run_train  # noqa: E402
-from schemas import manifest as mf  # noqa: E402
-from schemas import storage  # noqa: E402
-from transforms.mining import MiningConfig  # noqa: E402
+from loom.jobs.corpus import generate_corpus  # noqa: E402
+from loom.pipelines.evaluate import run_eval  # noqa: E402
+from loom.pipelines.ingest import run_ingest  # noqa: E402
+from loom.pipelines.mine import run_mine  # noqa: E402
+from loom.pipelines.shard import run_shard  # noqa: E402
+from loom.pipelines.soup import run_soup  # noqa: E402
+from loom.pipelines.synth import run_synth  # noqa: E402
+from loom.pipelines.train import TrainConfig, TrainStage, run_train  # noqa: E402
+from loom.schemas import manifest as mf  # noqa: E402
+from loom.schemas import storage  # noqa: E402
+from loom.transforms.mining import MiningConfig  # noqa: E402
 
 PAIRS = ("text->image", "text->text")
 

@@ -8,9 +8,9 @@ import os
 
 import pyarrow as pa
 
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import REJECTED, TRIPLE, to_table
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import REJECTED, TRIPLE, to_table
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from jobs.cli import app
+from loom.jobs.cli import app
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COMMANDS = sorted(typer.main.get_command(app).commands)
@@ -79,7 +79,7 @@ def test_corpus_world_rich_and_unknown(tmp_path):
 
 def _loom(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "loom.jobs.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -124,9 +124,9 @@ def test_gemini_without_a_key_is_a_config_error(tmp_path, monkeypatch):
 def test_soup_command_writes_a_new_run(tmp_path):
     import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.encoder import EncoderConfig, MultimodalEncoder
-    from schemas.spec import PreprocessingSpec
+    from loom.models.checkpoint import save_checkpoint
+    from loom.models.encoder import EncoderConfig, MultimodalEncoder
+    from loom.schemas.spec import PreprocessingSpec
 
     cfg = EncoderConfig(vocab_size=50, max_text_tokens=8, image_size=16, patch_size=8, dim=16,
                         layers=1, heads=2, embed_dims=(8, 16))
@@ -167,8 +167,8 @@ def test_mine_bad_config_exits_2(tmp_path, extra, field):
 
 
 def test_key_values_one_parser_for_every_flag():
-    from jobs.cli import key_values
-    from pipelines.common import BadInput
+    from loom.jobs.cli import key_values
+    from loom.pipelines.common import BadInput
 
     assert key_values(["caption=2", " image =0.5"], "--weight", float) == {
         "caption": 2.0, "image": 0.5}

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from jobs.corpus import generate_corpus
-from jobs.demo import DemoConfig, make_corpus
-from schemas import manifest as mf
-from schemas import storage
-from schemas.spec import PreprocessingSpec
-from synth import offline_model
-from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
-from transforms.scenes import COLORS, COLS, ROWS, RichScene, Scene
+from loom.jobs.corpus import generate_corpus
+from loom.jobs.demo import DemoConfig, make_corpus
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.spec import PreprocessingSpec
+from loom.synth import offline_model
+from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.scenes import COLORS, COLS, ROWS, RichScene, Scene
 
 
 def files(root: pathlib.Path) -> dict[str, bytes]:

@@ -11,8 +11,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from jobs.cli import app
-from jobs.report_html import collect, stages_of_workdir
+from loom.jobs.cli import app
+from loom.jobs.report_html import collect, stages_of_workdir
 from tests.jobs.report_workdir import make_workdir
 
 PLOTS = ["stage_counts", "rejected", "synth", "negatives", "loss", "eval"]

@@ -11,9 +11,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from jobs.cli import app
-from jobs.schedule import CONFIG_DIR, SPEC_KEY, k8s_name
-from jobs.spec import load_spec
+from loom.jobs.cli import app
+from loom.jobs.schedule import CONFIG_DIR, SPEC_KEY, k8s_name
+from loom.jobs.spec import load_spec
 from tests.schemas.test_infra_manifests import REPO, _crd_schemas, _unknown_fields, needs_crds
 
 SPEC = REPO / "jobs" / "examples" / "demo.yaml"

@@ -10,8 +10,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from jobs.cli import app
-from jobs.scheduler import claim, connect, load_schedules, runs, tick
+from loom.jobs.cli import app
+from loom.jobs.scheduler import claim, connect, load_schedules, runs, tick
 
 UTC = dt.timezone.utc
 
@@ -102,7 +102,7 @@ def test_bad_schedules_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_cli_runs_a_real_loom_run(tmp_path):
-    from jobs.corpus import generate_corpus
+    from loom.jobs.corpus import generate_corpus
 
     media = tmp_path / "corpus"
     generate_corpus(str(media), 3, 3, seed=0, bad_files=False)

@@ -9,9 +9,9 @@ import textwrap
 import pydantic
 import pytest
 
-from jobs.spec import EvalStep, IngestStep, JobSpec, SpecError, TrainStep, load_spec, ref_target
-from pipelines.runner import Engine
-from pipelines.train import TrainStage
+from loom.jobs.spec import EvalStep, IngestStep, JobSpec, SpecError, TrainStep, load_spec, ref_target
+from loom.pipelines.runner import Engine
+from loom.pipelines.train import TrainStage
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "jobs" / "examples" / "demo.yaml"
 
@@ -237,8 +237,8 @@ stages:
 def test_spec_end_to_end_and_rerun(tmp_path, ray_session):
     import json
 
-    from jobs.corpus import generate_corpus
-    from jobs.run import run_spec
+    from loom.jobs.corpus import generate_corpus
+    from loom.jobs.run import run_spec
 
     corpus = tmp_path / "corpus"
     generate_corpus(str(corpus), 40, 40, seed=0)
@@ -275,7 +275,7 @@ def test_readme_example_spec_loads():
 
 
 def test_beam_options_reach_every_beam_stage():
-    from pipelines.beam.runner import beam_options, default_args
+    from loom.pipelines.beam.runner import beam_options, default_args
 
     spec = load_spec(VALID.replace("workdir:", "beam_options:\n  runner: DataflowRunner\n"
                                         "  project: my-proj\n  region: europe-west4\n"

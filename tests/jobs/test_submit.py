@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jobs.cli import app
-from jobs.submit import PACKAGES, entrypoint, runtime_env
+from loom.jobs.cli import app
+from loom.jobs.submit import PACKAGES, entrypoint, runtime_env
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -28,7 +28,7 @@ def test_runtime_env_carries_loom_source_only(tmp_path):
     assert [Path(p).name for p in env["py_modules"]] == list(PACKAGES)
     assert all((Path(p) / "__init__.py").is_file() for p in env["py_modules"])
     assert {".venv", "__pycache__", "data"} <= set(env["excludes"])
-    assert entrypoint() == "python -m jobs.cli run spec.yaml"
+    assert entrypoint() == "python -m loom.jobs.cli run spec.yaml"
 
 
 def test_bad_spec_exits_2_before_contacting_a_cluster(tmp_path):
@@ -132,7 +132,7 @@ def ray_head():
 
 @pytest.mark.slow
 def test_submit_runs_a_spec_on_ray_start_head(ray_head, tmp_path):
-    from jobs.corpus import generate_corpus
+    from loom.jobs.corpus import generate_corpus
 
     media = tmp_path / "corpus"
     generate_corpus(str(media), 4, 4, seed=0, bad_files=False)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from models.collate import collate_items
-from models.embed import embed_items, forward_items
-from models.encoder import EncoderConfig, MultimodalEncoder, count_parameters
-from models.losses import info_nce, matryoshka_info_nce, same_asset_mask
-from schemas.spec import PreprocessingSpec
+from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from loom.models.collate import collate_items
+from loom.models.embed import embed_items, forward_items
+from loom.models.encoder import EncoderConfig, MultimodalEncoder, count_parameters
+from loom.models.losses import info_nce, matryoshka_info_nce, same_asset_mask
+from loom.schemas.spec import PreprocessingSpec
 
 CFG = EncoderConfig(vocab_size=50, max_text_tokens=16, image_size=16, patch_size=8,
                     max_frames=4, dim=32, layers=1, heads=2, embed_dims=(8, 16, 32),

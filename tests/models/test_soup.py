@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from models.embed import embed_items
-from models.encoder import EncoderConfig, MultimodalEncoder
-from models.soup import average_state_dicts
-from pipelines.common import BadInput
-from pipelines.soup import run_soup
-from schemas.spec import PreprocessingSpec
+from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from loom.models.embed import embed_items
+from loom.models.encoder import EncoderConfig, MultimodalEncoder
+from loom.models.soup import average_state_dicts
+from loom.pipelines.common import BadInput
+from loom.pipelines.soup import run_soup
+from loom.schemas.spec import PreprocessingSpec
 
 CFG = EncoderConfig(vocab_size=50, max_text_tokens=8, image_size=16, patch_size=8, dim=16,
                     layers=1, heads=2, embed_dims=(8, 16))

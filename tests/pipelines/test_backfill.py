@@ -10,17 +10,17 @@ import faiss
 import numpy as np
 import pytest
 
-from jobs.corpus import generate_corpus
-from models.checkpoint import load_checkpoint
-from models.embed import embed_items
-from pipelines.backfill import run_backfill
-from pipelines.common import BadInput
-from pipelines.ingest import run_ingest
-from schemas import manifest as mf
-from schemas import storage
+from loom.jobs.corpus import generate_corpus
+from loom.models.checkpoint import load_checkpoint
+from loom.models.embed import embed_items
+from loom.pipelines.backfill import run_backfill
+from loom.pipelines.common import BadInput
+from loom.pipelines.ingest import run_ingest
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 from tests.checkpoints import examples_spec, tiny_checkpoint
-from transforms.items import example_to_item
-from transforms.scenes import random_scene, render_image
+from loom.transforms.items import example_to_item
+from loom.transforms.scenes import random_scene, render_image
 
 
 def _rows(out: dict) -> list[dict]:
@@ -139,8 +139,8 @@ def test_killed_run_resumes_its_parts(env, tmp_path):
 def test_many_chunks_and_calls_resume_only_what_is_missing(env, tmp_path, monkeypatch):
     """Chunks of 5 ids, actor calls of ~7 rows: vectors arrive per call and each chunk is
     written when its last vector arrives; a rerun after losing two parts embeds only those."""
-    import pipelines.backfill as backfill
-    import pipelines.ray.embed as ray_embed
+    import loom.pipelines.backfill as backfill
+    import loom.pipelines.ray.embed as ray_embed
 
     monkeypatch.setattr(backfill, "CHUNK", 5)
     monkeypatch.setattr(ray_embed, "ROWS_PER_CALL", 7)

@@ -8,10 +8,10 @@ import pathlib
 
 import pytest
 
-from jobs.demo import DemoConfig, run_demo
-from schemas import manifest as mf
-from schemas import storage
-from schemas.splits import split_for
+from loom.jobs.demo import DemoConfig, run_demo
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.splits import split_for
 
 STAGES = ["corpus", "ingest", "synth", "shard_pft", "train_pft", "mine", "shard_ft",
           "train_ft", "eval", "report"]
@@ -193,7 +193,7 @@ def test_rerun_reuses_everything(chain):
 
 
 def test_eval_truncation_sizes(chain, tmp_path):
-    from pipelines.evaluate import run_eval
+    from loom.pipelines.evaluate import run_eval
 
     stages = chain["first"]["stages"]
     out = run_eval(stages["synth"]["uri"], stages["train_ft"]["checkpoint"],

@@ -8,13 +8,13 @@ from functools import partial
 import pyarrow as pa
 import pytest
 
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
-from schemas import manifest as mf
-from schemas import storage
-from schemas.spec import PreprocessingSpec
-from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.evaluate import format_table, ndcg_at, random_recall, recall_at
+from loom.pipelines.evaluate import format_table, ndcg_at, random_recall, recall_at
 
 
 def test_recall_and_ndcg_by_hand():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine
-from schemas import manifest as mf
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
 from tests.transforms import hostile_archives as ha
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine
-from schemas import manifest as mf
-from schemas import storage
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 
 def test_ingest_reads_and_writes_gs(gcs):

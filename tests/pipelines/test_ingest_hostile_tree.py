@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine
-from schemas import manifest as mf
-from schemas import storage
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
+from loom.schemas import storage
 
 SECRET = b"planted-secret-outside-the-input-3b9f"
 

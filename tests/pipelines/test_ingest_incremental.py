@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.runner import Engine
-from schemas import manifest as mf
-from transforms.scenes import describe, random_scene, render_image
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas import manifest as mf
+from loom.transforms.scenes import describe, random_scene, render_image
 
 
 def _rows(out: dict, table: str) -> list[dict]:
@@ -53,8 +53,8 @@ def test_added_files_decode_alone(tmp_path):
 
 def test_a_given_tokenizer_is_kept(tmp_path):
     """Backfill applies a checkpoint's spec: its tokenizer must not be retrained."""
-    from schemas.spec import PreprocessingSpec
-    from transforms.tokenizer import train_tokenizer
+    from loom.schemas.spec import PreprocessingSpec
+    from loom.transforms.tokenizer import train_tokenizer
 
     generate_corpus(str(tmp_path / "c"), 4, 6, seed=4)
     media = str(tmp_path / "c" / "media")

@@ -21,8 +21,8 @@ import tempfile
 
 import pytest
 
-from jobs.corpus import generate_corpus
-from synth.offline_server import offline_server
+from loom.jobs.corpus import generate_corpus
+from loom.synth.offline_server import offline_server
 from tests.key_leak import PLANTED_KEY, grep_tree, leaks
 from tests.transforms import hostile_archives as ha
 
@@ -49,7 +49,7 @@ def test_planted_key_never_leaks_across_the_chain(tmp_path):
     outputs: list[str] = []
 
     def loom(*args: str, ok=(0,)) -> dict:
-        res = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env,
+        res = subprocess.run([sys.executable, "-m", "loom.jobs.cli", *args], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
         outputs.extend([res.stdout, res.stderr])
         assert res.returncode in ok, res.stderr[-2000:]

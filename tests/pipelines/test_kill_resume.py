@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from schemas import manifest as mf
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.schemas import manifest as mf
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def _ingest(media: str, out: str) -> subprocess.Popen:
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "ingest", "--input", media,
+    return subprocess.Popen([sys.executable, "-m", "loom.jobs.cli", "ingest", "--input", media,
                              "--output", out], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

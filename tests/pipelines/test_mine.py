@@ -11,17 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.corpus import generate_corpus
-from pipelines.common import BadInput
-from pipelines.embed_cache import EmbeddingCache, item_digest
-from pipelines.ingest import run_ingest
-from pipelines.mine import run_mine
-from pipelines.synth import run_synth
-from schemas import manifest as mf
-from schemas.splits import split_for
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.common import BadInput
+from loom.pipelines.embed_cache import EmbeddingCache, item_digest
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.mine import run_mine
+from loom.pipelines.synth import run_synth
+from loom.schemas import manifest as mf
+from loom.schemas.splits import split_for
 from tests.checkpoints import examples_spec, tiny_checkpoint
-from transforms.items import example_to_item
-from transforms.mining import MiningConfig
+from loom.transforms.items import example_to_item
+from loom.transforms.mining import MiningConfig
 
 COPIES = 8  # images re-encoded with other bytes: other ids, the same pixels
 

@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.shard import run_shard
-from schemas import manifest as mf
-from schemas import storage
-from schemas.records import EXAMPLE, PAIR, empty_part, to_table
-from schemas.spec import SPEC_FILE, PreprocessingSpec
-from transforms.tokenizer import TextTokenizer, train_tokenizer
+from loom.pipelines.shard import run_shard
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
 
 TEXTS = ["a red bicycle leans on a wall", "the blue lake under the mountain"]
 N_PAIRS = 6
@@ -148,7 +148,7 @@ def bigger_root(tmp_path_factory):
 
 
 def test_streaming_pack_is_the_global_shuffle(bigger_root, tmp_path):
-    from transforms.packing import shuffle_key
+    from loom.transforms.packing import shuffle_key
 
     out = run_shard(bigger_root, str(tmp_path / "s"), rows_per_shard=30, seed=3)
     files = _shard_files(out)

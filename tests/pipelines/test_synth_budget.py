@@ -7,11 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from jobs.cli import app
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.synth import BudgetExceeded, run_synth
-from schemas import manifest as mf
+from loom.jobs.cli import app
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.synth import BudgetExceeded, run_synth
+from loom.schemas import manifest as mf
 from tests.checkpoints import examples_spec, tiny_checkpoint
 
 
@@ -55,7 +55,7 @@ def test_cli_budget_exit_code_3(tmp_path):
 
 
 def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
-    from synth.budget import Budget
+    from loom.synth.budget import Budget
 
     generate_corpus(str(tmp_path / "c"), 4, 4, seed=14, bad_files=False)
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
@@ -87,7 +87,7 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
 @pytest.mark.slow
 def test_roundtrip_filter_with_a_checkpoint(tmp_path):
 
-    from synth.filters import FilterConfig
+    from loom.synth.filters import FilterConfig
 
     generate_corpus(str(tmp_path / "c"), 6, 6, seed=15, bad_files=False)
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.synth import run_synth
-from schemas import manifest as mf
-from synth.client import LLMConfig
-from synth.offline_server import Faults, server_stats
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.synth import run_synth
+from loom.schemas import manifest as mf
+from loom.synth.client import LLMConfig
+from loom.synth.offline_server import Faults, server_stats
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_thirty_percent_faults_end_with_the_clean_pairs(tmp_path, examples, serv
 
 def _synth_cli(examples: str, out: str, url: str) -> subprocess.Popen:
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "synth", "--examples", examples,
+    return subprocess.Popen([sys.executable, "-m", "loom.jobs.cli", "synth", "--examples", examples,
                              "--output", out, "--base-url", url, "--concurrency", "4"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, ser
 
 
 def test_ray_and_beam_write_the_same_pairs(tmp_path, examples, ray_session):
-    from pipelines.runner import Engine
+    from loom.pipelines.runner import Engine
 
     beam = run_synth(examples, str(tmp_path / "beam"), rows_per_item=8)
     ray = run_synth(examples, str(tmp_path / "ray"), engine=Engine.RAY, rows_per_item=8)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 
-from pipelines.ingest import run_ingest
-from pipelines.synth import run_synth
-from schemas import manifest as mf
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.synth import run_synth
+from loom.schemas import manifest as mf
 from tests.transforms.media import make_video, make_wav
 from tests.transforms.test_pdf import make_pdf
-from transforms import scenes
+from loom.transforms import scenes
 
 
 def test_pairs_for_audio_video_and_pages(tmp_path):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import synth.prompts
-from jobs.corpus import generate_corpus
-from pipelines.ingest import run_ingest
-from pipelines.synth import run_synth
-from pipelines.synth_diff import diff_synth
-from schemas import manifest as mf
+import loom.synth.prompts as prompts_mod
+from loom.jobs.corpus import generate_corpus
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.synth import run_synth
+from loom.pipelines.synth_diff import diff_synth
+from loom.schemas import manifest as mf
 
 
 def test_changed_prompt_pays_only_for_its_kind(tmp_path, monkeypatch):
@@ -20,10 +20,10 @@ def test_changed_prompt_pays_only_for_its_kind(tmp_path, monkeypatch):
     assert first["llm_calls"] == 2 * n  # two kinds per modality by default
 
     prompts = tmp_path / "prompts"
-    shutil.copytree(synth.prompts.PROMPT_DIR, prompts)
+    shutil.copytree(prompts_mod.PROMPT_DIR, prompts)
     v1 = (prompts / "keyword.v1.txt").read_text()
     (prompts / "keyword.v2.txt").write_text(v1 + "\nPrefer short keyword queries.\n")
-    monkeypatch.setattr(synth.prompts, "PROMPT_DIR", prompts)
+    monkeypatch.setattr(prompts_mod, "PROMPT_DIR", prompts)
 
     second = run_synth(ex["uri"], str(tmp_path / "pairs"))
     assert second["version"] != first["version"]
@@ -43,7 +43,7 @@ def test_changed_prompt_pays_only_for_its_kind(tmp_path, monkeypatch):
 
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from loom.jobs.cli import app
 
     res = CliRunner().invoke(app, ["synth", "diff", first["uri"], second["uri"]])
     assert res.exit_code == 0, res.output

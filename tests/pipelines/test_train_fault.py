@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from jobs.corpus import generate_corpus
-from models.checkpoint import load_checkpoint, resolve
-from pipelines.ingest import run_ingest
-from pipelines.shard import run_shard
-from pipelines.synth import run_synth
-from pipelines.train import TrainConfig, TrainStage, run_train
+from loom.jobs.corpus import generate_corpus
+from loom.models.checkpoint import load_checkpoint, resolve
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.shard import run_shard
+from loom.pipelines.synth import run_synth
+from loom.pipelines.train import TrainConfig, TrainStage, run_train
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from schemas import manifest as mf
-from schemas import storage
-from schemas.manifest import (
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.manifest import (
     MANIFEST,
     Manifest,
     VersionWriter,
@@ -25,8 +25,8 @@ from schemas.manifest import (
     resolve_input,
     version_id,
 )
-from schemas.records import REJECTED, Split, to_table
-from schemas.splits import split_for
+from loom.schemas.records import REJECTED, Split, to_table
+from loom.schemas.splits import split_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,8 +170,8 @@ def test_read_table_reads_only_listed_files(tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from schemas.manifest import VersionWriter
-    from schemas.records import REJECTED, to_table
+    from loom.schemas.manifest import VersionWriter
+    from loom.schemas.records import REJECTED, to_table
 
     root, version, nparts, hang = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     w = VersionWriter(root, "ingest", version)

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import storage
-from schemas.manifest import write_part
-from schemas.records import (
+from loom.schemas import storage
+from loom.schemas.manifest import write_part
+from loom.schemas.records import (
     EXAMPLE,
     TABLES,
     TRAINING_ROW,

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from schemas import storage
-from schemas.manifest import MANIFEST, VersionWriter, read_table, resolve_input
-from schemas.records import EMBEDDING, REJECTED, to_table
+from loom.schemas import storage
+from loom.schemas.manifest import MANIFEST, VersionWriter, read_table, resolve_input
+from loom.schemas.records import EMBEDDING, REJECTED, to_table
 
 
 @pytest.fixture(params=["local", "gcs"])

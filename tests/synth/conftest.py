@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.records import EXAMPLE, empty_part, to_table
-from synth.client import LLMConfig, make_client
-from synth.offline_server import offline_server
-from transforms import scenes
+from loom.schemas.records import EXAMPLE, empty_part, to_table
+from loom.synth.client import LLMConfig, make_client
+from loom.synth.offline_server import offline_server
+from loom.transforms import scenes
 
 
 @pytest.fixture(scope="session")

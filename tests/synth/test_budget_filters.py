@@ -7,13 +7,13 @@ import random
 import pytest
 from google.genai import types
 
-from synth import filters as qf
-from synth.budget import Budget, Estimate, Ledger, call_estimate, load_prices, price_for
-from synth.client import LLMConfig, generate_pair_json
-from synth.prompts import PromptSet
-from synth.stage import _content_parts
+from loom.synth import filters as qf
+from loom.synth.budget import Budget, Estimate, Ledger, call_estimate, load_prices, price_for
+from loom.synth.client import LLMConfig, generate_pair_json
+from loom.synth.prompts import PromptSet
+from loom.synth.stage import _content_parts
 from tests.synth.conftest import image_example, text_example
-from transforms import scenes
+from loom.transforms import scenes
 
 PROMPTS = PromptSet.load(["caption", "keyword", "question"])
 

@@ -9,7 +9,7 @@ import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from synth.client import (
+from loom.synth.client import (
     LLMConfig,
     TransientError,
     agenerate_pair_json,
@@ -17,10 +17,10 @@ from synth.client import (
     make_client,
     retry_after,
 )
-from synth.limits import RateLimits
-from synth.offline_server import FAULT_KINDS, Faults, server_stats
-from synth.prompts import PromptSet
-from synth.stage import SynthConfig, SynthStage
+from loom.synth.limits import RateLimits
+from loom.synth.offline_server import FAULT_KINDS, Faults, server_stats
+from loom.synth.prompts import PromptSet
+from loom.synth.stage import SynthConfig, SynthStage
 from tests.synth.conftest import batch_of, text_example
 
 PROMPT = PromptSet.load(["keyword"]).text("keyword")

@@ -11,11 +11,11 @@ from urllib.parse import urlparse
 import pytest
 from google.genai import types
 
-from synth import offline_model
-from synth.client import LLMBlocked, LLMConfig, LLMError, generate_pair_json, make_client
-from synth.offline_server import start_server
-from synth.prompts import PromptSet
-from transforms import scenes
+from loom.synth import offline_model
+from loom.synth.client import LLMBlocked, LLMConfig, LLMError, generate_pair_json, make_client
+from loom.synth.offline_server import start_server
+from loom.synth.prompts import PromptSet
+from loom.transforms import scenes
 
 CFG = LLMConfig()
 PROMPTS = PromptSet.load(["caption", "keyword", "question"])

@@ -3,9 +3,9 @@ records which positives changed, keeps the triples schema, and a rerun is free."
 
 from __future__ import annotations
 
-from schemas import manifest as mf
-from schemas.records import EXAMPLE, TRIPLE, to_table
-from synth.client import LLMConfig
+from loom.schemas import manifest as mf
+from loom.schemas.records import EXAMPLE, TRIPLE, to_table
+from loom.synth.client import LLMConfig
 from tests.synth.conftest import text_example
 
 DOCS = {
@@ -29,7 +29,7 @@ def _neg(eid: str, rank: int) -> dict:
 
 
 def test_relabel_picks_the_true_positive(tmp_path, server_url):
-    from pipelines.synth_relabel import run_relabel
+    from loom.pipelines.synth_relabel import run_relabel
 
     ex = {k: text_example(v) for k, v in DOCS.items()}
     ex_dir = _dataset(str(tmp_path / "ex"), "ingest", "examples", list(ex.values()), EXAMPLE, {})

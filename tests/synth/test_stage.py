@@ -4,12 +4,12 @@ import logging
 import pickle
 import random
 
-from schemas.records import PAIR, REJECTED
-from synth.client import LLMConfig
-from synth.stage import SynthConfig, SynthStage
+from loom.schemas.records import PAIR, REJECTED
+from loom.synth.client import LLMConfig
+from loom.synth.stage import SynthConfig, SynthStage
 from tests.key_leak import PLANTED_KEY, leaks
 from tests.synth.conftest import batch_of, image_example, text_example
-from transforms import scenes
+from loom.transforms import scenes
 
 
 def _batch(tmp_path, n=4):

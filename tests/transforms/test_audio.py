@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas.records import PART, Reason
-from schemas.spec import PreprocessingSpec
+from loom.schemas.records import PART, Reason
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms import media
-from transforms.audio import N_MELS, audio_part_from_samples, decode_audio
-from transforms.sniff import DecodeError
+from loom.transforms.audio import N_MELS, audio_part_from_samples, decode_audio
+from loom.transforms.sniff import DecodeError
 
 SPEC = PreprocessingSpec()
 

@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from schemas.spec import PreprocessingSpec
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms import hostile_archives as ha
 from tests.transforms.media import make_flac, make_video, make_wav
 from tests.transforms.test_pdf import make_pdf
-from transforms.ingest import IngestConfig, IngestStage
-from transforms.tokenizer import train_tokenizer
+from loom.transforms.ingest import IngestConfig, IngestStage
+from loom.transforms.tokenizer import train_tokenizer
 
 REGRESSIONS = pathlib.Path(__file__).parent / "regressions"
 KEEP_MAX_BYTES = 64 * 1024

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from schemas.records import Reason
-from schemas.spec import PreprocessingSpec
-from transforms.ingest import IngestConfig, IngestStage
-from transforms.scenes import describe, random_scene, render_image
-from transforms.tokenizer import train_tokenizer
+from loom.schemas.records import Reason
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.ingest import IngestConfig, IngestStage
+from loom.transforms.scenes import describe, random_scene, render_image
+from loom.transforms.tokenizer import train_tokenizer
 
 
 def _seeds(rng: random.Random) -> list[bytes]:

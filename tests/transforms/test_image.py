@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.records import PART, Reason
-from schemas.spec import PreprocessingSpec
+from loom.schemas.records import PART, Reason
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms.helpers import encode, png_bomb
-from transforms.image import decode_image
-from transforms.pixels import part_frames
-from transforms.sniff import DecodeError
+from loom.transforms.image import decode_image
+from loom.transforms.pixels import part_frames
+from loom.transforms.sniff import DecodeError
 
 SPEC = PreprocessingSpec(image_size=48, image_codec="raw")  # exact pixels; codecs: test_pixels
 

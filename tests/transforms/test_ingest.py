@@ -8,13 +8,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-import transforms.ingest as ingest
-from schemas.records import EXAMPLE, REJECTED
-from schemas.spec import PreprocessingSpec
+import loom.transforms.ingest as ingest
+from loom.schemas.records import EXAMPLE, REJECTED
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms.helpers import encode, png_bomb
-from transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
-from transforms.pixels import part_frames
-from transforms.tokenizer import train_tokenizer
+from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.pixels import part_frames
+from loom.transforms.tokenizer import train_tokenizer
 
 TEXT = "A small red circle sits in the top left of the frame."
 

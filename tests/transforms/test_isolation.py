@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from transforms.isolation import IsolatedDecoder
-from transforms.sniff import DecodeError
+from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.sniff import DecodeError
 
 
 def work(x: str) -> str:

@@ -14,8 +14,8 @@ import itertools
 import numpy as np
 import pytest
 
-from transforms.mining import Candidates, MiningConfig, mine
-from transforms.search import VectorIndex, ann_recall, exact_search, recall_at_k
+from loom.transforms.mining import Candidates, MiningConfig, mine
+from loom.transforms.search import VectorIndex, ann_recall, exact_search, recall_at_k
 
 WEIGHTS = (1.0, 0.8, 0.6)  # color, shape, size
 VALUES = 4

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas.records import PART, Reason
-from schemas.spec import PreprocessingSpec
-from transforms.pdf import decode_pdf
-from transforms.pixels import part_frames
-from transforms.sniff import DecodeError
+from loom.schemas.records import PART, Reason
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.pdf import decode_pdf
+from loom.transforms.pixels import part_frames
+from loom.transforms.sniff import DecodeError
 
 
 def make_pdf(pages: list[str], *, encrypt: bool = False,

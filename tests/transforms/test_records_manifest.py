@@ -11,18 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from schemas.records import PART, Reason
-from schemas.spec import PreprocessingSpec
-from transforms.image import decode_image
-from transforms.pixels import part_frames
-from transforms.records import (
+from loom.schemas.records import PART, Reason
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.image import decode_image
+from loom.transforms.pixels import part_frames
+from loom.transforms.records import (
     RecordError,
     build_interleaved,
     parse_manifest,
     record_id,
     resolve_reference,
 )
-from transforms.sniff import DecodeError
+from loom.transforms.sniff import DecodeError
 
 SPEC = PreprocessingSpec(image_codec="raw")  # exact colours
 DECODERS = {"image": decode_image}

@@ -9,10 +9,10 @@ import pathlib
 import pyarrow as pa
 import pytest
 
-from schemas.spec import PreprocessingSpec
-from transforms.ingest import IngestConfig, IngestStage
-from transforms.isolation import IsolatedDecoder
-from transforms.sniff import DecodeError
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.ingest import IngestConfig, IngestStage
+from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.sniff import DecodeError
 
 REGRESSIONS = sorted((pathlib.Path(__file__).parent / "regressions").glob("*.bin"))
 

@@ -14,11 +14,11 @@ import threading
 import pyarrow as pa
 import pytest
 
-from schemas.spec import PreprocessingSpec
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms.hostile_archives import png
-from transforms.ingest import IngestConfig, IngestStage
-from transforms.remote import RemoteConfig, address_problem, fetch
-from transforms.sniff import DecodeError
+from loom.transforms.ingest import IngestConfig, IngestStage
+from loom.transforms.remote import RemoteConfig, address_problem, fetch
+from loom.transforms.sniff import DecodeError
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -9,9 +9,9 @@ import random
 import numpy as np
 from PIL import Image
 
-from synth import offline_model
-from transforms import scenes
-from transforms.scenes import RichScene, Scene
+from loom.synth import offline_model
+from loom.transforms import scenes
+from loom.transforms.scenes import RichScene, Scene
 
 ATTRS = ("size", "color", "shape", "row", "col")
 

@@ -6,9 +6,9 @@ import random
 import pytest
 from PIL import Image
 
-from schemas.records import Modality
+from loom.schemas.records import Modality
 from tests.transforms.helpers import encode
-from transforms.sniff import sniff
+from loom.transforms.sniff import sniff
 
 IMG = Image.new("RGB", (8, 8), (1, 2, 3))
 I, A, V = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from schemas.records import Reason
-from schemas.spec import PreprocessingSpec
-from transforms.sniff import DecodeError
-from transforms.text import decode_text
+from loom.schemas.records import Reason
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.sniff import DecodeError
+from loom.transforms.text import decode_text
 
 SPEC = PreprocessingSpec()
 WESTERN = "Café naïve — “quotes” and façade, déjà vu: 5 €."

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 import random
 
-from transforms.scenes import describe, random_scene
-from transforms.tokenizer import TextTokenizer, train_tokenizer
+from loom.transforms.scenes import describe, random_scene
+from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
 
 
 def corpus(n: int = 200) -> list[str]:

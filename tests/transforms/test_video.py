@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from schemas.records import PART, Reason
-from schemas.spec import PreprocessingSpec
+from loom.schemas.records import PART, Reason
+from loom.schemas.spec import PreprocessingSpec
 from tests.transforms import media
-from transforms.av_safety import open_container
-from transforms.sniff import DecodeError
-from transforms.video import MODES, decode_video, sample_times
+from loom.transforms.av_safety import open_container
+from loom.transforms.sniff import DecodeError
+from loom.transforms.video import MODES, decode_video, sample_times
 
 SPEC = PreprocessingSpec(image_codec="raw")  # 1 fps, 32 frames, 48 px, exact pixels
 S = SPEC.image_size
@@ -194,7 +194,7 @@ def test_protocol_whitelist_alone_blocks_nested_opens(listener, tmp_path):
 
     import av
 
-    from transforms.av_safety import CONTAINER_OPTIONS
+    from loom.transforms.av_safety import CONTAINER_OPTIONS
 
     port, hits = listener
     playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n"
