@@ -184,12 +184,13 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
          world: Annotated[str | None, Opt(help="demo world: simple or rich [simple]")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
+    from loom.jobs.commands import validate_options
     from loom.jobs.demo import DemoConfig, run_demo
 
     given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs,
              "world": world}
-    _run(lambda: run_demo(workdir, DemoConfig(engine=engine, **{
-        k: v for k, v in given.items() if v is not None}), logs.say))
+    _run(lambda: run_demo(workdir, validate_options(DemoConfig, {"engine": engine, **{
+        k: v for k, v in given.items() if v is not None}}), logs.say))
 
 
 @app.command("ls")

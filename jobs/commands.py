@@ -21,6 +21,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from loom.jobs import registry
 from loom.jobs.registry import Context, StageDef, check_literal_inputs
 from loom.pipelines.engine import Engine, EngineOptions
 
@@ -34,6 +35,7 @@ class Param:
     kind: str  # "value" | "list" | "map" | "whole" | "output" | "engine"
     flag: str  # the option's name as the user types it (for messages)
     parse: Callable[[str], Any] | None = None
+    type: Any = str  # the field's type without Optional (int, float, str, bool, ...)
 
 
 def _bare(tp: Any) -> tuple[Any, bool]:
@@ -101,7 +103,7 @@ def _field_params(defn: StageDef) -> list[tuple[Param, Any, Any]]:
         ann, dflt = _option(shown_flag if argument else flag, help_, str if whole else tp,
                             default, argument)
         name = "p_" + "__".join(path)
-        out.append((Param(name, path, kind, shown_flag, parse), ann, dflt))
+        out.append((Param(name, path, kind, shown_flag, parse, tp), ann, dflt))
 
     for top, field in defn.config.model_fields.items():
         flag = defn.flags.get(top)
@@ -168,13 +170,22 @@ def config_data(defn: StageDef, params: list[Param], values: dict[str, Any],
 
 def build_config(defn: StageDef, data: dict) -> BaseModel:
     """The stage config; a ValidationError's location becomes the option's name."""
+    return validate_options(defn.config, data, defn.flag_at)
+
+
+def validate_options(model: type[BaseModel], data: dict,
+                     flag_at: Callable[[tuple], tuple[str, int]] | None = None) -> BaseModel:
+    """`model` from option values; errors name the option (`flag_at(loc)`: the option and
+    how much of the location it covers; default: a top field's `--field-name`)."""
+    flag_at = flag_at or (lambda loc: ("--" + str(loc[0]).replace("_", "-"), 1) if loc
+                          else ("", 0))
     try:
-        return defn.config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            flag, depth = defn.flag_at(loc)
+            flag, depth = flag_at(loc)
             rest = ".".join(map(str, loc[depth:]))
             where = f"{flag} {rest}".strip() if flag else rest
             errors.append({"type": PydanticCustomError("loom_option", "{msg}",
@@ -216,11 +227,13 @@ def make_command(defn: StageDef, run: Callable[[Callable[[], dict]], None],
 
         def go() -> dict:
             cfg = build_config(defn, config_data(defn, params, values, given))
+            if values.get("p_output"):
+                Context(output=values["p_output"]).output_root()  # a known scheme, or exit 2
             check_literal_inputs(defn, cfg, lambda field: defn.flag_for((field,)))
             context = Context(engine=EngineOptions(kind=values.get("p_engine") or Engine.BEAM),
                               output=values.get("p_output"), log=say,
                               echo=lambda text: typer.echo(text, err=True))
-            return defn.run(cfg, context)
+            return registry.get(defn.name).run(cfg, context)  # looked up now: replaceable
 
         run(go)
 

@@ -103,7 +103,10 @@ class Context:
         out = self.output or self.default_output or fallback
         if not out:
             raise BadInput("--output is required")
-        return storage.absolute(out)
+        try:
+            return storage.absolute(_known_scheme(out))
+        except ValueError as e:
+            raise BadInput(f"--output: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,4 +80,4 @@ def check_spec(spec: JobSpec) -> dict:
     """`loom run SPEC --check`: the spec loaded (types, bounds, wiring); nothing ran."""
     return {"stage": "check", "version": None, "name": spec.name, "reused": False,
             "datasets": {}, "counts": {"steps": len(spec.stages)},
-            "steps": {s.id: s.stage for s in spec.stages}, "ok": True}
+            "steps": [{"id": s.id, "stage": s.stage} for s in spec.stages], "ok": True}

@@ -47,7 +47,7 @@ class _Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(pattern=ID_PATTERN)
-    output: str | None = None  # default: <workdir>/<id>
+    output: registry.Uri | None = None  # default: <workdir>/<id>
 
     def output_root(self, workdir: str) -> str:
         return storage.absolute(self.output) if self.output else storage.join(
@@ -72,7 +72,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=ID_PATTERN)
-    workdir: str
+    workdir: registry.Uri
     engine: Engine = Engine.BEAM
     # Beam pipeline options for every Beam stage (Dataflow: runner, project, region,
     # temp_location, sdk_container_image, ...); DirectRunner flags when none given.

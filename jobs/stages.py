@@ -7,9 +7,9 @@ engine). Pipelines are imported inside each `run`, so loading the registry stays
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from loom.jobs.registry import Context, Flag, Ref, StageConfig, Uri, register
 from loom.pipelines.train import TrainConfig, TrainStage
@@ -24,6 +24,9 @@ CHECKPOINT = Ref(CHECKPOINT_STEPS, root="checkpoint_root", literal_needs_root=Tr
 LLM_FLAGS = {"llm.backend": Flag("--llm", "offline|gemini|vertex"),
              "llm.model": Flag("--model", "LLM model name"),
              "llm.base_url": Flag("--base-url", "override the API endpoint")}
+
+
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def _script(value: str) -> str | None:
@@ -134,16 +137,9 @@ class ShardConfig(StageConfig):
     rows_per_shard: int = Field(512, ge=1)
     seed: int = Field(0, ge=0)
     target_mb: float | None = Field(None, gt=0, description="shard size in MB (overrides rows)")
-    weights: dict[str, float] = Field(
+    weights: dict[str, NonNegative] = Field(
         {}, description="KEY=W: sample rows of a query kind or positive modality W times "
                         "(repeatable)")
-
-    @model_validator(mode="after")
-    def _weights(self) -> ShardConfig:
-        bad = {k: w for k, w in self.weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"sampling weights must be >= 0: {bad}")
-        return self
 
 
 @register("shard", ShardConfig, engine=True,
@@ -190,16 +186,17 @@ def train(cfg: TrainStepConfig, ctx: Context) -> dict:
 class SoupConfig(StageConfig):
     checkpoints: list[str] = Field(min_length=1, description="checkpoint ids, runs or latest")
     root: Uri = Field("checkpoints", description="checkpoint root of the inputs")
-    weights: tuple[float, ...] | None = Field(None, description="weights, e.g. 3,1")
+    weights: tuple[NonNegative, ...] | None = Field(None, description="weights, e.g. 3,1")
 
-    @model_validator(mode="after")
-    def _weights(self) -> SoupConfig:
-        if self.weights is not None and len(self.weights) != len(self.checkpoints):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.checkpoints)} "
-                             "checkpoints")
-        if self.weights is not None and (min(self.weights) < 0 or not any(self.weights)):
-            raise ValueError(f"weights must be >= 0 and not all 0: {list(self.weights)}")
-        return self
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: tuple[float, ...] | None, info: ValidationInfo):
+        n = len(info.data.get("checkpoints") or ())
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} weights for {n} checkpoints")
+        if weights is not None and not any(weights):
+            raise ValueError("weights are all 0")
+        return weights
 
 
 @register("soup", SoupConfig, arguments=("checkpoints",), output="optional",
@@ -248,13 +245,8 @@ class EvalConfig(StageConfig):
     ground_truth: Uri | None = Field(None, description="ground_truth.jsonl")
     seed: int = Field(0, ge=0)
     max_queries: int = Field(2000, ge=1)
-    dims: tuple[int, ...] = Field((), description="extra prefix sizes, e.g. 32,64 (truncation)")
-
-    @model_validator(mode="after")
-    def _dims(self) -> EvalConfig:
-        if any(d < 1 for d in self.dims):
-            raise ValueError(f"dims must be >= 1: {list(self.dims)}")
-        return self
+    dims: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (), description="extra prefix sizes, e.g. 32,64 (truncation)")
 
 
 @register("eval", EvalConfig,
