@@ -85,6 +85,7 @@ def test_regen_pairs_after_a_prompt_change(data, tmp_path, monkeypatch):
     assert pairs["version"] in json.dumps(shard_manifest.lineage)
 
 
+@pytest.mark.slow  # three backfills on Ray: minutes on a small shared machine
 def test_nightly_backfill(data, ray_session):
     spec = examples_spec(data["ingest"]["uri"])  # the tokenizer the checkpoint carries
     ckpt = tiny_checkpoint(".loom-data/checkpoints", "nightly", spec)
