@@ -334,3 +334,20 @@ def test_beam_options_reach_the_pipeline(tmp_path, monkeypatch):
     assert sum(f.rows for f in merge_results(results)[0]["echo"]) == 5
     assert len(seen) == 1
     assert seen[0]["job_name"] == "loom-opts" and seen[0]["direct_num_workers"] == 1
+
+
+def test_engine_adapters_do_not_import_the_dispatcher():
+    """pipelines/runner.py loads the adapters by name; they must not import it back."""
+    import ast
+
+    from loom.pipelines import runner
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "pipelines"
+    for path in (root / "beam" / "runner.py", root / "ray" / "runner.py", root / "engine.py",
+                 root / "work.py"):
+        modules = {n.module for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Import) for a in n.names}
+        assert "loom.pipelines.runner" not in modules, path
+    assert set(runner.ADAPTERS) == set(runner.Engine)
