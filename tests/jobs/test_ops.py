@@ -235,3 +235,33 @@ def test_gc_keep_two_and_a_run_without_lineage(tmp_path):
                                                  ("p0", "e0", "s1", "t1", "p2", "e2")}
     plan = gc_plan(str(tmp_path), keep=2)
     assert {d["uri"] for d in plan["delete"]} == {v["p0"], v["e0"]}
+
+
+def test_gc_plan_json_is_the_contract(tmp_path):
+    """The whole plan object (what `loom gc` prints), at a fixed clock: the grace period is
+    inclusive (a partial exactly `grace_s` old goes), ages and sizes are reported."""
+    v = _deep_workdir(str(tmp_path))
+    ex = storage.join(str(tmp_path), "examples")
+    old, young = _partial(ex, 1, age_s=0), _partial(ex, 2, age_s=0)
+    t0 = 1_700_000_000
+    for d, at in ((old, t0), (young, t0 + 1)):
+        os.utime(os.path.join(d, "examples", "part-00000.parquet"), ns=(at * 10**9, at * 10**9))
+    with pytest.raises(ValueError, match="^--keep must be at least 1$"):
+        gc_plan(str(tmp_path), keep=0)
+    plan = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 100)
+    size = {x["uri"]: x["bytes"] for x in list_versions(str(tmp_path))["versions"]}
+    created = {x["uri"]: x["created_at"] for x in list_versions(str(tmp_path))["versions"]}
+    name = os.path.basename
+    assert plan["stage"] == "gc" and plan["keep"] == 1 and plan["grace_s"] == 100.0
+    assert plan["root"] == storage.absolute(str(tmp_path))
+    assert sorted(plan["delete"], key=lambda d: d["uri"]) == sorted([
+        {"uri": v[k], "version": name(v[k]), "stage": st, "created_at": created[v[k]],
+         "bytes": size[v[k]]} for k, st in (("e0", "ingest"), ("p0", "synth"))]
+        + [{"uri": old, "partial": True, "age_s": 100, "bytes": 10}], key=lambda d: d["uri"])
+    assert plan["young_partials"] == [young]
+    assert {k["uri"]: k["version"] for k in plan["keep_versions"]} == {
+        v[k]: name(v[k]) for k in v if k not in ("e0", "p0")}
+    assert plan["counts"] == {"versions": 12, "delete_versions": 2, "delete_partials": 1,
+                              "delete_bytes": size[v["e0"]] + size[v["p0"]] + 10}
+    later = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 101)
+    assert later["young_partials"] == [] and later["counts"]["delete_partials"] == 2
