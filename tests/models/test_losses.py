@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from loom.models.losses import (
     ContrastiveModel,
     info_nce,

@@ -10,7 +10,6 @@ import hashlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from loom.schemas.records import Split
 from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
 

@@ -8,7 +8,6 @@ import json
 import threading
 
 import pytest
-
 from loom.synth.budget import (
     REPAIR_OVERHEAD_TOKENS,
     ZERO,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from loom.synth.limits import Limiter, RateLimits
+
 from tests.synth.virtual_clock import run_virtual
 
 

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 from google.genai import errors as genai_errors
-
 from loom.synth.client import (
     RETRY_CODES,
     LLMConfig,
@@ -17,6 +16,7 @@ from loom.synth.client import (
     classify,
     retry_after,
 )
+
 from tests.synth.virtual_clock import run_virtual
 
 NO_JITTER = LLMConfig(retry_attempts=6, retry_initial_delay_s=1.0, retry_max_delay_s=10.0,
