@@ -8,6 +8,7 @@ rejected is checked before the manifest is written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from functools import partial
@@ -19,7 +20,7 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import DUPLICATE, REJECTED, Modality
+from loom.schemas.records import DUPLICATE, REJECTED, Modality, Reason
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
@@ -33,6 +34,7 @@ HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string
                     ("modality", pa.string())])
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 256 << 20  # IngestConfig's default: larger files are rejected unread
 
 
 class HashStage(BaseStage):
@@ -42,14 +44,14 @@ class HashStage(BaseStage):
     input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
-    def __init__(self, roots: tuple[str, ...] = ()):
-        self.roots = roots
+    def __init__(self, roots: tuple[str, ...] = (), max_bytes: int | None = None):
+        self.roots, self.max_bytes = roots, max_bytes
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         rows = []
         for uri in batch.column("uri").to_pylist():
-            try:
-                h = hash_file(uri, with_modality=True, roots=self.roots)
+            try:  # a file over max_bytes is not read: decode rejects it too_large by size
+                h = hash_file(uri, with_modality=True, roots=self.roots, max_bytes=self.max_bytes)
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)
@@ -66,9 +68,10 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     listing = storage.list_files(input_uri)
     if not listing:
         raise BadInput(f"no files under {input_uri}")
+    listing, bad_names = _split_bad_names(listing)
     digest = mf.listing_digest(listing)
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
-    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20,
+    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": MAX_FILE_BYTES,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
     for key, value in (("remote", remote), ("archive", archive)):  # only when set: ids stay
         if value != type(value)():
@@ -80,8 +83,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     timings: dict[str, float] = {}
 
     with timed(timings, "hash_s"):
-        uris = [{"uri": e.uri} for e in listing]
-        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,)),
+        uris = [{"uri": e.uri} for e in listing if e.uri not in bad_names]
+        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,), MAX_FILE_BYTES),
                                           storage.join(writer.dir, "_work")),
                         row_items(uris, files_per_item * 4, "hash"))
         tables, _ = merge_results(res)
@@ -103,6 +106,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
         config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,), remote=remote,
+                               max_file_bytes=MAX_FILE_BYTES,
                                archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
         dups = _dups_by_uri(canonical, duplicates)
@@ -113,7 +117,13 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if reused:
         _copy_reused(prior, prior_files, writer, reused, tables, stats, dups)
         outcomes |= {u: prior_files[u][1] for u in reused}
-    ids = {h["uri"]: h["id"] for h in canonical}
+    if bad_names:  # rejected in the driver, before any engine: both engines agree
+        tables.setdefault("rejected", []).append(writer.write_part(
+            "rejected", "bad-names-00000", pa.Table.from_pylist(
+                [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
+        stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
+        outcomes |= dict.fromkeys(bad_names, "rejected")
+    ids = {h["uri"]: h["id"] for h in canonical} | {u: bad_names[u] for u in bad_names}
     files = pa.Table.from_pylist(
         [{"uri": u, "id": ids[u], "outcome": o} for u, o in sorted(outcomes.items())], schema=FILES)
     tables["files"] = [writer.write_part("files", "part-00000", files)]
@@ -162,6 +172,29 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
+
+
+def _split_bad_names(listing: list) -> tuple[list, dict[str, str]]:
+    """The listing with every name that is not valid UTF-8 escaped (\\xNN for each
+    undecodable byte), and {escaped uri: stand-in id} of those files: each becomes one
+    `bad_name` Rejected row instead of stopping the whole ingest."""
+    bad: dict[str, str] = {}
+    out = []
+    for e in listing:
+        try:
+            e.uri.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = e.uri.encode("utf-8", "surrogateescape")
+            e = dataclasses.replace(e, uri=raw.decode("utf-8", "backslashreplace"))
+            bad[e.uri] = f"bad_name:{hashlib.sha256(raw).hexdigest()}"
+        out.append(e)
+    return out, bad
+
+
+def _bad_name_row(uri: str) -> dict:
+    return {"uri": uri, "stage": IngestStage.name, "reason": Reason.BAD_NAME.value,
+            "message": "file name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
+                       "rename it to ingest it", "record_id": None}
 
 
 def _summary(version_dir: str, tables: dict) -> dict[str, int]:

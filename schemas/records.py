@@ -47,6 +47,7 @@ class Reason(str, enum.Enum):
     FORBIDDEN_REFERENCE = "forbidden_reference"
     FORBIDDEN_MEMBER = "forbidden_member"  # an archive member: traversal name, link, device
     BAD_RECORD = "bad_record"
+    BAD_NAME = "bad_name"  # a listed file whose name is not valid UTF-8 (shown escaped)
     LLM_BLOCKED = "llm_blocked"
     LLM_ERROR = "llm_error"
     LLM_BAD_RESPONSE = "llm_bad_response"

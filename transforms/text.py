@@ -209,12 +209,16 @@ def clean_text(text: str, max_chars: int) -> str:
         window *= 4
 
 
+def text_bytes_needed(spec: PreprocessingSpec) -> int:
+    """Bytes that can make the widest clean window: 4 a character at most (UTF-8/32)."""
+    return 4 * (_MAX_WINDOW_FACTOR * spec.max_text_chars + 64) + 4
+
+
 def decode_text(data: bytes, spec: PreprocessingSpec) -> str:
     """Bytes to clean text; raises DecodeError (empty or bad_encoding) when there is none."""
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
-    # 4 bytes per character at most (UTF-8, UTF-32): enough for the widest clean window
-    text = _decode(data, 4 * (_MAX_WINDOW_FACTOR * spec.max_text_chars + 64) + 4)
+    text = _decode(data, text_bytes_needed(spec))
     if _garbage(text[: _WINDOW_FACTOR * spec.max_text_chars + 64]):
         raise DecodeError(Reason.BAD_ENCODING, "undecodable or binary content, not text")
     text = clean_text(text, spec.max_text_chars)
