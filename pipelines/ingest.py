@@ -24,6 +24,7 @@ from loom.schemas.records import DUPLICATE, REJECTED, Modality, Reason
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
 from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
@@ -133,6 +134,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
 
+    with timed(timings, "near_dup_s"):
+        near = _group_near_dups(writer, tables)
     counts = {  # file outcomes, then rows (a PDF or a manifest gives several Examples)
         "listed": len(listing),
         "accepted": stats.get("accepted_files", 0),
@@ -142,6 +145,10 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "rejected_records": stats.get("rejected_records", 0),
         "decoded": len(rows),
         "reused_files": len(reused),
+        # Examples in a near-duplicate group beyond its first member, and such groups
+        # (exact copies are `duplicate`: never decoded; near ones are kept, grouped)
+        "near_duplicate": near["near_duplicate"],
+        "near_dup_groups": near["near_dup_groups"],
     }
     if "archive_members" in stats:  # members of decoded archives (see transforms/archives.py)
         counts |= {k: stats.get(k, 0) for k in ("archive_members", "archive_members_accepted",
@@ -172,6 +179,34 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
+
+
+def _group_near_dups(writer: mf.VersionWriter, tables: dict) -> dict[str, int]:
+    """Join near-duplicate Examples across all parts (signatures only are read), then
+    rewrite just the parts holding a member of a group of two or more."""
+    files = tables.get("examples", [])
+    paths = [storage.join(writer.dir, f.path) for f in files]
+    if not paths:
+        return {"near_duplicate": 0, "near_dup_groups": 0}
+    sigs = [storage.read_parquet([p], columns=["id", "near_dup_sig", "near_dup_group"])
+            for p in paths]
+    groups = near_dup_groups((i, g) for t in sigs for i, g in zip(
+        t.column("id").to_pylist(), t.column("near_dup_sig").to_pylist(), strict=True))
+    sizes: dict[str, int] = {}
+    for g in groups.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    for k, (f, t) in enumerate(zip(files, sigs, strict=True)):
+        ids = t.column("id").to_pylist()
+        if [groups[i] for i in ids] == t.column("near_dup_group").to_pylist():
+            continue  # as written (every Example its own group, or reused unchanged)
+        part = storage.read_parquet([paths[k]])
+        col = part.schema.get_field_index("near_dup_group")
+        part = part.set_column(col, part.schema.field(col),
+                               pa.array([groups[i] for i in ids], pa.string()))
+        name = f.path.split("/", 1)[1].removesuffix(".parquet")
+        files[k] = writer.write_part("examples", name, part)
+    multi = [n for n in sizes.values() if n > 1]
+    return {"near_duplicate": sum(multi) - len(multi), "near_dup_groups": len(multi)}
 
 
 def _split_bad_names(listing: list) -> tuple[list, dict[str, str]]:
@@ -229,7 +264,8 @@ def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Man
     except FileNotFoundError:
         return None
     same = json.loads(mf.canonical_json(config)) == json.loads(mf.canonical_json(manifest.config))
-    if manifest.lineage.get("input") != input_uri or not same or "files" not in manifest.tables:
+    if (manifest.lineage.get("input") != input_uri or not same or "files" not in manifest.tables
+            or manifest.logic_version != mf.logic_version("ingest")):  # columns may differ
         return None
     return vdir, manifest
 

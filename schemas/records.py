@@ -82,6 +82,11 @@ EXAMPLE = pa.schema(
         pa.field("mime", pa.string()),
         pa.field("size_bytes", pa.int64()),
         pa.field("metadata", pa.string()),  # JSON object
+        # Near-duplicates (transforms/neardup.py): resized or re-encoded copies share a
+        # group, named by its smallest member id (an Example alone: its own id). Splits
+        # are assigned per group, so copies never straddle train and held-out.
+        pa.field("near_dup_group", pa.string()),
+        pa.field("near_dup_sig", pa.binary()),  # pHash(es) or MinHash; null: no signature
     ]
 )
 

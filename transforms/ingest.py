@@ -30,7 +30,9 @@ from loom.transforms.archives import (
 from loom.transforms.audio import decode_audio
 from loom.transforms.image import decode_image
 from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.neardup import signature
 from loom.transforms.pdf import decode_pdf
+from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
 from loom.transforms.remote import RemoteConfig
 from loom.transforms.sniff import COMPRESSED, DecodeError, looks_like_text, sniff
@@ -316,7 +318,9 @@ class _FileIngestor:
                  mime: str | None, size: int, metadata: dict) -> dict:
         return {"id": ex_id, "modality": modality, "parts": self._tokenize(parts),
                 "source_uris": uris, "mime": mime, "size_bytes": size,
-                "metadata": json.dumps(metadata, sort_keys=True)}
+                "metadata": json.dumps(metadata, sort_keys=True),
+                # its own group until the driver joins near-duplicates across files
+                "near_dup_group": ex_id, "near_dup_sig": signature(modality, parts, part_frames)}
 
     def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes

@@ -42,7 +42,16 @@ _LANGID_CHARS = 2000  # what the language identifier scores per candidate
 MIN_LANGUAGE_CONFIDENCE = 0.5
 # ... and its n-gram features cover this share of the bytes (mojibake hits few).
 MIN_FEATURE_COVERAGE = 0.5
-_NOT_A_LANGUAGE = {"zxx", "und"}  # no linguistic content / undetermined
+# Below SHORT_BYTES, two readings placed about as well (within SHORT_MARGIN) are a
+# guess between them: bad_encoding rather than a coin toss into mojibake.
+SHORT_BYTES, SHORT_MARGIN = 256, 1.25
+VARIANT_TIE = 1.03  # readings this close that differ in a few characters: a tie
+_NOT_A_LANGUAGE = {"zxx", "und"}
+# Legacy codecs by how much text is written in them (Python's canonical names): breaks
+# near-ties between readings that differ in a few characters only.
+_COMMON = ("cp1252", "iso8859-1", "cp1251", "cp1250", "shift_jis", "cp932", "gb18030",
+           "gbk", "big5", "cp949", "euc_kr", "euc_jp", "koi8-r", "iso8859-2", "cp1253",
+           "cp1254", "cp1256", "cp1255", "cp874", "iso8859-15")  # no linguistic content / undetermined
 _KEEP = {"\n", "\t"}
 _BAD_CATEGORIES = {"Cc", "Co", "Cn", "Cs"}
 _HSPACE = re.compile(r"[^\S\n]+")
@@ -67,12 +76,19 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+def _min_confidence(n_bytes: int) -> float:
+    """The identifier's confidence a decode needs: MIN_LANGUAGE_CONFIDENCE from 256
+    bytes of text, less below (a sentence or two can be placed only so surely)."""
+    return MIN_LANGUAGE_CONFIDENCE * min(1.0, max(0.3, n_bytes / 256))
+
+
 def placement(text: str) -> tuple[str, float]:
     """(language, score): how well the identifier places `text` in a language.
 
-    score = its confidence x the share of the text's bytes its n-gram features cover:
-    mojibake of a real text is often still put in *some* language (Thai for bytes read
-    as cp874), but with few of that language's n-grams. 0.0 when no language fits.
+    score = its confidence x the share of the text's bytes its n-gram features cover x
+    (1 - the share of malformed words): mojibake of a real text is often still put in
+    *some* language (Thai for bytes read as cp874), but with few of that language's
+    n-grams and with words no language writes. 0.0 when no language fits.
     """
     from py3langid.langid import visit_counts
 
@@ -82,29 +98,68 @@ def placement(text: str) -> tuple[str, float]:
     encoded = ident._encode(sample)  # the identifier's own normalization: NFC, UTF-8
     visits = visit_counts(ident.tk_nextmove, ident._rowbase, ident.tk_output, encoded)
     coverage = sum(visits.values()) / len(encoded) if visits and encoded else 0.0
-    if (lang in _NOT_A_LANGUAGE or confidence < MIN_LANGUAGE_CONFIDENCE
-            or coverage < MIN_FEATURE_COVERAGE):
+    penalty = _malformed(sample)
+    if (lang in _NOT_A_LANGUAGE or confidence < _min_confidence(len(encoded))
+            or coverage < MIN_FEATURE_COVERAGE or penalty >= MAX_MALFORMED):
         return lang, 0.0
-    return lang, float(confidence) * coverage * (1.0 - min(1.0, 4.0 * _orphan_marks(sample)))
+    return lang, float(confidence) * coverage * (1.0 - penalty)
 
 
 # Thai vowels written before their consonant, and sara am / mai yamok / paiyannoi:
 # a combining mark never follows one of them in Thai.
 _NO_MARK_AFTER = frozenset("\u0e40\u0e41\u0e42\u0e43\u0e44\u0e33\u0e46\u0e2f")
+_SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "HANGUL": "HANGUL",
+                  "HALFWIDTH": "CJK", "FULLWIDTH": "CJK", "IDEOGRAPHIC": "CJK"}
+MAX_MALFORMED = 0.25
+
+
+@functools.lru_cache(maxsize=4096)
+def _script(c: str) -> str:
+    name = unicodedata.name(c, "")
+    first = name.split(" ", 1)[0]
+    return _SCRIPT_GROUPS.get(first, first)
+
+
+def _bad_word(word: str) -> bool:
+    """What a misread code page makes of real words: letters of two scripts in one word
+    ('Dйjа'), a capital after a small letter ('DÚjÓ', 'ëÏÇÄÁ'), a non-ASCII digit among
+    letters ('๐าษ'), or a lone one- or two-ideograph 'word' between spaces ('幻 庇'), which
+    Chinese and Japanese, written without spaces, do not make; a character outside the
+    Basic Multilingual Plane (rare ideographs) likewise."""
+    scripts, lower_seen, letters, digit = set(), False, 0, False
+    for c in word:
+        if c > "\uffff":
+            return True
+        if c.isdigit() and not c.isascii():
+            digit = True
+        if not c.isalpha():
+            continue
+        letters += 1
+        scripts.add(_script(c))
+        if c.isupper() and lower_seen:
+            return True
+        lower_seen = lower_seen or c.islower()
+    return len(scripts) > 1 or (digit and letters > 0) or (scripts == {"CJK"} and letters <= 2)
+
+
+def _malformed(text: str) -> float:
+    """Share of malformed words, plus (weighted) combining marks with no letter to sit
+    on and C1 control characters: real text has almost none of either."""
+    words = [w for w in text.split() if any(c.isalpha() for c in w)]
+    bad = sum(_bad_word(w) for w in words) / len(words) if words else 0.0
+    c1 = sum(1 for c in text if "\x80" <= c <= "\x9f") / (len(text) or 1)
+    return min(1.0, bad + 4.0 * _orphan_marks(text) + 10.0 * c1)
 
 
 def _orphan_marks(text: str) -> float:
     """Share of combining marks (Mn) with no letter to sit on: after a space, a
-    punctuation mark, the start, or a letter that takes none. Real text has almost
-    none; a code page misread as Thai or Hebrew scatters them (cp874 mojibake)."""
-    marks = orphans = 0
+    punctuation mark, the start, or a letter that takes none (cp874 mojibake)."""
+    orphans = 0
     prev = " "
     for c in text:
         if unicodedata.category(c) == "Mn":
-            marks += 1
-            base = prev
-            if not (unicodedata.category(base)[0] == "L" or unicodedata.category(base) == "Mn") \
-                    or base in _NO_MARK_AFTER:
+            cat = unicodedata.category(prev)
+            if not (cat[0] == "L" or cat == "Mn") or prev in _NO_MARK_AFTER:
                 orphans += 1
         prev = c
     letters = sum(1 for c in text if c.isalpha()) or 1
@@ -150,20 +205,47 @@ def detect_codec(data: bytes) -> str:
     """The codec that decodes `data` faithfully; DecodeError(bad_encoding) if none does."""
     sample = data[:_DETECT_BYTES]
     final = len(data) <= _DETECT_BYTES
-    best, best_score, tried = None, 0.0, []
+    scored: dict[str, tuple[float, str]] = {}  # decoded text -> (score, codec)
+    tried = []
     for codec, coherence in _candidates(sample):
         text = _strict(sample, codec, final)
-        if text is None or not text.strip() or _garbage(text):
+        if text is None or not text.strip() or _garbage(text) or text in scored:
             continue
         lang, score = placement(text)
         tried.append(f"{codec}:{lang}")
-        score += 0.01 * coherence  # the detector's coherence only breaks near-ties
-        if score > best_score:
-            best, best_score = codec, score
-    if best is None:
+        if score > 0:  # the detector's coherence only breaks near-ties
+            scored[text] = (score + 0.01 * coherence, codec)
+    ranked = sorted(((v[0], v[1], t) for t, v in scored.items()), reverse=True)
+    if not ranked:
         how = f" (no language in {', '.join(tried[:6])})" if tried else ""
         raise DecodeError(Reason.BAD_ENCODING, f"no codec decodes it as text in a language{how}")
-    return best
+    top = ranked[0]
+    for other in ranked[1:]:  # a near-tie between single-byte variants: the common one
+        if top[0] < VARIANT_TIE * other[0] and len(top[2]) == len(other[2]) == len(sample) \
+                and _differ(top[2], other[2]) <= 0.3 \
+                and _commonness(other[1]) < _commonness(top[1]):
+            top = other
+    if len(sample) < SHORT_BYTES:
+        for other in ranked[1:]:
+            if top[0] >= SHORT_MARGIN * other[0]:
+                break
+            if _differ(top[2], other[2]) > 0.3:  # another reading, not a code-page variant
+                raise DecodeError(Reason.BAD_ENCODING, f"too short to tell {top[1]} from "
+                                  f"{other[1]}: both read as text in a language")
+    return top[1]
+
+
+def _commonness(codec: str) -> int:
+    """Rank of a codec among those most used for legacy text (lower: more common)."""
+    name = codecs.lookup(codec).name
+    return _COMMON.index(name) if name in _COMMON else len(_COMMON)
+
+
+def _differ(a: str, b: str) -> float:
+    """Share of characters two readings of the same bytes disagree on (1.0: unaligned)."""
+    if len(a) != len(b):
+        return 1.0
+    return sum(x != y for x, y in zip(a, b, strict=True)) / (len(a) or 1)
 
 
 def _decode(data: bytes, max_bytes: int) -> str:
