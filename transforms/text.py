@@ -148,7 +148,17 @@ def _malformed(text: str) -> float:
     words = [w for w in text.split() if any(c.isalpha() for c in w)]
     bad = sum(_bad_word(w) for w in words) / len(words) if words else 0.0
     c1 = sum(1 for c in text if "\x80" <= c <= "\x9f") / (len(text) or 1)
-    return min(1.0, bad + 4.0 * _orphan_marks(text) + 10.0 * c1)
+    return min(1.0, bad + 4.0 * _orphan_marks(text) + 10.0 * c1 + _caseless(text))
+
+
+def _caseless(text: str) -> float:
+    """0.25 when a script with capitals is written without any (>= 20 letters): an
+    uncased script (Hebrew, Arabic) misread as Cyrillic or Greek comes out in one case."""
+    cased = [c for c in text if c.isalpha() and c.lower() != c.upper()]
+    if len(cased) < 20:
+        return 0.0
+    upper = sum(c.isupper() for c in cased)
+    return 0.25 if upper == 0 or upper == len(cased) else 0.0
 
 
 def _orphan_marks(text: str) -> float:
