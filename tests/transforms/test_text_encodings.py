@@ -100,14 +100,18 @@ def test_no_single_byte_rule_left():
 
 def test_cost_follows_the_cap_not_the_file(monkeypatch):
     """A 32 MB one-line text: only a window a little over the cap is decoded and cleaned."""
-    seen = []
-    clean = text_mod._clean
+    seen, decoded = [], []
+    clean, decode = text_mod._clean, text_mod._decode
     monkeypatch.setattr(text_mod, "_clean", lambda t: seen.append(len(t)) or clean(t))
-    line = ("word " * (32 << 20 // 5)).encode()
+    monkeypatch.setattr(text_mod, "_decode",
+                        lambda d, n: (out := decode(d, n), decoded.append(len(out)))[0])
+    line = ("word " * ((32 << 20) // 5)).encode()
+    assert len(line) > 30_000_000
     spec = PreprocessingSpec(max_text_chars=1000)
     out = decode_text(line, spec)
     assert len(out) == 999 and out.startswith("word word")  # rstrip of a cut "word "
     assert seen and max(seen) <= 4 * 1000 + 256
+    assert decoded and max(decoded) <= 200_000  # characters decoded, of 33 million
 
 
 def test_whitespace_runs_widen_the_window_up_to_a_bound(monkeypatch):
