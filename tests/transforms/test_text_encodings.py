@@ -8,6 +8,7 @@ import codecs
 
 import pytest
 
+import loom.transforms.language as language
 import loom.transforms.text as text_mod
 from loom.schemas.records import Reason
 from loom.schemas.spec import PreprocessingSpec
@@ -91,7 +92,7 @@ def test_mojibake_is_not_placed_in_a_language():
     for lang in ("ru", "el", "he", "th", "ko"):
         sentence, (encoding, *_) = TEXTS[lang]
         wrong = sentence.encode(encoding).decode("cp1252", errors="replace")
-        assert text_mod.placement(wrong)[1] < text_mod.placement(sentence)[1], lang
+        assert language.placement(wrong)[1] < language.placement(sentence)[1], lang
 
 
 def test_no_single_byte_rule_left():
