@@ -84,9 +84,12 @@ def file_size(uri: str) -> int | None:
         return None
 
 
+_TOO_LARGE = "too_large:"
+
+
 def too_large_id(uri: str) -> str:
     """The stand-in id of a file over the size cap: never hashed, never a duplicate."""
-    return f"too_large:{hashlib.sha256(uri.encode()).hexdigest()}"
+    return f"{_TOO_LARGE}{hashlib.sha256(uri.encode()).hexdigest()}"
 
 
 def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = (),
@@ -325,8 +328,12 @@ class _FileIngestor:
     def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes
         confine_listed(uri, self.config.allowed_roots)
-        if (size := file_size(uri)) is not None and size > limit:  # rejected unread
-            raise DecodeError(Reason.TOO_LARGE, f"file of {size} bytes is larger than {limit}")
+        # Rejected unread: the hash pass marked it from its size, or (local: a cheap stat)
+        # it is over the cap now; a gs:// object is not asked again (one request a file).
+        size = None if storage.is_remote(uri) else file_size(uri)
+        if file_id.startswith(_TOO_LARGE) or (size is not None and size > limit):
+            raise DecodeError(Reason.TOO_LARGE, f"file of {size or 'more than ' + str(limit)} "
+                                                f"bytes is larger than {limit}")
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
         except Exception as e:  # noqa: BLE001
