@@ -20,10 +20,8 @@ from loom.jobs.spec import load_spec
 from tests.schemas import test_infra_manifests as infra
 from tests.schemas.test_infra_manifests import REPO, _unknown_fields
 
-# RayCronJob's CRD is not among the vendored ones (infra/kuberay/crds): it is read from
-# LOOM_KUBERAY_CRDS or ../shared/kuberay-crds beside the clone.
-CRON_CRDS = pathlib.Path(os.environ.get("LOOM_KUBERAY_CRDS", REPO.parent / "shared" /
-                                        "kuberay-crds"))
+# The vendored CRDs (infra/kuberay/crds) include RayCronJob's.
+CRON_CRDS = infra.CRD_DIR
 needs_crds = pytest.mark.skipif(not (CRON_CRDS / "ray.io_raycronjobs.yaml").is_file(),
                                 reason=f"RayCronJob CRD not found in {CRON_CRDS}")
 
