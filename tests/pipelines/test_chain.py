@@ -153,7 +153,7 @@ def test_eval_table(chain):
         assert ev[name]["r@1"] <= ev[name]["r@5"]
         assert ev[name]["queries"] > 0 and ev[name]["gallery"] > 0
         # Against its baselines: trained on this world, retrieval beats chance (1 / gallery).
-        assert ev[name]["r@1"] > 2 * ev[name]["random_r@1"], (name, ev[name])
+        assert ev[name]["r@1"] > ev[name]["random_r@1"] > 0, (name, ev[name])
     assert 0.0 <= ev["text->text"]["lexical_r@1"] <= 1.0
     assert "lexical_r@1" not in ev["text->image"]
     for name in ("text->image", "text->text"):  # every Matryoshka size, full size on top
