@@ -151,3 +151,9 @@ def test_retry_after_sources():
     assert retry_after(ValueError("not an API error")) is None
     flat = genai_errors.APIError(429, {"code": 429, "details": [info]})  # no "error" wrapper
     assert retry_after(flat) == 2.5
+
+
+def test_retry_after_tolerates_odd_bodies_and_no_response():
+    assert retry_after(genai_errors.APIError(429, {"error": "quota"})) is None  # not a dict
+    no_info = {"error": {"code": 429, "status": "X", "message": "m"}}
+    assert retry_after(genai_errors.APIError(429, no_info)) is None  # no response object
