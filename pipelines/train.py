@@ -35,6 +35,12 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = 100
     report_every: int = 10
     seed: int = 0
+    # In-batch negatives across every worker's batch (models/distributed.py); a no-op on one.
+    cross_worker_negatives: bool = True
+    # Rows per chunk of a cached (GradCache) step, 0 = off: the batch is then bounded by
+    # time, not activation memory (models/step.py).
+    cache_chunk: int = 0
+    grad_checkpointing: bool = False  # recompute layer activations in backward
     dim: int = 128
     layers: int = 2
     heads: int = 4

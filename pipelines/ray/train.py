@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import tempfile
@@ -18,9 +17,10 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from loom.models.embed import Group, collate_groups
+from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
-from loom.models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
+from loom.models.losses import ContrastiveModel, asset_keys
+from loom.models.step import TrainBatch, cached_step, plain_step
 from loom.pipelines.ray.session import ensure_ray
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
@@ -32,24 +32,6 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@dataclasses.dataclass
-class TrainBatch:
-    """One step's encoder inputs, collated off the training thread."""
-
-    queries: list[Group]
-    docs: list[Group]
-    same: torch.Tensor  # [B, N] True where doc j is query i's positive asset
-    rows: int
-    n_docs: int
-
-    def to(self, device: torch.device) -> TrainBatch:
-        def move(groups):
-            return [(i.to(device), {k: v.to(device, non_blocking=True) for k, v in t.items()})
-                    for i, t in groups]
-        return dataclasses.replace(self, queries=move(self.queries), docs=move(self.docs),
-                                   same=self.same.to(device))
 
 
 class TrainCollate(ArrowBatchCollateFn):
@@ -69,9 +51,8 @@ class TrainCollate(ArrowBatchCollateFn):
         docs = [r["positive"] for r in rows]
         docs += [n for r in rows for n in (r["negatives"] or [])[: self.max_negatives]]
         return TrainBatch(collate_groups(queries, self.enc), collate_groups(docs, self.enc),
-                          same_asset_mask([r["positive"]["id"] for r in rows],
-                                          [d["id"] for d in docs]),
-                          len(rows), len(docs))
+                          asset_keys([r["positive"]["id"] for r in rows]),
+                          asset_keys([d["id"] for d in docs]), len(rows), len(docs))
 
 
 def _loop(config: dict) -> None:
@@ -83,6 +64,9 @@ def _loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     encoder = MultimodalEncoder(enc)
+    encoder.grad_checkpointing = bool(tc.get("grad_checkpointing"))
+    # In-batch negatives are the global batch unless turned off (models/distributed.py).
+    gather = bool(tc.get("cross_worker_negatives", True)) and ctx.get_world_size() > 1
     model = ContrastiveModel(encoder, tc["temperature"], tc["learn_temperature"])
     start_step, resumed = 0, []
     # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
@@ -129,13 +113,12 @@ def _loop(config: dict) -> None:
                 g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
                         else contextlib.nullcontext())
-            with autocast:
-                q_emb, d_emb, temperature = model(batch.queries, batch.rows, batch.docs,
-                                                  batch.n_docs)
-            terms = matryoshka_info_nce(q_emb.float(), d_emb.float(), batch.same, temperature,
-                                        dims)
             opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            if tc.get("cache_chunk"):
+                terms, temperature = cached_step(base, batch, dims, gather, autocast,
+                                                 tc["cache_chunk"])
+            else:
+                terms, temperature = plain_step(model, batch, dims, gather, autocast)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
