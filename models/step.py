@@ -38,6 +38,7 @@ class TrainBatch:
     doc_keys: torch.Tensor  # [N] the asset key of each doc
     rows: int
     n_docs: int
+    ids: list[str] = dataclasses.field(default_factory=list)  # pair ids, for records
 
     @property
     def same(self) -> torch.Tensor:
