@@ -229,17 +229,53 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           temperature: float = 0.05,
           learn_temperature: Annotated[bool, Opt(help="learn the temperature (from --temperature)")
                                        ] = False,
-          resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
+          resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True,
+          batching: Annotated[str | None, Opt(help="mixed|aligned (default: aligned for ft, "
+                                              "mixed for pft)")] = None,
+          bucket_weight: Annotated[list[str] | None, Opt(help="BUCKET=W for aligned batches, "
+                                                         "e.g. caption/image=2 (repeatable)")
+                                   ] = None,
+          cross_worker_negatives: Annotated[bool, Opt(help="in-batch negatives from every "
+                                                      "worker's batch")] = True,
+          cache_chunk: Annotated[int, Opt(help="rows per chunk of a cached (GradCache) step; "
+                                          "0 = off")] = 0,
+          grad_checkpointing: Annotated[bool, Opt(help="recompute activations in backward")
+                                        ] = False,
+          dim: int = 128, layers: int = 2, heads: int = 4,
+          embed_dims: Annotated[str, Opt(help="Matryoshka sizes, comma-separated")] = "32,64,128"
           ) -> None:
-    """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
+    """Train the encoder with Ray Train (TorchTrainer; each worker reads its seeded shards)."""
     from loom.pipelines.train import TrainConfig, TrainStage, run_train
 
     def go():
+        from loom.pipelines.common import BadInput
+
+        try:
+            sizes = tuple(int(x) for x in embed_dims.split(","))
+        except ValueError as e:
+            raise BadInput(f"--embed-dims {embed_dims!r}: comma-separated integers") from e
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
-                          learn_temperature=learn_temperature)
+                          learn_temperature=learn_temperature, batching=batching,
+                          bucket_weights=key_values(bucket_weight or [], "--bucket-weight",
+                                                    float, "BUCKET=NUMBER") or None,
+                          cross_worker_negatives=cross_worker_negatives,
+                          cache_chunk=cache_chunk, grad_checkpointing=grad_checkpointing,
+                          dim=dim, layers=layers, heads=heads, embed_dims=sizes)
         return run_train(shards, output, TrainStage(stage), cfg, init, init_root, workers, resume)
 
     _run(go)
+
+
+@app.command()
+def export(checkpoint: Annotated[str, typer.Argument(help="checkpoint id, run or latest")],
+           checkpoint_root: Annotated[str, Opt(help="checkpoint root")],
+           output: Annotated[str, Opt(help="folder to write")],
+           format: Annotated[str, Opt("--format", help="onnx|hf|sentence-transformers")
+                             ] = "onnx") -> None:
+    """Export a checkpoint for serving stacks (onnx: every modality, collate documented)."""
+    from loom.pipelines.export import ExportFormat, run_export
+
+    _run(lambda: run_export(checkpoint, checkpoint_root, ExportFormat(format), output))
 
 
 @app.command()
