@@ -12,7 +12,8 @@ recomputes it and starts at the saved step: nothing skipped is read or collated 
   the bucket weights, the same bucket on every rank, and each rank takes its next rows
   of that bucket (a bucket's rows are reshuffled, seeded, when exhausted: a bucket with a
   large weight is upsampled). A bucket that some rank holds fewer than a batch of joins
-  the `mixed` remainder bucket, which is drawn like any other.
+  the `mixed` remainder bucket, which is drawn like any other (by default in proportion to
+  those rows; topped up from every bucket when it is itself short of a batch).
 Every rank runs the same number of steps per epoch: the smallest rank's rows // batch.
 """
 
@@ -102,17 +103,21 @@ class DataPlan:
                 per_rank[r][key(ref)].append(ref)
         names = {k for d in per_rank for k in d}
         small = {k for k in names if any(len(d[k]) < self.batch_size for d in per_rank)}
+        rest = [[ref for ref in s if key(ref) in small] for s in streams]
+        short = any(len(x) < self.batch_size for x in rest)
         for r, d in enumerate(per_rank):  # too small somewhere: joins the mixed remainder
             for k in small:
                 d.pop(k, None)
-            rest = [ref for ref in streams[r] if key(ref) in small]
-            if rest:
-                d[MIXED] = rest
+            if any(rest):  # a remainder short of a batch is topped up from the whole stream
+                d[MIXED] = rest[r] + ([ref for ref in streams[r] if key(ref) not in small]
+                                      if short else [])
         buckets = sorted({k for d in per_rank for k in d
                           if all(len(e.get(k, [])) >= self.batch_size for e in per_rank)})
         if not buckets:
-            return []
-        sizes = np.array([sum(len(d[k]) for d in per_rank) for k in buckets], dtype=float)
+            return [Step(MIXED, [s[k * self.batch_size : (k + 1) * self.batch_size]
+                                 for s in streams]) for k in range(n)]
+        sizes = np.array([sum(len(x) for x in rest) if k == MIXED else
+                          sum(len(d[k]) for d in per_rank) for k in buckets], dtype=float)
         w = np.array([(self.weights or {}).get(k, 1.0) if self.weights else s
                       for k, s in zip(buckets, sizes, strict=True)], dtype=float)
         drawn = np.random.default_rng([self.seed, epoch, 1]).choice(len(buckets), n,

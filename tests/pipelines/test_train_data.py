@@ -76,6 +76,20 @@ def test_small_bucket_joins_the_mixed_remainder(tmp_path):
         assert seen <= {"qa/audio", "qa/video"} if s.bucket == MIXED else seen == {s.bucket}
 
 
+def test_a_remainder_short_of_a_batch_is_topped_up_not_dropped(tmp_path):
+    """With a batch of 48, qa/audio + qa/video (40 rows per rank) cannot fill one: the
+    mixed batches take them plus rows of other buckets, so none is lost."""
+    plan = _plan(tmp_path, batching=Batching.ALIGNED, batch_size=48)
+    steps = [s for e in range(10) for s in plan.epoch(e)]
+    small = [s for s in steps if _bucket_of_rows(plan, s.rows[0]) & {"qa/audio", "qa/video"}]
+    assert small and all(s.bucket == MIXED for s in small)
+    # and when no bucket can fill a batch, every step is a mixed one, none is skipped
+    tiny = _plan(tmp_path, batching=Batching.ALIGNED, batch_size=101)
+    steps = tiny.epoch(0)
+    assert len(steps) == tiny.steps_per_epoch() == 1
+    assert {s.bucket for s in steps} == {MIXED}
+
+
 def test_bucket_frequencies_follow_the_weights(tmp_path):
     weights = {"caption/image": 1.0, "qa/text": 3.0, "qa/audio": 1.0, "qa/video": 0.0}
     plan = _plan(tmp_path, batching=Batching.ALIGNED, weights=weights)
