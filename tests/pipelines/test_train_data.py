@@ -178,3 +178,21 @@ def test_trainer_stopped_mid_epoch_resumes_on_the_same_rows(resume_shards, tmp_p
     if workers == 2:  # each step's global batch is one bucket on both ranks
         for s0, s1 in zip(a[0], a[1], strict=True):
             assert s0["bucket"] == s1["bucket"]
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--batching", "bogus"], "batching"),
+    (["--embed-dims", "8,x"], "--embed-dims"),
+    (["--bucket-weight", "caption/image"], "--bucket-weight"),
+    (["--workers", "7"], "6 shard files for 7 workers"),
+])
+def test_train_cli_bad_options_exit_2(resume_shards, tmp_path, args, reason):
+    from typer.testing import CliRunner
+
+    from loom.jobs.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--shards", resume_shards, "--output",
+                                   str(tmp_path / "ck"), *args])
+    assert res.exit_code == 2, res.output
+    assert reason in res.stderr
+    assert not (tmp_path / "ck").exists()
