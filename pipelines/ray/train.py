@@ -90,7 +90,10 @@ def _loop(config: dict) -> None:
         init_root, init_id = config["init"]
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
+    # A step may touch no patch or audio weights at all (an aligned text->text batch):
+    # DDP must not wait for their gradients.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
@@ -139,7 +142,7 @@ def _loop(config: dict) -> None:
                    "negatives": batch.n_docs - batch.rows, "bucket": steps[k].bucket,
                    "samples_per_s": seen / (time.perf_counter() - t0),
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
-            row |= {k: float(v.detach()) for k, v in terms.items()}
+            row |= {name: float(v.detach()) for name, v in terms.items()}
             metrics.append(row)
             if rank == 0 and (step % tc["checkpoint_every"] == 0 or step == stop_at):
                 save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
