@@ -4,8 +4,8 @@ A plan is a pure function of (shard files, world size, batch size, seed, epoch, 
 so every rank computes the same one without talking to the others, and a resumed run
 recomputes it and starts at the saved step: nothing skipped is read or collated again.
 
-- Each epoch, the shard files are permuted with (seed, epoch) and dealt to ranks, each
-  file to the rank with the fewest rows so far; a rank reads only its own files.
+- Each epoch, the shard files are permuted with (seed, epoch) and dealt to ranks, largest
+  first, each to the rank with the fewest rows so far; a rank reads only its own files.
 - `mixed`: a rank's batches are consecutive rows of its files, in order (the position
   of a rank is then a shard index and a row offset).
 - `aligned`: each step draws one bucket (task kind x positive modality by default) with
@@ -63,18 +63,21 @@ class DataPlan:
     weights: dict[str, float] | None = None  # bucket name ("caption/image") -> weight
 
     def assign(self, epoch: int) -> list[list[int]]:
-        """File indices per rank for `epoch`: a seeded permutation, dealt by fewest rows."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+        """File indices per rank for `epoch`: a seeded permutation, dealt largest file first
+        to the rank with the fewest rows, so the loads (and steps per epoch) are the same
+        every epoch; each rank then reads its files in permuted order."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.files)).tolist()
+        rank_of = {f: i for i, f in enumerate(perm)}
         ranks: list[list[int]] = [[] for _ in range(self.world)]
         load = [0] * self.world
-        for f in order.tolist():
+        for f in sorted(perm, key=lambda f: (-self.rows[f], rank_of[f])):
             r = min(range(self.world), key=lambda k: (load[k], k))
             ranks[r].append(f)
             load[r] += self.rows[f]
-        return ranks
+        return [sorted(fs, key=rank_of.get) for fs in ranks]
 
     def steps_per_epoch(self) -> int:
-        """The same on every epoch: dealing by fewest rows gives the same loads."""
+        """The same on every epoch (see assign)."""
         loads = [sum(self.rows[f] for f in fs) for fs in self.assign(0)]
         return min(loads) // self.batch_size
 

@@ -120,6 +120,22 @@ def test_assignment_is_seeded_and_disjoint(tmp_path):
                                "row": mixed[3].rows[0][0][1]}
 
 
+def test_uneven_shards_give_every_epoch_the_same_steps(tmp_path):
+    """A short last shard (as run_shard writes): each epoch's assignment differs, but every
+    rank still has a full batch at every step of every epoch."""
+    files, _ = _shards(tmp_path, files=5)
+    rows = [50, 50, 50, 30, 30]  # dealt in file order, the loads could be 130 / 80
+    plan = DataPlan(files=files, rows=rows, world=2, batch_size=10, seed=1)
+    n = plan.steps_per_epoch()
+    assert n == 10  # 50+50 / 50+30+30
+    assignments = set()
+    for e in range(12):
+        assignments.add(tuple(map(tuple, plan.assign(e))))
+        steps = plan.epoch(e)
+        assert len(steps) == n and all(len(r) == 10 for s in steps for r in s.rows)
+    assert len(assignments) > 1
+
+
 @pytest.mark.parametrize("batching", list(Batching))
 def test_a_recomputed_plan_continues_exactly(tmp_path, batching):
     """The plan is a pure function: the steps after a saved position are the ones an
