@@ -173,14 +173,48 @@ class TrainStepConfig(StageConfig):
                  "config.learn_temperature": Flag(
                      "--learn-temperature/--no-learn-temperature",
                      "learn the temperature (from --temperature)"),
+                 "config.batching": Flag("--batching", "mixed|aligned (default: aligned for ft, "
+                                         "mixed for pft)"),
+                 "config.bucket_weights": Flag("--bucket-weight", "BUCKET=W for aligned "
+                                               "batches, e.g. caption/image=2 (repeatable)"),
+                 "config.cross_worker_negatives": Flag(
+                     "--cross-worker-negatives/--no-cross-worker-negatives",
+                     "in-batch negatives from every worker's batch"),
+                 "config.cache_chunk": Flag("--cache-chunk", "rows per chunk of a cached "
+                                            "(GradCache) step; 0 = off"),
+                 "config.grad_checkpointing": Flag(
+                     "--grad-checkpointing/--no-grad-checkpointing",
+                     "recompute activations in backward"),
+                 "config.dim": Flag("--dim"), "config.layers": Flag("--layers"),
+                 "config.heads": Flag("--heads"),
+                 "config.embed_dims": Flag("--embed-dims", "Matryoshka sizes, e.g. 32,64,128"),
                  "config": Flag("--config", "TrainConfig as a YAML/JSON file or inline",
                                 whole=True)},
-          help="Train the encoder with Ray Train (TorchTrainer, streaming shards).")
+          help="Train the encoder with Ray Train (TorchTrainer; each worker reads its seeded "
+               "shards).")
 def train(cfg: TrainStepConfig, ctx: Context) -> dict:
     from loom.pipelines.train import run_train
 
     return run_train(cfg.shards, ctx.output_root(), cfg.train_stage, cfg.config, cfg.init,
                      cfg.init_root, cfg.workers, cfg.resume)
+
+
+class ExportConfig(StageConfig):
+    checkpoint: str = Field(description="checkpoint id, run or latest")
+    checkpoint_root: Uri = Field(description="checkpoint root")
+    format: Literal["onnx", "hf", "sentence-transformers"] = Field(
+        "onnx", description="onnx (every modality, collate documented), hf, "
+                            "sentence-transformers (an HF trunk only)")
+
+
+@register("export", ExportConfig, arguments=("checkpoint",),
+          refs={"checkpoint": Ref(CHECKPOINT_STEPS, root="checkpoint_root")},
+          help="Export a checkpoint for serving stacks (onnx: every modality).")
+def export(cfg: ExportConfig, ctx: Context) -> dict:
+    from loom.pipelines.export import ExportFormat, run_export
+
+    return run_export(cfg.checkpoint, cfg.checkpoint_root, ExportFormat(cfg.format),
+                      ctx.output_root())
 
 
 class SoupConfig(StageConfig):
