@@ -201,14 +201,14 @@ def train(cfg: TrainStepConfig, ctx: Context) -> dict:
 
 class ExportConfig(StageConfig):
     checkpoint: str = Field(description="checkpoint id, run or latest")
-    checkpoint_root: Uri = Field(description="checkpoint root")
+    checkpoint_root: Uri = Field("checkpoints", description="checkpoint root")
     format: Literal["onnx", "hf", "sentence-transformers"] = Field(
         "onnx", description="onnx (every modality, collate documented), hf, "
                             "sentence-transformers (an HF trunk only)")
 
 
 @register("export", ExportConfig, arguments=("checkpoint",),
-          refs={"checkpoint": Ref(CHECKPOINT_STEPS, root="checkpoint_root")},
+          refs={"checkpoint": CHECKPOINT},
           help="Export a checkpoint for serving stacks (onnx: every modality).")
 def export(cfg: ExportConfig, ctx: Context) -> dict:
     from loom.pipelines.export import ExportFormat, run_export

@@ -47,11 +47,21 @@ CASES: dict[str, tuple[list[str], dict]] = {
     "train": (["train", "--shards", "/d/s", "--output", "/o", "--stage", "ft", "--init",
                "pft-x/step-1", "--init-root", "/ck", "--config", "{warmup_steps: 3, epochs: 9}",
                "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--temperature", "0.1",
-               "--learn-temperature", "--workers", "2", "--no-resume"],
+               "--learn-temperature", "--workers", "2", "--no-resume", "--batching", "aligned",
+               "--bucket-weight", "caption/image=2", "--cache-chunk", "4",
+               "--grad-checkpointing", "--no-cross-worker-negatives", "--dim", "32",
+               "--layers", "1", "--heads", "2", "--embed-dims", "16,32"],
               {"shards": "/d/s", "train_stage": "ft", "init": "pft-x/step-1", "init_root": "/ck",
                "config": {"epochs": 2, "batch_size": 8, "lr": 0.01, "temperature": 0.1,
-                          "learn_temperature": True, "warmup_steps": 3},
+                          "learn_temperature": True, "warmup_steps": 3,
+                          "batching": "aligned", "bucket_weights": {"caption/image": 2},
+                          "cache_chunk": 4, "grad_checkpointing": True,
+                          "cross_worker_negatives": False, "dim": 32, "layers": 1,
+                          "heads": 2, "embed_dims": [16, 32]},
                "workers": 2, "resume": False}),
+    "export": (["export", "pft-x/step-1", "--checkpoint-root", "/ck", "--output", "/o",
+                "--format", "onnx"],
+               {"checkpoint": "pft-x/step-1", "checkpoint_root": "/ck", "format": "onnx"}),
     "soup": (["soup", "a", "b", "--root", "/ck", "--weights", "3,1", "--output", "/o"],
              {"checkpoints": ["a", "b"], "root": "/ck", "weights": [3, 1]}),
     "mine": (["mine", "--pairs", "/d/p", "--output", "/o", "--checkpoint", "c1",
@@ -145,7 +155,7 @@ def test_cli_defaults_are_the_config_defaults(captured):
 
 # Numeric options where 0 is a valid value (everything else must refuse 0 too).
 ZERO_OK = {"--seed", "--heldout-fraction", "--max-calls", "--max-tokens", "--max-cost",
-           "--grace-hours", "mine --negatives"}  # mine: cross-modal negatives only
+           "--grace-hours", "mine --negatives", "--cache-chunk"}  # mine: cross-modal only; cache-chunk 0: off
 
 
 def _numeric_options() -> list[tuple[str, str]]:
@@ -247,6 +257,7 @@ stages:
   - {stage: backfill, id: backfill, input: "${corpus}", checkpoint: "${ft}"}
   - {stage: report, id: report}
   - {stage: gc, id: gc, root: "${backfill}", keep: 2}
+  - {stage: export, id: export, checkpoint: "${ft}"}
 """
 
 
