@@ -23,7 +23,7 @@ from loom.models.encoder import MultimodalEncoder
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import Split
+from loom.schemas.records import METRICS, Split
 from loom.schemas.splits import split_for
 from loom.transforms.items import example_to_item, text_to_item
 from loom.transforms.tokenizer import TextTokenizer
@@ -160,7 +160,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                              "queries": len(qs), "gallery": len(gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
-    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
+    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows, schema=METRICS))]
     counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
     lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
                "ground_truth": ground_truth, "timings": timings,

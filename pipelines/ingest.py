@@ -19,7 +19,7 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import DUPLICATE, REJECTED, Modality
+from loom.schemas.records import DUPLICATE, FILES, HASHES, REJECTED, URIS, Modality
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
@@ -28,9 +28,6 @@ from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import train_tokenizer
 
-FILES = pa.schema([("uri", pa.string()), ("id", pa.string()), ("outcome", pa.string())])
-HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string()),
-                    ("modality", pa.string())])
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
 
@@ -39,7 +36,7 @@ class HashStage(BaseStage):
     """Content hash + sniffed modality per file (ids are sha256 of the bytes)."""
 
     name: ClassVar[str] = "hash"
-    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
+    input_schema: ClassVar[pa.Schema] = URIS
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
     def __init__(self, roots: tuple[str, ...] = ()):

@@ -15,14 +15,13 @@ import asyncio
 import hashlib
 import json
 
-import pyarrow as pa
 import pydantic
 from google.genai import types
 
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import REJECTED, TRIPLE, Reason, to_table
+from loom.schemas.records import REJECTED, RELABEL, TRIPLE, Reason, to_table
 from loom.synth import client as llm_client
 from loom.synth.cache import ResponseCache
 from loom.synth.cache import key as cache_key
@@ -31,20 +30,6 @@ from loom.synth.limits import Limiter, RateLimits
 from loom.synth.offline_server import offline_server
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import _content_parts, _Failure
-
-RELABEL = pa.schema([
-    pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("query_text", pa.string()),
-    pa.field("old_positive_id", pa.string(), nullable=False),
-    pa.field("new_positive_id", pa.string(), nullable=False),
-    pa.field("changed", pa.bool_(), nullable=False),
-    pa.field("negatives", pa.list_(pa.string())),
-    pa.field("prompt_version", pa.string()),
-    pa.field("model", pa.string()),
-    pa.field("input_tokens", pa.int64()),
-    pa.field("output_tokens", pa.int64()),
-])
-
 
 class RelabelOutput(pydantic.BaseModel):
     best: int

@@ -27,7 +27,16 @@ from google.genai import types
 from PIL import Image
 
 from loom.schemas import storage
-from loom.schemas.records import EXAMPLE, PAIR, REJECTED, Modality, Reason, to_table
+from loom.schemas.records import (
+    EXAMPLE,
+    LLM_STAT_NAMES,
+    PAIR,
+    REJECTED,
+    Modality,
+    Reason,
+    stats_schema,
+    to_table,
+)
 from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
 from loom.synth import client as llm_client
 from loom.synth import filters as qfilters
@@ -40,9 +49,8 @@ from loom.synth.prompts import PromptSet
 from loom.transforms.pixels import part_frames
 from loom.transforms.stage import BaseStage
 
-STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
-              "input_tokens", "output_tokens", "filtered_length", "filtered_language")
-STATS = pa.schema([pa.field(n, pa.int64()) for n in STAT_NAMES])
+STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
+STATS = stats_schema(STAT_NAMES)
 STAGE = "synth"
 
 

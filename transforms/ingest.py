@@ -17,7 +17,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from loom.schemas import storage
-from loom.schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
+from loom.schemas.records import EXAMPLE, INGEST_WORK, REJECTED, Modality, Reason, empty_part, to_table
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
 from loom.transforms.audio import decode_audio
@@ -133,8 +133,7 @@ def _is_manifest(uri: str, data: bytes) -> str | None:
 class IngestStage(BaseStage):
     name: ClassVar[str] = "ingest"
     # `dups`: URIs of byte-identical copies; the Example lists them among its sources.
-    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string()), ("id", pa.string()),
-                                                   ("dups", pa.list_(pa.string()))])
+    input_schema: ClassVar[pa.Schema] = INGEST_WORK
     output_schemas: ClassVar[dict[str, pa.Schema]] = {"examples": EXAMPLE, "rejected": REJECTED}
 
     def __init__(self, config: IngestConfig):
