@@ -26,7 +26,7 @@ from loom.transforms.isolation import IsolatedDecoder
 from loom.transforms.pdf import decode_pdf
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
 from loom.transforms.remote import RemoteConfig
-from loom.transforms.sniff import DecodeError, sniff
+from loom.transforms.sniff import DecodeError, sniff, stable_message
 from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import TextTokenizer
@@ -248,7 +248,7 @@ def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tup
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
     return {"uri": uri, "stage": IngestStage.name, "reason": Reason(reason).value,
-            "message": message, "record_id": file_id}
+            "message": stable_message(message), "record_id": file_id}
 
 
 def process_file(uri: str, file_id: str, config: IngestConfig
