@@ -198,22 +198,21 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     """pair_ids whose query does not rank its own positive in the top k of its modality."""
     import numpy as np
 
-    from loom.models.checkpoint import load_checkpoint
-    from loom.models.embed import embed_items
-    from loom.transforms.items import example_to_item, text_to_item
-    from loom.transforms.tokenizer import TextTokenizer
+    from loom.models.handler import EncoderHandler
+    from loom.models.inputs import examples_spec
 
-    ckpt = load_checkpoint(checkpoint_root, roundtrip["checkpoint"])
-    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
+    prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
+    prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
+    model = handler.load()
     examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
     misses = set()
     for modality in sorted({r["positive_modality"] for r in rows}):
         gallery = [e for e in examples if e["modality"] == modality]
         index = {e["id"]: i for i, e in enumerate(gallery)}
         qs = [r for r in rows if r["positive_modality"] == modality]
-        g = embed_items(ckpt.model, [example_to_item(e) for e in gallery])
-        q = embed_items(ckpt.model, [text_to_item(r["pair_id"], r["query_text"], tokenizer,
-                                                  ckpt.spec.max_text_tokens) for r in qs])
+        g = handler.embed([prep.example(e) for e in gallery], model)
+        q = handler.embed([prep.query(r["pair_id"], r["query_text"]) for r in qs], model)
         scores = q @ g.T
         k = min(int(roundtrip["k"]), len(gallery))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -52,7 +52,7 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
               resume: bool = True, max_failures: int = 1) -> dict:
     """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
     run resumes it (unless resume=False), and a complete one is reused."""
-    from loom.pipelines.ray.train import fit, latest_of_run
+    from loom.pipelines.ray.train import LoopConfig, fit, latest_of_run
     from loom.pipelines.shard import spec_of
 
     shards_uri, output_root = storage.absolute(shards_uri), storage.absolute(output_root)
@@ -79,17 +79,11 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
             return out | _result(output_root, run, latest, sh_manifest, reused=True)
     rows = sh_manifest.counts["rows"]
     steps_per_epoch = max(1, rows // workers // config.batch_size)
-    loop_config = {
-        "train": config.model_dump(),
-        "encoder": enc.model_dump(),
-        "spec": spec.model_dump(),
-        "root": output_root,
-        "run": run,
-        "init": list(init_ref) if init_ref else None,
+    loop_config = LoopConfig(
+        train=config, encoder=enc, spec=spec, root=output_root, run=run, init=init_ref,
         # A restart after a failure always resumes; --no-resume only ignores older steps.
-        "ignore_checkpoint": None if resume else latest,
-        "total_steps": steps_per_epoch * config.epochs,
-    }
+        ignore_checkpoint=None if resume else latest,
+        total_steps=steps_per_epoch * config.epochs)
     import ray.data
 
     from loom.pipelines.ray.session import ensure_ray

@@ -15,6 +15,7 @@ import ray.train
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import FailureConfig, RunConfig, ScalingConfig
+from pydantic import BaseModel, ConfigDict, Field
 from ray.train.torch import TorchTrainer
 
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
@@ -22,6 +23,7 @@ from loom.models.embed import Group, collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
 from loom.pipelines.ray.session import ensure_ray
+from loom.pipelines.train import TrainConfig
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
 
@@ -74,51 +76,66 @@ class TrainCollate(ArrowBatchCollateFn):
                           len(rows), len(docs))
 
 
-def _loop(config: dict) -> None:
-    tc = config["train"]
-    enc = EncoderConfig.model_validate(config["encoder"])
-    spec = PreprocessingSpec.model_validate(config["spec"])
-    torch.manual_seed(tc["seed"])
-    torch.set_num_threads(config["threads"])
+class LoopConfig(BaseModel):
+    """Everything the loop reads, typed: built in the driver, validated again on each worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: TrainConfig
+    encoder: EncoderConfig
+    spec: PreprocessingSpec
+    root: str  # checkpoint root
+    run: str
+    init: tuple[str, str] | None = None  # (root, checkpoint id) to start from
+    ignore_checkpoint: str | None = None  # --no-resume: this step and older don't count
+    total_steps: int = Field(ge=1)
+    threads: int = Field(1, ge=1)  # torch threads per worker
+
+
+def _loop(raw: dict) -> None:
+    config = LoopConfig.model_validate(raw)
+    tc, enc, spec = config.train, config.encoder, config.spec
+    torch.manual_seed(tc.seed)
+    torch.set_num_threads(config.threads)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     encoder = MultimodalEncoder(enc)
-    model = ContrastiveModel(encoder, tc["temperature"], tc["learn_temperature"])
+    model = ContrastiveModel(encoder, tc.temperature, tc.learn_temperature)
     start_step, resumed = 0, []
     # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
     # complete step: same weights, optimizer and data position.
-    resume_from = latest_of_run(config["root"], config["run"])
-    if resume_from == config.get("ignore_checkpoint"):  # --no-resume: older steps don't count
+    resume_from = latest_of_run(config.root, config.run)
+    if resume_from == config.ignore_checkpoint:  # --no-resume: older steps don't count
         resume_from = None
     if resume_from:
-        loaded = load_checkpoint(config["root"], resume_from, with_optimizer=True)
+        loaded = load_checkpoint(config.root, resume_from, with_optimizer=True)
         encoder.load_state_dict(loaded.model.state_dict())
         if "log_temperature" in loaded.state:
             model.log_temperature.data.fill_(loaded.state["log_temperature"])
         start_step = loaded.state["step"]
         resumed = [*loaded.state.get("resumed_from", []), start_step]
-    elif config.get("init"):
-        init_root, init_id = config["init"]
+    elif config.init:
+        init_root, init_id = config.init
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
     if rank == 0:  # lets an operator (or a test) find the process doing the work
-        storage.write_atomic(storage.join(config["root"], config["run"], "worker.pid"),
+        storage.write_atomic(storage.join(config.root, config.run, "worker.pid"),
                              str(os.getpid()).encode())
-    total = config["total_steps"]
+    total = config.total_steps
     dims = tuple(enc.embed_dims)
     shard = ray.train.get_dataset_shard("train")
     step, metrics, seen = 0, [], 0
     base = model.module if hasattr(model, "module") else model
-    collate = TrainCollate(enc, tc["max_negatives"])
-    bf16 = tc["bf16"] and device.type == "cuda"
+    collate = TrainCollate(enc, tc.max_negatives)
+    bf16 = tc.bf16 and device.type == "cuda"
     t0 = time.perf_counter()
-    for epoch in range(tc["epochs"]):
+    for epoch in range(tc.epochs):
         t_data = time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=tc["batch_size"], collate_fn=collate,
+        for batch in shard.iter_torch_batches(batch_size=tc.batch_size, collate_fn=collate,
                                               drop_last=True, prefetch_batches=2):
             if step < start_step:  # resume: skip to the saved data position
                 step += 1
@@ -126,7 +143,7 @@ def _loop(config: dict) -> None:
             t_step = time.perf_counter()
             batch = batch.to(device)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
+                g["lr"] = lr_at(step, total, tc.warmup_steps, tc.lr)
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
                         else contextlib.nullcontext())
             with autocast:
@@ -147,37 +164,39 @@ def _loop(config: dict) -> None:
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {k: float(v.detach()) for k, v in terms.items()}
             metrics.append(row)
-            if rank == 0 and step % tc["checkpoint_every"] == 0:
-                save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
-                                enc, tc, {"epoch": epoch, "step": step},
+            if rank == 0 and step % tc.checkpoint_every == 0:
+                save_checkpoint(config.root, config.run, step, base.encoder, opt, spec,
+                                enc, tc.model_dump(), {"epoch": epoch, "step": step},
                                 extra_state={"resumed_from": resumed,
                                              "log_temperature": float(base.log_temperature)})
-            if step % tc["report_every"] == 0:
+            if step % tc.report_every == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
             t_data = time.perf_counter()
     if rank == 0:
-        save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec, enc, tc,
-                        {"epoch": tc["epochs"], "step": step},
+        save_checkpoint(config.root, config.run, step, base.encoder, opt, spec, enc,
+                        tc.model_dump(), {"epoch": tc.epochs, "step": step},
                         extra_state={"complete": True, "resumed_from": resumed,
                                      "log_temperature": float(base.log_temperature)})
         storage.write_parquet(pa.Table.from_pylist(metrics),
-                              storage.join(config["root"], config["run"], "metrics.parquet"))
+                              storage.join(config.root, config.run, "metrics.parquet"))
     ray.train.report({"step": step, "done": True})
 
 
-def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures: int = 1):
+def fit(dataset: ray.data.Dataset, loop_config: LoopConfig, workers: int,
+        max_failures: int = 1):
     ensure_ray()
-    root = loop_config["root"]
+    root = loop_config.root
     storage_path = (os.path.join(root, "_ray") if not storage.is_remote(root)
                     else tempfile.mkdtemp(prefix="loom-train-"))
-    loop_config["threads"] = max(1, (os.cpu_count() or 2) // workers)
+    loop_config = loop_config.model_copy(
+        update={"threads": max(1, (os.cpu_count() or 2) // workers)})
     trainer = TorchTrainer(
         _loop,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config.model_dump(),  # plain data across the process boundary
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available(),
                                      resources_per_worker={"CPU": 1}),
         datasets={"train": dataset},
-        run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config["run"],
+        run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config.run,
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
