@@ -113,6 +113,6 @@ def test_offline_server_reads_native_media(offline_client, tmp_path):
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": len(data), "metadata": "{}"}
     out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"),
-                             _content_parts(audio))
+                             content_parts(audio))
     assert out["queries"] and "audio clip" in out["queries"][0]
     assert hashlib.sha256(data).hexdigest()[:6] in " ".join(out["queries"])
