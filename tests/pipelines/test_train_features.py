@@ -71,3 +71,21 @@ def test_learnable_temperature_moves_and_is_saved(shards, tmp_path, ray_session)
     assert temps[0] == pytest.approx(0.2, rel=0.05) and temps[-1] != pytest.approx(temps[0])
     state = json.loads(pathlib.Path(out["datasets"]["checkpoint"], "state.json").read_text())
     assert np.exp(state["log_temperature"]) == pytest.approx(temps[-1], rel=1e-3)
+
+
+def test_loop_config_is_typed_and_survives_the_trip_to_workers():
+    """The loop's config is one pydantic model: plain data to Ray, validated again there."""
+    import pydantic
+
+    from loom.pipelines.ray.train import LoopConfig
+    from loom.schemas.spec import PreprocessingSpec
+
+    cfg = LoopConfig(train=TrainConfig(epochs=2), encoder=ENC, spec=PreprocessingSpec(),
+                     root="/ckpts", run="pft-x", init=("/other", "run/step-0000001"),
+                     total_steps=10)
+    back = LoopConfig.model_validate(cfg.model_dump())  # what _loop does on each worker
+    assert back == cfg and back.train.epochs == 2 and back.init == ("/other", "run/step-0000001")
+    with pytest.raises(pydantic.ValidationError):
+        LoopConfig.model_validate(cfg.model_dump() | {"epochs": 3})  # a stray key is refused
+    with pytest.raises(pydantic.ValidationError):
+        LoopConfig.model_validate(cfg.model_dump() | {"total_steps": 0})
