@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loom.schemas.records import SCHEMA_VERSION
+
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
@@ -202,7 +204,11 @@ def delete(uri: str) -> None:
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file, atomically for local paths."""
+    """Write one Parquet file, atomically for local paths. Like every file loom writes,
+    it names the schema version (records.SCHEMA_VERSION) in its metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta.setdefault(b"loom.schema_version", str(SCHEMA_VERSION).encode())
+    table = table.replace_schema_metadata(meta)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_atomic(uri, sink.getvalue().to_pybytes())

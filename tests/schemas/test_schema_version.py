@@ -101,3 +101,14 @@ def test_every_parquet_file_of_ingest_synth_shard_is_self_describing(tmp_path):
         manifest = json.loads((pathlib.Path(result["uri"]) / mf.MANIFEST).read_text())
         assert manifest["schema_version"] == SCHEMA_VERSION
     assert {"examples", "rejected", "files", "pairs", "shards"} <= tables
+
+
+def test_side_files_name_the_version_too(tmp_path):
+    """Files outside a dataset version (embedding cache parts, training metrics) as well."""
+    import pyarrow as pa
+
+    from loom.schemas import storage
+
+    storage.write_parquet(pa.table({"step": [1, 2]}), str(tmp_path / "metrics.parquet"))
+    meta = pq.read_metadata(tmp_path / "metrics.parquet").metadata
+    assert meta[b"loom.schema_version"] == str(SCHEMA_VERSION).encode()
