@@ -158,10 +158,17 @@ def resolve_input(uri: str) -> tuple[str, Manifest]:
 
 def read_table(version_dir: str, manifest: Manifest, table: str,
                columns: list[str] | None = None) -> pa.Table:
-    """Only the files the manifest lists: stray parts of a killed run are invisible."""
+    """Only the files the manifest lists: stray parts of a killed run are invisible.
+    Files of a known older schema version read with today's columns (added ones null)."""
     check_schema_version(version_dir, manifest)
-    return storage.read_parquet(manifest.files(version_dir, table), columns=columns,
-                                schema=TABLES.get(table))
+    schema = TABLES.get(table)
+    data = storage.read_parquet(manifest.files(version_dir, table), columns=columns,
+                                schema=schema)
+    for field in schema or []:
+        if field.name not in data.column_names and (columns is None or field.name in columns):
+            data = data.append_column(field.with_nullable(True),
+                                      pa.nulls(data.num_rows, field.type))
+    return data
 
 
 class VersionWriter:

@@ -219,7 +219,14 @@ def read_parquet(uris: list[str], columns: list[str] | None = None,
     tables = []
     for uri in uris:
         fs, path = resolve(uri)
-        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+        try:
+            tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+        except pa.ArrowInvalid:  # an older file without some asked-for column
+            have = set(pq.read_schema(path, filesystem=fs).names)
+            if columns is None or set(columns) <= have:
+                raise  # not a missing column: a broken file stays an error
+            tables.append(pq.read_table(path, filesystem=fs,
+                                        columns=[c for c in columns or [] if c in have]))
     if not tables:
         if schema is None:
             raise ValueError("no files to read and no schema given")

@@ -112,3 +112,17 @@ def test_side_files_name_the_version_too(tmp_path):
     storage.write_parquet(pa.table({"step": [1, 2]}), str(tmp_path / "metrics.parquet"))
     meta = pq.read_metadata(tmp_path / "metrics.parquet").metadata
     assert meta[b"loom.schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_an_older_files_missing_columns_read_as_null(tmp_path):
+    """A column added by a later schema version reads as null from older files."""
+    import pyarrow as pa
+
+    d = _tiny_version(tmp_path)
+    manifest = mf.read_manifest(str(d))
+    part = d / manifest.tables["examples"][0].path
+    pq.write_table(pq.read_table(part).drop_columns(["metadata"]), part)  # as an old file
+    rows = mf.read_table(str(d), manifest, "examples").to_pylist()
+    assert rows[0]["metadata"] is None and rows[0]["id"] == "e1"
+    assert isinstance(mf.read_table(str(d), manifest, "examples", columns=["metadata"]),
+                      pa.Table)
