@@ -48,6 +48,7 @@ class Reason(str, enum.Enum):
     FORBIDDEN_REFERENCE = "forbidden_reference"
     FORBIDDEN_MEMBER = "forbidden_member"  # an archive member: traversal name, link, device
     BAD_RECORD = "bad_record"
+    BAD_NAME = "bad_name"  # a listed file whose name is not valid UTF-8 (shown escaped)
     LLM_BLOCKED = "llm_blocked"
     LLM_ERROR = "llm_error"
     LLM_BAD_RESPONSE = "llm_bad_response"
@@ -98,6 +99,11 @@ EXAMPLE = pa.schema(
         col("mime", pa.string(), "sniffed MIME type of the asset"),
         col("size_bytes", pa.int64(), "size of the asset's bytes"),
         col("metadata", pa.string(), "JSON object (duration, page number, document id, ...)"),
+        # Near-duplicates (transforms/neardup.py): resized or re-encoded copies share a
+        # group, named by its smallest member id (an Example alone: its own id). Splits
+        # are assigned per group, so copies never straddle train and held-out.
+        col("near_dup_group", pa.string(), "near-duplicate group: its smallest member id"),
+        col("near_dup_sig", pa.binary(), "pHash(es) or MinHash; null: no signature"),
     ]
 )
 
