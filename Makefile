@@ -23,10 +23,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# ruff comes with the test extra; `python -m ruff` also works in a venv that shares
-# another's site-packages.
 lint: $(STAMP)
-	$(BIN)/python -m ruff check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
