@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from loom.models.checkpoint import checkpoint_configs, resolve
+from loom.models.handler import EncoderHandler
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine, engine_kind
@@ -136,9 +137,9 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
             work = list(zip(ex_files, take, strict=True))
             actors, cpus, gpus = embed_plan() if missing else (1, 1.0, 0.0)  # no Ray if none
             job_start = time.perf_counter()
-            for got_ids, got in embed_files_on_ray(work, checkpoint_root, ckpt_id, dim,
-                                                   actors=actors, cpus_per_actor=cpus,
-                                                   gpus_per_actor=gpus):
+            handler = EncoderHandler(checkpoint_root, ckpt_id, dim)
+            for got_ids, got in embed_files_on_ray(work, handler, actors=actors,
+                                                   cpus_per_actor=cpus, gpus_per_actor=gpus):
                 # the actor pool's start (process, imports, model load) is timed apart
                 if "embed_startup_s" not in timings:  # and the rows that call embedded
                     timings["embed_startup_s"] = round(time.perf_counter() - job_start, 3)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from loom.schemas import storage
 from loom.schemas.manifest import canonical_json
+from loom.schemas.records import embedding_cache_schema
 
 CACHE_DIR = "_embeddings"
 PART_ROWS = 16_384  # items embedded and written per part
@@ -41,8 +42,7 @@ class EmbeddingCache:
         self.key, self.dim = key | {"dim": dim}, dim
         digest = hashlib.sha256(canonical_json(self.key).encode()).hexdigest()[:16]
         self.dir = storage.join(storage.absolute(root), CACHE_DIR, digest)
-        self.schema = pa.schema([("id", pa.string()), ("digest", pa.string()),
-                                 ("vector", pa.list_(pa.float32(), dim))])
+        self.schema = embedding_cache_schema(dim)
 
     def _part_vectors(self, uri: str) -> tuple[list[str], list[str], np.ndarray]:
         table = storage.read_parquet([uri])

@@ -3,12 +3,16 @@
 For each `query->target` pair: R@1, R@5 and NDCG@10 of the checkpoint at every
 Matryoshka size (`by_dim`; the top-level figures are the full size), the expected R@k of
 a random ranking, the same architecture untrained (same seed), and for text->text a BM25
-baseline. The gallery is every held-out asset of the target modality. Relevance is the
-exact positive, or with a ground-truth file, any gallery asset of the same scene key.
+baseline. The gallery is every held-out asset of the target modality. Queries and
+gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
+ingested with another tokenizer is re-tokenized; other frame or audio settings are
+refused. Relevance is the exact positive, or with a ground-truth file, any gallery asset
+of the same scene key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,16 +21,15 @@ import pyarrow as pa
 import torch
 from rank_bm25 import BM25Okapi
 
-from loom.models.checkpoint import load_checkpoint, resolve
-from loom.models.embed import embed_items
+from loom.models.checkpoint import resolve
 from loom.models.encoder import MultimodalEncoder
+from loom.models.handler import EncoderHandler
+from loom.models.inputs import examples_spec
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import Split
+from loom.schemas.records import METRICS, Split
 from loom.schemas.splits import split_for
-from loom.transforms.items import example_to_item, text_to_item
-from loom.transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")
@@ -107,10 +110,12 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     if (done := reuse(writer, "eval", checkpoint=ckpt_id)) is not None:
         return done
     timings: dict[str, float] = {}
-    ckpt = load_checkpoint(checkpoint_root, ckpt_id)
+    handler = EncoderHandler(checkpoint_root, ckpt_id)
+    prep = handler.inputs()  # both sides: the checkpoint's tokenizer, its frame size
+    prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
+    ckpt = handler.load()
     torch.manual_seed(seed)
-    untrained = MultimodalEncoder(ckpt.encoder_config)
-    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    untrained = dataclasses.replace(ckpt, model=MultimodalEncoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
@@ -133,25 +138,24 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                 by_key.setdefault(k, set()).add(i)
             relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
                         for p in qs]
-            g_items = [example_to_item(e) for e in gallery]
-            q_items = [text_to_item(p["pair_id"], p["query_text"], tokenizer,
-                                    ckpt.spec.max_text_tokens) for p in qs]
+            g_items = [prep.example(e) for e in gallery]
+            q_items = [prep.query(p["pair_id"], p["query_text"]) for p in qs]
             name = f"{qs[0]['query_modality']}->{target}"
-            q_full = embed_items(ckpt.model, q_items)
-            g_full = embed_items(ckpt.model, g_items)
+            q_full = handler.embed(q_items, ckpt)
+            g_full = handler.embed(g_items, ckpt)
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
                 by_dim[d] = retrieval_metrics(qd @ gd.T, relevant)
-            base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
+            base = handler.embed(q_items, untrained) @ handler.embed(g_items, untrained).T
             entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in retrieval_metrics(base, relevant).items()}
             if target == "text":
                 entry |= {f"lexical_{k}": v for k, v in
-                          retrieval_metrics(_bm25(qs, gallery, tokenizer), relevant).items()}
+                          retrieval_metrics(_bm25(qs, gallery), relevant).items()}
             entry |= {"queries": len(qs), "gallery": len(gallery)}
             table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
             baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
@@ -160,7 +164,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                              "queries": len(qs), "gallery": len(gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
-    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
+    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows, schema=METRICS))]
     counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
     lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
                "ground_truth": ground_truth, "timings": timings,
@@ -206,7 +210,7 @@ def _text_of(example: dict) -> str:
     return " ".join(p.get("text") or "" for p in example["parts"])
 
 
-def _bm25(qs: list[dict], gallery: list[dict], tokenizer: TextTokenizer) -> np.ndarray:
+def _bm25(qs: list[dict], gallery: list[dict]) -> np.ndarray:
     """BM25 over lowercased word tokens: the lexical baseline for text->text."""
     docs = [_text_of(e).lower().split() for e in gallery]
     bm25 = BM25Okapi(docs)

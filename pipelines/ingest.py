@@ -27,7 +27,7 @@ from loom.pipelines.runner import (
 )
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import DUPLICATE, REJECTED, Modality, Reason
+from loom.schemas.records import DUPLICATE, FILES, HASHES, REJECTED, URIS, Modality, Reason
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
@@ -37,9 +37,6 @@ from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import train_tokenizer
 
-FILES = pa.schema([("uri", pa.string()), ("id", pa.string()), ("outcome", pa.string())])
-HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string()),
-                    ("modality", pa.string())])
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES = 256 << 20  # IngestConfig's default: larger files are rejected unread
@@ -49,7 +46,7 @@ class HashStage(BaseStage):
     """Content hash + sniffed modality per file (ids are sha256 of the bytes)."""
 
     name: ClassVar[str] = "hash"
-    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
+    input_schema: ClassVar[pa.Schema] = URIS
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
     def __init__(self, roots: tuple[str, ...] = (), max_bytes: int | None = None):

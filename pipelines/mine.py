@@ -1,7 +1,9 @@
 """Mine: train Pairs + corpus + a checkpoint -> triples with modality-aware hard negatives.
 
 The checkpoint resolves once (`latest` included) and its id, spec digest and the mining
-config go into the version id and the manifest. Corpus and query embeddings come from the
+config go into the version id and the manifest. Both sides are prepared with the
+checkpoint's own preprocessing (models.inputs: text re-tokenized with its tokenizer;
+a corpus decoded with other frame or audio settings is refused, exit 2). Corpus and query embeddings come from the
 per-checkpoint cache (pipelines.embed_cache); what is missing is embedded on Ray (one
 encoder per actor). Held-out assets never become candidates. The search, exclusions,
 false-negative rules and sampling are transforms.mining; the run reports counts per rule,
@@ -15,17 +17,16 @@ import json
 
 import pyarrow as pa
 
-from loom.models.checkpoint import checkpoint_configs, resolve
+from loom.models.checkpoint import resolve
+from loom.models.handler import EncoderHandler
+from loom.models.inputs import examples_spec
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.pipelines.embed_cache import EmbeddingCache, item_digest
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import TRIPLE, Split
-from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.schemas.splits import split_for
-from loom.transforms.items import example_to_item, text_to_item
 from loom.transforms.mining import EXCLUSIONS, RULES, Candidates, MiningConfig, mine
-from loom.transforms.tokenizer import TextTokenizer
 
 ROWS_PER_PART = 4096
 
@@ -53,9 +54,10 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     if (done := reuse(writer, "mine")) is not None:
         return done
     timings: dict[str, float] = {}
-    spec, dim = _checkpoint_spec(checkpoint_root, ckpt_id)
-    _check_corpus_spec(corpus_dir, spec, ckpt_id)
-    tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
+    handler = EncoderHandler(checkpoint_root, ckpt_id)
+    prep = handler.inputs()  # the checkpoint's spec and sizes; no weights in the driver
+    spec, dim = prep.spec, prep.encoder.out_dim
+    prep.check_corpus(examples_spec(corpus_dir), f"corpus {corpus_dir}")
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
              if p["split"] == Split.TRAIN.value]
     examples = mf.read_table(corpus_dir, corpus_manifest, "examples").to_pylist()
@@ -72,14 +74,13 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
         from loom.pipelines.ray.embed import embed_on_ray, embed_plan
 
         actors, cpus, gpus = embed_plan()
-        return embed_on_ray(items, checkpoint_root, ckpt_id, dim, actors=actors,
-                            cpus_per_actor=cpus, gpus_per_actor=gpus)[1]
+        return embed_on_ray(items, handler, actors=actors, cpus_per_actor=cpus,
+                            gpus_per_actor=gpus)[1]
 
     with timed(timings, "embed_s"):
-        cand_items = [example_to_item(e) for e in corpus]
+        cand_items = [prep.example(e) for e in corpus]  # re-tokenized with its tokenizer
         digests = [item_digest(it) for it in cand_items]  # also the exact-duplicate key
-        q_items = [text_to_item(_query_id(p["query_text"]), p["query_text"], tokenizer,
-                                spec.max_text_tokens) for p in pairs]
+        q_items = [prep.query(_query_id(p["query_text"]), p["query_text"]) for p in pairs]
         # One call, so one Ray Data job embeds whatever corpus items and queries are missing.
         vecs, e_counts = cache.embed(cand_items + q_items, embed,
                                      digests + [item_digest(q) for q in q_items])
@@ -122,24 +123,6 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     manifest = writer.commit({"triples": files}, counts, cfg, lineage)
     return result("mine", manifest, writer.dir, False, timings=timings,
                   histograms=mined.histograms, **extra)
-
-
-def _checkpoint_spec(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, int]:
-    """The checkpoint's spec and output size, without loading weights in the driver."""
-    spec, enc = checkpoint_configs(root, ckpt_id)
-    if not spec.tokenizer_json:
-        raise BadInput(f"checkpoint {ckpt_id} carries no tokenizer in its preprocessing spec")
-    return spec, enc.out_dim
-
-
-def _check_corpus_spec(corpus_dir: str, spec: PreprocessingSpec, ckpt_id: str) -> None:
-    """The corpus must be prepared the way the checkpoint was trained (image size, patching)."""
-    uri = storage.join(corpus_dir, SPEC_FILE)
-    if not storage.exists(uri):
-        return
-    used = PreprocessingSpec.model_validate_json(storage.read_bytes(uri))
-    if used.without_tokenizer() != spec.without_tokenizer():
-        raise BadInput(f"corpus {corpus_dir} was not prepared with checkpoint {ckpt_id}'s spec")
 
 
 def _query_id(text: str) -> str:

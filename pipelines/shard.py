@@ -25,14 +25,12 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import PAIR, TRAINING_ROW, TRIPLE
+from loom.schemas.records import MISSING, PAIR, TRAINING_ROW, TRIPLE
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.items import example_to_item
 from loom.transforms.packing import shuffle_key, training_rows
 from loom.transforms.stage import BaseStage
 from loom.transforms.tokenizer import TextTokenizer
-
-MISSING = pa.schema([("pair_id", pa.string()), ("missing", pa.string())])
 
 
 class ShardStage(BaseStage):

@@ -28,7 +28,16 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.synth import filters as qf
-from loom.synth.budget import ZERO, Budget, Estimate, Ledger, call_estimate, price_for
+from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
+    ZERO,
+    Budget,
+    BudgetExceeded,
+    Estimate,
+    Ledger,
+    call_estimate,
+    price_for,
+    usage as spent_usage,
+)
 from loom.synth.cache import ResponseCache
 from loom.synth.client import LLMConfig, check_backend
 from loom.synth.limits import RateLimits
@@ -37,14 +46,6 @@ from loom.synth.prompts import PromptSet
 from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
 
 ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
-
-
-class BudgetExceeded(Exception):
-    """The run stopped at its budget; what it paid for is cached, a rerun resumes."""
-
-    def __init__(self, payload: dict):
-        super().__init__(f"stopped by the LLM budget: {payload['counts']}")
-        self.payload = payload
 
 
 def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
@@ -93,7 +94,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
                                "k": filters.roundtrip_k}
     version = mf.version_id("synth", [ex_manifest.version], config)
     writer = mf.VersionWriter(output_root, "synth", version)
-    if (done := reuse(writer, "synth", llm_calls=0, usage=_usage({}, price))) is not None:
+    if (done := reuse(writer, "synth", llm_calls=0, usage=spent_usage({}, price))) is not None:
         return done  # nothing spent by this run (the manifest's counts show the first run's)
     timings: dict[str, float] = {}
     examples_files = ex_manifest.tables.get("examples", [])
@@ -111,7 +112,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
                     "datasets": {}, "counts": {"examples": len(pending),
                                                "llm_calls_needed": tasks},
                     "estimate": estimate}
-        keep = [eid for eid in sorted(pending) if ledger.reserve(pending[eid][1])]
+        keep = ledger.plan({eid: est for eid, (_, est) in pending.items()})
         if len(keep) < len(pending):
             examples_files, budget_payload = _within_budget(
                 ex_dir, ex_manifest, writer, set(keep), budget, version, estimate)
@@ -123,11 +124,9 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         tables, stats = merge_results(
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
                       **(engine_opts or {})))
-    usage = _usage(stats, price)
+    usage = spent_usage(stats, price)
     if budget.limited:  # settle: what the calls really used against what was reserved
-        actual = Estimate(usage["requests"], usage["input_tokens"], usage["output_tokens"])
-        ledger.settle(ledger.reserved, actual)
-        usage["within_budget"] = ledger.fits(ledger.spent)
+        ledger.settle_run(usage)
     if budget_payload is not None:  # nothing is committed: the version stays invisible
         budget_payload["counts"]["llm_calls"] = stats.get("llm_calls", 0)
         budget_payload["usage"] = usage
@@ -163,14 +162,6 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
                   timings=timings, usage=usage)
-
-
-def _usage(stats: dict[str, int], price) -> dict:
-    """What this run spent (cache hits are free): tokens from usage_metadata, priced."""
-    inp, out = int(stats.get("input_tokens", 0)), int(stats.get("output_tokens", 0))
-    return {"llm_calls": int(stats.get("llm_calls", 0)), "requests": int(stats.get("requests", 0)),
-            "input_tokens": inp, "output_tokens": out,
-            "cost_usd": round(price.cost(inp, out), 6) if price else None}
 
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
@@ -214,22 +205,21 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     """pair_ids whose query does not rank its own positive in the top k of its modality."""
     import numpy as np
 
-    from loom.models.checkpoint import load_checkpoint
-    from loom.models.embed import embed_items
-    from loom.transforms.items import example_to_item, text_to_item
-    from loom.transforms.tokenizer import TextTokenizer
+    from loom.models.handler import EncoderHandler
+    from loom.models.inputs import examples_spec
 
-    ckpt = load_checkpoint(checkpoint_root, roundtrip["checkpoint"])
-    tokenizer = TextTokenizer.from_json(ckpt.spec.tokenizer_json)
+    handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
+    prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
+    prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
+    model = handler.load()
     examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
     misses = set()
     for modality in sorted({r["positive_modality"] for r in rows}):
         gallery = [e for e in examples if e["modality"] == modality]
         index = {e["id"]: i for i, e in enumerate(gallery)}
         qs = [r for r in rows if r["positive_modality"] == modality]
-        g = embed_items(ckpt.model, [example_to_item(e) for e in gallery])
-        q = embed_items(ckpt.model, [text_to_item(r["pair_id"], r["query_text"], tokenizer,
-                                                  ckpt.spec.max_text_tokens) for r in qs])
+        g = handler.embed([prep.example(e) for e in gallery], model)
+        q = handler.embed([prep.query(r["pair_id"], r["query_text"]) for r in qs], model)
         scores = q @ g.T
         k = min(int(roundtrip["k"]), len(gallery))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

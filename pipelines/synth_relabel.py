@@ -1,190 +1,139 @@
-"""FRet relabel: for each mined triple, the LLM picks the best positive among the current
-positive and its mined candidates, and the hard negatives among the rest.
+"""FRet relabel: a `loom mine` version in, a relabelled triples version out.
 
-Input: a `loom mine` version (triples: query, positive, mined negatives). Output: a new
-triples version (same schema, so `loom shard` takes it) plus a `relabels` table naming,
-per pair, the old and new positive and whether it changed. The candidates are sent in
-their own modality (synth.stage._content_parts). Answers are cached like synth's; calls
-run async in the driver, many in flight under the same limits, retries and repair.
-A triple whose call fails keeps its mined labels and gets a Rejected row.
+The output has the same schema (so `loom shard` takes it) plus a `relabels` table naming,
+per pair, the old and new positive and whether it changed. The stage
+(synth.relabel.RelabelStage) runs on Beam or Ray and calls the LLM through synth's call
+loop, so relabel has synth's cache, rate limits, retries, refusal handling, counts and
+budget: every uncached triple's worst case is reserved before the run, what does not fit
+waits for a rerun (BudgetExceeded, exit 3), and nothing is committed until all is done.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
+import contextlib
+from functools import partial
 
 import pyarrow as pa
-import pydantic
-from google.genai import types
 
-from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
+from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
+from loom.pipelines.synth import ENGINE_WORKERS
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import REJECTED, TRIPLE, Reason, to_table
-from loom.synth import client as llm_client
+from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.records import LLM_STAT_NAMES
+from loom.synth.budget import Budget, BudgetExceeded, Ledger, price_for, usage
 from loom.synth.cache import ResponseCache
-from loom.synth.cache import key as cache_key
 from loom.synth.client import LLMConfig, check_backend
-from loom.synth.limits import Limiter, RateLimits
+from loom.synth.limits import RateLimits
 from loom.synth.offline_server import offline_server
 from loom.synth.prompts import PromptSet
-from loom.synth.stage import _content_parts, _Failure
+from loom.synth.relabel import STAGE, RelabelConfig, RelabelStage, relabel_estimate, relabel_key
 
-RELABEL = pa.schema([
-    pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("query_text", pa.string()),
-    pa.field("old_positive_id", pa.string(), nullable=False),
-    pa.field("new_positive_id", pa.string(), nullable=False),
-    pa.field("changed", pa.bool_(), nullable=False),
-    pa.field("negatives", pa.list_(pa.string())),
-    pa.field("prompt_version", pa.string()),
-    pa.field("model", pa.string()),
-    pa.field("input_tokens", pa.int64()),
-    pa.field("output_tokens", pa.int64()),
-])
-
-
-class RelabelOutput(pydantic.BaseModel):
-    best: int
-    hard_negatives: list[int]
-
-
-def _checker(n: int):
-    def check(raw: dict, out: RelabelOutput) -> dict:
-        if not 1 <= out.best <= n:
-            raise llm_client.LLMBadResponse(f"best {out.best} is not a candidate number 1..{n}")
-        negs = [i for i in dict.fromkeys(out.hard_negatives) if 1 <= i <= n and i != out.best]
-        return {"best": out.best, "hard_negatives": negs}
-    return check
+WORK = "_work"
 
 
 def run_relabel(triples_uri: str, output_root: str, llm: LLMConfig | None = None,
-                negatives: int = 3, limits: RateLimits | None = None) -> dict:
+                negatives: int = 3, limits: RateLimits | None = None,
+                engine: Engine = Engine.BEAM, budget: Budget | None = None,
+                max_calls: int | None = None, rows_per_item: int = 256,
+                engine_opts: dict | None = None) -> dict:
     llm = llm or LLMConfig()
     check_backend(llm)
-    limits = limits or RateLimits()
+    budget = budget or Budget()
+    if max_calls is not None:
+        budget = budget.model_copy(update={"max_calls": max_calls})
+    price = price_for(llm.model)
+    ledger = Ledger(budget, price)  # refuses a cost budget without a price, before any work
     triples_uri, output_root = storage.absolute(triples_uri), storage.absolute(output_root)
     t_dir, t_manifest = mf.resolve_input(triples_uri)
     if "triples" not in t_manifest.tables:
         raise BadInput(f"{t_dir} is not a triples dataset (run loom mine first)")
-    prompts = PromptSet.load(["relabel"])
+    prompts = PromptSet.load([STAGE])
     config = {"llm": llm.model_dump(include={"backend", "model", "temperature", "seed",
                                              "max_output_tokens"}),
               "prompts": prompts.digest(), "negatives": negatives}
-    version = mf.version_id("relabel", [t_manifest.version], config)
-    writer = mf.VersionWriter(output_root, "relabel", version)
-    if (done := reuse(writer, "relabel", llm_calls=0)) is not None:
+    version = mf.version_id(STAGE, [t_manifest.version], config)
+    writer = mf.VersionWriter(output_root, STAGE, version)
+    if (done := reuse(writer, STAGE, llm_calls=0, usage=usage({}, price))) is not None:
         return done
-    triples = mf.read_table(t_dir, t_manifest, "triples").to_pylist()
-    ex_dir, ex_manifest = mf.resolve_input(t_manifest.lineage["examples"])
-    needed = {t["positive_id"] for t in triples} | {n["id"] for t in triples
-                                                   for n in t["negatives"]}
-    examples = {e["id"]: e for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
-                if e["id"] in needed}
+    triples = mf.read_table(t_dir, t_manifest, "triples")
+    ex_uris = _candidate_examples(writer, triples, t_manifest)
+    cache_uri = storage.join(output_root, "_llm_cache")
+    files, payload = t_manifest.tables["triples"], None
+    if budget.limited and (cut := _within_budget(writer, triples, ex_uris, ledger, llm,
+                                                 prompts, cache_uri, budget)):
+        files, payload = cut
+    workers = int((engine_opts or {}).get("workers", (engine_opts or {}).get("actors", 0))
+                  or ENGINE_WORKERS[Engine(engine)])
+    cfg = RelabelConfig(llm=llm, cache_uri=cache_uri, negatives=negatives,
+                        limits=(limits or RateLimits()).share(workers),
+                        examples_uris=tuple(ex_uris))
     timings: dict[str, float] = {}
     server = offline_server() if llm.backend == "offline" and not llm.base_url else None
-    import contextlib
-
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "relabel_s"):
-        client = llm_client.make_client(llm, base_url=base_url)
-        cache = ResponseCache(storage.join(output_root, "_llm_cache"))
-        answers, stats = asyncio.run(_ask_all(client, llm, prompts, cache, triples, examples,
-                                              limits))
-    out_rows, relabels, rejected = [], [], []
-    version_id = prompts.version("relabel")
-    for t in triples:
-        cands = [t["positive_id"]] + [n["id"] for n in t["negatives"]]
-        ans = answers[t["pair_id"]]
-        if "rejected" in ans:
-            rejected.append({"uri": t["pair_id"], "stage": "relabel", "reason": ans["rejected"],
-                             "message": ans["message"][:2000], "record_id": t["pair_id"]})
-            out_rows.append(t)
-            continue
-        new_pos = cands[ans["best"] - 1]
-        known = {n["id"]: n for n in t["negatives"]}
-        negs = [cands[i - 1] for i in ans["hard_negatives"] if cands[i - 1] != new_pos][:negatives]
-        row = dict(t) | {
-            "positive_id": new_pos,
-            "positive_modality": examples.get(new_pos, {}).get("modality", t["positive_modality"]),
-            "positive_score": t["positive_score"] if new_pos == t["positive_id"] else None,
-            "negatives": [{"id": c, "score": known.get(c, {}).get("score"),
-                           "modality": examples.get(c, {}).get("modality"), "rank": r}
-                          for r, c in enumerate(negs)],
-        }
-        out_rows.append(row)
-        usage = ans.get("usage") or {}
-        relabels.append({"pair_id": t["pair_id"], "query_text": t["query_text"],
-                         "old_positive_id": t["positive_id"], "new_positive_id": new_pos,
-                         "changed": new_pos != t["positive_id"], "negatives": negs,
-                         "prompt_version": version_id, "model": llm.model,
-                         "input_tokens": usage.get("input_tokens"),
-                         "output_tokens": usage.get("output_tokens")})
-    tables = {"triples": [writer.write_part("triples", "part-00000", to_table(out_rows, TRIPLE))]}
-    if relabels:
-        tables["relabels"] = [writer.write_part("relabels", "part-00000",
-                                                to_table(relabels, RELABEL))]
-    if rejected:
-        tables["rejected"] = [writer.write_part("rejected", "part-00000",
-                                                to_table(rejected, REJECTED))]
-    counts = {"triples": len(out_rows), "relabelled": len(relabels),
-              "positives_changed": sum(r["changed"] for r in relabels),
-              "rejected": len(rejected)} | stats
-    lineage = {"triples": t_dir, "triples_version": t_manifest.version, "examples": ex_dir,
-               "pairs": t_manifest.lineage.get("pairs"), "prompt_versions": {"relabel": version_id},
-               "llm_model": llm.model, "backend": llm.backend, "timings": timings}
+        task = StageTask(partial(RelabelStage, cfg.model_copy(update={"base_url": base_url})),
+                         writer.dir)
+        items = file_items(files, t_dir if payload is None else storage.join(writer.dir, WORK),
+                           rows_per_item)
+        tables, stats = merge_results(run_stage(engine, task, items, **(engine_opts or {})))
+    spent = usage(stats, price)
+    if budget.limited:
+        ledger.settle_run(spent)
+    if payload is not None:  # nothing is committed: the version stays invisible
+        payload["counts"]["llm_calls"] = stats.get("llm_calls", 0)
+        payload["usage"] = spent
+        raise BudgetExceeded(payload)
+    counts = {"triples": sum(f.rows for f in tables.get("triples", [])),
+              "relabelled": int(stats.get("relabelled", 0)),
+              "positives_changed": int(stats.get("positives_changed", 0)),
+              "rejected": sum(f.rows for f in tables.get("rejected", []))}
+    counts |= {k: int(stats.get(k, 0)) for k in LLM_STAT_NAMES}
+    lineage = {"triples": t_dir, "triples_version": t_manifest.version,
+               "examples": t_manifest.lineage["examples"],
+               "pairs": t_manifest.lineage.get("pairs"),
+               "prompt_versions": {STAGE: prompts.version(STAGE)},
+               "llm_model": llm.model, "backend": llm.backend, "engine": Engine(engine).value,
+               "timings": timings, "extra": {"usage": spent}}
     manifest = writer.commit(tables, counts, config, lineage)
-    return result("relabel", manifest, writer.dir, False, llm_calls=stats["llm_calls"],
-                  timings=timings)
+    cleanup_work(writer.dir)
+    return result(STAGE, manifest, writer.dir, False, llm_calls=counts["llm_calls"],
+                  timings=timings, usage=spent)
 
 
-def _parts(triple: dict, examples: dict[str, dict]) -> list[types.Part]:
-    parts = [types.Part.from_text(text=f"Query: {triple['query_text']}")]
-    cands = [triple["positive_id"]] + [n["id"] for n in triple["negatives"]]
-    for i, cid in enumerate(cands, 1):
-        parts.append(types.Part.from_text(text=f"Candidate {i}:"))
-        ex = examples.get(cid)
-        try:
-            parts += _content_parts(ex) if ex else [types.Part.from_text(text="(missing)")]
-        except _Failure:
-            parts.append(types.Part.from_text(text="(unreadable)"))
-    return parts
+def _candidate_examples(writer: mf.VersionWriter, triples: pa.Table,
+                        t_manifest: mf.Manifest) -> list[str]:
+    """Every Example a triple names, as one work file the stage's workers read."""
+    ex_dir, ex_manifest = mf.resolve_input(t_manifest.lineage["examples"])
+    needed = set(triples.column("positive_id").to_pylist())
+    needed |= {n["id"] for negs in triples.column("negatives").to_pylist() for n in negs}
+    examples = mf.read_table(ex_dir, ex_manifest, "examples")
+    mask = pa.array([i in needed for i in examples.column("id").to_pylist()])
+    work = storage.join(writer.dir, WORK, "candidates")
+    record = write_part(work, "examples", "part-00000", examples.filter(mask))
+    return [storage.join(work, record.path)]
 
 
-async def _ask_all(client, llm: LLMConfig, prompts: PromptSet, cache: ResponseCache,
-                   triples: list[dict], examples: dict[str, dict], limits: RateLimits):
-    limiter = Limiter(limits)
-    version, text = prompts.prompts["relabel"]
-    stats = {"llm_calls": 0, "cache_hits": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0}
-
-    def on_retry(_exc) -> None:
-        stats["retries"] += 1
-
-    async def one(t: dict) -> tuple[str, dict]:
-        cands = [t["positive_id"]] + [n["id"] for n in t["negatives"]]
-        digest = hashlib.sha256(json.dumps([t["query_text"], cands]).encode()).hexdigest()
-        k = cache_key(llm.model, version, llm.generation_config(), llm.seed, digest, llm.backend)
-        if (hit := cache.get(k)) is not None:
-            stats["cache_hits"] += 1
-            return t["pair_id"], hit
-        stats["llm_calls"] += 1
-        try:
-            ans = await llm_client.agenerate_structured(
-                client, llm, text, _parts(t, examples), RelabelOutput, _checker(len(cands)),
-                limiter.slot, on_retry)
-        except llm_client.LLMBlocked as exc:
-            ans = {"rejected": Reason.LLM_BLOCKED.value, "message": str(exc)}
-        except llm_client.LLMBadResponse as exc:
-            ans = {"rejected": Reason.LLM_BAD_RESPONSE.value, "message": str(exc)}
-        except llm_client.LLMError as exc:
-            return t["pair_id"], {"rejected": Reason.LLM_ERROR.value, "message": str(exc)}
-        usage = ans.get("usage") or {}
-        stats["input_tokens"] += int(usage.get("input_tokens", 0))
-        stats["output_tokens"] += int(usage.get("output_tokens", 0))
-        await asyncio.to_thread(cache.put, k, ans)
-        return t["pair_id"], ans
-
-    pairs = await asyncio.gather(*(one(t) for t in triples))
-    await client.aio.aclose()
-    return dict(pairs), stats
+def _within_budget(writer: mf.VersionWriter, triples: pa.Table, ex_uris: list[str],
+                   ledger: Ledger, llm: LLMConfig, prompts: PromptSet, cache_uri: str,
+                   budget: Budget) -> tuple[list[FileRecord], dict] | None:
+    """The uncached triples whose worst case fits (in pair_id order), reserved in `ledger`.
+    None when all fit; otherwise a work file of those that fit and the payload
+    BudgetExceeded will carry."""
+    version, text = prompts.prompts[STAGE]
+    cache = ResponseCache(cache_uri)
+    examples = {e["id"]: e for e in storage.read_parquet(ex_uris).to_pylist()}
+    rows = triples.to_pylist()
+    pending = {t["pair_id"]: relabel_estimate(t, examples, text, llm.max_output_tokens)
+               for t in rows if not storage.exists(cache.uri(relabel_key(llm, version, t)))}
+    keep = set(ledger.plan(pending))
+    if len(keep) == len(pending):
+        return None
+    mask = pa.array([p in keep for p in triples.column("pair_id").to_pylist()])
+    record = write_part(storage.join(writer.dir, WORK), "budget", "triples", triples.filter(mask))
+    payload = {"stage": STAGE, "version": writer.version, "stopped": "budget", "reused": False,
+               "datasets": {}, "budget": budget.model_dump(exclude_none=True),
+               "counts": {"budget": budget.max_calls if budget.max_calls is not None else -1,
+                          "llm_calls_needed": len(pending), "triples_done": len(keep),
+                          "triples": triples.num_rows}}
+    return [record], payload

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from loom.schemas import storage
-from loom.schemas.records import TABLES
+from loom.schemas.records import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, TABLES, self_describing
 
 PACKAGE_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
@@ -43,7 +43,23 @@ def canonical_json(obj: Any) -> str:
 
 
 def logic_version(stage: str) -> str:
-    return f"{PACKAGE_VERSION}+{stage}.{STAGE_LOGIC[stage]}"
+    """Also names the schema version past 1, so a column change makes new version ids
+    (version 1's ids predate schema versions and stay valid)."""
+    schema = f"+schema.{SCHEMA_VERSION}" if SCHEMA_VERSION > 1 else ""
+    return f"{PACKAGE_VERSION}+{stage}.{STAGE_LOGIC[stage]}{schema}"
+
+
+class UnknownSchemaVersion(ValueError):
+    """A dataset written with a schema version this loom does not know (CLI exit 2)."""
+
+
+def check_schema_version(version_dir: str, manifest: Manifest) -> None:
+    """Readers refuse a version they do not know; a known older one reads with today's
+    schema (storage.read_parquet fills the columns it lacks with nulls)."""
+    if manifest.schema_version not in KNOWN_SCHEMA_VERSIONS:
+        raise UnknownSchemaVersion(
+            f"{version_dir} has schema_version {manifest.schema_version}; this loom reads "
+            f"{sorted(KNOWN_SCHEMA_VERSIONS)} (upgrade loom to read it)")
 
 
 def version_id(stage: str, inputs: list[str], config: dict) -> str:
@@ -82,6 +98,8 @@ class Manifest:
     lineage: dict
     created_at: str = ""
     logic_version: str = ""
+    # manifests written before schema versions had version 1's columns
+    schema_version: int = 1
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
@@ -129,18 +147,28 @@ def resolve_input(uri: str) -> tuple[str, Manifest]:
     """A version folder as is, or a root's newest complete version (by manifest time)."""
     direct = read_manifest(uri)
     if direct is not None:
+        check_schema_version(uri, direct)
         return uri, direct
     newest = newest_version(uri)
     if newest is None:
         raise FileNotFoundError(f"no complete dataset version under {uri}")
+    check_schema_version(*newest)
     return newest
 
 
 def read_table(version_dir: str, manifest: Manifest, table: str,
                columns: list[str] | None = None) -> pa.Table:
-    """Only the files the manifest lists: stray parts of a killed run are invisible."""
-    return storage.read_parquet(manifest.files(version_dir, table), columns=columns,
-                                schema=TABLES.get(table))
+    """Only the files the manifest lists: stray parts of a killed run are invisible.
+    Files of a known older schema version read with today's columns (added ones null)."""
+    check_schema_version(version_dir, manifest)
+    schema = TABLES.get(table)
+    data = storage.read_parquet(manifest.files(version_dir, table), columns=columns,
+                                schema=schema)
+    for field in schema or []:
+        if field.name not in data.column_names and (columns is None or field.name in columns):
+            data = data.append_column(field.with_nullable(True),
+                                      pa.nulls(data.num_rows, field.type))
+    return data
 
 
 class VersionWriter:
@@ -170,16 +198,16 @@ class VersionWriter:
             lineage=lineage,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
             logic_version=logic_version(self.stage),
+            schema_version=SCHEMA_VERSION,
         )
         storage.write_atomic(storage.join(self.dir, MANIFEST), manifest.to_json().encode())
         return manifest
 
 
 def write_part(version_dir: str, table: str, name: str, data: pa.Table) -> FileRecord:
-    """One Parquet part; the name is deterministic per input chunk, so a retry overwrites."""
-    schema = TABLES.get(table)
-    if schema is not None and not data.schema.equals(schema):
-        data = data.cast(schema)
+    """One Parquet part; the name is deterministic per input chunk, so a retry overwrites.
+    It carries its table's column descriptions and the schema version (records.py)."""
+    data = self_describing(data, table)
     sink = pa.BufferOutputStream()
     import pyarrow.parquet as pq
 

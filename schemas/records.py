@@ -9,6 +9,7 @@ never decode again.
 from __future__ import annotations
 
 import enum
+import json
 
 import pyarrow as pa
 
@@ -54,140 +55,238 @@ class Reason(str, enum.Enum):
     NO_POSITIVE = "no_positive"
 
 
+# The schema version of every table below: a change to any table's columns bumps it once,
+# here. Manifests and Parquet files carry it; readers refuse a version they do not know and
+# read a known older one with the current schema (columns it lacks are null).
+SCHEMA_VERSION = 1
+KNOWN_SCHEMA_VERSIONS = frozenset({1})
+DESCRIPTION = b"description"  # the key of a column's description in its field metadata
+
+
+def col(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    """A column with its description in the field metadata (Parquet keeps it)."""
+    return pa.field(name, type_, nullable=nullable, metadata={DESCRIPTION: description})
+
+
 # One part of an interleaved Example. Unused payload fields are null.
 PART = pa.struct(
     [
-        pa.field("kind", pa.string(), nullable=False),  # a Modality value (not interleaved)
-        pa.field("text", pa.string()),
-        pa.field("tokens", pa.list_(pa.int32())),
-        # frames (F, height, width, 3) stacked vertically: one JPEG/WebP/PNG, or raw uint8
-        pa.field("pixels", pa.binary()),
-        pa.field("pixel_format", pa.string()),  # jpeg | webp | png | raw (null: raw)
-        pa.field("height", pa.int32()),
-        pa.field("width", pa.int32()),
-        pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (frames, bins)
-        pa.field("feature_bins", pa.int32()),
-        pa.field("source_uri", pa.string()),
-        pa.field("mime", pa.string()),
+        col("kind", pa.string(), "modality of this part (a Modality value, not interleaved)",
+            nullable=False),
+        col("text", pa.string(), "the part's text (text parts, a page's text layer)"),
+        col("tokens", pa.list_(pa.int32()), "text token ids from the version's tokenizer"),
+        col("pixels", pa.binary(), "frames (F, height, width, 3) stacked vertically: one "
+            "JPEG/WebP/PNG image, or raw uint8"),
+        col("pixel_format", pa.string(), "jpeg | webp | png | raw (null: raw)"),
+        col("height", pa.int32(), "frame height in pixels"),
+        col("width", pa.int32(), "frame width in pixels"),
+        col("frames", pa.int32(), "number of frames stacked in pixels"),
+        col("features", pa.list_(pa.float16()), "log-mel features, row-major (frames, bins)"),
+        col("feature_bins", pa.int32(), "mel bins per feature row"),
+        col("source_uri", pa.string(), "the file (or archive member) this part came from"),
+        col("mime", pa.string(), "sniffed MIME type of the part's source"),
     ]
 )
 
 EXAMPLE = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),  # sha256 of the asset's bytes
-        pa.field("modality", pa.string(), nullable=False),
-        pa.field("parts", pa.list_(PART), nullable=False),
-        pa.field("source_uris", pa.list_(pa.string()), nullable=False),
-        pa.field("mime", pa.string()),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("metadata", pa.string()),  # JSON object
+        col("id", pa.string(), "sha256 of the asset's bytes (page: document id + page)",
+            nullable=False),
+        col("modality", pa.string(), "a Modality value", nullable=False),
+        col("parts", pa.list_(PART), "the interleaved, decoded parts in order", nullable=False),
+        col("source_uris", pa.list_(pa.string()),
+            "the asset's URI first, then its byte-identical copies", nullable=False),
+        col("mime", pa.string(), "sniffed MIME type of the asset"),
+        col("size_bytes", pa.int64(), "size of the asset's bytes"),
+        col("metadata", pa.string(), "JSON object (duration, page number, document id, ...)"),
         # Near-duplicates (transforms/neardup.py): resized or re-encoded copies share a
         # group, named by its smallest member id (an Example alone: its own id). Splits
         # are assigned per group, so copies never straddle train and held-out.
-        pa.field("near_dup_group", pa.string()),
-        pa.field("near_dup_sig", pa.binary()),  # pHash(es) or MinHash; null: no signature
+        col("near_dup_group", pa.string(), "near-duplicate group: its smallest member id"),
+        col("near_dup_sig", pa.binary(), "pHash(es) or MinHash; null: no signature"),
     ]
 )
 
 REJECTED = pa.schema(
     [
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),  # a Reason value
-        pa.field("message", pa.string()),
-        pa.field("record_id", pa.string()),  # the example/record the failure belongs to
+        col("uri", pa.string(), "the input that failed", nullable=False),
+        col("stage", pa.string(), "the stage that rejected it", nullable=False),
+        col("reason", pa.string(), "a stable Reason code", nullable=False),
+        col("message", pa.string(), "free-text detail, deterministic for the same input"),
+        col("record_id", pa.string(), "the example/record the failure belongs to"),
     ]
 )
 
-# A listed file that is a byte-for-byte copy of an accepted one.
 DUPLICATE = pa.schema(
     [
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("duplicate_of", pa.string(), nullable=False),  # the accepted Example id
+        col("uri", pa.string(), "a listed file that is a byte-for-byte copy", nullable=False),
+        col("duplicate_of", pa.string(), "the accepted Example id it copies", nullable=False),
     ]
 )
 
 PAIR = pa.schema(
     [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("task", pa.string()),  # task description written by the LLM
-        pa.field("kind", pa.string(), nullable=False),  # query kind (prompt name)
-        pa.field("query_text", pa.string(), nullable=False),
-        pa.field("query_modality", pa.string(), nullable=False),
-        pa.field("positive_id", pa.string(), nullable=False),
-        pa.field("positive_modality", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("prompt_version", pa.string(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("backend", pa.string(), nullable=False),
-        pa.field("generation_config", pa.string()),  # JSON
-        pa.field("seed", pa.int64()),
-        # usage_metadata of the call that wrote it (shared by the queries of one answer)
-        pa.field("input_tokens", pa.int64()),
-        pa.field("output_tokens", pa.int64()),
+        col("pair_id", pa.string(), "stable id of the pair", nullable=False),
+        col("task", pa.string(), "task description written by the LLM"),
+        col("kind", pa.string(), "query kind (the prompt's name)", nullable=False),
+        col("query_text", pa.string(), "the query", nullable=False),
+        col("query_modality", pa.string(), "modality of the query", nullable=False),
+        col("positive_id", pa.string(), "the positive Example's id", nullable=False),
+        col("positive_modality", pa.string(), "the positive's modality", nullable=False),
+        col("split", pa.string(), "train | heldout (by the positive's asset group)",
+            nullable=False),
+        col("prompt_version", pa.string(), "version of the prompt that wrote it", nullable=False),
+        col("model", pa.string(), "LLM model id", nullable=False),
+        col("backend", pa.string(), "offline | gemini | vertex", nullable=False),
+        col("generation_config", pa.string(), "JSON: what was sent besides the prompt"),
+        col("seed", pa.int64(), "the LLM seed"),
+        col("input_tokens", pa.int64(), "input tokens of the call that wrote it (shared by "
+            "the queries of one answer)"),
+        col("output_tokens", pa.int64(), "output tokens of that call"),
     ]
 )
 
 NEGATIVE = pa.struct(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("score", pa.float32()),
-        pa.field("modality", pa.string()),
-        pa.field("rank", pa.int32()),
+        col("id", pa.string(), "the negative Example's id", nullable=False),
+        col("score", pa.float32(), "its cosine score against the query"),
+        col("modality", pa.string(), "its modality"),
+        col("rank", pa.int32(), "its rank among the query's kept negatives"),
     ]
 )
 
 # Output of mining: a Pair plus its hard negatives (ids only; shard joins content).
 TRIPLE = pa.schema(
     [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string()),
-        pa.field("query_text", pa.string(), nullable=False),
-        pa.field("query_modality", pa.string(), nullable=False),
-        pa.field("positive_id", pa.string(), nullable=False),
-        pa.field("positive_modality", pa.string(), nullable=False),
-        pa.field("positive_score", pa.float32()),
-        pa.field("negatives", pa.list_(NEGATIVE), nullable=False),
-        pa.field("checkpoint", pa.string(), nullable=False),
-        pa.field("mining_config", pa.string()),  # JSON
+        col("pair_id", pa.string(), "the Pair's id", nullable=False),
+        col("kind", pa.string(), "query kind"),
+        col("query_text", pa.string(), "the query", nullable=False),
+        col("query_modality", pa.string(), "modality of the query", nullable=False),
+        col("positive_id", pa.string(), "the positive Example's id", nullable=False),
+        col("positive_modality", pa.string(), "the positive's modality", nullable=False),
+        col("positive_score", pa.float32(), "cosine of query and positive (mining checkpoint)"),
+        col("negatives", pa.list_(NEGATIVE), "hard negatives, best first", nullable=False),
+        col("checkpoint", pa.string(), "the checkpoint id that mined them", nullable=False),
+        col("mining_config", pa.string(), "JSON: the mining config"),
     ]
 )
 
 # One side of a training example, self-contained: the trainer never joins.
 ITEM = pa.struct(
     [
-        pa.field("id", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("tokens", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),  # frames of size x size (the spec's), as in PART
-        pa.field("pixel_format", pa.string()),
-        pa.field("frames", pa.int32()),
-        pa.field("features", pa.list_(pa.float16())),  # log-mel, row-major (n, feature_bins)
-        pa.field("feature_bins", pa.int32()),
+        col("id", pa.string(), "Example id (or query id)"),
+        col("modality", pa.string(), "a Modality value"),
+        col("tokens", pa.list_(pa.int32()), "text token ids (the spec's tokenizer)"),
+        col("pixels", pa.binary(), "frames of size x size (the spec's image_size), as in "
+            "Example parts"),
+        col("pixel_format", pa.string(), "jpeg | webp | png | raw"),
+        col("frames", pa.int32(), "number of frames in pixels"),
+        col("features", pa.list_(pa.float16()), "log-mel, row-major (n, feature_bins)"),
+        col("feature_bins", pa.int32(), "mel bins per feature row"),
     ]
 )
 
 TRAINING_ROW = pa.schema(
     [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string()),
-        pa.field("query", ITEM, nullable=False),
-        pa.field("positive", ITEM, nullable=False),
-        pa.field("negatives", pa.list_(ITEM), nullable=False),  # empty for pft
+        col("pair_id", pa.string(), "the Pair's id", nullable=False),
+        col("kind", pa.string(), "query kind"),
+        col("query", ITEM, "the query, self-contained", nullable=False),
+        col("positive", ITEM, "the positive, self-contained", nullable=False),
+        col("negatives", pa.list_(ITEM), "hard negatives (empty for pre-fine-tuning)",
+            nullable=False),
     ]
 )
 
 EMBEDDING = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("checkpoint", pa.string(), nullable=False),
-        pa.field("dim", pa.int32(), nullable=False),
-        pa.field("vector", pa.list_(pa.float32()), nullable=False),
+        col("id", pa.string(), "Example id", nullable=False),
+        col("source_uri", pa.string(), "the Example's source file"),
+        col("modality", pa.string(), "the Example's modality"),
+        col("checkpoint", pa.string(), "checkpoint id that embedded it", nullable=False),
+        col("dim", pa.int32(), "vector length (a Matryoshka size)", nullable=False),
+        col("vector", pa.list_(pa.float32()), "L2-normalized embedding", nullable=False),
     ]
 )
+
+# Ingest: every listed file's outcome.
+FILES = pa.schema(
+    [
+        col("uri", pa.string(), "a listed file"),
+        col("id", pa.string(), "sha256 of its bytes"),
+        col("outcome", pa.string(), "accepted | duplicate | rejected"),
+    ]
+)
+
+# Relabel: what the LLM changed per triple.
+RELABEL = pa.schema(
+    [
+        col("pair_id", pa.string(), "the triple's pair id", nullable=False),
+        col("query_text", pa.string(), "the query"),
+        col("old_positive_id", pa.string(), "the mined positive", nullable=False),
+        col("new_positive_id", pa.string(), "the positive the LLM picked", nullable=False),
+        col("changed", pa.bool_(), "whether the positive changed", nullable=False),
+        col("negatives", pa.list_(pa.string()), "the hard negatives the LLM picked"),
+        col("prompt_version", pa.string(), "version of the relabel prompt"),
+        col("model", pa.string(), "LLM model id"),
+        col("input_tokens", pa.int64(), "input tokens of the call"),
+        col("output_tokens", pa.int64(), "output tokens of the call"),
+    ]
+)
+
+# Eval: one row per modality pair and Matryoshka size; baselines repeat per size.
+_METRIC_NAMES = ("r@1", "r@5", "ndcg@10")
+METRICS = pa.schema(
+    [
+        col("pair", pa.string(), "query->target modality pair", nullable=False),
+        col("dim", pa.int64(), "embedding size (first dim coordinates, renormalized)",
+            nullable=False),
+        *(col(m, pa.float64(), f"{m} of the checkpoint") for m in _METRIC_NAMES),
+        *(col(f"random_{m}", pa.float64(), f"expected {m} of a random ranking")
+          for m in _METRIC_NAMES[:2]),
+        *(col(f"untrained_{m}", pa.float64(), f"{m} of the same architecture untrained")
+          for m in _METRIC_NAMES),
+        *(col(f"lexical_{m}", pa.float64(), f"{m} of BM25 (text->text only, else null)")
+          for m in _METRIC_NAMES),
+        col("queries", pa.int64(), "held-out queries evaluated"),
+        col("gallery", pa.int64(), "held-out gallery size"),
+    ]
+)
+
+# Work tables (under _work/, never in a finished version).
+URIS = pa.schema([col("uri", pa.string(), "a listed file")])
+INGEST_WORK = pa.schema([
+    col("uri", pa.string(), "a canonical listed file"),
+    col("id", pa.string(), "sha256 of its bytes"),
+    col("dups", pa.list_(pa.string()), "its byte-identical copies"),
+])
+HASHES = pa.schema([
+    col("uri", pa.string(), "a listed file"),
+    col("size", pa.int64(), "its size in bytes (-1: unreadable)"),
+    col("id", pa.string(), "sha256 of its bytes"),
+    col("modality", pa.string(), "sniffed modality"),
+])
+MISSING = pa.schema([
+    col("pair_id", pa.string(), "a pair that could not be joined"),
+    col("missing", pa.string(), "the Example id it lacks"),
+])
+
+# Counters a stage returns beside its tables (never written as a dataset).
+LLM_STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
+                  "input_tokens", "output_tokens")
+
+
+def stats_schema(names: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([pa.field(n, pa.int64()) for n in names])
+
+
+def embedding_cache_schema(dim: int) -> pa.Schema:
+    """The per-checkpoint embedding cache's parts (pipelines.embed_cache)."""
+    return pa.schema([
+        col("id", pa.string(), "item id"),
+        col("digest", pa.string(), "digest of the encoder input (tokens, pixels, features)"),
+        col("vector", pa.list_(pa.float32(), dim), "L2-normalized embedding"),
+    ])
+
 
 # table name -> schema, as laid out under <root>/<version>/<table>/
 TABLES: dict[str, pa.Schema] = {
@@ -198,7 +297,35 @@ TABLES: dict[str, pa.Schema] = {
     "triples": TRIPLE,
     "shards": TRAINING_ROW,
     "embeddings": EMBEDDING,
+    "files": FILES,
+    "relabels": RELABEL,
+    "metrics": METRICS,
+    "_hashes": HASHES,
+    "_missing": MISSING,
+    "_rows": TRAINING_ROW,
 }
+
+
+def file_metadata(table: str, schema: pa.Schema) -> dict[bytes, bytes]:
+    """What every Parquet file loom writes carries in its key-value metadata: the schema
+    version, the table's name and its columns' descriptions (for readers that do not
+    read Arrow field metadata, e.g. DuckDB's parquet_kv_metadata)."""
+    described = {f.name: f.metadata[DESCRIPTION].decode() for f in schema
+                 if f.metadata and DESCRIPTION in f.metadata}
+    return {b"loom.schema_version": str(SCHEMA_VERSION).encode(),
+            b"loom.table": table.encode(),
+            b"loom.columns": json.dumps(described, sort_keys=True).encode()}
+
+
+def self_describing(data: pa.Table, table: str) -> pa.Table:
+    """`data` in its table's schema (descriptions included) with the file metadata."""
+    schema = TABLES.get(table)
+    if schema is not None:
+        if data.schema.equals(schema):  # same types: attach the metadata without a copy
+            data = pa.Table.from_arrays(data.columns, schema=schema)
+        else:
+            data = data.cast(schema)
+    return data.replace_schema_metadata(file_metadata(table, data.schema))
 
 
 _EMPTY_PART = dict.fromkeys(PART.names)

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loom.schemas.records import SCHEMA_VERSION
+
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
@@ -202,7 +204,11 @@ def delete(uri: str) -> None:
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file, atomically for local paths."""
+    """Write one Parquet file, atomically for local paths. Like every file loom writes,
+    it names the schema version (records.SCHEMA_VERSION) in its metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta.setdefault(b"loom.schema_version", str(SCHEMA_VERSION).encode())
+    table = table.replace_schema_metadata(meta)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_atomic(uri, sink.getvalue().to_pybytes())
@@ -213,7 +219,14 @@ def read_parquet(uris: list[str], columns: list[str] | None = None,
     tables = []
     for uri in uris:
         fs, path = resolve(uri)
-        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+        try:
+            tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+        except pa.ArrowInvalid:  # an older file without some asked-for column
+            have = set(pq.read_schema(path, filesystem=fs).names)
+            if columns is None or set(columns) <= have:
+                raise  # not a missing column: a broken file stays an error
+            tables.append(pq.read_table(path, filesystem=fs,
+                                        columns=[c for c in columns or [] if c in have]))
     if not tables:
         if schema is None:
             raise ValueError("no files to read and no schema given")

@@ -103,7 +103,14 @@ ZERO = Estimate(0, 0, 0)
 def call_estimate(example: dict, prompt_text: str, max_output_tokens: int,
                   with_repair: bool = True) -> Estimate:
     """The worst case of one (example, kind) call, and of its repair call if allowed."""
-    inp = text_tokens(prompt_text) + text_tokens(example_text(example)) + media_tokens(example)
+    return examples_estimate([example], prompt_text, max_output_tokens, with_repair)
+
+
+def examples_estimate(examples: list[dict], prompt_text: str, max_output_tokens: int,
+                      with_repair: bool = True, extra_text: str = "") -> Estimate:
+    """The worst case of one call that sends `examples` (and `extra_text`) after the prompt."""
+    inp = text_tokens(prompt_text) + text_tokens(extra_text) + sum(
+        text_tokens(example_text(e)) + media_tokens(e) for e in examples)
     main = Estimate(1, inp, max_output_tokens)
     if not with_repair:
         return main
@@ -121,6 +128,22 @@ class Budget(pydantic.BaseModel):
     @property
     def limited(self) -> bool:
         return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
+
+
+class BudgetExceeded(Exception):
+    """The run stopped at its budget; what it paid for is cached, a rerun resumes (exit 3)."""
+
+    def __init__(self, payload: dict):
+        super().__init__(f"stopped by the LLM budget: {payload['counts']}")
+        self.payload = payload
+
+
+def usage(stats: dict[str, int], price: Price | None) -> dict:
+    """What a run spent (cache hits are free): tokens from usage_metadata, priced."""
+    inp, out = int(stats.get("input_tokens", 0)), int(stats.get("output_tokens", 0))
+    return {"llm_calls": int(stats.get("llm_calls", 0)), "requests": int(stats.get("requests", 0)),
+            "input_tokens": inp, "output_tokens": out,
+            "cost_usd": round(price.cost(inp, out), 6) if price else None}
 
 
 class Ledger:
@@ -146,6 +169,17 @@ class Ledger:
                 return False
             self.reserved = self.reserved + est
             return True
+
+    def plan(self, pending: dict[str, Estimate]) -> list[str]:
+        """The work units (in key order) whose worst case fits: each one reserved."""
+        return [k for k in sorted(pending) if self.reserve(pending[k])]
+
+    def settle_run(self, spent: dict) -> None:
+        """At the end of a run: release every reservation, book what `usage()` says was
+        spent, and record in `spent` whether that stayed within the budget."""
+        actual = Estimate(spent["requests"], spent["input_tokens"], spent["output_tokens"])
+        self.settle(self.reserved, actual)
+        spent["within_budget"] = self.fits(self.spent)
 
     def settle(self, reserved: Estimate, actual: Estimate) -> None:
         """Release a reservation and book what the call really used."""

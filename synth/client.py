@@ -225,7 +225,7 @@ def _json_schema(schema: type[pydantic.BaseModel]) -> dict[str, Any]:
     return schema.model_json_schema()
 
 
-def _queries_check(raw: dict, out: QueryOutput) -> dict[str, Any]:
+def queries_check(raw: dict, out: QueryOutput) -> dict[str, Any]:
     queries = [q.strip() for q in out.queries if isinstance(q, str) and q.strip()]
     if not queries:
         raise LLMBadResponse("structured output has no queries")
@@ -261,7 +261,7 @@ async def agenerate_pair_json(client: genai.Client, cfg: LLMConfig, prompt_text:
     LLMBlocked at once. `slot()` (an async context manager) gates each attempt.
     """
     return await agenerate_structured(client, cfg, prompt_text, parts, QueryOutput,
-                                      _queries_check, slot, on_retry)
+                                      queries_check, slot, on_retry)
 
 
 async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text: str,

@@ -4,21 +4,18 @@ Each example gets one call per query kind of its modality; every query of an ans
 one Pair. Answers are cached by (backend, model, prompt version, generation config,
 seed, example id), so a re-run makes no calls. A failed call is a Rejected row.
 
-Calls run on one event loop per stage instance (`client.aio`), many in flight, gated by
-a concurrency cap and request/token buckets (synth.limits); transient faults are retried
-(synth.client). Refusals and answers still schema-invalid after a repair are cached as
-such, so a rerun does not pay for them again; calls that failed after every retry are not.
+Calls go through synth.calls.CallLoop, the loop relabel uses too (cache, limits,
+retries, refusals, counts).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import hashlib
 import io
 import json
-import threading
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,22 +24,30 @@ from google.genai import types
 from PIL import Image
 
 from loom.schemas import storage
-from loom.schemas.records import EXAMPLE, PAIR, REJECTED, Modality, Reason, to_table
+from loom.schemas.records import (
+    EXAMPLE,
+    LLM_STAT_NAMES,
+    PAIR,
+    REJECTED,
+    Modality,
+    Reason,
+    stats_schema,
+    to_table,
+)
 from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
 from loom.synth import client as llm_client
 from loom.synth import filters as qfilters
 from loom.synth.budget import call_estimate
-from loom.synth.cache import ResponseCache
 from loom.synth.cache import key as cache_key
+from loom.synth.calls import Call, CallLoop, Unsendable, rejection
 from loom.synth.filters import FilterConfig
-from loom.synth.limits import Limiter, RateLimits
+from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
 from loom.transforms.pixels import part_frames
 from loom.transforms.stage import BaseStage
 
-STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
-              "input_tokens", "output_tokens", "filtered_length", "filtered_language")
-STATS = pa.schema([pa.field(n, pa.int64()) for n in STAT_NAMES])
+STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
+STATS = stats_schema(STAT_NAMES)
 STAGE = "synth"
 
 
@@ -60,12 +65,6 @@ class SynthConfig(pydantic.BaseModel):
     base_url: str | None = None
     limits: RateLimits = pydantic.Field(default_factory=RateLimits)
     filters: FilterConfig = pydantic.Field(default_factory=FilterConfig)
-
-
-class _Failure(Exception):
-    def __init__(self, reason: Reason, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def response_key(llm: llm_client.LLMConfig, prompt_version: str, example_id: str) -> str:
@@ -91,13 +90,13 @@ def _image_bytes(example: dict) -> tuple[bytes, str]:
             pass
     part = next((p for p in example.get("parts") or [] if p.get("pixels")), None)
     if part is None or not part.get("height") or not part.get("width"):
-        raise _Failure(Reason.UNREADABLE, "source unreadable and no decoded pixels to send")
+        raise Unsendable(Reason.UNREADABLE, "source unreadable and no decoded pixels to send")
     try:
         frames = part_frames(part)
     except (OSError, ValueError) as e:
-        raise _Failure(Reason.UNREADABLE, f"decoded pixels unreadable: {e}") from None
+        raise Unsendable(Reason.UNREADABLE, f"decoded pixels unreadable: {e}") from None
     if not len(frames):
-        raise _Failure(Reason.UNREADABLE, "decoded pixels shorter than height*width*3")
+        raise Unsendable(Reason.UNREADABLE, "decoded pixels shorter than height*width*3")
     buf = io.BytesIO()
     Image.fromarray(frames[0], "RGB").save(buf, format="PNG")
     return buf.getvalue(), "image/png"
@@ -137,7 +136,7 @@ def _frames_png(part: dict) -> list[bytes]:
     return out
 
 
-def _content_parts(example: dict) -> list[types.Part]:
+def content_parts(example: dict) -> list[types.Part]:
     """The Example in its own modality: images, audio and video as inline bytes of the
     original file (else decoded video frames as PNG); a PDF page as its rendered image plus
     its text layer (else the PDF); text as text."""
@@ -167,18 +166,11 @@ def _content_parts(example: dict) -> list[types.Part]:
         if text.strip():
             parts.append(types.Part.from_text(text=text))
         if not parts:
-            raise _Failure(Reason.UNREADABLE, f"{modality}: source unreadable, nothing decoded to send")
+            raise Unsendable(Reason.UNREADABLE, f"{modality}: source unreadable, nothing decoded to send")
         return parts
     if not text.strip():
-        raise _Failure(Reason.EMPTY, "example has no text to send")
+        raise Unsendable(Reason.EMPTY, "example has no text to send")
     return [types.Part.from_text(text=text)]
-
-
-def _cached_outcome(value: dict) -> tuple[Reason, str] | None:
-    """A cached refusal / unusable answer (a rejection that a rerun should not pay for)."""
-    if "rejected" in value:
-        return Reason(value["rejected"]), str(value.get("message", ""))
-    return None
 
 
 class SynthStage(BaseStage):
@@ -189,14 +181,7 @@ class SynthStage(BaseStage):
     def __init__(self, config: SynthConfig):
         self.config = config
         self.prompts = PromptSet.load(sorted({k for ks in config.kinds.values() for k in ks}))
-        self.llm_calls = 0
-        self.cache_hits = 0
-        self._client = None
-        self._server = None
-        self._cache: ResponseCache | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._limiter: Limiter | None = None
-        self._lock = threading.Lock()
+        self.calls = CallLoop(config.llm, config.cache_uri, config.limits, config.base_url)
 
     def __getstate__(self) -> dict:  # picklable before and after setup
         return {"config": self.config}
@@ -205,126 +190,38 @@ class SynthStage(BaseStage):
         self.__init__(state["config"])
 
     def setup(self) -> None:
-        if self._client is not None:
-            return
-        cfg = self.config
-        base_url = cfg.base_url or cfg.llm.base_url
-        if cfg.llm.backend == "offline" and not base_url:
-            from loom.synth.offline_server import start_server
-
-            self._server, base_url = start_server(0)
-        self._client = llm_client.make_client(cfg.llm, base_url=base_url)
-        self._cache = ResponseCache(cfg.cache_uri)
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="loom-synth-loop", daemon=True).start()
-        self._limiter = asyncio.run_coroutine_threadsafe(self._make_limiter(), self._loop).result()
-
-    async def _make_limiter(self) -> Limiter:
-        return Limiter(self.config.limits)
+        self.calls.setup()
 
     def teardown(self) -> None:
-        if self._loop is not None:
-            loop, self._loop = self._loop, None
-            with contextlib.suppress(Exception):  # closing sessions is best effort
-                asyncio.run_coroutine_threadsafe(self._client.aio.aclose(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        self._client = None
+        self.calls.teardown()
 
     @staticmethod
     def _rejected(uri: str, reason: Reason, message: str, record_id: str) -> dict:
         return {"uri": uri, "stage": STAGE, "reason": reason.value, "message": message[:2000],
                 "record_id": record_id}
 
-    async def _call(self, example: dict, kind: str, parts: list[types.Part], key: str,
-                    stats: dict[str, int]) -> dict:
-        """One (example, kind) call: the answer, or {"rejected": reason, "message": ...}."""
-        cfg = self.config.llm
+    def _call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
+        llm = self.config.llm
         text = self.prompts.text(kind)
-        est = call_estimate(example, text, cfg.max_output_tokens, with_repair=False)
-
-        def slot():
-            return self._limiter.slot(est.tokens)
-
-        def on_retry(_exc: Exception) -> None:
-            stats["retries"] += 1
-
-        with self._lock:
-            self.llm_calls += 1
-        stats["llm_calls"] += 1
-        try:
-            answer = await llm_client.agenerate_pair_json(self._client, cfg, text, parts, slot,
-                                                          on_retry)
-        except (llm_client.LLMBlocked, llm_client.LLMBadResponse) as exc:
-            blocked = isinstance(exc, llm_client.LLMBlocked)
-            stats["blocked"] += int(blocked)
-            usage = getattr(exc, "usage", None) or {}
-            stats["requests"] += int(usage.get("calls", 1))
-            stats["input_tokens"] += int(usage.get("input_tokens", 0))
-            stats["output_tokens"] += int(usage.get("output_tokens", 0))
-            reason = Reason.LLM_BLOCKED if blocked else Reason.LLM_BAD_RESPONSE
-            value = {"rejected": reason.value, "message": str(exc), "usage": usage}
-            await asyncio.to_thread(self._cache.put, key, value)
-            return value
-        except Exception as exc:  # noqa: BLE001 - LLMError after retries and anything else: a row
-            msg = (str(exc) if isinstance(exc, llm_client.LLMError)
-                   else f"{type(exc).__name__}: {exc}")
-            return {"rejected": Reason.LLM_ERROR.value, "message": msg, "transient": True}
-        usage = answer.get("usage") or {}
-        stats["requests"] += int(usage.get("calls", 1))
-        stats["repairs"] += int(bool(answer.get("repaired")))
-        stats["input_tokens"] += int(usage.get("input_tokens", 0))
-        stats["output_tokens"] += int(usage.get("output_tokens", 0))
-        await asyncio.to_thread(self._cache.put, key, answer)  # fsyncs: off the loop
-        return answer
-
-    async def _call_all(self, calls: list[tuple[int, dict, str, list, str]],
-                        stats: dict[str, int]) -> dict[int, dict]:
-        results = await asyncio.gather(*(self._call(ex, kind, parts, key, stats)
-                                         for _, ex, kind, parts, key in calls))
-        return {c[0]: r for c, r in zip(calls, results, strict=True)}
+        est = call_estimate(ex, text, llm.max_output_tokens, with_repair=False)
+        return Call(response_key(llm, self.prompts.version(kind), ex["id"]), text, parts,
+                    tokens=est.tokens)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
-        self.setup()
         cfg = self.config
-        stats = dict.fromkeys(STAT_NAMES, 0)
         tasks = [(ex, kind) for ex in batch.to_pylist()
                  for kind in cfg.kinds.get(ex["modality"], [])]
-        answers: dict[int, dict] = {}
-        calls = []
-        parts_of: dict[str, Any] = {}
-        for i, (ex, kind) in enumerate(tasks):  # cache first, on this thread: no loop hop
-            key = response_key(cfg.llm, self.prompts.version(kind), ex["id"])
-            cached = self._cache.get(key)
-            if cached is not None:
-                answers[i] = cached
-                stats["cache_hits"] += 1
-                continue
-            if ex["id"] not in parts_of:
-                try:
-                    parts_of[ex["id"]] = _content_parts(ex)
-                except _Failure as exc:
-                    parts_of[ex["id"]] = exc
-            parts = parts_of[ex["id"]]
-            if isinstance(parts, _Failure):
-                answers[i] = {"rejected": parts.reason.value, "message": str(parts)}
-                continue
-            calls.append((i, ex, kind, parts, key))
-        if calls:
-            answers |= asyncio.run_coroutine_threadsafe(self._call_all(calls, stats),
-                                                        self._loop).result()
-        with self._lock:
-            self.cache_hits += stats["cache_hits"]
+        parts_of = {ex["id"]: functools.cache(functools.partial(content_parts, ex))
+                    for ex, _ in tasks}  # built once per example, only on a cache miss
+        answers, llm_stats = self.calls.run([self._call(ex, kind, parts_of[ex["id"]])
+                                             for ex, kind in tasks])
+        stats = dict.fromkeys(STAT_NAMES, 0) | llm_stats
         pairs, rejected = [], []
         gen = json.dumps(cfg.llm.generation_config(), sort_keys=True)
-        for i, (ex, kind) in enumerate(tasks):
+        for (ex, kind), answer in zip(tasks, answers, strict=True):
             eid = ex["id"]
             uri = (ex.get("source_uris") or [""])[0] or eid
-            answer = answers[i]
-            if (bad := _cached_outcome(answer)) is not None:
+            if (bad := rejection(answer)) is not None:
                 rejected.append(self._rejected(uri, bad[0], bad[1], eid))
                 continue
             version = self.prompts.version(kind)

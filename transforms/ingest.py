@@ -17,7 +17,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from loom.schemas import storage
-from loom.schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
+from loom.schemas.records import EXAMPLE, INGEST_WORK, REJECTED, Modality, Reason, empty_part, to_table
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.archives import (
     ArchiveLimits,
@@ -35,7 +35,7 @@ from loom.transforms.pdf import decode_pdf
 from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
 from loom.transforms.remote import RemoteConfig
-from loom.transforms.sniff import COMPRESSED, DecodeError, looks_like_text, sniff
+from loom.transforms.sniff import COMPRESSED, DecodeError, looks_like_text, sniff, stable_message
 from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text, text_bytes_needed
 from loom.transforms.tokenizer import TextTokenizer
@@ -168,8 +168,7 @@ def _is_manifest(uri: str, data: bytes) -> str | None:
 class IngestStage(BaseStage):
     name: ClassVar[str] = "ingest"
     # `dups`: URIs of byte-identical copies; the Example lists them among its sources.
-    input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string()), ("id", pa.string()),
-                                                   ("dups", pa.list_(pa.string()))])
+    input_schema: ClassVar[pa.Schema] = INGEST_WORK
     output_schemas: ClassVar[dict[str, pa.Schema]] = {"examples": EXAMPLE, "rejected": REJECTED}
 
     def __init__(self, config: IngestConfig):
@@ -284,7 +283,7 @@ def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tup
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
     return {"uri": uri, "stage": IngestStage.name, "reason": Reason(reason).value,
-            "message": message, "record_id": file_id}
+            "message": stable_message(message), "record_id": file_id}
 
 
 def process_file(uri: str, file_id: str, config: IngestConfig

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+import re
 
 from loom.schemas.records import Modality, Reason
+
+
+# `<_io.BytesIO object at 0x7f..>` in a library's message (Pillow, libsndfile): the
+# address differs per process, so the same file would get other bytes on another engine.
+_ADDRESS = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
+
+
+def stable_message(message: str) -> str:
+    """A rejection message without per-process details (object addresses)."""
+    return _ADDRESS.sub(r"<\1>", message)
 
 
 class DecodeError(Exception):
     """A file that cannot become an Example; `reason` is the Rejected row's code."""
 
     def __init__(self, reason: Reason, message: str):
+        message = stable_message(message)
         super().__init__(message)
         self.reason = Reason(reason)
         self.message = message

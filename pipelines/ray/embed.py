@@ -1,40 +1,44 @@
-"""Batch inference on Ray Data: one encoder per actor, GPU when the cluster has one."""
+"""The one Ray adapter of the model seam (models.handler): batch inference on Ray Data.
+
+`EmbedActor` loads the handler's checkpoint once per actor (GPU when the actor has one)
+and embeds each batch: ITEM rows the driver prepared (mine: it caches by input digest),
+or Example rows read by Ray Data tasks (backfill: only file names and row numbers leave
+the driver), prepared on the actor with the checkpoint's own preprocessing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
 from ray.data import ActorPoolStrategy
 
-from loom.models.checkpoint import load_checkpoint
-from loom.models.embed import embed_items
+from loom.models.handler import EncoderHandler
 from loom.pipelines.ray.session import ensure_ray
 from loom.schemas import storage
-from loom.transforms.items import example_to_item
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
 ROWS_PER_CALL = 1024  # Example rows per actor call (one call's forward passes)
 
 
 class EmbedActor:
-    """Loads the checkpoint once (in __init__), then embeds batches of ITEM rows."""
+    """One model per actor (`handler.load()` in __init__), then `handler.embed` per batch."""
 
-    def __init__(self, root: str, ckpt_id: str, dim: int | None = None, threads: int = 1):
-        torch.set_num_threads(threads)
-        self.model = load_checkpoint(root, ckpt_id).model
-        if torch.cuda.is_available():  # Ray set CUDA_VISIBLE_DEVICES for a num_gpus actor
-            self.model = self.model.cuda()
-        self.dim = dim
+    def __init__(self, handler: EncoderHandler):
+        self.handler = handler
+        self.model = handler.load()
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        items = batch.column("item").to_pylist()
-        vecs = embed_items(self.model, items, self.dim)
+        if "item" in batch.column_names:
+            items = batch.column("item").to_pylist()
+        else:  # Example rows: prepared here, with the checkpoint's own preprocessing
+            prep = self.handler.inputs()
+            items = [prep.example(e) for e in batch.to_pylist()]
         return {"id": np.array([it["id"] for it in items], dtype=object),
-                "vector": vecs}
+                "vector": self.handler.embed(items, self.model)}
 
 
 def read_examples(batch: pa.Table) -> pa.Table:
@@ -46,38 +50,33 @@ def read_examples(batch: pa.Table) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class EmbedExamplesActor(EmbedActor):
-    """Embeds batches of Example rows (id, modality, parts) read by `read_examples`."""
+def _actors(ds, handler: EncoderHandler, batch_size: int, actors: int, cpus_per_actor: float,
+            gpus_per_actor: float):
+    """The actor pool stage: each actor runs as many torch threads as it reserves CPUs."""
+    handler = dataclasses.replace(handler, threads=max(1, int(cpus_per_actor)))
+    return ds.map_batches(EmbedActor, fn_constructor_args=(handler,), batch_size=batch_size,
+                          batch_format="pyarrow",
+                          compute=ActorPoolStrategy(min_size=1, max_size=actors),
+                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
 
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        items = [example_to_item(e) for e in batch.to_pylist()]
-        return {"id": np.array([it["id"] for it in items], dtype=object),
-                "vector": embed_items(self.model, items, self.dim)}
 
-
-def embed_on_ray(items: list[dict], root: str, ckpt_id: str, dim: int | None = None,
-                 actors: int = 1, batch_size: int = 256,
-                 cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0
-                 ) -> tuple[list[str], np.ndarray]:
-    """Ids and vectors in input order. Each actor reserves `cpus_per_actor` CPUs (and runs
-    that many torch threads) and `gpus_per_actor` GPUs (its model then runs on one)."""
+def embed_on_ray(items: list[dict], handler: EncoderHandler, actors: int = 1,
+                 batch_size: int = 256, cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Ids and vectors of ITEMs in input order. Each actor reserves `cpus_per_actor` CPUs
+    and `gpus_per_actor` GPUs (its model then runs on one)."""
     ensure_ray()
     if not items:
-        return [], np.zeros((0, dim or 1), dtype=np.float32)
+        return [], np.zeros((0, handler.dim or 1), dtype=np.float32)
     ds = ray.data.from_arrow(pa.table({"item": items}))
-    ds = ds.map_batches(EmbedActor,
-                        fn_constructor_args=(root, ckpt_id, dim, max(1, int(cpus_per_actor))),
-                        batch_size=batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(min_size=1, max_size=actors),
-                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
-    rows = ds.take_all()
+    rows = _actors(ds, handler, batch_size, actors, cpus_per_actor, gpus_per_actor).take_all()
     by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
     ids = [it["id"] for it in items]
     return ids, np.stack([by_id[i] for i in ids])
 
 
-def embed_files_on_ray(work: list[tuple[str, list[int]]], root: str, ckpt_id: str,
-                       dim: int | None = None, actors: int = 1, cpus_per_actor: float = 1.0,
+def embed_files_on_ray(work: list[tuple[str, list[int]]], handler: EncoderHandler,
+                       actors: int = 1, cpus_per_actor: float = 1.0,
                        gpus_per_actor: float = 0.0, rows_per_call: int | None = None
                        ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Streams (ids, vectors) per actor call as the actors finish them, in no promised order.
@@ -103,11 +102,7 @@ def embed_files_on_ray(work: list[tuple[str, list[int]]], root: str, ckpt_id: st
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     ds = ds.map_batches(read_examples, batch_size=1, batch_format="pyarrow", num_cpus=0,
                         concurrency=1)
-    ds = ds.map_batches(EmbedExamplesActor,
-                        fn_constructor_args=(root, ckpt_id, dim, max(1, int(cpus_per_actor))),
-                        batch_size=rows_per_call, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(min_size=1, max_size=actors),
-                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+    ds = _actors(ds, handler, rows_per_call, actors, cpus_per_actor, gpus_per_actor)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield list(batch["id"]), np.asarray(batch["vector"], dtype=np.float32)
 

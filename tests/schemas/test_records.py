@@ -38,8 +38,10 @@ def _value(t: pa.DataType, i: int, depth: int = 0):
         return bytes([i % 256, 0, 255, (i * 7) % 256])
     if pa.types.is_int32(t) or pa.types.is_int64(t):
         return i * 3 - 1
-    if pa.types.is_float32(t) or pa.types.is_float16(t):
+    if pa.types.is_float32(t) or pa.types.is_float16(t) or pa.types.is_float64(t):
         return i * 0.25 - 0.5  # exact in float32 and float16
+    if pa.types.is_boolean(t):
+        return i % 2 == 0
     raise NotImplementedError(t)
 
 

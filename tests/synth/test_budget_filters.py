@@ -11,7 +11,7 @@ from loom.synth import filters as qf
 from loom.synth.budget import Budget, Estimate, Ledger, call_estimate, load_prices, price_for
 from loom.synth.client import LLMConfig, generate_pair_json
 from loom.synth.prompts import PromptSet
-from loom.synth.stage import _content_parts
+from loom.synth.stage import content_parts
 from tests.synth.conftest import image_example, text_example
 from tests.transforms.media import make_wav
 from tests.transforms.test_pdf import make_pdf
@@ -49,7 +49,7 @@ def test_estimate_bounds_offline_usage(tmp_path, offline_client):
         rows += [image_example(tmp_path, scene, rng), text_example(scenes.describe(scene, rng))]
     for ex in rows:
         for kind in ("caption", "keyword"):
-            out = generate_pair_json(offline_client, cfg, PROMPTS.text(kind), _content_parts(ex))
+            out = generate_pair_json(offline_client, cfg, PROMPTS.text(kind), content_parts(ex))
             est = call_estimate(ex, PROMPTS.text(kind), cfg.max_output_tokens, with_repair=False)
             assert out["usage"]["calls"] == 1
             assert out["usage"]["input_tokens"] <= est.input_tokens
@@ -91,12 +91,12 @@ def test_media_parts_sent_natively(tmp_path):
              "mime": "video/mp4", "size_bytes": 10, "metadata": "{}",
              "parts": [{"kind": "video", "pixels": frames.tobytes(), "height": 8, "width": 8,
                         "frames": 3}]}
-    a = _content_parts(audio)
+    a = content_parts(audio)
     assert [(p.inline_data.mime_type, p.inline_data.data) for p in a] == [("audio/wav", wav.read_bytes())]
-    p = _content_parts(page)  # the page itself: its image and text layer, not the whole PDF
+    p = content_parts(page)  # the page itself: its image and text layer, not the whole PDF
     assert [x.inline_data.mime_type if x.inline_data else "text" for x in p] == ["image/png", "text"]
-    assert _content_parts(bare_page)[0].inline_data.mime_type == "application/pdf"
-    v = _content_parts(video)  # source unreadable: the decoded frames go as images
+    assert content_parts(bare_page)[0].inline_data.mime_type == "application/pdf"
+    v = content_parts(video)  # source unreadable: the decoded frames go as images
     assert [x.inline_data.mime_type for x in v] == ["image/png"] * 3
     assert all(isinstance(x, types.Part) for x in a + p + v)
 
@@ -113,6 +113,6 @@ def test_offline_server_reads_native_media(offline_client, tmp_path):
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": len(data), "metadata": "{}"}
     out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"),
-                             _content_parts(audio))
+                             content_parts(audio))
     assert out["queries"] and "audio clip" in out["queries"][0]
     assert hashlib.sha256(data).hexdigest()[:6] in " ".join(out["queries"])

@@ -72,3 +72,73 @@ def test_relabel_picks_the_true_positive(tmp_path, server_url):
     again = run_relabel(t_dir, str(tmp_path / "rel2"), LLMConfig(base_url=server_url), negatives=2)
     assert again["counts"]["positives_changed"] == 2  # a new root: its own cache, same answers
     assert server_stats(server_url)["requests"] == before + 3
+
+
+def _fixture(tmp_path, n: int = 6) -> tuple[str, dict]:
+    """n triples over the four documents (every one mislabelled or not, by turns)."""
+    ex = {k: text_example(v) for k, v in DOCS.items()}
+    ex_dir = _dataset(str(tmp_path / "ex"), "ingest", "examples", list(ex.values()), EXAMPLE, {})
+    names = sorted(DOCS)
+    triples = []
+    for i in range(n):
+        pos, negs = names[i % 4], [names[(i + 1) % 4], names[(i + 2) % 4]]
+        triples.append({"pair_id": f"p{i}", "kind": "keyword", "query_text": f"{DOCS[pos]} #{i}",
+                        "query_modality": "text", "positive_id": ex[pos]["id"],
+                        "positive_modality": "text", "positive_score": 0.9,
+                        "negatives": [_neg(ex[m]["id"], r) for r, m in enumerate(negs)],
+                        "checkpoint": "run-a/step-1", "mining_config": "{}"})
+    t_dir = _dataset(str(tmp_path / "mine"), "mine", "triples", triples, TRIPLE,
+                     {"examples": ex_dir, "pairs": "n/a"})
+    return t_dir, ex
+
+
+def test_relabel_budget_stops_resumes_and_reports_synths_counts(tmp_path, server_url):
+    import pytest
+
+    from loom.pipelines.synth_relabel import run_relabel
+    from loom.schemas.records import LLM_STAT_NAMES
+    from loom.synth.budget import BudgetExceeded
+    from loom.synth.offline_server import server_stats
+
+    t_dir, _ = _fixture(tmp_path)
+    llm = LLMConfig(base_url=server_url)
+    root = str(tmp_path / "rel")
+    served = server_stats(server_url)["answered"]
+    with pytest.raises(BudgetExceeded) as stop:  # each triple reserves 2 calls (a repair)
+        run_relabel(t_dir, root, llm, negatives=1, max_calls=5)
+    first = stop.value.payload
+    assert first["stopped"] == "budget" and first["counts"]["triples_done"] == 2
+    assert 0 < first["counts"]["llm_calls"] <= 5 and first["usage"]["requests"] <= 5
+    with pytest.raises(FileNotFoundError):
+        mf.resolve_input(root)  # nothing visible until the run completes
+    done = run_relabel(t_dir, root, llm, negatives=1)  # resumes: pays for the other 4 only
+    assert done["llm_calls"] == 4 and done["counts"]["cache_hits"] == 2
+    assert server_stats(server_url)["answered"] - served == 6  # never paid twice
+    assert set(LLM_STAT_NAMES) <= set(done["counts"])  # the keys synth reports
+    assert done["usage"]["requests"] == done["counts"]["requests"] == 4
+    assert done["counts"]["triples"] == 6 and done["counts"]["relabelled"] == 6
+
+    # A rerun after the commit is lost (killed before it) pays nothing: all cached.
+    (tmp_path / "rel" / done["version"] / mf.MANIFEST).unlink()
+    served = server_stats(server_url)["answered"]
+    again = run_relabel(t_dir, root, llm, negatives=1)
+    assert again["llm_calls"] == 0 and again["counts"]["cache_hits"] == 6
+    assert server_stats(server_url)["answered"] == served
+    vdir, m = mf.resolve_input(again["uri"])
+    assert sorted(r["pair_id"] for r in mf.read_table(vdir, m, "relabels").to_pylist()) == \
+        [f"p{i}" for i in range(6)]
+
+
+def test_relabel_on_ray_gives_beams_rows(tmp_path, server_url, ray_session):
+    from loom.pipelines.runner import Engine
+    from loom.pipelines.synth_relabel import run_relabel
+
+    t_dir, _ = _fixture(tmp_path, 4)
+    llm = LLMConfig(base_url=server_url)
+    rows = {}
+    for engine in (Engine.BEAM, Engine.RAY):
+        out = run_relabel(t_dir, str(tmp_path / engine.value), llm, negatives=1, engine=engine)
+        vdir, m = mf.resolve_input(out["uri"])
+        rows[engine] = sorted(mf.read_table(vdir, m, "triples").to_pylist(),
+                              key=lambda r: r["pair_id"])
+    assert rows[Engine.BEAM] == rows[Engine.RAY]

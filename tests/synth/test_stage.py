@@ -33,7 +33,7 @@ def test_stage_pairs_and_cache(tmp_path, server_url):
     assert out["pairs"].schema.equals(PAIR) and out["rejected"].schema.equals(REJECTED)
     assert out["rejected"].num_rows == 0
     pairs = out["pairs"].to_pylist()
-    assert stats["llm_calls"] == 16 and stats["cache_hits"] == 0 and stage.llm_calls == 16
+    assert stats["llm_calls"] == 16 and stats["cache_hits"] == 0 and stage.calls.totals["llm_calls"] == 16
     assert stats["requests"] == 16 and stats["retries"] == 0 and stats["input_tokens"] > 0
     assert all(p["input_tokens"] > 0 and p["output_tokens"] > 0 for p in pairs)
     assert {p["positive_id"] for p in pairs} == {r["id"] for r in rows}
@@ -46,7 +46,7 @@ def test_stage_pairs_and_cache(tmp_path, server_url):
     out2 = again.process_batch(batch_of(rows))
     stats2 = out2.pop("stats").to_pylist()[0]
     assert stats2["llm_calls"] == 0 and stats2["cache_hits"] == 16 and stats2["input_tokens"] == 0
-    assert again.llm_calls == 0 and again.cache_hits == 16
+    assert again.calls.totals["llm_calls"] == 0 and again.calls.totals["cache_hits"] == 16
     assert out2["pairs"].equals(out["pairs"])
     again.teardown()
     stage.teardown()
