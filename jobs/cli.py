@@ -92,8 +92,10 @@ def key_values(items: Iterable[str], flag: str, convert: Callable[[str], Any] = 
 @app.command()
 def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")],
            images: int = 200, texts: int = 200, seed: int = 0,
-           world: Annotated[str, Opt(help="simple (one shape) or rich (one or two objects "
-                                          "in near-miss families)")] = "simple") -> None:
+           world: Annotated[str, Opt(help="simple (one shape), rich (one or two objects in "
+                                          "near-miss families) or multimodal (rich scenes "
+                                          "also as video, audio, PDF pages and records)")
+                            ] = "simple") -> None:
     """Generate the offline demo corpus (scenes as images and texts, plus bad files)."""
     from loom.jobs.demo import make_corpus
 
@@ -104,6 +106,8 @@ def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")
 def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
            output: Annotated[str, Opt(help="dataset root")],
            engine: Engine = Engine.BEAM, image_size: int = 48,
+           max_frames: Annotated[int, Opt(help="video frames sampled per clip (1 fps, spread "
+                                               "evenly past this many)")] = 32,
            allow_host: Annotated[list[str] | None, Opt(
                help="host whose http(s) manifest references may be fetched (repeatable)")] = None
            ) -> None:
@@ -112,7 +116,8 @@ def ingest(input: Annotated[str, Opt(help="raw prefix: local folder or gs://")],
     from loom.schemas.spec import PreprocessingSpec
     from loom.transforms.remote import RemoteConfig
 
-    _run(run_ingest, input, output, PreprocessingSpec(image_size=image_size), engine,
+    _run(run_ingest, input, output,
+         PreprocessingSpec(image_size=image_size, video_max_frames=max_frames), engine,
          remote=RemoteConfig(allowed_hosts=tuple(allow_host or ())))
 
 
@@ -229,6 +234,7 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
           temperature: float = 0.05,
           learn_temperature: Annotated[bool, Opt(help="learn the temperature (from --temperature)")
                                        ] = False,
+          max_frames: Annotated[int, Opt(help="video frames the encoder sees per clip")] = 32,
           resume: Annotated[bool, Opt(help="continue an incomplete run of the same id")] = True
           ) -> None:
     """Train the encoder with Ray Train (TorchTrainer, streaming shards)."""
@@ -236,7 +242,7 @@ def train(shards: Annotated[str, Opt(help="shards root or version")],
 
     def go():
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
-                          learn_temperature=learn_temperature)
+                          learn_temperature=learn_temperature, max_frames=max_frames)
         return run_train(shards, output, TrainStage(stage), cfg, init, init_root, workers, resume)
 
     _run(go)

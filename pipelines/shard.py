@@ -27,7 +27,6 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import PAIR, TRAINING_ROW, TRIPLE
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
-from loom.transforms.items import example_to_item
 from loom.transforms.packing import shuffle_key, training_rows
 from loom.transforms.stage import BaseStage
 from loom.transforms.tokenizer import TextTokenizer
@@ -42,18 +41,19 @@ class ShardStage(BaseStage):
     def __init__(self, examples_dir: str, input_table: str):
         self.examples_dir = examples_dir
         self.input_schema = TRIPLE if input_table == "triples" else PAIR
-        self.items: dict[str, dict] = {}
+        self.examples: dict[str, dict] = {}
 
     def setup(self) -> None:
         manifest = mf.read_manifest(self.examples_dir)
         examples = mf.read_table(self.examples_dir, manifest, "examples")
-        self.items = {r["id"]: example_to_item(r) for r in examples.to_pylist()}
+        self.examples = {r["id"]: r for r in examples.to_pylist()}
         self.spec = PreprocessingSpec.model_validate_json(
             storage.read_bytes(storage.join(self.examples_dir, SPEC_FILE)))
         self.tokenizer = TextTokenizer.from_json(self.spec.tokenizer_json)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
-        rows, missing = training_rows(batch, self.items, self.tokenizer, self.spec.max_text_tokens)
+        rows, missing = training_rows(batch, self.examples, self.tokenizer,
+                                      self.spec.max_text_tokens)
         return {"_rows": rows, "_missing": pa.Table.from_pylist(missing, schema=MISSING)}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from loom.schemas import storage
-from loom.schemas.records import TABLES
+from loom.schemas.records import TABLES, conform
 
 PACKAGE_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
@@ -27,14 +27,15 @@ MANIFEST = "manifest.json"
 STAGE_LOGIC = {
     "corpus": 1,
     "ingest": 4,
-    "synth": 2,  # 2: usage columns, filters, run-wide dedupe
+    "synth": 3,  # 2: usage columns, filters, run-wide dedupe; 3: any-to-any pairs
     "relabel": 1,
-    "shard": 1,
+    "shard": 2,  # 2: queries of any modality, with their task instruction
     "train": 2,
-    "mine": 2,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms
-    "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
+    "mine": 3,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms; 3: any-to-any
+    "eval": 3,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim); 3: any-to-any pairs
     "report": 1,
     "backfill": 1,
+    "pairs": 1,
 }
 
 
@@ -138,9 +139,14 @@ def resolve_input(uri: str) -> tuple[str, Manifest]:
 
 def read_table(version_dir: str, manifest: Manifest, table: str,
                columns: list[str] | None = None) -> pa.Table:
-    """Only the files the manifest lists: stray parts of a killed run are invisible."""
-    return storage.read_parquet(manifest.files(version_dir, table), columns=columns,
+    """Only the files the manifest lists: stray parts of a killed run are invisible.
+
+    Pairs and Triples of an older schema version read through records.conform."""
+    data = storage.read_parquet(manifest.files(version_dir, table), columns=columns,
                                 schema=TABLES.get(table))
+    if columns is None and table in ("pairs", "triples"):
+        data = conform(data, TABLES[table])
+    return data
 
 
 class VersionWriter:

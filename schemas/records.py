@@ -102,10 +102,35 @@ DUPLICATE = pa.schema(
     ]
 )
 
+# A query or positive taken from a corpus Example: its id and which of its parts (null:
+# all). A video's frames without its audio track is {"example_id": v, "parts": [0]}.
+PART_REF = pa.struct(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("parts", pa.list_(pa.int32())),
+    ]
+)
+
+# Columns every Pair and Triple shares beyond a text query (schema version 2, any-to-any).
+# The query is `query_text` (text, may be empty), plus inline `query_parts` (the Examples'
+# part struct: an image, a frame), plus `query_ref` (parts of a corpus Example); its
+# modality names every kind in it, joined by "+" in a fixed order (`text+image`). The
+# positive is `positive_id` restricted to `positive_parts` (null: all its parts), or
+# inline text `positive_text` (an LLM-written description of the query Example). The two
+# sides never share a part. `group` is the asset group that chose the split.
+ANY_TO_ANY = [
+    pa.field("query_parts", pa.list_(PART)),
+    pa.field("query_ref", PART_REF),
+    pa.field("positive_parts", pa.list_(pa.int32())),
+    pa.field("positive_text", pa.string()),
+    pa.field("source", pa.string()),  # synthetic (an LLM wrote it) | natural (structure)
+    pa.field("group", pa.string()),
+]
+
 PAIR = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("task", pa.string()),  # task description written by the LLM
+        pa.field("task", pa.string()),  # task instruction: goes with the query everywhere
         pa.field("kind", pa.string(), nullable=False),  # query kind (prompt name)
         pa.field("query_text", pa.string(), nullable=False),
         pa.field("query_modality", pa.string(), nullable=False),
@@ -120,6 +145,7 @@ PAIR = pa.schema(
         # usage_metadata of the call that wrote it (shared by the queries of one answer)
         pa.field("input_tokens", pa.int64()),
         pa.field("output_tokens", pa.int64()),
+        *ANY_TO_ANY,
     ]
 )
 
@@ -145,6 +171,8 @@ TRIPLE = pa.schema(
         pa.field("negatives", pa.list_(NEGATIVE), nullable=False),
         pa.field("checkpoint", pa.string(), nullable=False),
         pa.field("mining_config", pa.string()),  # JSON
+        pa.field("task", pa.string()),
+        *ANY_TO_ANY,
     ]
 )
 
@@ -193,6 +221,44 @@ TABLES: dict[str, pa.Schema] = {
     "shards": TRAINING_ROW,
     "embeddings": EMBEDDING,
 }
+
+
+# Bumped once per change to any table's columns. 2: any-to-any Pairs and Triples.
+PAIRS_SCHEMA_VERSION = 2
+MODALITY_ORDER = ("text", "image", "audio", "video", "page", "interleaved")
+
+
+def query_modality(kinds) -> str:
+    """The name of a query made of parts of these kinds: `text+image`, in a fixed order."""
+    present = set(kinds)
+    return "+".join(m for m in MODALITY_ORDER if m in present) or Modality.TEXT.value
+
+
+def pair_name(query_modality: str, positive_modality: str) -> str:
+    return f"{query_modality}->{positive_modality}"
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Version-1 Pairs and Triples (text queries only) read as version 2: the any-to-any
+    columns are null, which means what version 1 meant (a text query, a whole positive).
+    A column the schema does not know, or one of another type, is a clear error."""
+    have = set(table.schema.names)
+    unknown = have - set(schema.names)
+    if unknown:
+        raise ValueError(f"columns {sorted(unknown)} are not in this loom's schema "
+                         f"(written by a newer version?)")
+    cols = []
+    for field in schema:
+        if field.name in have:
+            col = table.column(field.name)
+            if col.type != field.type:
+                col = col.cast(field.type)
+        else:
+            if not field.nullable:
+                raise ValueError(f"required column {field.name!r} is missing")
+            col = pa.nulls(len(table), field.type)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 _EMPTY_PART = dict.fromkeys(PART.names)
