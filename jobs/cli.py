@@ -89,6 +89,17 @@ def key_values(items: Iterable[str], flag: str, convert: Callable[[str], Any] = 
     return out
 
 
+def _kinds(items: list[str] | None) -> dict[str, list[str]] | None:
+    """--kind MODALITY=KIND[,KIND] over the default kinds per modality."""
+    if not items:
+        return None
+    from loom.synth.stage import DEFAULT_KINDS
+
+    given = key_values(items, "--kind", lambda v: [k for k in v.split(",") if k],
+                       "MODALITY=KIND[,KIND]")
+    return {**DEFAULT_KINDS, **given}
+
+
 @app.command()
 def corpus(output: Annotated[str, Opt(help="root folder for the corpus version")],
            images: int = 200, texts: int = 200, seed: int = 0,
@@ -142,8 +153,13 @@ def synth(ctx: typer.Context,
           concurrency: Annotated[int, Opt(help="requests in flight per worker")] = 32,
           rpm: Annotated[float | None, Opt(help="requests per minute (all workers)")] = None,
           tpm: Annotated[float | None, Opt(help="tokens per minute (all workers)")] = None,
-          script: Annotated[str, Opt(help="expected query script (latin, cyrillic, cjk, ...; "
-                                          "none: no language filter)")] = "latin",
+          language: Annotated[str, Opt(help="query language: auto (the document's own, by "
+                                            "py3langid), an ISO code, or none")] = "auto",
+          script: Annotated[str, Opt(help="also require a script (latin, cyrillic, cjk, ...) "
+                                          "or none")] = "none",
+          kind: Annotated[list[str] | None, Opt(
+              help="query kinds of a modality, MODALITY=KIND[,KIND] (repeatable; the rest "
+                   "keep their defaults), e.g. audio=caption,describe")] = None,
           checkpoint: Annotated[str | None, Opt(help="round-trip filter with this checkpoint")
                                 ] = None,
           checkpoint_root: str = "checkpoints",
@@ -170,7 +186,9 @@ def synth(ctx: typer.Context,
             limits=RateLimits(concurrency=concurrency, requests_per_minute=rpm,
                               tokens_per_minute=tpm),
             filters=FilterConfig(script=None if script == "none" else script,
+                                 language=None if language == "none" else language,
                                  roundtrip_k=roundtrip_k),
+            kinds=_kinds(kind),
             checkpoint=checkpoint, checkpoint_root=checkpoint_root)
 
     _run(go)

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Literal
 
 from loom.schemas import storage
-from loom.transforms.scenes_media import render_audio, render_pdf, render_video
 from loom.transforms.scenes import (
     RichScene,
     Scene,
@@ -29,6 +28,7 @@ from loom.transforms.scenes import (
     render_rich,
     variants,
 )
+from loom.transforms.scenes_media import render_audio, render_pdf, render_video
 
 IMAGE_SIDE = 96
 World = Literal["simple", "rich", "multimodal"]

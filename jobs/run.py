@@ -49,10 +49,11 @@ def run_step(step, spec: JobSpec, done: dict[str, dict]) -> dict:
     out = step.output_root(spec.workdir)
     if isinstance(step, IngestStep):
         return run_ingest(storage.absolute(step.input), out,
-                          PreprocessingSpec(image_size=step.image_size), spec.engine)
+                          PreprocessingSpec(image_size=step.image_size,
+                                            video_max_frames=step.max_frames), spec.engine)
     if isinstance(step, SynthStep):
         return run_synth(_dataset(step.examples, done), out, llm=step.llm, engine=spec.engine,
-                         heldout_fraction=step.heldout_fraction)
+                         heldout_fraction=step.heldout_fraction, kinds=step.kinds)
     if isinstance(step, ShardStep):
         return run_shard(_dataset(step.input, done), out, step.rows_per_shard, step.seed,
                          spec.engine, step.target_mb, step.weights)

@@ -58,6 +58,7 @@ class IngestStep(_Step):
     stage: Literal["ingest"]
     input: str
     image_size: int = Field(48, ge=8, le=1024)
+    max_frames: int = Field(32, ge=1, le=256)  # video frames sampled per clip (1 fps)
 
 
 class SynthStep(_Step):
@@ -65,6 +66,7 @@ class SynthStep(_Step):
     examples: str
     llm: LLMConfig = LLMConfig()
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    kinds: dict[str, list[str]] | None = None  # modality -> query kinds (default: synth's)
 
 
 class ShardStep(_Step):

@@ -249,10 +249,10 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
     out = {}
     for ex in table.to_pylist():
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
-                if not storage.exists(cache.uri(response_key(llm, prompt_set.version(kind),
-                                                             ex["id"])))]
-        est = sum((call_estimate(ex, prompt_set.text(k), llm.max_output_tokens) for k in todo),
-                  ZERO)
+                if not storage.exists(cache.uri(response_key(
+                    llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
+        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens)
+                   for k in todo), ZERO)
         out[ex["id"]] = (len(todo), est)
     return out
 

@@ -113,8 +113,14 @@ def test_env_key_never_switches_backend(monkeypatch):
 
 def test_prompt_set():
     ps = PromptSet.load(["caption", "question"])
-    assert ps.version("caption") == "caption.v1"
+    assert ps.version("caption") == "caption.v2"
+    assert ps.version("caption", "audio") == "caption.audio.v1"  # a per-modality file
+    assert ps.version("caption", "image") == "caption.v2"  # none: the kind's own
+    assert PromptSet.load(["caption"], {"caption": 1}).version("caption") == "caption.v1"
     assert "QUERY_KIND: question" in ps.text("question")
+    assert "The content below is an audio clip." in ps.text("caption", "audio")
+    assert ps.shape("caption") == "text->example"
+    assert PromptSet.load(["describe"]).shape("describe", "video") == "example->text"
     assert ps.digest() == PromptSet.load(["question", "caption"]).digest()
     with pytest.raises(KeyError):
         PromptSet.load(["nope"])
