@@ -9,6 +9,7 @@ exact positive, or with a ground-truth file, any gallery asset of the same scene
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -23,9 +24,9 @@ from loom.models.encoder import MultimodalEncoder
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import Split
-from loom.schemas.splits import split_for
-from loom.transforms.items import example_to_item, text_to_item
+from loom.schemas.records import Split, pair_name
+from loom.schemas.splits import example_split
+from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
@@ -77,13 +78,94 @@ def load_ground_truth(path: str | None) -> dict[str, str]:
 
 
 def _key_of(example: dict, truth: dict[str, str]) -> str:
+    """The example's ground-truth key, by the longest matching tail of a source URI; a
+    document page is looked up as `<file>#p<page>` first."""
+    meta = json.loads(example["metadata"]) if example.get("metadata") else {}
+    page = meta.get("page") if isinstance(meta, dict) else None
     for uri in example["source_uris"]:
         parts = uri.replace("\\", "/").split("/")
         for n in range(1, len(parts) + 1):
-            key = truth.get("/".join(parts[-n:]))
+            tail = "/".join(parts[-n:])
+            key = (truth.get(f"{tail}#p{page}") if page is not None else None) or truth.get(tail)
             if key:
                 return key
     return f"id:{example['id']}"
+
+
+@dataclasses.dataclass
+class _Task:
+    """One (query modality, target modality) retrieval task: queries, gallery, relevance.
+
+    The gallery is every held-out Example of the target modality (cut to the part kinds
+    the pairs' positives use, e.g. a video's frames without its audio track), plus the
+    written positives (an LLM's descriptions) of the held-out pairs. Relevant: the exact
+    positive, and with ground truth any gallery item of the same scene key."""
+
+    queries: list[dict]
+    gallery: list[dict]
+    relevant: list[set[int]]
+    lexical: np.ndarray | None
+
+    @classmethod
+    def build(cls, pairs: list[dict], examples: list[dict], by_id: dict[str, dict],
+              truth: dict[str, str], tokenizer: TextTokenizer, max_tokens: int,
+              max_queries: int) -> _Task | None:
+        target = pairs[0]["positive_modality"]
+        kinds = _positive_kinds(pairs, by_id)
+        gallery, keys, texts, index = [], [], [], {}
+        for e in examples:
+            if e["modality"] != target:
+                continue
+            idx = None if kinds is None else [i for i, p in enumerate(e["parts"])
+                                               if p["kind"] in kinds]
+            if idx == []:
+                continue
+            index[e["id"]] = len(gallery)
+            gallery.append(example_to_item(e, idx))
+            keys.append(_key_of(e, truth))
+            texts.append(" ".join(p.get("text") or "" for p in e["parts"]))
+        qs, q_items = [], []
+        for p in sorted(pairs, key=lambda p: p["pair_id"]):
+            if len(qs) >= max_queries:
+                break
+            if p.get("positive_text"):
+                source = by_id.get((p.get("query_ref") or {}).get("example_id", ""))
+                if p["positive_id"] not in index:
+                    index[p["positive_id"]] = len(gallery)
+                    gallery.append(positive_item(p, by_id, tokenizer, max_tokens))
+                    keys.append(_key_of(source, truth) if source else f"id:{p['positive_id']}")
+                    texts.append(p["positive_text"])
+            if p["positive_id"] not in index:
+                continue
+            item = query_item(p, by_id, tokenizer, max_tokens)
+            if item is not None:
+                qs.append(p)
+                q_items.append(item)
+        if not qs or not gallery:
+            return None
+        by_key: dict[str, set[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, set()).add(i)
+        relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
+                    for p in qs]
+        lexical = None
+        if target == "text" and qs[0]["query_modality"] == "text":
+            lexical = _bm25([_query_text(p) for p in qs], texts)
+        return cls(q_items, gallery, relevant, lexical)
+
+
+def _positive_kinds(pairs: list[dict], by_id: dict[str, dict]) -> set[str] | None:
+    """The part kinds the pairs' positives are cut to (None: whole Examples)."""
+    for p in pairs:
+        ex = by_id.get(p["positive_id"])
+        if p.get("positive_parts") is not None and ex is not None:
+            return {ex["parts"][i]["kind"] for i in p["positive_parts"]
+                    if 0 <= i < len(ex["parts"])}
+    return None
+
+
+def _query_text(pair: dict) -> str:
+    return pair.get("query_text") or ""
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
@@ -116,48 +198,43 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
              if p["split"] == Split.HELDOUT.value]
     examples = [e for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
-                if split_for(e["id"], heldout_fraction) == Split.HELDOUT]
+                if example_split(e, heldout_fraction) == Split.HELDOUT]
+    by_id = {e["id"]: e for e in examples}
+    max_tokens = ckpt.spec.max_text_tokens
     table: dict[str, dict] = {}
     rows = []
     with timed(timings, "eval_s"):
-        for target in sorted({p["positive_modality"] for p in pairs}):
-            gallery = [e for e in examples if e["modality"] == target]
-            index = {e["id"]: i for i, e in enumerate(gallery)}
-            qs = [p for p in pairs if p["positive_modality"] == target and p["positive_id"] in index]
-            qs = sorted(qs, key=lambda p: p["pair_id"])[:max_queries]
-            if not qs or not gallery:
+        groups: dict[str, list[dict]] = {}
+        for p in pairs:
+            groups.setdefault(pair_name(p["query_modality"], p["positive_modality"]), []).append(p)
+        for name in sorted(groups):
+            task = _Task.build(groups[name], examples, by_id, truth, tokenizer, max_tokens,
+                               max_queries)
+            if task is None:
                 continue
-            keys = [_key_of(e, truth) for e in gallery]
-            by_key: dict[str, set[int]] = {}
-            for i, k in enumerate(keys):
-                by_key.setdefault(k, set()).add(i)
-            relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
-                        for p in qs]
-            g_items = [example_to_item(e) for e in gallery]
-            q_items = [text_to_item(p["pair_id"], p["query_text"], tokenizer,
-                                    ckpt.spec.max_text_tokens) for p in qs]
-            name = f"{qs[0]['query_modality']}->{target}"
-            q_full = embed_items(ckpt.model, q_items)
-            g_full = embed_items(ckpt.model, g_items)
+            q_full = embed_items(ckpt.model, task.queries)
+            g_full = embed_items(ckpt.model, task.gallery)
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
-                by_dim[d] = retrieval_metrics(qd @ gd.T, relevant)
-            base = embed_items(untrained, q_items) @ embed_items(untrained, g_items).T
+                by_dim[d] = retrieval_metrics(qd @ gd.T, task.relevant)
+            base = embed_items(untrained, task.queries) @ embed_items(untrained, task.gallery).T
             entry = dict(by_dim[sizes[-1]])
-            entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
-            entry |= {f"untrained_{k}": v for k, v in retrieval_metrics(base, relevant).items()}
-            if target == "text":
+            entry |= {f"random_{k}": v for k, v in
+                      random_recall(len(task.gallery), task.relevant).items()}
+            entry |= {f"untrained_{k}": v for k, v in
+                      retrieval_metrics(base, task.relevant).items()}
+            if task.lexical is not None:
                 entry |= {f"lexical_{k}": v for k, v in
-                          retrieval_metrics(_bm25(qs, gallery, tokenizer), relevant).items()}
-            entry |= {"queries": len(qs), "gallery": len(gallery)}
+                          retrieval_metrics(task.lexical, task.relevant).items()}
+            entry |= {"queries": len(task.queries), "gallery": len(task.gallery)}
             table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
             baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
             for d, m in by_dim.items():  # one row per pair and size; baselines repeated
                 rows.append({"pair": name, "dim": d, **m, **baselines,
-                             "queries": len(qs), "gallery": len(gallery)})
+                             "queries": len(task.queries), "gallery": len(task.gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
     files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
@@ -202,12 +279,8 @@ def _renorm(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _text_of(example: dict) -> str:
-    return " ".join(p.get("text") or "" for p in example["parts"])
-
-
-def _bm25(qs: list[dict], gallery: list[dict], tokenizer: TextTokenizer) -> np.ndarray:
-    """BM25 over lowercased word tokens: the lexical baseline for text->text."""
-    docs = [_text_of(e).lower().split() for e in gallery]
+def _bm25(queries: list[str], texts: list[str]) -> np.ndarray:
+    """BM25 over lowercased words: the lexical baseline where both sides are text."""
+    docs = [t.lower().split() or [""] for t in texts]
     bm25 = BM25Okapi(docs)
-    return np.stack([bm25.get_scores(p["query_text"].lower().split()) for p in qs])
+    return np.stack([bm25.get_scores(q.lower().split()) for q in queries])

@@ -125,12 +125,14 @@ def normalize(q: str) -> str:
 
 
 def duplicate_ids(rows: list[dict]) -> set[str]:
-    """pair_ids to drop: every Pair whose normalized query an earlier pair_id already has
-    for a positive of the same modality."""
+    """pair_ids to drop: every Pair whose normalized written text (its query, or for an
+    Example-as-query pair its written positive) an earlier pair_id already has for the
+    same (query modality, positive modality)."""
     seen: set[tuple] = set()
     drop = set()
     for r in sorted(rows, key=lambda r: r["pair_id"]):
-        n = (r.get("positive_modality"), normalize(r["query_text"]))
+        text = r.get("positive_text") or r["query_text"]
+        n = (r.get("query_modality"), r.get("positive_modality"), normalize(text))
         if n in seen:
             drop.add(r["pair_id"])
         seen.add(n)
