@@ -243,6 +243,23 @@ def shard(input: Annotated[str, Opt(help="pairs or triples root or version")],
 
 
 @app.command()
+def pairs(examples: Annotated[str, Opt(help="examples root or version")],
+          output: Annotated[str, Opt(help="pairs root")],
+          rule: Annotated[list[str] | None, Opt(
+              help="record, av_track, page_text, title_body (repeatable) [all]")] = None,
+          heldout_fraction: float = 0.2,
+          mix: Annotated[list[str] | None, Opt(
+              help="pairs dataset whose rows join the natural ones (repeatable)")] = None
+          ) -> None:
+    """Derive natural pairs from structure, no LLM (caption-image in a record, a video's
+    own audio track, a page's render and text layer, title and body)."""
+    from loom.pipelines.pairs import run_pairs
+    from loom.transforms.natural_pairs import RULES
+
+    _run(run_pairs, examples, output, tuple(rule or RULES), heldout_fraction, tuple(mix or ()))
+
+
+@app.command()
 def train(shards: Annotated[str, Opt(help="shards root or version")],
           output: Annotated[str, Opt(help="checkpoint root")],
           stage: Annotated[str, Opt(help="pft|ft")] = "pft",
@@ -428,7 +445,8 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
          texts: Annotated[int | None, Opt(help="text passages in the corpus [600]")] = None,
          pft_epochs: Annotated[int | None, Opt(help="pre-fine-tuning epochs [8]")] = None,
          ft_epochs: Annotated[int | None, Opt(help="fine-tuning epochs [3]")] = None,
-         world: Annotated[str | None, Opt(help="demo world: simple or rich [simple]")] = None,
+         world: Annotated[str | None, Opt(help="demo world: simple, rich or multimodal "
+                                               "[simple]")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
     from loom.jobs.demo import DemoConfig, run_demo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from loom.jobs.corpus import World, generate_corpus
 from loom.jobs.report import write_report
@@ -17,18 +17,33 @@ from loom.schemas.spec import PreprocessingSpec
 DONE = "_corpus_done.json"
 
 
+MULTIMODAL_SIZES = {"images": 160, "texts": 160, "pft_epochs": 6, "ft_epochs": 3}
+
+
 class DemoConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     images: int = 600
     texts: int = 600
     seed: int = 0
-    world: World = "simple"  # "rich": two-object scenes in near-miss families (issue 6)
+    # "rich": two-object scenes in near-miss families; "multimodal": the rich scenes also
+    # as videos, audio, PDF pages and records, with pairs in every direction
+    world: World = "simple"
     engine: Engine = Engine.BEAM
     pft_epochs: int = 8
     ft_epochs: int = 3
     batch_size: int = 64
     rows_per_shard: int = 512
+
+    @model_validator(mode="after")
+    def _world_sizes(self) -> DemoConfig:
+        """The multimodal world is smaller by default (a clip costs more than an image):
+        half as many videos, clips and records as images, a quarter as many PDFs."""
+        if self.world == "multimodal":
+            for name, n in MULTIMODAL_SIZES.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, n)
+        return self
 
 
 def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "simple") -> dict:
@@ -78,6 +93,11 @@ def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
     ingest = step("ingest", run_ingest, corpus["datasets"]["media"], root("examples"), spec,
                   cfg.engine)
     synth = step("synth", run_synth, ingest["uri"], root("pairs"), engine=cfg.engine)
+    if cfg.world == "multimodal":  # natural pairs from structure, mixed with synth's
+        from loom.pipelines.pairs import run_pairs
+
+        synth = step("pairs", run_pairs, ingest["uri"], root("pairs_mixed"),
+                     mix=(synth["uri"],))
     shard_pft = step("shard_pft", run_shard, synth["uri"], root("shards"), cfg.rows_per_shard,
                      cfg.seed, cfg.engine)
     ckpts = root("checkpoints")

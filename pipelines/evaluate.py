@@ -96,9 +96,10 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
 class _Task:
     """One (query modality, target modality) retrieval task: queries, gallery, relevance.
 
-    The gallery is every held-out Example of the target modality (cut to the part kinds
-    the pairs' positives use, e.g. a video's frames without its audio track), plus the
-    written positives (an LLM's descriptions) of the held-out pairs. Relevant: the exact
+    The gallery is every held-out Example of the target modality and every Example that
+    holds a positive (a record's image), cut to the part kinds the pairs' positives use
+    (a video's frames without its audio track), plus the written positives (an LLM's
+    descriptions) of the held-out pairs. Relevant: the exact
     positive, and with ground truth any gallery item of the same scene key."""
 
     queries: list[dict]
@@ -112,9 +113,10 @@ class _Task:
               max_queries: int) -> _Task | None:
         target = pairs[0]["positive_modality"]
         kinds = _positive_kinds(pairs, by_id)
+        positives = {p["positive_id"] for p in pairs}
         gallery, keys, texts, index = [], [], [], {}
-        for e in examples:
-            if e["modality"] != target:
+        for e in examples:  # the target modality's assets, and the Examples holding positives
+            if e["modality"] != target and e["id"] not in positives:
                 continue
             idx = None if kinds is None else [i for i, p in enumerate(e["parts"])
                                                if p["kind"] in kinds]
@@ -205,8 +207,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     rows = []
     with timed(timings, "eval_s"):
         groups: dict[str, list[dict]] = {}
-        for p in pairs:
-            groups.setdefault(pair_name(p["query_modality"], p["positive_modality"]), []).append(p)
+        for p in pairs:  # natural pairs (loom pairs) are their own tasks: `image->text:natural`
+            name = pair_name(p["query_modality"], p["positive_modality"])
+            groups.setdefault(name + (":natural" if p.get("source") == "natural" else ""),
+                              []).append(p)
         for name in sorted(groups):
             task = _Task.build(groups[name], examples, by_id, truth, tokenizer, max_tokens,
                                max_queries)

@@ -88,9 +88,11 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
         digests = [item_digest(it) for it in cand_items]  # also the exact-duplicate key
         p_items = [positive_item(pairs[i], by_id, tokenizer, max_tokens) for i in inline]
         extra = q_items + p_items
+        extra_digests = [item_digest(q) for q in extra]
+        for item, d in zip(extra, extra_digests, strict=True):  # same content, one embedding
+            item["id"] = f"q:{d}"
         # One call, so one Ray Data job embeds whatever corpus items and queries are missing.
-        vecs, e_counts = cache.embed(cand_items + extra, embed,
-                                     digests + [item_digest(q) for q in extra])
+        vecs, e_counts = cache.embed(cand_items + extra, embed, digests + extra_digests)
         cand_vecs = vecs[: len(corpus)]
         q_vecs = vecs[len(corpus) : len(corpus) + len(q_items)]
         pos_vecs = np.full((len(pairs), vecs.shape[1]), np.nan, dtype=np.float32)

@@ -7,8 +7,8 @@ buckets, and each bucket is sorted into its shard. Memory holds one joined file 
 shard, never the whole version. Shards hold exactly `rows_per_shard` rows (the last one
 smaller), or as many as fit `target_mb` at the joined rows' average compressed size.
 
-Sampling weights (`weights`, keyed by a row's query kind or its positive's modality)
-repeat rows: a weight w gives floor(w) copies plus one more with probability frac(w),
+Sampling weights (`weights`, keyed by a row's query kind, its positive's modality, or its
+source: `natural` for kinds `natural:*` from `loom pairs`, else `synthetic`) repeat rows: a weight w gives floor(w) copies plus one more with probability frac(w),
 decided by the seed, so a mix can be tilted towards a task or a modality.
 """
 
@@ -60,7 +60,8 @@ class ShardStage(BaseStage):
 def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None,
             modality: str | None) -> int:
     """How many copies of a row the weights ask for (deterministic per seed and pair)."""
-    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0)
+    source = "natural" if (kind or "").startswith("natural:") else "synthetic"
+    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0) * weights.get(source, 1.0)
     whole = math.floor(w)
     frac = int(shuffle_key(seed, f"w:{pair_id}")[:8], 16) / 16**8
     return whole + (1 if frac < w - whole else 0)
