@@ -25,7 +25,7 @@ from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import Split, pair_name
-from loom.schemas.splits import example_split
+from loom.schemas.splits import example_split, group_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 
@@ -89,7 +89,7 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
             key = (truth.get(f"{tail}#p{page}") if page is not None else None) or truth.get(tail)
             if key:
                 return key
-    return f"id:{example['id']}"
+    return f"group:{group_of(example)}"  # no ground truth: the asset group is the key
 
 
 @dataclasses.dataclass
@@ -135,7 +135,8 @@ class _Task:
                 if p["positive_id"] not in index:
                     index[p["positive_id"]] = len(gallery)
                     gallery.append(positive_item(p, by_id, tokenizer, max_tokens))
-                    keys.append(_key_of(source, truth) if source else f"id:{p['positive_id']}")
+                    keys.append(_key_of(source, truth) if source
+                                else f"group:{p.get('group') or p['positive_id']}")
                     texts.append(p["positive_text"])
             if p["positive_id"] not in index:
                 continue
