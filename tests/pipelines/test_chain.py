@@ -79,8 +79,9 @@ def test_planted_duplicate_is_recorded(chain):
 def test_pairs_split_by_positive_id(chain):
     pairs = _table(chain["first"]["stages"]["synth"]["uri"], "pairs")
     assert {p["split"] for p in pairs} == {"train", "heldout"}
-    for p in pairs:
-        assert p["split"] == split_for(p["positive_id"]).value, p["pair_id"]
+    for p in pairs:  # one asset group per pair: the Example the LLM wrote about
+        owner = (p["query_ref"] or {}).get("example_id") or p["positive_id"]
+        assert p["group"] == owner and p["split"] == split_for(owner).value, p["pair_id"]
 
 
 def test_heldout_never_in_shards(chain):
