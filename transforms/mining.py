@@ -175,10 +175,12 @@ def modality_profile(cands: Candidates, q_vecs: np.ndarray, cfg: MiningConfig
         gram = vecs @ vecs.T
         n = len(vecs)
         mean_cos = float((gram.sum() - np.trace(gram)) / (n * (n - 1))) if n > 1 else 0.0
-        out[m] = {"floor": round(max(0.0, floor), 4) if cfg.calibrate else 0.0,
+        collapsed = bool(n > 1 and mean_cos > cfg.collapse_cosine)
+        calibrated = cfg.calibrate and collapsed  # a spread modality keeps the plain rules
+        out[m] = {"floor": round(max(0.0, floor), 4) if calibrated else 0.0,
                   "mean_cosine": round(mean_cos, 4),
-                  "pair_floor": round(max(0.0, mean_cos), 4) if cfg.calibrate else 0.0,
-                  "collapsed": bool(n > 1 and mean_cos > cfg.collapse_cosine)}
+                  "pair_floor": round(max(0.0, mean_cos), 4) if calibrated else 0.0,
+                  "collapsed": collapsed}
     return out
 
 

@@ -13,6 +13,8 @@ from loom.synth.client import LLMConfig, generate_pair_json
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import _content_parts
 from tests.synth.conftest import image_example, text_example
+from tests.transforms.media import make_wav
+from tests.transforms.test_pdf import make_pdf
 from loom.transforms import scenes
 
 PROMPTS = PromptSet.load(["caption", "keyword", "question"])
@@ -110,8 +112,8 @@ def test_media_parts_sent_natively(tmp_path):
     import numpy as np
 
     wav, pdf = tmp_path / "a.wav", tmp_path / "p.pdf"
-    wav.write_bytes(b"RIFF....WAVEfmt fake audio bytes")
-    pdf.write_bytes(b"%PDF-1.4 fake page")
+    wav.write_bytes(make_wav(0.5, sr=8000, channels=1))  # real files, as ingest would see
+    pdf.write_bytes(make_pdf(["Revenue chart, Q3"]))
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": 32, "metadata": "{}"}
     frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
@@ -135,19 +137,25 @@ def test_media_parts_sent_natively(tmp_path):
 
 
 def test_offline_server_reads_native_media(offline_client, tmp_path):
-    """Audio is read from its waveform: the query names the scene it encodes; bytes that
-    are no audio get an error, never a query made from a hash."""
+    """An audio Example goes through loom's own part builder as the file's bytes, and the
+    offline model reads the scene from the waveform it received: a canned or empty payload
+    fails. Bytes that are no audio (a pure tone encodes no scene) get an error, never a
+    query made from a hash."""
     from loom.synth.client import LLMError
     from loom.transforms.scenes_media import render_audio
 
     scene = scenes.RichScene((scenes.Scene("ring", "teal", "large", "bottom", "left"),))
-    part = types.Part.from_bytes(data=render_audio(scene, random.Random(0)),
-                                 mime_type="audio/wav")
+    data = render_audio(scene, random.Random(0))
+    wav = tmp_path / "scene.wav"
+    wav.write_bytes(data)
+    audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
+             "mime": "audio/wav", "size_bytes": len(data), "metadata": "{}"}
     out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword", "audio"),
-                             [part])
+                             _content_parts(audio))
     assert out["queries"][0] == "large teal ring bottom left"
     assert out["task"] == "Given keywords, retrieve the matching audio clip."
-    fake = types.Part.from_bytes(data=b"RIFF fake wav", mime_type="audio/wav")
+    (tmp_path / "tone.wav").write_bytes(make_wav(0.5, sr=8000, channels=1, freq=660.0))
+    tone = audio | {"source_uris": [str(tmp_path / "tone.wav")]}
     with pytest.raises(LLMError):
         generate_pair_json(offline_client, LLMConfig(retry_attempts=1),
-                           PROMPTS.text("keyword", "audio"), [fake])
+                           PROMPTS.text("keyword", "audio"), _content_parts(tone))
