@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 4,
+    "ingest": 5,  # 5: near_dup_group/near_dup_sig columns, codec by language id, geometry
     "synth": 3,  # 2: usage columns, filters, run-wide dedupe; 3: any-to-any pairs
     "relabel": 1,
     "shard": 2,  # 2: queries of any modality, with their task instruction
