@@ -18,7 +18,7 @@ from loom.pipelines.ingest import run_ingest
 from loom.pipelines.mine import run_mine
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
-from loom.schemas.splits import split_for
+from loom.schemas.splits import example_split
 from tests.checkpoints import examples_spec, tiny_checkpoint
 from loom.transforms.items import example_to_item
 from loom.transforms.mining import MiningConfig
@@ -95,7 +95,8 @@ def test_negatives_respect_exclusions_and_quotas(env):
         by_mod: dict[str, int] = {}
         anchor = (t["query_ref"] or {}).get("example_id")
         for n in t["negatives"]:
-            assert n["id"] != t["positive_id"] and split_for(n["id"]).value == "train"
+            # held-out asset groups (near-duplicates together) are never candidates
+            assert n["id"] != t["positive_id"] and example_split(examples[n["id"]]).value == "train"
             if not t["positive_text"]:  # a written positive has no corpus twin
                 assert digest[n["id"]] != digest[t["positive_id"]]  # never a planted duplicate
             assert n["id"] != anchor  # an image->text query never gets itself back
