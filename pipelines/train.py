@@ -23,21 +23,21 @@ class TrainStage(str, enum.Enum):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    temperature: float = 0.05  # the initial value when learn_temperature
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    temperature: float = Field(0.05, gt=0)  # the initial value when learn_temperature
     learn_temperature: bool = False
     bf16: bool = True  # autocast on CUDA only; the CPU path stays float32
-    max_negatives: int = 3
-    checkpoint_every: int = 100
-    report_every: int = 10
-    seed: int = 0
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
+    max_negatives: int = Field(3, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    report_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+    dim: int = Field(128, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
     embed_dims: tuple[int, ...] = (32, 64, 128)
     max_frames: int = Field(32, ge=1, le=256)  # video frames the encoder sees per clip
 

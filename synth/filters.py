@@ -43,7 +43,7 @@ class FilterConfig(pydantic.BaseModel):
     script: str | None = None  # optional script-share check (latin, cyrillic, ...)
     min_script_share: float = 0.8
     dedupe: bool = True
-    roundtrip_k: int = 10  # used when a checkpoint is given
+    roundtrip_k: int = pydantic.Field(10, ge=1)  # used when a checkpoint is given
 
     @pydantic.field_validator("script")
     @classmethod
