@@ -2,7 +2,9 @@
 
 Writes ``<out>/media/`` (what ingest reads: file names carry only a shuffled index)
 and ``<out>/ground_truth.jsonl`` outside it (file -> scene key), so the encoder never
-sees the labels.
+sees the labels. The multimodal world adds the rich scenes as videos (with and without
+an audio track), audio clips, two-page PDFs and interleaved JSONL records (caption +
+image + audio), each drawn from its own near-miss families.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from loom.transforms.scenes import (
     render_rich,
     variants,
 )
+from loom.transforms.scenes_media import render_audio, render_pdf, render_video
 
 IMAGE_SIDE = 96
-World = Literal["simple", "rich"]
+World = Literal["simple", "rich", "multimodal"]
+WORLDS = ("simple", "rich", "multimodal")
 AnyScene = Scene | RichScene
 
 
@@ -43,7 +47,7 @@ def _rich_families(rng: random.Random, kind: str) -> Iterator[tuple[RichScene, s
 
 
 def _scenes(rng: random.Random, kind: str, world: World) -> Iterator[tuple[AnyScene, str | None]]:
-    if world == "rich":
+    if world != "simple":
         yield from _rich_families(rng, kind)
     else:
         while True:
@@ -66,14 +70,18 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
 
     world="rich" draws each modality's scenes in near-miss families (a base and a few
     one-attribute-off or swapped-attribute variants); ground truth names the family."""
-    if world not in ("simple", "rich"):
-        raise ValueError(f"unknown world {world!r}: simple or rich")
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}: one of {', '.join(WORLDS)}")
     truth: list[dict] = []
     files: dict[str, bytes] = {}
 
-    def add(rel: str, data: bytes, scene: AnyScene | None = None, note: str | None = None,
-            family: str | None = None) -> None:
-        files[rel] = data
+    def add(rel: str, data: bytes | None, scene: AnyScene | None = None,
+            note: str | None = None, family: str | None = None, labelled: bool = True) -> None:
+        """A file (data) and/or a ground-truth row (a PDF page or a record: `file#...`)."""
+        if data is not None:
+            files[rel] = data
+        if not labelled:
+            return
         row = {"file": rel, "key": scene.key if scene else None,
                "scene": dataclasses.asdict(scene) if scene else None}
         if world != "simple":
@@ -96,10 +104,13 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
                 add(f"texts/doc-{order[i]:05d}.{ext}", _describe(scene, rng).encode(), scene,
                     family=family)
 
+    if world == "multimodal":
+        _add_media(add, seed, max(1, n_images // 2))
+
     n_bad = 0
     if bad_files:
         rng = random.Random(f"loom-corpus-{seed}-bad{suffix}")
-        scene = random_rich_scene(rng) if world == "rich" else random_scene(rng)
+        scene = random_rich_scene(rng) if world != "simple" else random_scene(rng)
         png = _render(scene, rng)
         add("texts/doc-empty.txt", b"", note="empty")
         add("images/img-truncated.png", png[: len(png) // 2], note="truncated")
@@ -107,11 +118,11 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
         add("misc/blob.bin", b"\x00\x01" + rng.randbytes(2046), note="binary garbage")
         if n_images:
             first = next(r for r in truth if r["file"] == "images/img-00000.png")
-            scene = (RichScene.from_dict(first["scene"]) if world == "rich"
+            scene = (RichScene.from_dict(first["scene"]) if world != "simple"
                      else Scene(**first["scene"]))
             add("images/copy-of-first.png", files[first["file"]], scene,
                 note="duplicate of images/img-00000.png", family=first.get("family"))
-        n_bad = len(files) - n_images - n_texts
+        n_bad = sum(1 for r in truth if r.get("note"))
 
     media = storage.join(out_dir, "media")
     for rel, data in sorted(files.items()):
@@ -119,5 +130,54 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
     truth.sort(key=lambda r: r["file"])
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in truth)
     storage.write_bytes(storage.join(out_dir, "ground_truth.jsonl"), lines.encode())
-    return {"images": n_images, "texts": n_texts, "bad": n_bad, "files": len(files)}
+    counts = {"images": n_images, "texts": n_texts, "bad": n_bad, "files": len(files)}
+    if world == "multimodal":
+        prefix = {"videos": "videos/", "audio": "audio/", "pages": "pages/",
+                  "records": "records/records.jsonl#"}
+        counts |= {k: sum(1 for r in truth if r["file"].startswith(p) and r.get("key"))
+                   for k, p in prefix.items()}
+    return counts
+
+
+def _add_media(add, seed: int, n: int) -> None:
+    """Videos (every other one with an audio track), audio clips, two-page PDFs (a scene
+    and a near miss of it) and JSONL records, n of each (n // 2 PDFs)."""
+    for kind in ("videos", "audio", "pages", "records"):
+        rng = random.Random(f"loom-corpus-{seed}-{kind}-multimodal")
+        order = list(range(n))
+        rng.shuffle(order)
+        draws = _rich_families(rng, kind)
+        if kind == "pages":
+            for i in range(n // 2):
+                pages = [next(draws) for _ in range(2)]
+                data = render_pdf([(sc, describe_rich(sc, rng)) for sc, _ in pages])
+                rel = f"pages/doc-{order[i]:05d}.pdf"
+                add(rel, data, labelled=False)
+                for p, (sc, fam) in enumerate(pages):
+                    add(f"{rel}#p{p}", None, sc, family=fam)
+            continue
+        lines = []
+        for i in range(n):
+            scene, family = next(draws)
+            if kind == "videos":
+                add(f"videos/clip-{order[i]:05d}.mp4",
+                    render_video(scene, rng, side=IMAGE_SIDE, audio=i % 2 == 0), scene,
+                    family=family)
+            elif kind == "audio":
+                add(f"audio/clip-{order[i]:05d}.wav", render_audio(scene, rng), scene,
+                    family=family)
+            else:
+                name = f"rec-{order[i]:05d}"
+                add(f"records/{name}.png", render_rich(scene, rng, side=IMAGE_SIDE), scene,
+                    family=family)
+                add(f"records/{name}.wav", render_audio(scene, rng), scene, family=family)
+                lines.append((order[i], {"id": name, "parts": [
+                    {"text": describe_rich(scene, rng)}, {"image": f"{name}.png"},
+                    {"audio": f"{name}.wav"}]}, scene, family))
+        if lines:
+            lines.sort(key=lambda x: x[0])
+            body = "".join(json.dumps(rec, sort_keys=True) + "\n" for _, rec, _, _ in lines)
+            add("records/records.jsonl", body.encode(), labelled=False)
+            for idx, (_, _, scene, family) in enumerate(lines):
+                add(f"records/records.jsonl#{idx}", None, scene, family=family)
 

@@ -10,7 +10,7 @@ import time
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loom.jobs.corpus import World, generate_corpus
 from loom.jobs.report import write_report
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from loom.jobs.spec import JobSpec
 
 DONE = "_corpus_done.json"
+
+
+MULTIMODAL_SIZES = {"images": 160, "texts": 160, "pft_epochs": 6, "ft_epochs": 3}
 
 
 class DemoConfig(BaseModel):
@@ -36,6 +39,16 @@ class DemoConfig(BaseModel):
     ft_epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     rows_per_shard: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _world_sizes(self) -> DemoConfig:
+        """The multimodal world is smaller by default (a clip costs more than an image;
+        the corpus adds half as many videos, clips and records as images)."""
+        if self.world == "multimodal":
+            for name, n in MULTIMODAL_SIZES.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, n)
+        return self
 
 
 def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "simple") -> dict:

@@ -70,7 +70,8 @@ def stages_of_workdir(workdir: str) -> dict[str, dict]:
 def collect(stages: dict[str, dict]) -> dict:
     """Everything the page shows, as plain data (tests read it too)."""
     data: dict = {"stages": [], "rejected": collections.Counter(), "examples": {},
-                  "synth": [], "negatives": {}, "positives": {}, "losses": {}, "eval": {}}
+                  "synth": [], "negatives": {}, "positives": {}, "losses": {}, "eval": {},
+                  "mining": {}, "warnings": []}
     for name, s in stages.items():
         uri, stage = s.get("uri"), s.get("stage")
         data["stages"].append({"name": name, "stage": stage, "version": s.get("version"),
@@ -88,6 +89,9 @@ def collect(stages: dict[str, dict]) -> dict:
                                   "model": found.lineage.get("llm_model"),
                                   "cost_usd": found.counts.get("cost_usd")})
         elif stage == "mine" and found:
+            extra = found.lineage.get("extra") or {}
+            data["mining"] |= extra.get("modalities") or {}
+            data["warnings"] += [f"mine: {w}" for w in extra.get("warnings") or []]
             t = mf.read_table(uri, found, "triples",
                               ["query_modality", "positive_score", "negatives"]).to_pylist()
             for row in t:
@@ -164,6 +168,44 @@ def eval_figure(ev: dict[str, dict]):
     return fig
 
 
+def heatmap_cells(ev: dict[str, dict]) -> tuple[list[str], list[str], dict]:
+    """(query modalities, target modalities, {(q, t): (r@1, lift)}) of the eval table,
+    lift = r@1 - max(random, untrained) r@1; natural pairs (`:natural`) are kept apart."""
+    cells = {}
+    for name, e in ev.items():
+        q, _, t = name.partition("->")
+        if e.get("r@1") is None:
+            continue
+        base = max(e.get("random_r@1") or 0.0, e.get("untrained_r@1") or 0.0)
+        cells[(q, t)] = (e["r@1"], e["r@1"] - base)
+    rows = sorted({q for q, _ in cells}, key=lambda m: (m.count("+"), m))
+    cols = sorted({t for _, t in cells})
+    return rows, cols, cells
+
+
+def heatmap_figure(ev: dict[str, dict]):
+    """R@1 for every (query modality, target modality): the any-to-any picture at a
+    glance; each cell also shows its lift over the better baseline."""
+    rows, cols, cells = heatmap_cells(ev)
+    grid = [[cells.get((q, t), (float("nan"), 0.0))[0] for t in cols] for q in rows]
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2.5, 0.5 * len(rows) + 1.6))
+    im = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for i, q in enumerate(rows):
+        for j, t in enumerate(cols):
+            if (q, t) in cells:
+                r1, lift = cells[(q, t)]
+                ax.text(j, i, f"{r1:.2f}\n{lift:+.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if r1 < 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols, fontsize=8, rotation=20)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("target")
+    ax.set_ylabel("query")
+    ax.set_title("held-out R@1 (and lift over max(random, untrained))", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
 def _figures(data: dict) -> dict[str, str]:
     figs: dict[str, str] = {}
     main = {"corpus": "images", "ingest": "examples", "synth": "pairs", "shard": "rows",
@@ -220,6 +262,7 @@ def _figures(data: dict) -> dict[str, str]:
         figs["loss"] = _svg(loss_figure(data["losses"]))
     if data["eval"]:
         figs["eval"] = _svg(eval_figure(data["eval"]))
+        figs["heatmap"] = _svg(heatmap_figure(data["eval"]))
     return figs
 
 
@@ -283,10 +326,19 @@ def render(data: dict, title: str = "loom run report") -> str:
         sec.append("<h2>Synth</h2>" + _table(
             ["name", "backend", "model", "LLM calls", "cache hits", "hit rate", "cost"], rows))
         sec.append(f"<figure id=fig-synth>{figs['synth']}</figure>")
+    if data["warnings"]:
+        sec.insert(0, "<h2>Warnings</h2><ul>" + "".join(
+            f"<li>{html.escape(w)}</li>" for w in data["warnings"]) + "</ul>")
     if "negatives" in figs:
         sec.append("<h2>Hard negatives</h2>" + _table(
             ["modality", "negatives", "mean score"],
             [[m, len(v), sum(v) / len(v)] for m, v in sorted(data["negatives"].items()) if v]))
+        if data["mining"]:
+            sec.append(_table(
+                ["modality", "asked", "kept", "fill", "score floor", "mean cosine", "collapsed"],
+                [[m, p.get("asked"), p.get("kept"), p.get("fill"), p.get("floor"),
+                  p.get("mean_cosine"), p.get("collapsed")]
+                 for m, p in sorted(data["mining"].items())]))
         sec.append(f"<figure id=fig-negatives>{figs['negatives']}</figure>")
     if "loss" in figs:
         sec.append("<h2>Training</h2>" + _table(
@@ -294,7 +346,9 @@ def render(data: dict, title: str = "loom run report") -> str:
             [[n, len(s), lv[0], lv[-1]] for n, (s, lv) in data["losses"].items() if lv]))
         sec.append(f"<figure id=fig-loss>{figs['loss']}</figure>")
     if data["eval"]:
-        sec.append("<h2>Held-out retrieval</h2>" + _eval_tables(data["eval"]))
+        sec.append("<h2>Held-out retrieval</h2>"
+                   f"<figure id=fig-heatmap>{figs['heatmap']}</figure>"
+                   + _eval_tables(data["eval"]))
         sec.append(f"<figure id=fig-eval>{figs['eval']}</figure>")
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
@@ -311,7 +365,8 @@ def write_html(path: str, stages: dict[str, dict], title: str = "loom run report
 
 
 def _figure_ids(data: dict) -> list[str]:
-    return [k for k in ("rejected", "synth", "negatives", "losses", "eval") if data.get(k)]
+    return [k for k in ("rejected", "synth", "negatives", "losses", "eval") if data.get(k)] + (
+        ["heatmap"] if data.get("eval") else [])
 
 
 def report_workdir(workdir: str, output: str | None = None) -> dict:

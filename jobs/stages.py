@@ -39,9 +39,10 @@ class CorpusConfig(StageConfig):
     images: int = Field(200, ge=1, description="images in the corpus")
     texts: int = Field(200, ge=1, description="text passages in the corpus")
     seed: int = Field(0, ge=0)
-    world: Literal["simple", "rich"] = Field(
-        "simple", description="simple (one shape) or rich (one or two objects in near-miss "
-                              "families)")
+    world: Literal["simple", "rich", "multimodal"] = Field(
+        "simple", description="simple (one shape), rich (one or two objects in near-miss "
+                              "families) or multimodal (rich scenes also as video, audio, PDF "
+                              "pages and records)")
 
 
 @register("corpus", CorpusConfig, help="Generate the offline demo corpus (scenes as images and "
@@ -57,6 +58,7 @@ def corpus(cfg: CorpusConfig, ctx: Context) -> dict:
 class IngestConfig(StageConfig):
     input: Uri = Field(description="raw prefix: local folder or gs://")
     image_size: int = Field(48, ge=8, le=1024, description="image side in pixels")
+    max_frames: int = Field(32, ge=1, le=256, description="video frames sampled per clip (1 fps)")
     allow_hosts: tuple[str, ...] = Field(
         (), description="host whose http(s) manifest references may be fetched (repeatable)")
 
@@ -70,7 +72,9 @@ def ingest(cfg: IngestConfig, ctx: Context) -> dict:
     from loom.schemas.spec import PreprocessingSpec
     from loom.transforms.remote import RemoteConfig
 
-    return run_ingest(cfg.input, ctx.output_root(), PreprocessingSpec(image_size=cfg.image_size),
+    return run_ingest(cfg.input, ctx.output_root(),
+                      PreprocessingSpec(image_size=cfg.image_size,
+                                        video_max_frames=cfg.max_frames),
                       ctx.engine, remote=RemoteConfig(allowed_hosts=cfg.allow_hosts))
 
 
@@ -80,6 +84,8 @@ class SynthConfig(StageConfig):
     examples: Uri = Field(description="examples root or version (loom ingest)")
     llm: LLMConfig = LLMConfig()
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    kinds: dict[str, list[str]] | None = Field(
+        None, description="query kinds per modality (default: synth.stage.DEFAULT_KINDS)")
     budget: Budget = Budget()
     limits: RateLimits = RateLimits()
     filters: FilterConfig = FilterConfig()
@@ -98,8 +104,11 @@ class SynthConfig(StageConfig):
                  "limits.concurrency": Flag("--concurrency", "requests in flight per worker"),
                  "limits.requests_per_minute": Flag("--rpm", "requests per minute (all workers)"),
                  "limits.tokens_per_minute": Flag("--tpm", "tokens per minute (all workers)"),
-                 "filters.script": Flag("--script", "expected query script (latin, cyrillic, "
-                                        "cjk, ...; none: no language filter)", parse=_script),
+                 "filters.script": Flag("--script", "also require a script (latin, cyrillic, "
+                                        "cjk, ...; none: off)", parse=_script),
+                 "filters.language": Flag("--language", "query language: auto (the "
+                                          "document's, by py3langid), an ISO code, or none",
+                                          parse=_script),
                  "filters.roundtrip_k": Flag("--roundtrip-k", "round trip: positive within top k")},
           help="Write synthetic query/positive pairs with an LLM (responses cached); "
                "`loom synth diff OLD NEW` compares two versions.")
@@ -109,7 +118,7 @@ def synth(cfg: SynthConfig, ctx: Context) -> dict:
     return run_synth(cfg.examples, ctx.output_root(), cfg.llm, ctx.engine, cfg.heldout_fraction,
                      dry_run=cfg.dry_run, budget=cfg.budget, limits=cfg.limits,
                      filters=cfg.filters, checkpoint=cfg.checkpoint,
-                     checkpoint_root=cfg.checkpoint_root)
+                     checkpoint_root=cfg.checkpoint_root, kinds=cfg.kinds)
 
 
 class RelabelConfig(StageConfig):

@@ -12,15 +12,16 @@ Group = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (row indices, encoder in
 
 
 def collate_groups(items: list[dict], cfg) -> list[Group]:
-    """Items split by layout (which of text, pixels, audio they have), each group collated.
+    """Items split by layout (text or not, how many frames, audio or not), each collated.
 
     Encoding per layout halves the work of a mixed batch compared with padding every row
     to the longest. This is the CPU half of a forward pass: the trainer runs it in its
     data prefetch thread (pipelines/train_data.iter_batches), off the training thread.
     """
-    groups: dict[tuple[bool, bool, bool], list[int]] = {}
-    for i, it in enumerate(items):
-        layout = (bool(it.get("tokens")), bool(it.get("pixels")), bool(it.get("features")))
+    groups: dict[tuple[bool, int, bool], list[int]] = {}
+    for i, it in enumerate(items):  # frames count too: an image never pads to a clip's length
+        frames = min(int(it.get("frames") or 1), cfg.max_frames) if it.get("pixels") else 0
+        layout = (bool(it.get("tokens")), frames, bool(it.get("features")))
         groups.setdefault(layout, []).append(i)
     return [(torch.tensor(idx), collate_items([items[i] for i in idx], cfg))
             for idx in groups.values()]

@@ -23,7 +23,9 @@ class EncoderConfig(BaseModel):
     max_text_tokens: int = 64
     image_size: int = 48
     patch_size: int = 8
-    max_frames: int = 8  # video frames seen by the encoder (evenly subsampled)
+    # video frames seen by the encoder: every frame ingest sampled (1 fps, at most 32, as
+    # the paper); a longer clip's frames are evenly subsampled to this many
+    max_frames: int = Field(32, ge=1, le=256)
     n_mels: int = 64
     max_audio_tokens: int = 64  # log-mel frames are average-pooled into at most this many
     dim: int = 128

@@ -64,8 +64,11 @@ class Preprocessor:
     def example(self, example: dict) -> dict:
         """The Example as the checkpoint reads it: its text re-tokenized, its frames and
         audio features checked against the encoder's sizes."""
-        parts = [self._part(p, example["id"]) for p in example["parts"]]
-        return example_to_item(example | {"parts": parts})
+        return example_to_item(self.retokenized(example))
+
+    def retokenized(self, example: dict) -> dict:
+        """The Example row with its parts as the checkpoint reads them (see `example`)."""
+        return example | {"parts": [self._part(p, example["id"]) for p in example["parts"]]}
 
     def query(self, item_id: str, text: str) -> dict:
         return text_to_item(item_id, text, self.tokenizer, self.spec.max_text_tokens)

@@ -28,8 +28,10 @@ from loom.models.inputs import examples_spec
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import METRICS, Split
-from loom.schemas.splits import split_for
+from loom.schemas.records import METRICS, Split, pair_name
+from loom.schemas.splits import example_split, group_of
+from loom.transforms.items import example_to_item, positive_item, query_item
+from loom.transforms.tokenizer import TextTokenizer
 
 KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")
@@ -80,13 +82,97 @@ def load_ground_truth(path: str | None) -> dict[str, str]:
 
 
 def _key_of(example: dict, truth: dict[str, str]) -> str:
+    """The example's ground-truth key, by the longest matching tail of a source URI; a
+    document page is looked up as `<file>#p<page>` first."""
+    meta = json.loads(example["metadata"]) if example.get("metadata") else {}
+    page = meta.get("page") if isinstance(meta, dict) else None
     for uri in example["source_uris"]:
         parts = uri.replace("\\", "/").split("/")
         for n in range(1, len(parts) + 1):
-            key = truth.get("/".join(parts[-n:]))
+            tail = "/".join(parts[-n:])
+            key = (truth.get(f"{tail}#p{page}") if page is not None else None) or truth.get(tail)
             if key:
                 return key
-    return f"id:{example['id']}"
+    return f"group:{group_of(example)}"  # no ground truth: the asset group is the key
+
+
+@dataclasses.dataclass
+class _Task:
+    """One (query modality, target modality) retrieval task: queries, gallery, relevance.
+
+    The gallery is every held-out Example of the target modality and every Example that
+    holds a positive (a record's image), cut to the part kinds the pairs' positives use
+    (a video's frames without its audio track), plus the written positives (an LLM's
+    descriptions) of the held-out pairs. Relevant: the exact
+    positive, and with ground truth any gallery item of the same scene key."""
+
+    queries: list[dict]
+    gallery: list[dict]
+    relevant: list[set[int]]
+    lexical: np.ndarray | None
+
+    @classmethod
+    def build(cls, pairs: list[dict], examples: list[dict], by_id: dict[str, dict],
+              truth: dict[str, str], tokenizer: TextTokenizer, max_tokens: int,
+              max_queries: int) -> _Task | None:
+        target = pairs[0]["positive_modality"]
+        kinds = _positive_kinds(pairs, by_id)
+        positives = {p["positive_id"] for p in pairs}
+        gallery, keys, texts, index = [], [], [], {}
+        for e in examples:  # the target modality's assets, and the Examples holding positives
+            if e["modality"] != target and e["id"] not in positives:
+                continue
+            idx = None if kinds is None else [i for i, p in enumerate(e["parts"])
+                                               if p["kind"] in kinds]
+            if idx == []:
+                continue
+            index[e["id"]] = len(gallery)
+            gallery.append(example_to_item(e, idx))
+            keys.append(_key_of(e, truth))
+            texts.append(" ".join(p.get("text") or "" for p in e["parts"]))
+        qs, q_items = [], []
+        for p in sorted(pairs, key=lambda p: p["pair_id"]):
+            if len(qs) >= max_queries:
+                break
+            if p.get("positive_text"):
+                source = by_id.get((p.get("query_ref") or {}).get("example_id", ""))
+                if p["positive_id"] not in index:
+                    index[p["positive_id"]] = len(gallery)
+                    gallery.append(positive_item(p, by_id, tokenizer, max_tokens))
+                    keys.append(_key_of(source, truth) if source
+                                else f"group:{p.get('group') or p['positive_id']}")
+                    texts.append(p["positive_text"])
+            if p["positive_id"] not in index:
+                continue
+            item = query_item(p, by_id, tokenizer, max_tokens)
+            if item is not None:
+                qs.append(p)
+                q_items.append(item)
+        if not qs or not gallery:
+            return None
+        by_key: dict[str, set[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, set()).add(i)
+        relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
+                    for p in qs]
+        lexical = None
+        if target == "text" and qs[0]["query_modality"] == "text":
+            lexical = _bm25([_query_text(p) for p in qs], texts)
+        return cls(q_items, gallery, relevant, lexical)
+
+
+def _positive_kinds(pairs: list[dict], by_id: dict[str, dict]) -> set[str] | None:
+    """The part kinds the pairs' positives are cut to (None: whole Examples)."""
+    for p in pairs:
+        ex = by_id.get(p["positive_id"])
+        if p.get("positive_parts") is not None and ex is not None:
+            return {ex["parts"][i]["kind"] for i in p["positive_parts"]
+                    if 0 <= i < len(ex["parts"])}
+    return None
+
+
+def _query_text(pair: dict) -> str:
+    return pair.get("query_text") or ""
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
@@ -120,48 +206,49 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     truth = load_ground_truth(ground_truth)
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
              if p["split"] == Split.HELDOUT.value]
-    examples = [e for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
-                if split_for(e["id"], heldout_fraction) == Split.HELDOUT]
+    # Both sides as the checkpoint reads them: text re-tokenized with its tokenizer.
+    examples = [prep.retokenized(e)
+                for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
+                if example_split(e, heldout_fraction) == Split.HELDOUT]
+    by_id = {e["id"]: e for e in examples}
+    tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table: dict[str, dict] = {}
     rows = []
     with timed(timings, "eval_s"):
-        for target in sorted({p["positive_modality"] for p in pairs}):
-            gallery = [e for e in examples if e["modality"] == target]
-            index = {e["id"]: i for i, e in enumerate(gallery)}
-            qs = [p for p in pairs if p["positive_modality"] == target and p["positive_id"] in index]
-            qs = sorted(qs, key=lambda p: p["pair_id"])[:max_queries]
-            if not qs or not gallery:
+        groups: dict[str, list[dict]] = {}
+        for p in pairs:  # natural pairs (loom pairs) are their own tasks: `image->text:natural`
+            name = pair_name(p["query_modality"], p["positive_modality"])
+            groups.setdefault(name + (":natural" if p.get("source") == "natural" else ""),
+                              []).append(p)
+        for name in sorted(groups):
+            task = _Task.build(groups[name], examples, by_id, truth, tokenizer, max_tokens,
+                               max_queries)
+            if task is None:
                 continue
-            keys = [_key_of(e, truth) for e in gallery]
-            by_key: dict[str, set[int]] = {}
-            for i, k in enumerate(keys):
-                by_key.setdefault(k, set()).add(i)
-            relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
-                        for p in qs]
-            g_items = [prep.example(e) for e in gallery]
-            q_items = [prep.query(p["pair_id"], p["query_text"]) for p in qs]
-            name = f"{qs[0]['query_modality']}->{target}"
-            q_full = handler.embed(q_items, ckpt)
-            g_full = handler.embed(g_items, ckpt)
+            q_full = handler.embed(task.queries, ckpt)
+            g_full = handler.embed(task.gallery, ckpt)
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
-                by_dim[d] = retrieval_metrics(qd @ gd.T, relevant)
-            base = handler.embed(q_items, untrained) @ handler.embed(g_items, untrained).T
+                by_dim[d] = retrieval_metrics(qd @ gd.T, task.relevant)
+            base = (handler.embed(task.queries, untrained)
+                    @ handler.embed(task.gallery, untrained).T)
             entry = dict(by_dim[sizes[-1]])
-            entry |= {f"random_{k}": v for k, v in random_recall(len(gallery), relevant).items()}
-            entry |= {f"untrained_{k}": v for k, v in retrieval_metrics(base, relevant).items()}
-            if target == "text":
+            entry |= {f"random_{k}": v for k, v in
+                      random_recall(len(task.gallery), task.relevant).items()}
+            entry |= {f"untrained_{k}": v for k, v in
+                      retrieval_metrics(base, task.relevant).items()}
+            if task.lexical is not None:
                 entry |= {f"lexical_{k}": v for k, v in
-                          retrieval_metrics(_bm25(qs, gallery), relevant).items()}
-            entry |= {"queries": len(qs), "gallery": len(gallery)}
+                          retrieval_metrics(task.lexical, task.relevant).items()}
+            entry |= {"queries": len(task.queries), "gallery": len(task.gallery)}
             table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
             baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
             for d, m in by_dim.items():  # one row per pair and size; baselines repeated
                 rows.append({"pair": name, "dim": d, **m, **baselines,
-                             "queries": len(qs), "gallery": len(gallery)})
+                             "queries": len(task.queries), "gallery": len(task.gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
     files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows, schema=METRICS))]
@@ -206,12 +293,8 @@ def _renorm(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _text_of(example: dict) -> str:
-    return " ".join(p.get("text") or "" for p in example["parts"])
-
-
-def _bm25(qs: list[dict], gallery: list[dict]) -> np.ndarray:
-    """BM25 over lowercased word tokens: the lexical baseline for text->text."""
-    docs = [_text_of(e).lower().split() for e in gallery]
+def _bm25(queries: list[str], texts: list[str]) -> np.ndarray:
+    """BM25 over lowercased words: the lexical baseline where both sides are text."""
+    docs = [t.lower().split() or [""] for t in texts]
     bm25 = BM25Okapi(docs)
-    return np.stack([bm25.get_scores(p["query_text"].lower().split()) for p in qs])
+    return np.stack([bm25.get_scores(q.lower().split()) for q in queries])

@@ -12,9 +12,9 @@ score histograms and, for ANN-searched modalities, the index's measured recall@k
 
 from __future__ import annotations
 
-import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 
 from loom.models.checkpoint import resolve
@@ -25,7 +25,8 @@ from loom.pipelines.embed_cache import EmbeddingCache, item_digest
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import TRIPLE, Split
-from loom.schemas.splits import split_for
+from loom.schemas.splits import example_split
+from loom.transforms.items import positive_item, query_item
 from loom.transforms.mining import EXCLUSIONS, RULES, Candidates, MiningConfig, mine
 
 ROWS_PER_PART = 4096
@@ -63,9 +64,17 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     examples = mf.read_table(corpus_dir, corpus_manifest, "examples").to_pylist()
     # Held-out assets are never candidates; (modality, id) order lets the search use the
     # embedded vectors in place.
-    corpus = sorted((e for e in examples if split_for(e["id"], heldout_fraction) == Split.TRAIN),
+    corpus = sorted((e for e in examples if example_split(e, heldout_fraction) == Split.TRAIN),
                     key=lambda e: (e["modality"], e["id"]))
+    by_id = {e["id"]: e for e in corpus}
     del examples
+    tokenizer, max_tokens = prep.tokenizer, spec.max_text_tokens
+    q_built = [query_item(p, by_id, tokenizer, max_tokens) for p in pairs]
+    missing_query = sum(q is None for q in q_built)
+    pairs = [p for p, q in zip(pairs, q_built, strict=True) if q is not None]
+    q_items = [q for q in q_built if q is not None]
+    del q_built
+    inline = [i for i, p in enumerate(pairs) if p.get("positive_text")]
     cache = EmbeddingCache(cache_root or output_root,
                            {"checkpoint_root": checkpoint_root, "checkpoint": ckpt_id,
                             "spec_digest": spec.digest()}, dim)
@@ -80,25 +89,30 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     with timed(timings, "embed_s"):
         cand_items = [prep.example(e) for e in corpus]  # re-tokenized with its tokenizer
         digests = [item_digest(it) for it in cand_items]  # also the exact-duplicate key
-        q_items = [prep.query(_query_id(p["query_text"]), p["query_text"]) for p in pairs]
+        p_items = [positive_item(pairs[i], by_id, tokenizer, max_tokens) for i in inline]
+        extra = q_items + p_items
+        extra_digests = [item_digest(q) for q in extra]
+        for item, d in zip(extra, extra_digests, strict=True):  # same content, one embedding
+            item["id"] = f"q:{d}"
         # One call, so one Ray Data job embeds whatever corpus items and queries are missing.
-        vecs, e_counts = cache.embed(cand_items + q_items, embed,
-                                     digests + [item_digest(q) for q in q_items])
-        cand_vecs, q_vecs = vecs[: len(corpus)], vecs[len(corpus) :]
-        del cand_items, q_items, vecs
+        vecs, e_counts = cache.embed(cand_items + extra, embed, digests + extra_digests)
+        cand_vecs = vecs[: len(corpus)]
+        q_vecs = vecs[len(corpus) : len(corpus) + len(q_items)]
+        pos_vecs = np.full((len(pairs), vecs.shape[1]), np.nan, dtype=np.float32)
+        pos_vecs[inline] = vecs[len(corpus) + len(q_items) :]
+        del cand_items, q_items, p_items, vecs
     with timed(timings, "search_s"):
         cands = Candidates.build([e["id"] for e in corpus], [e["modality"] for e in corpus],
                                  cand_vecs, [_asset_keys(e) for e in corpus],
                                  digests)
         mined = mine(cands, q_vecs, [p["pair_id"] for p in pairs],
                      [p["positive_id"] for p in pairs], [p["positive_modality"] for p in pairs],
-                     config)
+                     config, positive_vectors=pos_vecs,
+                     anchor_ids=[(p.get("query_ref") or {}).get("example_id") for p in pairs])
     with timed(timings, "write_s"):
-        rows = [{"pair_id": p["pair_id"], "kind": p["kind"], "query_text": p["query_text"],
-                 "query_modality": p["query_modality"], "positive_id": p["positive_id"],
-                 "positive_modality": p["positive_modality"],
-                 "positive_score": None if s != s else float(s), "negatives": negs,
-                 "checkpoint": ckpt_id, "mining_config": json.dumps(cfg, sort_keys=True)}
+        rows = [{name: p.get(name) for name in TRIPLE.names}
+                | {"positive_score": None if s != s else float(s), "negatives": negs,
+                   "checkpoint": ckpt_id, "mining_config": json.dumps(cfg, sort_keys=True)}
                 for p, s, negs in zip(pairs, mined.positive_scores, mined.negatives, strict=True)]
         rows.sort(key=lambda r: r["pair_id"])
         files = [writer.write_part("triples", f"part-{i // ROWS_PER_PART:05d}",
@@ -114,7 +128,13 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     counts |= {f"filtered.{r}": mc[r] for r in (*EXCLUSIONS, *RULES)}
     counts |= {k: v for k, v in mc.items() if k.startswith("kept.")}
     counts |= {k: mc[k] for k in ("considered", "unfilled", "positive_not_in_corpus")}
-    extra = {"checkpoint": ckpt_id, "search": mined.search, "cache": cache.dir}
+    counts["query_not_in_corpus"] = missing_query
+    collapsed = sorted(m for m, prof in mined.modalities.items() if prof["collapsed"])
+    warnings = [f"{m}: embeddings collapsed (mean pairwise cosine "
+                f"{mined.modalities[m]['mean_cosine']:.3f}); false-negative rules calibrated "
+                f"to its floor {mined.modalities[m]['floor']:.3f}" for m in collapsed]
+    extra = {"checkpoint": ckpt_id, "search": mined.search, "cache": cache.dir,
+             "modalities": mined.modalities, "warnings": warnings}
     lineage = {"pairs": pairs_dir, "pairs_version": pairs_manifest.version,
                "examples": corpus_dir, "corpus_version": corpus_manifest.version,
                "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
@@ -125,8 +145,6 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                   histograms=mined.histograms, **extra)
 
 
-def _query_id(text: str) -> str:
-    return "q:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _asset_keys(example: dict) -> list[str]:

@@ -7,8 +7,8 @@ buckets, and each bucket is sorted into its shard. Memory holds one joined file 
 shard, never the whole version. Shards hold exactly `rows_per_shard` rows (the last one
 smaller), or as many as fit `target_mb` at the joined rows' average compressed size.
 
-Sampling weights (`weights`, keyed by a row's query kind or its positive's modality)
-repeat rows: a weight w gives floor(w) copies plus one more with probability frac(w),
+Sampling weights (`weights`, keyed by a row's query kind, its positive's modality, or its
+source: `natural` for kinds `natural:*` from `loom pairs`, else `synthetic`) repeat rows: a weight w gives floor(w) copies plus one more with probability frac(w),
 decided by the seed, so a mix can be tilted towards a task or a modality.
 """
 
@@ -27,7 +27,6 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import MISSING, PAIR, TRAINING_ROW, TRIPLE
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
-from loom.transforms.items import example_to_item
 from loom.transforms.packing import shuffle_key, training_rows
 from loom.transforms.stage import BaseStage
 from loom.transforms.tokenizer import TextTokenizer
@@ -40,25 +39,27 @@ class ShardStage(BaseStage):
     def __init__(self, examples_dir: str, input_table: str):
         self.examples_dir = examples_dir
         self.input_schema = TRIPLE if input_table == "triples" else PAIR
-        self.items: dict[str, dict] = {}
+        self.examples: dict[str, dict] = {}
 
     def setup(self) -> None:
         manifest = mf.read_manifest(self.examples_dir)
         examples = mf.read_table(self.examples_dir, manifest, "examples")
-        self.items = {r["id"]: example_to_item(r) for r in examples.to_pylist()}
+        self.examples = {r["id"]: r for r in examples.to_pylist()}
         self.spec = PreprocessingSpec.model_validate_json(
             storage.read_bytes(storage.join(self.examples_dir, SPEC_FILE)))
         self.tokenizer = TextTokenizer.from_json(self.spec.tokenizer_json)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
-        rows, missing = training_rows(batch, self.items, self.tokenizer, self.spec.max_text_tokens)
+        rows, missing = training_rows(batch, self.examples, self.tokenizer,
+                                      self.spec.max_text_tokens)
         return {"_rows": rows, "_missing": pa.Table.from_pylist(missing, schema=MISSING)}
 
 
 def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None,
             modality: str | None) -> int:
     """How many copies of a row the weights ask for (deterministic per seed and pair)."""
-    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0)
+    source = "natural" if (kind or "").startswith("natural:") else "synthetic"
+    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0) * weights.get(source, 1.0)
     whole = math.floor(w)
     frac = int(shuffle_key(seed, f"w:{pair_id}")[:8], 16) / 16**8
     return whole + (1 if frac < w - whole else 0)

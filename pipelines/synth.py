@@ -151,7 +151,8 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "examples": ex_dir,
         "examples_version": ex_manifest.version,
         "prompt_set": prompt_set.digest(),
-        "prompt_versions": {k: v[0] for k, v in prompt_set.prompts.items()},
+        "prompt_versions": {f"{k}.{m}" if m else k: v[0]
+                            for (k, m), v in prompt_set.prompts.items()},
         "llm_model": llm.model,
         "backend": llm.backend,
         "spec_digest": ex_manifest.lineage.get("spec_digest"),
@@ -173,11 +174,14 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
         return files, counts
     parts = {f.path: storage.read_parquet([storage.join(version_dir, f.path)]) for f in files}
     rows = [r for t in parts.values() for r in
-            t.select(["pair_id", "query_text", "positive_id", "positive_modality"]).to_pylist()]
+            t.select(["pair_id", "query_text", "query_modality", "positive_id",
+                      "positive_modality", "positive_text"]).to_pylist()]
     drop_dup = qf.duplicate_ids(rows) if cfg.dedupe else set()
     drop_rt = set()
     if roundtrip:
-        rest = [r for r in rows if r["pair_id"] not in drop_dup]
+        # the round trip checks text queries against their corpus positives
+        rest = [r for r in rows if r["pair_id"] not in drop_dup
+                and r["query_modality"] == "text" and not r["positive_text"]]
         drop_rt = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
     counts["filtered_duplicate"] = len(drop_dup)
     counts["filtered_roundtrip"] = len(drop_rt)
@@ -246,10 +250,10 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
     out = {}
     for ex in table.to_pylist():
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
-                if not storage.exists(cache.uri(response_key(llm, prompt_set.version(kind),
-                                                             ex["id"])))]
-        est = sum((call_estimate(ex, prompt_set.text(k), llm.max_output_tokens) for k in todo),
-                  ZERO)
+                if not storage.exists(cache.uri(response_key(
+                    llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
+        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens)
+                   for k in todo), ZERO)
         out[ex["id"]] = (len(todo), est)
     return out
 

@@ -54,12 +54,14 @@ class TrainConfig(BaseModel):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     embed_dims: tuple[int, ...] = (32, 64, 128)
+    max_frames: int = Field(32, ge=1, le=256)  # video frames the encoder sees per clip
 
 
 def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
     return EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
                          image_size=spec.image_size, patch_size=spec.patch_size,
-                         dim=tc.dim, layers=tc.layers, heads=tc.heads, embed_dims=tc.embed_dims)
+                         dim=tc.dim, layers=tc.layers, heads=tc.heads, embed_dims=tc.embed_dims,
+                         max_frames=min(tc.max_frames, spec.video_max_frames))
 
 
 def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: TrainConfig,

@@ -27,14 +27,15 @@ MANIFEST = "manifest.json"
 STAGE_LOGIC = {
     "corpus": 1,
     "ingest": 5,  # 5: near_dup_group/near_dup_sig columns, codec by language id, geometry
-    "synth": 2,  # 2: usage columns, filters, run-wide dedupe
+    "synth": 3,  # 2: usage columns, filters, run-wide dedupe; 3: any-to-any pairs
     "relabel": 1,
-    "shard": 1,
+    "shard": 2,  # 2: queries of any modality, with their task instruction
     "train": 2,
-    "mine": 2,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms
-    "eval": 2,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim)
+    "mine": 3,  # 2: quotas, cross-modal mix, rules, sampling, cache, histograms; 3: any-to-any
+    "eval": 3,  # 2: R@k and NDCG@10 per Matryoshka size (by_dim); 3: any-to-any pairs
     "report": 1,
     "backfill": 1,
+    "pairs": 1,
 }
 
 

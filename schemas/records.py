@@ -58,8 +58,10 @@ class Reason(str, enum.Enum):
 # The schema version of every table below: a change to any table's columns bumps it once,
 # here. Manifests and Parquet files carry it; readers refuse a version they do not know and
 # read a known older one with the current schema (columns it lacks are null).
-SCHEMA_VERSION = 1
-KNOWN_SCHEMA_VERSIONS = frozenset({1})
+# 2: any-to-any Pairs and Triples (query_parts, query_ref, positive_parts, ...); version-1
+# Pairs and Triples read through `conform`.
+SCHEMA_VERSION = 2
+KNOWN_SCHEMA_VERSIONS = frozenset({1, 2})
 DESCRIPTION = b"description"  # the key of a column's description in its field metadata
 
 
@@ -124,6 +126,31 @@ DUPLICATE = pa.schema(
     ]
 )
 
+# A query or positive taken from a corpus Example: its id and which of its parts (null:
+# all). A video's frames without its audio track is {"example_id": v, "parts": [0]}.
+PART_REF = pa.struct(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("parts", pa.list_(pa.int32())),
+    ]
+)
+
+# Columns every Pair and Triple shares beyond a text query (schema version 2, any-to-any).
+# The query is `query_text` (text, may be empty), plus inline `query_parts` (the Examples'
+# part struct: an image, a frame), plus `query_ref` (parts of a corpus Example); its
+# modality names every kind in it, joined by "+" in a fixed order (`text+image`). The
+# positive is `positive_id` restricted to `positive_parts` (null: all its parts), or
+# inline text `positive_text` (an LLM-written description of the query Example). The two
+# sides never share a part. `group` is the asset group that chose the split.
+ANY_TO_ANY = [
+    pa.field("query_parts", pa.list_(PART)),
+    pa.field("query_ref", PART_REF),
+    pa.field("positive_parts", pa.list_(pa.int32())),
+    pa.field("positive_text", pa.string()),
+    pa.field("source", pa.string()),  # synthetic (an LLM wrote it) | natural (structure)
+    pa.field("group", pa.string()),
+]
+
 PAIR = pa.schema(
     [
         col("pair_id", pa.string(), "stable id of the pair", nullable=False),
@@ -143,6 +170,7 @@ PAIR = pa.schema(
         col("input_tokens", pa.int64(), "input tokens of the call that wrote it (shared by "
             "the queries of one answer)"),
         col("output_tokens", pa.int64(), "output tokens of that call"),
+        *ANY_TO_ANY,
     ]
 )
 
@@ -168,6 +196,8 @@ TRIPLE = pa.schema(
         col("negatives", pa.list_(NEGATIVE), "hard negatives, best first", nullable=False),
         col("checkpoint", pa.string(), "the checkpoint id that mined them", nullable=False),
         col("mining_config", pa.string(), "JSON: the mining config"),
+        col("task", pa.string(), "task instruction that goes with the query"),
+        *ANY_TO_ANY,
     ]
 )
 
@@ -326,6 +356,43 @@ def self_describing(data: pa.Table, table: str) -> pa.Table:
         else:
             data = data.cast(schema)
     return data.replace_schema_metadata(file_metadata(table, data.schema))
+
+
+PAIRS_SCHEMA_VERSION = SCHEMA_VERSION  # the version that made Pairs any-to-any
+MODALITY_ORDER = ("text", "image", "audio", "video", "page", "interleaved")
+
+
+def query_modality(kinds) -> str:
+    """The name of a query made of parts of these kinds: `text+image`, in a fixed order."""
+    present = set(kinds)
+    return "+".join(m for m in MODALITY_ORDER if m in present) or Modality.TEXT.value
+
+
+def pair_name(query_modality: str, positive_modality: str) -> str:
+    return f"{query_modality}->{positive_modality}"
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Version-1 Pairs and Triples (text queries only) read as version 2: the any-to-any
+    columns are null, which means what version 1 meant (a text query, a whole positive).
+    A column the schema does not know, or one of another type, is a clear error."""
+    have = set(table.schema.names)
+    unknown = have - set(schema.names)
+    if unknown:
+        raise ValueError(f"columns {sorted(unknown)} are not in this loom's schema "
+                         f"(written by a newer version?)")
+    cols = []
+    for field in schema:
+        if field.name in have:
+            col = table.column(field.name)
+            if col.type != field.type:
+                col = col.cast(field.type)
+        else:
+            if not field.nullable:
+                raise ValueError(f"required column {field.name!r} is missing")
+            col = pa.nulls(len(table), field.type)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 _EMPTY_PART = dict.fromkeys(PART.names)

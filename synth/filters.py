@@ -1,8 +1,12 @@
 """Quality filters for synthetic queries, with counts of what each one removed.
 
 - length: characters and words within bounds;
-- language: a light script check (the share of letters in the expected script), no
-  model download; `script=None` turns it off;
+- language: the query must be in the document's language, as py3langid (its model ships
+  inside the wheel: no download) identifies them: the document's language must rank
+  among the query's `language_top` likeliest (short queries are ambiguous between close
+  languages, never between scripts). Without document text (an image, a clip), the
+  expected language is `language` (the prompts ask for English there). `language=None`
+  turns it off; `script` keeps the older script-share check, off by default;
 - duplicate: one Pair per (positive modality, normalized query text) across the whole
   run (a query that names two positives of one modality is a false negative for one of
   them; galleries are per modality); the smallest pair_id stays;
@@ -17,6 +21,7 @@ import unicodedata
 from collections import Counter
 
 import pydantic
+from pydantic import Field
 
 SCRIPTS = ("latin", "cyrillic", "greek", "arabic", "hebrew", "cjk", "hangul", "devanagari")
 _CJK = ("CJK", "HIRAGANA", "KATAKANA")
@@ -29,7 +34,13 @@ class FilterConfig(pydantic.BaseModel):
     max_chars: int = 512
     min_words: int = 1
     max_words: int = 64
-    script: str | None = "latin"  # expected script of queries; None: no language check
+    # "auto": the document's own language (else `fallback_language`); an ISO 639-1 code
+    # fixes it; None: no language check
+    language: str | None = "auto"
+    fallback_language: str = "en"
+    language_top: int = Field(5, ge=1)
+    min_doc_chars: int = 20  # shorter document text is too little to identify
+    script: str | None = None  # optional script-share check (latin, cyrillic, ...)
     min_script_share: float = 0.8
     dedupe: bool = True
     roundtrip_k: int = pydantic.Field(10, ge=1)  # used when a checkpoint is given
@@ -65,18 +76,44 @@ def length_ok(q: str, cfg: FilterConfig) -> bool:
     return cfg.min_chars <= len(q) <= cfg.max_chars and cfg.min_words <= words <= cfg.max_words
 
 
-def language_ok(q: str, cfg: FilterConfig) -> bool:
-    return cfg.script is None or script_share(q, cfg.script) >= cfg.min_script_share
+def identify(text: str) -> str:
+    """The ISO 639-1 code py3langid finds likeliest."""
+    import py3langid
+
+    return py3langid.classify(text)[0]
 
 
-def row_filters(queries: list[str], cfg: FilterConfig) -> tuple[set[str], Counter]:
-    """The queries that pass the per-row filters, and how many each filter removed."""
+def expected_language(doc_text: str, cfg: FilterConfig) -> str | None:
+    if cfg.language is None:
+        return None
+    if cfg.language != "auto":
+        return cfg.language
+    letters = sum(c.isalpha() for c in doc_text or "")
+    return identify(doc_text) if letters >= cfg.min_doc_chars else cfg.fallback_language
+
+
+def language_ok(q: str, cfg: FilterConfig, expected: str | None = None) -> bool:
+    """In the expected language (see the module docstring), and in the script if set."""
+    if cfg.script is not None and script_share(q, cfg.script) < cfg.min_script_share:
+        return False
+    if expected is None:
+        return True
+    import py3langid
+
+    return expected in {lang for lang, _ in py3langid.rank(q)[: cfg.language_top]}
+
+
+def row_filters(queries: list[str], cfg: FilterConfig,
+                doc_text: str = "") -> tuple[set[str], Counter]:
+    """The queries that pass the per-row filters, and how many each filter removed.
+    `doc_text` is the document's own text, whose language the queries must share."""
     removed: Counter = Counter()
     kept = set()
+    expected = expected_language(doc_text, cfg) if queries else None
     for q in queries:
         if not length_ok(q, cfg):
             removed["length"] += 1
-        elif not language_ok(q, cfg):
+        elif not language_ok(q, cfg, expected):
             removed["language"] += 1
         else:
             kept.add(q)
@@ -88,12 +125,14 @@ def normalize(q: str) -> str:
 
 
 def duplicate_ids(rows: list[dict]) -> set[str]:
-    """pair_ids to drop: every Pair whose normalized query an earlier pair_id already has
-    for a positive of the same modality."""
+    """pair_ids to drop: every Pair whose normalized written text (its query, or for an
+    Example-as-query pair its written positive) an earlier pair_id already has for the
+    same (query modality, positive modality)."""
     seen: set[tuple] = set()
     drop = set()
     for r in sorted(rows, key=lambda r: r["pair_id"]):
-        n = (r.get("positive_modality"), normalize(r["query_text"]))
+        text = r.get("positive_text") or r["query_text"]
+        n = (r.get("query_modality"), r.get("positive_modality"), normalize(text))
         if n in seen:
             drop.add(r["pair_id"])
         seen.add(n)

@@ -175,8 +175,18 @@ def extract_text_attributes(text: str) -> dict[str, Any]:
 
 
 def _longest_words(text: str, n: int = 4) -> list[str]:
-    words = sorted(set(re.findall(r"[a-z]+", text.lower())), key=lambda w: (-len(w), w))
-    return words[:n]
+    """The text's longest words in its own script (any language), for keyword fallbacks."""
+    words = {w for w in re.findall(r"[^\W\d_]+", text.casefold()) if not w.startswith("loom")}
+    return sorted(words, key=lambda w: (-len(w), w))[:n]
+
+
+# What a query calls the content it retrieves, per modality.
+TARGET = {"image": "image", "text": "passage", "audio": "audio clip", "video": "video",
+          "page": "document page", "interleaved": "record"}
+
+
+def _target(modality: str) -> str:
+    return TARGET.get(modality, "passage")
 
 
 def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
@@ -186,8 +196,8 @@ def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
     phrases = [" ".join(o.get(a, "") for a in ("size", "color", "shape")).strip()
                for o in objects]
     pos = [o.get("position", "center") for o in objects]
-    at = [f"at the {p}" if p != "center" else "in the center" for p in pos]
-    target = "image" if modality == "image" else "passage"
+    at = [_located(o) for o in objects]
+    target = _target(modality)
     located = [f"{ph} {a}" for ph, a in zip(phrases, at, strict=True)]
     if kind == "caption":
         task = f"Given a caption, retrieve the {target} it describes."
@@ -195,8 +205,8 @@ def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
         alt = "a " + " next to a ".join(located)
     elif kind == "question":
         task = f"Given a question, retrieve the {target} that answers it."
-        if modality == "image":
-            base = "which image shows " + " and ".join(f"a {x}" for x in located) + "?"
+        if modality in ("image", "video"):
+            base = f"which {target} shows " + " and ".join(f"a {x}" for x in located) + "?"
         else:
             base = "Where are " + " and ".join(f"the {x}" for x in located) + " described?"
         alt = "is there a " + " next to a ".join(located) + "?"
@@ -210,24 +220,33 @@ def _object_queries(kind: str, objects: list[dict[str, str]], modality: str,
     return task, [q for i, q in enumerate(queries) if q and q not in queries[:i]]
 
 
+def _located(obj: dict[str, str]) -> str:
+    """Where an object is, and for a video how it got there ("sliding in at the top")."""
+    pos = obj.get("position", "center")
+    at = "in the center" if pos == "center" else f"at the {pos}"
+    event = obj.get("event")
+    return f"{event} {at}" if event else at
+
+
 def _queries(kind: str, attrs: dict[str, Any], modality: str, rng: np.random.Generator,
              fallback: list[str]) -> tuple[str, list[str]]:
     if "objects" in attrs:
         return _object_queries(kind, attrs["objects"], modality, rng)
     phrase = " ".join(attrs[a] for a in ("size", "color", "shape") if a in attrs)
     pos = attrs.get("position", "")
-    if not phrase and not pos:
-        phrase = " ".join(fallback)
-    target = "image" if modality == "image" else "passage"
-    at = f"at the {pos}" if pos and pos != "center" else ("in the center" if pos else "")
+    target = _target(modality)
+    if not phrase and not pos:  # nothing recognised: the content's own words, as keywords
+        words = " ".join(fallback)
+        return f"Given keywords, retrieve the matching {target}.", [words] if words else []
+    at = _located(attrs) if pos else ""
     if kind == "caption":
         task = f"Given a caption, retrieve the {target} it describes."
         base = f"a {phrase} {'in the ' + pos if pos else ''}".strip()
         alt = f"{phrase} located {at}".strip() if pos else f"an {target} of a {phrase}"
     elif kind == "question":
         task = f"Given a question, retrieve the {target} that answers it."
-        if modality == "image":
-            base = f"which image shows a {phrase} {at}?".replace(" ?", "?")
+        if modality in ("image", "video"):
+            base = f"which {target} shows a {phrase} {at}?".replace(" ?", "?")
         else:
             base = f"Where is the {phrase} described?"
         alt = f"is there a {phrase} {at}?".replace(" ?", "?")
@@ -378,18 +397,13 @@ def respond(request: dict[str, Any]) -> dict[str, Any]:
                                 "finishReason": finish.group(1), "index": 0}],
                 "usageMetadata": _usage(prompt_tokens, 2), "modelVersion": "loom-offline-1"}
     rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "big"))
-    if images and docs:  # a document page: its text layer names what the picture shows
-        attrs, modality, fallback = extract_text_attributes(doc), "text", _longest_words(doc)
-    elif images:
-        attrs, modality, fallback = analyze_image(images[0]), "image", []
-    elif media and not docs:
-        mime = media[0][0]
-        word = {"audio": "audio clip", "video": "video clip"}.get(mime.split("/")[0], "document page")
-        attrs, modality = {}, mime.split("/")[0]
-        fallback = [word, hashlib.sha256(media[0][1]).hexdigest()[:6]]
+    attrs, modality, fallback = read_content(_declared_modality(prompt), images, media, doc)
+    if kind == "describe":
+        task, queries = describe_queries(attrs, modality, rng, fallback)
+    elif kind == "compose":
+        task, queries = compose_queries(attrs, rng)
     else:
-        attrs, modality, fallback = extract_text_attributes(doc), "text", _longest_words(doc)
-    task, queries = _queries(kind, attrs, modality, rng, fallback)
+        task, queries = _queries(kind, attrs, modality, rng, fallback)
     body = {"task": task, "queries": queries, "backend_note": "offline"}
     if TRIGGER_BAD_SCHEMA_ONCE in doc:
         if not repairing:
@@ -408,3 +422,153 @@ def respond(request: dict[str, Any]) -> dict[str, Any]:
         "modelVersion": "loom-offline-1",
         "responseId": digest.hexdigest()[:20],
     }
+
+
+_NOUNS = (("audio clip", "audio"), ("video clip", "video"), ("document page", "page"),
+          ("record of interleaved", "interleaved"), ("an image", "image"),
+          ("text passage", "text"))
+_CONTENT_RE = re.compile(r"The content below is ([^\n]+)")
+
+
+def _declared_modality(prompt: str) -> str | None:
+    """The modality the prompt says the content is (synth states it), else None."""
+    m = _CONTENT_RE.search(prompt)
+    if not m:
+        return None
+    return next((mod for noun, mod in _NOUNS if noun in m.group(1)), None)
+
+
+def read_content(modality: str | None, images: list[bytes], media: list[tuple[str, bytes]],
+                 doc: str) -> tuple[dict[str, Any], str, list[str]]:
+    """(scene attributes, modality, fallback words) read from the content itself: pixels,
+    a waveform, a clip's frames (and audio track), a page's text layer, a record's text.
+    Content it cannot read is BadInput (the call is rejected), never a made-up query."""
+    mimes = [m for m, _ in media]
+    if modality is None:  # an undeclared request: guess as a model would, from the parts
+        modality = ("video" if any(m.startswith("video/") for m in mimes)
+                    else "audio" if any(m.startswith("audio/") for m in mimes)
+                    else "page" if (images and doc) or mimes else "image" if images
+                    else "text")
+    fallback = _longest_words(doc)
+    if modality == "video":
+        return read_video_scene(images, media), modality, fallback
+    if modality == "audio" and any(m.startswith("audio/") for m in mimes):
+        data = next(d for m, d in media if m.startswith("audio/"))
+        return read_audio_scene(data), modality, fallback
+    if modality == "image" and images:
+        return analyze_image(images[0]), modality, fallback
+    if doc.strip():  # text, a page's text layer, a record's captions
+        return extract_text_attributes(doc), modality, fallback
+    if images:
+        return analyze_image(images[0]), modality, fallback
+    raise BadInput(f"no readable content for a {modality} request")
+
+
+def _objects(attrs: dict[str, Any]) -> list[dict[str, str]]:
+    return list(attrs["objects"]) if "objects" in attrs else ([attrs] if "shape" in attrs else [])
+
+
+def _with_position(obj: dict[str, str]) -> dict[str, str]:
+    return obj | {"position": position_phrase(obj["row"], obj["col"])}
+
+
+def read_audio_scene(data: bytes) -> dict[str, Any]:
+    """The scene an audio clip encodes (transforms.scenes_media's code), read from the
+    waveform: a pitch per cell and colour, beeps per shape, beep length per size."""
+    from loom.transforms.scenes_media import decode_scene_audio, read_video
+
+    try:
+        import soundfile as sf
+
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception:  # noqa: BLE001 - not a soundfile format: try the container path
+        try:
+            _, samples, sr = read_video(data)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+            raise BadInput(f"unable to decode audio: {type(exc).__name__}") from exc
+    if samples is None or not len(samples):
+        raise BadInput("no audio samples")
+    objs = [_with_position(o) for o in decode_scene_audio(samples, sr)]
+    if not objs:
+        raise BadInput("no sound events recognised in the audio")
+    return objs[0] if len(objs) == 1 else {"objects": sorted(objs, key=_reading_order)}
+
+
+def _png_frames(frames: list[np.ndarray]) -> list[bytes]:
+    out = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def read_video_scene(images: list[bytes], media: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """The clip's final scene (its last frame), each object marked with how it got there:
+    an object absent from the first frame "appearing", one that changed cell "sliding in".
+    Frames come from the clip itself (decoded at 1 fps) or, without it, as images."""
+    frames = images
+    clip = next((d for m, d in media if m.startswith("video/")), None)
+    if clip is not None:
+        from loom.transforms.scenes_media import read_video
+
+        try:
+            frames = _png_frames(read_video(clip)[0])
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+            raise BadInput(f"unable to decode video: {type(exc).__name__}") from exc
+    if not frames:
+        raise BadInput("a video request without frames")
+    final = _objects(analyze_image(frames[-1]))
+    try:
+        start = {o["color"]: o for o in _objects(analyze_image(frames[0]))}
+    except BadInput:  # an empty first frame: everything appears
+        start = {}
+    out = []
+    for obj in final:
+        first = start.get(obj["color"])
+        if first is None:
+            obj = obj | {"event": "appearing"}
+        elif (first["row"], first["col"]) != (obj["row"], obj["col"]):
+            obj = obj | {"event": "sliding in", "from": first["position"]}
+        out.append(obj)
+    return out[0] if len(out) == 1 else {"objects": out}
+
+
+def _phrase(obj: dict[str, str]) -> str:
+    return " ".join(obj[a] for a in ("size", "color", "shape") if a in obj)
+
+
+def describe_queries(attrs: dict[str, Any], modality: str, rng: np.random.Generator,
+                     fallback: list[str]) -> tuple[str, list[str]]:
+    """Passages describing the content (the positives of `describe` pairs)."""
+    noun = {"image": "an image", "audio": "an audio clip", "video": "a video",
+            "page": "a document page", "interleaved": "a record", "text": "a passage"}
+    task = f"Given {noun.get(modality, 'a document')}, retrieve the passage that describes it."
+    objs = _objects(attrs)
+    if not objs:
+        words = " ".join(fallback)
+        return task, [words] if words else []
+    first = " and ".join(f"a {_phrase(o)} {_located(o)}" for o in objs)
+    lead = {"video": "The clip shows ", "audio": "The sound encodes "}.get(modality, "It shows ")
+    second = "; ".join(f"{o.get('color')} {o.get('shape')}: {o.get('size')}, "
+                       f"{o.get('position')}" for o in objs)
+    opening = ("There is ", "One sees ", "Pictured: ")[int(rng.integers(3))]
+    return task, [lead + first + ".", opening + second + "."]
+
+
+def compose_queries(attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
+    """What happens after the first frame (the text half of text+image->video queries)."""
+    task = "Given a frame and what happens next, retrieve the video."
+    events = []
+    for o in _objects(attrs):
+        where = "in the center" if o["position"] == "center" else f"at the {o['position']}"
+        if o.get("event") == "appearing":
+            events.append(f"a {_phrase(o)} appears {where}")
+        elif o.get("event") == "sliding in":
+            events.append(f"the {_phrase(o)} slides from the {o['from']} to the {o['position']}")
+    if not events:
+        events = [f"the {_phrase(o)} stays {_located(o)}" for o in _objects(attrs)]
+    if not events:
+        return task, []
+    then = ("then ", "next, ", "after that ")[int(rng.integers(3))]
+    return task, [" and ".join(events), then + ", then ".join(events)]

@@ -28,13 +28,15 @@ from loom.schemas.records import (
     EXAMPLE,
     LLM_STAT_NAMES,
     PAIR,
+    PART,
     REJECTED,
     Modality,
     Reason,
+    query_modality,
     stats_schema,
     to_table,
 )
-from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, split_for
+from loom.schemas.splits import DEFAULT_HELDOUT_FRACTION, group_of, split_for
 from loom.synth import client as llm_client
 from loom.synth import filters as qfilters
 from loom.synth.budget import call_estimate
@@ -43,7 +45,7 @@ from loom.synth.calls import Call, CallLoop, Unsendable, rejection
 from loom.synth.filters import FilterConfig
 from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
-from loom.transforms.pixels import part_frames
+from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.stage import BaseStage
 
 STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
@@ -51,13 +53,19 @@ STATS = stats_schema(STAT_NAMES)
 STAGE = "synth"
 
 
+DEFAULT_KINDS: dict[str, list[str]] = {
+    "image": ["caption", "keyword", "describe"], "text": ["keyword", "question"],
+    "audio": ["caption", "describe"], "video": ["caption", "describe", "compose"],
+    "page": ["question", "describe"], "interleaved": ["question", "describe"]}
+
+
 class SynthConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
-    kinds: dict[str, list[str]] = pydantic.Field(
-        default_factory=lambda: {"image": ["caption", "keyword"], "text": ["keyword", "question"],
-                                 "audio": ["caption", "keyword"], "video": ["caption", "question"],
-                                 "page": ["question", "keyword"]})
+    # modality -> query kinds (prompt names). Kinds whose prompt declares `example->text`
+    # make the Example the query (image->text, audio->text, ...); `compose` makes
+    # text+image->video queries.
+    kinds: dict[str, list[str]] = pydantic.Field(default_factory=lambda: dict(DEFAULT_KINDS))
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
     llm: llm_client.LLMConfig = pydantic.Field(default_factory=llm_client.LLMConfig)
     cache_uri: str
@@ -168,9 +176,63 @@ def content_parts(example: dict) -> list[types.Part]:
         if not parts:
             raise Unsendable(Reason.UNREADABLE, f"{modality}: source unreadable, nothing decoded to send")
         return parts
+    if modality == Modality.INTERLEAVED.value:
+        return _record_parts(example)
     if not text.strip():
         raise Unsendable(Reason.EMPTY, "example has no text to send")
     return [types.Part.from_text(text=text)]
+
+
+def _record_parts(example: dict) -> list[types.Part]:
+    """An interleaved record in its order: text as text, pictures as PNG, audio as the
+    referenced file's bytes (when readable)."""
+    parts: list[types.Part] = []
+    for p in example.get("parts") or []:
+        if p.get("text"):
+            parts.append(types.Part.from_text(text=p["text"]))
+        elif p.get("pixels"):
+            parts += [types.Part.from_bytes(data=f, mime_type="image/png")
+                      for f in _frames_png(p)[:1]]
+        elif p.get("features") and p.get("source_uri"):
+            src = _source_bytes({"mime": p.get("mime") or "audio/wav",
+                                 "source_uris": [p["source_uri"]]}, "audio/")
+            if src is not None:
+                parts.append(types.Part.from_bytes(data=src[0], mime_type=src[1]))
+    if not parts:
+        raise Unsendable(Reason.EMPTY, "record has no part to send")
+    return parts
+
+
+def _doc_text(example: dict) -> str:
+    return "\n".join(p["text"] for p in example.get("parts") or [] if p.get("text"))
+
+
+def pair_sides(shape: str, example: dict, text: str) -> dict:
+    """The query and positive columns of one answer's text, by the prompt's pair shape."""
+    eid, modality = example["id"], example["modality"]
+    if shape == "example->text":  # the Example is the query; the LLM wrote the positive
+        return {"query_text": "", "query_ref": {"example_id": eid, "parts": None},
+                "query_modality": modality,
+                "positive_id": "t:" + hashlib.sha256(f"{eid}|{text}".encode()).hexdigest()[:32],
+                "positive_text": text, "positive_modality": Modality.TEXT.value}
+    if shape == "text+frame->video":  # text + the first frame -> the clip's frames only
+        idx = next(i for i, p in enumerate(example["parts"])
+                   if p.get("kind") == Modality.VIDEO.value)
+        return {"query_text": text, "query_parts": [first_frame(example["parts"][idx])],
+                "query_modality": query_modality(["text", "image"]), "positive_id": eid,
+                "positive_parts": [idx], "positive_modality": modality}
+    return {"query_text": text, "query_modality": Modality.TEXT.value, "positive_id": eid,
+            "positive_modality": modality}
+
+
+def first_frame(part: dict) -> dict:
+    """A video part's first frame as an image PART (same pixel format)."""
+    frames = part_frames(part)
+    pixels, fmt = encode_frames(frames[:1], part.get("pixel_format") or "raw")
+    return {name: None for name in PART.names} | {
+        "kind": Modality.IMAGE.value, "pixels": pixels, "pixel_format": fmt,
+        "height": part.get("height"), "width": part.get("width"), "frames": 1,
+        "source_uri": part.get("source_uri"), "mime": None}
 
 
 class SynthStage(BaseStage):
@@ -182,6 +244,12 @@ class SynthStage(BaseStage):
         self.config = config
         self.prompts = PromptSet.load(sorted({k for ks in config.kinds.values() for k in ks}))
         self.calls = CallLoop(config.llm, config.cache_uri, config.limits, config.base_url)
+        for modality, kinds in config.kinds.items():
+            for kind in kinds:  # a compose kind needs a clip; refuse a bad spec up front
+                if self.prompts.shape(kind, modality) == "text+frame->video" and \
+                        modality != Modality.VIDEO.value:
+                    raise ValueError(f"query kind {kind!r} makes text+image->video pairs: "
+                                     f"it applies to video, not {modality}")
 
     def __getstate__(self) -> dict:  # picklable before and after setup
         return {"config": self.config}
@@ -202,10 +270,10 @@ class SynthStage(BaseStage):
 
     def _call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
         llm = self.config.llm
-        text = self.prompts.text(kind)
+        text = self.prompts.text(kind, ex["modality"])
         est = call_estimate(ex, text, llm.max_output_tokens, with_repair=False)
-        return Call(response_key(llm, self.prompts.version(kind), ex["id"]), text, parts,
-                    tokens=est.tokens)
+        key = response_key(llm, self.prompts.version(kind, ex["modality"]), ex["id"])
+        return Call(key, text, parts, tokens=est.tokens)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         cfg = self.config
@@ -224,22 +292,23 @@ class SynthStage(BaseStage):
             if (bad := rejection(answer)) is not None:
                 rejected.append(self._rejected(uri, bad[0], bad[1], eid))
                 continue
-            version = self.prompts.version(kind)
+            version = self.prompts.version(kind, ex["modality"])
             queries = list(dict.fromkeys(q.strip() for q in answer.get("queries", []) if q.strip()))
-            kept, removed = qfilters.row_filters(queries, cfg.filters)
+            kept, removed = qfilters.row_filters(queries, cfg.filters, _doc_text(ex))
             for name, n in removed.items():
                 stats[f"filtered_{name}"] += n
             usage = answer.get("usage") or {}
-            split = split_for(eid, cfg.heldout_fraction).value
-            pairs += [
-                {"pair_id": pair_id(eid, kind, version, j), "task": answer.get("task"),
-                 "kind": kind, "query_text": q, "query_modality": Modality.TEXT.value,
-                 "positive_id": eid, "positive_modality": ex["modality"], "split": split,
-                 "prompt_version": version, "model": cfg.llm.model, "backend": cfg.llm.backend,
-                 "generation_config": gen, "seed": cfg.llm.seed,
-                 "input_tokens": usage.get("input_tokens"),
-                 "output_tokens": usage.get("output_tokens")}
-                for j, q in enumerate(queries) if q in kept
-            ]
+            group = group_of(ex)
+            common = {"task": answer.get("task"), "kind": kind,
+                      "split": split_for(group, cfg.heldout_fraction).value,
+                      "prompt_version": version, "model": cfg.llm.model,
+                      "backend": cfg.llm.backend, "generation_config": gen,
+                      "seed": cfg.llm.seed, "input_tokens": usage.get("input_tokens"),
+                      "output_tokens": usage.get("output_tokens"), "source": "synthetic",
+                      "group": group}
+            shape = self.prompts.shape(kind, ex["modality"])
+            pairs += [common | {"pair_id": pair_id(eid, kind, version, j)}
+                      | pair_sides(shape, ex, q)
+                      for j, q in enumerate(queries) if q in kept]
         return {"pairs": to_table(pairs, PAIR), "rejected": to_table(rejected, REJECTED),
                 "stats": to_table([stats], STATS)}

@@ -9,19 +9,27 @@ from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.tokenizer import TextTokenizer
 
 
-def example_to_item(example: dict) -> dict:
-    """Concatenates an Example's parts: text tokens, frames of pixels, audio feature rows.
+def example_to_item(example: dict, parts: list[int] | None = None) -> dict:
+    """Concatenates an Example's parts (or the subset `parts`, by index): text tokens,
+    frames of pixels, audio feature rows.
 
     Parts of one kind keep their order; the encoder adds modality embeddings, so the
     interleaving order across kinds is not needed at this model size. One part with pixels
     passes its stored bytes through; several (an interleaved record) are decoded, stacked
     and stored again in the first one's format.
     """
+    chosen = example["parts"] if parts is None else [example["parts"][i] for i in parts
+                                                      if 0 <= i < len(example["parts"])]
+    return parts_to_item(example["id"], example["modality"], chosen)
+
+
+def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
+    """ITEM of a list of PART dicts (text parts must carry tokens)."""
     tokens: list[int] = []
     visual: list[dict] = []
     features: list[float] = []
     bins = None
-    for part in example["parts"]:
+    for part in parts:
         if part.get("tokens"):
             tokens.extend(part["tokens"])
         if part.get("pixels"):
@@ -37,7 +45,7 @@ def example_to_item(example: dict) -> dict:
         stacked = np.concatenate([part_frames(p) for p in visual])
         pixels, pixel_format = encode_frames(stacked, visual[0].get("pixel_format") or "raw")
         frames = len(stacked)
-    return {"id": example["id"], "modality": example["modality"], "tokens": tokens,
+    return {"id": item_id, "modality": modality, "tokens": tokens,
             "pixels": pixels, "pixel_format": pixel_format, "frames": frames,
             "features": features or None, "feature_bins": bins}
 
@@ -47,3 +55,47 @@ def text_to_item(item_id: str, text: str, tokenizer: TextTokenizer, max_tokens: 
             "tokens": tokenizer.encode(text, max_tokens), "pixels": None, "pixel_format": None,
             "frames": 0,
             "features": None, "feature_bins": None}
+
+
+def instructed(task: str | None, text: str | None) -> str:
+    """The query's text as the encoder reads it: its task instruction first (as the
+    paper's "task: ... | query: ..."), so one query can ask for different targets."""
+    text = (text or "").strip()
+    if not task:
+        return text
+    return f"{task.strip()} | {text}" if text else task.strip()
+
+
+def query_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
+               max_tokens: int) -> dict | None:
+    """The query side of a Pair or Triple as one ITEM: instruction + text tokens, then the
+    parts of `query_ref` (a subset of a corpus Example) and inline `query_parts`. None
+    when the referenced Example is not in `examples`."""
+    parts: list[dict] = []
+    ref = pair.get("query_ref")
+    if ref:
+        ex = examples.get(ref["example_id"])
+        if ex is None:
+            return None
+        idx = ref.get("parts")
+        parts += ex["parts"] if idx is None else [ex["parts"][i] for i in idx
+                                                  if 0 <= i < len(ex["parts"])]
+    parts += list(pair.get("query_parts") or [])
+    head = tokenizer.encode(instructed(pair.get("task"), pair.get("query_text")), max_tokens)
+    parts = [p | {"tokens": tokenizer.encode(p["text"], max_tokens)}
+             if p.get("text") and not p.get("tokens") else p for p in parts]
+    item = parts_to_item(f"q:{pair['pair_id']}", pair.get("query_modality") or "text", parts)
+    item["tokens"] = (head + item["tokens"])[:max_tokens]
+    return item
+
+
+def positive_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
+                  max_tokens: int) -> dict | None:
+    """The positive side: inline text, else the positive Example (or its `positive_parts`).
+    None when that Example is not in `examples`."""
+    if pair.get("positive_text"):
+        return text_to_item(pair["positive_id"], pair["positive_text"], tokenizer, max_tokens)
+    ex = examples.get(pair["positive_id"])
+    if ex is None:
+        return None
+    return example_to_item(ex, pair.get("positive_parts"))

@@ -12,6 +12,20 @@ it, so the rule never admits more), `margin` (score above positive score - `marg
 above `near_duplicate`: a near-copy that the score rules let through, e.g. with
 `false_negative: []`). Held-out assets never reach the candidates (the caller leaves them out).
 
+Calibration per modality (`calibrate`): an encoder can squeeze one modality into a narrow
+cone (every audio clip at cosine 0.93 to every other), where PercPos at 0.95 drops every
+candidate. The perc_pos rule is applied to scores above that modality's floor (the median
+score of random query-candidate pairs, clamped at 0): a candidate is dropped when
+`score - floor > perc_pos * (positive - floor)`; likewise near_duplicate is measured above
+the modality's mean pairwise cosine. A spread modality (floors 0) keeps the plain rules. A modality whose candidates' mean pairwise cosine passes `collapse_cosine` is reported
+collapsed (`modalities[m]["collapsed"]`), with its fill (negatives kept / asked).
+
+A Pair's positive may be inline text (`positive_vectors`: its embedding, not a corpus row),
+and its query may be a corpus Example (`anchor_ids`): candidates of the query's own asset
+are excluded as `same_asset` too. Negatives are listed round-robin over modalities (the
+positive's first), so any prefix (the trainer's `max_negatives`) keeps the cross-modal mix;
+`max_negatives` here caps the list the same way.
+
 Survivors are taken in rank order (`top_k`) or sampled from a rank range (`range`), with a
 generator seeded by (seed, query key, modality): the same inputs give the same negatives.
 Counts are per rule over the candidates the miner considered (up to the last one it took, or
@@ -60,6 +74,10 @@ class MiningConfig(BaseModel):
     ann: AnnKind = "ivf"
     ann_recall_sample: int = Field(256, ge=1)
     query_chunk: int = Field(1024, ge=1)
+    calibrate: bool = True  # perc_pos above each modality's score floor (module docstring)
+    collapse_cosine: float = 0.9  # mean pairwise cosine of a modality reported as collapsed
+    calibration_sample: int = Field(256, ge=2)
+    max_negatives: int | None = Field(None, ge=0)  # cap on the round-robin list
 
     @model_validator(mode="after")
     def _check(self) -> MiningConfig:
@@ -139,16 +157,50 @@ class MiningResult:
     counts: dict[str, int]
     histograms: dict
     search: dict[str, dict]  # per modality: exact, or the ANN index and its measured recall
+    modalities: dict[str, dict] = dataclasses.field(default_factory=dict)  # floor, fill, ...
+
+
+def modality_profile(cands: Candidates, q_vecs: np.ndarray, cfg: MiningConfig
+                     ) -> dict[str, dict]:
+    """Per candidate modality: the score floor (median query-candidate score over a seeded
+    sample, clamped at 0) and the mean pairwise cosine of its candidates."""
+    rng = np.random.default_rng(cfg.seed)
+    out = {}
+    for m, (lo, hi) in sorted(cands.spans.items()):
+        rows = rng.choice(np.arange(lo, hi), min(hi - lo, cfg.calibration_sample), replace=False)
+        vecs = cands.vectors[np.sort(rows)]
+        qs = q_vecs[rng.choice(len(q_vecs), min(len(q_vecs), cfg.calibration_sample),
+                               replace=False)] if len(q_vecs) else q_vecs
+        floor = float(np.median(qs @ vecs.T)) if len(qs) and len(vecs) else 0.0
+        gram = vecs @ vecs.T
+        n = len(vecs)
+        mean_cos = float((gram.sum() - np.trace(gram)) / (n * (n - 1))) if n > 1 else 0.0
+        collapsed = bool(n > 1 and mean_cos > cfg.collapse_cosine)
+        calibrated = cfg.calibrate and collapsed  # a spread modality keeps the plain rules
+        out[m] = {"floor": round(max(0.0, floor), 4) if calibrated else 0.0,
+                  "mean_cosine": round(mean_cos, 4),
+                  "pair_floor": round(max(0.0, mean_cos), 4) if calibrated else 0.0,
+                  "collapsed": collapsed}
+    return out
 
 
 def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
          positive_ids: Sequence[str], positive_modalities: Sequence[str],
-         cfg: MiningConfig) -> MiningResult:
+         cfg: MiningConfig, positive_vectors: np.ndarray | None = None,
+         anchor_ids: Sequence[str | None] | None = None) -> MiningResult:
     n = len(q_keys)
     pos_row = np.array([cands.row_of.get(p, -1) for p in positive_ids], dtype=np.int64)
-    has_pos = pos_row >= 0
-    pos_vec = np.where(has_pos[:, None], cands.vectors[np.maximum(pos_row, 0)], 0.0) \
+    pos_vec = np.where((pos_row >= 0)[:, None], cands.vectors[np.maximum(pos_row, 0)], 0.0) \
         if len(cands.ids) else np.zeros_like(q_vecs)
+    if positive_vectors is not None:  # inline positives: their own embedding
+        given = (pos_row < 0) & ~np.isnan(positive_vectors).any(axis=1)
+        pos_vec = np.where(given[:, None], np.nan_to_num(positive_vectors), pos_vec)
+    else:
+        given = np.zeros(n, dtype=bool)
+    has_pos = (pos_row >= 0) | given
+    anchor_row = np.array([cands.row_of.get(a, -1) if a else -1 for a in (anchor_ids or [None] * n)],
+                          dtype=np.int64)
+    profile = modality_profile(cands, q_vecs, cfg) if len(cands.ids) else {}
     pos_score = np.where(has_pos, np.einsum("qd,qd->q", q_vecs, pos_vec), np.nan)
     counts = dict.fromkeys((*EXCLUSIONS, *RULES, "considered", "kept", "unfilled"), 0)
     counts["positive_not_in_corpus"] = int((~has_pos).sum())
@@ -169,7 +221,9 @@ def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
         search[m] = ({"index": "exact", "vectors": hi - lo} if index.kind == "exact" else
                      ann_recall(index, q_vecs[todo], k0, cfg.ann_recall_sample, cfg.seed))
         ctx = _Ctx(cands, lo, m, q_vecs, q_keys, pos_row, pos_vec, pos_score, quota, cfg,
-                   counts, hist, picked)
+                   counts, hist, picked, anchor_row, profile[m]["floor"],
+                   profile[m]["pair_floor"])
+        profile[m]["asked"] = int(quota[todo].sum())
         for start in range(0, len(todo), cfg.query_chunk):
             chunk, k = todo[start : start + cfg.query_chunk], min(k0, hi - lo)
             while len(chunk):
@@ -180,14 +234,27 @@ def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
     for qi in np.flatnonzero(has_pos):  # a quota for a modality the corpus lacks stays unfilled
         counts["unfilled"] += sum(q for m, q in cfg.quotas(positive_modalities[qi]).items()
                                   if m not in cands.spans)
-    out = []
-    for qi in range(n):
-        order = [pm for pm in [positive_modalities[qi]] if pm in picked[qi]]
-        order += sorted(m for m in picked[qi] if m != positive_modalities[qi])
-        out.append([neg for m in order for neg in picked[qi][m]])
+    out = [_round_robin(picked[qi], positive_modalities[qi], cfg.max_negatives)
+           for qi in range(n)]
+    for m, prof in profile.items():
+        kept = counts.get(f"kept.{m}", 0)
+        prof |= {"kept": kept, "asked": prof.get("asked", 0),
+                 "fill": round(kept / prof["asked"], 4) if prof.get("asked") else None}
     histograms = {"bins": [round(float(b), 4) for b in HIST_BINS]} | {
         k: v.astype(int).tolist() for k, v in hist.items()}
-    return MiningResult(out, pos_score, counts, histograms, search)
+    return MiningResult(out, pos_score, counts, histograms, search, profile)
+
+
+def _round_robin(by_modality: dict[str, list[dict]], first: str,
+                 cap: int | None) -> list[dict]:
+    """Negatives interleaved over modalities (the positive's first, then by name), each
+    modality's in rank order: a prefix of any length keeps the cross-modal mix."""
+    order = [first] if first in by_modality else []
+    order += sorted(m for m in by_modality if m != first)
+    out: list[dict] = []
+    for i in range(max((len(by_modality[m]) for m in order), default=0)):
+        out += [by_modality[m][i] for m in order if i < len(by_modality[m])]
+    return out if cap is None else out[:cap]
 
 
 @dataclasses.dataclass
@@ -205,6 +272,9 @@ class _Ctx:
     counts: dict[str, int]
     hist: dict[str, np.ndarray]
     picked: list[dict[str, list[dict]]]
+    anchor_row: np.ndarray  # the query's own Example's row, or -1
+    floor: float  # this modality's score floor (0: the plain PercPos rule)
+    pair_floor: float  # its mean pairwise cosine floor (0: the plain near-duplicate rule)
 
     def select(self, qs: np.ndarray, scores: np.ndarray, rows: np.ndarray,
                final: bool) -> np.ndarray:
@@ -259,13 +329,17 @@ class _Ctx:
         def mark(name: str, cond: np.ndarray) -> None:
             drop[(drop == -1) & cond] = ORDER.index(name)
 
-        mark("positive", rows == prow)
-        mark("same_asset", c.groups[safe] == c.groups[prow])
-        mark("duplicate", c.content[safe] == c.content[prow])
+        in_corpus = prow >= 0  # an inline positive has no row, group or digest
+        mark("positive", (rows == prow) & in_corpus)
+        mark("same_asset", (c.groups[safe] == c.groups[np.maximum(prow, 0)]) & in_corpus)
+        arow = self.anchor_row[qs][:, None]
+        mark("same_asset", (c.groups[safe] == c.groups[np.maximum(arow, 0)]) & (arow >= 0))
+        mark("duplicate", (c.content[safe] == c.content[np.maximum(prow, 0)]) & in_corpus)
         ps = self.pos_score[qs][:, None]
         for rule in self.cfg.false_negative:
             if rule == "perc_pos":
-                mark(rule, scores > ps - (1 - self.cfg.perc_pos) * np.abs(ps))
+                f = self.floor  # scores above the modality's floor (0: plain PercPos)
+                mark(rule, scores - f > (ps - f) - (1 - self.cfg.perc_pos) * np.abs(ps - f))
             elif rule == "margin":
                 mark(rule, scores > ps - self.cfg.margin)
             else:
@@ -277,7 +351,9 @@ class _Ctx:
         for s in range(0, len(q_idx), step):
             cand = c.vectors[rows[q_idx[s : s + step], k_idx[s : s + step]]]
             pos = self.pos_vec[qs[q_idx[s : s + step]]]
-            near[s : s + step] = np.einsum("nd,nd->n", cand, pos) > self.cfg.near_duplicate
+            f = self.pair_floor
+            near[s : s + step] = (np.einsum("nd,nd->n", cand, pos) - f
+                                  > self.cfg.near_duplicate * (1 - f))
         drop[q_idx[near], k_idx[near]] = ORDER.index("near_duplicate")
         drop[drop == -2] = -1
         return drop

@@ -7,7 +7,7 @@ import hashlib
 import pyarrow as pa
 
 from loom.schemas.records import TRAINING_ROW, Split
-from loom.transforms.items import text_to_item
+from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 
 
@@ -16,35 +16,44 @@ def shuffle_key(seed: int, pair_id: str) -> str:
     return hashlib.sha256(f"{seed}:{pair_id}".encode()).hexdigest()
 
 
-def training_rows(batch: pa.RecordBatch, items: dict[str, dict], tokenizer: TextTokenizer,
+def training_rows(batch: pa.RecordBatch, examples: dict[str, dict], tokenizer: TextTokenizer,
                   max_tokens: int) -> tuple[pa.Table, list[dict]]:
-    """Train-split pairs (or triples) with their content joined in.
+    """Train-split pairs (or triples) with their content joined in: the query of any
+    modality with its task instruction, the positive (or the subset of its parts).
 
-    Returns the rows and, for every input row that cannot be built (its positive or a
-    negative is not in the corpus), a reason, so nothing disappears silently.
+    Returns the rows and, for every input row that cannot be built (its positive, its
+    query's Example or a negative is not in the corpus), a reason, so nothing disappears
+    silently.
     """
     rows, missing = [], []
     names = batch.schema.names
+    whole: dict[str, dict] = {}  # negatives repeat across rows: one ITEM per Example
     for rec in batch.to_pylist():
         if "split" in names and rec["split"] != Split.TRAIN.value:
             continue
-        pos = items.get(rec["positive_id"])
+        pos = positive_item(rec, examples, tokenizer, max_tokens)
         if pos is None:
             missing.append({"pair_id": rec["pair_id"], "missing": rec["positive_id"]})
             continue
+        query = query_item(rec, examples, tokenizer, max_tokens)
+        if query is None:
+            missing.append({"pair_id": rec["pair_id"],
+                            "missing": rec["query_ref"]["example_id"]})
+            continue
         negs = []
         for n in rec.get("negatives") or []:
-            item = items.get(n["id"])
-            if item is None:
+            ex = examples.get(n["id"])
+            if ex is None:
                 missing.append({"pair_id": rec["pair_id"], "missing": n["id"]})
                 break
-            negs.append(item)
+            if n["id"] not in whole:
+                whole[n["id"]] = example_to_item(ex)
+            negs.append(whole[n["id"]])
         else:
             rows.append({
                 "pair_id": rec["pair_id"],
                 "kind": rec.get("kind"),
-                "query": text_to_item(f"q:{rec['pair_id']}", rec["query_text"], tokenizer,
-                                      max_tokens),
+                "query": query,
                 "positive": pos,
                 "negatives": negs,
             })

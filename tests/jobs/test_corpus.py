@@ -123,3 +123,32 @@ def test_unknown_world_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown world 'fancy'"):
         generate_corpus(str(tmp_path / "c"), 2, 2, world="fancy")
     assert not (tmp_path / "c").exists()
+
+
+def test_multimodal_world_writes_every_medium_with_ground_truth(tmp_path):
+    """Videos (every other with an audio track), audio, two-page PDFs and JSONL records,
+    labelled per file, per page (`#p<n>`) and per record (`#<index>`), outside media/."""
+    import json as _json
+
+    from loom.jobs.corpus import generate_corpus
+
+    counts = generate_corpus(str(tmp_path), 8, 4, seed=1, world="multimodal")
+    assert {k: counts[k] for k in ("videos", "audio", "pages", "records")} == \
+        {"videos": 4, "audio": 4, "pages": 4, "records": 4}
+    media = tmp_path / "media"
+    assert len(list(media.glob("videos/*.mp4"))) == 4 and len(list(media.glob("pages/*.pdf"))) == 2
+    truth = {r["file"]: r for r in map(_json.loads, (tmp_path / "ground_truth.jsonl")
+                                       .read_text().splitlines())}
+    assert {f"{p.relative_to(media)}#p{i}" for p in media.glob("pages/*.pdf")
+            for i in range(2)} <= set(truth)
+    records = (media / "records" / "records.jsonl").read_text().splitlines()
+    for i, line in enumerate(records):
+        rec = _json.loads(line)
+        assert [next(iter(p)) for p in rec["parts"]] == ["text", "image", "audio"]
+        key = truth[f"records/records.jsonl#{i}"]["key"]
+        assert truth[f"records/{rec['parts'][1]['image']}"]["key"] == key  # one scene
+    assert not any("key" in p.name or "scene" in p.name for p in media.rglob("*"))
+    again = tmp_path / "again"
+    generate_corpus(str(again), 8, 4, seed=1, world="multimodal")
+    assert all((media / p.relative_to(again / "media")).read_bytes() == p.read_bytes()
+               for p in (again / "media").rglob("*") if p.is_file())  # same seed, same bytes

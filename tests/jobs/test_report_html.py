@@ -15,7 +15,7 @@ from loom.jobs.cli import app
 from loom.jobs.report_html import collect, stages_of_workdir
 from tests.jobs.report_workdir import make_workdir
 
-PLOTS = ["stage_counts", "rejected", "synth", "negatives", "loss", "eval"]
+PLOTS = ["stage_counts", "rejected", "synth", "negatives", "loss", "eval", "heatmap"]
 
 
 def test_collect_reads_every_source(tmp_path):
@@ -163,3 +163,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert set(figures) == {f"fig-{p}" for p in PLOTS}, figures
     for fid, (tag, w, h) in figures.items():
         assert tag == "svg" and w > 100 and h > 100, (fid, tag, w, h)
+
+
+def test_heatmap_has_a_cell_per_modality_pair():
+    from loom.jobs.report_html import heatmap_cells
+
+    ev = {"text->image": {"r@1": 0.5, "random_r@1": 0.1, "untrained_r@1": 0.2},
+          "audio->text": {"r@1": 0.3, "random_r@1": 0.05, "untrained_r@1": 0.01},
+          "text+image->video": {"r@1": 0.9, "random_r@1": 0.1, "untrained_r@1": 0.4}}
+    rows, cols, cells = heatmap_cells(ev)
+    assert rows == ["audio", "text", "text+image"] and cols == ["image", "text", "video"]
+    assert cells[("text+image", "video")] == (0.9, 0.9 - 0.4)
+    assert cells[("audio", "text")][1] == 0.3 - 0.05

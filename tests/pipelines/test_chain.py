@@ -80,9 +80,12 @@ def test_pairs_split_by_positive_id(chain):
     every pair of an asset is on one side, and about a fifth of the assets are held out."""
     pairs = _table(chain["first"]["stages"]["synth"]["uri"], "pairs")
     assert {p["split"] for p in pairs} == {"train", "heldout"}
+    examples = {e["id"]: e for e in _table(chain["first"]["stages"]["ingest"]["uri"], "examples")}
     by_asset: dict[str, set[str]] = {}
-    for p in pairs:
-        by_asset.setdefault(p["positive_id"], set()).add(p["split"])
+    for p in pairs:  # an asset group: of the Example the LLM wrote about (image->text too)
+        owner = examples[(p["query_ref"] or {}).get("example_id") or p["positive_id"]]
+        assert p["group"] == (owner.get("near_dup_group") or owner["id"]), p["pair_id"]
+        by_asset.setdefault(p["group"], set()).add(p["split"])
     assert all(len(s) == 1 for s in by_asset.values()), "an asset's pairs straddle the split"
     share = sum(s == {"heldout"} for s in by_asset.values()) / len(by_asset)
     # ~120 assets at 0.2: the binomial sd is ~0.037, so [0.08, 0.35] is > 3 sd either way,

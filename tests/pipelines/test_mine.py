@@ -18,7 +18,7 @@ from loom.pipelines.ingest import run_ingest
 from loom.pipelines.mine import run_mine
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
-from loom.schemas.splits import split_for
+from loom.schemas.splits import example_split
 from tests.checkpoints import examples_spec, tiny_checkpoint
 from loom.transforms.items import example_to_item
 from loom.transforms.mining import MiningConfig
@@ -60,10 +60,19 @@ def test_second_run_embeds_nothing(env):
     assert first["checkpoint"] == second["checkpoint"] == env["ckpt"]  # `latest` resolved once
     assert first["version"] != second["version"] and not second["reused"]
     n = first["counts"]["corpus"]
-    queries = len({p["query_text"] for p in env["pairs"] if p["split"] == "train"})
-    assert first["counts"]["embedded"] == n + queries and first["counts"]["cache_hits"] == 0
+    train = [p for p in env["pairs"] if p["split"] == "train"]
+    # a query is its instruction + text, or an Example (image->text pairs) + instruction,
+    # embedded once per distinct content; a written positive (an LLM's description) too
+    examples = env["examples"]
+    queries = {(p["task"], p["query_text"],
+                item_digest(example_to_item(examples[p["query_ref"]["example_id"]]))
+                if p["query_ref"] else None) for p in train}
+    written = [p["positive_text"] for p in train if p["positive_text"]]
+    assert written and any(p["query_ref"] for p in train)
+    assert first["counts"]["embedded"] == n + len(queries | {("text", w, None) for w in written})
+    assert first["counts"]["cache_hits"] == 0
     assert second["counts"]["embedded"] == 0
-    assert second["counts"]["cache_hits"] == n + first["counts"]["triples"]
+    assert second["counts"]["cache_hits"] == n + first["counts"]["triples"] + len(written)
     assert second["cache"] == first["cache"]
     again = run_mine(env["synth"]["uri"], str(env["base"] / "triples"), env["ckpt"], env["ckpts"],
                      MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}))
@@ -80,20 +89,31 @@ def test_negatives_respect_exclusions_and_quotas(env):
     planted = [ids for ids in copies.values() if len(ids) > 1]
     assert len(planted) == COPIES
     assert triples and {t["positive_modality"] for t in triples} >= {"image", "text"}
+    profile = env["first"]["modalities"]
     for t in triples:
         pm = t["positive_modality"]
         by_mod: dict[str, int] = {}
+        anchor = (t["query_ref"] or {}).get("example_id")
         for n in t["negatives"]:
-            assert n["id"] != t["positive_id"] and split_for(n["id"]).value == "train"
-            assert digest[n["id"]] != digest[t["positive_id"]]  # never a planted duplicate
+            # held-out asset groups (near-duplicates together) are never candidates
+            assert n["id"] != t["positive_id"] and example_split(examples[n["id"]]).value == "train"
+            if not t["positive_text"]:  # a written positive has no corpus twin
+                assert digest[n["id"]] != digest[t["positive_id"]]  # never a planted duplicate
+            assert n["id"] != anchor  # an image->text query never gets itself back
             assert n["modality"] == examples[n["id"]]["modality"]
-            ps = t["positive_score"]  # PercPos, on either side of zero: 5% of |ps| below ps
-            assert n["score"] <= ps - 0.05 * abs(ps) + 1e-6, (t["pair_id"], ps, n)
+            # PercPos on either side of zero, above the modality's floor (0 when spread):
+            # 5% of |ps - floor| below ps
+            floor, ps = profile[n["modality"]]["floor"], t["positive_score"]
+            assert n["score"] - floor <= (ps - floor) - 0.05 * abs(ps - floor) + 1e-6, \
+                (t["pair_id"], ps, floor, n)
             by_mod[n["modality"]] = by_mod.get(n["modality"], 0) + 1
         quota = {pm: 2} | {m: 1 for m in ("image", "text") if m != pm}
         assert all(by_mod.get(m, 0) <= q for m, q in quota.items()), t["pair_id"]
         assert set(by_mod) <= set(quota)
-        assert [n["modality"] for n in t["negatives"]][: by_mod.get(pm, 0)] == [pm] * by_mod.get(pm, 0)
+        order = [pm] + sorted(m for m in by_mod if m != pm)  # round robin, the positive's first
+        expect = [m for i in range(max(by_mod.values(), default=0)) for m in order
+                  if by_mod.get(m, 0) > i]
+        assert [n["modality"] for n in t["negatives"]] == expect
     c = env["first"]["counts"]
     assert c["negatives"] == sum(len(t["negatives"]) for t in triples)
     assert c["negatives"] == c["kept.image"] + c["kept.text"]

@@ -17,27 +17,29 @@ def test_changed_prompt_pays_only_for_its_kind(tmp_path, monkeypatch):
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
     first = run_synth(ex["uri"], str(tmp_path / "pairs"))
     n = ex["counts"]["examples"]
-    assert first["llm_calls"] == 2 * n  # two kinds per modality by default
+    images = ex["counts"]["examples.image"]
+    # by default images have three kinds (caption, keyword, describe), texts two
+    assert first["llm_calls"] == 2 * n + images
 
     prompts = tmp_path / "prompts"
     shutil.copytree(prompts_mod.PROMPT_DIR, prompts)
-    v1 = (prompts / "keyword.v1.txt").read_text()
-    (prompts / "keyword.v2.txt").write_text(v1 + "\nPrefer short keyword queries.\n")
+    v2 = (prompts / "keyword.v2.txt").read_text()
+    (prompts / "keyword.v3.txt").write_text(v2 + "\nPrefer short keyword queries.\n")
     monkeypatch.setattr(prompts_mod, "PROMPT_DIR", prompts)
 
     second = run_synth(ex["uri"], str(tmp_path / "pairs"))
     assert second["version"] != first["version"]
     assert second["llm_calls"] == n  # "keyword" is a kind of both images and texts
-    assert second["counts"]["cache_hits"] == n
+    assert second["counts"]["cache_hits"] == n + images
     vdir, manifest = mf.resolve_input(second["uri"])
     assert manifest.lineage["previous"] == first["uri"]
-    assert manifest.lineage["prompt_versions"]["keyword"] == "keyword.v2"
+    assert manifest.lineage["prompt_versions"]["keyword"] == "keyword.v3"
 
     diff = diff_synth(first["uri"], second["uri"])
     total = diff["counts"]
     assert total["added"] == total["removed"] == 0
     assert total["rewritten"] + total["unchanged"] == first["counts"]["pairs"]
-    assert set(diff["kinds"]) == {"caption", "keyword", "question"}
+    assert set(diff["kinds"]) == {"caption", "keyword", "question", "describe"}
     assert diff["kinds"]["caption"]["rewritten"] == 0  # untouched kinds are byte-identical
     assert run_synth(ex["uri"], str(tmp_path / "pairs"))["reused"] is True
 

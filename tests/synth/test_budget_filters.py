@@ -58,19 +58,54 @@ def test_estimate_bounds_offline_usage(tmp_path, offline_client):
 
 def test_row_filters_and_duplicates():
     cfg = qf.FilterConfig(min_chars=3, max_words=6)
+    # no document text (an image): the prompts ask for English
     kept, removed = qf.row_filters(
         ["red circle", "ok", "one two three four five six seven", "красный круг",
          "赤い丸を探す", "small blue square"], cfg)
     assert kept == {"red circle", "small blue square"}
     assert removed == {"length": 2, "language": 2}
-    assert qf.row_filters(["красный круг"], qf.FilterConfig(script="cyrillic"))[0] == {"красный круг"}
-    assert qf.row_filters(["赤い丸を探す"], qf.FilterConfig(script="cjk"))[0] == {"赤い丸を探す"}
-    assert qf.row_filters(["赤い丸"], qf.FilterConfig(script=None))[0] == {"赤い丸"}
+    scripts = {"language": None}  # the optional script check alone
+    assert qf.row_filters(["красный круг"], qf.FilterConfig(script="cyrillic", **scripts))[0] \
+        == {"красный круг"}
+    assert qf.row_filters(["赤い丸を探す"], qf.FilterConfig(script="cjk", **scripts))[0] \
+        == {"赤い丸を探す"}
+    assert qf.row_filters(["red"], qf.FilterConfig(script="cjk", **scripts))[0] == set()
+    assert qf.row_filters(["赤い丸"], qf.FilterConfig(language=None))[0] == {"赤い丸"}
     rows = [{"pair_id": "b", "query_text": "Red  circle!", "positive_modality": "image"},
             {"pair_id": "a", "query_text": "red circle", "positive_modality": "image"},
             {"pair_id": "d", "query_text": "red circle", "positive_modality": "text"},
             {"pair_id": "c", "query_text": "blue", "positive_modality": "image"}]
     assert qf.duplicate_ids(rows) == {"b"}  # the smallest pair_id keeps it, per modality
+    written = [{"pair_id": "e", "query_text": "", "positive_text": "a red circle",
+                "query_modality": "image", "positive_modality": "text"},
+               {"pair_id": "f", "query_text": "", "positive_text": "A red circle.",
+                "query_modality": "image", "positive_modality": "text"},
+               {"pair_id": "g", "query_text": "", "positive_text": "a blue ring",
+                "query_modality": "audio", "positive_modality": "text"}]
+    assert qf.duplicate_ids(written) == {"f"}  # written positives are what is compared
+
+
+RUSSIAN = ("Небольшой красный круг находится в левом верхнем углу кадра. Фон светло-серый, "
+           "больше ничего на картинке нет.")
+CHINESE = "画面左上角有一个小的红色圆形。背景是浅灰色的，画面中没有其他东西。"
+GERMAN = "Ein kleiner roter Kreis liegt oben links im Bild. Der Hintergrund ist hellgrau."
+
+
+@pytest.mark.parametrize("doc, good, junk", [
+    (RUSSIAN, "красный круг в левом верхнем углу", "quick question: is there a ?"),
+    (CHINESE, "左上角的红色圆形", "small red circle top left"),
+    (GERMAN, "roter Kreis oben links im Bild", "small red circle top left"),
+    ("A small red circle sits in the top left of the frame, on a light gray background.",
+     "small red circle top left", "красный круг слева"),
+])
+def test_language_filter_follows_the_document(doc, good, junk):
+    """Queries in the document's own language pass; junk in another language does not
+    (py3langid, its model inside the wheel), whatever the script."""
+    kept, removed = qf.row_filters([good, junk], qf.FilterConfig(), doc)
+    assert kept == {good} and removed == {"language": 1}
+    fixed = qf.FilterConfig(language="en")  # a fixed language ignores the document
+    assert "small red circle top left" in qf.row_filters(["small red circle top left"], fixed,
+                                                          doc)[0]
 
 
 def test_media_parts_sent_natively(tmp_path):
@@ -102,17 +137,25 @@ def test_media_parts_sent_natively(tmp_path):
 
 
 def test_offline_server_reads_native_media(offline_client, tmp_path):
-    """An audio Example goes through loom's own part builder as the file's bytes: the
-    offline model's answer names the sha256 of what it received, so a canned or empty
-    payload fails."""
-    import hashlib
+    """An audio Example goes through loom's own part builder as the file's bytes, and the
+    offline model reads the scene from the waveform it received: a canned or empty payload
+    fails. Bytes that are no audio (a pure tone encodes no scene) get an error, never a
+    query made from a hash."""
+    from loom.synth.client import LLMError
+    from loom.transforms.scenes_media import render_audio
 
-    data = make_wav(0.5, sr=8000, channels=1, freq=660.0)
-    wav = tmp_path / "tone.wav"
+    scene = scenes.RichScene((scenes.Scene("ring", "teal", "large", "bottom", "left"),))
+    data = render_audio(scene, random.Random(0))
+    wav = tmp_path / "scene.wav"
     wav.write_bytes(data)
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": len(data), "metadata": "{}"}
-    out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"),
+    out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword", "audio"),
                              content_parts(audio))
-    assert out["queries"] and "audio clip" in out["queries"][0]
-    assert hashlib.sha256(data).hexdigest()[:6] in " ".join(out["queries"])
+    assert out["queries"][0] == "large teal ring bottom left"
+    assert out["task"] == "Given keywords, retrieve the matching audio clip."
+    (tmp_path / "tone.wav").write_bytes(make_wav(0.5, sr=8000, channels=1, freq=660.0))
+    tone = audio | {"source_uris": [str(tmp_path / "tone.wav")]}
+    with pytest.raises(LLMError):
+        generate_pair_json(offline_client, LLMConfig(retry_attempts=1),
+                           PROMPTS.text("keyword", "audio"), content_parts(tone))

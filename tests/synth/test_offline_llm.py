@@ -4,6 +4,7 @@ import base64
 import dataclasses
 import json
 import random
+import re
 import subprocess
 import sys
 from urllib.parse import urlparse
@@ -113,8 +114,14 @@ def test_env_key_never_switches_backend(monkeypatch):
 
 def test_prompt_set():
     ps = PromptSet.load(["caption", "question"])
-    assert ps.version("caption") == "caption.v1"
+    assert ps.version("caption") == "caption.v2"
+    assert ps.version("caption", "audio") == "caption.audio.v1"  # a per-modality file
+    assert ps.version("caption", "image") == "caption.v2"  # none: the kind's own
+    assert PromptSet.load(["caption"], {"caption": 1}).version("caption") == "caption.v1"
     assert "QUERY_KIND: question" in ps.text("question")
+    assert "The content below is an audio clip." in ps.text("caption", "audio")
+    assert ps.shape("caption") == "text->example"
+    assert PromptSet.load(["describe"]).shape("describe", "video") == "example->text"
     assert ps.digest() == PromptSet.load(["question", "caption"]).digest()
     with pytest.raises(KeyError):
         PromptSet.load(["nope"])
@@ -160,3 +167,59 @@ def test_rich_passage_queries(offline_client):
                                  [types.Part.from_text(text=doc)])
         want = " and ".join(f"{o.size} {o.color} {o.shape} {o.position}" for o in scene.objects)
         assert out["queries"][0] == want, doc
+
+
+def _modality_prompts():
+    return PromptSet.load(["caption", "describe", "compose", "question"])
+
+
+def test_video_queries_come_from_its_frames(offline_client):
+    """A clip's caption names its final scene and what moved or appeared; two clips of
+    different scenes never share a query (no hash, no file name: the frames)."""
+    from loom.transforms.scenes_media import render_video
+
+    ps = _modality_prompts()
+    rng = random.Random(4)
+    a = scenes.RichScene((scenes.Scene("circle", "red", "small", "top", "left"),
+                          scenes.Scene("bar", "blue", "medium", "bottom", "right")))
+    b = scenes.RichScene((scenes.Scene("ring", "green", "large", "middle", "center"),))
+    clip = types.Part.from_bytes(data=render_video(a, rng), mime_type="video/mp4")
+    out = generate_pair_json(offline_client, CFG, ps.text("caption", "video"), [clip])
+    q = out["queries"][0]
+    assert "small red circle sliding in at the top left" in q
+    assert "medium blue bar appearing at the bottom right" in q
+    assert out["task"] == "Given a caption, retrieve the video it describes."
+    other = generate_pair_json(offline_client, CFG, ps.text("caption", "video"),
+                               [types.Part.from_bytes(data=render_video(b, rng),
+                                                      mime_type="video/mp4")])
+    assert "large green ring" in other["queries"][0] and not set(other["queries"]) & set(out["queries"])
+    comp = generate_pair_json(offline_client, CFG, ps.text("compose", "video"), [clip])
+    assert "a medium blue bar appears at the bottom right" in comp["queries"][0]
+    assert "the small red circle slides from the" in comp["queries"][0]
+    desc = generate_pair_json(offline_client, CFG, ps.text("describe", "video"), [clip])
+    assert desc["queries"][0].startswith("The clip shows a small red circle")
+    assert desc["task"] == "Given a video, retrieve the passage that describes it."
+
+
+def test_unknown_language_falls_back_to_the_documents_own_words(offline_client):
+    """A passage the model cannot parse gets keywords in its own language, not an English
+    template around nothing ("quick question: is there a ?")."""
+    doc = "Небольшой красный круг находится в левом верхнем углу кадра."
+    for kind in ("question", "keyword", "caption"):
+        out = generate_pair_json(offline_client, CFG, PROMPTS.text(kind, "text"),
+                                 [types.Part.from_text(text=doc)])
+        assert out["queries"] and all(set(q.split()) <= set(doc.lower().replace(".", "").split())
+                                      for q in out["queries"]), out
+
+
+def test_production_prompts_carry_no_demo_world_words():
+    """The prompts are written for real data: no scene vocabulary of the demo world."""
+    from loom.synth.prompts import PROMPT_DIR, available
+
+    demo_words = {"size", "color", "colour", "shape", "circle", "square", "triangle", "ring"}
+    newest = [PROMPT_DIR / (f"{k}.{m}.v{v[-1]}.txt" if m else f"{k}.v{v[-1]}.txt")
+              for (k, m), v in available().items()]
+    assert len(newest) >= 7
+    for path in newest:
+        words = set(re.findall(r"[a-z]+", path.read_text().lower()))
+        assert not words & demo_words, (path.name, words & demo_words)

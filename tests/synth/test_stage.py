@@ -33,20 +33,33 @@ def test_stage_pairs_and_cache(tmp_path, server_url):
     assert out["pairs"].schema.equals(PAIR) and out["rejected"].schema.equals(REJECTED)
     assert out["rejected"].num_rows == 0
     pairs = out["pairs"].to_pylist()
-    assert stats["llm_calls"] == 16 and stats["cache_hits"] == 0 and stage.calls.totals["llm_calls"] == 16
-    assert stats["requests"] == 16 and stats["retries"] == 0 and stats["input_tokens"] > 0
+    # images: caption, keyword and describe (image->text); texts: keyword, question
+    assert stats["llm_calls"] == 20 and stats["cache_hits"] == 0
+    assert stage.calls.totals["llm_calls"] == 20
+    assert stats["requests"] == 20 and stats["retries"] == 0 and stats["input_tokens"] > 0
     assert all(p["input_tokens"] > 0 and p["output_tokens"] > 0 for p in pairs)
-    assert {p["positive_id"] for p in pairs} == {r["id"] for r in rows}
-    assert {p["kind"] for p in pairs if p["positive_modality"] == "image"} == {"caption", "keyword"}
-    assert {p["kind"] for p in pairs if p["positive_modality"] == "text"} == {"keyword", "question"}
+    text_q = [p for p in pairs if p["query_modality"] == "text"]
+    assert {p["positive_id"] for p in text_q} == {r["id"] for r in rows}
+    assert {p["kind"] for p in text_q if p["positive_modality"] == "image"} == {"caption", "keyword"}
+    assert {p["kind"] for p in text_q if p["positive_modality"] == "text"} == {"keyword", "question"}
+    described = [p for p in pairs if p["kind"] == "describe"]
+    images = {r["id"] for r in rows if r["modality"] == "image"}
+    assert {p["query_ref"]["example_id"] for p in described} == images
+    assert all(p["query_modality"] == "image" and p["positive_modality"] == "text"
+               and p["positive_text"] and p["positive_id"].startswith("t:")
+               and p["query_text"] == "" for p in described)
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
-    assert all(p["backend"] == "offline" and p["prompt_version"] == f"{p['kind']}.v1" for p in pairs)
+    assert all(p["source"] == "synthetic" and p["group"] for p in pairs)
+    versions = {"caption": "caption.v2", "keyword": "keyword.v2", "question": "question.v2",
+                "describe": "describe.v1"}
+    assert all(p["backend"] == "offline" and p["prompt_version"] == versions[p["kind"]]
+               for p in pairs)
 
     again = SynthStage(cfg)  # a fresh worker over the same cache
     out2 = again.process_batch(batch_of(rows))
     stats2 = out2.pop("stats").to_pylist()[0]
-    assert stats2["llm_calls"] == 0 and stats2["cache_hits"] == 16 and stats2["input_tokens"] == 0
-    assert again.calls.totals["llm_calls"] == 0 and again.calls.totals["cache_hits"] == 16
+    assert stats2["llm_calls"] == 0 and stats2["cache_hits"] == 20 and stats2["input_tokens"] == 0
+    assert again.calls.totals["llm_calls"] == 0 and again.calls.totals["cache_hits"] == 20
     assert out2["pairs"].equals(out["pairs"])
     again.teardown()
     stage.teardown()
@@ -79,7 +92,9 @@ def test_bad_examples_become_rejected_rows(tmp_path, server_url):
     assert (unreadable["id"], "unreadable") in rej
     assert (garbage["id"], "llm_error") in rej
     assert (empty["id"], "empty") in rej
-    assert {p["positive_id"] for p in out["pairs"].to_pylist()} == {fallback["id"]}
+    owners = {(p["query_ref"] or {}).get("example_id") or p["positive_id"]
+              for p in out["pairs"].to_pylist()}  # describe pairs: the image is the query
+    assert owners == {fallback["id"]}
     assert all(r["stage"] == "synth" for r in out["rejected"].to_pylist())
 
 
@@ -99,7 +114,8 @@ def test_gemini_key_never_leaks(tmp_path, server_url, monkeypatch, caplog, capfd
     stage = SynthStage(cfg)
     out = stage.process_batch(batch_of([good, bad, text_example("")]))
     out.pop("stats")
-    assert out["pairs"].num_rows > 0 and out["rejected"].num_rows == 4
+    # the junk image once per image kind (3), the empty text once per text kind (2)
+    assert out["pairs"].num_rows > 0 and out["rejected"].num_rows == 5
     assert {p["backend"] for p in out["pairs"].to_pylist()} == {"gemini"}
     captured = capfd.readouterr()
     blob = " ".join([str(out["pairs"].to_pylist()), str(out["rejected"].to_pylist()),

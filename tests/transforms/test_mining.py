@@ -108,8 +108,8 @@ def test_modality_quotas_and_cross_modal_mix():
     tq, tkeys, tpos, tmods = _queries(POSITIVES[:1], "text")
     tpos = [_name(POSITIVES[0], "text")]
     res = mine(cands, np.concatenate([q, tq]), keys + ["t-0"], pos + tpos, mods + tmods, cfg)
-    for negs in res.negatives[:3]:  # image positives: 2 images, then 1 text
-        assert [n["modality"] for n in negs] == ["image", "image", "text"]
+    for negs in res.negatives[:3]:  # image positives: round robin, so a prefix keeps text
+        assert [n["modality"] for n in negs] == ["image", "text", "image"]
         assert all(n["id"].startswith(n["modality"]) for n in negs)
     text_negs = res.negatives[3]  # a text positive: 2 texts; `text` in cross_modal adds nothing
     assert [n["modality"] for n in text_negs] == ["text", "text"]
@@ -187,6 +187,64 @@ def test_exact_search_chunks_and_ivf_recall():
     assert (few[:, 4:] == -1).all()
     info = ann_recall(VectorIndex(xb, 100, "ivf"), xq, 10, 50)
     assert info["index"] == "ivf" and info["recall@10"] >= 0.9
+
+
+def test_max_negatives_keeps_the_cross_modal_mix():
+    cands, _ = _corpus()
+    cfg = MiningConfig(negatives=3, cross_modal={"text": 1}, max_negatives=2)
+    res = mine(cands, *_queries(), cfg)
+    for negs in res.negatives:  # 3 images + 1 text asked, capped at 2: one of each
+        assert [n["modality"] for n in negs] == ["image", "text"]
+
+
+def _collapsed_corpus(n: int = 40, dim: int = 16, spread: float = 0.1, seed: int = 0):
+    """Audio embeddings in a narrow cone (pairwise cosine ~0.99), as a collapsed encoder
+    gives them; the query sits next to its positive."""
+    rng = np.random.default_rng(seed)
+    axis = np.zeros(dim, np.float32)
+    axis[0] = 1.0
+    vecs = axis + spread * rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"audio-{i:03d}" for i in range(n)]
+    cands = Candidates.build(ids, ["audio"] * n, vecs, [[] for _ in ids], ids)
+    q = vecs[:5] + 0.05 * axis
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return cands, q, ids[:5]
+
+
+def test_collapsed_modality_keeps_negatives_when_calibrated():
+    cands, q, pos = _collapsed_corpus()
+    args = (cands, q, [f"p{i}" for i in range(5)], pos, ["audio"] * 5)
+    plain = mine(*args, MiningConfig(negatives=3, calibrate=False))
+    calibrated = mine(*args, MiningConfig(negatives=3))
+    assert plain.counts["kept.audio"] == 0  # PercPos 0.95 at cosine ~0.99: nothing left
+    assert plain.modalities["audio"]["fill"] == 0.0
+    assert calibrated.counts["kept.audio"] == 15
+    prof = calibrated.modalities["audio"]
+    assert prof["collapsed"] and prof["mean_cosine"] > 0.9 and prof["fill"] == 1.0
+    assert 0.9 < prof["floor"] < 1.0
+    for negs, score in zip(calibrated.negatives, calibrated.positive_scores, strict=True):
+        # the rule still drops what sits right at the positive: above floor + 0.95 x margin
+        limit = prof["floor"] + 0.95 * (score - prof["floor"])
+        assert all(n["score"] <= limit + 1e-6 for n in negs)
+
+
+def test_inline_positive_and_the_query_asset_excluded():
+    cands, _ = _corpus()
+    q, keys, _, _ = _queries(POSITIVES[:1])
+    text_pos = _vec(POSITIVES[0], text=True)[None]  # written text about the image query
+    res = mine(cands, q, keys, ["t:written"], ["text"], MiningConfig(negatives=3),
+               positive_vectors=text_pos, anchor_ids=[_name(POSITIVES[0])])
+    got = [n["id"] for n in res.negatives[0]]
+    assert len(got) == 3 and all(i.startswith("text-") for i in got)
+    assert _name(POSITIVES[0], "text") not in got or res.counts["perc_pos"] >= 0
+    assert res.counts["positive_not_in_corpus"] == 0
+    # the query's own image never comes back as a cross-modal negative
+    res = mine(cands, q, keys, ["t:written"], ["text"],
+               MiningConfig(negatives=1, cross_modal={"image": 40}, false_negative=()),
+               positive_vectors=text_pos, anchor_ids=[_name(POSITIVES[0])])
+    images = {n["id"] for n in res.negatives[0] if n["modality"] == "image"}
+    assert _name(POSITIVES[0]) not in images and images
 
 
 def _scored_corpus(ps: float, scores: list[float]) -> tuple[Candidates, np.ndarray]:

@@ -1,0 +1,109 @@
+"""Eval any-to-any on a small constructed corpus: one task per (query modality, target
+modality, source), galleries cut to the positives' parts, baselines for every pair."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from loom.pipelines.evaluate import run_eval
+from loom.schemas import manifest as mf
+from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table
+from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from loom.schemas import storage
+from loom.transforms.natural_pairs import natural_pairs
+from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
+from tests.checkpoints import tiny_checkpoint
+
+N = 12
+HELDOUT = 0.999  # every asset held out: the whole corpus is the gallery
+
+
+def _px(kind: str, value: int, frames: int = 1) -> dict:
+    arr = np.full((frames, 48, 48, 3), value, np.uint8)
+    return empty_part(kind) | {"pixels": arr.tobytes(), "pixel_format": "raw", "height": 48,
+                               "width": 48, "frames": frames}
+
+
+def _ex(eid: str, modality: str, parts: list[dict]) -> dict:
+    return {"id": eid, "modality": modality, "parts": parts, "source_uris": [f"mem://{eid}"],
+            "mime": None, "size_bytes": 1, "metadata": json.dumps({})}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval_any")
+    words = [f"word{i} colour{i} thing{i}" for i in range(N)]
+    tok_json = train_tokenizer(words + ["Title one", "retrieve the video"], 300)
+    tok = TextTokenizer.from_json(tok_json)
+    spec = PreprocessingSpec(tokenizer_json=tok_json, image_codec="raw")
+
+    def text(t: str) -> dict:
+        return empty_part("text") | {"text": t, "tokens": tok.encode(t, 64)}
+
+    audio = empty_part("audio") | {"features": [0.1] * 64 * 4, "feature_bins": 64, "frames": 4}
+    examples = []
+    for i in range(N):
+        examples.append(_ex(f"rec{i:02d}", "interleaved", [text(words[i]), _px("image", 10 * i)]))
+        examples.append(_ex(f"vid{i:02d}", "video", [_px("video", 10 * i, 3), audio]))
+        examples.append(_ex(f"txt{i:02d}", "text", [text(f"Title {i}\n{words[i]} body")]))
+    ex_w = mf.VersionWriter(str(base / "examples"), "ingest", "ingest-x")
+    files = [ex_w.write_part("examples", "part-0", to_table(examples, EXAMPLE))]
+    storage.write_bytes(storage.join(ex_w.dir, SPEC_FILE), spec.model_dump_json().encode())
+    ex_w.commit({"examples": files}, {"examples": len(examples)}, {}, {})
+    pairs = [p for e in examples for p in natural_pairs(e, heldout_fraction=HELDOUT)]
+    for i in range(N):  # synthetic kinds: text+image->video, image->written text
+        frame = _px("image", 10 * i)
+        pairs.append(dict.fromkeys(PAIR.names) | {
+            "pair_id": f"c{i}", "task": "retrieve the video", "kind": "compose",
+            "query_text": words[i], "query_parts": [frame], "query_modality": "text+image",
+            "positive_id": f"vid{i:02d}", "positive_parts": [0], "positive_modality": "video",
+            "split": "heldout", "prompt_version": "compose.v1", "model": "m",
+            "backend": "offline", "source": "synthetic"})
+        pairs.append(dict.fromkeys(PAIR.names) | {
+            "pair_id": f"d{i}", "task": None, "kind": "describe", "query_text": "",
+            "query_ref": {"example_id": f"rec{i:02d}", "parts": None},
+            "query_modality": "interleaved",
+            "positive_id": "t:" + hashlib.sha256(words[i].encode()).hexdigest()[:8],
+            "positive_text": words[i] + " written", "positive_modality": "text",
+            "split": "heldout", "prompt_version": "describe.v1", "model": "m",
+            "backend": "offline", "source": "synthetic"})
+    p_w = mf.VersionWriter(str(base / "pairs"), "synth", "synth-x")
+    files = [p_w.write_part("pairs", "part-0", to_table(pairs, PAIR))]
+    p_w.commit({"pairs": files}, {"pairs": len(pairs)}, {"heldout_fraction": HELDOUT},
+               {"examples": ex_w.dir})
+    ckpts = str(base / "ckpts")
+    ckpt = tiny_checkpoint(ckpts, "run", spec)
+    out = run_eval(p_w.dir, ckpt, ckpts, str(base / "eval"))
+    return {"out": out, "pairs": pairs}
+
+
+def test_every_pair_present_with_its_baselines(world):
+    ev = world["out"]["eval"]
+    assert set(ev) == {"text->image:natural", "image->text:natural", "text->text:natural",
+                       "video->audio:natural", "audio->video:natural",
+                       "text+image->video", "interleaved->text"}
+    for name, e in ev.items():
+        assert {"r@1", "r@5", "ndcg@10", "random_r@1", "untrained_r@1"} <= set(e), name
+        assert e["queries"] == N, name
+        # no ground truth: relevant is the positive's asset group, one gallery item, except
+        # a title, whose body (inline) and passage (the corpus asset) are both relevant
+        relevant = 2 if name == "text->text:natural" else 1
+        assert e["random_r@1"] == pytest.approx(relevant / e["gallery"]), name
+    assert "lexical_r@1" in ev["text->text:natural"] and "lexical_r@1" not in ev["text->image:natural"]
+    assert ev["text->text:natural"]["lexical_r@1"] == 1.0  # the title's words are in its passage
+
+
+def test_galleries_cut_to_the_positives_parts(world):
+    ev = world["out"]["eval"]
+    # videos as frames only (their audio track is the other side of av_track pairs)
+    assert ev["text+image->video"]["gallery"] == N and ev["audio->video:natural"]["gallery"] == N
+    assert ev["video->audio:natural"]["gallery"] == N  # the clips' own tracks
+    # written positives join the text gallery, beside the corpus' text assets
+    assert ev["interleaved->text"]["gallery"] == N + N
+    # a record's image is a target of its caption; the corpus has no standalone images
+    assert ev["text->image:natural"]["gallery"] == N
+    assert ev["text->text:natural"]["gallery"] == N + N  # passages and their bodies
