@@ -120,7 +120,7 @@ def _within_budget(writer: mf.VersionWriter, triples: pa.Table, ex_uris: list[st
     """The uncached triples whose worst case fits (in pair_id order), reserved in `ledger`.
     None when all fit; otherwise a work file of those that fit and the payload
     BudgetExceeded will carry."""
-    version, text = prompts.prompts[STAGE]
+    version, text = prompts.version(STAGE), prompts.text(STAGE)
     cache = ResponseCache(cache_uri)
     examples = {e["id"]: e for e in storage.read_parquet(ex_uris).to_pylist()}
     rows = triples.to_pylist()

@@ -124,7 +124,7 @@ class RelabelStage(BaseStage):
 
     def _call(self, triple: dict) -> Call:
         llm = self.config.llm
-        version, text = self.prompts.prompts[STAGE]
+        version, text = self.prompts.version(STAGE), self.prompts.text(STAGE)
         est = relabel_estimate(triple, self.examples, text, llm.max_output_tokens, False)
         return Call(relabel_key(llm, version, triple), text,
                     lambda: _parts(triple, self.examples), RelabelOutput,

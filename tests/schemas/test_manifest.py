@@ -272,7 +272,9 @@ def test_version_id_is_sha256_of_the_canonical_payload():
     assert version_id("shard", ["a", "b"], {"a": [2], "z": 1}) == want
     assert mf.canonical_json({"b": 1, "a": {"d": 2, "c": None}}) == '{"a":{"c":null,"d":2},"b":1}'
     assert mf.canonical_json({"p": Path("/x")}) == '{"p":"/x"}'  # str() for the rest
-    assert mf.logic_version("shard") == f"{mf.PACKAGE_VERSION}+shard.{mf.STAGE_LOGIC['shard']}"
+    assert mf.logic_version("shard") == (f"{mf.PACKAGE_VERSION}+shard.{mf.STAGE_LOGIC['shard']}"
+                                         f"+schema.{mf.SCHEMA_VERSION}")
+    assert mf.SCHEMA_VERSION == 2  # any-to-any Pairs (issue 14)
 
 
 def test_listing_digest_by_hand():
