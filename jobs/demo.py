@@ -89,15 +89,22 @@ def demo_spec(workdir: str, cfg: DemoConfig) -> JobSpec:
              world=cfg.world),
         step("ingest", "ingest", "examples", input="${corpus}"),
         step("synth", "synth", "pairs", examples="${ingest}"),
-        step("shard", "shard_pft", "shards", input="${synth}", **shard),
+    ]
+    pairs = "${synth}"
+    if cfg.world == "multimodal":  # natural pairs (a record's caption, a clip's own audio)
+        stages.append(step("pairs", "natural", "natural", examples="${ingest}",
+                           mix=["${synth}"]))
+        pairs = "${natural}"
+    stages += [
+        step("shard", "shard_pft", "shards", input=pairs, **shard),
         step("train", "train_pft", "checkpoints", shards="${shard_pft}", train_stage="pft",
              config={"epochs": cfg.pft_epochs, **train}),
-        step("mine", "mine", "triples", pairs="${synth}", checkpoint="${train_pft}"),
+        step("mine", "mine", "triples", pairs=pairs, checkpoint="${train_pft}"),
         step("shard", "shard_ft", "shards", input="${mine}", **shard),
         step("train", "train_ft", "checkpoints", shards="${shard_ft}", train_stage="ft",
              init="${train_pft}", config={"epochs": cfg.ft_epochs, "lr": 5e-4,
                                           "warmup_steps": 5, **train}),
-        step("eval", "eval", "eval", pairs="${synth}", checkpoint="${train_ft}",
+        step("eval", "eval", "eval", pairs=pairs, checkpoint="${train_ft}",
              ground_truth="${corpus}", seed=cfg.seed),
     ]
     return JobSpec(name="demo", workdir=w, engine=cfg.engine, stages=stages)

@@ -78,6 +78,33 @@ def ingest(cfg: IngestConfig, ctx: Context) -> dict:
                       ctx.engine, remote=RemoteConfig(allowed_hosts=cfg.allow_hosts))
 
 
+# --- natural pairs --------------------------------------------------------------------
+
+class PairsConfig(StageConfig):
+    examples: Uri = Field(description="examples root or version (loom ingest)")
+    rules: tuple[Literal["record", "av_track", "page_text", "title_body"], ...] = Field(
+        ("record", "av_track", "page_text", "title_body"),
+        description="structures to pair: record (caption<->media in a record), av_track "
+                    "(video<->its audio track), page_text (page render<->its text layer), "
+                    "title_body (repeatable)")
+    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    mix: tuple[Uri, ...] = Field((), description="synthetic pairs versions to copy in "
+                                                 "(repeatable)")
+
+
+@register("pairs", PairsConfig,
+          refs={"examples": Ref({"ingest": "uri"}, literal_kinds=("ingest",)),
+                "mix": Ref({"synth": "uri"}, literal_kinds=("synth",))},
+          flags={"rules": Flag("--rule"), "mix": Flag("--mix")},
+          help="Pairs from structure, no LLM (caption<->image, video<->its audio track, "
+               "page render<->text layer, title<->body); --mix adds synth's pairs.")
+def pairs(cfg: PairsConfig, ctx: Context) -> dict:
+    from loom.pipelines.pairs import run_pairs
+
+    return run_pairs(cfg.examples, ctx.output_root(), tuple(cfg.rules), cfg.heldout_fraction,
+                     tuple(cfg.mix))
+
+
 # --- synth and relabel ------------------------------------------------------------------
 
 class SynthConfig(StageConfig):
@@ -152,8 +179,8 @@ class ShardConfig(StageConfig):
 
 
 @register("shard", ShardConfig, engine=True,
-          refs={"input": Ref({"synth": "uri", "mine": "uri", "relabel": "uri"},
-                             literal_kinds=("synth", "mine", "relabel"))},
+          refs={"input": Ref({"synth": "uri", "pairs": "uri", "mine": "uri", "relabel": "uri"},
+                             literal_kinds=("synth", "pairs", "mine", "relabel"))},
           flags={"weights": Flag("--weight")},
           help="Shuffle and pack train-split pairs/triples into fixed-size Parquet shards.")
 def shard(cfg: ShardConfig, ctx: Context) -> dict:
@@ -265,7 +292,8 @@ class MineConfig(StageConfig):
 
 
 @register("mine", MineConfig,
-          refs={"pairs": Ref({"synth": "uri"}, literal_kinds=("synth",)),
+          refs={"pairs": Ref({"synth": "uri", "pairs": "uri"},
+                             literal_kinds=("synth", "pairs")),
                 "checkpoint": CHECKPOINT,
                 "corpus": Ref({"ingest": "uri"}, literal_kinds=("ingest",))},
           flags={"config.negatives": Flag("--negatives", "negatives of the positive's modality"),
@@ -293,7 +321,8 @@ class EvalConfig(StageConfig):
 
 
 @register("eval", EvalConfig,
-          refs={"pairs": Ref({"synth": "uri"}, literal_kinds=("synth",)),
+          refs={"pairs": Ref({"synth": "uri", "pairs": "uri"},
+                             literal_kinds=("synth", "pairs")),
                 "checkpoint": CHECKPOINT,
                 "ground_truth": Ref({"corpus": "datasets.ground_truth"})},
           help="Held-out R@1/R@5/NDCG@10 per modality pair and Matryoshka size, beside "

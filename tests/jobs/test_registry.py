@@ -40,6 +40,10 @@ CASES: dict[str, tuple[list[str], dict]] = {
                  "--model", "m2", "--negatives", "2", "--concurrency", "8"],
                 {"triples": "/d/t", "llm": {"backend": "gemini", "model": "m2"}, "negatives": 2,
                  "limits": {"concurrency": 8}}),
+    "pairs": (["pairs", "--examples", "/d/ex", "--output", "/o", "--rule", "record",
+               "--rule", "av_track", "--heldout-fraction", "0.3", "--mix", "/d/p"],
+              {"examples": "/d/ex", "rules": ["record", "av_track"], "heldout_fraction": 0.3,
+               "mix": ["/d/p"]}),
     "shard": (["shard", "--input", "/d/p", "--output", "/o", "--rows-per-shard", "64", "--seed",
                "1", "--target-mb", "2.5", "--weight", "caption=2", "--weight", "image=0.5"],
               {"input": "/d/p", "rows_per_shard": 64, "seed": 1, "target_mb": 2.5,
@@ -258,6 +262,7 @@ stages:
   - {stage: report, id: report}
   - {stage: gc, id: gc, root: "${backfill}", keep: 2}
   - {stage: export, id: export, checkpoint: "${ft}"}
+  - {stage: pairs, id: natural, examples: "${ingest}", mix: ["${synth}"]}
 """
 
 
