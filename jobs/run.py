@@ -77,6 +77,9 @@ def run_spec(spec: JobSpec, log=print) -> dict:
     problems = reference_errors(spec)  # a spec built with model_construct skips validation
     if problems:
         raise ValueError(f"{format_loc(problems[0][0])}: {problems[0][1]}")
+    from loom.pipelines.cluster import check_spec_paths
+
+    check_spec_paths(spec)  # a multi-node cluster refuses local paths before any work
     stages: dict[str, dict] = {}
     eval_table: dict | None = None
     from loom.pipelines.beam.runner import beam_options

@@ -90,15 +90,14 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
         "ignore_checkpoint": None if resume else latest,
         "total_steps": steps_per_epoch * config.epochs,
     }
-    import ray.data
-
+    from loom.pipelines.ray.data import read_parquet_ds
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
     files = sh_manifest.files(sh_dir, "shards")
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
-        dataset = ray.data.read_parquet(files, shuffle="files")
+        dataset = read_parquet_ds(files, shuffle="files")
         fit(dataset, loop_config, workers, max_failures)
     storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({
         "shards": sh_dir, "shards_version": sh_manifest.version, "stage": stage.value,

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import tempfile
 import time
 
 import pyarrow as pa
@@ -101,7 +100,10 @@ def _loop(config: dict) -> None:
         init_root, init_id = config["init"]
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
+    # A batch without audio (or images) leaves that modality's layers without a gradient on
+    # this rank; DDP then fails its reduction unless told to look for unused parameters.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
@@ -166,18 +168,27 @@ def _loop(config: dict) -> None:
 
 
 def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures: int = 1):
+    """Each worker reserves its node's share of CPUs less what Ray Data's read and prefetch
+    need (on 1-CPU nodes, whole-CPU workers left the read task pending: a deadlock), runs
+    that many torch threads, and asks for a GPU when the cluster (not this driver) has one.
+    Workers spread over nodes; Ray Train's run state goes to the checkpoint root's storage
+    (a gs:// root: the bucket, through loom's filesystem), never a node's own disk."""
+    from loom.pipelines.ray.sizing import cluster_has_gpu, train_worker_cpus
+
     ensure_ray()
     root = loop_config["root"]
-    storage_path = (os.path.join(root, "_ray") if not storage.is_remote(root)
-                    else tempfile.mkdtemp(prefix="loom-train-"))
-    loop_config["threads"] = max(1, (os.cpu_count() or 2) // workers)
+    gpu = cluster_has_gpu()
+    cpus = 1.0 if gpu else train_worker_cpus(workers)
+    loop_config["threads"] = max(1, int(cpus))
+    fs, path = storage.resolve(storage.join(root, "_ray"))
     trainer = TorchTrainer(
         _loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available(),
-                                     resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cpus},
+                                     placement_strategy="SPREAD"),
         datasets={"train": dataset},
-        run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config["run"],
+        run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=loop_config["run"],
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
