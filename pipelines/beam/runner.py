@@ -11,9 +11,13 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from loom.pipelines.beam.options import local_runner, to_args
 from loom.pipelines.progress import progress, report
 from loom.pipelines.runner import StageTask, dumps
 from loom.schemas import storage
+
+
+LOCAL_NAMES = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
 
 
 class _StageDoFn(beam.DoFn):
@@ -61,10 +65,9 @@ def default_args(workers: int = 2) -> list[str]:
     opts = {"runner": "DirectRunner", "direct_num_workers": workers,
             "direct_running_mode": "multi_threading"}
     given = _OPTIONS.get() or {}
-    if given.get("runner", "DirectRunner") != "DirectRunner":
+    if given.get("runner", "DirectRunner") not in LOCAL_NAMES:
         opts = {}
-    opts |= given
-    return [f"--{k}" if v is True else f"--{k}={v}" for k, v in opts.items() if v is not False]
+    return to_args(local_runner(opts | given))
 
 
 def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None = None,

@@ -282,11 +282,11 @@ def test_beam_options_reach_every_beam_stage():
                                         "  temp_location: gs://b/tmp\n  use_public_ips: false\n"
                                         "  save_main_session: true\nworkdir:", 1))
     assert spec.beam_options["runner"] == "DataflowRunner"
-    assert default_args(2)[0] == "--runner=DirectRunner"  # outside: the local default
+    assert default_args(2)[0] == "--runner=FnApiRunner"  # outside: the local default
     with beam_options(spec.beam_options):
         args = default_args(2)
     assert args == ["--runner=DataflowRunner", "--project=my-proj", "--region=europe-west4",
-                    "--temp_location=gs://b/tmp", "--save_main_session"]
+                    "--temp_location=gs://b/tmp", "--no_use_public_ips", "--save_main_session"]
     with beam_options({"direct_num_workers": 1}):  # DirectRunner flags can be tuned
         assert "--direct_num_workers=1" in default_args(2)
     expect_error(VALID.replace("workdir:", "beam_options:\n  runner: [1]\nworkdir:", 1),
