@@ -157,6 +157,7 @@ class _Net:
         self.head_ip = f"{SUBNET_BASE}.{x}.1"
         self.netns = [f"loom{x}w{i + 1}" for i in range(workers)]
         self.ips = [f"{SUBNET_BASE}.{x}.{i + 2}" for i in range(workers)]
+        self.inner = [f"lm{x}n{i + 1}" for i in range(workers)]  # the node's interface
 
     def up(self) -> None:
         _ip("link", "add", self.bridge, "type", "bridge")
@@ -261,8 +262,11 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
                      f"--disable-usage-stats --resources='{{\"node{i + 1}\": 1}}'")
             cmd = ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private",
                    "sh", "-c", start]
-            nodes.append(_start(f"node{i + 1}", cmd, _node_env({"TMPDIR": f"{work}/tmp"}),
-                                temp, addr, ns))
+            # Every node has this machine's hostname, which resolves to loopback: gloo
+            # (torch.distributed) would advertise 127.0.0.1 to its peers. A real node's
+            # hostname resolves to its own address; here the node's interface is named.
+            env = _node_env({"TMPDIR": f"{work}/tmp", "GLOO_SOCKET_IFNAME": net.inner[i]})
+            nodes.append(_start(f"node{i + 1}", cmd, env, temp, addr, ns))
 
         def all_alive() -> bool:
             from ray.util.state import list_nodes
