@@ -97,7 +97,7 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     files = sh_manifest.files(sh_dir, "shards")
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
-        dataset = read_parquet_ds(files, shuffle="files")
+        dataset = read_parquet_ds(files, shuffle_seed=config.seed)
         fit(dataset, loop_config, workers, max_failures)
     storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({
         "shards": sh_dir, "shards_version": sh_manifest.version, "stage": stage.value,
