@@ -21,6 +21,9 @@ LOCAL_RUNNER = "FnApiRunner"  # what "DirectRunner" (or no runner) runs as
 Value = str | int | float | bool | list
 
 
+_FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction)  # noqa: SLF001
+
+
 class BeamOptionError(ValueError):
     """An option whose value cannot be written for Beam's parser (exit 2 via BadInput)."""
 
@@ -51,17 +54,15 @@ def _bool_flag(key: str, value: bool) -> list[str]:
     action = _actions().get(f"--{key}")
     if action is None:  # not Beam's: a runner-specific option, written with its value
         return [f"--{key}={'true' if value else 'false'}"]
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):  # noqa: SLF001
-        sets = isinstance(action, argparse._StoreTrueAction)  # noqa: SLF001
-        if value == sets:
-            return [f"--{key}"]
+    if isinstance(action, _FLAGS):
+        if value:
+            return [f"--{key}"]  # `no_use_public_ips: true` is the flag as written
         for flag, other in _actions().items():  # the flag that sets the same dest the other way
-            if other.dest == action.dest and other is not action and isinstance(
-                    other, argparse._StoreTrueAction | argparse._StoreFalseAction):  # noqa: SLF001
+            if other.dest == action.dest and other is not action and isinstance(other, _FLAGS):
                 return [flag]
-        if not value and action.default in (None, False):
+        if action.default in (None, False) and isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
             return []  # unset is false
-        raise BeamOptionError(f"beam_options.{key}: {value} cannot be expressed as a flag")
+        raise BeamOptionError(f"beam_options.{key}: false cannot be expressed as a flag")
     if action.nargs == 0:
         raise BeamOptionError(f"beam_options.{key}: takes no value")
     if not value and action.default in (None, False):
@@ -90,3 +91,28 @@ def local_runner(options: dict[str, Value]) -> dict[str, Value]:
     if runner in ("DirectRunner", "SwitchingDirectRunner"):
         return {**options, "runner": LOCAL_RUNNER}
     return dict(options)
+
+
+def from_args(args: list[str]) -> dict[str, Value]:
+    """Pipeline flags (`--k=v`, `--k v`, `--flag`, repeated) as an options mapping."""
+    out: dict[str, Value] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise BeamOptionError(f"not a pipeline option: {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        action = _actions().get(f"--{key}")
+        if not eq:
+            if isinstance(action, _FLAGS) or i + 1 >= len(args) or args[i + 1].startswith("--"):
+                value = True
+            else:
+                i += 1
+                value = args[i]
+        if key in out and not isinstance(value, bool):  # repeated: a list
+            prev = out[key]
+            out[key] = [*(prev if isinstance(prev, list) else [prev]), value]
+        else:
+            out[key] = value
+        i += 1
+    return out
