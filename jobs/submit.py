@@ -99,14 +99,22 @@ def _last_json(logs: str) -> dict | None:
 
 def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3600,
            python: str = "python", env_vars: dict[str, str] | None = None,
-           log=None, poll_s: float = 2.0) -> dict:
+           log=None, poll_s: float = 2.0, shared_fs: bool = False) -> dict:
+    """`shared_fs`: every node mounts the same filesystem at the spec's local paths
+    (LOOM_SHARED_FS=1 for the job); otherwise a multi-node cluster's address refuses them
+    here, before anything reaches the cluster (the job checks again for itself)."""
     from ray.job_submission import JobSubmissionClient
 
     from loom.jobs.logs import say
     from loom.jobs.spec import load_spec
 
     log = log or say  # progress lines carry job_id / status as fields under --log-json
+    from loom.pipelines.cluster import SHARED_FS_ENV, check_spec_paths
+
     spec = load_spec(spec_path)  # a bad spec stops here, before the cluster
+    check_spec_paths(spec, address=address, shared=shared_fs)
+    if shared_fs:
+        env_vars = {**(env_vars or {}), SHARED_FS_ENV: "1"}
     client = JobSubmissionClient(address)
     staging = tempfile.mkdtemp(prefix="loom-submit-")
     modules = tempfile.mkdtemp(prefix="loom-modules-")

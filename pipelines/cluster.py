@@ -37,14 +37,18 @@ def shared_fs() -> bool:
     return os.environ.get(SHARED_FS_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def check_paths(**uris: str | None) -> None:
-    """BadInput (exit 2) naming the first local path a multi-node run would use."""
-    if not is_multi_node() or shared_fs():
+def check_paths(address: str | None = None, shared: bool | None = None,
+                **uris: str | None) -> None:
+    """BadInput (exit 2) naming the first local path a multi-node run would use.
+    `address`/`shared` default to RAY_ADDRESS / LOOM_SHARED_FS (the job's own config)."""
+    shared = shared_fs() if shared is None else shared
+    if not is_multi_node(address) or shared:
         return
     for field, uri in uris.items():
         if uri and not storage.is_remote(uri):
             raise BadInput(
-                f"{field}={uri}: a local path on a multi-node Ray cluster ({ray_address()}) "
+                f"{field}={uri}: a local path on a multi-node Ray cluster "
+                f"({address or ray_address()}) "
                 "names a different disk on every node; use a gs://bucket/prefix URI, or "
                 "--shared-fs (LOOM_SHARED_FS=1) if every node mounts the same filesystem there")
 
@@ -55,7 +59,7 @@ PATH_FIELDS = ("input", "examples", "shards", "pairs", "triples", "output", "ini
                "checkpoint_root", "ground_truth")
 
 
-def check_spec_paths(spec) -> None:
+def check_spec_paths(spec, address: str | None = None, shared: bool | None = None) -> None:
     """check_paths over a JobSpec's workdir and every step's literal data paths."""
     uris: dict[str, str | None] = {"workdir": spec.workdir}
     for i, step in enumerate(spec.stages):
@@ -63,4 +67,4 @@ def check_spec_paths(spec) -> None:
             value = getattr(step, field, None)
             if isinstance(value, str) and not value.startswith("${"):
                 uris[f"stages[{i}].{field}"] = value
-    check_paths(**uris)
+    check_paths(address, shared, **uris)

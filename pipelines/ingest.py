@@ -16,6 +16,7 @@ from typing import ClassVar
 import pyarrow as pa
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from loom.schemas import manifest as mf
@@ -91,6 +92,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                engine: Engine = Engine.BEAM, files_per_item: int = 64,
                remote: RemoteConfig | None = None, archive: ArchiveLimits | None = None) -> dict:
     """`remote` allows http(s) references to named hosts; `archive` bounds tar/zip input."""
+    check_paths(input=input_uri, output=output_root)  # multi-node: no local paths
     spec = spec or PreprocessingSpec()
     remote, archive = remote or RemoteConfig(), archive or ArchiveLimits()
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)

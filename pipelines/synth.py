@@ -15,7 +15,7 @@ from functools import partial
 
 import pyarrow as pa
 
-from loom.pipelines.cluster import is_multi_node
+from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.schemas import manifest as mf
@@ -52,6 +52,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
     (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
     the calls, tokens and cost needed. `checkpoint` turns on the round-trip filter."""
+    check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
     check_backend(llm)
     budget = budget or Budget()

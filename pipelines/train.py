@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loom.models.checkpoint import load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
@@ -52,6 +53,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
               resume: bool = True, max_failures: int = 1) -> dict:
     """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
     run resumes it (unless resume=False), and a complete one is reused."""
+    check_paths(shards=shards_uri, output=output_root,
+                init_root=init_root)  # multi-node: no local paths
     from loom.pipelines.ray.train import fit, latest_of_run
     from loom.pipelines.shard import spec_of
 

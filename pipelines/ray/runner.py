@@ -34,17 +34,18 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     ensure_ray()
     name = getattr(task.factory, "func", task.factory).__name__
     top = actors or etl_actors(cpus_per_actor, len(items), min_actors, max_actors)
-    ds = ray.data.from_items([{"item": dumps(i)} for i in items],
-                             override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _StageActor,
-        fn_constructor_args=(task,),
-        batch_size=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(top, len(items)))),
-        num_cpus=cpus_per_actor,
-    )
     results = []
+    # the deadline is read from the DataContext when the Dataset is made: make it inside
     with progress(len(items), name) as (_, bar), actor_deadline(name, cpus_per_actor):
+        ds = ray.data.from_items([{"item": dumps(i)} for i in items],
+                                 override_num_blocks=len(items))
+        ds = ds.map_batches(
+            _StageActor,
+            fn_constructor_args=(task,),
+            batch_size=1,
+            compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(top, len(items)))),
+            num_cpus=cpus_per_actor,
+        )
         for row in ds.iter_rows():  # streams: the bar moves as items finish
             results.append(json.loads(row["result"]))
             bar.update(results[-1])

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import ray
 
@@ -133,3 +133,10 @@ def actor_deadline(what: str, cpus: float, gpus: float = 0.0,
                      "free node with that much") from exc
     finally:
         ctx.wait_for_min_actors_s = before
+
+
+def deadline_iter(what: str, cpus: float, gpus: float, make: Callable[[], Iterable]
+                  ) -> Iterator:
+    """Iterates `make()` under actor_deadline (its Datasets are made inside it)."""
+    with actor_deadline(what, cpus, gpus):
+        yield from make()
