@@ -110,8 +110,13 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
     spec.write_text(chain_spec(str(c.work / "run"), str(local / "media")))
     code, out, err = submit(c, str(spec))
     assert code == 2, (out, err)
-    assert "gs://" in out["logs_tail"] and "--shared-fs" in out["logs_tail"]
+    assert "gs://" in err and "--shared-fs" in err and not out  # refused before the cluster
     assert not storage.exists(str(c.work / "run"))
+    # ... and by the job itself when a local path reaches the cluster some other way
+    refused = run_command(c, ["ingest", "--input", str(local / "media"), "--output",
+                              f"{workdir}-local"], expect="FAILED")
+    assert "--shared-fs" in refused["logs"] and "exit code 2" in refused["message"]
+    assert not storage.exists(f"{workdir}-local")
 
     # Beam ingest of the same media (the driver's DirectRunner reads gs:// too).
     spec = tmp_path / "beam.yaml"
@@ -164,7 +169,7 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
         assert c.node_files(node) == [], node.name  # nothing on the node's own disk
 
 
-def run_command(c: Cluster, argv: list[str]) -> dict:
+def run_command(c: Cluster, argv: list[str], expect: str = "SUCCEEDED") -> dict:
     """A loom command on the cluster through the Jobs API, with loom's runtime env."""
     from ray.job_submission import JobSubmissionClient
 
@@ -175,12 +180,14 @@ def run_command(c: Cluster, argv: list[str]) -> dict:
     os.makedirs(spec_dir, exist_ok=True)
     job = client.submit_job(
         entrypoint="python -m loom.jobs.cli " + " ".join(argv),
-        runtime_env=runtime_env(spec_dir, {"STORAGE_EMULATOR_HOST": c.emulator_url()}))
+        runtime_env=runtime_env(spec_dir, {"STORAGE_EMULATOR_HOST": c.emulator_url()},
+                                modules_dir=os.path.join(spec_dir, f"m-{time.time_ns()}")))
     deadline = time.monotonic() + 900
     while (status := str(client.get_job_status(job).value)) not in (
             "SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline, f"{argv[0]} still {status}"
         time.sleep(2)
     logs = client.get_job_logs(job)
-    assert status == "SUCCEEDED", logs[-3000:]
-    return {"job_id": job, "result": _last_json(logs)}
+    assert status == expect, logs[-3000:]
+    return {"job_id": job, "result": _last_json(logs), "logs": logs,
+            "message": client.get_job_info(job).message or ""}
