@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from loom.jobs.cli import app
 from loom.jobs.schedule import CONFIG_DIR, DEADLINE_S, SPEC_KEY, k8s_name
 from loom.jobs.spec import load_spec
-from tests.schemas.test_infra_manifests import REPO, _crd_schemas, _unknown_fields, needs_crds
+from tests.schemas.test_infra_manifests import REPO, _crd_schemas, _unknown_fields
 
 SPEC = REPO / "jobs" / "examples" / "demo.yaml"
 
@@ -36,7 +36,6 @@ def _render(tmp_path, *extra: str) -> list[dict]:
     return list(yaml.safe_load_all(out.read_text()))
 
 
-@needs_crds
 def test_raycronjob_matches_crd(tmp_path):
     import jsonschema
 
