@@ -203,6 +203,30 @@ def _wait_for(what: str, ok, timeout_s: float, logs: list[Path]) -> None:
         time.sleep(1)
 
 
+def _alive_ips(dashboard: str) -> set[str]:
+    from ray.util.state import list_nodes
+
+    return {n.node_ip for n in list_nodes(address=dashboard) if n.state == "ALIVE"}
+
+
+def _start_worker(name: str, cmd: list[str], env: dict[str, str], temp: str, ip: str,
+                  netns: str, dashboard: str, attempts: int = 3) -> Node:
+    """One worker node, started and awaited alone: `ray start` gives a raylet 30 s to
+    register (hard-coded), which a loaded machine can miss; then it exits and is retried."""
+    for attempt in range(attempts):
+        node = _start(name, cmd, env, temp, ip, netns)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and node.proc.poll() is None:
+            with contextlib.suppress(Exception):  # the dashboard may be busy
+                if ip in _alive_ips(dashboard):
+                    return node
+            time.sleep(2)
+        node.stop()
+        log = node.log.read_text(errors="replace")[-3000:] if node.log else ""
+        os.replace(node.log, f"{node.log}.{attempt}")
+    raise RuntimeError(f"{name} did not join after {attempts} attempts:\n{log}")
+
+
 def _start(name: str, cmd: list[str], env: dict[str, str], temp: str, ip: str,
            netns: str | None = None) -> Node:
     log = Path(temp, f"{name}.log")
@@ -219,6 +243,7 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
     why = can_build()
     if why:
         raise RuntimeError(why)
+    previous = signal.signal(signal.SIGTERM, _raise_on_term)
     root = Path(tempfile.mkdtemp(prefix="lcl-", dir="/tmp"))  # short: Unix socket paths
     work = root / "work"
     work.mkdir()
@@ -266,15 +291,7 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
             # (torch.distributed) would advertise 127.0.0.1 to its peers. A real node's
             # hostname resolves to its own address; here the node's interface is named.
             env = _node_env({"TMPDIR": f"{work}/tmp", "GLOO_SOCKET_IFNAME": net.inner[i]})
-            nodes.append(_start(f"node{i + 1}", cmd, env, temp, addr, ns))
-
-        def all_alive() -> bool:
-            from ray.util.state import list_nodes
-
-            alive = [n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]
-            return len(alive) == workers + 1
-
-        _wait_for("worker nodes", all_alive, 300, [n.log for n in nodes])
+            nodes.append(_start_worker(f"node{i + 1}", cmd, env, temp, addr, ns, dashboard))
         yield Cluster(f"{SUBNET_BASE}.{net.x}.0/24", net.head_ip, dashboard, gcs_address,
                       work, gcs, nodes)
     finally:
@@ -287,6 +304,11 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
         gcs.stop()
         net.down()
         shutil.rmtree(root, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_term(signum, frame):
+    raise SystemExit(f"signal {signum}: tearing the cluster down")
 
 
 def _pids_under(marker: str) -> list[int]:
