@@ -188,19 +188,36 @@ def _node_env(extra: dict[str, str]) -> dict[str, str]:
                   "RAY_USAGE_STATS_ENABLED": "0"} | extra
 
 
-def _wait_for(what: str, ok, timeout_s: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if ok():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
-                              for p in logs if p.exists())
-            raise RuntimeError(f"{what} not up within {timeout_s:.0f}s\n{tails}")
-        time.sleep(1)
+def _start_head(ray: list[str], ip: str, root: Path, cpus: int, store_mb: int,
+                attempts: int = 3) -> tuple[Node, dict[str, int]]:
+    """The head, retried like a worker (the same 30 s registration window applies)."""
+    log = ""
+    for attempt in range(attempts):
+        ports = {k: _free_port(ip) for k in (
+            "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
+            "--object-manager-port", "--metrics-export-port", "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port", "--runtime-env-agent-port")}
+        temp = str(root / f"h{attempt}")
+        os.makedirs(temp)
+        head = _start("head", [
+            *ray, "start", "--head", "--block", f"--node-ip-address={ip}",
+            "--include-dashboard=true", f"--dashboard-host={ip}", f"--temp-dir={temp}",
+            f"--num-cpus={cpus}", f"--object-store-memory={store_mb * 2**20}",
+            "--disable-usage-stats", '--resources={"head": 1}',
+            *[f"{k}={v}" for k, v in ports.items()]], _node_env({}), temp, ip)
+        dashboard = f"http://{ip}:{ports['--dashboard-port']}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and head.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                if ip in _alive_ips(dashboard):
+                    return head, ports
+            time.sleep(2)
+        head.stop()
+        for pid in _pids_under(temp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log = head.log.read_text(errors="replace")[-3000:] if head.log else ""
+    raise RuntimeError(f"the head did not start after {attempts} attempts:\n{log}")
 
 
 def _alive_ips(dashboard: str) -> set[str]:
@@ -222,6 +239,9 @@ def _start_worker(name: str, cmd: list[str], env: dict[str, str], temp: str, ip:
                     return node
             time.sleep(2)
         node.stop()
+        for pid in _pids_under(temp):  # a raylet that outlived its `ray start`
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         log = node.log.read_text(errors="replace")[-3000:] if node.log else ""
         os.replace(node.log, f"{node.log}.{attempt}")
     raise RuntimeError(f"{name} did not join after {attempts} attempts:\n{log}")
@@ -253,28 +273,12 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
     try:
         net.up()
         gcs.start()
-        ports = {"--port": _free_port(net.head_ip), "--dashboard-port": _free_port(net.head_ip),
-                 "--ray-client-server-port": _free_port(net.head_ip)}
-        ports |= {k: _free_port(net.head_ip) for k in (
-            "--node-manager-port", "--object-manager-port", "--metrics-export-port",
-            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port")}
-        head_temp = str(root / "h")
-        os.makedirs(head_temp)
         # This interpreter's Ray (and its loom): the venv may hold no `ray` script
         ray = [sys.executable, "-m", "ray.scripts.scripts"]
-        head = _start("head", [
-            *ray, "start", "--head", "--block", f"--node-ip-address={net.head_ip}",
-            "--include-dashboard=true", f"--dashboard-host={net.head_ip}",
-            f"--temp-dir={head_temp}", f"--num-cpus={head_cpus}",
-            f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats",
-            '--resources={"head": 1}', *[f"{k}={v}" for k, v in ports.items()]],
-            _node_env({}), head_temp, net.head_ip)
+        head, ports = _start_head(ray, net.head_ip, root, head_cpus, object_store_mb)
         nodes.append(head)
         gcs_address = f"{net.head_ip}:{ports['--port']}"
         dashboard = f"http://{net.head_ip}:{ports['--dashboard-port']}"
-        _wait_for("head", lambda: Path(head_temp, "ray_current_cluster").exists(), 240,
-                  [head.log])
         for i, (ns, addr) in enumerate(zip(net.netns, net.ips, strict=True)):
             temp = str(root / f"w{i + 1}")
             os.makedirs(temp)
