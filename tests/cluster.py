@@ -273,8 +273,9 @@ def cluster(workers: int = 2, cpus_per_worker: int = 1, head_cpus: int = 0,
     try:
         net.up()
         gcs.start()
-        # This interpreter's Ray (and its loom): the venv may hold no `ray` script
-        ray = [sys.executable, "-m", "ray.scripts.scripts"]
+        # This interpreter's Ray (and its loom): the venv may hold no `ray` script; the
+        # wrapper waits longer for a node to register than `ray start`'s fixed 30 s
+        ray = [sys.executable, str(Path(__file__).with_name("ray_node.py"))]
         head, ports = _start_head(ray, net.head_ip, root, head_cpus, object_store_mb)
         nodes.append(head)
         gcs_address = f"{net.head_ip}:{ports['--port']}"
