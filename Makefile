@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .loom-demo
 
-.PHONY: venv demo test test-slow lint clean mutation
+.PHONY: venv demo test test-slow test-cluster lint clean mutation
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m 'slow and not cluster'
+
+# A head and two worker nodes in their own network and mount namespaces (needs root)
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m cluster tests/test_cluster.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -127,7 +127,10 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
            = 3600.0,
            python: Annotated[str, Opt(help="python on the cluster")] = "python",
            env: Annotated[list[str] | None, Opt(help="KEY=VALUE for the job (repeatable)")]
-           = None) -> None:
+           = None,
+           shared_fs: Annotated[bool, Opt(help="every node mounts the spec's local paths "
+                                          "(else a multi-node cluster needs gs://)")] = False
+           ) -> None:
     """Run a job spec on a Ray cluster (Ray Jobs API); loom travels in the runtime env."""
     from loom.jobs.submit import submit as submit_job
 
@@ -136,7 +139,8 @@ def submit(spec: Annotated[str, typer.Argument(help="job spec YAML")],
 
         env_vars = key_values(env or [], "--env")
         check_env_vars(env_vars)  # before anything reaches the cluster
-        return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say)
+        return submit_job(spec, address, wait, timeout, python, env_vars, log=logs.say,
+                          shared_fs=shared_fs)
 
     _run(go)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import matplotlib.pyplot as plt
 
@@ -24,17 +24,16 @@ def write_report(out_root: str, stages: dict[str, dict], eval_table: dict[str, d
     if storage.exists(path) and storage.exists(page):
         return {"stage": "report", "version": version, "report": path, "reused": True,
                 "datasets": {"report": path, "html": page}, "counts": {}}
-    if storage.is_remote(out):
-        raise ValueError("reports are written to a local folder")
-    os.makedirs(out, exist_ok=True)
     data = collect(stages)  # one read of the run's outputs serves both pages
     plots = []
     for name, make, source in (("loss.png", loss_figure, data["losses"]),
                                ("eval.png", eval_figure, eval_table)):
         if source:
             fig = make(source)
-            fig.savefig(os.path.join(out, name), dpi=100)
+            png = io.BytesIO()  # through loom's storage: the workdir may be gs://
+            fig.savefig(png, format="png", dpi=100)
             plt.close(fig)
+            storage.write_atomic(storage.join(out, name), png.getvalue())
             plots.append(name)
     lines = ["# loom run report", "", "## Held-out retrieval", ""]
     cols = ["r@1", "r@5", "random_r@1", "untrained_r@1", "lexical_r@1", "queries", "gallery"]

@@ -59,6 +59,9 @@ def eval_of(spec: JobSpec, stages: dict[str, dict]) -> dict | None:
 
 def run_spec(spec: JobSpec, log=print) -> dict:
     """Runs every step in order; {"stage": "run", "name", "stages", "reused", "eval"}."""
+    from loom.pipelines.cluster import check_spec_paths
+
+    check_spec_paths(spec)  # a multi-node cluster refuses local paths before any work
     from loom.jobs.report import write_report
 
     stages = run_steps(spec, log)

@@ -24,11 +24,17 @@ def k8s_name(name: str) -> str:
     return (f"loom-{out}" if out else "loom")[:52].rstrip("-")
 
 
+SERVICE_ACCOUNT = "loom"  # Workload Identity: bound to a GCP service account (infra/README)
+GEMINI_SECRET = {"name": "loom-gemini", "key": "api-key", "optional": True}
+DEADLINE_S = 6 * 3600  # a hung nightly run is stopped before the next one is due
+
+
 def _container(name: str, image: str, cpu: str, memory: str, ports: bool) -> dict:
     c = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent",
-         "env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}],
+         "env": [{"name": "RAY_AUTH_MODE", "value": "disabled"},
+                 {"name": "GEMINI_API_KEY", "valueFrom": {"secretKeyRef": GEMINI_SECRET}}],
          "resources": {"requests": {"cpu": cpu, "memory": memory},
-                       "limits": {"cpu": cpu, "memory": memory}}}
+                       "limits": {"memory": memory}}}
     if ports:
         c["ports"] = [{"containerPort": 6379, "name": "gcs"},
                       {"containerPort": 8265, "name": "dashboard"}]
@@ -37,11 +43,22 @@ def _container(name: str, image: str, cpu: str, memory: str, ports: bool) -> dic
 
 
 def render(spec_text: str, cron: str, image: str = "loom:latest", time_zone: str | None = None,
-           workers: int = 1, ray_version: str = "2.60.0") -> list[dict]:
-    """[ConfigMap with the spec, RayCronJob] for a validated spec's YAML text."""
+           workers: int = 1, ray_version: str = "2.60.0", deadline_s: int = DEADLINE_S
+           ) -> list[dict]:
+    """[ConfigMap with the spec, RayCronJob] for a validated spec's YAML text.
+
+    Each run gets `activeDeadlineSeconds` (a hung run is stopped, not left to pile up;
+    overlap is also refused by loom's per-root lock), runs as the `loom` service account,
+    and reads the Gemini key from the `loom-gemini` Secret. The cluster's nodes share no
+    disk, so the spec's workdir must be gs:// (BadInput otherwise)."""
     from loom.jobs.spec import load_spec
+    from loom.pipelines.common import BadInput
+    from loom.schemas import storage
 
     spec = load_spec(spec_text)
+    if not storage.is_remote(spec.workdir):
+        raise BadInput(f"workdir {spec.workdir}: a scheduled run's pods share no disk; "
+                       "use a gs://bucket/prefix workdir")
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
         raise ValueError(f"--cron {cron!r} is not a 5-field cron expression")
     name = k8s_name(spec.name)
@@ -52,19 +69,22 @@ def render(spec_text: str, cron: str, image: str = "loom:latest", time_zone: str
     cluster = {
         "rayVersion": ray_version,
         "headGroupSpec": {
-            "rayStartParams": {"dashboard-host": "0.0.0.0"},
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
             "template": {"spec": {
-                "containers": [_container("ray-head", image, "2", "8Gi", ports=True)],
+                "serviceAccountName": SERVICE_ACCOUNT,
+                "containers": [_container("ray-head", image, "3", "12Gi", ports=True)],
                 "volumes": [{"name": "loom-spec",
                              "configMap": {"name": f"{name}-spec"}}]}}},
         "workerGroupSpecs": [{
             "groupName": "cpu", "replicas": workers, "minReplicas": workers,
-            "maxReplicas": workers, "rayStartParams": {},
+            "maxReplicas": workers, "rayStartParams": {"num-cpus": "7"},
             "template": {"spec": {
-                "containers": [_container("ray-worker", image, "4", "16Gi", ports=False)]}}}],
+                "serviceAccountName": SERVICE_ACCOUNT,
+                "containers": [_container("ray-worker", image, "7", "26Gi", ports=False)]}}}],
     }
     job = {"entrypoint": f"loom --log-json run {CONFIG_DIR}/{SPEC_KEY}",
            "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 600,
+           "activeDeadlineSeconds": deadline_s,
            "backoffLimit": 0, "submissionMode": "K8sJobMode", "rayClusterSpec": cluster}
     cron_job = {"apiVersion": "ray.io/v1", "kind": "RayCronJob",
                 "metadata": {"name": name, "labels": labels},

@@ -76,7 +76,7 @@ class JobSpec(BaseModel):
     engine: Engine = Engine.BEAM
     # Beam pipeline options for every Beam stage (Dataflow: runner, project, region,
     # temp_location, sdk_container_image, ...); DirectRunner flags when none given.
-    beam_options: dict[str, str | int | float | bool] = {}
+    beam_options: dict[str, str | int | float | bool | list[str]] = {}
     stages: list[Stage] = Field(min_length=1)
 
     @model_validator(mode="after")

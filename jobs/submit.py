@@ -1,8 +1,8 @@
 """`loom submit SPEC --address http://HOST:8265`: run a job spec on a Ray cluster through
 the Ray Jobs API.
 
-The runtime environment carries loom itself: its packages as `py_modules` (source only: no
-virtualenv, data or caches) and a working_dir holding just the spec, so a cluster whose image
+The runtime environment carries loom itself: its packages inside one `loom` folder as a
+`py_module` (source only: no virtualenv, data or caches) and a working_dir holding just the spec, so a cluster whose image
 has loom's dependencies runs the submitter's loom. The job runs `loom run` there; its last
 log line is `loom run`'s JSON object, which becomes `result` here. Exit code: 0 when the job
 succeeds, the job's own code (2 bad spec, 3 budget) when its message names one, else 1.
@@ -34,8 +34,20 @@ class JobFailed(RuntimeError):
 
 
 def package_dirs() -> list[str]:
-    """The source folders of loom's packages, wherever loom is installed."""
-    return [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES]
+    """The source folders of loom's packages (`loom.schemas`, ...), wherever installed."""
+    return [str(Path(importlib.import_module(f"loom.{p}").__file__).parent) for p in PACKAGES]
+
+
+def stage_loom(staging: str) -> str:
+    """`<staging>/loom/<package>`: loom's source as one importable `loom` folder.
+
+    `loom` is a namespace package (its folders install under one name), so the packages
+    travel inside a `loom` folder: a py_module is imported by its folder's name."""
+    root = os.path.join(staging, "loom")
+    for src in package_dirs():
+        shutil.copytree(src, os.path.join(root, Path(src).name),
+                        ignore=shutil.ignore_patterns(*EXCLUDES))
+    return root
 
 
 # A job's runtime_env is job metadata: the dashboard and `ray job list` show it to anyone
@@ -54,9 +66,12 @@ def check_env_vars(env_vars: dict[str, str]) -> None:
                            "(the Ray dashboard shows it); give the cluster a secret instead")
 
 
-def runtime_env(spec_dir: str, env_vars: dict[str, str] | None = None) -> dict:
+def runtime_env(spec_dir: str, env_vars: dict[str, str] | None = None,
+                modules_dir: str | None = None) -> dict:
+    """`modules_dir`: where the staged `loom` folder goes (a fresh temp dir by default)."""
     check_env_vars(env_vars or {})
-    return {"working_dir": spec_dir, "py_modules": package_dirs(), "excludes": EXCLUDES,
+    loom_dir = stage_loom(modules_dir or tempfile.mkdtemp(prefix="loom-modules-"))
+    return {"working_dir": spec_dir, "py_modules": [loom_dir], "excludes": EXCLUDES,
             "env_vars": {"RAY_AUTH_MODE": "disabled", **(env_vars or {})}}
 
 
@@ -84,23 +99,33 @@ def _last_json(logs: str) -> dict | None:
 
 def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3600,
            python: str = "python", env_vars: dict[str, str] | None = None,
-           log=None, poll_s: float = 2.0) -> dict:
+           log=None, poll_s: float = 2.0, shared_fs: bool = False) -> dict:
+    """`shared_fs`: every node mounts the same filesystem at the spec's local paths
+    (LOOM_SHARED_FS=1 for the job); otherwise a multi-node cluster's address refuses them
+    here, before anything reaches the cluster (the job checks again for itself)."""
     from ray.job_submission import JobSubmissionClient
 
     from loom.jobs.logs import say
     from loom.jobs.spec import load_spec
 
     log = log or say  # progress lines carry job_id / status as fields under --log-json
+    from loom.pipelines.cluster import SHARED_FS_ENV, check_spec_paths
+
     spec = load_spec(spec_path)  # a bad spec stops here, before the cluster
+    check_spec_paths(spec, address=address, shared=shared_fs)
+    if shared_fs:
+        env_vars = {**(env_vars or {}), SHARED_FS_ENV: "1"}
     client = JobSubmissionClient(address)
     staging = tempfile.mkdtemp(prefix="loom-submit-")
+    modules = tempfile.mkdtemp(prefix="loom-modules-")
     try:
         shutil.copyfile(spec_path, os.path.join(staging, SPEC_NAME))
         job_id = client.submit_job(entrypoint=entrypoint(python),
-                                   runtime_env=runtime_env(staging, env_vars),
+                                   runtime_env=runtime_env(staging, env_vars, modules),
                                    metadata={"loom_spec": spec.name})
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # uploaded at submit time
+        shutil.rmtree(modules, ignore_errors=True)
     log(f"[loom submit] {spec.name}: job {job_id} on {address}", job_id=job_id)
     out = {"stage": "submit", "version": None, "name": spec.name, "job_id": job_id,
            "address": address, "datasets": {}, "counts": {}, "reused": False}

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from loom.models.checkpoint import checkpoint_configs, resolve
 from loom.models.handler import EncoderHandler
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine, engine_kind
@@ -47,7 +48,10 @@ INDEX_IDS_FILE = "index_ids.json"
 def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
                  dim: int | None = None, faiss_index: bool = False,
                  engine: Engine = Engine.BEAM) -> dict:
+    check_paths(input=input_uri, output=output_root,
+                checkpoint_root=checkpoint_root)  # multi-node: no local paths
     from loom.pipelines.ray.embed import embed_files_on_ray, embed_plan
+    from loom.pipelines.ray.sizing import deadline_iter
 
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
@@ -138,8 +142,10 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
             actors, cpus, gpus = embed_plan() if missing else (1, 1.0, 0.0)  # no Ray if none
             job_start = time.perf_counter()
             handler = EncoderHandler(checkpoint_root, ckpt_id, dim)
-            for got_ids, got in embed_files_on_ray(work, handler, actors=actors,
-                                                   cpus_per_actor=cpus, gpus_per_actor=gpus):
+            for got_ids, got in deadline_iter(
+                    "backfill embedding", cpus, gpus,
+                    lambda: embed_files_on_ray(work, handler, actors=actors,
+                                               cpus_per_actor=cpus, gpus_per_actor=gpus)):
                 # the actor pool's start (process, imports, model load) is timed apart
                 if "embed_startup_s" not in timings:  # and the rows that call embedded
                     timings["embed_startup_s"] = round(time.perf_counter() - job_start, 3)

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-BeamValue = str | int | float | bool
+BeamValue = str | int | float | bool | list[str]
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
 
 
 class Engine(str, enum.Enum):
@@ -28,13 +29,17 @@ class BeamOptions(BaseModel):
     options: dict[str, BeamValue] = {}
 
     def args(self, workers: int = 2) -> list[str]:
-        """Command-line style pipeline args: the local defaults, then the given options."""
+        """Command-line style pipeline args: the local defaults, then the given options,
+        written the way Beam's own parser reads them (booleans as `--x`/`--no_x`, lists as
+        repeated flags); a local run names FnApiRunner (DirectRunner would try Prism first,
+        a binary download)."""
+        from loom.pipelines.beam.options import local_runner, to_args  # imports apache_beam
+
         opts: dict[str, Any] = {"runner": "DirectRunner", "direct_num_workers": workers,
                                 "direct_running_mode": "multi_threading"}
-        if self.options.get("runner", "DirectRunner") != "DirectRunner":
+        if self.options.get("runner", "DirectRunner") not in LOCAL_RUNNERS:
             opts = {}
-        opts |= self.options
-        return [f"--{k}" if v is True else f"--{k}={v}" for k, v in opts.items() if v is not False]
+        return to_args(local_runner(opts | dict(self.options)))
 
 
 class EngineOptions(BaseModel):

@@ -25,6 +25,7 @@ from loom.models.checkpoint import resolve
 from loom.models.encoder import MultimodalEncoder
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
@@ -180,6 +181,8 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
              dims: tuple[int, ...] = ()) -> dict:
     """`dims` adds prefix sizes to the checkpoint's Matryoshka sizes: plain truncation of
     a model trained without Matryoshka losses is evaluated the same way."""
+    check_paths(pairs=pairs_uri, output=output_root,
+                checkpoint_root=checkpoint_root)  # multi-node: no local paths
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)

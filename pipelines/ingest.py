@@ -15,7 +15,9 @@ from functools import partial
 from typing import ClassVar
 
 import pyarrow as pa
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
     Engine,
@@ -56,17 +58,48 @@ class HashStage(BaseStage):
         rows = []
         for uri in batch.column("uri").to_pylist():
             try:  # a file over max_bytes is not read: decode rejects it too_large by size
-                h = hash_file(uri, with_modality=True, roots=self.roots, max_bytes=self.max_bytes)
+                h = _hash_with_retries(uri, self.roots, self.max_bytes)
+            except OSError:  # a storage error that outlived the retries: counted by run_ingest
+                h = {"uri": uri, "size": -1, "id": f"{STORAGE_ERROR}{uri}", "modality": None}
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)
         return {"_hashes": pa.Table.from_pylist(rows, schema=HASHES)}
 
 
+STORAGE_ERROR = "unreadable-storage:"  # id prefix of a file storage would not give back
+MAX_UNREADABLE_SHARE = 0.5  # above this share of the listing, the input is misconfigured
+
+
+class StorageFailure(RuntimeError):
+    """Most listed files could not be read: a configuration error (exit 1), not bad input."""
+
+
+@retry(retry=retry_if_exception(lambda e: isinstance(e, OSError) and not isinstance(
+           e, FileNotFoundError | IsADirectoryError | NotADirectoryError)),
+       stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
+def _hash_with_retries(uri: str, roots: tuple[str, ...], max_bytes: int | None = None) -> dict:
+    """Transient storage errors are retried; a file gone since the listing is not."""
+    return hash_file(uri, with_modality=True, roots=roots, max_bytes=max_bytes)
+
+
+def check_readable(hashes: list[dict], listed: int) -> None:
+    """StorageFailure when more than half the listed files failed for storage reasons: a
+    few are Rejected `unreadable`, but most means the input is not where the workers can
+    read it (a local path on another node, missing credentials), and nothing is committed."""
+    failed = [h["uri"] for h in hashes if h["id"].startswith(STORAGE_ERROR)]
+    if listed and len(failed) > MAX_UNREADABLE_SHARE * listed:
+        raise StorageFailure(
+            f"{len(failed)} of {listed} listed files could not be read (storage errors, e.g. "
+            f"{failed[0]}); nothing committed: check that every worker can read the input "
+            "(a gs:// URI on a multi-node cluster) and its credentials")
+
+
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
                engine: Engine = Engine.BEAM, files_per_item: int = 64,
                remote: RemoteConfig | None = None, archive: ArchiveLimits | None = None) -> dict:
     """`remote` allows http(s) references to named hosts; `archive` bounds tar/zip input."""
+    check_paths(input=input_uri, output=output_root)  # multi-node: no local paths
     spec = spec or PreprocessingSpec()
     remote, archive = remote or RemoteConfig(), archive or ArchiveLimits()
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
@@ -96,6 +129,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         hashes = storage.read_parquet(
             [storage.join(writer.dir, "_work", f.path) for f in tables.get("_hashes", [])]
         ).to_pylist()
+    check_readable(hashes, len(listing))
     canonical, duplicates = pick_canonical(hashes)
     prior = _prior_version(output_root, input_uri, config)
 

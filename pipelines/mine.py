@@ -20,6 +20,7 @@ import pyarrow as pa
 from loom.models.checkpoint import resolve
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.pipelines.embed_cache import EmbeddingCache, item_digest
 from loom.schemas import manifest as mf
@@ -36,6 +37,8 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
              config: MiningConfig | None = None, corpus_uri: str | None = None,
              cache_root: str | None = None) -> dict:
     """`cache_root` holds the embedding cache (default: the output root)."""
+    check_paths(pairs=pairs_uri, output=output_root,
+                checkpoint_root=checkpoint_root)  # multi-node: no local paths
     config = config or MiningConfig()
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
@@ -81,10 +84,12 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
 
     def embed(items: list[dict]):
         from loom.pipelines.ray.embed import embed_on_ray, embed_plan
+        from loom.pipelines.ray.sizing import actor_deadline
 
-        actors, cpus, gpus = embed_plan()
-        return embed_on_ray(items, handler, actors=actors, cpus_per_actor=cpus,
-                            gpus_per_actor=gpus)[1]
+        actors, cpus, gpus = embed_plan()  # each actor fits one node; a deadline to start
+        with actor_deadline("mine embedding", cpus, gpus):
+            return embed_on_ray(items, handler, actors=actors, cpus_per_actor=cpus,
+                                gpus_per_actor=gpus)[1]
 
     with timed(timings, "embed_s"):
         cand_items = [prep.example(e) for e in corpus]  # re-tokenized with its tokenizer

@@ -21,6 +21,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.schemas import manifest as mf
@@ -68,6 +69,7 @@ def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,
               engine: Engine = Engine.BEAM, target_mb: float | None = None,
               weights: dict[str, float] | None = None) -> dict:
+    check_paths(input=input_uri, output=output_root)  # multi-node: no local paths
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     in_dir, in_manifest = mf.resolve_input(input_uri)
     table = "triples" if "triples" in in_manifest.tables else "pairs"

@@ -15,6 +15,7 @@ from functools import partial
 
 import pyarrow as pa
 
+from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
     Engine,
@@ -59,6 +60,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
     (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
     the calls, tokens and cost needed. `checkpoint` turns on the round-trip filter."""
+    check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
     check_backend(llm)
     budget = budget or Budget()
@@ -116,7 +118,10 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         if len(keep) < len(pending):
             examples_files, budget_payload = _within_budget(
                 ex_dir, ex_manifest, writer, set(keep), budget, version, estimate)
-    server = offline_server() if llm.backend == "offline" and not llm.base_url else None
+    # One offline server for the run, on this driver's loopback, serves workers on this
+    # machine only: on a multi-node cluster each worker starts its own (SynthStage.setup).
+    server = (offline_server() if llm.backend == "offline" and not llm.base_url
+              and not (engine_kind(engine) == Engine.RAY and is_multi_node()) else None)
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "synth_s"):
         cfg = base.model_copy(update={"base_url": base_url})
         items = file_items(examples_files, ex_dir if budget_payload is None

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loom.models.checkpoint import load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
+from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, timed
 from loom.pipelines.train_data import Batching, DataPlan
 from loom.schemas import manifest as mf
@@ -74,6 +75,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     `stop_at_step` is a step budget (checkpoint there and stop, resumable); `log_rows` a
     local folder where each rank appends the pair ids of every step (rank<r>.jsonl).
     Neither is part of the run's identity."""
+    check_paths(shards=shards_uri, output=output_root,
+                init_root=init_root)  # multi-node: no local paths
     from loom.pipelines.ray.train import fit, latest_of_run
     from loom.pipelines.shard import spec_of
 

@@ -11,6 +11,7 @@ os.environ (or a child's environment) themselves.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -25,36 +26,42 @@ __all__ = ["GcsEmulator", "emulator_available", "free_port"]
 _EXE = "gcp-storage-emulator"
 
 
-def _executable() -> str | None:
-    # The console script lives beside the interpreter in the venv's bin dir.
+def _command() -> list[str] | None:
+    # The console script lives beside the interpreter in the venv's bin dir; a venv that
+    # reuses another's site-packages has the module without the script.
     beside = Path(sys.executable).parent / _EXE
     if beside.exists():
-        return str(beside)
-    return shutil.which(_EXE)
+        return [str(beside)]
+    if shutil.which(_EXE):
+        return [shutil.which(_EXE)]
+    if importlib.util.find_spec("gcp_storage_emulator") is not None:
+        return [sys.executable, "-m", "gcp_storage_emulator"]
+    return None
 
 
 def emulator_available() -> bool:
-    return _executable() is not None
+    return _command() is not None
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 class GcsEmulator:
     """Context manager: starts the emulator, ensures the bucket exists, stops it on exit."""
 
     def __init__(self, bucket: str = "loom-test", port: int | None = None,
-                 startup_timeout: float = 20.0):
-        self.bucket = bucket
+                 startup_timeout: float = 20.0, host: str = "127.0.0.1"):
+        """`host`: the address it binds (a cluster's bridge address, so nodes reach it)."""
+        self.bucket, self.bind = bucket, host
         self.port = port
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen | None = None
@@ -64,7 +71,7 @@ class GcsEmulator:
     def host(self) -> str:
         if self.port is None:
             raise RuntimeError("emulator not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.bind}:{self.port}"
 
     def env(self) -> dict[str, str]:
         return {"STORAGE_EMULATOR_HOST": self.host}
@@ -81,15 +88,15 @@ class GcsEmulator:
         )
 
     def start(self) -> GcsEmulator:
-        exe = _executable()
+        exe = _command()
         if exe is None:
             raise RuntimeError(f"{_EXE} is not installed (pip install gcp-storage-emulator)")
         last_error: str = ""
         for _ in range(3):  # a free port can be taken between probe and bind; retry
-            port = self.port or free_port()
+            port = self.port or free_port(self.bind)
             self._log = tempfile.TemporaryFile()
             self._proc = subprocess.Popen(
-                [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                [*exe, "start", "--host", self.bind, "--port", str(port), "--in-memory",
                  "--default-bucket", self.bucket],
                 stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"},
@@ -98,7 +105,7 @@ class GcsEmulator:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     break
-                if _port_open(port):
+                if _port_open(port, self.bind):
                     self.port = port
                     self._ensure_bucket()
                     return self

@@ -108,13 +108,7 @@ def embed_files_on_ray(work: list[tuple[str, list[int]]], handler: EncoderHandle
 
 
 def embed_plan() -> tuple[int, float, float]:
-    """(actors, CPUs, GPUs per actor): one actor per GPU when the cluster has GPUs; otherwise
-    actors of up to 8 CPUs that together take the cluster's CPUs (on a 2-core machine, one
-    actor with 2 torch threads, as a plain script would run)."""
-    ensure_ray()
-    res = ray.cluster_resources()
-    cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
-    if gpus:
-        return gpus, float(max(1, min(8, cpus // gpus - 1))), 1.0
-    actors = max(1, cpus // 8)
-    return actors, float(cpus // actors), 0.0
+    """(actors, CPUs, GPUs per actor), each actor fitting on one node (see sizing)."""
+    from loom.pipelines.ray.sizing import embed_plan as plan
+
+    return plan()

@@ -10,6 +10,7 @@ from ray.data import ActorPoolStrategy
 
 from loom.pipelines.progress import progress
 from loom.pipelines.ray.session import ensure_ray
+from loom.pipelines.ray.sizing import actor_deadline, etl_actors
 from loom.pipelines.work import StageTask, dumps
 
 
@@ -23,21 +24,28 @@ class _StageActor:
         return {"result": np.array(out, dtype=object)}
 
 
-def run_ray(task: StageTask, items: list[dict], actors: int = 2,
-            cpus_per_actor: float = 0.5) -> list[dict]:
-    """Fractional CPUs per actor: on 2 CPUs, whole-CPU actors starve the read tasks."""
+def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
+            cpus_per_actor: float = 0.5, min_actors: int | None = None,
+            max_actors: int | None = None) -> list[dict]:
+    """Fractional CPUs per actor: on 2 CPUs, whole-CPU actors starve the read tasks.
+
+    Without `actors`, the pool grows to what the nodes' CPUs hold (`sizing.etl_actors`,
+    within min/max), one item per block so items spread over every node's actors."""
     ensure_ray()
-    ds = ray.data.from_items([{"item": dumps(i)} for i in items])
-    ds = ds.map_batches(
-        _StageActor,
-        fn_constructor_args=(task,),
-        batch_size=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(actors, len(items)))),
-        num_cpus=cpus_per_actor,
-    )
     name = getattr(task.factory, "func", task.factory).__name__
+    top = actors or etl_actors(cpus_per_actor, len(items), min_actors, max_actors)
     results = []
-    with progress(len(items), name) as (_, bar):
+    # the deadline is read from the DataContext when the Dataset is made: make it inside
+    with progress(len(items), name) as (_, bar), actor_deadline(name, cpus_per_actor):
+        ds = ray.data.from_items([{"item": dumps(i)} for i in items],
+                                 override_num_blocks=len(items))
+        ds = ds.map_batches(
+            _StageActor,
+            fn_constructor_args=(task,),
+            batch_size=1,
+            compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(top, len(items)))),
+            num_cpus=cpus_per_actor,
+        )
         for row in ds.iter_rows():  # streams: the bar moves as items finish
             results.append(json.loads(row["result"]))
             bar.update(results[-1])

@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 
 import pyarrow as pa
@@ -91,7 +90,8 @@ def _loop(config: dict) -> None:
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
     # A step may touch no patch or audio weights at all (an aligned text->text batch):
-    # DDP must not wait for their gradients.
+    # DDP must not wait for their gradients; likewise a batch without audio (or images)
+    # leaves that modality's layers without a gradient on this rank.
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True})
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
@@ -166,18 +166,27 @@ def _loop(config: dict) -> None:
 
 
 def fit(loop_config: dict, workers: int, max_failures: int = 1):
-    """Runs the loop on `workers` ranks; each reads its own shard files (DataPlan)."""
+    """Runs the loop on `workers` ranks; each reads its own shard files (DataPlan) through
+    loom's storage. Each worker reserves its node's share of CPUs less a little headroom
+    (sizing.train_worker_cpus), runs that many torch threads, and asks for a GPU when the
+    cluster (not this driver) has one. Workers spread over nodes; Ray Train's run state goes
+    to the checkpoint root's storage (a gs:// root: the bucket, through loom's filesystem),
+    never a node's own disk."""
+    from loom.pipelines.ray.sizing import cluster_has_gpu, train_worker_cpus
+
     ensure_ray()
     root = loop_config["root"]
-    storage_path = (os.path.join(root, "_ray") if not storage.is_remote(root)
-                    else tempfile.mkdtemp(prefix="loom-train-"))
-    loop_config["threads"] = max(1, (os.cpu_count() or 2) // workers)
+    gpu = cluster_has_gpu()
+    cpus = 1.0 if gpu else train_worker_cpus(workers)
+    loop_config["threads"] = max(1, int(cpus))
+    fs, path = storage.resolve(storage.join(root, "_ray"))
     trainer = TorchTrainer(
         _loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available(),
-                                     resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config["run"],
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cpus},
+                                     placement_strategy="SPREAD"),
+        run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=loop_config["run"],
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()

@@ -53,8 +53,12 @@ def make_workdir(workdir: str) -> dict[str, str]:
     metrics = pa.table({"pair": ["text->image", "text->image", "text->text", "text->text"],
                         "dim": [32, 64, 32, 64], "r@1": [0.3, 0.4, 0.35, 0.5],
                         "r@5": [0.7, 0.8, 0.8, 0.9], "ndcg@10": [0.5, 0.6, 0.55, 0.7],
-                        "random_r@1": [0.05] * 4, "untrained_r@1": [0.06, 0.06, 0.07, 0.07],
-                        "lexical_r@1": [None, None, 0.45, 0.45], "queries": [20] * 4,
+                        "random_r@1": [0.05] * 4, "random_r@5": [0.2] * 4,
+                        "untrained_r@1": [0.06, 0.06, 0.07, 0.07], "untrained_r@5": [0.2] * 4,
+                        "untrained_ndcg@10": [0.15] * 4,
+                        "lexical_r@1": [None, None, 0.45, 0.45],
+                        "lexical_r@5": [None, None, 0.7, 0.7],
+                        "lexical_ndcg@10": [None, None, 0.6, 0.6], "queries": [20] * 4,
                         "gallery": [20] * 4})
     ev = _commit(storage.join(workdir, "eval"), "eval", {"metrics": metrics},
                  {"text->image:queries": 20}, {"pairs": pairs})

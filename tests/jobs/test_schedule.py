@@ -4,8 +4,6 @@ runs a real loom command on the spec it carries."""
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import shlex
 import tomllib
 
@@ -15,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from loom.jobs.cli import app
-from loom.jobs.schedule import CONFIG_DIR, SPEC_KEY, k8s_name
+from loom.jobs.schedule import CONFIG_DIR, DEADLINE_S, SPEC_KEY, k8s_name
 from loom.jobs.spec import load_spec
 from tests.schemas import test_infra_manifests as infra
 from tests.schemas.test_infra_manifests import REPO, _unknown_fields
@@ -34,9 +32,16 @@ def _crd_schemas() -> dict:
 SPEC = REPO / "jobs" / "examples" / "demo.yaml"
 
 
+def _gs_spec(tmp_path):
+    """The demo spec with a gs:// workdir (a scheduled run's pods share no disk)."""
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(SPEC.read_text().replace("workdir: .loom-run", "workdir: gs://b/nightly"))
+    return spec
+
+
 def _render(tmp_path, *extra: str) -> list[dict]:
     out = tmp_path / "cron.yaml"
-    res = CliRunner().invoke(app, ["schedule", str(SPEC), "--cron", "0 3 * * *",
+    res = CliRunner().invoke(app, ["schedule", str(_gs_spec(tmp_path)), "--cron", "0 3 * * *",
                                    "--output", str(out), *extra])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["kinds"] == ["ConfigMap",
@@ -68,6 +73,7 @@ def test_entrypoint_is_a_real_loom_command_on_the_carried_spec(tmp_path):
     assert sub[1] == f"{CONFIG_DIR}/{SPEC_KEY}"
     # the ConfigMap holds the spec, loadable as is, and the head pod mounts it there
     assert load_spec(config_map["data"][SPEC_KEY]).name == load_spec(SPEC).name
+    assert load_spec(config_map["data"][SPEC_KEY]).workdir == "gs://b/nightly"
     head = cron["spec"]["jobTemplate"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     (mount,) = head["containers"][0]["volumeMounts"]
     (volume,) = [v for v in head["volumes"] if v["name"] == mount["name"]]
@@ -88,3 +94,25 @@ def test_bad_cron_and_bad_spec_exit_2(tmp_path):
 def test_k8s_names():
     assert k8s_name("Nightly_Run") == "loom-nightly-run"
     assert len(k8s_name("x" * 80)) <= 52
+
+
+def test_each_run_has_a_deadline_an_identity_and_the_key_from_a_secret(tmp_path):
+    _, cron = _render(tmp_path)
+    job = cron["spec"]["jobTemplate"]
+    assert job["activeDeadlineSeconds"] == DEADLINE_S  # a hung nightly run is stopped
+    cluster = job["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["serviceAccountName"] == "loom"  # Workload Identity
+        (c,) = pod["containers"]
+        (key,) = [e for e in c["env"] if e["name"] == "GEMINI_API_KEY"]
+        assert key["valueFrom"]["secretKeyRef"]["name"] == "loom-gemini" and "value" not in key
+        assert not [v for v in pod.get("volumes", []) if "emptyDir" in v]  # no data on pods
+
+
+def test_local_workdir_is_refused(tmp_path):
+    res = CliRunner().invoke(app, ["schedule", str(SPEC), "--cron", "0 3 * * *",
+                                   "--output", str(tmp_path / "x.yaml")])
+    assert res.exit_code == 2
+    assert "gs://" in res.stderr and not (tmp_path / "x.yaml").exists()

@@ -282,12 +282,12 @@ def test_beam_options_reach_every_beam_stage():
                                         "  temp_location: gs://b/tmp\n  use_public_ips: false\n"
                                         "  save_main_session: true\nworkdir:", 1))
     assert spec.beam_options["runner"] == "DataflowRunner"
-    assert BeamOptions().args(2)[0] == "--runner=DirectRunner"  # none given: the local default
+    assert BeamOptions().args(2)[0] == "--runner=FnApiRunner"  # none given: the local default
     opts = spec.engine_options()  # what every step of this spec is handed
     assert opts == EngineOptions(kind=Engine.RAY, beam=BeamOptions(options=spec.beam_options))
     assert opts.beam.args(2) == ["--runner=DataflowRunner", "--project=my-proj",
                                  "--region=europe-west4", "--temp_location=gs://b/tmp",
-                                 "--save_main_session"]
+                                 "--no_use_public_ips", "--save_main_session"]
     tuned = BeamOptions(options={"direct_num_workers": 1})  # DirectRunner flags can be tuned
     assert "--direct_num_workers=1" in tuned.args(2)
     expect_error(VALID.replace("workdir:", "beam_options:\n  runner: [1]\nworkdir:", 1),

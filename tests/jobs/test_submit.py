@@ -23,10 +23,13 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def test_runtime_env_carries_loom_source_only(tmp_path):
-    env = runtime_env(str(tmp_path))
-    assert env["working_dir"] == str(tmp_path)
-    assert [Path(p).name for p in env["py_modules"]] == list(PACKAGES)
-    assert all((Path(p) / "__init__.py").is_file() for p in env["py_modules"])
+    env = runtime_env(str(tmp_path / "spec"), modules_dir=str(tmp_path / "m"))
+    assert env["working_dir"] == str(tmp_path / "spec")
+    [loom_dir] = env["py_modules"]
+    assert Path(loom_dir).name == "loom"  # imported as `loom.schemas`, ... on the cluster
+    assert sorted(p.name for p in Path(loom_dir).iterdir()) == sorted(PACKAGES)
+    assert all((Path(loom_dir, p) / "__init__.py").is_file() for p in PACKAGES)
+    assert not list(Path(loom_dir).rglob("__pycache__"))
     assert {".venv", "__pycache__", "data"} <= set(env["excludes"])
     assert entrypoint() == "python -m loom.jobs.cli run spec.yaml"
 

@@ -71,3 +71,15 @@ def test_learnable_temperature_moves_and_is_saved(shards, tmp_path, ray_session)
     assert temps[0] == pytest.approx(0.2, rel=0.05) and temps[-1] != pytest.approx(temps[0])
     state = json.loads(pathlib.Path(out["datasets"]["checkpoint"], "state.json").read_text())
     assert np.exp(state["log_temperature"]) == pytest.approx(temps[-1], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_workers_train_when_batches_lack_a_modality(shards, tmp_path, ray_session):
+    """DDP over two workers: no batch holds audio (and some no image), so those layers get
+    no gradient on a rank; without find_unused_parameters the second step fails."""
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=5e-3, warmup_steps=1, dim=16, layers=1,
+                      heads=2, embed_dims=(8, 16), checkpoint_every=1000)
+    out = run_train(shards, str(tmp_path / "ck2"), TrainStage.PFT, cfg, workers=2)
+    assert out["counts"]["steps"] == 96 // 2 // 8
+    df = pl.read_parquet(out["datasets"]["metrics"])
+    assert df["step"].to_list() == list(range(1, 7))

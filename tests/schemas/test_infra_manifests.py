@@ -117,13 +117,58 @@ def test_raycluster_has_cpu_and_gpu_groups():
     assert gpu["limits"]["nvidia.com/gpu"] == 1
     cpu = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in cpu.get("limits", {})
-    assert all(c["image"] == "loom:latest" for c in _containers(doc["spec"]))
+    # the CPU-only torch image where no GPU is, the CUDA one on GPU nodes
+    assert groups["gpu"]["template"]["spec"]["containers"][0]["image"] == "loom:gpu"
+    assert groups["cpu"]["template"]["spec"]["containers"][0]["image"] == "loom:cpu"
 
 
-def test_rayjob_runs_the_demo():
+def test_rayjob_runs_the_demo_on_gs():
     (doc,) = _docs(INFRA / "kuberay" / "rayjob-demo.yaml")
-    assert doc["spec"]["entrypoint"] == "loom demo --workdir /data/demo"
-    assert all(c["image"] == "loom:latest" for c in _containers(doc["spec"]["rayClusterSpec"]))
+    assert doc["spec"]["entrypoint"].startswith("loom demo --workdir gs://")
+    assert all(c["image"] == "loom:cpu" for c in _containers(doc["spec"]["rayClusterSpec"]))
+
+
+# GKE node types the manifests name, and what a pod may request on them (allocatable).
+ALLOCATABLE = {"e2-standard-4": (3.92, 13.0), "n2-standard-8": (7.91, 29.0),
+               "g2-standard-8": (7.91, 29.0)}
+
+
+def _quantity(q: str | int) -> float:
+    """CPU cores or GiB from a Kubernetes quantity (the forms the manifests use)."""
+    q = str(q)
+    for suffix, scale in (("Gi", 1.0), ("Mi", 1 / 1024), ("m", 1 / 1000)):
+        if q.endswith(suffix):
+            return float(q[: -len(suffix)]) * scale
+    return float(q)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_pods_fit_their_nodes_and_share_no_data_disk(path):
+    """Requests fit the named node type's allocatable; Ray's num-cpus matches the request;
+    every pod runs as the Workload Identity service account; no emptyDir holds data."""
+    for doc in _docs(path):
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        for g in groups:
+            pod = g["template"]["spec"]
+            assert pod["serviceAccountName"] == "loom"
+            assert all(v.get("emptyDir", {}).get("medium") == "Memory"
+                       for v in pod.get("volumes", []) if "emptyDir" in v), g
+            (c,) = pod["containers"]
+            req = c["resources"]["requests"]
+            cpus, mem = ALLOCATABLE[pod["nodeSelector"]["node.kubernetes.io/instance-type"]]
+            assert _quantity(req["cpu"]) <= cpus and _quantity(req["memory"]) <= mem, g
+            if "num-cpus" in g["rayStartParams"] and g is not spec["headGroupSpec"]:
+                assert float(g["rayStartParams"]["num-cpus"]) <= _quantity(req["cpu"])
+
+
+def test_image_variants_and_probe_tools():
+    text = (INFRA / "Dockerfile").read_text()
+    assert "ARG TORCH=cpu" in text  # the CPU-only wheel by default
+    assert "download.pytorch.org/whl/${TORCH}" in text
+    assert "wget" in text  # KubeRay's default probes call wget
+    assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/loom/pipelines/beam/flex.py" in text
+    assert (REPO / "pipelines" / "beam" / "flex.py").is_file()
 
 
 def test_dataflow_flex_template_metadata():
@@ -164,3 +209,41 @@ def test_dataflow_extra_is_beams_own_gcp_requirements():
     assert {r.name for r in extra} >= {"google-cloud-dataflow-client", "google-apitools"}
     for r in extra:
         assert r.name in gcp and r.specifier == gcp[r.name], (r, gcp.get(r.name))
+
+
+def test_flex_template_parameters_are_loom_ingest_options(tmp_path):
+    """The template's parameters are `loom ingest`'s options (dash for underscore), and the
+    entry point reads them and passes every other flag to Beam as a pipeline option."""
+    import typer
+
+    from loom.jobs.cli import app
+    from loom.pipelines.beam.flex import PARAMETERS, parse
+
+    meta = json.loads((INFRA / "dataflow" / "flex-template.json").read_text())
+    names = [p["name"] for p in meta["parameters"]]
+    assert tuple(names) == PARAMETERS
+    ingest = typer.main.get_command(app).commands["ingest"]
+    cli = {o.lstrip("-").replace("-", "_") for p in ingest.params for o in p.opts}
+    assert set(names) <= cli
+    args, options = parse(["--input=gs://b/raw", "--output", "gs://b/ex", "--image_size=64",
+                           "--allow_host=a.example,b.example", "--runner=DataflowRunner",
+                           "--project=p", "--no_use_public_ips", "--experiments=x",
+                           "--experiments=y"])
+    assert (args.input, args.output, args.image_size) == ("gs://b/raw", "gs://b/ex", 64)
+    assert args.allow_host == ["a.example", "b.example"]
+    assert options == {"runner": "DataflowRunner", "project": "p", "no_use_public_ips": True,
+                       "experiments": ["x", "y"]}
+    assert parse(["--input=a", "--output=b", "--image-size=32"])[0].image_size == 32
+
+
+def test_flex_entry_point_runs_an_ingest(tmp_path, capsys):
+    from loom.jobs.corpus import generate_corpus
+    from loom.pipelines.beam.flex import main
+
+    generate_corpus(str(tmp_path / "c"), 2, 2, seed=0, bad_files=False)
+    code = main([f"--input={tmp_path / 'c' / 'media'}", f"--output={tmp_path / 'ex'}",
+                 "--image_size=32", "--runner=DirectRunner", "--direct_num_workers=1"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["stage"] == "ingest" and out["counts"]["examples"] == 4
+    assert main([f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'ex'}"]) == 2
