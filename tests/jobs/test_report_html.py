@@ -21,8 +21,9 @@ PLOTS = ["stage_counts", "rejected", "synth", "negatives", "loss", "eval", "heat
 def test_collect_reads_every_source(tmp_path):
     make_workdir(str(tmp_path))
     data = collect(stages_of_workdir(str(tmp_path)))
+    # An empty file has no content to sniff: its modality is unknown, whatever its name.
     assert data["rejected"] == {("truncated", "image"): 1, ("decode_error", "image"): 1,
-                                ("empty", "text"): 1, ("unsupported_format", "unknown"): 1}
+                                ("empty", "unknown"): 1, ("unsupported_format", "unknown"): 1}
     assert data["synth"][0]["llm_calls"] == 30 and data["synth"][0]["cache_hits"] == 10
     assert sum(len(v) for v in data["negatives"].values()) == 60
     assert set(data["losses"]) == {"train_pft_abcdef", "train_ft_abcdef"}
