@@ -145,13 +145,14 @@ class _GcsBackend:
         blob = self._blob()
         try:
             blob.reload()
-            raw = blob.download_as_bytes(if_generation_match=blob.generation)
+            gen = str(blob.generation)
+            raw = blob.download_as_bytes(if_generation_match=int(gen))
         except (gexc.NotFound, gexc.PreconditionFailed):
             return None
         try:
-            return json.loads(raw), str(blob.generation)
+            return json.loads(raw), gen
         except ValueError:
-            return {"token": "", "expires_at": 0}, str(blob.generation)
+            return {"token": "", "expires_at": 0}, gen
 
     def replace_if(self, body: bytes, gen: str) -> str | None:
         from google.api_core import exceptions as gexc
