@@ -9,10 +9,12 @@ ever holds finished parts, whatever a killed run left behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -202,6 +204,9 @@ class VersionWriter:
             logic_version=logic_version(self.stage),
         )
         storage.write_atomic(storage.join(self.dir, MANIFEST), manifest.to_json().encode())
+        if not storage.is_remote(self.dir):  # the parts' staging folder, once empty
+            with contextlib.suppress(OSError):
+                os.removedirs(storage.join(self.dir, WORK, "tmp"))
         return manifest
 
 

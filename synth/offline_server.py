@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import subprocess
@@ -251,7 +252,8 @@ def server_stats(base_url: str) -> dict:
 def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Iterator[str]:
     """Run the server as a subprocess; yields its base URL and stops it on exit."""
     root = str(Path(__file__).resolve().parent.parent)
-    args = [sys.executable, "-m", "loom.synth.offline_server", "--port", "0"]
+    args = [sys.executable, "-m", "loom.synth.offline_server", "--port", "0",
+            "--parent-pid", str(os.getpid())]
     if faults is not None:
         args += ["--faults-json", faults.model_dump_json()]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root)
@@ -277,6 +279,14 @@ def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Ite
             proc.stdout.close()
 
 
+def _exit_with_parent(parent: int, server: ThreadingHTTPServer) -> None:
+    """A parent killed with SIGKILL cannot stop its server: the server stops itself when
+    it is reparented, instead of serving (and holding the parent's pipes) forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", type=float, default=0.0, help="share of requests faulted")
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--faults-json", default=None, help="a full Faults object as JSON")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process is gone (a SIGKILLed synth)")
     args = parser.parse_args(argv)
     if args.faults_json:
         faults = Faults.model_validate_json(args.faults_json)
@@ -291,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         faults = Faults(latency_s=args.latency_ms / 1000, share=args.faults, seed=args.fault_seed)
     server = _make(args.port, faults)
     print(f"{BANNER} http://{HOST}:{server.server_address[1]}", flush=True)
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid, server),
+                         daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
