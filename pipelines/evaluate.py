@@ -160,7 +160,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                              "queries": len(qs), "gallery": len(gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
-    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows))]
+    files = [writer.write_part("metrics", "part-00000", metrics_table(rows))]
     counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
     lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
                "ground_truth": ground_truth, "timings": timings,
@@ -168,6 +168,16 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def metrics_table(rows: list[dict]) -> pa.Table:
+    """Every key of every row is a column (from_pylist alone takes the first row's keys:
+    image pairs sort first and have no lexical_* baseline, so BM25 was lost)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    types = {"pair": pa.string(), "dim": pa.int64(), "queries": pa.int64(),
+             "gallery": pa.int64()}
+    schema = pa.schema([(k, types.get(k, pa.float64())) for k in keys])
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def table_from_rows(rows: list[dict]) -> dict[str, dict]:

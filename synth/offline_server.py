@@ -229,8 +229,6 @@ class _Handler(BaseHTTPRequestHandler):
 def known_models() -> frozenset[str]:
     """Models the double answers for: those with a price (synth/prices.yaml), plus any in
     LOOM_OFFLINE_MODELS (comma-separated). Anything else is 404 NOT_FOUND, as on Gemini."""
-    import os
-
     import yaml
 
     prices = yaml.safe_load((Path(__file__).with_name("prices.yaml")).read_text()) or {}
