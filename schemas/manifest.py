@@ -188,8 +188,9 @@ class VersionWriter:
     def part_uri(self, table: str, name: str) -> str:
         return storage.join(self.dir, table, f"{name}.parquet")
 
-    def write_part(self, table: str, name: str, data: pa.Table) -> FileRecord:
-        return write_part(self.dir, table, name, data)
+    def write_part(self, table: str, name: str, data: pa.Table,
+                   metadata: dict[str, str] | None = None) -> FileRecord:
+        return write_part(self.dir, table, name, data, metadata)
 
     def commit(self, tables: dict[str, list[FileRecord]], counts: dict[str, int],
                config: dict, lineage: dict) -> Manifest:
@@ -210,11 +211,15 @@ class VersionWriter:
         return manifest
 
 
-def write_part(version_dir: str, table: str, name: str, data: pa.Table) -> FileRecord:
-    """One Parquet part; the name is deterministic per input chunk, so a retry overwrites."""
+def write_part(version_dir: str, table: str, name: str, data: pa.Table,
+               metadata: dict[str, str] | None = None) -> FileRecord:
+    """One Parquet part; the name is deterministic per input chunk, so a retry overwrites.
+    `metadata` joins the file's key-value metadata (shards carry their spec there)."""
     schema = TABLES.get(table)
     if schema is not None and not data.schema.equals(schema):
         data = data.cast(schema)
+    if metadata:
+        data = data.replace_schema_metadata((data.schema.metadata or {}) | metadata)
     sink = pa.BufferOutputStream()
     import pyarrow.parquet as pq
 
