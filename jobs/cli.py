@@ -457,6 +457,17 @@ def gc(root: Annotated[str, typer.Argument(help="dataset root, or a workdir of r
                         log_line=logs.say))
 
 
+@app.command()
+def forget(targets: Annotated[list[str], typer.Argument(help="asset ids (sha256) or source URIs")],
+           workdir: Annotated[str, Opt(help="workdir whose dataset roots hold the asset")]
+           ) -> None:
+    """Take assets down: new versions of every dataset without them, caches purged; then
+    `loom gc --yes` deletes the old versions."""
+    from loom.jobs.forget import run_forget
+
+    _run(run_forget, targets, workdir, logs.say)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     app()

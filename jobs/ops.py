@@ -10,7 +10,8 @@ gc keeps the newest N versions per (root, stage), every version a kept version o
 checkpoint run depends on (transitively), and deletes the rest plus partial writes: folders
 with a version-shaped name and no manifest, untouched for longer than a grace period.
 A version is deleted manifest first, so readers never see a half-deleted version.
-Leftovers inside complete versions (a killed run's temp files, a `_work/` folder that was
+Versions `loom forget` replaced (named in a newer version's `takedown`) are deleted
+whatever keeps them. Leftovers inside complete versions (a killed run's temp files, a `_work/` folder that was
 never cleaned) are listed by ls and deleted by gc past the same grace period.
 """
 
@@ -33,7 +34,7 @@ log = logging.getLogger("loom.ops")
 # Stages that finish by writing manifest.json (corpus and report mark completion otherwise).
 MANIFEST_STAGES = ("ingest", "synth", "shard", "mine", "eval", "backfill")
 PARTIAL_NAME = re.compile(rf"^({'|'.join(MANIFEST_STAGES)})-[0-9a-f]{{16}}$")
-NOT_DEPENDENCIES = frozenset({"previous", "reused_from"})
+NOT_DEPENDENCIES = frozenset({"previous", "reused_from", "takedown"})
 DEFAULT_GRACE_S = 6 * 3600
 
 
@@ -240,6 +241,11 @@ def gc_plan(uri: str, keep: int, grace_s: float = DEFAULT_GRACE_S,
                     if dep not in reason:
                         reason[dep] = f"used by {v.version}"
                         changed = True
+    taken_down = {u for v in s.versions  # `loom forget` replaced them: they must go
+                  for u in (v.manifest.lineage.get("takedown") or {}).get("replaces", [])}
+    for v in s.versions:
+        if v.uri in taken_down:
+            reason.pop(v.uri, None)
     delete = [v for v in s.versions if v.uri not in reason]
     stale = [p for p in s.partials if p.age_s >= grace_s]
     now_ns = (time.time() if now is None else now) * 1e9
