@@ -49,3 +49,17 @@ def test_training_progress_is_logged_per_epoch_with_eta(tmp_path, caplog):
     assert all(hasattr(r, k) for r in recs for k in ("loss", "samples_per_s", "eta_s"))
     assert any(r.eta_s is not None and r.eta_s > 0 for r in recs if r.step < 20)
     assert "samples/s" in recs[-1].getMessage()
+
+
+def test_a_resumed_run_keeps_the_metrics_before_its_checkpoint(tmp_path):
+    """Rank 0 rewrites metrics.parquet before each checkpoint; a resume from step 5 keeps
+    steps 1..5 (not 6..7, trained after the checkpoint and redone) and appends to them."""
+    from loom.pipelines.ray.train import METRICS, _metrics_until, _write_metrics
+
+    _write_metrics(str(tmp_path), "run", [{"step": s, "loss": 1.0 / s} for s in range(1, 8)])
+    kept = _metrics_until(str(tmp_path), "run", 5)
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 5]
+    _write_metrics(str(tmp_path), "run", kept + [{"step": s, "loss": 0.1} for s in (6, 7, 8)])
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "run" / METRICS)["step"].to_pylist() == list(range(1, 9))
