@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .loom-demo
 
-.PHONY: venv demo test test-slow lint clean
+.PHONY: venv demo test test-slow lint clean mutation
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,3 +25,9 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
+
+# Mutation testing (mutmut) of the core logic, one module at a time with only its own tests;
+# CPU-heavy, so niced and kept out of CI. `make mutation MODULES="mining splits"` for some.
+MODULES ?=
+mutation: $(STAMP)
+	nice -n 10 $(BIN)/python -m tests.mutation.run $(MODULES)

@@ -164,3 +164,104 @@ def test_gc_collects_a_backfills_private_ingest_versions(tmp_path):
     assert {d["uri"] for d in plan["delete"]} == {b1, i1}
     why = {k["uri"]: k["why"] for k in plan["keep_versions"]}
     assert why[b2] == "newest 1" and why[i2] in ("newest 1", f"used by {b2.rsplit('/', 1)[-1]}")
+
+
+def _deep_workdir(base: str) -> dict[str, str]:
+    """examples -> pairs -> triples -> shards, three levels of lineage below the newest shards,
+    plus a checkpoint run (as train writes it) whose lineage names an older shards version.
+
+    Only the newest version of each root is kept by `--keep 1`; everything else that stays
+    does so through a chain of lineage, so a gc that follows one level only, or that ignores
+    checkpoint runs, deletes something a survivor needs."""
+    j = storage.join
+    e = {i: _version(j(base, "examples"), "ingest", i) for i in range(4)}
+    p = {i: _version(j(base, "pairs"), "synth", i, {"examples": e[i]}) for i in range(4)}
+    t1 = _version(j(base, "triples"), "mine", 1, {"pairs": p[2]})
+    t2 = _version(j(base, "triples"), "mine", 2, {"pairs": p[1]})  # newest, an old pairs
+    s1 = _version(j(base, "shards"), "shard", 1, {"triples": t1, "previous": t2})
+    s2 = _version(j(base, "shards"), "shard", 2, {"triples": t2, "reused_from": s1})
+    run = j(base, "checkpoints", "ft-0123456789abcdef")
+    storage.write_bytes(j(run, "lineage.json"), json.dumps({
+        "shards": s1, "shards_version": os.path.basename(s1), "stage": "ft",
+        "init": "pft-0123456789abcdef/step-00000010", "config": {"epochs": 1}}).encode())
+    return {"e0": e[0], "e1": e[1], "e2": e[2], "e3": e[3], "p0": p[0], "p1": p[1],
+            "p2": p[2], "p3": p[3], "t1": t1, "t2": t2, "s1": s1, "s2": s2}
+
+
+def test_gc_follows_lineage_all_the_way_down(tmp_path):
+    v = _deep_workdir(str(tmp_path))
+    plan = gc_plan(str(tmp_path), keep=1)
+    # s2 -> t2 -> p1 -> e1 (three levels); the run -> s1 -> t1 -> p2 -> e2 (four).
+    # p0 (and so e0) is used by nothing kept; `previous` / `reused_from` keep nothing.
+    assert {d["uri"] for d in plan["delete"]} == {v["p0"], v["e0"]}
+    why = {k["uri"]: k["why"] for k in plan["keep_versions"]}
+    name = os.path.basename
+    assert why[v["s1"]] == "used outside this root"
+    assert why[v["p1"]] == f"used by {name(v['t2'])}"
+    assert why[v["e1"]] == f"used by {name(v['p1'])}"
+    assert why[v["t1"]] == f"used by {name(v['s1'])}"
+    assert why[v["e2"]] == f"used by {name(v['p2'])}"
+    assert {why[v[k]] for k in ("e3", "p3", "t2", "s2")} == {"newest 1"}
+
+
+def test_gc_deep_chain_deletes_only_the_unused(tmp_path):
+    v = _deep_workdir(str(tmp_path))
+    out = gc(str(tmp_path), keep=1, dry_run=False, log_line=lambda m: None)
+    assert out["counts"]["deleted"] == 2
+    left = {x["uri"] for x in list_versions(str(tmp_path))["versions"]}
+    assert left == {v[k] for k in v} - {v["p0"], v["e0"]}
+    for x in list_versions(str(tmp_path))["versions"]:  # every survivor can still be read
+        for dep in x["depends_on"]:
+            assert mf.read_manifest(dep) is not None, (x["uri"], dep)
+
+
+def test_gc_one_root_keeps_what_a_checkpoint_chain_uses(tmp_path):
+    _deep_workdir(str(tmp_path))
+    plan = gc_plan(storage.join(str(tmp_path), "shards"), keep=1)
+    assert plan["delete"] == []  # s1 is the checkpoint run's
+    plan = gc_plan(storage.join(str(tmp_path), "triples"), keep=1)
+    assert plan["delete"] == []  # t1 is named by s1's manifest
+    plan = gc_plan(storage.join(str(tmp_path), "examples"), keep=1)
+    assert plan["delete"] == []  # e0 is still named by p0 until pairs are collected
+
+
+def test_gc_keep_two_and_a_run_without_lineage(tmp_path):
+    v = _deep_workdir(str(tmp_path))
+    storage.delete(storage.join(str(tmp_path), "checkpoints", "ft-0123456789abcdef",
+                                "lineage.json"))
+    plan = gc_plan(str(tmp_path), keep=1)
+    # No run names s1 any more: s1, and t1 -> p2 -> e2 that only it used, go too.
+    assert {d["uri"] for d in plan["delete"]} == {v[k] for k in
+                                                 ("p0", "e0", "s1", "t1", "p2", "e2")}
+    plan = gc_plan(str(tmp_path), keep=2)
+    assert {d["uri"] for d in plan["delete"]} == {v["p0"], v["e0"]}
+
+
+def test_gc_plan_json_is_the_contract(tmp_path):
+    """The whole plan object (what `loom gc` prints), at a fixed clock: the grace period is
+    inclusive (a partial exactly `grace_s` old goes), ages and sizes are reported."""
+    v = _deep_workdir(str(tmp_path))
+    ex = storage.join(str(tmp_path), "examples")
+    old, young = _partial(ex, 1, age_s=0), _partial(ex, 2, age_s=0)
+    t0 = 1_700_000_000
+    for d, at in ((old, t0), (young, t0 + 1)):
+        os.utime(os.path.join(d, "examples", "part-00000.parquet"), ns=(at * 10**9, at * 10**9))
+    with pytest.raises(ValueError, match="^--keep must be at least 1$"):
+        gc_plan(str(tmp_path), keep=0)
+    plan = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 100)
+    size = {x["uri"]: x["bytes"] for x in list_versions(str(tmp_path))["versions"]}
+    created = {x["uri"]: x["created_at"] for x in list_versions(str(tmp_path))["versions"]}
+    name = os.path.basename
+    assert plan["stage"] == "gc" and plan["keep"] == 1 and plan["grace_s"] == 100.0
+    assert plan["root"] == storage.absolute(str(tmp_path))
+    assert sorted(plan["delete"], key=lambda d: d["uri"]) == sorted([
+        {"uri": v[k], "version": name(v[k]), "stage": st, "created_at": created[v[k]],
+         "bytes": size[v[k]]} for k, st in (("e0", "ingest"), ("p0", "synth"))]
+        + [{"uri": old, "partial": True, "age_s": 100, "bytes": 10}], key=lambda d: d["uri"])
+    assert plan["young_partials"] == [young]
+    assert {k["uri"]: k["version"] for k in plan["keep_versions"]} == {
+        v[k]: name(v[k]) for k in v if k not in ("e0", "p0")}
+    assert plan["counts"] == {"versions": 12, "delete_versions": 2, "delete_partials": 1,
+                              "delete_bytes": size[v["e0"]] + size[v["p0"]] + 10}
+    later = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 101)
+    assert later["young_partials"] == [] and later["counts"]["delete_partials"] == 2

@@ -1,7 +1,7 @@
 """The KubeRay manifests in infra/kuberay validate against KubeRay's own CRD schemas.
 
-The CRDs live in ../shared/kuberay-crds beside the repository (also in CI), so this runs
-with no cluster and no network.
+The CRDs are vendored in infra/kuberay/crds (RayCluster and RayJob), so this runs with no
+cluster, no network and nothing beside the clone.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = Path(os.environ.get("LOOM_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
+CRD_DIR = Path(os.environ.get("LOOM_KUBERAY_CRDS", REPO / "infra" / "kuberay" / "crds"))
 INFRA = REPO / "infra"
 MANIFESTS = sorted((INFRA / "kuberay").glob("*.y*ml"))
 
-needs_crds = pytest.mark.skipif(
-    not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR} (shared/ beside the clone)")
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large: libyaml
@@ -74,7 +72,6 @@ def test_manifests_exist():
     assert {"raycluster.yaml", "rayjob-demo.yaml"} <= names
 
 
-@needs_crds
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_matches_crd(path):
     import jsonschema
@@ -96,7 +93,6 @@ def test_manifest_matches_crd(path):
         assert doc["metadata"]["name"]
 
 
-@needs_crds
 def test_unknown_field_check_catches_typos():
     schema = _crd_schemas()[("ray.io/v1", "RayCluster")]
     doc = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())

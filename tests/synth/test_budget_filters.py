@@ -13,6 +13,8 @@ from loom.synth.client import LLMConfig, generate_pair_json
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import _content_parts
 from tests.synth.conftest import image_example, text_example
+from tests.transforms.media import make_wav
+from tests.transforms.test_pdf import make_pdf
 from loom.transforms import scenes
 
 PROMPTS = PromptSet.load(["caption", "keyword", "question"])
@@ -75,8 +77,8 @@ def test_media_parts_sent_natively(tmp_path):
     import numpy as np
 
     wav, pdf = tmp_path / "a.wav", tmp_path / "p.pdf"
-    wav.write_bytes(b"RIFF....WAVEfmt fake audio bytes")
-    pdf.write_bytes(b"%PDF-1.4 fake page")
+    wav.write_bytes(make_wav(0.5, sr=8000, channels=1))  # real files, as ingest would see
+    pdf.write_bytes(make_pdf(["Revenue chart, Q3"]))
     audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
              "mime": "audio/wav", "size_bytes": 32, "metadata": "{}"}
     frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
@@ -100,6 +102,17 @@ def test_media_parts_sent_natively(tmp_path):
 
 
 def test_offline_server_reads_native_media(offline_client, tmp_path):
-    part = types.Part.from_bytes(data=b"RIFF fake wav", mime_type="audio/wav")
-    out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"), [part])
+    """An audio Example goes through loom's own part builder as the file's bytes: the
+    offline model's answer names the sha256 of what it received, so a canned or empty
+    payload fails."""
+    import hashlib
+
+    data = make_wav(0.5, sr=8000, channels=1, freq=660.0)
+    wav = tmp_path / "tone.wav"
+    wav.write_bytes(data)
+    audio = {"id": "a" * 64, "modality": "audio", "parts": [], "source_uris": [str(wav)],
+             "mime": "audio/wav", "size_bytes": len(data), "metadata": "{}"}
+    out = generate_pair_json(offline_client, LLMConfig(), PROMPTS.text("keyword"),
+                             _content_parts(audio))
     assert out["queries"] and "audio clip" in out["queries"][0]
+    assert hashlib.sha256(data).hexdigest()[:6] in " ".join(out["queries"])

@@ -145,6 +145,7 @@ def test_concurrency_cap_and_request_bucket(tmp_path, serve):
         stage.teardown()
     times = server_stats(url)["times"]
     assert len(times) == 12
-    # a leaky bucket of 4 a second: a burst of 4, then one every 0.25 s
-    assert times[-1] - times[0] >= (12 - 4) * 0.25 * 0.9
+    # On the wire, never more than a bucket plus a second's refill in any second. (The exact
+    # schedule is checked on a virtual clock in test_limits.py: a wall-clock lower bound
+    # here would pass a broken limiter on a slow machine.)
     assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 8 + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 from loom.schemas import manifest as mf
 from loom.schemas.records import EXAMPLE, TRIPLE, to_table
 from loom.synth.client import LLMConfig
+from loom.synth.offline_server import server_stats
 from tests.synth.conftest import text_example
 
 DOCS = {
@@ -47,7 +48,9 @@ def test_relabel_picks_the_true_positive(tmp_path, server_url):
     ]
     t_dir = _dataset(str(tmp_path / "mine"), "mine", "triples", triples, TRIPLE,
                      {"examples": ex_dir, "pairs": "n/a"})
+    before = server_stats(server_url)["requests"]
     out = run_relabel(t_dir, str(tmp_path / "rel"), LLMConfig(base_url=server_url), negatives=2)
+    assert server_stats(server_url)["requests"] - before == 3  # one call per triple
     assert out["counts"]["positives_changed"] == 2 and out["counts"]["rejected"] == 0
     assert out["llm_calls"] == 3
     vdir, manifest = mf.resolve_input(out["uri"])
@@ -60,5 +63,12 @@ def test_relabel_picks_the_true_positive(tmp_path, server_url):
     assert ex["green"]["id"] in {n["id"] for n in new["p2"]["negatives"]}  # old label: a negative
     assert ex["blue"]["id"] not in {n["id"] for n in new["p2"]["negatives"]}
     assert all(len(t["negatives"]) <= 2 for t in new.values())
+    # A rerun into the same root is free: the same version, no request reaches the server.
+    before = server_stats(server_url)["requests"]
+    rerun = run_relabel(t_dir, str(tmp_path / "rel"), LLMConfig(base_url=server_url), negatives=2)
+    assert server_stats(server_url)["requests"] == before
+    assert rerun["uri"] == out["uri"] and rerun["reused"] and rerun["llm_calls"] == 0
+    assert rerun["counts"]["positives_changed"] == 2
     again = run_relabel(t_dir, str(tmp_path / "rel2"), LLMConfig(base_url=server_url), negatives=2)
     assert again["counts"]["positives_changed"] == 2  # a new root: its own cache, same answers
+    assert server_stats(server_url)["requests"] == before + 3

@@ -187,3 +187,67 @@ def test_exact_search_chunks_and_ivf_recall():
     assert (few[:, 4:] == -1).all()
     info = ann_recall(VectorIndex(xb, 100, "ivf"), xq, 10, 50)
     assert info["index"] == "ivf" and info["recall@10"] >= 0.9
+
+
+def _scored_corpus(ps: float, scores: list[float]) -> tuple[Candidates, np.ndarray]:
+    """A query q = e0, a positive scoring `ps` against it and candidates scoring exactly
+    `scores`, each on an axis of its own so no candidate is near the positive."""
+    dim = 2 + len(scores)
+    q = np.zeros((1, dim), np.float32)
+    q[0, 0] = 1.0
+    pos = np.zeros(dim, np.float32)
+    pos[0], pos[1] = ps, np.sqrt(1 - ps * ps)
+    vecs, ids = [pos], ["pos"]
+    for j, s in enumerate(scores):
+        v = np.zeros(dim, np.float32)
+        v[0], v[2 + j] = s, np.sqrt(1 - s * s)
+        vecs.append(v)
+        ids.append(f"c{j:02d}")
+    cands = Candidates.build(ids, ["image"] * len(ids), np.stack(vecs), [[] for _ in ids],
+                             [f"d-{i}" for i in ids])
+    return cands, q
+
+
+# (positive score, candidate scores, the ones PercPos 0.95 keeps). The threshold is
+# ps - 0.05 |ps|: below the positive on either side of zero. Worked by hand:
+# ps = -0.2 -> -0.21; ps = -0.6 -> -0.63; ps = 0.8 -> 0.76; ps = 0.3 -> 0.285.
+PERC_POS_CASES = [
+    (-0.2, [0.4, -0.1, -0.195, -0.205, -0.215, -0.25, -0.5], [-0.215, -0.25, -0.5]),
+    (-0.6, [-0.3, -0.58, -0.62, -0.64, -0.9], [-0.64, -0.9]),
+    (0.8, [0.9, 0.79, 0.77, 0.75, 0.1, -0.3], [0.75, 0.1, -0.3]),
+    (0.3, [0.31, 0.29, 0.28, 0.0, -0.4], [0.28, 0.0, -0.4]),
+]
+
+
+@pytest.mark.parametrize(("ps", "scores", "kept"), PERC_POS_CASES)
+def test_perc_pos_on_both_sides_of_zero(ps, scores, kept):
+    cands, q = _scored_corpus(ps, scores)
+    res = mine(cands, q, ["q"], ["pos"], ["image"],
+               MiningConfig(negatives=len(scores), near_duplicate=0.999))
+    np.testing.assert_allclose(res.positive_scores, [ps], atol=1e-6)
+    got = [n["score"] for n in res.negatives[0]]
+    np.testing.assert_allclose(got, kept, atol=1e-6)
+    assert all(s < ps for s in got)  # a kept negative never scores above its positive
+    assert res.counts["perc_pos"] == len(scores) - len(kept)
+    assert res.counts["kept"] == len(kept) and res.counts["positive"] == 1
+    assert res.counts["unfilled"] == len(scores) - len(kept)
+
+
+def test_perc_pos_factor_is_the_config():
+    # ps = -0.2 with perc_pos 0.5: threshold -0.3, so -0.25 is a false negative now.
+    cands, q = _scored_corpus(-0.2, [-0.25, -0.35])
+    res = mine(cands, q, ["q"], ["pos"], ["image"], MiningConfig(negatives=2, perc_pos=0.5))
+    np.testing.assert_allclose([n["score"] for n in res.negatives[0]], [-0.35], atol=1e-6)
+
+
+def test_margin_and_max_score_on_a_negative_positive():
+    # margin 0.05 below ps = -0.2: drop > -0.25; max_score -0.3 drops anything above -0.3.
+    cands, q = _scored_corpus(-0.2, [-0.22, -0.27, -0.32])
+    res = mine(cands, q, ["q"], ["pos"], ["image"],
+               MiningConfig(negatives=3, false_negative=("margin",)))
+    np.testing.assert_allclose([n["score"] for n in res.negatives[0]], [-0.27, -0.32], atol=1e-6)
+    assert res.counts["margin"] == 1
+    res = mine(cands, q, ["q"], ["pos"], ["image"],
+               MiningConfig(negatives=3, false_negative=("max_score",), max_score=-0.3))
+    np.testing.assert_allclose([n["score"] for n in res.negatives[0]], [-0.32], atol=1e-6)
+    assert res.counts["max_score"] == 2

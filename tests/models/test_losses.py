@@ -1,0 +1,107 @@
+"""InfoNCE and its Matryoshka terms against references computed by hand and in numpy.
+
+Each Matryoshka term must see only the first `d` coordinates, renormalized: the hand-worked
+case has vectors whose prefixes score differently from the full vectors, so a loss computed
+on the full vectors at every size gets the small term wrong."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from loom.models.losses import (
+    ContrastiveModel,
+    info_nce,
+    matryoshka_info_nce,
+    same_asset_mask,
+)
+
+
+def _reference(q: np.ndarray, docs: np.ndarray, same: np.ndarray, t: float, d: int) -> float:
+    """Mean over queries of -log softmax(logit of the own positive), duplicates masked."""
+    qn = q[:, :d] / np.linalg.norm(q[:, :d], axis=1, keepdims=True)
+    dn = docs[:, :d] / np.linalg.norm(docs[:, :d], axis=1, keepdims=True)
+    logits = qn @ dn.T / t
+    losses = []
+    for i in range(len(q)):
+        row = [logits[i, j] for j in range(len(docs)) if j == i or not same[i, j]]
+        m = max(row)
+        lse = m + math.log(sum(math.exp(x - m) for x in row))
+        losses.append(lse - logits[i, i])
+    return float(np.mean(losses))
+
+
+def test_matryoshka_terms_by_hand():
+    # At size 2 the prefixes are one-hot: own positive cosine 1, the other 0.
+    # At size 4 every query-doc cosine is 1/2. Temperature 1.
+    q = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]])
+    docs = torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0]])
+    terms = matryoshka_info_nce(q, docs, torch.zeros(2, 2, dtype=torch.bool), 1.0, (2, 4))
+    small, full = math.log(1 + math.exp(-1)), math.log(2)
+    assert terms["loss_2"].item() == pytest.approx(small, abs=1e-6)
+    assert terms["loss_4"].item() == pytest.approx(full, abs=1e-6)
+    assert terms["loss"].item() == pytest.approx((small + full) / 2, abs=1e-6)
+    assert list(terms) == ["loss_2", "loss_4", "loss"]
+
+
+def test_temperature_scales_the_logits_by_hand():
+    # Size 2, temperature 0.5: logits 2 and 0 -> log(1 + e^-2) per query.
+    q = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]])
+    docs = torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0]])
+    terms = matryoshka_info_nce(q, docs, torch.zeros(2, 2, dtype=torch.bool), 0.5, (2,))
+    assert terms["loss_2"].item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    assert terms["loss"].item() == pytest.approx(terms["loss_2"].item(), abs=1e-7)
+
+
+def test_masked_duplicate_by_hand():
+    # Query 0's positive is doc 0; doc 2 is the same asset with cosine 1 too. Masked, the
+    # row is logits (1, 0, -inf) -> log(1 + e^-1); unmasked it would be log(2 + e^-1).
+    q = torch.tensor([[1.0, 0]])
+    docs = torch.tensor([[1.0, 0], [0, 1], [1, 0]])
+    same = torch.tensor([[True, False, True]])
+    assert info_nce(q, docs, same, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)),
+                                                                 abs=1e-6)
+    unmasked = info_nce(q, docs, torch.zeros_like(same), 1.0).item()
+    assert unmasked == pytest.approx(math.log(2 + math.exp(-1)), abs=1e-6)
+    # A query's own positive is never masked, even when `same` marks it.
+    assert info_nce(q, docs[:1], torch.tensor([[True]]), 1.0).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matryoshka_terms_match_numpy(seed):
+    rng = np.random.default_rng(seed)
+    q, docs = rng.normal(size=(4, 32)), rng.normal(size=(7, 32))  # 4 queries, 3 mined negatives
+    ids = ["a", "b", "a", "c"]
+    doc_ids = ["a", "b", "a", "c", "b", "d", "e"]
+    same = np.array([[i == j for j in doc_ids] for i in ids])
+    dims, t = (8, 16, 32), 0.07
+    qt = torch.nn.functional.normalize(torch.tensor(q, dtype=torch.float64), dim=-1)
+    dt = torch.nn.functional.normalize(torch.tensor(docs, dtype=torch.float64), dim=-1)
+    terms = matryoshka_info_nce(qt, dt, same_asset_mask(ids, doc_ids), t, dims)
+    want = {d: _reference(qt.numpy(), dt.numpy(), same, t, d) for d in dims}
+    for d in dims:
+        assert terms[f"loss_{d}"].item() == pytest.approx(want[d], rel=1e-9), d
+    assert terms["loss"].item() == pytest.approx(np.mean(list(want.values())), rel=1e-9)
+    assert len({round(v, 6) for v in want.values()}) == 3  # the sizes really differ
+
+
+def test_same_asset_mask():
+    m = same_asset_mask(["a", "b", "a"], ["b", "a", "c", "a"])
+    assert m.tolist() == [[False, True, False, True], [True, False, False, False],
+                          [False, True, False, True]]
+    assert m.dtype == torch.bool
+
+
+def test_temperature_clamped_and_learnable_only_when_asked():
+    assert ContrastiveModel(torch.nn.Identity(), 0.05, learn=False).temperature().item() == \
+        pytest.approx(0.05)
+    assert ContrastiveModel(torch.nn.Identity(), 0.001, learn=False).temperature().item() == \
+        pytest.approx(0.01)
+    assert ContrastiveModel(torch.nn.Identity(), 5.0, learn=False).temperature().item() == \
+        pytest.approx(1.0)
+    fixed = ContrastiveModel(torch.nn.Identity(), 0.05, learn=False)
+    learned = ContrastiveModel(torch.nn.Identity(), 0.05, learn=True)
+    assert not fixed.log_temperature.requires_grad and learned.log_temperature.requires_grad
+    assert learned.log_temperature.item() == pytest.approx(math.log(0.05))
