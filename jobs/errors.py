@@ -178,5 +178,7 @@ def run(fn: Callable[[], dict], stage: str, emit: Callable[[dict], None],
         emit(payload)
         say_error(f"loom: {stage}: {failure.reason}", exit_code=failure.exit_code)
         return failure.exit_code
+    with contextlib.suppress(OSError):  # engine chatter of a run that succeeded: not kept
+        os.unlink(path)
     emit(out)
     return 0
