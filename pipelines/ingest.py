@@ -8,6 +8,7 @@ rejected is checked before the manifest is written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from functools import partial
@@ -19,10 +20,11 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import DUPLICATE, REJECTED, Modality
+from loom.schemas.records import DUPLICATE, REJECTED, Modality, Reason
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
 from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
@@ -33,6 +35,7 @@ HASHES = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("id", pa.string
                     ("modality", pa.string())])
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 256 << 20  # IngestConfig's default: larger files are rejected unread
 
 
 class HashStage(BaseStage):
@@ -42,14 +45,14 @@ class HashStage(BaseStage):
     input_schema: ClassVar[pa.Schema] = pa.schema([("uri", pa.string())])
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 
-    def __init__(self, roots: tuple[str, ...] = ()):
-        self.roots = roots
+    def __init__(self, roots: tuple[str, ...] = (), max_bytes: int | None = None):
+        self.roots, self.max_bytes = roots, max_bytes
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         rows = []
         for uri in batch.column("uri").to_pylist():
-            try:
-                h = hash_file(uri, with_modality=True, roots=self.roots)
+            try:  # a file over max_bytes is not read: decode rejects it too_large by size
+                h = hash_file(uri, with_modality=True, roots=self.roots, max_bytes=self.max_bytes)
             except Exception:  # unreadable: the decode pass rejects it with its reason
                 h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
             rows.append(h)
@@ -66,9 +69,10 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     listing = storage.list_files(input_uri)
     if not listing:
         raise BadInput(f"no files under {input_uri}")
+    listing, bad_names = _split_bad_names(listing)
     digest = mf.listing_digest(listing)
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
-    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": 256 << 20,
+    config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": MAX_FILE_BYTES,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
     for key, value in (("remote", remote), ("archive", archive)):  # only when set: ids stay
         if value != type(value)():
@@ -80,8 +84,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     timings: dict[str, float] = {}
 
     with timed(timings, "hash_s"):
-        uris = [{"uri": e.uri} for e in listing]
-        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,)),
+        uris = [{"uri": e.uri} for e in listing if e.uri not in bad_names]
+        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,), MAX_FILE_BYTES),
                                           storage.join(writer.dir, "_work")),
                         row_items(uris, files_per_item * 4, "hash"))
         tables, _ = merge_results(res)
@@ -103,6 +107,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
         config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,), remote=remote,
+                               max_file_bytes=MAX_FILE_BYTES,
                                archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
         dups = _dups_by_uri(canonical, duplicates)
@@ -113,7 +118,13 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if reused:
         _copy_reused(prior, prior_files, writer, reused, tables, stats, dups)
         outcomes |= {u: prior_files[u][1] for u in reused}
-    ids = {h["uri"]: h["id"] for h in canonical}
+    if bad_names:  # rejected in the driver, before any engine: both engines agree
+        tables.setdefault("rejected", []).append(writer.write_part(
+            "rejected", "bad-names-00000", pa.Table.from_pylist(
+                [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
+        stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
+        outcomes |= dict.fromkeys(bad_names, "rejected")
+    ids = {h["uri"]: h["id"] for h in canonical} | {u: bad_names[u] for u in bad_names}
     files = pa.Table.from_pylist(
         [{"uri": u, "id": ids[u], "outcome": o} for u, o in sorted(outcomes.items())], schema=FILES)
     tables["files"] = [writer.write_part("files", "part-00000", files)]
@@ -123,6 +134,8 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
 
+    with timed(timings, "near_dup_s"):
+        near = _group_near_dups(writer, tables)
     counts = {  # file outcomes, then rows (a PDF or a manifest gives several Examples)
         "listed": len(listing),
         "accepted": stats.get("accepted_files", 0),
@@ -132,6 +145,10 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "rejected_records": stats.get("rejected_records", 0),
         "decoded": len(rows),
         "reused_files": len(reused),
+        # Examples in a near-duplicate group beyond its first member, and such groups
+        # (exact copies are `duplicate`: never decoded; near ones are kept, grouped)
+        "near_duplicate": near["near_duplicate"],
+        "near_dup_groups": near["near_dup_groups"],
     }
     if "archive_members" in stats:  # members of decoded archives (see transforms/archives.py)
         counts |= {k: stats.get(k, 0) for k in ("archive_members", "archive_members_accepted",
@@ -162,6 +179,57 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
+
+
+def _group_near_dups(writer: mf.VersionWriter, tables: dict) -> dict[str, int]:
+    """Join near-duplicate Examples across all parts (signatures only are read), then
+    rewrite just the parts holding a member of a group of two or more."""
+    files = tables.get("examples", [])
+    paths = [storage.join(writer.dir, f.path) for f in files]
+    if not paths:
+        return {"near_duplicate": 0, "near_dup_groups": 0}
+    sigs = [storage.read_parquet([p], columns=["id", "near_dup_sig", "near_dup_group"])
+            for p in paths]
+    groups = near_dup_groups((i, g) for t in sigs for i, g in zip(
+        t.column("id").to_pylist(), t.column("near_dup_sig").to_pylist(), strict=True))
+    sizes: dict[str, int] = {}
+    for g in groups.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    for k, (f, t) in enumerate(zip(files, sigs, strict=True)):
+        ids = t.column("id").to_pylist()
+        if [groups[i] for i in ids] == t.column("near_dup_group").to_pylist():
+            continue  # as written (every Example its own group, or reused unchanged)
+        part = storage.read_parquet([paths[k]])
+        col = part.schema.get_field_index("near_dup_group")
+        part = part.set_column(col, part.schema.field(col),
+                               pa.array([groups[i] for i in ids], pa.string()))
+        name = f.path.split("/", 1)[1].removesuffix(".parquet")
+        files[k] = writer.write_part("examples", name, part)
+    multi = [n for n in sizes.values() if n > 1]
+    return {"near_duplicate": sum(multi) - len(multi), "near_dup_groups": len(multi)}
+
+
+def _split_bad_names(listing: list) -> tuple[list, dict[str, str]]:
+    """The listing with every name that is not valid UTF-8 escaped (\\xNN for each
+    undecodable byte), and {escaped uri: stand-in id} of those files: each becomes one
+    `bad_name` Rejected row instead of stopping the whole ingest."""
+    bad: dict[str, str] = {}
+    out = []
+    for e in listing:
+        try:
+            e.uri.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = e.uri.encode("utf-8", "surrogateescape")
+            e = dataclasses.replace(e, uri=raw.decode("utf-8", "backslashreplace"))
+            bad[e.uri] = f"bad_name:{hashlib.sha256(raw).hexdigest()}"
+        out.append(e)
+    return out, bad
+
+
+def _bad_name_row(uri: str) -> dict:
+    return {"uri": uri, "stage": IngestStage.name, "reason": Reason.BAD_NAME.value,
+            "message": "file name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
+                       "rename it to ingest it", "record_id": None}
 
 
 def _summary(version_dir: str, tables: dict) -> dict[str, int]:
@@ -196,7 +264,8 @@ def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Man
     except FileNotFoundError:
         return None
     same = json.loads(mf.canonical_json(config)) == json.loads(mf.canonical_json(manifest.config))
-    if manifest.lineage.get("input") != input_uri or not same or "files" not in manifest.tables:
+    if (manifest.lineage.get("input") != input_uri or not same or "files" not in manifest.tables
+            or manifest.logic_version != mf.logic_version("ingest")):  # columns may differ
         return None
     return vdir, manifest
 

@@ -31,7 +31,7 @@ WORK = "_work"
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 4,
+    "ingest": 5,  # 5: near_dup_group/near_dup_sig columns, codec by language id, geometry
     "synth": 2,  # 2: usage columns, filters, run-wide dedupe
     "relabel": 1,
     "shard": 1,

@@ -47,6 +47,7 @@ class Reason(str, enum.Enum):
     FORBIDDEN_REFERENCE = "forbidden_reference"
     FORBIDDEN_MEMBER = "forbidden_member"  # an archive member: traversal name, link, device
     BAD_RECORD = "bad_record"
+    BAD_NAME = "bad_name"  # a listed file whose name is not valid UTF-8 (shown escaped)
     LLM_BLOCKED = "llm_blocked"
     LLM_ERROR = "llm_error"
     LLM_BAD_RESPONSE = "llm_bad_response"
@@ -81,6 +82,11 @@ EXAMPLE = pa.schema(
         pa.field("mime", pa.string()),
         pa.field("size_bytes", pa.int64()),
         pa.field("metadata", pa.string()),  # JSON object
+        # Near-duplicates (transforms/neardup.py): resized or re-encoded copies share a
+        # group, named by its smallest member id (an Example alone: its own id). Splits
+        # are assigned per group, so copies never straddle train and held-out.
+        pa.field("near_dup_group", pa.string()),
+        pa.field("near_dup_sig", pa.binary()),  # pHash(es) or MinHash; null: no signature
     ]
 )
 

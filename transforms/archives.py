@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Literal
 
+import zstandard
 from pydantic import BaseModel, ConfigDict, Field
 
 from loom.schemas.records import Reason
@@ -38,7 +39,9 @@ from loom.transforms.sniff import DecodeError
 MiB = 1 << 20
 ArchiveKind = Literal["tar", "zip"]
 _COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
-               b"BZh": bz2.BZ2File, b"\xfd7zXZ\x00": lzma.LZMAFile}
+               b"BZh": bz2.BZ2File, b"\xfd7zXZ\x00": lzma.LZMAFile,
+               b"\x28\xb5\x2f\xfd": lambda f: zstandard.ZstdDecompressor().stream_reader(f)}
+_INFLATE_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
 class ArchiveLimits(BaseModel):
@@ -80,10 +83,35 @@ def archive_kind(data: bytes) -> ArchiveKind | None:
             try:
                 with opener(io.BytesIO(data)) as f:
                     head = f.read(512)
-            except (OSError, EOFError, lzma.LZMAError, zlib.error):
+            except _INFLATE_ERRORS:
                 return None
             return "tar" if _tar_header(head) else None
     return None
+
+
+def inflate(data: bytes, limits: ArchiveLimits, max_out: int) -> bytes:
+    """The first `max_out` decompressed bytes of a gzip/bzip2/xz/zstd stream, read under
+    the archive caps (total and ratio): DecodeError decompression_bomb past them,
+    truncated or decode_error for a broken stream."""
+    for magic, opener in _COMPRESSED.items():
+        if data.startswith(magic):
+            reader = _CappedReader(opener(io.BytesIO(data)), len(data), limits)
+            out = bytearray()
+            try:
+                while len(out) < max_out:
+                    chunk = bytearray(min(1 << 20, max_out - len(out)))
+                    n = reader.readinto(chunk)
+                    if not n:
+                        break
+                    out += chunk[:n]
+            except _Bomb as e:
+                raise DecodeError(Reason.DECOMPRESSION_BOMB, str(e)) from None
+            except EOFError as e:
+                raise DecodeError(Reason.TRUNCATED, f"compressed stream: {e}") from None
+            except _INFLATE_ERRORS as e:
+                raise DecodeError(Reason.DECODE_ERROR, f"compressed stream: {e}") from None
+            return bytes(out)
+    raise DecodeError(Reason.UNSUPPORTED_FORMAT, "not a gzip, bzip2, xz or zstd stream")
 
 
 def forbidden_name(name: str) -> str | None:

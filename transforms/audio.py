@@ -34,7 +34,6 @@ _SF_MIMES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave
 # Demuxers whose header duration is exact (MP3/ADTS durations are bitrate estimates).
 _EXACT_DURATION = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "ogg", "flac", "wav"})
 _MAX_PACKET_ERRORS = 8
-_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
 
 
 # ----------------------------------------------------------------------------- log-mel
@@ -195,21 +194,24 @@ def _header_duration(container, stream) -> float | None:
     return None
 
 
-def _frame_to_mono(frame) -> np.ndarray:
-    arr = frame.to_ndarray()
-    name = frame.format.name.rstrip("p")
-    ch = max(1, frame.layout.nb_channels)
-    if frame.format.is_planar:
-        arr = arr.reshape(ch, -1).T
-    else:
-        arr = arr.reshape(-1, ch)
-    if name == "u8":
-        x = (arr.astype(np.float32) - 128.0) / _SCALE["u8"]
-    elif name in _SCALE:
-        x = (arr.astype(np.float64) / _SCALE[name]).astype(np.float32)
-    else:
-        x = arr.astype(np.float32, copy=False)
-    return x.mean(axis=1) if ch > 1 else x[:, 0]
+class _ToFloat:
+    """Frames of any sample format (s64, dbl, u8, planar or not) to mono float32, through
+    PyAV's resampler (swresample) rather than per-format numpy arithmetic: one converter
+    per (format, layout, rate), since a stream may change them mid-way."""
+
+    def __init__(self):
+        self._by_kind: dict[tuple, av.AudioResampler] = {}
+
+    def __call__(self, frame) -> np.ndarray:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key not in self._by_kind:
+            self._by_kind[key] = av.AudioResampler(format="fltp", layout=frame.layout,
+                                                   rate=frame.sample_rate)
+        out = [f.to_ndarray() for f in self._by_kind[key].resample(frame)]
+        if not out:
+            return np.zeros(0, np.float32)
+        arr = np.concatenate(out, axis=1) if len(out) > 1 else out[0]  # (channels, n)
+        return arr.mean(axis=0) if arr.shape[0] > 1 else arr[0]
 
 
 def decode_track(container, stream, cap_s: float) -> tuple[np.ndarray, int, int, float, bool]:
@@ -221,6 +223,7 @@ def decode_track(container, stream, cap_s: float) -> tuple[np.ndarray, int, int,
     chunks: list[np.ndarray] = []
     total, sr, channels, errors, reached = 0, 0, 0, 0, False
     cap_n = None
+    to_mono = _ToFloat()
     packets = container.demux(stream)
     while not reached:
         try:
@@ -245,7 +248,7 @@ def decode_track(container, stream, cap_s: float) -> tuple[np.ndarray, int, int,
                 if sr <= 0:
                     raise DecodeError(Reason.DECODE_ERROR, f"bad sample rate {sr}")
                 cap_n = max(1, int(round(cap_s * sr)))
-            x = _frame_to_mono(frame)
+            x = to_mono(frame)
             if frame.sample_rate != sr and x.size:
                 x = soxr.resample(x, int(frame.sample_rate), sr).astype(np.float32)
             chunks.append(x[: cap_n - total])

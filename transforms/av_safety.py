@@ -34,6 +34,18 @@ ALLOWED_DEMUXERS: frozenset[str] = frozenset({
     "wav",
     "flac",
     "aac",  # raw ADTS AAC
+    # More self-contained formats: every byte they need is in the one stream given.
+    "mpegts",  # .ts, .m2ts, .mts (M2TS is the same demuxer with 192-byte packets)
+    "flv",
+    "dv",
+    "aiff",
+    "mpeg",  # MPEG program stream (.mpg, .vob)
+    "asf",  # .wmv, .wma
+    "caf",
+    "au",
+    "amr",
+    "wv",  # WavPack
+    "ivf",  # VP8/VP9/AV1 elementary stream
 })
 _FORMAT_WHITELIST = ",".join(sorted({n for d in ALLOWED_DEMUXERS for n in d.split(",")}))
 NO_PROTOCOL = "none"  # matches no protocol: any nested open is refused
@@ -71,7 +83,9 @@ def open_container(data: bytes) -> av.container.InputContainer:
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
     try:
-        container = av.open(io.BytesIO(data), mode="r", container_options=CONTAINER_OPTIONS)
+        # metadata_errors: a tag in Latin-1 (not UTF-8) must not make the file unreadable
+        container = av.open(io.BytesIO(data), mode="r", container_options=CONTAINER_OPTIONS,
+                            metadata_errors="replace")
     except (av.error.ArgumentError, av.error.PermissionError) as e:
         # EINVAL: the demuxer is off the format whitelist or wanted a refused protocol;
         # EPERM: a reference FFmpeg itself deems unsafe.

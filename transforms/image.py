@@ -62,12 +62,34 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(base, rgba).convert("RGB")
 
 
+def _keyed_white(rgb: Image.Image, transparent: np.ndarray) -> Image.Image:
+    """`rgb` with the pixels a tRNS colour key marks transparent made white (on white,
+    as alpha is composited)."""
+    if not transparent.any():
+        return rgb
+    arr = np.array(rgb)
+    arr[transparent] = 255
+    return Image.fromarray(arr, "RGB")
+
+
+def _rgb_key(img: Image.Image, key: tuple) -> Image.Image:
+    """RGB with a tRNS key Pillow leaves unapplied: a 16-bit PNG's key holds 16-bit
+    values while Pillow keeps 8 bits a channel (their high bytes), so it is compared
+    at 8 bits (a value over 255 tells the key is 16-bit)."""
+    key8 = np.array([v >> 8 for v in key] if any(v > 255 for v in key) else key, np.uint8)
+    return _keyed_white(img, (np.asarray(img) == key8).all(axis=2))
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
+    key = img.info.get("transparency")
     if mode == "LAB":  # CIE L*a*b* (TIFF): a colour-managed transform, not a channel copy
         return ImageCms.applyTransform(img, _lab_to_srgb())
+    if mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        return _rgb_key(img, key)
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
         a = np.asarray(img, dtype=np.float64)
+        keyed = a == key if isinstance(key, int) and not isinstance(key, bool) else None
         top = float(a.max()) if a.size else 0.0
         if mode.startswith("I;16"):
             a = a / 257.0
@@ -75,7 +97,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             a = a * 255.0
         elif top > 255.0:
             a = a * (255.0 / (65535.0 if top <= 65535.0 else top))
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        rgb = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return rgb if keyed is None else _keyed_white(rgb, keyed)  # tRNS on 16-bit grey
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         return _on_white(img)
     return img if mode == "RGB" else img.convert("RGB")

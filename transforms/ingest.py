@@ -19,20 +19,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from loom.schemas import storage
 from loom.schemas.records import EXAMPLE, REJECTED, Modality, Reason, empty_part, to_table
 from loom.schemas.spec import PreprocessingSpec
-from loom.transforms.archives import ArchiveLimits, Sample, archive_kind, build_sample, iter_samples
+from loom.transforms.archives import (
+    ArchiveLimits,
+    Sample,
+    archive_kind,
+    build_sample,
+    inflate,
+    iter_samples,
+)
 from loom.transforms.audio import decode_audio
 from loom.transforms.image import decode_image
 from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.neardup import signature
 from loom.transforms.pdf import decode_pdf
+from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
 from loom.transforms.remote import RemoteConfig
-from loom.transforms.sniff import DecodeError, sniff
+from loom.transforms.sniff import COMPRESSED, DecodeError, looks_like_text, sniff
 from loom.transforms.stage import BaseStage
-from loom.transforms.text import decode_text
+from loom.transforms.text import decode_text, text_bytes_needed
 from loom.transforms.tokenizer import TextTokenizer
-from loom.transforms.video import decode_video
+from loom.transforms.video import decode_av
 
 MiB = 1 << 20
+_PACKED = frozenset(mime for _, mime in COMPRESSED)
 
 
 def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
@@ -63,13 +73,38 @@ def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
         raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"not a regular file: a {kind}")
 
 
-def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = ()) -> dict:
+def file_size(uri: str) -> int | None:
+    """The stored size from the file system's metadata (no read), None when unknown."""
+    try:
+        if not storage.is_remote(uri):
+            return os.stat(storage.absolute(uri)).st_size
+        fs, path = storage.resolve(uri)
+        return fs.get_file_info(path).size
+    except (OSError, ValueError):
+        return None
+
+
+_TOO_LARGE = "too_large:"
+
+
+def too_large_id(uri: str) -> str:
+    """The stand-in id of a file over the size cap: never hashed, never a duplicate."""
+    return f"{_TOO_LARGE}{hashlib.sha256(uri.encode()).hexdigest()}"
+
+
+def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = (),
+              max_bytes: int | None = None) -> dict:
     """{uri, size, id}: id is the sha256 hex of the file's bytes.
 
     with_modality adds the sniffed modality, from the first bytes read (one streamed read).
-    Raises DecodeError for what `confine_listed` refuses, before opening it.
+    A file over `max_bytes` is not read at all: its size is enough to reject it, so
+    its id is `too_large_id(uri)`. Raises DecodeError for what `confine_listed`
+    refuses, before opening it.
     """
     confine_listed(uri, roots)
+    if max_bytes is not None and (size := file_size(uri)) is not None and size > max_bytes:
+        return {"uri": uri, "size": size, "id": too_large_id(uri)} | (
+            {"modality": None} if with_modality else {})
     h, size, head = hashlib.sha256(), 0, b""
     for chunk in storage.iter_chunks(uri):  # streamed: a huge file is never held whole
         if len(head) < 4096:
@@ -286,11 +321,19 @@ class _FileIngestor:
                  mime: str | None, size: int, metadata: dict) -> dict:
         return {"id": ex_id, "modality": modality, "parts": self._tokenize(parts),
                 "source_uris": uris, "mime": mime, "size_bytes": size,
-                "metadata": json.dumps(metadata, sort_keys=True)}
+                "metadata": json.dumps(metadata, sort_keys=True),
+                # its own group until the driver joins near-duplicates across files
+                "near_dup_group": ex_id, "near_dup_sig": signature(modality, parts, part_frames)}
 
     def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
         spec, limit = self.config.spec, self.config.max_file_bytes
         confine_listed(uri, self.config.allowed_roots)
+        # Rejected unread: the hash pass marked it from its size, or (local: a cheap stat)
+        # it is over the cap now; a gs:// object is not asked again (one request a file).
+        size = None if storage.is_remote(uri) else file_size(uri)
+        if file_id.startswith(_TOO_LARGE) or (size is not None and size > limit):
+            raise DecodeError(Reason.TOO_LARGE, f"file of {size or 'more than ' + str(limit)} "
+                                                f"bytes is larger than {limit}")
         try:
             data = storage.read_bytes(uri, limit=limit + 1)
         except Exception as e:  # noqa: BLE001
@@ -307,6 +350,8 @@ class _FileIngestor:
             return self._archive(uri, data, kind)
         modality, mime = sniff(data, uri)
         meta: dict = {}
+        if modality is None and mime in _PACKED:
+            modality, mime, data, meta = self._inflate(data, mime)
         if modality == Modality.IMAGE:
             parts = [decode_image(data, spec)]
             mime = parts[0]["mime"] or mime
@@ -317,8 +362,8 @@ class _FileIngestor:
         elif modality == Modality.AUDIO:
             part, meta = decode_audio(data, spec, mime)
             parts = [part]
-        elif modality == Modality.VIDEO:
-            parts, meta = decode_video(data, spec, self.config.video_mode)
+        elif modality == Modality.VIDEO:  # a container with sound alone: an audio Example
+            modality, parts, meta = decode_av(data, spec, self.config.video_mode, mime)
         elif modality == Modality.PAGE:
             return self._pdf(uri, file_id, data, mime), [], {}
         else:
@@ -326,6 +371,19 @@ class _FileIngestor:
         for part in parts:
             part.update(source_uri=uri, mime=part.get("mime") or mime)
         return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], [], {}
+
+    def _inflate(self, data: bytes, packed: str) -> tuple[Modality, str, bytes, dict]:
+        """A gzip/xz/zstd/bzip2 file that is compressed text: (text, mime, the inflated
+        head, metadata). Only what decode_text can use is inflated, under the archive
+        caps; anything else compressed is `unsupported_format`."""
+        want = text_bytes_needed(self.config.spec) + 1
+        plain = inflate(data, self.config.archive, want)
+        if not plain:
+            raise DecodeError(Reason.EMPTY, f"{packed} stream with nothing inside")
+        if archive_kind(plain) or not looks_like_text(plain):
+            raise DecodeError(Reason.UNSUPPORTED_FORMAT,
+                              f"{packed} stream of something other than text")
+        return Modality.TEXT, "text/plain", plain, {"compression": packed}
 
     def _pdf(self, uri: str, file_id: str, data: bytes, mime: str | None) -> list[dict]:
         pages, total = decode_pdf(data, self.config.spec, file_id)
@@ -348,7 +406,7 @@ class _FileIngestor:
             "text": text,
             "image": decode_image,
             "audio": lambda b, spec: decode_audio(b, spec)[0],
-            "video": lambda b, spec: decode_video(b, spec, self.config.video_mode)[0],
+            "video": lambda b, spec: decode_av(b, spec, self.config.video_mode)[1],
             "pdf": lambda b, spec: [p for page in decode_pdf(b, spec, "ref")[0]
                                     for p in page["parts"]],
         }

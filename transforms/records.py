@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -233,6 +234,24 @@ def resolve_reference(ref: str, manifest_uri: str, allowed_roots: list[str],
     return _resolve_local(ref, manifest_uri, roots)
 
 
+def _require_regular(uri: str, label: str) -> None:
+    """A local reference is read only if it is a regular file: opening a fifo blocks the
+    reader until the decode timeout, a device or a socket is no file at all. Checked on
+    the resolved path, before any open, as listed files are."""
+    if storage.is_remote(uri):
+        return
+    try:
+        mode = os.stat(_local_path(uri)).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise DecodeError(Reason.UNREADABLE, f"{label}: {e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("folder" if stat.S_ISDIR(mode) else "fifo" if stat.S_ISFIFO(mode)
+                else "socket" if stat.S_ISSOCK(mode) else "device")
+        raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"{label}: not a regular file: a {kind}")
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -293,6 +312,7 @@ def build_interleaved(record: dict, manifest_uri: str, allowed_roots: list[str],
             if data is None:
                 if not storage.exists(uri):
                     raise FileNotFoundError(uri)
+                _require_regular(uri, f"{label}: {kind} {value!r}")
                 data = storage.read_bytes(uri)
         except FileNotFoundError:
             raise DecodeError(Reason.MISSING_REFERENCE,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -27,7 +28,7 @@ from PIL import Image, ImageOps
 
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec
-from loom.transforms.audio import audio_part_from_samples, decode_track
+from loom.transforms.audio import audio_part_from_samples, decode_audio, decode_track
 from loom.transforms.av_safety import open_container, reason_for
 from loom.transforms.image import frames_payload
 from loom.transforms.sniff import DecodeError, sniff
@@ -52,6 +53,28 @@ def fit_frame(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC))
 
 
+_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
+          3: Image.Transpose.ROTATE_270}
+
+
+def quarter_turns(rotation: float | None) -> int:
+    """Counter-clockwise quarter turns (0-3) for a display-matrix rotation in degrees."""
+    return int(round((rotation or 0.0) / 90.0)) % 4
+
+
+def display_image(frame, sar: Fraction | None) -> Image.Image:
+    """A decoded frame as it is meant to be seen: the sample aspect ratio stretched out
+    (anamorphic video is stored squeezed), then the display matrix's rotation applied
+    (phone video is stored sideways), both before any resize or crop."""
+    img = frame.to_image()
+    if sar and sar > 0 and sar != 1:
+        w, h = img.size
+        size = (max(1, round(w * sar)), h) if sar > 1 else (w, max(1, round(h / sar)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    turns = quarter_turns(frame.rotation)
+    return img.transpose(_TURNS[turns]) if turns else img
+
+
 def _video_stream(container):
     for s in container.streams.video:
         if not (s.disposition & av.stream.Disposition.attached_pic):  # not cover art
@@ -62,8 +85,8 @@ def _video_stream(container):
 class _Sampler:
     """Nearest-frame selection for sorted targets, fed frames in presentation order."""
 
-    def __init__(self, targets: list[float], size: int):
-        self.targets, self.size = targets, size
+    def __init__(self, targets: list[float], size: int, sar: Fraction | None = None):
+        self.targets, self.size, self.sar = targets, size, sar
         self.j = 0
         self.out: list[np.ndarray | None] = [None] * len(targets)
         self.times: list[float | None] = [None] * len(targets)
@@ -80,7 +103,7 @@ class _Sampler:
 
     def _take(self, t: float, frame) -> None:
         if self._cache[0] is not frame:
-            self._cache = (frame, fit_frame(frame.to_image(), self.size))
+            self._cache = (frame, fit_frame(display_image(frame, self.sar), self.size))
         self.out[self.j], self.times[self.j] = self._cache[1], t
         self.j += 1
 
@@ -192,10 +215,10 @@ class _Decoder:
 
 def _sample_frames(data: bytes, targets: list[float], keys: list[float], key_pts: list[int],
                    start: int, mode: str, size: int, tolerance: float) -> _Sampler:
-    sampler = _Sampler(targets, size)
     container = open_container(data)
     try:
         vs = _video_stream(container)
+        sampler = _Sampler(targets, size, vs.sample_aspect_ratio)
         dec = _Decoder(container, vs, start, keyframes_only=(mode == "keyframes"))
         if mode != "smart" or len(keys) < 2:
             for t, frame in dec.frames():
@@ -306,3 +329,18 @@ def decode_video(data: bytes, spec: PreprocessingSpec,
     if audio_meta is not None:
         meta["audio"] = audio_meta
     return parts, meta
+
+
+def decode_av(data: bytes, spec: PreprocessingSpec, mode: str = "smart",
+              mime: str | None = None) -> tuple[Modality, list[dict], dict]:
+    """(modality, parts, metadata) of a file in a video container: a video Example, or,
+    when the container holds no video stream (sound alone in .mp4/.mkv/.avi/.webm, or
+    only cover art), an audio Example from the same bytes."""
+    try:
+        parts, meta = decode_video(data, spec, mode)
+        return Modality.VIDEO, parts, meta
+    except DecodeError as e:
+        if e.reason != Reason.NO_VIDEO_STREAM:
+            raise
+    part, meta = decode_audio(data, spec, mime)
+    return Modality.AUDIO, [part], meta

@@ -219,3 +219,63 @@ def test_lab_converted_to_rgb():
     grey = Image.new("LAB", (40, 40), (round(50 * 255 / 100), 128, 128))
     r, g, b = center(decode_image(encode(grey, "TIFF"), SPEC))
     assert max(r, g, b) - min(r, g, b) <= 3 and 110 <= r <= 130
+
+
+def _png(width: int, height: int, depth: int, colour: int, rows: list[bytes],
+         trns: bytes) -> bytes:
+    """A PNG written chunk by chunk: Pillow cannot save 16-bit RGB nor every tRNS."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    raw = b"".join(b"\x00" + r for r in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tRNS", trns)
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _halves(part: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    px = pixels(part)
+    return tuple(int(v) for v in px[4, 24]), tuple(int(v) for v in px[44, 24])
+
+
+def test_16_bit_grey_trns_composited_on_white():
+    """Top half = the tRNS key (transparent: white), bottom half 0 (opaque black)."""
+    import struct
+    rows = [struct.pack(">40H", *[1000] * 40) for _ in range(20)]
+    rows += [struct.pack(">40H", *[0] * 40) for _ in range(20)]
+    top, bottom = _halves(decode_image(_png(40, 40, 16, 0, rows, struct.pack(">H", 1000)),
+                                       SPEC))
+    assert top == (255, 255, 255) and bottom == (0, 0, 0)
+
+
+def test_16_bit_rgb_trns_composited_on_white():
+    import struct
+    key = (0x1234, 0x5678, 0x9ABC)
+    rows = [struct.pack(">120H", *key * 40) for _ in range(20)]
+    rows += [struct.pack(">120H", *(0x9000, 0x1000, 0x1000) * 40) for _ in range(20)]
+    top, bottom = _halves(decode_image(_png(40, 40, 16, 2, rows, struct.pack(">3H", *key)),
+                                       SPEC))
+    assert top == (255, 255, 255) and bottom == (0x90, 0x10, 0x10)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+def test_low_bit_grey_trns_composited_on_white(depth):
+    per_byte = 8 // depth
+    top = 0  # the key: value 0 (black) is transparent
+    rows = [bytes([top] * (40 // per_byte)) for _ in range(20)]
+    rows += [bytes([0xFF] * (40 // per_byte)) for _ in range(20)]  # all ones: white
+    import struct
+    part = decode_image(_png(40, 40, depth, 0, rows, struct.pack(">H", 0)), SPEC)
+    assert _halves(part) == ((255, 255, 255), (255, 255, 255))
+
+
+def test_8_bit_rgb_trns_composited_on_white():
+    import struct
+    rows = [bytes((10, 20, 30) * 40) for _ in range(20)] + [bytes((200, 0, 0) * 40)] * 20
+    top, bottom = _halves(decode_image(_png(40, 40, 8, 2, rows, struct.pack(">3H", 10, 20, 30)),
+                                       SPEC))
+    assert top == (255, 255, 255) and bottom == (200, 0, 0)

@@ -1,0 +1,96 @@
+"""Near-duplicate signatures and groups (transforms/neardup.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.image import decode_image
+from loom.transforms.neardup import MAX_HAMMING, minhash, near_dup_groups, phash, signature
+from loom.transforms.pixels import part_frames
+
+SPEC = PreprocessingSpec(image_size=64)
+
+
+def _scene(seed: int) -> Image.Image:
+    r = np.random.default_rng(seed)
+    img = Image.fromarray((r.random((15, 20, 3)) * 255).astype(np.uint8)).resize(
+        (320, 240), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y, s = (int(v) for v in r.integers(0, 240, 3))
+        draw.ellipse([x, y, x + s // 3, y + s // 3], fill=tuple(int(v) for v in r.integers(0, 255, 3)))
+    return img
+
+
+def _sig(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    part = decode_image(buf.getvalue(), SPEC)
+    return signature("image", [part], part_frames)
+
+
+def _bits(a: bytes, b: bytes) -> int:
+    return bin(int.from_bytes(a[1:], "big") ^ int.from_bytes(b[1:], "big")).count("1")
+
+
+def test_phash_survives_resize_and_recompression_not_other_images():
+    same, other = [], []
+    for seed in range(12):
+        img = _scene(seed)
+        base = _sig(img)
+        same += [_bits(base, _sig(img, "JPEG", quality=40)),
+                 _bits(base, _sig(img.resize((160, 120)), "JPEG", quality=75)),
+                 _bits(base, _sig(img.resize((640, 480)), "WEBP", quality=50))]
+        other.append(_bits(base, _sig(_scene(seed + 100))))
+    assert max(same) <= MAX_HAMMING < min(other)
+
+
+def test_phash_is_deterministic():
+    rgb = np.asarray(_scene(3))
+    assert phash(rgb) == phash(rgb.copy())
+
+
+def test_minhash_near_copy_and_unrelated():
+    text = "The quick brown fox jumps over the lazy dog near the riverbank at dawn. " * 3
+    a, b = minhash(text), minhash(text.replace("lazy", "sleepy").upper())
+    c = minhash("Quarterly revenue tables for the northern region, by month and by product.")
+    assert float(np.mean(a == b)) >= 0.8 and float(np.mean(a == c)) < 0.1
+    assert minhash("abc") is None
+
+
+def test_groups_join_near_copies_and_name_them_by_smallest_id():
+    lake, other = _scene(1), _scene(2)
+    text = ("A wooden boat rests on the shore of a quiet lake while two herons stand in the "
+            "shallow water near the reeds at sunrise, and mist lifts slowly off the hills.")
+    rows = [
+        ("e", _sig(lake)), ("b", _sig(lake.resize((160, 120)), "JPEG", quality=70)),
+        ("c", _sig(other)), ("d", None),
+        ("f", signature("text", [{"text": text}], None)),
+        ("a", signature("text", [{"text": text.replace("two", "three")}], None)),
+        ("g", signature("text", [{"text": "Completely unrelated words about tax forms."}], None)),
+    ]
+    groups = near_dup_groups(rows)
+    assert groups == {"e": "b", "b": "b", "c": "c", "d": "d", "f": "a", "a": "a", "g": "g"}
+
+
+def test_chains_are_one_group():
+    base = 0x0F0F_0F0F_0F0F_0F0F
+    step = [base, base ^ 0b111111, base ^ 0b111111_111111]  # a~b, b~c, a and c 12 bits apart
+    rows = [(k, b"I" + h.to_bytes(8, "big")) for k, h in zip("xyz", step, strict=True)]
+    assert set(near_dup_groups(rows).values()) == {"x"}
+
+
+def test_video_signature_needs_every_frame_close():
+    frames = np.stack([np.asarray(_scene(s).resize((64, 64))) for s in range(4)])
+    part = {"pixels": b"x"}
+    sig = signature("video", [part], lambda p: frames)
+    changed = frames.copy()
+    changed[3] = np.asarray(_scene(99).resize((64, 64)))
+    sig2 = signature("video", [part], lambda p: changed)
+    assert len(sig) == 1 + 8 * 4
+    assert near_dup_groups([("a", sig), ("b", sig)]) == {"a": "a", "b": "a"}
+    assert near_dup_groups([("a", sig), ("b", sig2)]) == {"a": "a", "b": "b"}
