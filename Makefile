@@ -23,6 +23,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
 

@@ -1,18 +1,25 @@
-"""`loom demo`: the whole chain on a generated corpus, in one process and one Ray session."""
+"""`loom demo`: the whole chain on a generated corpus, in one process and one Ray session.
+
+The chain is a job spec built in code (`demo_spec`), run by the same runner as `loom run`.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from loom.jobs.corpus import World, generate_corpus
 from loom.jobs.report import write_report
-from loom.pipelines.runner import Engine
+from loom.pipelines.engine import Engine
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.spec import PreprocessingSpec
+
+if TYPE_CHECKING:
+    from loom.jobs.spec import JobSpec
 
 DONE = "_corpus_done.json"
 
@@ -20,15 +27,15 @@ DONE = "_corpus_done.json"
 class DemoConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    images: int = 600
-    texts: int = 600
-    seed: int = 0
+    images: int = Field(600, ge=1)
+    texts: int = Field(600, ge=1)
+    seed: int = Field(0, ge=0)
     world: World = "simple"  # "rich": two-object scenes in near-miss families (issue 6)
     engine: Engine = Engine.BEAM
-    pft_epochs: int = 8
-    ft_epochs: int = 3
-    batch_size: int = 64
-    rows_per_shard: int = 512
+    pft_epochs: int = Field(8, ge=1)
+    ft_epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    rows_per_shard: int = Field(512, ge=1)
 
 
 def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "simple") -> dict:
@@ -52,48 +59,50 @@ def make_corpus(root: str, images: int, texts: int, seed: int, world: World = "s
             "counts": counts}
 
 
+def demo_spec(workdir: str, cfg: DemoConfig) -> JobSpec:
+    """The demo chain as a job spec: corpus -> ingest -> synth -> shard -> pft -> mine ->
+    shard -> ft -> eval, each writing where `loom demo` always wrote (so versions carry over)."""
+    from loom.jobs.spec import JobSpec
+
+    w = storage.absolute(workdir)
+
+    def step(stage: str, step_id: str, out: str, **fields) -> dict:
+        return {"stage": stage, "id": step_id, "output": storage.join(w, out), **fields}
+
+    train = {"batch_size": cfg.batch_size, "seed": cfg.seed}
+    shard = {"rows_per_shard": cfg.rows_per_shard, "seed": cfg.seed}
+    stages = [
+        step("corpus", "corpus", "corpus", images=cfg.images, texts=cfg.texts, seed=cfg.seed,
+             world=cfg.world),
+        step("ingest", "ingest", "examples", input="${corpus}"),
+        step("synth", "synth", "pairs", examples="${ingest}"),
+        step("shard", "shard_pft", "shards", input="${synth}", **shard),
+        step("train", "train_pft", "checkpoints", shards="${shard_pft}", train_stage="pft",
+             config={"epochs": cfg.pft_epochs, **train}),
+        step("mine", "mine", "triples", pairs="${synth}", checkpoint="${train_pft}"),
+        step("shard", "shard_ft", "shards", input="${mine}", **shard),
+        step("train", "train_ft", "checkpoints", shards="${shard_ft}", train_stage="ft",
+             init="${train_pft}", config={"epochs": cfg.ft_epochs, "lr": 5e-4,
+                                          "warmup_steps": 5, **train}),
+        step("eval", "eval", "eval", pairs="${synth}", checkpoint="${train_ft}",
+             ground_truth="${corpus}", seed=cfg.seed),
+    ]
+    return JobSpec(name="demo", workdir=w, engine=cfg.engine, stages=stages)
+
+
 def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
-    from loom.pipelines.evaluate import run_eval
-    from loom.pipelines.ingest import run_ingest
-    from loom.pipelines.mine import run_mine
-    from loom.pipelines.shard import run_shard
-    from loom.pipelines.synth import run_synth
-    from loom.pipelines.train import TrainConfig, TrainStage, run_train
+    """`demo_spec` run like `loom run`, plus its report as a last step."""
+    from loom.jobs.run import eval_of, run_steps
 
-    def step(name: str, fn, *args, **kwargs) -> dict:
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        out["wall_s"] = round(time.perf_counter() - start, 1)
-        stages[name] = out
-        log(f"[loom demo] {name:<10} {'reused' if out.get('reused') else 'done':<7} "
-            f"{out['wall_s']:>6.1f}s  {out.get('version')}")
-        return out
-
-    stages: dict[str, dict] = {}
-    workdir = storage.absolute(workdir)
-    root = lambda name: storage.join(workdir, name)  # noqa: E731
-    corpus = step("corpus", make_corpus, root("corpus"), cfg.images, cfg.texts, cfg.seed,
-                  cfg.world)
-    spec = PreprocessingSpec()
-    ingest = step("ingest", run_ingest, corpus["datasets"]["media"], root("examples"), spec,
-                  cfg.engine)
-    synth = step("synth", run_synth, ingest["uri"], root("pairs"), engine=cfg.engine)
-    shard_pft = step("shard_pft", run_shard, synth["uri"], root("shards"), cfg.rows_per_shard,
-                     cfg.seed, cfg.engine)
-    ckpts = root("checkpoints")
-    pft_cfg = TrainConfig(epochs=cfg.pft_epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    pft = step("train_pft", run_train, shard_pft["uri"], ckpts, TrainStage.PFT, pft_cfg)
-    mine = step("mine", run_mine, synth["uri"], root("triples"), pft["checkpoint"], ckpts)
-    shard_ft = step("shard_ft", run_shard, mine["uri"], root("shards"), cfg.rows_per_shard,
-                    cfg.seed, cfg.engine)
-    ft_cfg = TrainConfig(epochs=cfg.ft_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                         lr=5e-4, warmup_steps=5)
-    ft = step("train_ft", run_train, shard_ft["uri"], ckpts, TrainStage.FT, ft_cfg,
-              init=pft["checkpoint"])
-    ev = step("eval", run_eval, synth["uri"], ft["checkpoint"], ckpts, root("eval"),
-              corpus["datasets"]["ground_truth"], cfg.seed)
-    eval_table = ev.get("eval", {})
-    report = step("report", write_report, root("reports"), dict(stages), eval_table)
+    spec = demo_spec(workdir, cfg)
+    stages = run_steps(spec, log, prefix="loom demo")
+    eval_table = eval_of(spec, stages) or {}
+    start = time.perf_counter()
+    report = write_report(storage.join(spec.workdir, "reports"), dict(stages), eval_table)
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    stages["report"] = report
+    log(f"[loom demo] report       {'reused' if report['reused'] else 'done':<7} "
+        f"{report['wall_s']:>6.1f}s  {report['version']}")
     return {
         "stage": "demo",
         "report": report["report"],
@@ -101,5 +110,5 @@ def run_demo(workdir: str, cfg: DemoConfig, log=print) -> dict:
         "eval": eval_table,
         "reused": [n for n, s in stages.items() if s.get("reused")],
         "stages": stages,
-        "checkpoint": ft["checkpoint"],
+        "checkpoint": stages["train_ft"]["checkpoint"],
     }

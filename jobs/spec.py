@@ -1,5 +1,8 @@
 """Typed job specs: a YAML list of stages, each naming its inputs literally or by `${step id}`.
 
+The step types are the registered stages (`jobs/registry.py`): a step is `stage: <name>`,
+an `id`, an optional `output`, and that stage's config fields.
+
 A spec is data only: it is read with `yaml.safe_load` (no Python tags), validated by pydantic
 (frozen models, unknown fields rejected), and its references are checked before anything
 runs. Every error is a `SpecError` whose message names the field path and the YAML line:
@@ -10,19 +13,24 @@ runs. Every error is a `SpecError` whose message names the field path and the YA
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
-from loom.pipelines.runner import Engine
-from loom.pipelines.train import TrainConfig, TrainStage
+from loom.jobs import registry
+from loom.jobs.registry import ref_target
+from loom.pipelines.engine import BeamOptions, Engine, EngineOptions
 from loom.schemas import storage
-from loom.synth.client import LLMConfig
-from loom.transforms.mining import MiningConfig
 
-REF = re.compile(r"^\$\{([A-Za-z0-9][A-Za-z0-9_-]*)\}$")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # also a folder name under workdir
 
 
@@ -35,100 +43,36 @@ class SpecError(ValueError):
         super().__init__(f"{where}{message}" + (f" (line {line})" if line else ""))
 
 
-def ref_target(value: str | None) -> str | None:
-    """The step id a `${id}` value names, or None for a literal."""
-    if value is None:
-        return None
-    m = REF.match(value)
-    return m.group(1) if m else None
-
-
 class _Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(pattern=ID_PATTERN)
-    output: str | None = None  # default: <workdir>/<id>
+    output: registry.Uri | None = None  # default: <workdir>/<id>
 
     def output_root(self, workdir: str) -> str:
         return storage.absolute(self.output) if self.output else storage.join(
             storage.absolute(workdir), self.id)
 
 
-class IngestStep(_Step):
-    stage: Literal["ingest"]
-    input: str
-    image_size: int = Field(48, ge=8, le=1024)
+def _step_model(defn: registry.StageDef) -> type[_Step]:
+    """A spec step type: `stage: <name>`, `id`, `output`, then the stage's config fields."""
+    name = "".join(p.title() for p in defn.name.split("_")) + "Step"
+    return create_model(name, __base__=(_Step, defn.config),
+                        stage=(Literal[defn.name], ...))  # type: ignore[valid-type]
 
 
-class SynthStep(_Step):
-    stage: Literal["synth"]
-    examples: str
-    llm: LLMConfig = LLMConfig()
-    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-
-
-class ShardStep(_Step):
-    stage: Literal["shard"]
-    input: str
-    rows_per_shard: int = Field(512, ge=1)
-    target_mb: float | None = Field(None, gt=0)
-    weights: dict[str, float] = {}
-    seed: int = 0
-
-
-class TrainStep(_Step):
-    stage: Literal["train"]
-    shards: str
-    train_stage: TrainStage
-    init: str | None = None  # `${train step}` or a literal checkpoint id
-    init_root: str | None = None  # for a literal `init` (default: this step's output)
-    config: TrainConfig = TrainConfig()
-    workers: int = Field(1, ge=1)
-
-
-class MineStep(_Step):
-    stage: Literal["mine"]
-    pairs: str
-    checkpoint: str  # `${train step}` or a literal checkpoint id (+ checkpoint_root)
-    checkpoint_root: str | None = None
-    config: MiningConfig = MiningConfig()
-
-
-class EvalStep(_Step):
-    stage: Literal["eval"]
-    pairs: str
-    checkpoint: str
-    checkpoint_root: str | None = None
-    ground_truth: str | None = None
-    seed: int = 0
-    max_queries: int = Field(2000, ge=1)
-
-
-Stage = Annotated[Union[IngestStep, SynthStep, ShardStep, TrainStep, MineStep, EvalStep],
-                  Field(discriminator="stage")]
-STAGE_KINDS = ("ingest", "synth", "shard", "train", "mine", "eval")
-
-# (stage kind, field) -> the step kinds a `${ref}` there may name.
-REF_KINDS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("synth", "examples"): ("ingest",),
-    ("shard", "input"): ("synth", "mine"),
-    ("train", "shards"): ("shard",),
-    ("train", "init"): ("train",),
-    ("mine", "pairs"): ("synth",),
-    ("mine", "checkpoint"): ("train",),
-    ("eval", "pairs"): ("synth",),
-    ("eval", "checkpoint"): ("train",),
-}
-# Literal checkpoints need their root; a `${train}` reference carries it.
-ROOT_OF = {("mine", "checkpoint"): "checkpoint_root", ("eval", "checkpoint"): "checkpoint_root",
-           ("train", "init"): "init_root"}
+STEPS: dict[str, type[_Step]] = {n: _step_model(d) for n, d in registry.load().items()}
+STAGE_KINDS = tuple(STEPS)
+Stage = Annotated[Union[tuple(STEPS.values())], Field(discriminator="stage")]  # noqa: UP007
+IngestStep, SynthStep, ShardStep, TrainStep, MineStep, EvalStep = (
+    STEPS[k] for k in ("ingest", "synth", "shard", "train", "mine", "eval"))
 
 
 class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=ID_PATTERN)
-    workdir: str
+    workdir: registry.Uri
     engine: Engine = Engine.BEAM
     # Beam pipeline options for every Beam stage (Dataflow: runner, project, region,
     # temp_location, sdk_container_image, ...); DirectRunner flags when none given.
@@ -147,6 +91,10 @@ class JobSpec(BaseModel):
     def step(self, step_id: str) -> _Step:
         return next(s for s in self.stages if s.id == step_id)
 
+    def engine_options(self) -> EngineOptions:
+        """The engine and its settings, passed down to every stage this spec runs."""
+        return EngineOptions(kind=self.engine, beam=BeamOptions(options=self.beam_options))
+
 
 def reference_errors(spec: JobSpec) -> list[tuple[tuple, str]]:
     """(loc, message) per bad id or reference, in spec order."""
@@ -155,34 +103,37 @@ def reference_errors(spec: JobSpec) -> list[tuple[tuple, str]]:
     for i, step in enumerate(spec.stages):
         if step.id in seen:
             problems.append((("stages", i, "id"), f"duplicate step id {step.id!r}"))
-        for (kind, field), allowed in REF_KINDS.items():
-            if kind != step.stage:
-                continue
-            value = getattr(step, field)
-            target = ref_target(value)
-            if value is not None and target is None and "${" in value:
-                problems.append((("stages", i, field),
-                                 f"{value!r}: a reference is the whole value, `${{step id}}`"))
-            elif target is not None:
-                if target not in seen:
-                    later = any(s.id == target for s in spec.stages[i:])
-                    problems.append((("stages", i, field),
-                                     f"${{{target}}} names " + ("a later step: a reference names "
-                                     "an earlier step" if later else "no step")))
-                elif seen[target] not in allowed:
-                    problems.append((("stages", i, field),
-                                     f"${{{target}}} is a {seen[target]} step; expected "
-                                     + " or ".join(allowed)))
-            root_field = ROOT_OF.get((kind, field))
-            if root_field and getattr(step, root_field) is not None and target is not None:
-                problems.append((("stages", i, root_field),
-                                 f"only for a literal {field}: ${{{target}}} names its own root"))
-            elif (root_field == "checkpoint_root" and value is not None and target is None
-                  and getattr(step, root_field) is None):
-                problems.append((("stages", i, root_field),
-                                 f"a literal {field} needs checkpoint_root"))
+        for field, ref in registry.get(step.stage).refs.items():
+            problems += [(("stages", i, *loc), msg) for loc, msg in
+                         _field_errors(spec, i, step, field, ref, seen)]
         seen.setdefault(step.id, step.stage)
     return problems
+
+
+def _field_errors(spec: JobSpec, i: int, step: _Step, field: str, ref: registry.Ref,
+                  seen: dict[str, str]) -> list[tuple[tuple, str]]:
+    value = getattr(step, field)
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    out: list[tuple[tuple, str]] = []
+    allowed = tuple(ref.kinds)
+    targets = [ref_target(v) for v in values]
+    for v, target in zip(values, targets, strict=True):
+        if isinstance(v, str) and target is None and "${" in v:
+            out.append(((field,), f"{v!r}: a reference is the whole value, `${{step id}}`"))
+        elif target is not None and target not in seen:
+            later = any(s.id == target for s in spec.stages[i:])
+            out.append(((field,), f"${{{target}}} names " + (
+                "a later step: a reference names an earlier step" if later else "no step")))
+        elif target is not None and seen[target] not in allowed:
+            out.append(((field,), f"${{{target}}} is a {seen[target]} step; expected "
+                        + " or ".join(allowed)))
+    if ref.root and ref.root in step.model_fields_set and any(targets):
+        out.append(((ref.root,), f"only for a literal {field}: "
+                                 f"${{{next(t for t in targets if t)}}} names its own root"))
+    elif (ref.literal_needs_root and ref.root not in step.model_fields_set
+          and any(v is not None and t is None for v, t in zip(values, targets, strict=True))):
+        out.append(((ref.root,), f"a literal {field} needs {ref.root}"))
+    return out
 
 
 def format_loc(loc: tuple) -> str:

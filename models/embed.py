@@ -15,8 +15,8 @@ def collate_groups(items: list[dict], cfg) -> list[Group]:
     """Items split by layout (which of text, pixels, audio they have), each group collated.
 
     Encoding per layout halves the work of a mixed batch compared with padding every row
-    to the longest. This is the CPU half of a forward pass: the trainer runs it in Ray
-    Data's prefetch threads (iter_torch_batches' collate_fn), off the training thread.
+    to the longest. This is the CPU half of a forward pass: the trainer runs it in its
+    data prefetch thread (pipelines/train_data.iter_batches), off the training thread.
     """
     groups: dict[tuple[bool, bool, bool], list[int]] = {}
     for i, it in enumerate(items):

@@ -57,6 +57,10 @@ class EncoderConfig(BaseModel):
 
 
 class MultimodalEncoder(nn.Module):
+    # Recompute each layer's activations in backward instead of keeping them (a training
+    # option, not part of the architecture: set by the trainer, never saved).
+    grad_checkpointing: bool = False
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
@@ -105,11 +109,20 @@ class MultimodalEncoder(nn.Module):
         if empty.any():
             mask = mask.clone()
             mask[empty, 0] = True
-        x = self.transformer(x, src_key_padding_mask=~mask)
+        x = self._trunk(x, ~mask)
         x = self.norm(x)
         m = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.proj(pooled)
+
+    def _trunk(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.transformer(x, src_key_padding_mask=padding)
+        from torch.utils.checkpoint import checkpoint
+
+        for layer in self.transformer.layers:
+            x = checkpoint(layer, x, src_key_padding_mask=padding, use_reentrant=False)
+        return x
 
 
 def matryoshka(emb: torch.Tensor, dim: int) -> torch.Tensor:

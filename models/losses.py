@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 
+from loom.models.distributed import global_docs
 from loom.models.encoder import matryoshka
 
 
 def info_nce(q: torch.Tensor, docs: torch.Tensor, same: torch.Tensor,
-             temperature: torch.Tensor | float) -> torch.Tensor:
-    """q [B,D] and docs [N,D] normalized; docs[i] is query i's positive (i < B).
+             temperature: torch.Tensor | float,
+             target: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B,D] and docs [N,D] normalized; docs[target[i]] is query i's positive
+    (by default docs[i]).
 
     `same` [B,N] is True where doc j holds the same asset as query i's positive
     (duplicate positives in a batch, or a negative equal to the positive): those
@@ -18,30 +23,51 @@ def info_nce(q: torch.Tensor, docs: torch.Tensor, same: torch.Tensor,
     """
     logits = q @ docs.T / temperature
     b = q.shape[0]
-    target = torch.arange(b, device=q.device)
+    if target is None:
+        target = torch.arange(b, device=q.device)
     mask = same.clone()
-    mask[target, target] = False
+    target = target.to(q.device)
+    mask[torch.arange(b, device=q.device), target] = False
     logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, target)
 
 
 def matryoshka_info_nce(q_emb: torch.Tensor, d_emb: torch.Tensor, same: torch.Tensor,
                         temperature: torch.Tensor | float,
-                        dims: tuple[int, ...]) -> dict[str, torch.Tensor]:
+                        dims: tuple[int, ...],
+                        target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One InfoNCE term per nested size; the total is their mean."""
     terms = {
-        f"loss_{d}": info_nce(matryoshka(q_emb, d), matryoshka(d_emb, d), same, temperature)
+        f"loss_{d}": info_nce(matryoshka(q_emb, d), matryoshka(d_emb, d), same, temperature,
+                              target)
         for d in dims
     }
     terms["loss"] = torch.stack(list(terms.values())).mean()
     return terms
 
 
+def contrastive_terms(q_emb: torch.Tensor, d_emb: torch.Tensor, pos_keys: torch.Tensor,
+                      doc_keys: torch.Tensor, temperature: torch.Tensor | float,
+                      dims: tuple[int, ...], gather: bool) -> dict[str, torch.Tensor]:
+    """The Matryoshka InfoNCE of this rank's queries against this rank's docs or, with
+    `gather`, every rank's docs (cross-worker negatives; see models/distributed.py).
+
+    Each rank's loss is the mean over its own queries; DDP's gradient average makes the
+    step equal to one process's on the concatenated batch.
+    """
+    docs = global_docs(d_emb, doc_keys.to(d_emb.device), q_emb.shape[0], gather)
+    same = pos_keys.to(d_emb.device).unsqueeze(1) == docs.keys.unsqueeze(0)
+    return matryoshka_info_nce(q_emb, docs.emb, same, temperature, dims, docs.target)
+
+
+def asset_keys(ids: list[str]) -> torch.Tensor:
+    """A stable int64 per asset id (blake2b), so masks can be built after a tensor gather."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(),
+                                        "little", signed=True) for i in ids], dtype=torch.long)
+
+
 def same_asset_mask(query_positive_ids: list[str], doc_ids: list[str]) -> torch.Tensor:
-    index: dict[str, int] = {}
-    pos = torch.tensor([index.setdefault(i, len(index)) for i in query_positive_ids])
-    docs = torch.tensor([index.setdefault(i, len(index)) for i in doc_ids])
-    return pos.unsqueeze(1) == docs.unsqueeze(0)
+    return asset_keys(query_positive_ids).unsqueeze(1) == asset_keys(doc_ids).unsqueeze(0)
 
 
 class ContrastiveModel(torch.nn.Module):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from loom.models.checkpoint import checkpoint_configs, resolve
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.pipelines.ingest import run_ingest
-from loom.pipelines.runner import Engine
+from loom.pipelines.runner import Engine, engine_kind
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import EMBEDDING
@@ -174,7 +174,7 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
         "checkpoint": ckpt_id,
         "checkpoint_root": checkpoint_root,
         "spec_digest": spec.digest(),
-        "engine": engine.value,
+        "engine": engine_kind(engine).value,
         "reused_from": prior[0] if prior else None,
         "faiss": index_info,
         "timings": timings,

@@ -17,7 +17,14 @@ from typing import ClassVar
 import pyarrow as pa
 
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
-from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage
+from loom.pipelines.runner import (
+    Engine,
+    StageTask,
+    engine_kind,
+    merge_results,
+    row_items,
+    run_stage,
+)
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import DUPLICATE, REJECTED, Modality, Reason
@@ -171,7 +178,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     lineage = {
         "input": input_uri,
         "raw_listing": digest,
-        "engine": engine.value,
+        "engine": engine_kind(engine).value,
         "spec_digest": spec.digest(),
         "reused_from": prior[0] if prior else None,
         "timings": timings,

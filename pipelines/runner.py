@@ -1,130 +1,42 @@
-"""What every engine adapter runs: a stage over work items, writing Parquet parts.
+"""Engine dispatch: run a stage's work items on the chosen engine's adapter.
 
-A work item is a small JSON-able dict: a deterministic part name plus where its input
-rows are (inline rows, or a slice of Parquet files). The task reads the rows, runs the
-stage's `process_batch`, writes one part per output table under a deterministic name
-(so a retried or replayed item overwrites, never duplicates), and returns the file
-records. Engines only decide where and how many tasks run.
+The adapters (`pipelines/beam/runner.py`, `pipelines/ray/runner.py`) import only
+`pipelines/work.py`; this module names them by import path and loads the chosen one on
+first use, so there is no import cycle and neither heavy engine is imported until needed.
+Engine settings travel as one typed `EngineOptions` passed down with the call.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
-from collections.abc import Callable
-from typing import Any
+import importlib
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from loom.pipelines.engine import (  # noqa: F401 - re-exported: the stages import them here
+    BeamOptions,
+    Engine,
+    EngineOptions,
+    engine_kind,
+)
+from loom.pipelines.work import (  # noqa: F401 - the stages' one import for work items
+    StageTask,
+    dumps,
+    file_items,
+    load_item,
+    merge_results,
+    row_items,
+)
 
-from loom.schemas import storage
-from loom.schemas.manifest import FileRecord, write_part
-from loom.transforms.stage import Stage
-
-
-class Engine(str, enum.Enum):
-    BEAM = "beam"
-    RAY = "ray"
-
-
-@dataclasses.dataclass(frozen=True)
-class StageTask:
-    """Picklable: how to build the stage on a worker, and where to write."""
-
-    factory: Callable[[], Stage]  # a Stage class or functools.partial of one: picklable
-    version_dir: str
-
-    def open(self) -> Stage:
-        stage = self.factory()
-        stage.setup()
-        return stage
-
-    def run(self, stage: Stage, item: dict) -> dict:
-        batch = load_item(item, stage.input_schema)
-        outputs = stage.process_batch(batch)
-        stats = outputs.pop("stats", None)
-        files = []
-        for table, data in sorted(outputs.items()):
-            if data.num_rows:
-                rec = write_part(self.version_dir, table, item["name"], data)
-                files.append({"table": table} | dataclasses.asdict(rec))
-        stat_row = stats.to_pylist()[0] if stats is not None and stats.num_rows else {}
-        return {"name": item["name"], "files": files, "stats": stat_row}
+ADAPTERS: dict[Engine, str] = {Engine.BEAM: "loom.pipelines.beam.runner:run_beam",
+                               Engine.RAY: "loom.pipelines.ray.runner:run_ray"}
 
 
-def load_item(item: dict, schema: pa.Schema) -> pa.RecordBatch:
-    if "rows" in item:
-        table = pa.Table.from_pylist(item["rows"], schema=schema)
-    else:
-        fs, path = storage.resolve(item["file"])
-        table = pq.read_table(path, filesystem=fs)
-        table = table.slice(item["offset"], item["length"])
-    return _single_batch(table)
-
-
-def _single_batch(table: pa.Table) -> pa.RecordBatch:
-    table = table.combine_chunks()
-    batches = table.to_batches()
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=table.schema)
-    return batches[0]
-
-
-def row_items(rows: list[dict], per_item: int, prefix: str = "part") -> list[dict]:
-    """Inline rows in fixed-size items, named by position (the row order is deterministic)."""
-    return [
-        {"name": f"{prefix}-{i // per_item:05d}", "rows": rows[i : i + per_item]}
-        for i in range(0, len(rows), per_item)
-    ]
-
-
-def file_items(files: list[FileRecord | dict], version_dir: str, per_item: int,
-               prefix: str = "part") -> list[dict]:
-    """Slices of a version's Parquet parts, each named after its file and offset."""
-    items = []
-    for n, rec in enumerate(files):
-        rec = rec if isinstance(rec, dict) else dataclasses.asdict(rec)
-        for off in range(0, rec["rows"], per_item):
-            items.append({
-                "name": f"{prefix}-{n:05d}-{off // per_item:05d}",
-                "file": storage.join(version_dir, rec["path"]),
-                "offset": off,
-                "length": min(per_item, rec["rows"] - off),
-            })
-    return items
-
-
-def merge_results(results: list[dict]) -> tuple[dict[str, list[FileRecord]], dict[str, int]]:
-    tables: dict[str, list[FileRecord]] = {}
-    stats: dict[str, int] = {}
-    for res in sorted(results, key=lambda r: r["name"]):
-        for f in res["files"]:
-            tables.setdefault(f["table"], []).append(
-                FileRecord(path=f["path"], rows=f["rows"], sha256=f["sha256"]))
-        for k, v in res["stats"].items():
-            stats[k] = stats.get(k, 0) + int(v)
-    return tables, stats
-
-
-def dumps(item: dict) -> str:
-    return json.dumps(item, sort_keys=True, default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        raise TypeError("work items carry references, not bytes")
-    return str(obj)
-
-
-def run_stage(engine: Engine, task: StageTask, items: list[dict], **engine_opts) -> list[dict]:
-    """Dispatch to the chosen engine's adapter (imported lazily: each is heavy)."""
+def run_stage(engine: Engine | str | EngineOptions, task: StageTask, items: list[dict],
+              **engine_opts) -> list[dict]:
+    """Dispatch to the chosen engine's adapter (imported on first use: each is heavy)."""
     if not items:
         return []
-    if engine == Engine.BEAM:
-        from loom.pipelines.beam.runner import run_beam
-
-        return run_beam(task, items, **engine_opts)
-    from loom.pipelines.ray.runner import run_ray
-
-    return run_ray(task, items, **engine_opts)
+    opts = EngineOptions.of(engine)
+    module, _, name = ADAPTERS[opts.kind].partition(":")
+    adapter = getattr(importlib.import_module(module), name)
+    if opts.kind == Engine.BEAM:
+        engine_opts.setdefault("options", opts.beam)
+    return adapter(task, items, **engine_opts)

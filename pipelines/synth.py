@@ -16,7 +16,14 @@ from functools import partial
 import pyarrow as pa
 
 from loom.pipelines.common import cleanup_work, result, reuse, timed
-from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
+from loom.pipelines.runner import (
+    Engine,
+    StageTask,
+    engine_kind,
+    file_items,
+    merge_results,
+    run_stage,
+)
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
@@ -58,7 +65,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         budget = budget.model_copy(update={"max_calls": max_calls})
     filters = filters or qf.FilterConfig()
     workers = int((engine_opts or {}).get("workers", (engine_opts or {}).get("actors", 0))
-                  or ENGINE_WORKERS[Engine(engine)])
+                  or ENGINE_WORKERS[engine_kind(engine)])
     limits = (limits or RateLimits()).share(workers)
     price = price_for(llm.model)
     ledger = Ledger(budget, price)  # refuses a cost budget without a price, before any work

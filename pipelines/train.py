@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from loom.models.checkpoint import load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
 from loom.pipelines.common import BadInput, timed
+from loom.pipelines.train_data import Batching, DataPlan
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 
@@ -23,21 +27,32 @@ class TrainStage(str, enum.Enum):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    temperature: float = 0.05  # the initial value when learn_temperature
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    temperature: float = Field(0.05, gt=0)  # the initial value when learn_temperature
     learn_temperature: bool = False
     bf16: bool = True  # autocast on CUDA only; the CPU path stays float32
-    max_negatives: int = 3
-    checkpoint_every: int = 100
-    report_every: int = 10
-    seed: int = 0
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
+    max_negatives: int = Field(3, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    report_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+    # In-batch negatives across every worker's batch (models/distributed.py); a no-op on one.
+    cross_worker_negatives: bool = True
+    # Rows per chunk of a cached (GradCache) step, 0 = off: the batch is then bounded by
+    # time, not activation memory (models/step.py).
+    cache_chunk: int = Field(0, ge=0)
+    grad_checkpointing: bool = False  # recompute layer activations in backward
+    # mixed: batches as the shards hold them; aligned: each step's global batch from one
+    # bucket (pipelines/train_data.py). None: aligned for ft, mixed for pft.
+    batching: Batching | None = None
+    bucket_by: tuple[Literal["kind", "modality", "query_modality"], ...] = ("kind", "modality")
+    bucket_weights: dict[str, float] | None = None  # "caption/image" -> weight; else by size
+    dim: int = Field(128, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
     embed_dims: tuple[int, ...] = (32, 64, 128)
 
 
@@ -49,9 +64,14 @@ def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
 
 def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: TrainConfig,
               init: str | None = None, init_root: str | None = None, workers: int = 1,
-              resume: bool = True, max_failures: int = 1) -> dict:
+              resume: bool = True, max_failures: int = 1, stop_at_step: int | None = None,
+              log_rows: str | None = None) -> dict:
     """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
-    run resumes it (unless resume=False), and a complete one is reused."""
+    run resumes it (unless resume=False), and a complete one is reused.
+
+    `stop_at_step` is a step budget (checkpoint there and stop, resumable); `log_rows` a
+    local folder where each rank appends the pair ids of every step (rank<r>.jsonl).
+    Neither is part of the run's identity."""
     from loom.pipelines.ray.train import fit, latest_of_run
     from loom.pipelines.shard import spec_of
 
@@ -77,8 +97,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
         done = load_checkpoint(output_root, latest)
         if done.state.get("complete"):
             return out | _result(output_root, run, latest, sh_manifest, reused=True)
-    rows = sh_manifest.counts["rows"]
-    steps_per_epoch = max(1, rows // workers // config.batch_size)
+    plan = data_plan(sh_dir, sh_manifest, stage, config, workers)
+    steps_per_epoch = max(1, plan.steps_per_epoch())
     loop_config = {
         "train": config.model_dump(),
         "encoder": enc.model_dump(),
@@ -89,23 +109,40 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
         # A restart after a failure always resumes; --no-resume only ignores older steps.
         "ignore_checkpoint": None if resume else latest,
         "total_steps": steps_per_epoch * config.epochs,
+        "data": dataclasses.asdict(plan),
+        "stop_at_step": stop_at_step,
+        "log_rows": log_rows,
     }
-    import ray.data
-
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
-    files = sh_manifest.files(sh_dir, "shards")
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
-        dataset = ray.data.read_parquet(files, shuffle="files")
-        fit(dataset, loop_config, workers, max_failures)
+        fit(loop_config, workers, max_failures)
+    if stop_at_step and not load_checkpoint(output_root, resolve(output_root, run)).state.get(
+            "complete"):
+        return out | {"stopped_at": stop_at_step}
     storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({
         "shards": sh_dir, "shards_version": sh_manifest.version, "stage": stage.value,
         "init": init_ref[1] if init_ref else None, "config": config.model_dump(),
     }, default=str).encode())
     ckpt = resolve(output_root, run)
     return out | _result(output_root, run, ckpt, sh_manifest, reused=False) | {"timings": timings}
+
+
+def data_plan(sh_dir: str, sh_manifest: mf.Manifest, stage: TrainStage, config: TrainConfig,
+              workers: int) -> DataPlan:
+    """Which rows each rank trains on, per step: a pure function of these inputs."""
+    records = sh_manifest.tables["shards"]
+    if len(records) < workers:
+        raise BadInput(f"{len(records)} shard files for {workers} workers: each worker reads "
+                       "its own files; reshard with fewer rows per shard")
+    batching = config.batching or (Batching.ALIGNED if stage == TrainStage.FT
+                                   else Batching.MIXED)
+    return DataPlan(files=sh_manifest.files(sh_dir, "shards"), rows=[r.rows for r in records],
+                    world=workers, batch_size=config.batch_size, seed=config.seed,
+                    batching=batching, bucket_by=tuple(config.bucket_by),
+                    weights=config.bucket_weights)
 
 
 def _result(root: str, run: str, ckpt: str, sh_manifest: mf.Manifest, reused: bool) -> dict:

@@ -32,7 +32,7 @@ class FilterConfig(pydantic.BaseModel):
     script: str | None = "latin"  # expected script of queries; None: no language check
     min_script_share: float = 0.8
     dedupe: bool = True
-    roundtrip_k: int = 10  # used when a checkpoint is given
+    roundtrip_k: int = pydantic.Field(10, ge=1)  # used when a checkpoint is given
 
     @pydantic.field_validator("script")
     @classmethod

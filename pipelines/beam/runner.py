@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import uuid
-from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from loom.pipelines.engine import BeamOptions
 from loom.pipelines.progress import progress, report
-from loom.pipelines.runner import StageTask, dumps
+from loom.pipelines.work import StageTask, dumps
 from loom.schemas import storage
 
 
@@ -41,36 +39,11 @@ def _write_results(results: list[str], uri: str) -> None:
     storage.write_atomic(uri, json.dumps(sorted(results)).encode())
 
 
-_OPTIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("loom_beam_options",
-                                                                      default=None)
-
-
-@contextlib.contextmanager
-def beam_options(options: dict) -> Iterator[None]:
-    """Pipeline options for every Beam stage run inside (a job spec's `beam_options`:
-    e.g. runner DataflowRunner, project, region, temp_location, sdk_container_image)."""
-    token = _OPTIONS.set(dict(options))
-    try:
-        yield
-    finally:
-        _OPTIONS.reset(token)
-
-
-def default_args(workers: int = 2) -> list[str]:
-    """DirectRunner flags by default; the options in force (beam_options) override them."""
-    opts = {"runner": "DirectRunner", "direct_num_workers": workers,
-            "direct_running_mode": "multi_threading"}
-    given = _OPTIONS.get() or {}
-    if given.get("runner", "DirectRunner") != "DirectRunner":
-        opts = {}
-    opts |= given
-    return [f"--{k}" if v is True else f"--{k}={v}" for k, v in opts.items() if v is not False]
-
-
 def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None = None,
-             workers: int = 2) -> list[dict]:
-    """Runs the items; results come back through one small JSON object next to the data."""
-    args = pipeline_args or default_args(workers)
+             workers: int = 2, options: BeamOptions | None = None) -> list[dict]:
+    """Runs the items; results come back through one small JSON object next to the data.
+    `options` (a job spec's `beam_options`) choose the runner; `pipeline_args` override all."""
+    args = pipeline_args or (options or BeamOptions()).args(workers)
     results_uri = storage.join(task.version_dir, "_work", f"beam-{uuid.uuid4().hex}.json")
     name = getattr(task.factory, "func", task.factory).__name__
     with progress(items, name) as (key, _), beam.Pipeline(options=PipelineOptions(args)) as p:

@@ -10,7 +10,7 @@ from ray.data import ActorPoolStrategy
 
 from loom.pipelines.progress import progress
 from loom.pipelines.ray.session import ensure_ray
-from loom.pipelines.runner import StageTask, dumps
+from loom.pipelines.work import StageTask, dumps
 
 
 class _StageActor:

@@ -1,4 +1,7 @@
-"""The contrastive training loop on Ray Train's TorchTrainer, fed by Ray Data streaming.
+"""The contrastive training loop on Ray Train's TorchTrainer.
+
+Each rank reads its own seeded share of the shard files (pipelines/train_data.py), so a
+resumed run sees exactly the rows the first run would have seen.
 
 Rank 0 writes `<run>/progress.json` as it trains (throttled); the driver shows it as a bar
 per epoch on a terminal (step, loss, samples/s, ETA) and as log records (structured with
@@ -9,7 +12,6 @@ checkpoint, and a resumed run starts from the rows up to the step it resumes fro
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -23,15 +25,16 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
-from loom.models.embed import Group, collate_groups
+from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
-from loom.models.losses import ContrastiveModel, matryoshka_info_nce, same_asset_mask
+from loom.models.losses import ContrastiveModel, asset_keys
+from loom.models.step import TrainBatch, cached_step, plain_step
 from loom.pipelines.ray.session import ensure_ray
+from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
 
@@ -48,33 +51,14 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@dataclasses.dataclass
-class TrainBatch:
-    """One step's encoder inputs, collated off the training thread."""
-
-    queries: list[Group]
-    docs: list[Group]
-    same: torch.Tensor  # [B, N] True where doc j is query i's positive asset
-    rows: int
-    n_docs: int
-
-    def to(self, device: torch.device) -> TrainBatch:
-        def move(groups):
-            return [(i.to(device), {k: v.to(device, non_blocking=True) for k, v in t.items()})
-                    for i, t in groups]
-        return dataclasses.replace(self, queries=move(self.queries), docs=move(self.docs),
-                                   same=self.same.to(device))
-
-
-class TrainCollate(ArrowBatchCollateFn):
+class TrainCollate:
     """Arrow TrainingRows -> TrainBatch: queries, positives then mined negatives.
 
-    Runs in iter_torch_batches' prefetch threads, so JPEG decode, padding and patching
-    overlap the previous step's compute.
+    Runs in the data plan's prefetch thread (train_data.iter_batches), so JPEG decode,
+    padding and patching overlap the previous step's compute.
     """
 
     def __init__(self, enc: EncoderConfig, max_negatives: int):
-        super().__init__()
         self.enc, self.max_negatives = enc, max_negatives
 
     def __call__(self, batch: pa.Table) -> TrainBatch:
@@ -83,9 +67,9 @@ class TrainCollate(ArrowBatchCollateFn):
         docs = [r["positive"] for r in rows]
         docs += [n for r in rows for n in (r["negatives"] or [])[: self.max_negatives]]
         return TrainBatch(collate_groups(queries, self.enc), collate_groups(docs, self.enc),
-                          same_asset_mask([r["positive"]["id"] for r in rows],
-                                          [d["id"] for d in docs]),
-                          len(rows), len(docs))
+                          asset_keys([r["positive"]["id"] for r in rows]),
+                          asset_keys([d["id"] for d in docs]), len(rows), len(docs),
+                          [r["pair_id"] for r in rows])
 
 
 def _loop(config: dict) -> None:
@@ -97,6 +81,9 @@ def _loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     encoder = MultimodalEncoder(enc)
+    encoder.grad_checkpointing = bool(tc.get("grad_checkpointing"))
+    # In-batch negatives are the global batch unless turned off (models/distributed.py).
+    gather = bool(tc.get("cross_worker_negatives", True)) and ctx.get_world_size() > 1
     model = ContrastiveModel(encoder, tc["temperature"], tc["learn_temperature"])
     start_step, resumed = 0, []
     # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
@@ -115,7 +102,10 @@ def _loop(config: dict) -> None:
         init_root, init_id = config["init"]
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
+    # A step may touch no patch or audio weights at all (an aligned text->text batch):
+    # DDP must not wait for their gradients.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
@@ -124,54 +114,62 @@ def _loop(config: dict) -> None:
                              str(os.getpid()).encode())
     total = config["total_steps"]
     dims = tuple(enc.embed_dims)
-    shard = ray.train.get_dataset_shard("train")
-    step, seen = 0, 0
+    plan = DataPlan(**config["data"])
+    reader = ShardReader(plan.files)
+    per_epoch = plan.steps_per_epoch()
+    step, seen = start_step, 0
     metrics = _metrics_until(config["root"], config["run"], start_step) if resume_from else []
     progress = _ProgressWriter(config["root"], config["run"], total, tc["epochs"], rank)
     base = model.module if hasattr(model, "module") else model
     collate = TrainCollate(enc, tc["max_negatives"])
     bf16 = tc["bf16"] and device.type == "cuda"
+    stop_at = config.get("stop_at_step")  # a step budget: stop there, resumable
     t0 = time.perf_counter()
-    for epoch in range(tc["epochs"]):
+    first_epoch = start_step // max(1, per_epoch)
+    for epoch in range(first_epoch, tc["epochs"]):
+        steps = plan.epoch(epoch)
+        first = start_step - epoch * per_epoch if epoch == first_epoch else 0
         t_data = time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=tc["batch_size"], collate_fn=collate,
-                                              drop_last=True, prefetch_batches=2):
-            if step < start_step:  # resume: skip to the saved data position
-                step += 1
-                continue
+        # resume: start at the saved position; skipped steps are neither read nor collated
+        for k, batch in enumerate(iter_batches(steps[first:], rank, reader, collate),
+                                  start=first):
             t_step = time.perf_counter()
+            if config.get("log_rows"):
+                _log_rows(config["log_rows"], rank, step, steps[k].bucket, batch.ids)
             batch = batch.to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
                         else contextlib.nullcontext())
-            with autocast:
-                q_emb, d_emb, temperature = model(batch.queries, batch.rows, batch.docs,
-                                                  batch.n_docs)
-            terms = matryoshka_info_nce(q_emb.float(), d_emb.float(), batch.same, temperature,
-                                        dims)
             opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            if tc.get("cache_chunk"):
+                terms, temperature = cached_step(base, batch, dims, gather, autocast,
+                                                 tc["cache_chunk"])
+            else:
+                terms, temperature = plain_step(model, batch, dims, gather, autocast)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
             seen += batch.rows
             row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
                    "temperature": float(temperature.detach()),
-                   "negatives": batch.n_docs - batch.rows,
+                   "negatives": batch.n_docs - batch.rows, "bucket": steps[k].bucket,
                    "samples_per_s": seen / (time.perf_counter() - t0),
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
-            row |= {k: float(v.detach()) for k, v in terms.items()}
+            row |= {name: float(v.detach()) for name, v in terms.items()}
             metrics.append(row)
             progress.update(step, epoch, row["loss"], row["samples_per_s"])
-            if rank == 0 and step % tc["checkpoint_every"] == 0:
-                _write_metrics(config["root"], config["run"], metrics)  # before the step is
+            if rank == 0 and (step % tc["checkpoint_every"] == 0 or step == stop_at):
+                _write_metrics(config["root"], config["run"], metrics)  # before latest moves
                 save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
-                                enc, tc, {"epoch": epoch, "step": step},  # named latest
+                                enc, tc, plan.position(epoch, k + 1, steps) | {"step": step},
                                 extra_state={"resumed_from": resumed,
                                              "log_temperature": float(base.log_temperature)})
             if step % tc["report_every"] == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
+            if step == stop_at:
+                ray.train.report({"step": step, "stopped": True})
+                return
             t_data = time.perf_counter()
     if rank == 0:
         save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec, enc, tc,
@@ -268,7 +266,8 @@ def watch_progress(root: str, run: str, stop: threading.Event, poll_s: float = 0
             return
 
 
-def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures: int = 1):
+def fit(loop_config: dict, workers: int, max_failures: int = 1):
+    """Runs the loop on `workers` ranks; each reads its own shard files (DataPlan)."""
     ensure_ray()
     root = loop_config["root"]
     storage_path = (os.path.join(root, "_ray") if not storage.is_remote(root)
@@ -279,7 +278,6 @@ def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available(),
                                      resources_per_worker={"CPU": 1}),
-        datasets={"train": dataset},
         run_config=RunConfig(storage_path=os.path.abspath(storage_path), name=loop_config["run"],
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
@@ -292,6 +290,12 @@ def fit(dataset: ray.data.Dataset, loop_config: dict, workers: int, max_failures
     finally:
         stop.set()
         watcher.join(timeout=10)
+
+
+def _log_rows(where: str, rank: int, step: int, bucket: str, ids: list[str]) -> None:
+    """Appends the pair ids a rank trains on at a step (a local debugging/test record)."""
+    with open(os.path.join(where, f"rank{rank}.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, "bucket": bucket, "ids": ids}) + "\n")
 
 
 def latest_of_run(root: str, run: str) -> str | None:

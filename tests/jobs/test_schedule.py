@@ -4,9 +4,12 @@ runs a real loom command on the spec it carries."""
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import shlex
 import tomllib
 
+import pytest
 import typer
 import yaml
 from typer.testing import CliRunner
@@ -14,7 +17,19 @@ from typer.testing import CliRunner
 from loom.jobs.cli import app
 from loom.jobs.schedule import CONFIG_DIR, SPEC_KEY, k8s_name
 from loom.jobs.spec import load_spec
-from tests.schemas.test_infra_manifests import REPO, _crd_schemas, _unknown_fields, needs_crds
+from tests.schemas import test_infra_manifests as infra
+from tests.schemas.test_infra_manifests import REPO, _unknown_fields
+
+# The vendored CRDs (infra/kuberay/crds) include RayCronJob's.
+CRON_CRDS = infra.CRD_DIR
+needs_crds = pytest.mark.skipif(not (CRON_CRDS / "ray.io_raycronjobs.yaml").is_file(),
+                                reason=f"RayCronJob CRD not found in {CRON_CRDS}")
+
+
+def _crd_schemas() -> dict:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infra, "CRD_DIR", CRON_CRDS)
+        return infra._crd_schemas()
 
 SPEC = REPO / "jobs" / "examples" / "demo.yaml"
 

@@ -275,19 +275,79 @@ def test_readme_example_spec_loads():
 
 
 def test_beam_options_reach_every_beam_stage():
-    from loom.pipelines.beam.runner import beam_options, default_args
+    from loom.pipelines.engine import BeamOptions, EngineOptions
 
     spec = load_spec(VALID.replace("workdir:", "beam_options:\n  runner: DataflowRunner\n"
                                         "  project: my-proj\n  region: europe-west4\n"
                                         "  temp_location: gs://b/tmp\n  use_public_ips: false\n"
                                         "  save_main_session: true\nworkdir:", 1))
     assert spec.beam_options["runner"] == "DataflowRunner"
-    assert default_args(2)[0] == "--runner=DirectRunner"  # outside: the local default
-    with beam_options(spec.beam_options):
-        args = default_args(2)
-    assert args == ["--runner=DataflowRunner", "--project=my-proj", "--region=europe-west4",
-                    "--temp_location=gs://b/tmp", "--save_main_session"]
-    with beam_options({"direct_num_workers": 1}):  # DirectRunner flags can be tuned
-        assert "--direct_num_workers=1" in default_args(2)
+    assert BeamOptions().args(2)[0] == "--runner=DirectRunner"  # none given: the local default
+    opts = spec.engine_options()  # what every step of this spec is handed
+    assert opts == EngineOptions(kind=Engine.RAY, beam=BeamOptions(options=spec.beam_options))
+    assert opts.beam.args(2) == ["--runner=DataflowRunner", "--project=my-proj",
+                                 "--region=europe-west4", "--temp_location=gs://b/tmp",
+                                 "--save_main_session"]
+    tuned = BeamOptions(options={"direct_num_workers": 1})  # DirectRunner flags can be tuned
+    assert "--direct_num_workers=1" in tuned.args(2)
     expect_error(VALID.replace("workdir:", "beam_options:\n  runner: [1]\nworkdir:", 1),
                  "beam_options.runner.str", "runner: [1]")
+
+
+class _Echo:
+    """A stage that writes its input rows back (for the engine options test)."""
+
+    import pyarrow as _pa
+
+    input_schema = _pa.schema([("x", _pa.int64())])
+    resources = None
+
+    def setup(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+    def process_batch(self, batch):
+        return {"echo": self._pa.Table.from_batches([batch])}
+
+
+def test_beam_options_reach_the_pipeline(tmp_path, monkeypatch):
+    """The options object handed to run_stage is what the Beam pipeline is built with."""
+    import apache_beam as beam
+
+    from loom.pipelines.engine import BeamOptions, EngineOptions
+    from loom.pipelines.runner import StageTask, merge_results, row_items, run_stage
+
+    seen: list[dict] = []
+    real = beam.Pipeline
+
+    def spy(options=None, **kw):
+        seen.append(options.get_all_options())
+        return real(options=options, **kw)
+
+    monkeypatch.setattr(beam, "Pipeline", spy)
+    opts = EngineOptions(beam=BeamOptions(options={"direct_num_workers": 1,
+                                                   "job_name": "loom-opts"}))
+    task = StageTask(_Echo, str(tmp_path / "v"))
+    results = run_stage(opts, task, row_items([{"x": i} for i in range(5)], 2))
+    assert sum(f.rows for f in merge_results(results)[0]["echo"]) == 5
+    assert len(seen) == 1
+    assert seen[0]["job_name"] == "loom-opts" and seen[0]["direct_num_workers"] == 1
+
+
+def test_engine_adapters_do_not_import_the_dispatcher():
+    """pipelines/runner.py loads the adapters by name; they must not import it back."""
+    import ast
+
+    from loom.pipelines import runner
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "pipelines"
+    for path in (root / "beam" / "runner.py", root / "ray" / "runner.py", root / "engine.py",
+                 root / "work.py"):
+        modules = {n.module for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Import) for a in n.names}
+        assert "loom.pipelines.runner" not in modules, path
+    assert set(runner.ADAPTERS) == set(runner.Engine)

@@ -105,3 +105,23 @@ def test_temperature_clamped_and_learnable_only_when_asked():
     learned = ContrastiveModel(torch.nn.Identity(), 0.05, learn=True)
     assert not fixed.log_temperature.requires_grad and learned.log_temperature.requires_grad
     assert learned.log_temperature.item() == pytest.approx(math.log(0.05))
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_contrastive_model_forward_runs_its_encoder_once_per_side():
+    torch.manual_seed(0)
+    enc = _Linear()
+    model = ContrastiveModel(enc, 0.2, learn=True)
+    assert model.encoder is enc
+    q, d = torch.randn(2, 4), torch.randn(3, 4)
+    q_emb, d_emb, t = model([(torch.arange(2), {"x": q})], 2, [(torch.arange(3), {"x": d})], 3)
+    assert torch.allclose(q_emb, enc(q)) and torch.allclose(d_emb, enc(d))
+    assert t.item() == pytest.approx(0.2) and t.requires_grad

@@ -258,3 +258,92 @@ def test_split_for_is_deterministic_and_near_fraction():
                if s is Split.HELDOUT)
     # The salt changes the assignment.
     assert [split_for(i, salt="other") for i in ids[:200]] != first[:200]
+
+
+# --- exact values, worked out here from the documented formats ------------------------------
+
+def test_version_id_is_sha256_of_the_canonical_payload():
+    import hashlib
+
+    payload = json.dumps({"stage": "shard", "inputs": ["a", "b"], "config": {"z": 1, "a": [2]},
+                          "logic": mf.logic_version("shard")}, sort_keys=True,
+                         separators=(",", ":"))
+    want = "shard-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+    assert version_id("shard", ["a", "b"], {"a": [2], "z": 1}) == want
+    assert mf.canonical_json({"b": 1, "a": {"d": 2, "c": None}}) == '{"a":{"c":null,"d":2},"b":1}'
+    assert mf.canonical_json({"p": Path("/x")}) == '{"p":"/x"}'  # str() for the rest
+    assert mf.logic_version("shard") == f"{mf.PACKAGE_VERSION}+shard.{mf.STAGE_LOGIC['shard']}"
+
+
+def test_listing_digest_by_hand():
+    import hashlib
+
+    entries = [storage.FileEntry("gs://b/a", 3, 7), storage.FileEntry("gs://b/c", 0, 9)]
+    h = hashlib.sha256(b"gs://b/a\x003\x007\ngs://b/c\x000\x009\n").hexdigest()[:16]
+    assert listing_digest(entries) == f"raw-{h}"
+
+
+def test_manifest_files_rows_and_exact_json(tmp_path):
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-0000000000000001")
+    parts = [w.write_part("rejected", f"p{i}", rejected(n)) for i, n in ((2, 3), (1, 2))]
+    m = w.commit({"rejected": parts}, {"rejected": 5}, {"k": 1}, {"from": "x"})
+    assert [f.path for f in m.tables["rejected"]] == ["rejected/p1.parquet",
+                                                      "rejected/p2.parquet"]  # sorted
+    assert m.rows("rejected") == 5 and m.rows("examples") == 0
+    assert m.files(w.dir, "rejected") == [storage.join(w.dir, "rejected/p1.parquet"),
+                                          storage.join(w.dir, "rejected/p2.parquet")]
+    assert m.files(w.dir, "nothing") == []
+    assert m.stage == "ingest" and m.logic_version == mf.logic_version("ingest")
+    assert m.created_at.endswith("+00:00")
+    on_disk = json.loads((tmp_path / "ingest-0000000000000001" / MANIFEST).read_text())
+    assert on_disk == json.loads(m.to_json())
+    assert on_disk["tables"]["rejected"][0] == {"path": "rejected/p1.parquet", "rows": 2,
+                                                "sha256": parts[1].sha256}
+    assert Manifest.from_json(m.to_json()) == m
+    assert w.existing() == m and mf.read_manifest(str(tmp_path / "none")) is None
+
+
+def test_write_part_hash_rows_and_schema_cast(tmp_path):
+    import hashlib
+
+    rec = mf.write_part(str(tmp_path), "rejected", "part-1", rejected(4))
+    body = (tmp_path / "rejected" / "part-1.parquet").read_bytes()
+    assert rec.sha256 == hashlib.sha256(body).hexdigest() and rec.rows == 4
+    assert rec.path == "rejected/part-1.parquet"
+    loose = pa.table({"uri": ["u"], "stage": ["ingest"], "reason": ["empty"],
+                      "message": pa.array([None], pa.string()),
+                      "record_id": pa.array([None], pa.string())})
+    mf.write_part(str(tmp_path), "rejected", "loose", loose.select(REJECTED.names))
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(tmp_path / "rejected" / "loose.parquet").equals(REJECTED)
+    free = mf.write_part(str(tmp_path), "scratch", "x", pa.table({"a": [1, 2]}))
+    assert free.rows == 2  # a table with no declared schema is written as is
+
+
+def test_newest_version_by_time_then_name_and_accept(tmp_path):
+    root = str(tmp_path)
+    a = commit_version(root, "ingest-00000000000000aa", [1])
+    b = commit_version(root, "ingest-00000000000000bb", [2])
+    for d, m in ((a, "2026-01-02T00:00:00+00:00"), (b, "2026-01-01T00:00:00+00:00")):
+        path = tmp_path / d.version / MANIFEST
+        body = json.loads(path.read_text())
+        body["created_at"] = m
+        path.write_text(json.dumps(body))
+    d, m = mf.newest_version(root)
+    assert m.version == "ingest-00000000000000aa"  # the newer time, whatever the name
+    d, m = mf.newest_version(root, lambda m: m.version.endswith("bb"))
+    assert m.version == "ingest-00000000000000bb"
+    assert mf.newest_version(root, lambda m: False) is None
+    # the same time: the larger folder name wins
+    path = tmp_path / "ingest-00000000000000bb" / MANIFEST
+    body = json.loads(path.read_text())
+    body["created_at"] = "2026-01-02T00:00:00+00:00"
+    path.write_text(json.dumps(body))
+    assert mf.newest_version(root)[1].version == "ingest-00000000000000bb"
+    assert resolve_input(root)[1].version == "ingest-00000000000000bb"
+    assert resolve_input(str(tmp_path / "ingest-00000000000000aa"))[0] == str(
+        tmp_path / "ingest-00000000000000aa")
+    with pytest.raises(FileNotFoundError, match="no complete dataset version under"):
+        resolve_input(str(tmp_path / "empty"))
+    assert mf.version_uri("gs://b/root", "v") == "gs://b/root/v"

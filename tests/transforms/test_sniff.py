@@ -48,3 +48,60 @@ def test_transforms_never_import_an_engine():
     for path in root.glob("*.py"):
         src = path.read_text()
         assert "apache_beam" not in src and "import ray" not in src, path
+
+
+MORE_MAGIC = [
+    (b"GIF87a\x01\x00", I, "image/gif"),
+    (b"MM\x00*\x00\x00\x00\x08", I, "image/tiff"),
+    (b"II*\x00\x08\x00\x00\x00", I, "image/tiff"),
+    (b"RIFF\x00\x00\x00\x00AVI LIST", V, "video/x-msvideo"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", I, "image/webp"),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00", I, "image/avif"),
+    (b"\x00\x00\x00\x1cftypavis\x00\x00", I, "image/avif"),
+    (b"\x00\x00\x00\x1cftypheic\x00\x00", I, "image/heic"),
+    (b"\x00\x00\x00\x1cftypheix\x00\x00", I, "image/heic"),
+    (b"\x00\x00\x00\x1cftypmif1\x00\x00", I, "image/heif"),
+    (b"\x00\x00\x00\x1cftypqt  \x00\x00", V, "video/quicktime"),
+    (b"\x00\x00\x00\x1cftypM4B \x00\x00", A, "audio/mp4"),
+    (b"\xff\xe2\x00", A, "audio/mpeg"),  # the lowest frame sync: 0xE2 after masking
+    (b"\xff\xf3\x00", A, "audio/mpeg"),
+]
+
+
+@pytest.mark.parametrize("data,modality,mime", MORE_MAGIC)
+def test_more_magic(data, modality, mime):
+    assert sniff(data + b"\x80" * 40, "x") == (modality, mime)
+
+
+def test_an_mpeg_frame_needs_three_bytes():
+    assert sniff(b"\xff\xfb\x00", "x") == (A, "audio/mpeg")
+    assert sniff(b"\xff\xfb", "x")[0] is not A
+
+
+def test_ebml_doctype_decides_webm_within_64_bytes():
+    head = b"\x1a\x45\xdf\xa3"
+    assert sniff(head + b"\x80" * 56 + b"webm", "x") == (V, "video/webm")  # ends at byte 64
+    assert sniff(head + b"\x80" * 57 + b"webm", "x") == (V, "video/x-matroska")
+
+
+@pytest.mark.parametrize(("uri", "want"), [
+    ("gs://b/doc.pdf", (Modality.PAGE, "application/pdf")),
+    ("a/song.wav", (A, "audio/x-wav")),
+    ("clip.mp4", (V, "video/mp4")),
+    ("bundle.zip", (None, None)),
+    ("", (None, None)),
+    ("dir.png/noext", (None, None)),  # only the base name counts
+])
+def test_the_extension_is_the_last_hint(uri, want):
+    noise = random.Random(0).randbytes(512)
+    assert sniff(noise, uri) == want
+
+
+def test_decode_error_carries_a_reason():
+    from loom.schemas.records import Reason
+    from loom.transforms.sniff import DecodeError
+
+    e = DecodeError("truncated", "ends early")
+    assert e.reason is Reason.TRUNCATED and e.message == "ends early" and str(e) == "ends early"
+    with pytest.raises(ValueError):
+        DecodeError("no-such-reason", "x")
