@@ -37,7 +37,7 @@ def run_ray(task: StageTask, items: list[dict], actors: int = 2,
     )
     name = getattr(task.factory, "func", task.factory).__name__
     results = []
-    with progress(len(items), name) as (_, bar):
+    with progress(items, name) as (_, bar):
         for row in ds.iter_rows():  # streams: the bar moves as items finish
             results.append(json.loads(row["result"]))
             bar.update(results[-1])
