@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
@@ -43,37 +42,19 @@ def _emit(obj: dict) -> None:
 
 
 def _run(fn, *args, **kwargs) -> None:
-    import pydantic
+    """Run a command's body: its JSON on stdout, or (jobs/errors.py) the exit code, the
+    one-line reason on stderr and a JSON line naming stage, exit_code and error."""
+    from loom.jobs import errors
 
-    from loom.jobs.submit import JobFailed
-    from loom.pipelines.common import BadInput
-    from loom.pipelines.synth import BudgetExceeded
-
-    try:
-        _emit(fn(*args, **kwargs))
-    except JobFailed as e:  # the cluster ran it: its own exit code, its JSON
-        _emit(e.payload)
-        logs.error(f"loom: {e}".splitlines()[0], exit_code=e.code)
-        raise typer.Exit(e.code) from None
-    except BudgetExceeded as e:  # resumable: rerun to continue
-        _emit(e.payload)
-        logs.error(f"loom: {e}", exit_code=3)
-        raise typer.Exit(3) from None
-    except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        logs.error(f"loom: bad config: {where}: {err['msg']}", exit_code=2)
-        raise typer.Exit(2) from None
-    except (BadInput, FileNotFoundError, ValueError) as e:
-        logs.error(f"loom: {type(e).__name__}: {e}".splitlines()[0], exit_code=2)
-        raise typer.Exit(2) from None
-    except typer.Exit:
-        raise
-    except Exception as e:  # noqa: BLE001 - the CLI's one place that maps failures to 1
-        if os.environ.get("LOOM_DEBUG"):
-            traceback.print_exc()
-        logs.error(f"loom: failed: {type(e).__name__}: {e}".splitlines()[0], exit_code=1)
-        raise typer.Exit(1) from None
+    try:  # typer vendors click; its current context names the command that runs
+        from typer.main import get_current_context
+        ctx = get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    stage = (ctx.info_name if ctx is not None else None) or "loom"
+    code = errors.run(lambda: fn(*args, **kwargs), stage, _emit, logs.error)
+    if code:
+        raise typer.Exit(code)
 
 
 def key_values(items: Iterable[str], flag: str, convert: Callable[[str], Any] = str,

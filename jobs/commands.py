@@ -3,7 +3,7 @@
 Options carry text; the stage's pydantic config turns it into values and checks it, the
 same config a spec step is checked by. Only options given on the command line reach the
 config (so its defaults, not typer's, apply), and a bad value is refused before any work
-with the option's own name: `loom: bad config: --rows-per-shard: Input should be ...`.
+with the option's own name: `loom: shard: bad config: --rows-per-shard: Input should be ...`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ gc keeps the newest N versions per (root, stage), every version a kept version o
 checkpoint run depends on (transitively), and deletes the rest plus partial writes: folders
 with a version-shaped name and no manifest, untouched for longer than a grace period.
 A version is deleted manifest first, so readers never see a half-deleted version.
+Versions `loom forget` replaced (named in a newer version's `takedown`) are deleted
+whatever keeps them. Leftovers inside complete versions (a killed run's temp files, a `_work/` folder that was
+never cleaned) are listed by ls and deleted by gc past the same grace period.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ log = logging.getLogger("loom.ops")
 # Stages that finish by writing manifest.json (corpus and report mark completion otherwise).
 MANIFEST_STAGES = ("ingest", "synth", "shard", "mine", "eval", "backfill")
 PARTIAL_NAME = re.compile(rf"^({'|'.join(MANIFEST_STAGES)})-[0-9a-f]{{16}}$")
-NOT_DEPENDENCIES = frozenset({"previous", "reused_from"})
+NOT_DEPENDENCIES = frozenset({"previous", "reused_from", "takedown"})
 DEFAULT_GRACE_S = 6 * 3600
 
 
@@ -42,6 +45,7 @@ class VersionInfo:
     manifest: mf.Manifest
     bytes: int
     files: int
+    leftovers: list[storage.FileEntry] = dataclasses.field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -52,7 +56,8 @@ class VersionInfo:
         return {"root": self.root, "uri": self.uri, "version": m.version, "stage": m.stage,
                 "created_at": m.created_at, "bytes": self.bytes, "files": self.files,
                 "rows": {t: m.rows(t) for t in m.tables}, "counts": m.counts,
-                "depends_on": depends_on or []}
+                "depends_on": depends_on or [],
+                "leftovers": [e.uri for e in self.leftovers]}
 
 
 @dataclasses.dataclass
@@ -132,7 +137,7 @@ def scan(uri: str, now: float | None = None, context: bool = True) -> Scan:
             m = mf.read_manifest(d)
             if m is not None:
                 size, files, _ = _size(d)
-                versions.append(VersionInfo(root, d, m, size, files))
+                versions.append(VersionInfo(root, d, m, size, files, mf.leftovers(d)))
             elif PARTIAL_NAME.match(_name(d)):
                 size, _, newest = _size(d)
                 partials.append(Partial(root, d, size, now - newest / 1e9 if newest else 0.0))
@@ -182,6 +187,7 @@ def list_versions(uri: str) -> dict:
             "versions": [v.to_json(deps[v.uri]) for v in versions],
             "partials": [dataclasses.asdict(p) for p in s.partials],
             "counts": {"versions": len(versions), "partials": len(s.partials),
+                       "leftovers": sum(len(v.leftovers) for v in versions),
                        "bytes": sum(v.bytes for v in versions) + sum(p.bytes for p in s.partials)}}
 
 
@@ -235,20 +241,30 @@ def gc_plan(uri: str, keep: int, grace_s: float = DEFAULT_GRACE_S,
                     if dep not in reason:
                         reason[dep] = f"used by {v.version}"
                         changed = True
+    taken_down = {u for v in s.versions  # `loom forget` replaced them: they must go
+                  for u in (v.manifest.lineage.get("takedown") or {}).get("replaces", [])}
+    for v in s.versions:
+        if v.uri in taken_down:
+            reason.pop(v.uri, None)
     delete = [v for v in s.versions if v.uri not in reason]
     stale = [p for p in s.partials if p.age_s >= grace_s]
+    now_ns = (time.time() if now is None else now) * 1e9
+    leftovers = [e for v in s.versions if v.uri in reason for e in v.leftovers
+                 if now_ns - e.mtime_ns >= grace_s * 1e9]
     return {
         "stage": "gc", "root": storage.absolute(uri), "keep": keep, "grace_s": grace_s,
         "delete": [{"uri": v.uri, "version": v.version, "stage": v.manifest.stage,
                     "created_at": v.manifest.created_at, "bytes": v.bytes} for v in delete]
                   + [{"uri": p.uri, "partial": True, "age_s": round(p.age_s), "bytes": p.bytes}
-                     for p in stale],
+                     for p in stale]
+                  + [{"uri": e.uri, "leftover": True, "bytes": e.size} for e in leftovers],
         "keep_versions": [{"uri": v.uri, "version": v.version, "why": reason[v.uri]}
                           for v in s.versions if v.uri in reason],
         "young_partials": [p.uri for p in s.partials if p.age_s < grace_s],
         "counts": {"versions": len(s.versions), "delete_versions": len(delete),
-                   "delete_partials": len(stale),
-                   "delete_bytes": sum(v.bytes for v in delete) + sum(p.bytes for p in stale)},
+                   "delete_partials": len(stale), "delete_leftovers": len(leftovers),
+                   "delete_bytes": sum(v.bytes for v in delete) + sum(p.bytes for p in stale)
+                   + sum(e.size for e in leftovers)},
     }
 
 
@@ -256,14 +272,15 @@ def gc(uri: str, keep: int, dry_run: bool = True, grace_s: float = DEFAULT_GRACE
        log_line=print) -> dict:
     plan = gc_plan(uri, keep, grace_s)
     for item in plan["delete"]:
-        what = "partial write" if item.get("partial") else f"{item['stage']} {item['created_at']}"
+        what = ("partial write" if item.get("partial") else "leftover file"
+                if item.get("leftover") else f"{item['stage']} {item['created_at']}")
         log_line(f"{'would delete' if dry_run else 'delete'} {item['uri']}  ({what}, "
                  f"{item['bytes']} bytes)")
     for item in plan["keep_versions"]:
         log_line(f"keep {item['uri']}  ({item['why']})")
     if not dry_run:
         for item in plan["delete"]:
-            if not item.get("partial"):  # invisible to readers first
+            if not item.get("partial") and not item.get("leftover"):  # invisible first
                 storage.delete(storage.join(item["uri"], mf.MANIFEST))
             storage.delete(item["uri"])
             log.info("deleted %s", item["uri"], extra={"uri": item["uri"]})
@@ -281,6 +298,8 @@ def format_ls(out: dict) -> str:
                      f"{rows}")
         for d in v["depends_on"]:
             lines.append(f"  <- {d}")
+        for f in v.get("leftovers", []):
+            lines.append(f"  leftover {f}  (loom gc removes it)")
     for p in out["partials"]:
         lines.append(f"{_name(p['uri']):<26} {'(partial write)':<19} {_human(p['bytes']):>9}  "
                      f"age {dt.timedelta(seconds=int(p['age_s']))}")

@@ -108,6 +108,11 @@ def collect(stages: dict[str, dict]) -> dict:
             if metrics and storage.exists(metrics):
                 t = storage.read_parquet([metrics], columns=["step", "loss"]).to_pydict()
                 data["losses"][name] = (t["step"], t["loss"])
+                if t["step"] and not data["stages"][-1]["counts"]:  # a run's own numbers
+                    data["stages"][-1]["counts"] = {
+                        "steps": len(t["step"]), "last_step": max(t["step"]),
+                        "first_loss": round(t["loss"][0], 4),
+                        "last_loss": round(t["loss"][-1], 4)}
     return data
 
 
@@ -266,12 +271,28 @@ def _figures(data: dict) -> dict[str, str]:
     return figs
 
 
+def _counts_table(counts: dict) -> str:
+    """A stage's counts as a small two-column table (dotted keys grouped under their
+    head: `examples.image` sits under `examples`), not a JSON blob."""
+    if not counts:
+        return "-"
+    rows = []
+    for key, value in sorted(counts.items(), key=lambda kv: kv[0].split(".", 1)):
+        head, dot, rest = key.partition(".")
+        label = f"&nbsp;&nbsp;{html.escape(rest)}" if dot and head in counts else \
+            html.escape(key)
+        shown = (f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+                 if isinstance(value, int) else html.escape(json.dumps(value, sort_keys=True)))
+        rows.append(f"<tr><td>{label}</td><td class=num>{shown}</td></tr>")
+    return f"<table class=counts><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         if isinstance(v, float):
             return f"{v:.3f}"
         if isinstance(v, dict):
-            return html.escape(json.dumps(v, sort_keys=True))
+            return _counts_table(v)
         return html.escape("-" if v is None else str(v))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
@@ -296,7 +317,9 @@ def _eval_tables(ev: dict[str, dict]) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
-figure{margin:1em 0}figure svg{max-width:100%;height:auto}.note{color:#666;font-size:13px}"""
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}.note{color:#666;font-size:13px}
+table.counts{margin:0;font-size:12px}table.counts td{border:0;padding:0 6px}
+td.num{text-align:right;font-variant-numeric:tabular-nums}"""
 
 
 def render(data: dict, title: str = "loom run report") -> str:

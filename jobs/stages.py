@@ -394,3 +394,24 @@ def gc(cfg: GcConfig, ctx: Context) -> dict:
 
     return run_gc(cfg.root, cfg.keep, dry_run=cfg.dry_run and not cfg.yes,
                   grace_s=cfg.grace_hours * 3600, log_line=ctx.log)
+
+
+# --- forget ---------------------------------------------------------------------------------
+
+class ForgetConfig(StageConfig):
+    targets: list[str] = Field(min_length=1, description="asset ids (sha256) or source URIs")
+    workdir: Uri | None = Field(None, description="workdir whose dataset roots hold the asset; "
+                                                  "in a spec: the spec's")
+
+
+@register("forget", ForgetConfig, arguments=("targets",), output="none",
+          help="Take assets down: new versions of every dataset without them, caches purged; "
+               "then `loom gc --yes` deletes the old versions.")
+def forget(cfg: ForgetConfig, ctx: Context) -> dict:
+    from loom.jobs.forget import run_forget
+    from loom.pipelines.common import BadInput
+
+    workdir = cfg.workdir or ctx.workdir
+    if not workdir:
+        raise BadInput("forget needs --workdir")
+    return run_forget(list(cfg.targets), workdir, ctx.log)

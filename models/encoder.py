@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -34,6 +36,14 @@ class EncoderConfig(BaseModel):
     ff_mult: int = 2
     dropout: float = 0.0
     embed_dims: tuple[int, ...] = Field((32, 64, 128))
+    # Every other constructor argument the weights depend on, recorded in encoder.json so
+    # a plain-torch rebuild gets the same function (norm_first changes it silently).
+    norm_first: bool = True
+    activation: Literal["relu", "gelu"] = "relu"
+    layer_norm_eps: float = 1e-5
+    modalities: Literal[3] = 3  # modality embedding rows: text 0, image 1, audio 2
+    text_padding_idx: int = 0
+    pooling: Literal["mean"] = "mean"  # over valid positions, after the final LayerNorm
 
     @property
     def out_dim(self) -> int:
@@ -57,18 +67,19 @@ class MultimodalEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.token_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.token_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.text_padding_idx)
         self.text_pos = nn.Embedding(cfg.max_text_tokens, d)
         self.patch_proj = nn.Linear(cfg.patch_dim, d)
         self.patch_pos = nn.Embedding(cfg.patches_per_frame * cfg.max_frames, d)
         self.audio_proj = nn.Linear(cfg.n_mels, d)
         self.audio_pos = nn.Embedding(cfg.max_audio_tokens, d)
-        self.modality = nn.Embedding(3, d)
+        self.modality = nn.Embedding(cfg.modalities, d)
         layer = nn.TransformerEncoderLayer(
-            d, cfg.heads, d * cfg.ff_mult, cfg.dropout, batch_first=True, norm_first=True
+            d, cfg.heads, d * cfg.ff_mult, cfg.dropout, activation=cfg.activation,
+            layer_norm_eps=cfg.layer_norm_eps, batch_first=True, norm_first=cfg.norm_first
         )
         self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.proj = nn.Linear(d, cfg.out_dim)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,

@@ -254,7 +254,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                              "queries": len(task.queries), "gallery": len(task.gallery)})
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
-    files = [writer.write_part("metrics", "part-00000", pa.Table.from_pylist(rows, schema=METRICS))]
+    files = [writer.write_part("metrics", "part-00000", metrics_table(rows))]
     counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
     lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
                "ground_truth": ground_truth, "timings": timings,
@@ -262,6 +262,13 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def metrics_table(rows: list[dict]) -> pa.Table:
+    """The rows in the fixed METRICS schema (schemas/records.py): every column is there
+    whatever the first row holds (image pairs sort first and have no lexical_* baseline;
+    from_pylist alone would take their keys and lose BM25). Absent keys are null."""
+    return pa.Table.from_pylist(rows, schema=METRICS)
 
 
 def table_from_rows(rows: list[dict]) -> dict[str, dict]:

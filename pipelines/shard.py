@@ -100,7 +100,9 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
             n = sum(f.rows for f in tables.get("_rows", []))
             size = sum(_file_size(u) for u in joined)
             rows_per_shard = max(1, int(target_mb * 1e6 / max(1.0, size / max(1, n))))
-        files, n_rows = _pack(writer, work, joined, rows_per_shard, seed, weights)
+        spec_json = storage.read_bytes(storage.join(examples_dir, SPEC_FILE)).decode()
+        files, n_rows = _pack(writer, work, joined, rows_per_shard, seed, weights,
+                              shard_metadata(PreprocessingSpec.model_validate_json(spec_json)))
     counts = {"rows": n_rows, "shards": len(files), "missing_content": missing,
               "input_rows": in_manifest.rows(table), "rows_per_shard": rows_per_shard}
     lineage = {
@@ -121,8 +123,18 @@ def _file_size(uri: str) -> int:
     return fs.get_file_info(path).size or 0
 
 
+def shard_metadata(spec: PreprocessingSpec) -> dict[str, str]:
+    """Parquet key-value metadata of every shard file: what a trainer outside loom needs to
+    read the rows (pixels are frames of image_size x image_size; the spec in full, with
+    the tokenizer that made the token ids and the mel settings of the features)."""
+    return {"loom.image_size": str(spec.image_size), "loom.patch_size": str(spec.patch_size),
+            "loom.pixel_codec": spec.image_codec, "loom.audio_n_mels": str(spec.audio_n_mels),
+            "loom.preprocessing": spec.model_dump_json()}
+
+
 def _pack(writer: mf.VersionWriter, work: str, joined: list[str], rows_per_shard: int,
-          seed: int, weights: dict[str, float]) -> tuple[list, int]:
+          seed: int, weights: dict[str, float], metadata: dict[str, str] | None = None
+          ) -> tuple[list, int]:
     """Global shuffle + fixed-size shards, streaming: see the module docstring."""
     # 1. The order, from keys alone: (shuffle key, file, row) for every copy of every row.
     order = []
@@ -158,7 +170,7 @@ def _pack(writer: mf.VersionWriter, work: str, joined: list[str], rows_per_shard
                                                    ".parquet")]
         rows = storage.read_parquet(sorted(parts))
         rows = rows.take(pc.sort_indices(rows.column("_pos"))).drop_columns(["_pos"])
-        files.append(writer.write_part("shards", f"shard-{shard:05d}", rows))
+        files.append(writer.write_part("shards", f"shard-{shard:05d}", rows, metadata))
     return files, len(order)
 
 

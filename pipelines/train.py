@@ -61,7 +61,8 @@ class TrainConfig(BaseModel):
 def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
     return EncoderConfig(vocab_size=spec.vocab_size, max_text_tokens=spec.max_text_tokens,
                          image_size=spec.image_size, patch_size=spec.patch_size,
-                         dim=tc.dim, layers=tc.layers, heads=tc.heads, embed_dims=tc.embed_dims,
+                         n_mels=spec.audio_n_mels, dim=tc.dim, layers=tc.layers, heads=tc.heads,
+                         embed_dims=tc.embed_dims,
                          max_frames=min(tc.max_frames, spec.video_max_frames))
 
 

@@ -2,25 +2,30 @@
 
 Layout: `<root>/<version_id>/<table>/part-*.parquet` + `<root>/<version_id>/manifest.json`.
 A version without a manifest does not exist for readers; the manifest is written
-atomically after every file it lists.
+atomically after every file it lists. Work files live under `<version_id>/_work/` (parts
+are staged in `_work/tmp/` and renamed into their table folder), so a table folder only
+ever holds finished parts, whatever a killed run left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
-from loom.schemas import storage
+from loom.schemas import lock, storage
 from loom.schemas.records import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, TABLES, self_describing
 
 PACKAGE_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
+WORK = "_work"
 
 # Per-stage logic versions: bump a stage's constant when its output changes for the same
 # inputs and config. Docs and refactors leave data valid.
@@ -172,12 +177,39 @@ def read_table(version_dir: str, manifest: Manifest, table: str,
     return data
 
 
+def leftovers(version_dir: str) -> list[storage.FileEntry]:
+    """What killed runs left in a version folder: temp files (anywhere, older names
+    included) and the `_work/` folder."""
+    work = storage.join(version_dir, WORK)
+    return [e for e in storage.list_files(version_dir)
+            if storage.is_tmp(e.uri.rsplit("/", 1)[-1]) or e.uri.startswith(work + "/")]
+
+
+def sweep_tmp(version_dir: str) -> int:
+    """Delete a killed run's temp files (the next run of a version calls this under the
+    root's lock, so no live writer owns them). `_work/` stays: its parts are reused."""
+    gone = 0
+    for e in storage.list_files(version_dir):
+        if storage.is_tmp(e.uri.rsplit("/", 1)[-1]):
+            storage.delete(e.uri)
+            gone += 1
+    return gone
+
+
 class VersionWriter:
-    """Writes part files of one version and, last, its manifest."""
+    """Writes part files of one version and, last, its manifest.
+
+    Made under the CLI's lock session it holds the root's lock (another writer of the
+    root waits here, then finds its version committed), and clears the temp files a
+    killed run of the same version left.
+    """
 
     def __init__(self, root: str, stage: str, version: str):
         self.root, self.stage, self.version = root, stage, version
         self.dir = version_uri(root, version)
+        held = lock.hold(root, f"{stage} {version}")
+        if held is not None and read_manifest(self.dir) is None:
+            sweep_tmp(self.dir)
 
     def existing(self) -> Manifest | None:
         return read_manifest(self.dir)
@@ -185,8 +217,9 @@ class VersionWriter:
     def part_uri(self, table: str, name: str) -> str:
         return storage.join(self.dir, table, f"{name}.parquet")
 
-    def write_part(self, table: str, name: str, data: pa.Table) -> FileRecord:
-        return write_part(self.dir, table, name, data)
+    def write_part(self, table: str, name: str, data: pa.Table,
+                   metadata: dict[str, str] | None = None) -> FileRecord:
+        return write_part(self.dir, table, name, data, metadata)
 
     def commit(self, tables: dict[str, list[FileRecord]], counts: dict[str, int],
                config: dict, lineage: dict) -> Manifest:
@@ -202,18 +235,26 @@ class VersionWriter:
             schema_version=SCHEMA_VERSION,
         )
         storage.write_atomic(storage.join(self.dir, MANIFEST), manifest.to_json().encode())
+        if not storage.is_remote(self.dir):  # the parts' staging folder, once empty
+            with contextlib.suppress(OSError):
+                os.removedirs(storage.join(self.dir, WORK, "tmp"))
         return manifest
 
 
-def write_part(version_dir: str, table: str, name: str, data: pa.Table) -> FileRecord:
+def write_part(version_dir: str, table: str, name: str, data: pa.Table,
+               metadata: dict[str, str] | None = None) -> FileRecord:
     """One Parquet part; the name is deterministic per input chunk, so a retry overwrites.
-    It carries its table's column descriptions and the schema version (records.py)."""
+    It carries its table's column descriptions and the schema version (records.py);
+    `metadata` joins the file's key-value metadata (shards carry their spec there)."""
     data = self_describing(data, table)
+    if metadata:
+        data = data.replace_schema_metadata((data.schema.metadata or {}) | metadata)
     sink = pa.BufferOutputStream()
     import pyarrow.parquet as pq
 
     pq.write_table(data, sink, compression="zstd")
     body = sink.getvalue().to_pybytes()
     rel = f"{table}/{name}.parquet"
-    storage.write_atomic(storage.join(version_dir, rel), body)
+    storage.write_atomic(storage.join(version_dir, rel), body,
+                         tmp_dir=storage.join(version_dir, WORK, "tmp"))
     return FileRecord(path=rel, rows=data.num_rows, sha256=hashlib.sha256(body).hexdigest())

@@ -32,6 +32,14 @@ class PreprocessingSpec(BaseModel):
     audio_sample_rate: int = 16_000
     audio_cap_s: float = 30.0
     audio_hard_limit_s: float = 600.0
+    # Log-mel features (transforms.audio.log_mel): everything the audio features depend on,
+    # so a checkpoint's spec reproduces them outside loom.
+    audio_n_mels: int = Field(64, ge=8, le=512)
+    audio_win_ms: float = Field(25.0, gt=0)  # periodic Hann window; n_fft = next power of 2
+    audio_hop_ms: float = Field(10.0, gt=0)  # centered frames: 1 + samples // hop
+    audio_f_min: float = Field(0.0, ge=0)  # filters from f_min to the Nyquist frequency
+    audio_mel_scale: Literal["htk"] = "htk"  # triangular filters, peak 1 (not area-normalized)
+    audio_log_eps: float = Field(1e-6, gt=0)  # features = ln(mel power + eps)
     pdf_max_pages: int = 64
     tokenizer_json: str = ""  # the trained Hugging Face tokenizer, inline
 

@@ -6,6 +6,7 @@ emulator, as in tests; otherwise GCS uses Application Default Credentials.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -171,23 +172,51 @@ def write_bytes(uri: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_atomic(uri: str, data: bytes) -> None:
+TMP_MARK = ".tmp-"
+
+
+def tmp_name(name: str) -> str:
+    """A temporary name readers skip: Arrow, pandas, HF and Ray ignore a leading `.`; a
+    table's own parts are staged outside its folder altogether (see `write_atomic`)."""
+    return f".{name}{TMP_MARK}{uuid.uuid4().hex}"
+
+
+def is_tmp(name: str) -> bool:
+    """A temporary file of a write that never finished (today's names and older ones)."""
+    return TMP_MARK in name
+
+
+def write_atomic(uri: str, data: bytes, tmp_dir: str | None = None) -> None:
     """Readers see the old object or the whole new one, never a part.
 
-    Local: temp file + rename. GCS: a single-object upload only becomes visible
-    when complete, which is the object store's equivalent.
+    Local: temp file + rename. The temp file sits in `tmp_dir` when given (same
+    filesystem: a version's `_work/tmp/`, so no glob over a table folder ever sees it,
+    DuckDB's and polars' `dir/*` included), else beside the target under a `.` name.
+    GCS: a single-object upload only becomes visible when complete, which is the object
+    store's equivalent.
     """
     if is_remote(uri):
         write_bytes(uri, data)
         return
     path = resolve(uri)[1]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    where = resolve(tmp_dir)[1] if tmp_dir else parent
+    if tmp_dir:
+        os.makedirs(where, exist_ok=True)
+    tmp = os.path.join(where, tmp_name(os.path.basename(path)))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write's ENOSPC names no file
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
 
 
 def delete(uri: str) -> None:
@@ -203,15 +232,16 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
 
 
-def write_parquet(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file, atomically for local paths. Like every file loom writes,
-    it names the schema version (records.SCHEMA_VERSION) in its metadata."""
+def write_parquet(table: pa.Table, uri: str, tmp_dir: str | None = None) -> None:
+    """Write one Parquet file, atomically for local paths (see write_atomic's tmp_dir).
+    Like every file loom writes, it names the schema version (records.SCHEMA_VERSION)
+    in its metadata."""
     meta = dict(table.schema.metadata or {})
     meta.setdefault(b"loom.schema_version", str(SCHEMA_VERSION).encode())
     table = table.replace_schema_metadata(meta)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_atomic(uri, sink.getvalue().to_pybytes())
+    write_atomic(uri, sink.getvalue().to_pybytes(), tmp_dir)
 
 
 def read_parquet(uris: list[str], columns: list[str] | None = None,

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import subprocess
@@ -141,7 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if not _ROUTE.match(self.path.split("?", 1)[0]):
+        route = _ROUTE.match(self.path.split("?", 1)[0])
+        if not route:
             self._error(404 if ":" in self.path else 501,
                         "method not supported by the offline server")
             return
@@ -153,6 +155,12 @@ class _Handler(BaseHTTPRequestHandler):
             st.times.append(time.monotonic())
         self._counted = True
         try:
+            if route.group(2) not in known_models():  # as Gemini answers an unknown model
+                self._error(404, f"models/{route.group(2)} is not found for API version "
+                                 f"{route.group(1)}, or is not supported for generateContent. "
+                                 "Call ListModels to see the list of available models and "
+                                 "their supported methods.")
+                return
             self._generate(raw)
         finally:
             self._release()
@@ -186,8 +194,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "invalid JSON payload")
             return
+        if (problem := malformed(request)) is not None:  # Gemini: 400, never retried
+            self._error(400, problem)
+            return
         try:
-            answer = offline_model.respond(request)
+            answer = within_schema(offline_model.respond(request),
+                                   (request.get("generationConfig") or {}))
         except offline_model.BadInput as exc:
             self._error(400, str(exc))
             return
@@ -212,6 +224,69 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.state.stats())
             return
         self._error(404, "not found")
+
+
+def known_models() -> frozenset[str]:
+    """Models the double answers for: those with a price (synth/prices.yaml), plus any in
+    LOOM_OFFLINE_MODELS (comma-separated). Anything else is 404 NOT_FOUND, as on Gemini."""
+    import yaml
+
+    prices = yaml.safe_load((Path(__file__).with_name("prices.yaml")).read_text()) or {}
+    extra = {m.strip() for m in os.environ.get("LOOM_OFFLINE_MODELS", "").split(",")}
+    return frozenset(prices) | {m for m in extra if m}
+
+
+def malformed(request: object) -> str | None:
+    """Gemini's 400 INVALID_ARGUMENT reasons for a body that is not a GenerateContentRequest."""
+    if not isinstance(request, dict):
+        return "Invalid JSON payload received. Expected an object."
+    contents = request.get("contents")
+    if contents is None or contents == []:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    if not isinstance(contents, list):
+        return (f"Invalid value at 'contents' (type.googleapis.com/google.ai."
+                f"generativelanguage.v1beta.Content), {json.dumps(contents)}")
+    for i, content in enumerate(contents):
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts:
+            return f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+        if not all(isinstance(p, dict) for p in parts):
+            return f"Invalid value at 'contents[{i}].parts'"
+    gen = request.get("generationConfig")
+    if gen is not None and not isinstance(gen, dict):
+        return "Invalid value at 'generation_config'"
+    return None
+
+
+def _schema_of(gen: dict) -> dict | None:
+    schema = gen.get("responseJsonSchema") or gen.get("responseSchema") \
+        or gen.get("response_json_schema") or gen.get("response_schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _prune(value: object, schema: dict) -> object:
+    """Drop object properties the schema does not declare (recursively)."""
+    if isinstance(value, dict) and isinstance(schema.get("properties"), dict):
+        props = schema["properties"]
+        return {k: _prune(v, props[k]) for k, v in value.items() if k in props}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_prune(v, schema["items"]) for v in value]
+    return value
+
+
+def within_schema(answer: dict, gen: dict) -> dict:
+    """A constrained-decoding model never writes a property outside its response schema."""
+    schema = _schema_of(gen)
+    if schema is None or gen.get("responseMimeType") != "application/json":
+        return answer
+    for cand in answer.get("candidates") or []:
+        for part in (cand.get("content") or {}).get("parts") or []:
+            try:
+                body = json.loads(part.get("text", ""))
+            except ValueError:
+                continue  # a cut-short answer (finishReason MAX_TOKENS) stays as it is
+            part["text"] = json.dumps(_prune(body, schema))
+    return answer
 
 
 class _Server(ThreadingHTTPServer):
@@ -251,7 +326,8 @@ def server_stats(base_url: str) -> dict:
 def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Iterator[str]:
     """Run the server as a subprocess; yields its base URL and stops it on exit."""
     root = str(Path(__file__).resolve().parent.parent)
-    args = [sys.executable, "-m", "loom.synth.offline_server", "--port", "0"]
+    args = [sys.executable, "-m", "loom.synth.offline_server", "--port", "0",
+            "--parent-pid", str(os.getpid())]
     if faults is not None:
         args += ["--faults-json", faults.model_dump_json()]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root)
@@ -277,6 +353,14 @@ def offline_server(timeout_s: float = 30.0, faults: Faults | None = None) -> Ite
             proc.stdout.close()
 
 
+def _exit_with_parent(parent: int, server: ThreadingHTTPServer) -> None:
+    """A parent killed with SIGKILL cannot stop its server: the server stops itself when
+    it is reparented, instead of serving (and holding the parent's pipes) forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -284,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", type=float, default=0.0, help="share of requests faulted")
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--faults-json", default=None, help="a full Faults object as JSON")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process is gone (a SIGKILLed synth)")
     args = parser.parse_args(argv)
     if args.faults_json:
         faults = Faults.model_validate_json(args.faults_json)
@@ -291,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
         faults = Faults(latency_s=args.latency_ms / 1000, share=args.faults, seed=args.fault_seed)
     server = _make(args.port, faults)
     print(f"{BANNER} http://{HOST}:{server.server_address[1]}", flush=True)
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid, server),
+                         daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -95,8 +95,9 @@ class GcsEmulator:
         for _ in range(3):  # a free port can be taken between probe and bind; retry
             port = self.port or free_port(self.bind)
             self._log = tempfile.TemporaryFile()
-            self._proc = subprocess.Popen(
-                [*exe, "start", "--host", self.bind, "--port", str(port), "--in-memory",
+            self._proc = subprocess.Popen(  # generation preconditions honoured, as on GCS
+                [sys.executable, str(Path(__file__).with_name("gcs_preconditions.py")),
+                 "start", "--host", self.bind, "--port", str(port), "--in-memory",
                  "--default-bucket", self.bucket],
                 stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"},

@@ -47,10 +47,11 @@ def _mel_to_hz(m):
 
 
 @functools.lru_cache(maxsize=16)
-def mel_filterbank(sr: int, n_fft: int, n_mels: int = N_MELS) -> np.ndarray:
-    """(n_mels, n_fft//2 + 1) triangular HTK-mel filters from F_MIN to sr/2, peak 1."""
+def mel_filterbank(sr: int, n_fft: int, n_mels: int = N_MELS, f_min: float = F_MIN
+                   ) -> np.ndarray:
+    """(n_mels, n_fft//2 + 1) triangular HTK-mel filters from f_min to sr/2, peak 1."""
     freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(sr / 2.0), n_mels + 2))
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(sr / 2.0), n_mels + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     up = (freqs[None, :] - lo) / np.maximum(mid - lo, 1e-12)
     down = (hi - freqs[None, :]) / np.maximum(hi - mid, 1e-12)
@@ -59,17 +60,21 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int = N_MELS) -> np.ndarray:
     return fb
 
 
-def stft_params(sr: int) -> tuple[int, int, int]:
+def stft_params(sr: int, win_ms: float = WIN_MS, hop_ms: float = HOP_MS
+                ) -> tuple[int, int, int]:
     """(window, hop, n_fft) in samples for a sample rate."""
-    win = max(1, int(round(sr * WIN_MS / 1000.0)))
-    hop = max(1, int(round(sr * HOP_MS / 1000.0)))
+    win = max(1, int(round(sr * win_ms / 1000.0)))
+    hop = max(1, int(round(sr * hop_ms / 1000.0)))
     return win, hop, 1 << (win - 1).bit_length()
 
 
-def log_mel(samples: np.ndarray, sr: int, n_mels: int = N_MELS) -> np.ndarray:
-    """(frames, n_mels) float32 log-mel power; frames = 1 + len // hop (centered windows)."""
+def log_mel(samples: np.ndarray, sr: int, n_mels: int = N_MELS, *, win_ms: float = WIN_MS,
+            hop_ms: float = HOP_MS, f_min: float = F_MIN, log_eps: float = LOG_EPS
+            ) -> np.ndarray:
+    """(frames, n_mels) float32 log-mel power; frames = 1 + len // hop (centered windows).
+    The defaults are PreprocessingSpec's: ingest passes the spec's own values."""
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
-    win, hop, n_fft = stft_params(sr)
+    win, hop, n_fft = stft_params(sr, win_ms, hop_ms)
     padded = np.pad(x, (win // 2, win // 2))
     n_frames = 1 + len(x) // hop
     need = (n_frames - 1) * hop + win
@@ -77,12 +82,12 @@ def log_mel(samples: np.ndarray, sr: int, n_mels: int = N_MELS) -> np.ndarray:
         padded = np.pad(padded, (0, need - len(padded)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:n_frames]
     window = np.hanning(win + 1)[:-1].astype(np.float32)  # periodic Hann
-    fb = mel_filterbank(sr, n_fft, n_mels).T.astype(np.float32)
+    fb = mel_filterbank(sr, n_fft, n_mels, f_min).T.astype(np.float32)
     out = np.empty((n_frames, n_mels), dtype=np.float32)
     for s in range(0, n_frames, _CHUNK_FRAMES):
         spec = np.fft.rfft(frames[s:s + _CHUNK_FRAMES] * window, n=n_fft, axis=1)
         power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
-        out[s:s + _CHUNK_FRAMES] = np.log(power @ fb + LOG_EPS)
+        out[s:s + _CHUNK_FRAMES] = np.log(power @ fb + log_eps)
     return out
 
 
@@ -117,9 +122,10 @@ def audio_part_from_samples(samples: np.ndarray, sr: int, spec: PreprocessingSpe
         x = soxr.resample(x, sr, target).astype(np.float32, copy=False)
     if x.size == 0:
         raise DecodeError(Reason.EMPTY, "no audio samples after resampling")
-    feats = log_mel(x, target)
+    feats = log_mel(x, target, spec.audio_n_mels, win_ms=spec.audio_win_ms,
+                    hop_ms=spec.audio_hop_ms, f_min=spec.audio_f_min, log_eps=spec.audio_log_eps)
     part = empty_part(Modality.AUDIO.value)
-    part.update(features=feats.reshape(-1).tolist(), feature_bins=N_MELS,
+    part.update(features=feats.reshape(-1).tolist(), feature_bins=spec.audio_n_mels,
                 frames=int(feats.shape[0]), mime=mime)
     meta = {"duration_s": total_s, "truncated": bool(truncated), "sample_rate_in": int(sr),
             "channels_in": int(channels)}

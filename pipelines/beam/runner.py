@@ -46,7 +46,7 @@ def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None
     args = pipeline_args or (options or BeamOptions()).args(workers)
     results_uri = storage.join(task.version_dir, "_work", f"beam-{uuid.uuid4().hex}.json")
     name = getattr(task.factory, "func", task.factory).__name__
-    with progress(len(items), name) as (key, _), beam.Pipeline(options=PipelineOptions(args)) as p:
+    with progress(items, name) as (key, _), beam.Pipeline(options=PipelineOptions(args)) as p:
         (
             p
             | "Items" >> beam.Create([dumps(i) for i in items])

@@ -36,7 +36,7 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     top = actors or etl_actors(cpus_per_actor, len(items), min_actors, max_actors)
     results = []
     # the deadline is read from the DataContext when the Dataset is made: make it inside
-    with progress(len(items), name) as (_, bar), actor_deadline(name, cpus_per_actor):
+    with progress(items, name) as (_, bar), actor_deadline(name, cpus_per_actor):
         ds = ray.data.from_items([{"item": dumps(i)} for i in items],
                                  override_num_blocks=len(items))
         ds = ds.map_batches(

@@ -2,14 +2,22 @@
 
 Each rank reads its own seeded share of the shard files (pipelines/train_data.py), so a
 resumed run sees exactly the rows the first run would have seen.
+
+Rank 0 writes `<run>/progress.json` as it trains (throttled); the driver shows it as a bar
+per epoch on a terminal (step, loss, samples/s, ETA) and as log records (structured with
+--log-json). `<run>/metrics.parquet` holds every step of the run: it is rewritten at each
+checkpoint, and a resumed run starts from the rows up to the step it resumes from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import sys
+import threading
 import time
 
 import pyarrow as pa
@@ -28,6 +36,10 @@ from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
+
+PROGRESS = "progress.json"
+METRICS = "metrics.parquet"
+log = logging.getLogger("loom.train")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -105,7 +117,9 @@ def _loop(config: dict) -> None:
     plan = DataPlan(**config["data"])
     reader = ShardReader(plan.files)
     per_epoch = plan.steps_per_epoch()
-    step, metrics, seen = start_step, [], 0
+    step, seen = start_step, 0
+    metrics = _metrics_until(config["root"], config["run"], start_step) if resume_from else []
+    progress = _ProgressWriter(config["root"], config["run"], total, tc["epochs"], rank)
     base = model.module if hasattr(model, "module") else model
     collate = TrainCollate(enc, tc["max_negatives"])
     bf16 = tc["bf16"] and device.type == "cuda"
@@ -144,7 +158,9 @@ def _loop(config: dict) -> None:
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {name: float(v.detach()) for name, v in terms.items()}
             metrics.append(row)
+            progress.update(step, epoch, row["loss"], row["samples_per_s"])
             if rank == 0 and (step % tc["checkpoint_every"] == 0 or step == stop_at):
+                _write_metrics(config["root"], config["run"], metrics)  # before latest moves
                 save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
                                 enc, tc, plan.position(epoch, k + 1, steps) | {"step": step},
                                 extra_state={"resumed_from": resumed,
@@ -160,9 +176,94 @@ def _loop(config: dict) -> None:
                         {"epoch": tc["epochs"], "step": step},
                         extra_state={"complete": True, "resumed_from": resumed,
                                      "log_temperature": float(base.log_temperature)})
-        storage.write_parquet(pa.Table.from_pylist(metrics),
-                              storage.join(config["root"], config["run"], "metrics.parquet"))
+        _write_metrics(config["root"], config["run"], metrics)
+    progress.update(step, tc["epochs"] - 1, metrics[-1]["loss"] if metrics else None, 0.0,
+                    force=True)
     ray.train.report({"step": step, "done": True})
+
+
+def _metrics_until(root: str, run: str, step: int) -> list[dict]:
+    """The rows a resumed run keeps: every step up to the checkpoint it resumes from."""
+    uri = storage.join(root, run, METRICS)
+    if not storage.exists(uri):
+        return []
+    return [r for r in storage.read_parquet([uri]).to_pylist() if r["step"] <= step]
+
+
+def _write_metrics(root: str, run: str, metrics: list[dict]) -> None:
+    if metrics:
+        storage.write_parquet(pa.Table.from_pylist(metrics), storage.join(root, run, METRICS))
+
+
+class _ProgressWriter:
+    """Rank 0's position, at most twice a second, for the driver's bar."""
+
+    def __init__(self, root: str, run: str, total: int, epochs: int, rank: int):
+        self.uri = storage.join(root, run, PROGRESS)
+        self.total, self.epochs, self.on = total, epochs, rank == 0
+        self.last = 0.0
+
+    def update(self, step: int, epoch: int, loss: float | None, samples_per_s: float,
+               force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.on or (not force and now - self.last < 0.5):
+            return
+        self.last = now
+        storage.write_atomic(self.uri, json.dumps({
+            "step": step, "epoch": epoch, "epochs": self.epochs, "total_steps": self.total,
+            "loss": loss, "samples_per_s": samples_per_s}).encode())
+
+
+def watch_progress(root: str, run: str, stop: threading.Event, poll_s: float = 0.5,
+                   log_every_s: float = 10.0) -> None:
+    """The driver's view of training: a tqdm bar per epoch on a terminal, and a log record
+    per epoch end and every `log_every_s` (JSON fields with --log-json)."""
+    from tqdm import tqdm
+
+    uri = storage.join(root, run, PROGRESS)
+    bar, epoch_shown, last_log, last, first = None, None, 0.0, None, None
+    tty = sys.stderr.isatty()
+    while True:
+        stopping = stop.wait(poll_s)
+        try:
+            p = json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+        except (OSError, ValueError):
+            p = None
+        if p and p != last:
+            last = p
+            per_epoch = max(1, p["total_steps"] // max(1, p["epochs"]))
+            in_epoch = p["step"] - p["epoch"] * per_epoch
+            if p["epoch"] != epoch_shown:
+                if bar is not None:
+                    bar.close()
+                epoch_shown = p["epoch"]
+                bar = tqdm(total=per_epoch, desc=f"epoch {p['epoch'] + 1}/{p['epochs']}",
+                           unit="step", disable=not tty, leave=True, file=sys.stderr)
+                bar.update(max(0, in_epoch))
+            else:
+                bar.update(max(0, in_epoch - bar.n))
+            if p["loss"] is not None:
+                bar.set_postfix(loss=f"{p['loss']:.4f}",
+                                samples_s=f"{p['samples_per_s']:.1f}", refresh=False)
+            now = time.monotonic()
+            first = first or (now, p["step"])
+            if now - last_log >= log_every_s or in_epoch >= per_epoch or stopping:
+                last_log = now
+                left = p["total_steps"] - p["step"]
+                sps = p["samples_per_s"] or 0.0
+                rate = (p["step"] - first[1]) / (now - first[0]) if now > first[0] else 0.0
+                eta = round(left / rate, 1) if rate > 0 else None
+                loss = "-" if p["loss"] is None else f"{p['loss']:.4f}"
+                log.info(f"train epoch {p['epoch'] + 1}/{p['epochs']} step {p['step']}/"
+                         f"{p['total_steps']} loss {loss} {sps:.1f} samples/s eta {eta}s",
+                         extra={"step": p["step"], "epoch": p["epoch"] + 1,
+                                "epochs": p["epochs"], "total_steps": p["total_steps"],
+                                "loss": p["loss"], "samples_per_s": round(sps, 2),
+                                "eta_s": eta})
+        if stopping:
+            if bar is not None:
+                bar.close()
+            return
 
 
 def fit(loop_config: dict, workers: int, max_failures: int = 1):
@@ -189,7 +290,15 @@ def fit(loop_config: dict, workers: int, max_failures: int = 1):
         run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=loop_config["run"],
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
-    return trainer.fit()
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_progress, name="loom-train-progress", daemon=True,
+                               args=(root, loop_config["run"], stop))
+    watcher.start()
+    try:
+        return trainer.fit()
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
 
 
 def _log_rows(where: str, rank: int, step: int, bucket: str, ids: list[str]) -> None:

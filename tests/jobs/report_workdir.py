@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import REJECTED, TRIPLE, to_table
+from loom.schemas.records import METRICS, REJECTED, TRIPLE, to_table
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 
@@ -59,7 +59,8 @@ def make_workdir(workdir: str) -> dict[str, str]:
                         "lexical_r@1": [None, None, 0.45, 0.45],
                         "lexical_r@5": [None, None, 0.7, 0.7],
                         "lexical_ndcg@10": [None, None, 0.6, 0.6], "queries": [20] * 4,
-                        "gallery": [20] * 4})
+                        "gallery": [20] * 4}).to_pylist()
+    metrics = to_table(metrics, METRICS)  # the fixed schema
     ev = _commit(storage.join(workdir, "eval"), "eval", {"metrics": metrics},
                  {"text->image:queries": 20}, {"pairs": pairs})
     runs = {}

@@ -262,6 +262,7 @@ def test_gc_plan_json_is_the_contract(tmp_path):
     assert {k["uri"]: k["version"] for k in plan["keep_versions"]} == {
         v[k]: name(v[k]) for k in v if k not in ("e0", "p0")}
     assert plan["counts"] == {"versions": 12, "delete_versions": 2, "delete_partials": 1,
+                              "delete_leftovers": 0,
                               "delete_bytes": size[v["e0"]] + size[v["p0"]] + 10}
     later = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 101)
     assert later["young_partials"] == [] and later["counts"]["delete_partials"] == 2

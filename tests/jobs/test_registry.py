@@ -88,6 +88,8 @@ CASES: dict[str, tuple[list[str], dict]] = {
     "report": (["report", "/w", "--output", "/w/r.html"], {"workdir": "/w"}),
     "gc": (["gc", "/w", "--keep", "5", "--no-dry-run", "--yes", "--grace-hours", "1.5"],
            {"root": "/w", "keep": 5, "dry_run": False, "yes": True, "grace_hours": 1.5}),
+    "forget": (["forget", "a" * 64, "gs://b/media/x.jpg", "--workdir", "/w"],
+               {"targets": ["a" * 64, "gs://b/media/x.jpg"], "workdir": "/w"}),
 }
 
 
@@ -189,7 +191,9 @@ def test_numeric_option_below_range_is_exit_2(stage, flag, captured, tmp_path):
         res = _cli([*argv, flag, value])
         assert res.exit_code == 2, (flag, value, res.output)
         reason = _reason(res)
-        assert reason.startswith("loom: bad config: ") and flag in reason, reason
+        # jobs/errors.py: "loom: <command>: <reason>"
+        assert reason.startswith(f"loom: {registry.get(stage).command[-1]}: bad config: ") \
+            and flag in reason, reason
     assert captured == []  # refused before the stage ran
     assert not (tmp_path / "out").exists()
 
@@ -263,6 +267,7 @@ stages:
   - {stage: gc, id: gc, root: "${backfill}", keep: 2}
   - {stage: export, id: export, checkpoint: "${ft}"}
   - {stage: pairs, id: natural, examples: "${ingest}", mix: ["${synth}"]}
+  - {stage: forget, id: forget, targets: ["gs://b/media/x.jpg"]}
 """
 
 
@@ -335,4 +340,7 @@ def test_refs_resolve_to_what_earlier_steps_produced(captured, tmp_path):
     assert cfg["eval"].ground_truth == "/c/v/gt.jsonl"
     assert cfg["backfill"].input == "/c/v/media"
     assert cfg["gc"].root == str(tmp_path / "w" / "backfill")
-    assert captured[-2][2].workdir == str(tmp_path / "w")  # report: the spec's workdir
+    by_name = {c[0]: c for c in captured}
+    assert by_name["report"][2].workdir == str(tmp_path / "w")  # report: the spec's workdir
+    assert by_name["forget"][2].workdir == str(tmp_path / "w")  # forget: the spec's too
+    assert by_name["forget"][1].targets == ["gs://b/media/x.jpg"]

@@ -176,3 +176,33 @@ def test_heatmap_has_a_cell_per_modality_pair():
     assert rows == ["audio", "text", "text+image"] and cols == ["image", "text", "video"]
     assert cells[("text+image", "video")] == (0.9, 0.9 - 0.4)
     assert cells[("audio", "text")][1] == 0.3 - 0.05
+
+
+def test_counts_are_tables_and_training_rows_have_numbers(tmp_path):
+    from loom.jobs.report_html import render
+
+    make_workdir(str(tmp_path))
+    data = collect(stages_of_workdir(str(tmp_path)))
+    page = render(data)
+    stages_table = page.split("<h2>Stages</h2>", 1)[1].split("</table></td>", 1)[0]
+    assert "{&quot;" not in page and "<td>{}</td>" not in page  # no raw JSON cells
+    assert "<table class=counts>" in stages_table
+    assert re.search(r"<td>&nbsp;&nbsp;image</td><td class=num>12</td>", page)
+    train = [s for s in data["stages"] if s["stage"] == "train"]
+    assert train and all(s["counts"]["steps"] == 10 and s["counts"]["last_step"] == 10
+                         for s in train)
+
+
+def test_eval_metrics_table_keeps_every_key_of_every_row():
+    """Image pairs sort first and carry no lexical_* keys; BM25 must still be saved."""
+    from loom.pipelines.evaluate import metrics_table, table_from_rows
+
+    rows = [{"pair": "text->image", "dim": 64, "r@1": 0.4, "r@5": 0.8, "ndcg@10": 0.6,
+             "random_r@1": 0.05, "queries": 20, "gallery": 20},
+            {"pair": "text->text", "dim": 64, "r@1": 0.5, "r@5": 0.9, "ndcg@10": 0.7,
+             "random_r@1": 0.05, "lexical_r@1": 0.45, "lexical_r@5": 0.8, "queries": 20,
+             "gallery": 20}]
+    t = metrics_table(rows)
+    assert {"lexical_r@1", "lexical_r@5"} <= set(t.column_names)
+    assert table_from_rows(t.to_pylist())["text->text"]["lexical_r@1"] == 0.45
+    assert "lexical_r@1" not in table_from_rows(t.to_pylist())["text->image"]

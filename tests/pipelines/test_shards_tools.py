@@ -183,3 +183,18 @@ def test_target_mb_sizes_shards(bigger_root, tmp_path):
     assert 1 <= rps < 200 and out["counts"]["shards"] == -(-200 // rps)
     with pytest.raises(Exception, match="weights must be >= 0"):
         run_shard(bigger_root, str(tmp_path / "neg"), weights={"image": -1.0})
+
+
+def test_shard_files_carry_their_spec(pairs_root, tmp_path):
+    """An outside trainer reads the image size (and the whole spec) from each shard file."""
+    import pyarrow.parquet as pq
+
+    out = run_shard(pairs_root, str(tmp_path / "shards"), rows_per_shard=2)
+    for f in _shard_files(out):
+        meta = pq.read_schema(f).metadata
+        spec = PreprocessingSpec.model_validate_json(meta[b"loom.preprocessing"])
+        assert int(meta[b"loom.image_size"]) == spec.image_size
+        assert spec.tokenizer_json  # the tokenizer that made the rows' token ids
+        pixels = [r["positive"]["pixels"] for r in pq.read_table(f).to_pylist()
+                  if r["positive"]["modality"] == "image"]
+        assert all(len(p) == spec.image_size ** 2 * 3 for p in pixels)  # raw frames

@@ -50,5 +50,10 @@ def test_killed_worker_restarts_and_resumes(tmp_path, ray_session):
     assert final.state["resumed_from"] and final.state["resumed_from"][0] >= killed_at
     steps_per_epoch = shards["counts"]["rows"] // cfg.batch_size
     assert final.state["step"] == steps_per_epoch * cfg.epochs
+    # metrics.parquet keeps every step, the ones before the resume included, once each.
+    import pyarrow.parquet as pq
+
+    steps = pq.read_table(tmp_path / "ckpt" / out["version"] / "metrics.parquet")["step"]
+    assert steps.to_pylist() == list(range(1, final.state["step"] + 1))
     # A rerun of the complete run is reused, not trained again.
     assert run_train(shards["uri"], root, TrainStage.PFT, cfg)["reused"] is True
