@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import typer
-
 from loom.jobs import logs, registry
 from loom.jobs.commands import add_stage_commands
 from loom.pipelines.engine import Engine

@@ -18,12 +18,11 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticCustomError
-
 from loom.jobs import registry
 from loom.jobs.registry import Context, StageDef, check_literal_inputs
 from loom.pipelines.engine import Engine, EngineOptions
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +128,6 @@ def _split(values: list[str] | None) -> list[str]:
 
 def _mapping(text: str, flag: str) -> dict:
     import yaml
-
     from loom.pipelines.common import BadInput
 
     path = pathlib.Path(text)

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-
 from typing import TYPE_CHECKING
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loom.jobs.corpus import World, generate_corpus
 from loom.jobs.report import write_report
 from loom.pipelines.engine import Engine
 from loom.schemas import manifest as mf
 from loom.schemas import storage
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from loom.jobs.spec import JobSpec

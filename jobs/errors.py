@@ -73,7 +73,6 @@ def _quoted(text: str) -> str | None:
 def classify(exc: BaseException) -> Failure:
     """The exit code and one-line reason for an exception a stage raised."""
     import pydantic
-
     from loom.jobs.submit import JobFailed
     from loom.pipelines.common import BadInput
     from loom.pipelines.synth import BudgetExceeded

@@ -26,7 +26,6 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from loom.jobs.ops import dataset_roots
 from loom.schemas import manifest as mf
 from loom.schemas import storage

@@ -21,9 +21,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
-
 from loom.pipelines.engine import EngineOptions
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 # Modules whose import registers stages; a new module of stages adds its name here.
 MODULES: tuple[str, ...] = ("loom.jobs.stages",)

@@ -6,7 +6,6 @@ import io
 import json
 
 import matplotlib.pyplot as plt
-
 from loom.jobs.report_html import REPORT_HTML, collect, eval_figure, loss_figure, write_html
 from loom.schemas import manifest as mf
 from loom.schemas import storage

@@ -18,7 +18,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from loom.jobs.ops import dataset_roots  # noqa: E402
 from loom.schemas import manifest as mf  # noqa: E402
 from loom.schemas import storage  # noqa: E402

@@ -16,6 +16,10 @@ import os
 from typing import Annotated, Literal, Union
 
 import yaml
+from loom.jobs import registry
+from loom.jobs.registry import ref_target
+from loom.pipelines.engine import BeamOptions, Engine, EngineOptions
+from loom.schemas import storage
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,11 +29,6 @@ from pydantic import (
     create_model,
     model_validator,
 )
-
-from loom.jobs import registry
-from loom.jobs.registry import ref_target
-from loom.pipelines.engine import BeamOptions, Engine, EngineOptions
-from loom.schemas import storage
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # also a folder name under workdir
 

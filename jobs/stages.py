@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
-
 from loom.jobs.registry import Context, Flag, Ref, StageConfig, Uri, register
 from loom.pipelines.train import TrainConfig, TrainStage
 from loom.synth.budget import Budget
@@ -18,6 +16,7 @@ from loom.synth.client import LLMConfig
 from loom.synth.filters import FilterConfig
 from loom.synth.limits import RateLimits
 from loom.transforms.mining import MiningConfig
+from pydantic import Field, ValidationInfo, field_validator
 
 CHECKPOINT_STEPS = {"train": "checkpoint", "soup": "checkpoint"}
 CHECKPOINT = Ref(CHECKPOINT_STEPS, root="checkpoint_root", literal_needs_root=True)

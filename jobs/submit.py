@@ -103,10 +103,9 @@ def submit(spec_path: str, address: str, wait: bool = True, timeout_s: float = 3
     """`shared_fs`: every node mounts the same filesystem at the spec's local paths
     (LOOM_SHARED_FS=1 for the job); otherwise a multi-node cluster's address refuses them
     here, before anything reaches the cluster (the job checks again for itself)."""
-    from ray.job_submission import JobSubmissionClient
-
     from loom.jobs.logs import say
     from loom.jobs.spec import load_spec
+    from ray.job_submission import JobSubmissionClient
 
     log = log or say  # progress lines carry job_id / status as fields under --log-json
     from loom.pipelines.cluster import SHARED_FS_ENV, check_spec_paths

@@ -12,12 +12,11 @@ import io
 import json
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.schemas import storage
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 LATEST = "latest.json"
 

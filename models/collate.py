@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from loom.models.encoder import EncoderConfig
 from loom.transforms.pixels import decode_frames
 

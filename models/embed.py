@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from loom.models.collate import collate_items
 from loom.models.encoder import MultimodalEncoder, matryoshka
 

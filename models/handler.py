@@ -15,7 +15,6 @@ import functools
 
 import numpy as np
 import torch
-
 from loom.models.checkpoint import LoadedCheckpoint, checkpoint_configs, load_checkpoint
 from loom.models.embed import embed_items
 from loom.models.inputs import Preprocessor

@@ -6,7 +6,6 @@ import hashlib
 
 import torch
 import torch.nn.functional as F
-
 from loom.models.distributed import global_docs
 from loom.models.encoder import matryoshka
 

@@ -18,7 +18,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from loom.models.collate import collate_items
 from loom.models.encoder import AUDIO, IMAGE, TEXT, EncoderConfig, MultimodalEncoder
 

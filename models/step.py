@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 
 import torch
-
 from loom.models.distributed import all_reduce_grads
 from loom.models.embed import Group
 from loom.models.losses import contrastive_terms

@@ -24,8 +24,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
-
 from loom.models.checkpoint import checkpoint_configs, resolve
 from loom.models.handler import EncoderHandler
 from loom.pipelines.cluster import check_paths
@@ -36,6 +34,7 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import EMBEDDING
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
+from tqdm import tqdm
 
 STAGE = "backfill"
 TABLE = "embeddings"

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-
 from loom.schemas import storage
 from loom.schemas.manifest import canonical_json
 from loom.schemas.records import embedding_cache_schema

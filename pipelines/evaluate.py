@@ -19,8 +19,6 @@ import math
 import numpy as np
 import pyarrow as pa
 import torch
-from rank_bm25 import BM25Okapi
-
 from loom.models.checkpoint import resolve
 from loom.models.encoder import MultimodalEncoder
 from loom.models.handler import EncoderHandler
@@ -33,6 +31,7 @@ from loom.schemas.records import METRICS, Split, pair_name
 from loom.schemas.splits import example_split, group_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
+from rank_bm25 import BM25Okapi
 
 KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")

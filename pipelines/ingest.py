@@ -15,8 +15,6 @@ from functools import partial
 from typing import ClassVar
 
 import pyarrow as pa
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
-
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
@@ -38,6 +36,7 @@ from loom.transforms.remote import RemoteConfig
 from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import train_tokenizer
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024

@@ -16,7 +16,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-
 from loom.models.checkpoint import resolve
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec

@@ -20,7 +20,6 @@ from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage

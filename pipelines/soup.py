@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel
-
-from loom.models.checkpoint import LATEST, LoadedCheckpoint, load_checkpoint, resolve, save_checkpoint
+from loom.models.checkpoint import (
+    LATEST,
+    LoadedCheckpoint,
+    load_checkpoint,
+    resolve,
+    save_checkpoint,
+)
 from loom.models.encoder import MultimodalEncoder
 from loom.models.soup import average_state_dicts, normalize_weights
 from loom.pipelines.common import BadInput
 from loom.schemas import manifest as mf
 from loom.schemas import storage
+from pydantic import BaseModel
 
 
 def _diff(a: BaseModel, b: BaseModel) -> list[str]:

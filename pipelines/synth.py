@@ -14,7 +14,6 @@ import contextlib
 from functools import partial
 
 import pyarrow as pa
-
 from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
@@ -37,6 +36,8 @@ from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for 
     Ledger,
     call_estimate,
     price_for,
+)
+from loom.synth.budget import (
     usage as spent_usage,
 )
 from loom.synth.cache import ResponseCache
@@ -213,7 +214,6 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
                       ex_manifest: mf.Manifest) -> set[str]:
     """pair_ids whose query does not rank its own positive in the top k of its modality."""
     import numpy as np
-
     from loom.models.handler import EncoderHandler
     from loom.models.inputs import examples_spec
 

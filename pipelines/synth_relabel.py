@@ -14,7 +14,6 @@ import contextlib
 from functools import partial
 
 import pyarrow as pa
-
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.pipelines.synth import ENGINE_WORKERS

@@ -6,10 +6,7 @@ import dataclasses
 import enum
 import json
 import math
-
 from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from loom.models.checkpoint import load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
@@ -18,6 +15,7 @@ from loom.pipelines.common import BadInput, timed
 from loom.pipelines.train_data import Batching, DataPlan
 from loom.schemas import manifest as mf
 from loom.schemas import storage
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainStage(str, enum.Enum):

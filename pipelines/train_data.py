@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from loom.schemas import storage
 
 MIXED = "mixed"

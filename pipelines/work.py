@@ -16,7 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.transforms.stage import Stage

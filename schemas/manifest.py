@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-
 from loom.schemas import lock, storage
 from loom.schemas.records import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, TABLES, self_describing
 

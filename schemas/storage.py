@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
 from loom.schemas.records import SCHEMA_VERSION
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import pydantic
 from google.genai import types
-
 from loom.schemas.records import LLM_STAT_NAMES, Reason
 from loom.synth import client as llm_client
 from loom.synth.cache import ResponseCache

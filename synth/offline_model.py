@@ -15,9 +15,8 @@ import re
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from loom.transforms import scenes
+from PIL import Image
 
 KINDS = ("caption", "keyword", "question")
 _KIND_RE = re.compile(r"QUERY_KIND:\s*([a-z_]+)")

@@ -34,7 +34,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pydantic
-
 from loom.synth import offline_model
 
 HOST = "127.0.0.1"

@@ -15,7 +15,6 @@ from typing import ClassVar
 import pyarrow as pa
 import pydantic
 from google.genai import types
-
 from loom.schemas import storage
 from loom.schemas.records import (
     LLM_STAT_NAMES,

@@ -21,8 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pydantic
 from google.genai import types
-from PIL import Image
-
 from loom.schemas import storage
 from loom.schemas.records import (
     EXAMPLE,
@@ -47,6 +45,7 @@ from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
 from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.stage import BaseStage
+from PIL import Image
 
 STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
 STATS = stats_schema(STAT_NAMES)

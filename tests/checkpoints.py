@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from loom.models.checkpoint import save_checkpoint
 from loom.models.encoder import MultimodalEncoder
 from loom.pipelines.train import TrainConfig, encoder_for

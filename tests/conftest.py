@@ -33,7 +33,6 @@ def pytest_runtest_makereport(item, call):
 def ray_session():
     """A local Ray (2 CPUs, small object store), started on first use, shut down at the end."""
     import ray
-
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray(num_cpus=2, object_store_mb=256)

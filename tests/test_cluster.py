@@ -171,9 +171,8 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
 
 def run_command(c: Cluster, argv: list[str], expect: str = "SUCCEEDED") -> dict:
     """A loom command on the cluster through the Jobs API, with loom's runtime env."""
-    from ray.job_submission import JobSubmissionClient
-
     from loom.jobs.submit import _last_json, runtime_env
+    from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(c.dashboard)
     spec_dir = os.path.join(str(c.work), "..", "cmd")

@@ -31,10 +31,9 @@ from collections.abc import Iterator
 from typing import BinaryIO, Literal
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field
-
 from loom.schemas.records import Reason
 from loom.transforms.sniff import DecodeError
+from pydantic import BaseModel, ConfigDict, Field
 
 MiB = 1 << 20
 ArchiveKind = Literal["tar", "zip"]

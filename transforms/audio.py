@@ -15,7 +15,6 @@ import av
 import numpy as np
 import soundfile as sf
 import soxr
-
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.av_safety import open_container, reason_for

@@ -20,7 +20,6 @@ import io
 
 import av
 import av.container
-
 from loom.schemas.records import Reason
 from loom.transforms.sniff import DecodeError
 

@@ -12,12 +12,11 @@ import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
-
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.pixels import encode_frames
 from loom.transforms.sniff import DecodeError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 # Image.MAX_IMAGE_PIXELS is process-global; the guard is set per call under a lock.
 _GUARD = threading.Lock()

@@ -14,10 +14,16 @@ import stat
 from typing import ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
-
 from loom.schemas import storage
-from loom.schemas.records import EXAMPLE, INGEST_WORK, REJECTED, Modality, Reason, empty_part, to_table
+from loom.schemas.records import (
+    EXAMPLE,
+    INGEST_WORK,
+    REJECTED,
+    Modality,
+    Reason,
+    empty_part,
+    to_table,
+)
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.archives import (
     ArchiveLimits,
@@ -40,6 +46,7 @@ from loom.transforms.stage import BaseStage
 from loom.transforms.text import decode_text, text_bytes_needed
 from loom.transforms.tokenizer import TextTokenizer
 from loom.transforms.video import decode_av
+from pydantic import BaseModel, ConfigDict, Field
 
 MiB = 1 << 20
 _PACKED = frozenset(mime for _, mime in COMPRESSED)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from loom.schemas.records import Modality
 from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.tokenizer import TextTokenizer

@@ -40,9 +40,8 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from loom.transforms.search import AnnKind, VectorIndex, ann_recall
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Rule = Literal["perc_pos", "margin", "max_score"]
 EXCLUSIONS = ("positive", "same_asset", "duplicate", "near_duplicate")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
-
 from loom.schemas.records import TRAINING_ROW, Split
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer

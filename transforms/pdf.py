@@ -14,13 +14,12 @@ import threading
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
-from PIL import Image
-
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.image import fit_part
 from loom.transforms.sniff import DecodeError
 from loom.transforms.text import clean_text
+from PIL import Image
 
 PDF_MIME = "application/pdf"
 _LOCK = threading.RLock()  # PDFium keeps global state: one caller at a time per process

@@ -22,7 +22,6 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from loom.schemas import storage
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec

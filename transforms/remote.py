@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from loom.schemas.records import Reason
 from loom.transforms.sniff import DecodeError
+from pydantic import BaseModel, ConfigDict, Field
 
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata",
                             "instance-data", "instance-data.ec2.internal"})

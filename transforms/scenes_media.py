@@ -22,10 +22,9 @@ import random
 from fractions import Fraction
 
 import numpy as np
-from PIL import Image
-
 from loom.transforms import scenes
 from loom.transforms.scenes import RichScene, Scene
+from PIL import Image
 
 SAMPLE_RATE = 16_000
 SHAPE_BEEPS = {s: i + 1 for i, s in enumerate(scenes.RICH_SHAPES)}  # circle 1 ... bar 6

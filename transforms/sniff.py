@@ -11,7 +11,6 @@ import re
 
 from loom.schemas.records import Modality, Reason
 
-
 # `<_io.BytesIO object at 0x7f..>` in a library's message (Pillow, libsndfile): the
 # address differs per process, so the same file would get other bytes on another engine.
 _ADDRESS = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")

@@ -24,14 +24,13 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
-
 from loom.schemas.records import Modality, Reason, empty_part
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.audio import audio_part_from_samples, decode_audio, decode_track
 from loom.transforms.av_safety import open_container, reason_for
 from loom.transforms.image import frames_payload
 from loom.transforms.sniff import DecodeError, sniff
+from PIL import Image, ImageOps
 
 MODES = ("smart", "full", "keyframes")
 _MAX_PACKET_ERRORS = 8

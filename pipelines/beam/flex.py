@@ -39,8 +39,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from loom.pipelines.common import BadInput
-    from loom.pipelines.ingest import run_ingest
     from loom.pipelines.engine import BeamOptions, Engine, EngineOptions
+    from loom.pipelines.ingest import run_ingest
     from loom.schemas.spec import PreprocessingSpec
     from loom.transforms.remote import RemoteConfig
 

@@ -7,7 +7,6 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-
 from loom.pipelines.engine import BeamOptions
 from loom.pipelines.progress import progress, report
 from loom.pipelines.work import StageTask, dumps

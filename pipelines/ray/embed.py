@@ -14,11 +14,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
-
 from loom.models.handler import EncoderHandler
 from loom.pipelines.ray.session import ensure_ray
 from loom.schemas import storage
+from ray.data import ActorPoolStrategy
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
 ROWS_PER_CALL = 1024  # Example rows per actor call (one call's forward passes)

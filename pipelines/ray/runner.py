@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import ray
-from ray.data import ActorPoolStrategy
-
 from loom.pipelines.progress import progress
 from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.ray.sizing import actor_deadline, etl_actors
 from loom.pipelines.work import StageTask, dumps
+from ray.data import ActorPoolStrategy
 
 
 class _StageActor:

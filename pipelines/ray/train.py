@@ -24,9 +24,6 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
 from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
@@ -36,6 +33,8 @@ from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 PROGRESS = "progress.json"
 METRICS = "metrics.parquet"

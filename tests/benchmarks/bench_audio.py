@@ -29,8 +29,9 @@ import soxr
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from loom.schemas.spec import PreprocessingSpec  # noqa: E402
-from tests.transforms.media import make_mp3_or_m4a, make_wav  # noqa: E402
 from loom.transforms.audio import decode_audio, log_mel  # noqa: E402
+
+from tests.transforms.media import make_mp3_or_m4a, make_wav  # noqa: E402
 
 SECONDS = 10.0
 

@@ -33,7 +33,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
-
 from loom.jobs.corpus import generate_corpus  # noqa: E402
 from loom.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from loom.models.embed import embed_items  # noqa: E402

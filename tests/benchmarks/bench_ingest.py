@@ -34,7 +34,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from bench_image_decode import make_jpegs  # noqa: E402
-
 from loom.jobs.corpus import generate_corpus  # noqa: E402
 from loom.schemas.spec import PreprocessingSpec  # noqa: E402
 from loom.transforms.ingest import IngestConfig, IngestStage  # noqa: E402

@@ -54,7 +54,6 @@ def clustered(n: int, d: int, seed: int, centres: int = 1000, noise: float = 0.6
 def job(args) -> None:
     import faiss
     import torch
-
     from loom.jobs.corpus import generate_corpus
     from loom.models.checkpoint import load_checkpoint, save_checkpoint
     from loom.models.embed import embed_items
@@ -165,7 +164,6 @@ def ann(args) -> None:
 
 def rss_child(n: int) -> None:
     import psutil
-
     from loom.transforms.mining import Candidates, MiningConfig, mine
 
     proc = psutil.Process()

@@ -28,9 +28,10 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from loom.schemas.spec import PreprocessingSpec  # noqa: E402
-from tests.transforms.test_pdf import make_pdf  # noqa: E402
 from loom.transforms.pdf import decode_pdf  # noqa: E402
 from loom.transforms.pixels import part_frames  # noqa: E402
+
+from tests.transforms.test_pdf import make_pdf  # noqa: E402
 
 LETTER = (0, 0, 612, 792)
 

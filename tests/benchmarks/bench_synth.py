@@ -30,7 +30,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from google.genai import types  # noqa: E402
-
 from loom.schemas.records import EXAMPLE, empty_part, to_table  # noqa: E402
 from loom.synth.client import LLMConfig, QueryOutput, make_client  # noqa: E402
 from loom.synth.limits import RateLimits  # noqa: E402

@@ -75,7 +75,6 @@ def main() -> None:
             files.append(f"{tmp}/shard-{i // 512:05d}.parquet")
             pq.write_table(pa.Table.from_pylist(rows[i:i + 512], schema=TRAINING_ROW), files[-1])
         import ray
-
         from loom.pipelines.ray.session import ensure_ray
 
         t = time.perf_counter()

@@ -44,9 +44,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from loom.schemas.spec import PreprocessingSpec  # noqa: E402
-from tests.transforms.media import make_video  # noqa: E402
 from loom.transforms.pixels import part_frames  # noqa: E402
 from loom.transforms.video import decode_video  # noqa: E402
+
+from tests.transforms.media import make_video  # noqa: E402
 
 FPS = 25
 MODES = ("smart", "full", "keyframes")

@@ -7,7 +7,6 @@ import json
 import os
 
 import pyarrow as pa
-
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import METRICS, REJECTED, TRIPLE, to_table

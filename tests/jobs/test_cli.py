@@ -10,9 +10,8 @@ import sys
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
+from typer.testing import CliRunner
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COMMANDS = sorted(typer.main.get_command(app).commands)
@@ -123,7 +122,6 @@ def test_gemini_without_a_key_is_a_config_error(tmp_path, monkeypatch):
 
 def test_soup_command_writes_a_new_run(tmp_path):
     import torch
-
     from loom.models.checkpoint import save_checkpoint
     from loom.models.encoder import EncoderConfig, MultimodalEncoder
     from loom.schemas.spec import PreprocessingSpec

@@ -11,11 +11,10 @@ import pathlib
 import shutil
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.schemas import manifest as mf
 from loom.synth.offline_server import server_stats
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,6 @@ import pathlib
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
-
 from loom.jobs.corpus import generate_corpus
 from loom.jobs.demo import DemoConfig, make_corpus
 from loom.schemas import manifest as mf
@@ -17,6 +15,7 @@ from loom.schemas.spec import PreprocessingSpec
 from loom.synth import offline_model
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from loom.transforms.scenes import COLORS, COLS, ROWS, RichScene, Scene
+from PIL import Image
 
 
 def files(root: pathlib.Path) -> dict[str, bytes]:

@@ -8,16 +8,16 @@ import pathlib
 import random
 import shutil
 
-import pytest
-from typer.testing import CliRunner
-
 import loom.synth.prompts as prompts_mod
+import pytest
 from loom.jobs.cli import app
 from loom.jobs.corpus import generate_corpus
 from loom.jobs.run import run_spec
 from loom.jobs.spec import load_spec
 from loom.pipelines.ingest import run_ingest
 from loom.schemas import manifest as mf
+from typer.testing import CliRunner
+
 from tests.checkpoints import examples_spec, tiny_checkpoint
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "jobs" / "examples"

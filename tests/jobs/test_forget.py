@@ -9,8 +9,6 @@ import json
 import pathlib
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.corpus import generate_corpus
 from loom.jobs.ops import gc
@@ -21,6 +19,8 @@ from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.transforms.mining import MiningConfig
+from typer.testing import CliRunner
+
 from tests.checkpoints import examples_spec, tiny_checkpoint
 
 

@@ -9,13 +9,12 @@ import time
 import uuid
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.ops import gc, gc_plan, inspect_version, list_versions
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import REJECTED, to_table
+from typer.testing import CliRunner
 
 
 def _version(root: str, stage: str, n: int, lineage: dict | None = None) -> str:

@@ -8,11 +8,10 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from loom.jobs import commands, registry
 from loom.jobs.cli import app
 from loom.jobs.spec import SpecError, load_spec
+from typer.testing import CliRunner
 
 # stage -> (CLI argv, the same settings as a spec step's fields). Every registered stage
 # needs a row: a new stage without one fails test_every_stage_has_a_case.

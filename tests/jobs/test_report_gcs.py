@@ -5,6 +5,7 @@ from __future__ import annotations
 from loom.jobs.report import write_report
 from loom.jobs.report_html import collect, stages_of_workdir
 from loom.schemas import storage
+
 from tests.conftest import BUCKET
 from tests.jobs.report_workdir import make_workdir
 

@@ -9,10 +9,10 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.report_html import collect, stages_of_workdir
+from typer.testing import CliRunner
+
 from tests.jobs.report_workdir import make_workdir
 
 PLOTS = ["stage_counts", "rejected", "synth", "negatives", "loss", "eval", "heatmap"]

@@ -10,11 +10,11 @@ import tomllib
 import pytest
 import typer
 import yaml
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.schedule import CONFIG_DIR, DEADLINE_S, SPEC_KEY, k8s_name
 from loom.jobs.spec import load_spec
+from typer.testing import CliRunner
+
 from tests.schemas import test_infra_manifests as infra
 from tests.schemas.test_infra_manifests import REPO, _unknown_fields
 

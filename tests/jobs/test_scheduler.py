@@ -8,10 +8,9 @@ import json
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.scheduler import claim, connect, load_schedules, runs, tick
+from typer.testing import CliRunner
 
 UTC = dt.timezone.utc
 

@@ -8,8 +8,15 @@ import textwrap
 
 import pydantic
 import pytest
-
-from loom.jobs.spec import EvalStep, IngestStep, JobSpec, SpecError, TrainStep, load_spec, ref_target
+from loom.jobs.spec import (
+    EvalStep,
+    IngestStep,
+    JobSpec,
+    SpecError,
+    TrainStep,
+    load_spec,
+    ref_target,
+)
 from loom.pipelines.runner import Engine
 from loom.pipelines.train import TrainStage
 
@@ -315,7 +322,6 @@ class _Echo:
 def test_beam_options_reach_the_pipeline(tmp_path, monkeypatch):
     """The options object handed to run_stage is what the Beam pipeline is built with."""
     import apache_beam as beam
-
     from loom.pipelines.engine import BeamOptions, EngineOptions
     from loom.pipelines.runner import StageTask, merge_results, row_items, run_stage
 

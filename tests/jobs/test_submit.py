@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.submit import PACKAGES, entrypoint, runtime_env
+from typer.testing import CliRunner
 
 VENV_BIN = Path(sys.executable).parent
 

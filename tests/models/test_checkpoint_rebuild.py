@@ -11,12 +11,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from torch import nn
-
 from loom.models.checkpoint import save_checkpoint
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.schemas.spec import PreprocessingSpec
+from safetensors.torch import load_file
+from torch import nn
 
 
 class PlainEncoder(nn.Module):

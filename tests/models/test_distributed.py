@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.models.losses import ContrastiveModel, asset_keys

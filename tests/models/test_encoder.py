@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
 from loom.models.collate import collate_items
 from loom.models.embed import embed_items, forward_items

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
 from loom.models.embed import embed_items
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
@@ -14,6 +12,7 @@ from loom.models.soup import average_state_dicts
 from loom.pipelines.common import BadInput
 from loom.pipelines.soup import run_soup
 from loom.schemas.spec import PreprocessingSpec
+from safetensors.torch import load_file
 
 CFG = EncoderConfig(vocab_size=50, max_text_tokens=8, image_size=16, patch_size=8, dim=16,
                     layers=1, heads=2, embed_dims=(8, 16))

@@ -9,7 +9,6 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.models.checkpoint import load_checkpoint
 from loom.models.collate import collate_items
@@ -18,9 +17,10 @@ from loom.pipelines.common import BadInput
 from loom.pipelines.ingest import run_ingest
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from tests.checkpoints import examples_spec, tiny_checkpoint
 from loom.transforms.items import example_to_item
 from loom.transforms.scenes import random_scene, render_image
+
+from tests.checkpoints import examples_spec, tiny_checkpoint
 
 
 def _rows(out: dict) -> list[dict]:

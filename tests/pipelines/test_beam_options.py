@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-
 from loom.pipelines.beam.options import to_args
 from loom.pipelines.engine import BeamOptions
 from loom.pipelines.work import StageTask
@@ -38,7 +37,6 @@ def test_bare_flag_would_fail_where_beam_wants_a_value():
 def test_local_runs_never_try_prism(monkeypatch, tmp_path):
     """DirectRunner would try PrismRunner first (a binary download); loom names FnApiRunner."""
     from apache_beam.runners.portability import prism_runner
-
     from loom.pipelines.beam.runner import run_beam
 
     tried = []

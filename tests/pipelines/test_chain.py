@@ -7,7 +7,6 @@ import json
 import pathlib
 
 import pytest
-
 from loom.jobs.demo import DemoConfig, run_demo
 from loom.schemas import manifest as mf
 from loom.schemas import storage

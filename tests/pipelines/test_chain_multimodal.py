@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from loom.jobs.demo import DemoConfig, run_demo
 from loom.schemas import manifest as mf
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.pipelines import cluster
 from loom.pipelines.common import BadInput
 from loom.pipelines.ray import sizing
 from loom.pipelines.ray.sizing import Node, NoRoom
+from typer.testing import CliRunner
 
 
 @pytest.mark.parametrize("address,multi", [

@@ -8,10 +8,10 @@ import re
 
 import pyarrow as pa
 import pytest
-
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
+
 from tests.pipelines.hostile_inputs import write_hostile_inputs
 
 KEYS = {"examples": "id", "rejected": "uri", "duplicates": "uri", "files": "uri"}

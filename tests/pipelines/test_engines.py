@@ -7,7 +7,6 @@ from functools import partial
 
 import pyarrow as pa
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage

@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 import pytest
-
 from loom.pipelines.evaluate import run_eval
 from loom.schemas import manifest as mf
+from loom.schemas import storage
 from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
-from loom.schemas import storage
 from loom.transforms.natural_pairs import natural_pairs
 from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
+
 from tests.checkpoints import tiny_checkpoint
 
 N = 12

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from loom.pipelines.evaluate import format_table, ndcg_at, random_recall, recall_at
 
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from loom.models.checkpoint import save_checkpoint
 from loom.models.embed import embed_items
 from loom.models.encoder import EncoderConfig, MultimodalEncoder, matryoshka

@@ -6,7 +6,6 @@ other frame settings are refused (a ValueError: exit 2) naming the mismatch."""
 from __future__ import annotations
 
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import InputMismatch
@@ -16,6 +15,7 @@ from loom.pipelines.mine import run_mine
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
 from loom.schemas.spec import PreprocessingSpec
+
 from tests.checkpoints import examples_spec, tiny_checkpoint
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
+
 from tests.transforms import hostile_archives as ha
 
 

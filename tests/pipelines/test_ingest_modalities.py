@@ -8,11 +8,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
+from PIL import Image
+
 from tests.transforms.media import make_mp3_or_m4a, make_video, make_wav
 from tests.transforms.test_pdf import make_pdf
 

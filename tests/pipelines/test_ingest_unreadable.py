@@ -5,13 +5,12 @@ fails with exit 1 and commits nothing (it used to commit a version of rejected r
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines import ingest
 from loom.schemas import storage
 from loom.schemas.records import Reason
+from typer.testing import CliRunner
 
 
 def _listing_with_vanished(monkeypatch, vanished: int):

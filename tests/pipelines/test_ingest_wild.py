@@ -11,12 +11,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
 from loom.schemas.spec import PreprocessingSpec
+from PIL import Image, ImageDraw
+
 from tests.transforms import wild
 
 SPEC = PreprocessingSpec(image_size=64)

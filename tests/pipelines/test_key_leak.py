@@ -20,9 +20,9 @@ import sys
 import tempfile
 
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.synth.offline_server import offline_server
+
 from tests.key_leak import PLANTED_KEY, grep_tree, leaks
 from tests.transforms import hostile_archives as ha
 

@@ -20,10 +20,10 @@ import pandas as pd
 import polars as pl
 import pyarrow.dataset as ds
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.jobs.ops import gc_plan, list_versions
 from loom.schemas import manifest as mf
+
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

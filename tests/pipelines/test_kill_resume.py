@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines.ingest import run_ingest
 from loom.schemas import manifest as mf
+
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

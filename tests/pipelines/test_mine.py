@@ -9,8 +9,6 @@ import pathlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines.common import BadInput
 from loom.pipelines.embed_cache import EmbeddingCache, item_digest
@@ -19,9 +17,11 @@ from loom.pipelines.mine import run_mine
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
 from loom.schemas.splits import example_split
-from tests.checkpoints import examples_spec, tiny_checkpoint
 from loom.transforms.items import example_to_item
 from loom.transforms.mining import MiningConfig
+from PIL import Image
+
+from tests.checkpoints import examples_spec, tiny_checkpoint
 
 COPIES = 8  # images re-encoded with other bytes: other ids, the same pixels
 

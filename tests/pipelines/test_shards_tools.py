@@ -10,7 +10,6 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
-
 from loom.pipelines.shard import run_shard
 from loom.schemas import manifest as mf
 from loom.schemas import storage

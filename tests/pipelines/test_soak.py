@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from loom.transforms.ingest import IngestConfig, MiB
 
 from tests.benchmarks.soak import SCALES, run_soak
-from loom.transforms.ingest import IngestConfig, MiB
 
 # Per decoder worker: start-up (~250 MiB) + decoder_memory_mb; Beam runs 2 of them, plus
 # the driver (~500 MiB with Beam and pyarrow) and the largest file held (max_file_bytes).

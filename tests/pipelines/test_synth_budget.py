@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from loom.jobs.cli import app
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.synth import BudgetExceeded, run_synth
 from loom.schemas import manifest as mf
+from typer.testing import CliRunner
+
 from tests.checkpoints import examples_spec, tiny_checkpoint
 
 

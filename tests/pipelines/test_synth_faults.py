@@ -11,13 +11,13 @@ import sys
 import time
 
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
 from loom.synth.client import LLMConfig
 from loom.synth.offline_server import Faults, server_stats
+
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -8,10 +8,11 @@ import random
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
-from tests.transforms.media import make_video, make_wav
-from tests.transforms.test_pdf import make_pdf
 from loom.transforms import scenes
 from loom.transforms.scenes_media import render_audio, render_video
+
+from tests.transforms.media import make_video, make_wav
+from tests.transforms.test_pdf import make_pdf
 
 
 def test_pairs_for_audio_video_and_pages(tmp_path):

@@ -43,9 +43,8 @@ def test_changed_prompt_pays_only_for_its_kind(tmp_path, monkeypatch):
     assert diff["kinds"]["caption"]["rewritten"] == 0  # untouched kinds are byte-identical
     assert run_synth(ex["uri"], str(tmp_path / "pairs"))["reused"] is True
 
-    from typer.testing import CliRunner
-
     from loom.jobs.cli import app
+    from typer.testing import CliRunner
 
     res = CliRunner().invoke(app, ["synth", "diff", first["uri"], second["uri"]])
     assert res.exit_code == 0, res.output

@@ -8,7 +8,6 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from loom.pipelines.train_data import MIXED, Batching, DataPlan, ShardReader
 from loom.schemas.records import TRAINING_ROW, to_table
 
@@ -151,6 +150,7 @@ def test_a_recomputed_plan_continues_exactly(tmp_path, batching):
 @pytest.fixture(scope="module")
 def resume_shards(tmp_path_factory):
     from loom.pipelines.shard import run_shard
+
     from tests.pipelines.test_shards_tools import _bigger_pairs, _examples
 
     base = tmp_path_factory.mktemp("resume")
@@ -206,9 +206,8 @@ def test_trainer_stopped_mid_epoch_resumes_on_the_same_rows(resume_shards, tmp_p
     (["--workers", "7"], "6 shard files for 7 workers"),
 ])
 def test_train_cli_bad_options_exit_2(resume_shards, tmp_path, args, reason):
-    from typer.testing import CliRunner
-
     from loom.jobs.cli import app
+    from typer.testing import CliRunner
 
     res = CliRunner().invoke(app, ["train", "--shards", resume_shards, "--output",
                                    str(tmp_path / "ck"), *args])

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from loom.jobs.corpus import generate_corpus
 from loom.models.checkpoint import load_checkpoint, resolve
 from loom.pipelines.ingest import run_ingest

@@ -10,14 +10,14 @@ import polars as pl
 import pyarrow as pa
 import pytest
 import torch
-
 from loom.models.encoder import EncoderConfig
 from loom.pipelines.ray.train import TrainCollate
 from loom.pipelines.shard import run_shard
 from loom.pipelines.train import TrainConfig, TrainStage, run_train
 from loom.schemas.records import TRAINING_ROW
-from tests.pipelines.test_shards_tools import _bigger_pairs, _examples
 from loom.transforms.pixels import encode_frames
+
+from tests.pipelines.test_shards_tools import _bigger_pairs, _examples
 
 ENC = EncoderConfig(vocab_size=64, max_text_tokens=16, image_size=8, patch_size=4, dim=16,
                     layers=1, heads=2, embed_dims=(8, 16))

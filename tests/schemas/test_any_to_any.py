@@ -6,7 +6,6 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from loom.schemas import manifest as mf
 from loom.schemas.records import (
     PAIR,

@@ -215,7 +215,6 @@ def test_flex_template_parameters_are_loom_ingest_options(tmp_path):
     """The template's parameters are `loom ingest`'s options (dash for underscore), and the
     entry point reads them and passes every other flag to Beam as a pipeline option."""
     import typer
-
     from loom.jobs.cli import app
     from loom.pipelines.beam.flex import PARAMETERS, parse
 

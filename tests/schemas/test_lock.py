@@ -14,7 +14,6 @@ import time
 import uuid
 
 import pytest
-
 from loom.schemas import lock, storage
 from loom.schemas import manifest as mf
 

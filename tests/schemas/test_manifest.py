@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import (

@@ -10,7 +10,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from loom.schemas import storage
 from loom.schemas.manifest import write_part
 from loom.schemas.records import (

@@ -106,7 +106,6 @@ def test_every_parquet_file_of_ingest_synth_shard_is_self_describing(tmp_path):
 def test_side_files_name_the_version_too(tmp_path):
     """Files outside a dataset version (embedding cache parts, training metrics) as well."""
     import pyarrow as pa
-
     from loom.schemas import storage
 
     storage.write_parquet(pa.table({"step": [1, 2]}), str(tmp_path / "metrics.parquet"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from loom.schemas import storage
 from loom.schemas.manifest import MANIFEST, VersionWriter, read_table, resolve_input
 from loom.schemas.records import EMBEDDING, REJECTED, to_table

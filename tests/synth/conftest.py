@@ -6,12 +6,11 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from loom.schemas.records import EXAMPLE, empty_part, to_table
 from loom.synth.client import LLMConfig, make_client
 from loom.synth.offline_server import offline_server
 from loom.transforms import scenes
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,16 @@ import random
 
 import pytest
 from google.genai import types
-
 from loom.synth import filters as qf
 from loom.synth.budget import Budget, Estimate, Ledger, call_estimate, load_prices, price_for
 from loom.synth.client import LLMConfig, generate_pair_json
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import content_parts
+from loom.transforms import scenes
+
 from tests.synth.conftest import image_example, text_example
 from tests.transforms.media import make_wav
 from tests.transforms.test_pdf import make_pdf
-from loom.transforms import scenes
 
 PROMPTS = PromptSet.load(["caption", "keyword", "question"])
 

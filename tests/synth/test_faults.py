@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
-
 from loom.synth.client import (
     LLMConfig,
     TransientError,
@@ -21,6 +20,7 @@ from loom.synth.limits import RateLimits
 from loom.synth.offline_server import FAULT_KINDS, Faults, server_stats
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import SynthConfig, SynthStage
+
 from tests.synth.conftest import batch_of, text_example
 
 PROMPT = PromptSet.load(["keyword"]).text("keyword")

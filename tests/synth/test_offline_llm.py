@@ -11,7 +11,6 @@ from urllib.parse import urlparse
 
 import pytest
 from google.genai import types
-
 from loom.synth import offline_model
 from loom.synth.client import LLMBlocked, LLMConfig, LLMError, generate_pair_json, make_client
 from loom.synth.offline_server import start_server

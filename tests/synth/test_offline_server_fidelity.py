@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 from google.genai import errors, types
-
 from loom.synth.client import LLMConfig, LLMError, generate_pair_json, make_client
 from loom.synth.offline_server import server_stats
 

@@ -7,6 +7,7 @@ from loom.schemas import manifest as mf
 from loom.schemas.records import EXAMPLE, TRIPLE, to_table
 from loom.synth.client import LLMConfig
 from loom.synth.offline_server import server_stats
+
 from tests.synth.conftest import text_example
 
 DOCS = {
@@ -94,7 +95,6 @@ def _fixture(tmp_path, n: int = 6) -> tuple[str, dict]:
 
 def test_relabel_budget_stops_resumes_and_reports_synths_counts(tmp_path, server_url):
     import pytest
-
     from loom.pipelines.synth_relabel import run_relabel
     from loom.schemas.records import LLM_STAT_NAMES
     from loom.synth.budget import BudgetExceeded

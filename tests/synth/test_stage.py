@@ -7,9 +7,10 @@ import random
 from loom.schemas.records import PAIR, REJECTED
 from loom.synth.client import LLMConfig
 from loom.synth.stage import SynthConfig, SynthStage
+from loom.transforms import scenes
+
 from tests.key_leak import PLANTED_KEY, leaks
 from tests.synth.conftest import batch_of, image_example, text_example
-from loom.transforms import scenes
 
 
 def _batch(tmp_path, n=4):

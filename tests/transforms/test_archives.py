@@ -7,12 +7,12 @@ import json
 
 import pyarrow as pa
 import pytest
-
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms import hostile_archives as ha
 from loom.transforms.archives import ArchiveLimits, archive_kind, forbidden_name, split_key
 from loom.transforms.ingest import IngestConfig, IngestStage
 from loom.transforms.tokenizer import train_tokenizer
+
+from tests.transforms import hostile_archives as ha
 
 LIMITS = ArchiveLimits(max_members=50, max_member_bytes=60_000, max_total_bytes=2 << 20, max_ratio=50,
                        ratio_floor_bytes=64 << 10)

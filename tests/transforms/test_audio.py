@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from loom.schemas.records import PART, Reason
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms import media
 from loom.transforms.audio import N_MELS, audio_part_from_samples, decode_audio
 from loom.transforms.sniff import DecodeError
+
+from tests.transforms import media
 
 SPEC = PreprocessingSpec()
 

@@ -4,7 +4,6 @@ the spec's defaults are what loom has always computed."""
 from __future__ import annotations
 
 import numpy as np
-
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms import audio
 

@@ -25,14 +25,14 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.ingest import IngestConfig, IngestStage
+from loom.transforms.tokenizer import train_tokenizer
 from PIL import Image
 
-from loom.schemas.spec import PreprocessingSpec
 from tests.transforms import hostile_archives as ha
 from tests.transforms.media import make_flac, make_video, make_wav
 from tests.transforms.test_pdf import make_pdf
-from loom.transforms.ingest import IngestConfig, IngestStage
-from loom.transforms.tokenizer import train_tokenizer
 
 REGRESSIONS = pathlib.Path(__file__).parent / "regressions"
 KEEP_MAX_BYTES = 64 * 1024

@@ -8,13 +8,12 @@ import random
 
 import pyarrow as pa
 import pytest
-from PIL import Image
-
 from loom.schemas.records import Reason
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.ingest import IngestConfig, IngestStage
 from loom.transforms.scenes import describe, random_scene, render_image
 from loom.transforms.tokenizer import train_tokenizer
+from PIL import Image
 
 
 def _seeds(rng: random.Random) -> list[bytes]:

@@ -13,16 +13,15 @@ import os
 import socket
 import zlib
 
+import loom.transforms.ingest as ingest
 import pyarrow as pa
 import pytest
 import zstandard
-from PIL import Image
-
-import loom.transforms.ingest as ingest
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, too_large_id
+from PIL import Image
 
 SPEC = PreprocessingSpec(image_size=32)
 TEXT = "A short caption about a red circle in the top left corner of the frame."

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from loom.schemas.records import PART, Reason
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms.helpers import encode, png_bomb
 from loom.transforms.image import decode_image
 from loom.transforms.pixels import part_frames
 from loom.transforms.sniff import DecodeError
+from PIL import Image
+
+from tests.transforms.helpers import encode, png_bomb
 
 SPEC = PreprocessingSpec(image_size=48, image_codec="raw")  # exact pixels; codecs: test_pixels
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 import hashlib
 import io
 
+import loom.transforms.ingest as ingest
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
-
-import loom.transforms.ingest as ingest
 from loom.schemas.records import EXAMPLE, REJECTED
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms.helpers import encode, png_bomb
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from loom.transforms.pixels import part_frames
 from loom.transforms.tokenizer import train_tokenizer
+from PIL import Image
+
+from tests.transforms.helpers import encode, png_bomb
 
 TEXT = "A small red circle sits in the top left of the frame."
 

@@ -7,7 +7,6 @@ import resource
 import time
 
 import pytest
-
 from loom.transforms.isolation import IsolatedDecoder
 from loom.transforms.sniff import DecodeError
 

@@ -13,7 +13,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from loom.transforms.mining import Candidates, MiningConfig, mine
 from loom.transforms.search import VectorIndex, ann_recall, exact_search, recall_at_k
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from loom.schemas.records import empty_part
 from loom.schemas.splits import split_for
 from loom.transforms.natural_pairs import natural_pairs

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.image import decode_image
 from loom.transforms.neardup import MAX_HAMMING, minhash, near_dup_groups, phash, signature
 from loom.transforms.pixels import part_frames
+from PIL import Image, ImageDraw
 
 SPEC = PreprocessingSpec(image_size=64)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from loom.schemas.records import PART, Reason
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.pdf import decode_pdf

@@ -6,14 +6,13 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from loom.models.collate import collate_items
 from loom.models.encoder import EncoderConfig
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.image import decode_image
 from loom.transforms.items import example_to_item
 from loom.transforms.pixels import decode_frames, encode_frames, part_frames
+from PIL import Image
 
 
 def photo(n: int, size: int, seed: int = 0) -> np.ndarray:

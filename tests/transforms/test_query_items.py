@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from loom.schemas.records import empty_part
 from loom.transforms.items import instructed, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer, train_tokenizer

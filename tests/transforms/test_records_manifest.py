@@ -9,8 +9,6 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from loom.schemas.records import PART, Reason
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.image import decode_image
@@ -23,6 +21,7 @@ from loom.transforms.records import (
     resolve_reference,
 )
 from loom.transforms.sniff import DecodeError
+from PIL import Image
 
 SPEC = PreprocessingSpec(image_codec="raw")  # exact colours
 DECODERS = {"image": decode_image}

@@ -8,7 +8,6 @@ import pathlib
 
 import pyarrow as pa
 import pytest
-
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.ingest import IngestConfig, IngestStage
 from loom.transforms.isolation import IsolatedDecoder

@@ -13,12 +13,12 @@ import threading
 
 import pyarrow as pa
 import pytest
-
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms.hostile_archives import png
 from loom.transforms.ingest import IngestConfig, IngestStage
 from loom.transforms.remote import RemoteConfig, address_problem, fetch
 from loom.transforms.sniff import DecodeError
+
+from tests.transforms.hostile_archives import png
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -8,14 +8,13 @@ import random
 
 import numpy as np
 import soundfile as sf
-from PIL import Image
-
 from loom.schemas.spec import PreprocessingSpec
 from loom.synth.offline_model import analyze_image, read_audio_scene, read_video_scene
 from loom.transforms import scenes
 from loom.transforms import scenes_media as sm
 from loom.transforms.pdf import decode_pdf
 from loom.transforms.video import decode_video
+from PIL import Image
 
 
 def _objs(scene: scenes.RichScene) -> list[tuple]:

@@ -7,11 +7,10 @@ import io
 import random
 
 import numpy as np
-from PIL import Image
-
 from loom.synth import offline_model
 from loom.transforms import scenes
 from loom.transforms.scenes import RichScene, Scene
+from PIL import Image
 
 ATTRS = ("size", "color", "shape", "row", "col")
 

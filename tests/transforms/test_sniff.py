@@ -4,11 +4,11 @@ import pathlib
 import random
 
 import pytest
+from loom.schemas.records import Modality
+from loom.transforms.sniff import sniff
 from PIL import Image
 
-from loom.schemas.records import Modality
 from tests.transforms.helpers import encode
-from loom.transforms.sniff import sniff
 
 IMG = Image.new("RGB", (8, 8), (1, 2, 3))
 I, A, V = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO

@@ -3,7 +3,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from loom.schemas.records import Reason
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.sniff import DecodeError

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import codecs
 
-import pytest
-
 import loom.transforms.language as language
 import loom.transforms.text as text_mod
+import pytest
 from loom.schemas.records import Reason
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.sniff import DecodeError

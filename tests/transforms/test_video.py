@@ -8,13 +8,13 @@ import threading
 
 import numpy as np
 import pytest
-
 from loom.schemas.records import PART, Reason
 from loom.schemas.spec import PreprocessingSpec
-from tests.transforms import media
 from loom.transforms.av_safety import open_container
 from loom.transforms.sniff import DecodeError
 from loom.transforms.video import MODES, decode_video, sample_times
+
+from tests.transforms import media
 
 SPEC = PreprocessingSpec(image_codec="raw")  # 1 fps, 32 frames, 48 px, exact pixels
 S = SPEC.image_size
@@ -198,7 +198,6 @@ def test_protocol_whitelist_alone_blocks_nested_opens(listener, tmp_path):
     import io
 
     import av
-
     from loom.transforms.av_safety import CONTAINER_OPTIONS
 
     port, hits = listener

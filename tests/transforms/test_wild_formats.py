@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import zstandard
-
 from loom.schemas.records import Modality
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.audio import decode_audio
@@ -23,6 +22,7 @@ from loom.transforms.ingest import IngestConfig, IngestStage
 from loom.transforms.pixels import part_frames
 from loom.transforms.sniff import sniff
 from loom.transforms.video import decode_av, decode_video
+
 from tests.transforms import wild
 
 SPEC = PreprocessingSpec(image_size=32)
