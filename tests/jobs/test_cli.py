@@ -73,7 +73,7 @@ def test_corpus_world_rich_and_unknown(tmp_path):
     assert all(r["family"] for r in truth if "duplicate" in r.get("note", ""))
     bad = CliRunner().invoke(app, ["corpus", "--output", str(tmp_path / "d"), "--world", "x"])
     assert bad.exit_code == 2, bad.output
-    assert "--world: Input should be 'simple' or 'rich'" in _one_line_reason(bad)
+    assert "--world: Input should be 'simple', 'rich' or 'multimodal'" in _one_line_reason(bad)
 
 
 def _loom(*args: str) -> subprocess.CompletedProcess:

@@ -62,24 +62,34 @@ def test_regen_pairs_after_a_prompt_change(data, tmp_path, monkeypatch):
     spec = load_spec(EXAMPLES / "regen-pairs.yaml")
     first = run_spec(spec, _quiet)
     assert first["reused"] == []
-    n = data["ingest"]["counts"]["examples"]
-    assert first["stages"]["pairs"]["llm_calls"] == 2 * n  # two query kinds per example
+    from loom.synth.stage import DEFAULT_KINDS
+
+    _, ex_manifest = mf.resolve_input(data["ingest"]["uri"])
+    examples = mf.read_table(data["ingest"]["uri"], ex_manifest, "examples",
+                             columns=["modality"]).column("modality").to_pylist()
+    assert first["stages"]["pairs"]["llm_calls"] == sum(len(DEFAULT_KINDS.get(m, []))
+                                                        for m in examples)
+    # every example has one keyword call (images and texts alike)
+    n = sum("keyword" in DEFAULT_KINDS.get(m, []) for m in examples)
+    assert n == data["ingest"]["counts"]["examples"]
     assert first["stages"]["shards"]["counts"]["shards"] >= 1
     assert run_spec(spec, _quiet)["reused"] == ["pairs", "shards"]  # nothing changed
 
     prompts = tmp_path / "prompts"  # a new prompt version, as a user would add one
     shutil.copytree(prompts_mod.PROMPT_DIR, prompts)
-    v1 = (prompts / "keyword.v1.txt").read_text()
-    (prompts / "keyword.v2.txt").write_text(v1 + "\nPrefer short keyword queries.\n")
+    newest = max(prompts_mod.available()[("keyword", None)])
+    text = (prompts / f"keyword.v{newest}.txt").read_text()
+    (prompts / f"keyword.v{newest + 1}.txt").write_text(text + "\nPrefer short keyword queries.\n")
     monkeypatch.setattr(prompts_mod, "PROMPT_DIR", prompts)
 
     third = run_spec(spec, _quiet)
     pairs, shards = third["stages"]["pairs"], third["stages"]["shards"]
     assert third["reused"] == []
     assert pairs["version"] != first["stages"]["pairs"]["version"]
-    assert pairs["llm_calls"] == n and pairs["counts"]["cache_hits"] == n  # keyword only
+    total = first["stages"]["pairs"]["llm_calls"]
+    assert pairs["llm_calls"] == n and pairs["counts"]["cache_hits"] == total - n  # keyword only
     _, manifest = mf.resolve_input(pairs["uri"])
-    assert manifest.lineage["prompt_versions"]["keyword"] == "keyword.v2"
+    assert manifest.lineage["prompt_versions"]["keyword"] == f"keyword.v{newest + 1}"
     _, shard_manifest = mf.resolve_input(shards["uri"])
     assert shards["version"] != first["stages"]["shards"]["version"]
     assert pairs["version"] in json.dumps(shard_manifest.lineage)
