@@ -40,7 +40,8 @@ def demo(tmp_path_factory, ray_session):
 
 def test_demo_json_and_eval_beats_its_baselines(demo):
     out = demo["out"]
-    assert list(out["stages"])[:3] == ["corpus", "ingest", "synth"]
+    assert {"corpus", "ingest", "synth", "train_pft", "mine", "train_ft", "eval"} <= set(
+        out["stages"])
     assert out["checkpoint"] == out["stages"]["train_ft"]["checkpoint"]
     for name in ("text->image", "text->text"):
         ev = out["eval"][name]
@@ -61,7 +62,8 @@ def test_eval_command_reproduces_the_demos_eval(demo, tmp_path):
     assert out["eval"] == demo["out"]["eval"]  # same pairs, same checkpoint, same numbers
     _cli("eval", "--pairs", str(tmp_path / "no-pairs"), "--output", str(tmp_path / "e2"),
          code=2)
-    # A corrupt checkpoint is a real failure, not bad input: exit 1, no JSON.
+    # A corrupt checkpoint is a real failure, not bad input: exit 1, one line on stderr, and
+    # stdout's last line the failure JSON (stage, exit_code, error).
     root = pathlib.Path(s["train_ft"]["checkpoint_root"])
     bad_root = tmp_path / "ckpts"
     shutil.copytree(root, bad_root)
@@ -72,7 +74,9 @@ def test_eval_command_reproduces_the_demos_eval(demo, tmp_path):
                                    s["train_ft"]["checkpoint"], "--checkpoint-root",
                                    str(bad_root)])
     assert res.exit_code == 1, (res.exit_code, res.stderr[-2000:])
-    assert "loom: failed:" in res.stderr and not res.stdout.strip()
+    assert res.stderr.strip().startswith("loom: eval: failed: SafetensorError"), res.stderr
+    failure = json.loads(res.stdout.strip().splitlines()[-1])
+    assert failure["stage"] == "eval" and failure["exit_code"] == 1, failure
 
 
 def test_mine_command(demo, tmp_path):
