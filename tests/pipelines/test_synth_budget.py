@@ -20,10 +20,19 @@ def _pairs(uri: str) -> list[dict]:
     return sorted(mf.read_table(vdir, manifest, "pairs").to_pylist(), key=lambda r: r["pair_id"])
 
 
+def _calls_needed(examples_uri: str) -> int:
+    """One call per (example, query kind of its modality), from synth's default kinds."""
+    from loom.synth.stage import DEFAULT_KINDS
+
+    vdir, manifest = mf.resolve_input(examples_uri)
+    modalities = mf.read_table(vdir, manifest, "examples", columns=["modality"])
+    return sum(len(DEFAULT_KINDS.get(m, [])) for m in modalities.column("modality").to_pylist())
+
+
 def test_budget_stops_and_resumes_to_a_clean_runs_pairs(tmp_path):
     generate_corpus(str(tmp_path / "c"), 6, 6, seed=12, bad_files=False)
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
-    needed = 2 * ex["counts"]["examples"]
+    needed = _calls_needed(ex["uri"])
     root = str(tmp_path / "pairs")
     assert run_synth(ex["uri"], root, dry_run=True)["counts"]["llm_calls_needed"] == needed
     spent = 0
@@ -61,7 +70,7 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
     root = str(tmp_path / "pairs")
     est = run_synth(ex["uri"], root, dry_run=True)["estimate"]
-    assert est["llm_calls_needed"] == 2 * ex["counts"]["examples"]
+    assert est["llm_calls_needed"] == _calls_needed(ex["uri"])
     assert est["input_tokens_worst_case"] > 0 and est["cost_usd_worst_case"] > 0
     tokens = (est["input_tokens_worst_case"] + est["output_tokens_worst_case"]) // 3
     with pytest.raises(BudgetExceeded) as stop:
@@ -78,7 +87,9 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
     assert done["llm_calls"] < clean["llm_calls"]
     # usage_metadata per row; the run's total is the sum over its calls
     rows = _pairs(clean["uri"])
-    per_call = {(r["positive_id"], r["kind"]): (r["input_tokens"], r["output_tokens"]) for r in rows}
+    # one call per (example, kind): a describe row's example is its query side
+    per_call = {((r.get("query_ref") or {}).get("example_id") or r["positive_id"], r["kind"]):
+                (r["input_tokens"], r["output_tokens"]) for r in rows}
     assert sum(i for i, _ in per_call.values()) == clean["usage"]["input_tokens"]
     assert sum(o for _, o in per_call.values()) == clean["usage"]["output_tokens"]
     assert clean["counts"]["input_tokens"] == clean["usage"]["input_tokens"]
