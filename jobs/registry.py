@@ -95,6 +95,14 @@ class Context:
     log: Callable[..., None] = print
     echo: Callable[[str], None] = lambda text: None  # human tables (the CLI: stderr)
 
+    def workdir_of(self, given: str | None, message: str) -> str:
+        """A stage's own workdir, else the spec's; BadInput (exit 2) when neither is set."""
+        from loom.pipelines.common import BadInput
+
+        if not (given or self.workdir):
+            raise BadInput(message)
+        return given or self.workdir
+
     def output_root(self, fallback: str | None = None) -> str:
         from loom.pipelines.common import BadInput
         from loom.schemas import storage

@@ -365,12 +365,8 @@ class ReportConfig(StageConfig):
                "--output: the HTML path (default WORKDIR/report.html).")
 def report(cfg: ReportConfig, ctx: Context) -> dict:
     from loom.jobs.report_html import report_workdir
-    from loom.pipelines.common import BadInput
 
-    workdir = cfg.workdir or ctx.workdir
-    if not workdir:
-        raise BadInput("report needs a WORKDIR")
-    return report_workdir(workdir, ctx.output)
+    return report_workdir(ctx.workdir_of(cfg.workdir, "report needs a WORKDIR"), ctx.output)
 
 
 class GcConfig(StageConfig):
@@ -408,9 +404,6 @@ class ForgetConfig(StageConfig):
                "then `loom gc --yes` deletes the old versions.")
 def forget(cfg: ForgetConfig, ctx: Context) -> dict:
     from loom.jobs.forget import run_forget
-    from loom.pipelines.common import BadInput
 
-    workdir = cfg.workdir or ctx.workdir
-    if not workdir:
-        raise BadInput("forget needs --workdir")
-    return run_forget(list(cfg.targets), workdir, ctx.log)
+    return run_forget(list(cfg.targets), ctx.workdir_of(cfg.workdir, "forget needs --workdir"),
+                      ctx.log)
