@@ -64,11 +64,10 @@ def test_regen_pairs_after_a_prompt_change(data, tmp_path, monkeypatch):
     assert first["reused"] == []
     from loom.synth.stage import DEFAULT_KINDS
 
-    _, ex_manifest = mf.resolve_input(data["ingest"]["uri"])
-    examples = mf.read_table(data["ingest"]["uri"], ex_manifest, "examples",
-                             columns=["modality"]).column("modality").to_pylist()
-    assert first["stages"]["pairs"]["llm_calls"] == sum(len(DEFAULT_KINDS.get(m, []))
-                                                        for m in examples)
+    from tests.synth_calls import calls_needed, modalities
+
+    examples = modalities(data["ingest"]["uri"])
+    assert first["stages"]["pairs"]["llm_calls"] == calls_needed(data["ingest"]["uri"])
     # every example has one keyword call (images and texts alike)
     n = sum("keyword" in DEFAULT_KINDS.get(m, []) for m in examples)
     assert n == data["ingest"]["counts"]["examples"]

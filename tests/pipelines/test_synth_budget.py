@@ -13,6 +13,7 @@ from loom.schemas import manifest as mf
 from typer.testing import CliRunner
 
 from tests.checkpoints import examples_spec, tiny_checkpoint
+from tests.synth_calls import calls_needed
 
 
 def _pairs(uri: str) -> list[dict]:
@@ -20,19 +21,10 @@ def _pairs(uri: str) -> list[dict]:
     return sorted(mf.read_table(vdir, manifest, "pairs").to_pylist(), key=lambda r: r["pair_id"])
 
 
-def _calls_needed(examples_uri: str) -> int:
-    """One call per (example, query kind of its modality), from synth's default kinds."""
-    from loom.synth.stage import DEFAULT_KINDS
-
-    vdir, manifest = mf.resolve_input(examples_uri)
-    modalities = mf.read_table(vdir, manifest, "examples", columns=["modality"])
-    return sum(len(DEFAULT_KINDS.get(m, [])) for m in modalities.column("modality").to_pylist())
-
-
 def test_budget_stops_and_resumes_to_a_clean_runs_pairs(tmp_path):
     generate_corpus(str(tmp_path / "c"), 6, 6, seed=12, bad_files=False)
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
-    needed = _calls_needed(ex["uri"])
+    needed = calls_needed(ex["uri"])
     root = str(tmp_path / "pairs")
     assert run_synth(ex["uri"], root, dry_run=True)["counts"]["llm_calls_needed"] == needed
     spent = 0
@@ -70,7 +62,7 @@ def test_token_and_cost_budgets_never_exceeded_and_usage_totalled(tmp_path):
     ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
     root = str(tmp_path / "pairs")
     est = run_synth(ex["uri"], root, dry_run=True)["estimate"]
-    assert est["llm_calls_needed"] == _calls_needed(ex["uri"])
+    assert est["llm_calls_needed"] == calls_needed(ex["uri"])
     assert est["input_tokens_worst_case"] > 0 and est["cost_usd_worst_case"] > 0
     tokens = (est["input_tokens_worst_case"] + est["output_tokens_worst_case"]) // 3
     with pytest.raises(BudgetExceeded) as stop:

@@ -76,13 +76,11 @@ def _cached(out: pathlib.Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_pays_once_per_finished_call(tmp_path, examples, server):
-    from loom.synth.stage import DEFAULT_KINDS
+    from tests.synth_calls import calls_needed
 
     url = server(Faults(latency_s=0.25))
     out = tmp_path / "pairs"
-    vdir, manifest = mf.resolve_input(examples)
-    total = sum(len(DEFAULT_KINDS.get(m, [])) for m in mf.read_table(
-        vdir, manifest, "examples", columns=["modality"]).column("modality").to_pylist())
+    total = calls_needed(examples)
     proc = _synth_cli(examples, str(out), url)
     sigkill_when(proc, lambda: len(_cached(out)) >= 6, 180, "finished call")
     with pytest.raises(FileNotFoundError):
