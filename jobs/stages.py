@@ -379,7 +379,7 @@ class GcConfig(StageConfig):
 
 @register("gc", GcConfig, arguments=("root",), output="none",
           refs={"root": Ref({kind: "root" for kind in (
-              "corpus", "ingest", "synth", "relabel", "shard", "train", "soup", "mine", "eval",
+              "corpus", "ingest", "pairs", "synth", "relabel", "shard", "train", "soup", "mine", "eval",
               "backfill")})},
           flags={"yes": Flag("--yes")},
           help="Delete old versions nothing kept depends on, and stale partial writes (plan "
