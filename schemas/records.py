@@ -143,12 +143,12 @@ PART_REF = pa.struct(
 # inline text `positive_text` (an LLM-written description of the query Example). The two
 # sides never share a part. `group` is the asset group that chose the split.
 ANY_TO_ANY = [
-    pa.field("query_parts", pa.list_(PART)),
-    pa.field("query_ref", PART_REF),
-    pa.field("positive_parts", pa.list_(pa.int32())),
-    pa.field("positive_text", pa.string()),
-    pa.field("source", pa.string()),  # synthetic (an LLM wrote it) | natural (structure)
-    pa.field("group", pa.string()),
+    col("query_parts", pa.list_(PART), "inline parts of the query (an image, a frame)"),
+    col("query_ref", PART_REF, "parts of a corpus Example that are (in) the query"),
+    col("positive_parts", pa.list_(pa.int32()), "the positive's parts (null: all)"),
+    col("positive_text", pa.string(), "inline text positive (describes the query Example)"),
+    col("source", pa.string(), "synthetic (an LLM wrote it) | natural (structure)"),
+    col("group", pa.string(), "the asset group that chose the split"),
 ]
 
 PAIR = pa.schema(
@@ -213,6 +213,8 @@ ITEM = pa.struct(
         col("frames", pa.int32(), "number of frames in pixels"),
         col("features", pa.list_(pa.float16()), "log-mel, row-major (n, feature_bins)"),
         col("feature_bins", pa.int32(), "mel bins per feature row"),
+        col("instruction_tokens", pa.int32(), "leading tokens that are the query's task "
+            "instruction: attended to, not pooled (null: 0)"),
     ]
 )
 

@@ -141,8 +141,10 @@ def test_submit_runs_a_spec_on_ray_start_head(ray_head, tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(f"name: tiny\nworkdir: {tmp_path / 'work'}\nstages:\n"
                     f"  - {{stage: ingest, id: ingest, input: {media}}}\n")
+    # one machine, so every node sees the spec's local paths: --shared-fs says so (the
+    # job's RAY_ADDRESS is this host's own IP, which loom cannot tell from a remote node)
     res = CliRunner().invoke(app, ["submit", str(spec), "--address", ray_head,
-                                   "--timeout", "600"])
+                                   "--timeout", "600", "--shared-fs"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["status"] == "SUCCEEDED"
@@ -154,7 +156,7 @@ def test_submit_runs_a_spec_on_ray_start_head(ray_head, tmp_path):
     # a job that fails on the cluster: its own exit code (2: bad input) comes back
     spec.write_text(f"name: tiny\nworkdir: {tmp_path / 'work'}\nstages:\n"
                     f"  - {{stage: ingest, id: ingest, input: {tmp_path / 'missing'}}}\n")
-    res = CliRunner().invoke(app, ["submit", str(spec), "--address", ray_head])
+    res = CliRunner().invoke(app, ["submit", str(spec), "--address", ray_head, "--shared-fs"])
     assert res.exit_code == 2, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["status"] == "FAILED" and "missing" in out["logs_tail"]
