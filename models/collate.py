@@ -11,7 +11,8 @@ from loom.transforms.pixels import decode_frames
 def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
     """Pads text to the longest row, patches to the most frames, audio to the most tokens.
 
-    Videos longer than `cfg.max_frames` are evenly subsampled; log-mel rows are
+    A query's leading task instruction (`instruction_tokens`) is counted per row in
+    `instruction`. Videos longer than `cfg.max_frames` are evenly subsampled; log-mel rows are
     average-pooled into at most `cfg.max_audio_tokens` tokens, so a 30 s clip and a 2 s
     clip cost the same.
     """
@@ -46,7 +47,10 @@ def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tens
     for i, p in enumerate(pooled):
         audio[i, : len(p)] = p
         audio_mask[i, : len(p)] = True
+    # leading instruction tokens of a query: attended to, not pooled (encoder.forward)
+    instruction = [min(int(it.get("instruction_tokens") or 0), t_len) for it in items]
     return {
+        "instruction": torch.tensor(instruction, dtype=torch.long),
         "audio": torch.from_numpy(audio),
         "audio_mask": torch.from_numpy(audio_mask),
         "tokens": torch.from_numpy(tokens),

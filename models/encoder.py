@@ -85,9 +85,12 @@ class MultimodalEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,
                 patches: torch.Tensor, patch_mask: torch.Tensor,
                 audio: torch.Tensor | None = None,
-                audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+                audio_mask: torch.Tensor | None = None,
+                instruction: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B,T] int, token_mask [B,T] bool, patches [B,P,patch_dim], patch_mask [B,P],
-        audio [B,A,n_mels] pooled log-mel, audio_mask [B,A].
+        audio [B,A,n_mels] pooled log-mel, audio_mask [B,A], instruction [B] int: how many
+        leading tokens are a query's task instruction, attended to but left out of the
+        mean pool (a row with nothing else pools them).
 
         Returns unnormalized embeddings [B, out_dim]; callers normalize per Matryoshka size.
         """
@@ -113,7 +116,7 @@ class MultimodalEncoder(nn.Module):
             mask[empty, 0] = True
         x = self._trunk(x, ~mask)
         x = self.norm(x)
-        m = mask.unsqueeze(-1).to(x.dtype)
+        m = pool_mask(mask, tokens.shape[1], instruction).unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.proj(pooled)
 
@@ -134,3 +137,14 @@ def matryoshka(emb: torch.Tensor, dim: int) -> torch.Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def pool_mask(mask: torch.Tensor, n_tokens: int,
+              instruction: torch.Tensor | None) -> torch.Tensor:
+    """`mask` without each row's first `instruction` text positions (text comes first in
+    the sequence), unless that leaves the row nothing to pool."""
+    if instruction is None or n_tokens == 0:
+        return mask
+    pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    pooled = mask & ~((pos < instruction.to(mask.device).unsqueeze(1)) & (pos < n_tokens))
+    return torch.where(pooled.any(dim=1, keepdim=True), pooled, mask)

@@ -1,6 +1,6 @@
 """loom's encoder as one ONNX graph, for serving stacks that do not run torch.
 
-The graph is the encoder's forward, traced: six inputs, every modality always present,
+The graph is the encoder's forward, traced: seven inputs, every modality always present,
 one output (unnormalized embeddings). Its inputs are loom's collate (models/collate.py)
 with one rule added: each modality's sequence axis is at least one position long
 (masked), because the traced graph always concatenates text, patches and audio.
@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from loom.models.collate import collate_items
 from loom.models.encoder import AUDIO, IMAGE, TEXT, EncoderConfig, MultimodalEncoder
 
-INPUTS = ("tokens", "token_mask", "patches", "patch_mask", "audio", "audio_mask")
+INPUTS = ("tokens", "token_mask", "patches", "patch_mask", "audio", "audio_mask", "instruction")
 OPSET = 17
 _SEQ_AXIS = {"tokens": "text", "token_mask": "text", "patches": "patches",
              "patch_mask": "patches", "audio": "audio", "audio_mask": "audio"}
+_BATCH_ONLY = ("instruction",)
 
 
 def onnx_inputs(items: list[dict], cfg: EncoderConfig) -> dict[str, np.ndarray]:
@@ -38,6 +39,7 @@ def onnx_inputs(items: list[dict], cfg: EncoderConfig) -> dict[str, np.ndarray]:
             x = np.zeros((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype)
             m = np.zeros((m.shape[0], 1), dtype=bool)
         out[data], out[mask] = x, m
+    out["instruction"] = batch["instruction"].numpy()
     return out
 
 
@@ -48,7 +50,8 @@ def _example(cfg: EncoderConfig) -> tuple[torch.Tensor, ...]:
     patches = torch.zeros((b, cfg.patches_per_frame, cfg.patch_dim))
     audio = torch.zeros((b, 1, cfg.n_mels))
     ones = lambda n: torch.ones((b, n), dtype=torch.bool)  # noqa: E731
-    return (tokens, ones(2), patches, ones(cfg.patches_per_frame), audio, ones(1))
+    instruction = torch.tensor([1, 0], dtype=torch.long)  # a query and a document
+    return (tokens, ones(2), patches, ones(cfg.patches_per_frame), audio, ones(1), instruction)
 
 
 class _Traceable(torch.nn.Module):
@@ -61,7 +64,7 @@ class _Traceable(torch.nn.Module):
         super().__init__()
         self.enc = enc
 
-    def forward(self, tokens, token_mask, patches, patch_mask, audio, audio_mask):
+    def forward(self, tokens, token_mask, patches, patch_mask, audio, audio_mask, instruction):
         e = self.enc
         idx = lambda x: torch.arange(x.shape[1], device=x.device)  # noqa: E731
         x = torch.cat([
@@ -79,7 +82,11 @@ class _Traceable(torch.nn.Module):
             h = layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
             x = x + h
         x = e.norm(x)
-        m = mask.unsqueeze(-1).to(x.dtype)
+        pos = idx(mask).unsqueeze(0)
+        skip = (pos < instruction.unsqueeze(1)) & (pos < tokens.shape[1])
+        pooled, full = (mask & ~skip).to(x.dtype), mask.to(x.dtype)
+        left = (pooled.sum(1, keepdim=True) > 0).to(x.dtype)  # pool_mask's rule, without a
+        m = (pooled * left + full * (1 - left)).unsqueeze(-1)  # bool Where (no ORT kernel)
         return e.proj((x * m).sum(1) / m.sum(1).clamp(min=1.0))
 
     @staticmethod
@@ -96,7 +103,9 @@ class _Traceable(torch.nn.Module):
 def export_onnx(model: MultimodalEncoder) -> bytes:
     """The ONNX bytes of `model` (batch and every sequence length dynamic)."""
     model = _Traceable(model.eval()).eval()
-    dynamic = {name: {0: "batch", 1: _SEQ_AXIS[name]} for name in INPUTS}
+    dynamic = {name: {0: "batch", 1: _SEQ_AXIS[name]} for name in INPUTS
+               if name not in _BATCH_ONLY}
+    dynamic |= {name: {0: "batch"} for name in _BATCH_ONLY}
     dynamic["embedding"] = {0: "batch"}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -109,7 +118,7 @@ def export_onnx(model: MultimodalEncoder) -> bytes:
 
 EXPORT_README = """# loom encoder, ONNX export
 
-`model.onnx` maps six inputs to `embedding` [batch, {out_dim}] (unnormalized). For a
+`model.onnx` maps seven inputs to `embedding` [batch, {out_dim}] (unnormalized). For a
 Matryoshka size d in {dims}, take the first d values and L2-normalize them.
 
 Inputs (batch B; T, P, A >= 1 each; padding positions have mask False):
@@ -124,6 +133,9 @@ Inputs (batch B; T, P, A >= 1 each; padding positions have mask False):
 - `audio` float32 [B, A, {n_mels}]: log-mel frames ({n_mels} bins) average-pooled into at
   most {max_audio} groups (numpy.array_split of the frames).
 - `audio_mask` bool [B, A].
+- `instruction` int64 [B]: how many leading tokens of the row are a query's task
+  instruction ("<task> |", tokenized apart from the query text); they are attended to but
+  not mean-pooled (unless the row has nothing else). 0 for documents.
 A row may hold any mix of the three (interleaved early fusion). A modality absent from
 the whole batch is still given one position, with mask False.
 Reference implementation: `loom.models.onnx_export.onnx_inputs`.

@@ -29,7 +29,7 @@ def item_digest(item: dict) -> str:
     """What the encoder reads of an ITEM: same digest, same embedding for a checkpoint."""
     h = hashlib.sha256()
     h.update(f"{item.get('modality')}\0{item.get('pixel_format')}\0{item.get('frames')}\0"
-             f"{item.get('feature_bins')}\0".encode())
+             f"{item.get('feature_bins')}\0{item.get('instruction_tokens') or 0}\0".encode())
     h.update(np.asarray(item.get("tokens") or [], dtype=np.int32).tobytes() + b"\0")
     h.update((item.get("pixels") or b"") + b"\0")
     h.update(np.asarray(item.get("features") or [], dtype=np.float16).tobytes())

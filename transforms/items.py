@@ -56,20 +56,12 @@ def text_to_item(item_id: str, text: str, tokenizer: TextTokenizer, max_tokens: 
             "features": None, "feature_bins": None}
 
 
-def instructed(task: str | None, text: str | None) -> str:
-    """The query's text as the encoder reads it: its task instruction first (as the
-    paper's "task: ... | query: ..."), so one query can ask for different targets."""
-    text = (text or "").strip()
-    if not task:
-        return text
-    return f"{task.strip()} | {text}" if text else task.strip()
-
-
 def query_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
                max_tokens: int) -> dict | None:
-    """The query side of a Pair or Triple as one ITEM: instruction + text tokens, then the
-    parts of `query_ref` (a subset of a corpus Example) and inline `query_parts`. None
-    when the referenced Example is not in `examples`."""
+    """The query side of a Pair or Triple as one ITEM: its task instruction first (as the
+    paper's "task: ... | query: ..."), so one query can ask for different targets, then
+    its text tokens, the parts of `query_ref` (a subset of a corpus Example) and inline
+    `query_parts`. None when the referenced Example is not in `examples`."""
     parts: list[dict] = []
     ref = pair.get("query_ref")
     if ref:
@@ -80,11 +72,17 @@ def query_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
         parts += ex["parts"] if idx is None else [ex["parts"][i] for i in idx
                                                   if 0 <= i < len(ex["parts"])]
     parts += list(pair.get("query_parts") or [])
-    head = tokenizer.encode(instructed(pair.get("task"), pair.get("query_text")), max_tokens)
+    task = (pair.get("task") or "").strip()
+    instruction = tokenizer.encode(f"{task} |", max_tokens) if task else []
+    text = (pair.get("query_text") or "").strip()
+    head = instruction + (tokenizer.encode(text, max_tokens) if text else [])
     parts = [p | {"tokens": tokenizer.encode(p["text"], max_tokens)}
              if p.get("text") and not p.get("tokens") else p for p in parts]
     item = parts_to_item(f"q:{pair['pair_id']}", pair.get("query_modality") or "text", parts)
     item["tokens"] = (head + item["tokens"])[:max_tokens]
+    # the instruction steers attention but is not pooled: pooled, its tokens (the same for
+    # every query of a task) would outweigh a short query's own
+    item["instruction_tokens"] = min(len(instruction), len(item["tokens"]))
     return item
 
 

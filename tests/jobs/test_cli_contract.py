@@ -38,8 +38,6 @@ def demo(tmp_path_factory, ray_session):
     return {"w": w, "out": out}
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="known regression since the merges of issues 14/17 (this session): held-out text->text R@1 sits at chance and an eval with ground truth disagrees with one without; see the stop-12 note")
 def test_demo_json_and_eval_beats_its_baselines(demo):
     out = demo["out"]
     assert {"corpus", "ingest", "synth", "train_pft", "mine", "train_ft", "eval"} <= set(

@@ -55,6 +55,32 @@ def test_grouped_forward_equals_one_padded_batch():
     assert count_parameters(model) > 0
 
 
+def test_instruction_tokens_are_attended_but_not_pooled():
+    """A query's leading instruction steers attention, but the pooled vector is the mean of
+    the final (normed) states of the other positions: checked against a hook on the norm."""
+    torch.manual_seed(0)
+    model = MultimodalEncoder(CFG).eval()
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, 255, (1, 16, 16, 3), dtype=np.uint8).tobytes()
+    items = [{"id": "q", "tokens": [3, 4, 5, 6, 7], "instruction_tokens": 2},
+             {"id": "qi", "tokens": [3, 4], "pixels": px, "frames": 1, "instruction_tokens": 2},
+             {"id": "all", "tokens": [3, 4], "instruction_tokens": 2},  # nothing else: pool all
+             {"id": "d", "tokens": [3, 4, 5, 6, 7]}]
+    states = []
+    model.norm.register_forward_hook(lambda mod, inp, out: states.append(out))
+    with torch.no_grad():
+        out = [model(**collate_items([it], CFG))[0] for it in items]
+    pooled = [states[0][0, 2:5].mean(0), states[1][0, 2:].mean(0), states[2][0].mean(0),
+              states[3][0].mean(0)]
+    for got, x in zip(out, pooled, strict=True):
+        assert torch.allclose(got, model.proj(x), atol=1e-5)
+    assert not torch.allclose(out[0], out[3], atol=1e-3)  # same tokens, other pooling
+    batch = collate_items(items, CFG)
+    assert batch["instruction"].tolist() == [2, 2, 2, 0]
+    with torch.no_grad():  # one padded batch pools the same way as one row at a time
+        assert torch.allclose(model(**batch), torch.stack(out), atol=1e-5)
+
+
 def test_info_nce_masks_duplicate_positives():
     q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     docs = q.clone()

@@ -146,8 +146,6 @@ def test_checkpoints(chain):
     assert storage.exists(stages["train_pft"]["datasets"]["metrics"])
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="known regression since the merges of issues 14/17 (this session): held-out text->text R@1 sits at chance and an eval with ground truth disagrees with one without; see the stop-12 note")
 def test_eval_table(chain):
     ev = chain["first"]["eval"]
     assert set(ev) >= {"text->image", "text->text"}
@@ -205,14 +203,13 @@ def test_rerun_reuses_everything(chain):
     assert second["eval"] == first["eval"]
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="known regression since the merges of issues 14/17 (this session): held-out text->text R@1 sits at chance and an eval with ground truth disagrees with one without; see the stop-12 note")
 def test_eval_truncation_sizes(chain, tmp_path):
     from loom.pipelines.evaluate import run_eval
 
     stages = chain["first"]["stages"]
     out = run_eval(stages["synth"]["uri"], stages["train_ft"]["checkpoint"],
-                   stages["train_ft"]["checkpoint_root"], str(tmp_path / "eval"), dims=(16,))
+                   stages["train_ft"]["checkpoint_root"], str(tmp_path / "eval"), dims=(16,),
+                   ground_truth=stages["corpus"]["datasets"]["ground_truth"])
     for name, entry in out["eval"].items():
         assert sorted(entry["by_dim"], key=int) == ["16", "32", "64", "128"], name
         assert entry["by_dim"]["128"] == chain["first"]["eval"][name]["by_dim"]["128"]

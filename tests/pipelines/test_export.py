@@ -41,6 +41,10 @@ def _items(rng) -> list[dict]:
         {"id": "audio", "tokens": [], "features": audio, "feature_bins": 8},
         {"id": "mixed", "tokens": [9, 10, 11], "pixels": img, "pixel_format": fmt,
          "frames": 1, "features": audio, "feature_bins": 8},
+        # queries: a leading instruction is attended to, not pooled
+        {"id": "query", "tokens": [4, 5, 6, 7, 8], "instruction_tokens": 3},
+        {"id": "image-query", "tokens": [4, 5], "instruction_tokens": 2, "pixels": img,
+         "pixel_format": fmt, "frames": 1},
     ]
 
 
@@ -76,7 +80,8 @@ def test_onnx_export_matches_loom_for_every_modality(exported, dim):
         assert cos.min() > 0.999, (dim, [it["id"] for it in batch], cos)
     meta = json.loads((base / "onnx" / "export.json").read_text())
     assert meta["embed_dims"] == [8, 16, 32] and meta["checkpoint"] == "run-x/step-0000005"
-    assert "patch_mask" in (base / "onnx" / "README.md").read_text()
+    readme = (base / "onnx" / "README.md").read_text()
+    assert "patch_mask" in readme and "`instruction` int64 [B]" in readme
 
 
 def test_other_formats_need_an_hf_trunk(exported):

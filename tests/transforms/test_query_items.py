@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from loom.schemas.records import empty_part
-from loom.transforms.items import instructed, positive_item, query_item
+from loom.transforms.items import positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
 
 
@@ -24,16 +24,18 @@ def _video_example() -> dict:
     return {"id": "v1", "modality": "video", "parts": [video, audio]}
 
 
-def test_instruction_goes_first(tok):
-    assert instructed("Given a frame, retrieve the video.", "red circle") == \
-        "Given a frame, retrieve the video. | red circle"
-    assert instructed(None, "red circle") == "red circle"
+def test_instruction_goes_first_and_is_marked(tok):
     pair = {"pair_id": "p", "task": "retrieve the video", "query_text": "red circle",
             "query_modality": "text"}
     item = query_item(pair, {}, tok, 64)
-    assert item["tokens"] == tok.encode("retrieve the video | red circle", 64)
-    assert item["tokens"][:3] == tok.encode("retrieve the video", 64)[:3]
-    assert query_item(pair | {"task": None}, {}, tok, 64)["tokens"] == tok.encode("red circle", 64)
+    head = tok.encode("retrieve the video |", 64)
+    assert item["tokens"] == head + tok.encode("red circle", 64)
+    assert item["instruction_tokens"] == len(head) > 0  # the encoder pools what follows
+    plain = query_item(pair | {"task": None}, {}, tok, 64)
+    assert plain["tokens"] == tok.encode("red circle", 64) and plain["instruction_tokens"] == 0
+    # an instruction longer than the budget: every token is instruction, none is lost
+    short = query_item(pair, {}, tok, 2)
+    assert short["tokens"] == head[:2] and short["instruction_tokens"] == 2
 
 
 def test_text_plus_image_query_and_frames_only_positive(tok):
@@ -56,6 +58,7 @@ def test_example_as_query_and_written_positive(tok):
             "query_ref": {"example_id": "v1", "parts": [1]}, "positive_id": "t:x",
             "positive_text": "passage describes it"}
     q = query_item(pair, {"v1": ex}, tok, 64)
-    assert q["features"] and not q["pixels"] and q["tokens"] == tok.encode("audio clip", 64)
+    assert q["features"] and not q["pixels"] and q["tokens"] == tok.encode("audio clip |", 64)
+    assert q["instruction_tokens"] == len(q["tokens"])  # all instruction: the clip is pooled
     assert positive_item(pair, {}, tok, 64)["tokens"] == tok.encode("passage describes it", 64)
     assert query_item(pair, {}, tok, 64) is None  # its Example is missing: the caller counts it
