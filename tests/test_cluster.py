@@ -110,7 +110,9 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
     spec.write_text(chain_spec(str(c.work / "run"), str(local / "media")))
     code, out, err = submit(c, str(spec))
     assert code == 2, (out, err)
-    assert "gs://" in err and "--shared-fs" in err and not out  # refused before the cluster
+    assert "gs://" in err and "--shared-fs" in err
+    # refused before the cluster: the failure JSON names submit, and no job was made
+    assert out["stage"] == "submit" and out["exit_code"] == 2 and "job_id" not in out
     assert not storage.exists(str(c.work / "run"))
     # ... and by the job itself when a local path reaches the cluster some other way
     refused = run_command(c, ["ingest", "--input", str(local / "media"), "--output",
