@@ -60,10 +60,15 @@ PATH_FIELDS = ("input", "examples", "shards", "pairs", "triples", "output", "ini
 
 
 def check_spec_paths(spec, address: str | None = None, shared: bool | None = None) -> None:
-    """check_paths over a JobSpec's workdir and every step's literal data paths."""
+    """check_paths over a JobSpec's workdir and every step's literal data paths (the ones
+    the spec sets: a default such as synth's unused `checkpoint_root: checkpoints` is not
+    a path the run reads; a stage checks what it does use when it starts)."""
     uris: dict[str, str | None] = {"workdir": spec.workdir}
     for i, step in enumerate(spec.stages):
+        given = getattr(step, "model_fields_set", None)
         for field in PATH_FIELDS:
+            if given is not None and field not in given:
+                continue
             value = getattr(step, field, None)
             if isinstance(value, str) and not value.startswith("${"):
                 uris[f"stages[{i}].{field}"] = value

@@ -102,3 +102,23 @@ def test_actor_pool_waits_with_a_deadline_and_names_the_resource(ray_session, mo
                 Never, compute=ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5,
                 resources={"no_such_node": 1})
             np.asarray(ds.take_all())
+
+
+def test_spec_paths_are_the_ones_the_spec_sets():
+    """synth's and eval's `checkpoint_root` default ("checkpoints") is no path a run reads
+    when there is no checkpoint or it is a step's output (its root comes from that step):
+    not refused; one the spec writes out is."""
+    from loom.jobs.spec import load_spec
+
+    text = """name: x
+workdir: gs://b/w
+stages:
+  - {stage: synth, id: synth, examples: gs://b/examples}
+  - {stage: train, id: train, shards: gs://b/shards, train_stage: pft}
+  - {stage: eval, id: eval, pairs: "${synth}", checkpoint: "%s"}
+"""
+    address = "10.2.3.4:6379"
+    cluster.check_spec_paths(load_spec(text % "${train}"), address=address, shared=False)
+    with pytest.raises(BadInput, match=r"stages\[2\]\.checkpoint_root=/data/ck"):
+        cluster.check_spec_paths(load_spec(text % 'pft-1", checkpoint_root: "/data/ck'),
+                                 address=address, shared=False)
