@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import math
@@ -76,7 +75,7 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     Neither is part of the run's identity."""
     check_paths(shards=shards_uri, output=output_root,
                 init_root=init_root)  # multi-node: no local paths
-    from loom.pipelines.ray.train import fit, latest_of_run
+    from loom.pipelines.ray.train import LoopConfig, fit, latest_of_run
     from loom.pipelines.shard import spec_of
 
     shards_uri, output_root = storage.absolute(shards_uri), storage.absolute(output_root)
@@ -103,20 +102,12 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
             return out | _result(output_root, run, latest, sh_manifest, reused=True)
     plan = data_plan(sh_dir, sh_manifest, stage, config, workers)
     steps_per_epoch = max(1, plan.steps_per_epoch())
-    loop_config = {
-        "train": config.model_dump(),
-        "encoder": enc.model_dump(),
-        "spec": spec.model_dump(),
-        "root": output_root,
-        "run": run,
-        "init": list(init_ref) if init_ref else None,
+    loop_config = LoopConfig(
+        train=config, encoder=enc, spec=spec, root=output_root, run=run, data=plan,
+        total_steps=steps_per_epoch * config.epochs, init=init_ref,
         # A restart after a failure always resumes; --no-resume only ignores older steps.
-        "ignore_checkpoint": None if resume else latest,
-        "total_steps": steps_per_epoch * config.epochs,
-        "data": dataclasses.asdict(plan),
-        "stop_at_step": stop_at_step,
-        "log_rows": log_rows,
-    }
+        ignore_checkpoint=None if resume else latest,
+        stop_at_step=stop_at_step, log_rows=log_rows)
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
