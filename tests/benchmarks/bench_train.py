@@ -78,10 +78,11 @@ def bare_rate(enc: EncoderConfig, batches: list, chunk: int, warmup: int, lr: fl
 
 
 def inner_rates(enc: EncoderConfig, plan: DataPlan, tc: TrainConfig, batches: list,
-                warmup: int) -> tuple[float, float]:
+                warmup: int, data_path: bool = True) -> tuple[float, float]:
     """(loom, bare) samples/s, one step of each in turn in this process (load drift hits
     both alike): loom = the loop's data path (ShardReader + TrainCollate in iter_batches'
-    prefetch thread) and its train_step; bare = bare_step on the pre-collated batches."""
+    prefetch thread; without `data_path`, the pre-collated batches) and its train_step;
+    bare = bare_step on the pre-collated batches."""
     loom_model, loom_opt = _model(enc, tc.lr)
     bare_model, bare_opt = _model(enc, tc.lr)
     dims, total = tuple(enc.embed_dims), plan.steps_per_epoch()
@@ -89,7 +90,8 @@ def inner_rates(enc: EncoderConfig, plan: DataPlan, tc: TrainConfig, batches: li
     spent = {"loom": 0.0, "bare": 0.0}
     rows = 0
     t_data = time.perf_counter()
-    loom_batches = iter_batches(plan.epoch(0), 0, ShardReader(plan.files), collate)
+    loom_batches = (iter_batches(plan.epoch(0), 0, ShardReader(plan.files), collate)
+                    if data_path else iter(batches))
     for k, batch in enumerate(loom_batches):
         train_step(loom_model, loom_opt, batch, tc, k, total, dims, False,
                    contextlib.nullcontext())
@@ -152,6 +154,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--no-ray", dest="ray", action="store_false",
+                    help="only the in-process (interleaved) comparison")
     args = ap.parse_args()
     import ray
     from loom.pipelines.ray.session import ensure_ray
@@ -178,15 +182,17 @@ def main() -> None:
             tc = TrainConfig(epochs=1, batch_size=args.batch, bf16=False, cache_chunk=chunk,
                              checkpoint_every=100, warmup_steps=5)
             before = bare_rate(enc, batches, chunk, args.warmup, tc.lr)
-            loom, wait, compute = loom_rate(enc, plan, tc, tmp, f"bench-{chunk}", args.warmup)
+            loom, wait, compute = (loom_rate(enc, plan, tc, tmp, f"bench-{chunk}", args.warmup)
+                                   if args.ray else (float("nan"),) * 3)
             after = bare_rate(enc, batches, chunk, args.warmup, tc.lr)
             inner = inner_rates(enc, plan, tc, batches, args.warmup)
-            results[chunk] = (loom, before, after, wait, compute, inner)
+            step_only = inner_rates(enc, plan, tc, batches, args.warmup, data_path=False)
+            results[chunk] = (loom, before, after, wait, compute, inner, step_only)
         ray.shutdown()
     print(f"{args.rows} TrainingRows (text query, {args.size}px JPEG image or text positive, "
           f"3 image negatives), batch {args.batch}, {len(batches)} steps ({args.warmup} "
           f"untimed), encoder dim {enc.dim} x {enc.layers} layers, torch threads {threads}")
-    for chunk, (loom, before, after, wait, compute, inner) in results.items():
+    for chunk, (loom, before, after, wait, compute, inner, step_only) in results.items():
         name = f"cached (chunk {chunk})" if chunk else "plain"
         bare = (before + after) / 2
         print(f"{name:18s} loom train (Ray Train loop): {loom:7.1f} samples/s "
@@ -196,6 +202,9 @@ def main() -> None:
         print(f"{name:18s} interleaved in one process: loom data path + train_step "
               f"{inner[0]:7.1f} samples/s, bare {inner[1]:7.1f} samples/s")
         print(f"{name:18s} ratio loom/bare {inner[0] / inner[1]:.2f}x  (interleaved steps)")
+        print(f"{name:18s} ratio loom/bare {step_only[0] / step_only[1]:.2f}x  (interleaved, "
+              f"train_step alone on the pre-collated batches: {step_only[0]:.1f} vs "
+              f"{step_only[1]:.1f} samples/s)")
 
 
 if __name__ == "__main__":
