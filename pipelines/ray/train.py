@@ -24,7 +24,7 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from loom.models.checkpoint import BEST, load_checkpoint, resolve, save_checkpoint
 from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.models.losses import ContrastiveModel, asset_keys
@@ -32,6 +32,7 @@ from loom.models.step import TrainBatch, cached_step, plain_step
 from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.train import TrainConfig
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
+from loom.pipelines.train_validation import SCORE, Validation, Validator, read_slice
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,6 +93,7 @@ class LoopConfig(BaseModel):
     ignore_checkpoint: str | None = None
     stop_at_step: int | None = None
     log_rows: str | None = None
+    validation: Validation | None = None  # a held-out slice scored every N steps
     threads: int = Field(1, ge=1)  # torch compute threads per worker (set by fit)
 
 
@@ -168,6 +170,9 @@ def _loop(config: dict) -> None:
                 else contextlib.nullcontext())
     stop_at = cfg.stop_at_step
     train_config = tc.model_dump()
+    val = cfg.validation
+    validator = Validator(read_slice(val.files, val.rows), enc) if val and rank == 0 else None
+    best = _best_of_run(root, run) if resume_from else None
     t0 = time.perf_counter()
     first_epoch = start_step // max(1, per_epoch)
     for epoch in range(first_epoch, tc.epochs):
@@ -191,14 +196,25 @@ def _loop(config: dict) -> None:
                    "samples_per_s": seen / (time.perf_counter() - t0),
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {name: float(v.detach()) for name, v in terms.items()}
+            improved = False
+            if validator is not None:
+                due = step % val.every == 0 or step in (total, stop_at)
+                row |= (validator(base.encoder, float(base.temperature())) if due
+                        else validator.empty())
+                improved = due and val.keep_best and (best is None or row[SCORE] > best[SCORE])
             metrics.append(row)
             progress.update(step, epoch, row["loss"], row["samples_per_s"])
-            if rank == 0 and (step % tc.checkpoint_every == 0 or step == stop_at):
+            if rank == 0 and (step % tc.checkpoint_every == 0 or step == stop_at or improved):
                 _write_metrics(root, run, metrics)  # before latest moves
-                save_checkpoint(root, run, step, base.encoder, opt, cfg.spec, enc, train_config,
-                                plan.position(epoch, k + 1, steps) | {"step": step},
-                                extra_state={"resumed_from": resumed,
-                                             "log_temperature": float(base.log_temperature)})
+                ckpt = save_checkpoint(root, run, step, base.encoder, opt, cfg.spec, enc,
+                                       train_config,
+                                       plan.position(epoch, k + 1, steps) | {"step": step},
+                                       extra_state={"resumed_from": resumed,
+                                                    "log_temperature":
+                                                        float(base.log_temperature)})
+                if improved:
+                    best = {"checkpoint": ckpt, "step": step, SCORE: row[SCORE]}
+                    storage.write_atomic(storage.join(root, run, BEST), json.dumps(best).encode())
             if step % tc.report_every == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
             if step == stop_at:
@@ -214,6 +230,12 @@ def _loop(config: dict) -> None:
     progress.update(step, tc.epochs - 1, metrics[-1]["loss"] if metrics else None, 0.0,
                     force=True)
     ray.train.report({"step": step, "done": True})
+
+
+def _best_of_run(root: str, run: str) -> dict | None:
+    """The best validation step so far of a resumed run (--keep best), if any."""
+    uri = storage.join(root, run, BEST)
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
 def _metrics_until(root: str, run: str, step: int) -> list[dict]:
