@@ -16,7 +16,13 @@ bare cached loop is a minimal GradCache (embed chunks without a graph, loss, re-
 chunk and backpropagate its cached gradient). The torch threads are the ones `fit` gives
 its worker (sizing.train_worker_cpus, less the CPUs kept for the data pipeline), so the
 prefetch thread's CPU is outside the comparison. Bare passes run before and after the
-loom pass; the ratio is against their mean. Not collected by pytest.
+loom pass; the ratio is against their mean.
+
+A shared machine's load drifts between passes, so two in-process comparisons alternate one
+loom step and one bare step: loom's data path (ShardReader + TrainCollate in the prefetch
+thread) + `train_step` (the loop's own step function), and `train_step` alone on the
+pre-collated batches (the step's own overhead). `--no-ray` runs only these. Not collected
+by pytest.
 """
 
 from __future__ import annotations
