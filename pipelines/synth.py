@@ -34,7 +34,10 @@ from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for 
     BudgetExceeded,
     Estimate,
     Ledger,
+    PlanRow,
     call_estimate,
+    cost_plan,
+    media_tokens,
     price_for,
 )
 from loom.synth.budget import (
@@ -56,11 +59,16 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               max_calls: int | None = None, dry_run: bool = False,
               budget: Budget | None = None, limits: RateLimits | None = None,
               filters: qf.FilterConfig | None = None, checkpoint: str | None = None,
-              checkpoint_root: str = "checkpoints", engine_opts: dict | None = None) -> dict:
+              checkpoint_root: str = "checkpoints", engine_opts: dict | None = None,
+              mode: str = "online") -> dict:
     """Pairs for every Example. `budget` (or `max_calls`) is never exceeded: past it, the
     run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
     (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
-    the calls, tokens and cost needed. `checkpoint` turns on the round-trip filter."""
+    the calls, tokens and cost needed (a plan per modality, priced online and in batch).
+    `mode="batch"` sends the uncached calls through the Batch API first (at its price)
+    and then writes the pairs from the cache. `checkpoint` turns on the round-trip filter."""
+    if mode not in ("online", "batch"):
+        raise ValueError(f"unknown synth mode {mode!r} (online|batch)")
     check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
     check_backend(llm)
@@ -72,7 +80,9 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
                   or ENGINE_WORKERS[engine_kind(engine)])
     limits = (limits or RateLimits()).share(workers)
     price = price_for(llm.model)
-    ledger = Ledger(budget, price)  # refuses a cost budget without a price, before any work
+    # a batch run is budgeted (and reported) at the Batch API's price
+    run_price = price.batch() if price is not None and mode == "batch" else price
+    ledger = Ledger(budget, run_price)  # refuses a cost budget without a price, before any work
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,
@@ -84,7 +94,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "heldout_fraction": heldout_fraction,
         "llm": llm.model_dump(exclude={"base_url", "timeout_s", "retry_attempts",
                                        "retry_initial_delay_s", "retry_max_delay_s",
-                                       "retry_jitter_s"}),
+                                       "retry_jitter_s", "inline_limit_bytes"}),
         "prompts": prompt_set.digest(),
     }
     if filters != qf.FilterConfig():
@@ -103,18 +113,20 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     examples_files = ex_manifest.tables.get("examples", [])
     budget_payload = None
     if budget.limited or dry_run:
-        pending = _pending(ex_dir, ex_manifest, base, prompt_set)
+        pending = _pending(ex_dir, ex_manifest, base, prompt_set, price)
         needed = sum((e for _, e in pending.values()), ZERO)
         tasks = sum(n for n, _ in pending.values())
         estimate = {"llm_calls_needed": tasks, "llm_calls_worst_case": needed.calls,
                     "input_tokens_worst_case": needed.input_tokens,
                     "output_tokens_worst_case": needed.output_tokens,
-                    "cost_usd_worst_case": round(needed.cost(price), 6) if price else None}
+                    "cost_usd_worst_case": round(needed.cost(run_price), 6) if price else None}
         if dry_run:
             return {"stage": "synth", "version": version, "dry_run": True, "reused": False,
                     "datasets": {}, "counts": {"examples": len(pending),
                                                "llm_calls_needed": tasks},
-                    "estimate": estimate}
+                    "estimate": estimate,
+                    "plan": cost_plan(_plan_rows(ex_dir, ex_manifest, base, prompt_set,
+                                                 pending, price), price, mode)}
         keep = ledger.plan({eid: est for eid, (_, est) in pending.items()})
         if len(keep) < len(pending):
             examples_files, budget_payload = _within_budget(
@@ -247,9 +259,11 @@ def _previous(root: str, version: str, examples_version: str) -> str | None:
 
 
 def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
-             prompt_set: PromptSet) -> dict[str, tuple[int, Estimate]]:
-    """Example id -> (calls it still needs, their worst case): its uncached kinds."""
+             prompt_set: PromptSet, price=None) -> dict[str, tuple[int, Estimate]]:
+    """Example id -> (calls it still needs, their worst case): its uncached kinds, with
+    media counted at the model's rates (prices.yaml)."""
     llm = base.llm
+    rates = {"rates": price.media} if price is not None else {}
     cache = ResponseCache(base.cache_uri)
     table = mf.read_table(ex_dir, ex_manifest, "examples")
     out = {}
@@ -257,10 +271,26 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
                 if not storage.exists(cache.uri(response_key(
                     llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
-        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens)
-                   for k in todo), ZERO)
+        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens,
+                                 **rates) for k in todo), ZERO)
         out[ex["id"]] = (len(todo), est)
     return out
+
+
+def _plan_rows(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig, prompt_set: PromptSet,
+               pending: dict[str, tuple[int, Estimate]], price) -> dict[str, PlanRow]:
+    """The pending calls per modality: examples, calls, media tokens, worst case."""
+    rates = {"rates": price.media} if price is not None else {}
+    rows: dict[str, PlanRow] = {}
+    columns = ["id", "modality", "parts", "metadata", "size_bytes"]
+    for ex in mf.read_table(ex_dir, ex_manifest, "examples").select(columns).to_pylist():
+        n, est = pending.get(ex["id"], (0, ZERO))
+        r = rows.setdefault(ex["modality"], PlanRow())
+        r.examples += 1
+        r.calls += n
+        r.media_tokens += n * media_tokens(ex, **rates)
+        r.worst = r.worst + est
+    return rows
 
 
 def _within_budget(ex_dir: str, ex_manifest: mf.Manifest, writer: mf.VersionWriter,

@@ -65,9 +65,12 @@ class CallLoop:
     offline backend and no base URL, `setup` starts an offline server in-process."""
 
     def __init__(self, llm: llm_client.LLMConfig, cache_uri: str,
-                 limits: RateLimits | None = None, base_url: str | None = None):
+                 limits: RateLimits | None = None, base_url: str | None = None,
+                 staging_uri: str | None = None):
         self.llm, self.cache_uri = llm, cache_uri
         self.limits, self.base_url = limits or RateLimits(), base_url
+        self.staging_uri = staging_uri  # vertex: where media over the inline limit is copied
+        self.refs = None  # synth.refs.References, built in setup
         self._client = None
         self._server = None
         self._cache: ResponseCache | None = None
@@ -78,7 +81,7 @@ class CallLoop:
 
     def __getstate__(self) -> dict:
         return {"llm": self.llm, "cache_uri": self.cache_uri, "limits": self.limits,
-                "base_url": self.base_url}
+                "base_url": self.base_url, "staging_uri": self.staging_uri}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -93,6 +96,10 @@ class CallLoop:
             self._server, base_url = start_server(0)
         self._client = llm_client.make_client(self.llm, base_url=base_url)
         self._cache = ResponseCache(self.cache_uri)
+        from loom.synth.refs import References  # refs raises this module's Unsendable
+
+        self.refs = References(self._client, self.llm.backend, self.llm.inline_limit_bytes,
+                               self.cache_uri.rstrip("/") + "/_files", self.staging_uri)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="loom-llm-loop", daemon=True).start()
         self._limiter = self._submit(self._make_limiter()).result()
@@ -128,8 +135,8 @@ class CallLoop:
                 answers[i] = cached
                 stats["cache_hits"] += 1
                 continue
-            try:
-                parts = call.parts()
+            try:  # inline under the request limit, the largest parts by reference
+                parts = self.refs.place(call.parts(), call.prompt)
             except Unsendable as exc:
                 answers[i] = {"rejected": exc.reason.value, "message": str(exc)}
                 continue

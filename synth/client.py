@@ -45,6 +45,8 @@ class LLMConfig(pydantic.BaseModel):
     retry_initial_delay_s: float = 1.0
     retry_max_delay_s: float = 60.0
     retry_jitter_s: float = 1.0
+    # a request's inline data (base64, as sent) above this goes by reference (synth.refs)
+    inline_limit_bytes: int = pydantic.Field(20 * 1024 * 1024, ge=1024)
 
     def generation_config(self) -> dict[str, Any]:
         """What is sent besides the prompt (recorded on every Pair, part of the cache key)."""

@@ -232,7 +232,7 @@ def known_models() -> frozenset[str]:
 
     prices = yaml.safe_load((Path(__file__).with_name("prices.yaml")).read_text()) or {}
     extra = {m.strip() for m in os.environ.get("LOOM_OFFLINE_MODELS", "").split(",")}
-    return frozenset(prices) | {m for m in extra if m}
+    return frozenset(k for k in prices if not str(k).startswith("_")) | {m for m in extra if m}
 
 
 def malformed(request: object) -> str | None:
