@@ -28,6 +28,7 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.synth import filters as qf
+from loom.synth.batch import BatchRun, BatchSettings
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
     ZERO,
     Budget,
@@ -48,7 +49,7 @@ from loom.synth.client import LLMConfig, check_backend
 from loom.synth.limits import RateLimits
 from loom.synth.offline_server import offline_server
 from loom.synth.prompts import PromptSet
-from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
+from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, media_parts, response_key
 
 ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
 
@@ -60,7 +61,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               budget: Budget | None = None, limits: RateLimits | None = None,
               filters: qf.FilterConfig | None = None, checkpoint: str | None = None,
               checkpoint_root: str = "checkpoints", engine_opts: dict | None = None,
-              mode: str = "online") -> dict:
+              mode: str = "online", batch: BatchSettings | None = None) -> dict:
     """Pairs for every Example. `budget` (or `max_calls`) is never exceeded: past it, the
     run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
     (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
@@ -135,14 +136,20 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     # machine only: on a multi-node cluster each worker starts its own (SynthStage.setup).
     server = (offline_server() if llm.backend == "offline" and not llm.base_url
               and not (engine_kind(engine) == Engine.RAY and is_multi_node()) else None)
+    examples_dir = ex_dir if budget_payload is None else storage.join(writer.dir, "_work")
+    batch_counts: dict[str, int] = {}
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "synth_s"):
-        cfg = base.model_copy(update={"base_url": base_url})
-        items = file_items(examples_files, ex_dir if budget_payload is None
-                           else storage.join(writer.dir, "_work"), rows_per_item)
+        cfg = base.model_copy(update={"base_url": base_url,
+                                      "staging_uri": storage.join(writer.dir, "_work", "media")})
+        if mode == "batch":  # answers into the cache first; the stage below reads them
+            with timed(timings, "batch_s"):
+                batch_counts = _run_batch(cfg, examples_files, examples_dir,
+                                          storage.join(writer.dir, "_work", "batch"), batch)
+        items = file_items(examples_files, examples_dir, rows_per_item)
         tables, stats = merge_results(
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
                       **(engine_opts or {})))
-    usage = spent_usage(stats, price)
+    usage = _spent(stats, batch_counts, price, run_price)
     if budget.limited:  # settle: what the calls really used against what was reserved
         ledger.settle_run(usage)
     if budget_payload is not None:  # nothing is committed: the version stays invisible
@@ -163,7 +170,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "pairs": sum(f.rows for f in tables["pairs"]),
         "heldout_pairs": heldout,
         "rejected": sum(f.rows for f in tables["rejected"]),
-    } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped
+    } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped | batch_counts
     lineage = {
         "previous": _previous(output_root, writer.version, ex_manifest.version),
         "examples": ex_dir,
@@ -181,6 +188,35 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
                   timings=timings, usage=usage)
+
+
+def _run_batch(cfg: SynthConfig, files: list[FileRecord], base: str, work_uri: str,
+               settings: BatchSettings | None) -> dict[str, int]:
+    """Every uncached call of the run through the Batch API, into the response cache."""
+    rows = storage.read_parquet([storage.join(base, f.path) for f in files]).to_pylist() \
+        if files else []
+    stage = SynthStage(cfg)
+    calls = [stage.call(ex, kind, partial(media_parts, ex))
+             for ex in rows for kind in cfg.kinds.get(ex["modality"], [])]
+    try:
+        return BatchRun(stage.calls, cfg.llm.model, work_uri, settings).run(calls)
+    finally:
+        stage.teardown()
+
+
+def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
+    """What the run spent: the online pass at the online price, batch answers (and their
+    repairs) at the Batch API's."""
+    online = spent_usage(stats, price)
+    if not batch_counts:
+        return online
+    b = spent_usage({k.removeprefix("batch_"): v for k, v in batch_counts.items()}, run_price)
+    out = {k: online[k] + b[k] for k in ("llm_calls", "requests", "input_tokens",
+                                          "output_tokens")}
+    out["cost_usd"] = (round(online["cost_usd"] + b["cost_usd"], 6)
+                       if online["cost_usd"] is not None else None)
+    out["batch_cost_usd"] = b["cost_usd"]
+    return out
 
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,

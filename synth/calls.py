@@ -150,10 +150,54 @@ class CallLoop:
                 self.totals[k] += v
         return answers, stats
 
+    def requests(self, calls: list[Call]) -> dict[str, dict]:
+        """Batch API lines: cache key -> GenerateContentRequest JSON, for each call not
+        cached whose input can be sent (an Unsendable one is left to the online pass,
+        which makes its Rejected row)."""
+        self.setup()
+        out = {}
+        for call in calls:
+            if call.key in out or self._cache.get(call.key) is not None:
+                continue
+            try:
+                parts = self.refs.place(call.parts(), call.prompt)
+            except Unsendable:
+                continue
+            out[call.key] = llm_client.request_json(self.llm, call.prompt, parts, call.schema)
+        return out
+
+    def collect(self, calls: list[Call], lines: dict[str, dict],
+                requests: dict[str, dict]) -> dict[str, int]:
+        """Batch API answers (key -> {"response": ...} or {"error": ...}) through the online
+        path: refusal, schema check, the one (online) repair, the cache, the counts. A
+        failed line is not cached: a later round or the online pass tries it again."""
+        self.setup()
+        stats = new_stats()
+        todo, seen = [], set()
+        for call in calls:
+            line = lines.get(call.key)
+            if (call.key in seen or not line or "response" not in line
+                    or call.key not in requests or self._cache.get(call.key) is not None):
+                continue  # a resumed collect skips what it already cached
+            seen.add(call.key)
+            resp = types.GenerateContentResponse.model_validate(line["response"])
+            todo.append((call, llm_client.request_parts(requests[call.key]), resp))
+        if todo:
+            self._submit(self._answered(todo, stats)).result()
+        with self._lock:
+            for k, v in stats.items():
+                self.totals[k] += v
+        return stats
+
+    async def _answered(self, todo: list, stats: dict[str, int]) -> list[dict]:
+        return await asyncio.gather(*(self._one(call, parts, stats, first)
+                                      for call, parts, first in todo))
+
     async def _all(self, todo: list, stats: dict[str, int]) -> list[dict]:
         return await asyncio.gather(*(self._one(call, parts, stats) for _, call, parts in todo))
 
-    async def _one(self, call: Call, parts: list[types.Part], stats: dict[str, int]) -> dict:
+    async def _one(self, call: Call, parts: list[types.Part], stats: dict[str, int],
+                   first: types.GenerateContentResponse | None = None) -> dict:
         def slot():
             return self._limiter.slot(call.tokens)
 
@@ -164,7 +208,7 @@ class CallLoop:
         try:
             answer = await llm_client.agenerate_structured(
                 self._client, self.llm, call.prompt, parts, call.schema, call.check, slot,
-                on_retry)
+                on_retry, first=first)
         except (llm_client.LLMBlocked, llm_client.LLMBadResponse) as exc:
             blocked = isinstance(exc, llm_client.LLMBlocked)
             stats["blocked"] += int(blocked)

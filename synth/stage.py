@@ -278,7 +278,8 @@ class SynthStage(BaseStage):
         return {"uri": uri, "stage": STAGE, "reason": reason.value, "message": message[:2000],
                 "record_id": record_id}
 
-    def _call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
+    def call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
+        """One (example, kind) call: online here, or a Batch API line (synth.batch)."""
         llm = self.config.llm
         text = self.prompts.text(kind, ex["modality"])
         est = call_estimate(ex, text, llm.max_output_tokens, with_repair=False)
@@ -291,7 +292,7 @@ class SynthStage(BaseStage):
                  for kind in cfg.kinds.get(ex["modality"], [])]
         parts_of = {ex["id"]: functools.cache(functools.partial(media_parts, ex))
                     for ex, _ in tasks}  # built once per example, only on a cache miss
-        answers, llm_stats = self.calls.run([self._call(ex, kind, parts_of[ex["id"]])
+        answers, llm_stats = self.calls.run([self.call(ex, kind, parts_of[ex["id"]])
                                              for ex, kind in tasks])
         stats = dict.fromkeys(STAT_NAMES, 0) | llm_stats
         pairs, rejected = [], []
