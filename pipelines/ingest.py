@@ -33,7 +33,7 @@ from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
 from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
-from loom.transforms.stage import BaseStage
+from loom.transforms.stage import BaseStage, Resources
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import train_tokenizer
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -47,6 +47,7 @@ class HashStage(BaseStage):
     """Content hash + sniffed modality per file (ids are sha256 of the bytes)."""
 
     name: ClassVar[str] = "hash"
+    resources: ClassVar[Resources] = Resources(num_cpus=0.25)  # waits on storage reads
     input_schema: ClassVar[pa.Schema] = URIS
     output_schemas: ClassVar[dict] = {"_hashes": HASHES}
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
-from loom.transforms.stage import Stage
+from loom.transforms.stage import Resources, Stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,18 @@ class StageTask:
 
     factory: Callable[[], Stage]  # a Stage class or functools.partial of one: picklable
     version_dir: str
+
+    @property
+    def resources(self) -> Resources:
+        """The stage's declared needs: `resources_for(*factory args)` when the stage
+        defines it (the need follows its config), else its class's `resources` (the
+        defaults when it declares none)."""
+        cls = getattr(self.factory, "func", self.factory)
+        declare = getattr(cls, "resources_for", None)
+        if declare is None:
+            return getattr(cls, "resources", Resources())
+        return declare(*getattr(self.factory, "args", ()),
+                       **(getattr(self.factory, "keywords", None) or {}))
 
     def open(self) -> Stage:
         stage = self.factory()

@@ -31,7 +31,7 @@ from loom.synth.calls import Call, CallLoop, Unsendable, rejection
 from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
 from loom.synth.stage import content_parts
-from loom.transforms.stage import BaseStage
+from loom.transforms.stage import BaseStage, Resources
 
 STAGE = "relabel"
 STAT_NAMES = (*LLM_STAT_NAMES, "relabelled", "positives_changed")
@@ -96,6 +96,7 @@ def _parts(triple: dict, examples: dict[str, dict]) -> list[types.Part]:
 
 class RelabelStage(BaseStage):
     name: ClassVar[str] = STAGE
+    resources: ClassVar[Resources] = Resources(num_cpus=0.25)  # waits on the LLM
     input_schema: ClassVar[pa.Schema] = TRIPLE
     output_schemas: ClassVar[dict[str, pa.Schema]] = {
         "triples": TRIPLE, "relabels": RELABEL, "rejected": REJECTED}

@@ -45,7 +45,7 @@ from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
 from loom.synth.refs import Media, as_part
 from loom.transforms.pixels import encode_frames, part_frames
-from loom.transforms.stage import BaseStage
+from loom.transforms.stage import BaseStage, Resources
 from PIL import Image
 
 STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
@@ -246,6 +246,7 @@ def first_frame(part: dict) -> dict:
 
 class SynthStage(BaseStage):
     name: ClassVar[str] = STAGE
+    resources: ClassVar[Resources] = Resources(num_cpus=0.25)  # waits on the LLM
     input_schema: ClassVar[pa.Schema] = EXAMPLE
     output_schemas: ClassVar[dict[str, pa.Schema]] = {"pairs": PAIR, "rejected": REJECTED}
 

@@ -42,7 +42,7 @@ from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
 from loom.transforms.remote import RemoteConfig
 from loom.transforms.sniff import COMPRESSED, DecodeError, looks_like_text, sniff, stable_message
-from loom.transforms.stage import BaseStage
+from loom.transforms.stage import BaseStage, Resources
 from loom.transforms.text import decode_text, text_bytes_needed
 from loom.transforms.tokenizer import TextTokenizer
 from loom.transforms.video import decode_av
@@ -181,6 +181,13 @@ class IngestStage(BaseStage):
     def __init__(self, config: IngestConfig):
         self.config = config
         self._isolated: IsolatedDecoder | None = None
+
+    @staticmethod
+    def resources_for(config: IngestConfig) -> Resources:
+        """Half a CPU (decode waits on storage as much as it computes), and the decoder
+        process's memory bound: a node runs no more decoders than its memory holds."""
+        return Resources(num_cpus=0.5,
+                         memory_mb=config.decoder_memory_mb if config.isolate else 0)
 
     def setup(self) -> None:
         if self.config.isolate and self._isolated is None:

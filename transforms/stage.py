@@ -15,7 +15,11 @@ import pyarrow as pa
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    num_cpus: float = 1.0
+    """What one instance of a stage needs; engine adapters ask for it (Ray: the actor's
+    num_cpus/num_gpus/memory, and how many actors each node holds; Beam: resource hints
+    on the stage's ParDo). memory_mb 0: nothing beyond the default."""
+
+    num_cpus: float = 0.5
     num_gpus: float = 0.0
     memory_mb: int = 0
 
@@ -25,6 +29,8 @@ class Stage(Protocol):
     name: ClassVar[str]
     input_schema: ClassVar[pa.Schema]
     output_schemas: ClassVar[dict[str, pa.Schema]]
+    # What one instance needs. A stage whose need follows its config also defines
+    # `resources_for(*args)` (the factory's arguments), read before any instance exists.
     resources: ClassVar[Resources]
 
     def setup(self) -> None: ...

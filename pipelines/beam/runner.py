@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 import apache_beam as beam
@@ -34,6 +35,19 @@ class _StageDoFn(beam.DoFn):
             self.stage.teardown()
 
 
+def stage_transform(task: StageTask, progress_key: str | None = None) -> beam.ParDo:
+    """The stage's ParDo with its declared needs as Beam resource hints (Dataflow picks
+    workers with that much memory and those CPUs; local runners ignore them)."""
+    need = task.resources
+    hints = {}
+    if need.memory_mb:
+        hints["min_ram"] = f"{need.memory_mb}MiB"
+    if need.num_cpus > 1:
+        hints["cpu_count"] = str(math.ceil(need.num_cpus))
+    pardo = beam.ParDo(_StageDoFn(task, progress_key))
+    return pardo.with_resource_hints(**hints) if hints else pardo
+
+
 def _write_results(results: list[str], uri: str) -> None:
     storage.write_atomic(uri, json.dumps(sorted(results)).encode())
 
@@ -50,7 +64,7 @@ def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None
             p
             | "Items" >> beam.Create([dumps(i) for i in items])
             | "Spread" >> beam.Reshuffle()
-            | "Stage" >> beam.ParDo(_StageDoFn(task, key))
+            | "Stage" >> stage_transform(task, key)
             | "Collect" >> beam.combiners.ToList()
             | "Results" >> beam.Map(_write_results, results_uri)
         )

@@ -24,18 +24,27 @@ class _StageActor:
 
 
 def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
-            cpus_per_actor: float = 0.5, min_actors: int | None = None,
+            cpus_per_actor: float | None = None, min_actors: int | None = None,
             max_actors: int | None = None) -> list[dict]:
-    """Fractional CPUs per actor: on 2 CPUs, whole-CPU actors starve the read tasks.
+    """Each actor asks for what the stage declares (`task.resources`: CPUs, GPUs, memory;
+    `cpus_per_actor` overrides the CPUs). Stages declare fractions of a CPU: on 2 CPUs,
+    whole-CPU actors starve the read tasks.
 
-    Without `actors`, the pool grows to what the nodes' CPUs hold (`sizing.etl_actors`,
-    within min/max), one item per block so items spread over every node's actors."""
+    Without `actors`, the pool grows to what the nodes hold (`sizing.etl_actors`, within
+    min/max), one item per block so items spread over every node's actors."""
     ensure_ray()
     name = getattr(task.factory, "func", task.factory).__name__
-    top = actors or etl_actors(cpus_per_actor, len(items), min_actors, max_actors)
+    need = task.resources
+    cpus = need.num_cpus if cpus_per_actor is None else cpus_per_actor
+    top = actors or etl_actors(cpus, len(items), min_actors, max_actors, need.num_gpus,
+                               need.memory_mb)
+    extra = {"num_gpus": need.num_gpus} if need.num_gpus else {}
+    if need.memory_mb:
+        extra["memory"] = need.memory_mb * 2**20
     results = []
     # the deadline is read from the DataContext when the Dataset is made: make it inside
-    with progress(items, name) as (_, bar), actor_deadline(name, cpus_per_actor):
+    with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
+                                                           memory_mb=need.memory_mb):
         ds = ray.data.from_items([{"item": dumps(i)} for i in items],
                                  override_num_blocks=len(items))
         ds = ds.map_batches(
@@ -43,7 +52,8 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
             fn_constructor_args=(task,),
             batch_size=1,
             compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(top, len(items)))),
-            num_cpus=cpus_per_actor,
+            num_cpus=cpus,
+            **extra,
         )
         for row in ds.iter_rows():  # streams: the bar moves as items finish
             results.append(json.loads(row["result"]))

@@ -29,16 +29,33 @@ class NoRoom(RuntimeError):
 class Node:
     cpus: float
     gpus: float
+    memory_mb: float = math.inf  # Ray's schedulable memory on the node
 
 
 def nodes() -> list[Node]:
-    """The alive nodes' total CPUs and GPUs (nodes with neither are left out)."""
+    """The alive nodes' total CPUs, GPUs and memory (nodes with no CPU or GPU are left out)."""
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
-    out = [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+    out = [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
+                float(n["Resources"].get("memory", 0)) / 2**20 or math.inf)
            for n in ray.nodes() if n.get("Alive")]
     return [n for n in out if n.cpus or n.gpus]
+
+
+def _describe(cpus: float, gpus: float, memory_mb: float) -> str:
+    return (f"{cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+            + (f" and {memory_mb:g} MiB of memory" if memory_mb else ""))
+
+
+def per_node(node: Node, cpus: float, gpus: float = 0.0, memory_mb: float = 0.0) -> int:
+    """How many actors of that size one node holds (the scarcest resource decides)."""
+    fits = [math.floor(node.cpus / cpus + 1e-9) if cpus else math.inf,
+            math.floor(node.gpus / gpus + 1e-9) if gpus else math.inf,
+            node.memory_mb // memory_mb if memory_mb and not math.isinf(node.memory_mb)
+            else math.inf]
+    low = min(fits)
+    return 0 if low <= 0 else (int(low) if not math.isinf(low) else 1_000_000)
 
 
 def _env_int(name: str) -> int | None:
@@ -46,23 +63,27 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
-def check_fits(cpus: float, gpus: float = 0.0, what: str = "an actor") -> None:
-    """NoRoom naming the resource when no node has `cpus` CPUs (and `gpus` GPUs)."""
+def check_fits(cpus: float, gpus: float = 0.0, what: str = "an actor",
+               memory_mb: float = 0.0) -> None:
+    """NoRoom naming the resource when no node has `cpus` CPUs (and `gpus` GPUs, and
+    `memory_mb` of Ray's schedulable memory)."""
     have = nodes()
-    if any(n.cpus >= cpus and n.gpus >= gpus for n in have):
+    if any(n.cpus >= cpus and n.gpus >= gpus and n.memory_mb >= memory_mb for n in have):
         return
-    biggest = max(have, key=lambda n: (n.gpus, n.cpus), default=Node(0, 0))
-    raise NoRoom(f"{what} asks for {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
-                 + f"; the largest node has {biggest.cpus:g} CPU and {biggest.gpus:g} GPU")
+    biggest = max(have, key=lambda n: (n.gpus, n.cpus, n.memory_mb), default=Node(0, 0, 0))
+    raise NoRoom(f"{what} asks for {_describe(cpus, gpus, memory_mb)}; the largest node has "
+                 f"{biggest.cpus:g} CPU and {biggest.gpus:g} GPU"
+                 + (f" and {biggest.memory_mb:.0f} MiB of memory" if memory_mb else ""))
 
 
 def etl_actors(cpus_per_actor: float, items: int, min_actors: int | None = None,
-               max_actors: int | None = None) -> int:
-    """How many ETL actors: as many as the nodes' CPUs hold (each node counted on its own),
-    within [min, max] (arguments, else LOOM_MIN_ACTORS / LOOM_MAX_ACTORS) and never more
-    than there are items."""
-    check_fits(cpus_per_actor, what="an ETL actor")
-    fit = sum(math.floor(n.cpus / cpus_per_actor + 1e-9) for n in nodes())
+               max_actors: int | None = None, gpus: float = 0.0,
+               memory_mb: float = 0.0) -> int:
+    """How many ETL actors: as many as the nodes hold (each node counted on its own, by
+    its CPUs, GPUs and memory), within [min, max] (arguments, else LOOM_MIN_ACTORS /
+    LOOM_MAX_ACTORS) and never more than there are items."""
+    check_fits(cpus_per_actor, gpus, what="an ETL actor", memory_mb=memory_mb)
+    fit = sum(per_node(n, cpus_per_actor, gpus, memory_mb) for n in nodes())
     lo = min_actors if min_actors is not None else (_env_int(MIN_ACTORS_ENV) or 1)
     hi = max_actors if max_actors is not None else _env_int(MAX_ACTORS_ENV)
     count = max(lo, fit)
@@ -118,7 +139,7 @@ def train_worker_cpus(workers: int, data_cpus: float = 0.5) -> float:
 
 @contextlib.contextmanager
 def actor_deadline(what: str, cpus: float, gpus: float = 0.0,
-                   default_s: int = 600) -> Iterator[None]:
+                   default_s: int = 600, memory_mb: float = 0.0) -> Iterator[None]:
     """Ray Data waits at most LOOM_ACTOR_WAIT_S for a pool's first actors, then NoRoom
     names the request (without this it waits forever for resources nobody has)."""
     from ray.data import DataContext
@@ -129,7 +150,7 @@ def actor_deadline(what: str, cpus: float, gpus: float = 0.0,
     try:
         yield
     except ray.exceptions.GetTimeoutError as exc:
-        raise NoRoom(f"{what}: no actor of {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+        raise NoRoom(f"{what}: no actor of {_describe(cpus, gpus, memory_mb)}"
                      + f" started within {ctx.wait_for_min_actors_s}s; the cluster has no "
                      "free node with that much") from exc
     finally:
