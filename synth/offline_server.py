@@ -170,7 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = self.path.split("?", 1)[1] if "?" in self.path else ""
         sid = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("upload_id")
         if sid is None:
-            meta = (json.loads(raw or b"{}") or {}).get("file") or {}
+            body = (json.loads(raw or b"{}") or {}).get("file") or {}
+            meta = {"mimeType": self.headers.get("X-Goog-Upload-Header-Content-Type")
+                    or body.get("mimeType") or body.get("mime_type"),
+                    "displayName": body.get("displayName") or body.get("display_name")}
             sid = store.start_upload(meta)
             self._send(200, {}, {"X-Goog-Upload-URL":
                                  f"{self._base_url()}/upload/v1beta/files?upload_id={sid}",
