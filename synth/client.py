@@ -280,11 +280,12 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
     config = _config(cfg, schema)
     contents = _contents(prompt_text, parts)
     usage = {"input_tokens": 0, "output_tokens": 0, "calls": 0}
+    given = first
 
     async def call(contents: list[types.Content]) -> types.GenerateContentResponse:
-        nonlocal first
-        if first is not None:  # a Batch API answer: already paid for, parsed like any other
-            resp, first = first, None
+        nonlocal given
+        if given is not None:  # a Batch API answer: already paid for, parsed like any other
+            resp, given = given, None
             for k, v in _usage(resp).items():
                 usage[k] += v
             usage["calls"] += 1
@@ -318,11 +319,11 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
     repaired = False
     try:
         result = _parse(response, schema, check)
-    except LLMBadResponse as first:
+    except LLMBadResponse as bad:
         previous = response.text or ""
-        hint = repair_hint or REPAIR_PROMPT.format(error=str(first)[:300])
+        hint = repair_hint or REPAIR_PROMPT.format(error=str(bad)[:300])
         if repair_hint:
-            hint = f"Your previous answer did not match the JSON schema ({str(first)[:300]}). {hint}"
+            hint = f"Your previous answer did not match the JSON schema ({str(bad)[:300]}). {hint}"
         repair = contents + [
             types.Content(role="model", parts=[types.Part.from_text(text=previous)]),
             types.Content(role="user", parts=[types.Part.from_text(text=hint)]),
