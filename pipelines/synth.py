@@ -70,6 +70,9 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     and then writes the pairs from the cache. `checkpoint` turns on the round-trip filter."""
     if mode not in ("online", "batch"):
         raise ValueError(f"unknown synth mode {mode!r} (online|batch)")
+    if mode == "batch" and (llm or LLMConfig()).backend == "vertex":
+        raise ValueError("synth --mode batch supports the gemini and offline backends; vertex "
+                         "batch jobs (gs:// JSONL) are not implemented yet")
     check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
     check_backend(llm)

@@ -57,11 +57,18 @@ class Store:
             self.sessions[sid] = meta
         return sid
 
+    def add_chunk(self, sid: str, data: bytes) -> None:
+        with self.lock:
+            if sid not in self.sessions:
+                raise ApiError(404, "upload session not found")
+            self.sessions[sid].setdefault("_chunks", []).append(data)
+
     def finish_upload(self, sid: str, data: bytes, base_url: str) -> dict:
         with self.lock:
             meta = self.sessions.pop(sid, None)
         if meta is None:
             raise ApiError(404, "upload session not found")
+        data = b"".join([*meta.get("_chunks", []), data])
         return self.add_file(data, meta.get("mimeType") or "application/octet-stream",
                              meta.get("displayName"), base_url, count=True)
 

@@ -179,7 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
                                  f"{self._base_url()}/upload/v1beta/files?upload_id={sid}",
                                  "X-Goog-Upload-Status": "active"})
             return
+        command = self.headers.get("X-Goog-Upload-Command") or "upload, finalize"
         try:
+            if "finalize" not in command:  # one chunk of several (the SDK sends 8 MiB ones)
+                store.add_chunk(sid, raw)
+                self._send(200, {}, {"X-Goog-Upload-Status": "active"})
+                return
             meta = store.finish_upload(sid, raw, self._base_url())
         except ApiError as exc:
             self._error(exc.code, str(exc))

@@ -139,6 +139,11 @@ def test_batch_api_with_the_real_client(server, tmp_path):
                                               .encode()),
                               config=types.UploadFileConfig(mime_type="application/jsonl"))
     assert client.files.get(name=src.name).size_bytes > 0
+    big = bytes(range(256)) * (9 * 4096)  # 9 MiB: the SDK sends it as two chunks
+    up = client.files.upload(file=io.BytesIO(big),
+                             config=types.UploadFileConfig(mime_type="application/jsonl"))
+    assert client.files.get(name=up.name).size_bytes == len(big)
+    assert client.files.download(file=up.name) == big
     job = client.batches.create(model="gemini-2.5-flash", src=src.name)
     assert job.state.value in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")
     for _ in range(100):
