@@ -168,3 +168,21 @@ def test_batch_api_with_the_real_client(server, tmp_path):
         model="gemini-2.5-flash", contents=req["contents"])])
     time.sleep(0.6)
     assert c2.batches.get(name=j.name).state.value == "JOB_STATE_EXPIRED"
+
+
+def test_vertex_stages_a_non_gcs_part_under_the_run_prefix(gcs, tmp_path):
+    """A part over the limit whose source is local goes as a copy under the run's gs://
+    work folder (staged once per content), never inline."""
+    from loom.schemas import storage
+    from loom.schemas.storage import list_files
+
+    stage = "gs://loom-test/run/_work/media"
+    refs = References(None, "vertex", LIMIT, str(tmp_path / "files"), stage)
+    data = b"v" * 100_000
+    parts = refs.place([Media(data, "video/mp4", str(tmp_path / "v.mp4")),
+                        types.Part.from_text(text="caption")], PROMPT)
+    uri = parts[0].file_data.file_uri
+    assert uri.startswith(stage + "/") and storage.read_bytes(uri) == data
+    assert parts[1].text == "caption"
+    refs.place([Media(data, "video/mp4", str(tmp_path / "w.mp4"))], PROMPT)
+    assert len(list_files(stage)) == 1  # the same bytes: staged once
