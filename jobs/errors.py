@@ -14,10 +14,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import io
 import logging
 import os
 import re
+import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -129,13 +132,55 @@ def engine_logs_to(path: str) -> Iterator[None]:
         lg.handlers[:] = [handler]
         lg.propagate = False
     root.handlers[:] = [handler]  # Beam's worker logs the traceback through the root logger
+    real_stderr = sys.stderr
+    sys.stderr = _WorkerTracebacks(real_stderr, handler)
     try:
         yield
     finally:
+        sys.stderr = real_stderr
         for lg, handlers, propagate in saved:
             lg.handlers[:], lg.propagate = handlers, propagate
         root.handlers[:] = saved_root
         handler.close()
+
+
+class _WorkerTracebacks(io.TextIOBase):
+    """sys.stderr while a command runs. Beam's SDK worker prints a failed bundle's
+    traceback straight to sys.stderr from its worker thread (besides logging it): such a
+    print, and the newline after it, go to the log; every other write passes through."""
+
+    HEAD = "Traceback (most recent call last):"
+
+    def __init__(self, real: Any, log: logging.Handler):
+        super().__init__()
+        self.real, self.log = real, log
+        self._diverting = threading.local()
+
+    def write(self, text: str) -> int:
+        worker = threading.current_thread() is not threading.main_thread()
+        if worker and (text.lstrip().startswith(self.HEAD)
+                       or (getattr(self._diverting, "on", False) and not text.strip())):
+            self._diverting.on = True
+            if text.strip():
+                self.log.emit(logging.makeLogRecord(
+                    {"name": "stderr", "levelname": "ERROR", "levelno": logging.ERROR,
+                     "msg": text.rstrip("\n")}))
+            return len(text)
+        self._diverting.on = False
+        return self.real.write(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return self.real.isatty()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.real, "encoding", "utf-8")
 
 
 def write_traceback(path: str, exc: BaseException) -> str | None:

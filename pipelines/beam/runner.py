@@ -7,8 +7,8 @@ import math
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from loom.pipelines.engine import BeamOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from loom.pipelines.engine import LOCAL_RUNNERS, BeamOptions
 from loom.pipelines.progress import progress, report
 from loom.pipelines.work import StageTask, dumps
 from loom.schemas import storage
@@ -35,17 +35,27 @@ class _StageDoFn(beam.DoFn):
             self.stage.teardown()
 
 
-def stage_transform(task: StageTask, progress_key: str | None = None) -> beam.ParDo:
+def stage_transform(task: StageTask, progress_key: str | None = None,
+                    hints: bool = True) -> beam.ParDo:
     """The stage's ParDo with its declared needs as Beam resource hints (Dataflow picks
-    workers with that much memory and those CPUs; local runners ignore them)."""
-    need = task.resources
-    hints = {}
-    if need.memory_mb:
-        hints["min_ram"] = f"{need.memory_mb}MiB"
-    if need.num_cpus > 1:
-        hints["cpu_count"] = str(math.ceil(need.num_cpus))
+    workers with that much memory and those CPUs). Local runs go without: the local
+    runner gives a hinted transform an environment of its own, whose worker outlives a
+    killed run and holds its pipes."""
     pardo = beam.ParDo(_StageDoFn(task, progress_key))
-    return pardo.with_resource_hints(**hints) if hints else pardo
+    if not hints:
+        return pardo
+    need = task.resources
+    given = {}
+    if need.memory_mb:
+        given["min_ram"] = f"{need.memory_mb}MiB"
+    if need.num_cpus > 1:
+        given["cpu_count"] = str(math.ceil(need.num_cpus))
+    return pardo.with_resource_hints(**given) if given else pardo
+
+
+def _local(args: list[str]) -> bool:
+    runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
+    return runner in LOCAL_RUNNERS
 
 
 def _write_results(results: list[str], uri: str) -> None:
@@ -64,7 +74,7 @@ def run_beam(task: StageTask, items: list[dict], pipeline_args: list[str] | None
             p
             | "Items" >> beam.Create([dumps(i) for i in items])
             | "Spread" >> beam.Reshuffle()
-            | "Stage" >> stage_transform(task, key)
+            | "Stage" >> stage_transform(task, key, hints=not _local(args))
             | "Collect" >> beam.combiners.ToList()
             | "Results" >> beam.Map(_write_results, results_uri)
         )

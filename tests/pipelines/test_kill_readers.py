@@ -1,9 +1,6 @@
 """Versions outside readers can trust: ingest, synth and shard SIGKILLed at several points,
-rerun to completion, and every table folder read by pyarrow.dataset, polars, DuckDB and
-pandas gives exactly the manifest's rows (no temp file, no duplicate).
-
-Hugging Face `datasets` is not installed in this environment, so it is not among the
-readers here; it skips `_`/`.` names as pyarrow does, and table folders hold no such file.
+rerun to completion, and every table folder read by pyarrow.dataset, polars, DuckDB, pandas
+and Hugging Face `datasets` gives exactly the manifest's rows (no temp file, no duplicate).
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import duckdb
@@ -20,6 +18,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.dataset as ds
 import pytest
+from datasets import load_dataset
 from loom.jobs.corpus import generate_corpus
 from loom.jobs.ops import gc_plan, list_versions
 from loom.schemas import manifest as mf
@@ -27,6 +26,7 @@ from loom.schemas import manifest as mf
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+HF_CACHE = tempfile.mkdtemp(prefix="loom-hf-")  # outside every dataset root
 KEYS = {"examples": "id", "rejected": "uri", "duplicates": "uri", "files": "uri",
         "pairs": "pair_id", "shards": "pair_id"}
 
@@ -68,6 +68,8 @@ def _read_all_ways(folder: pathlib.Path, key: str) -> dict[str, list]:
         "polars": pl.read_parquet(glob, columns=[key])[key].to_list(),
         "duckdb": [r[0] for r in duckdb.sql(f"select {key} from read_parquet('{glob}')")
                    .fetchall()],
+        "datasets": load_dataset("parquet", data_dir=str(folder), split="train",
+                                 cache_dir=HF_CACHE)[key],
     }
 
 

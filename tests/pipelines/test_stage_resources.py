@@ -39,6 +39,19 @@ def test_beam_hints_follow_the_declaration(tmp_path):
     assert stage_transform(StageTask(partial(HashStage, ()), "x")).get_resource_hints() == {}
 
 
+def test_hints_only_off_the_local_runner(tmp_path):
+    """A hinted transform gets its own environment on the local runner, whose worker
+    outlives a killed run (tests/pipelines/test_kill_readers.py hung on it): local runs go
+    without hints, Dataflow gets them."""
+    from loom.pipelines.beam import runner
+    from loom.pipelines.engine import BeamOptions
+
+    assert runner._local(BeamOptions().args(1))
+    assert not runner._local(BeamOptions(options={"runner": "DataflowRunner"}).args(1))
+    task = StageTask(partial(IngestStage, IngestConfig(spec=PreprocessingSpec())), "x")
+    assert runner.stage_transform(task, hints=False).get_resource_hints() == {}
+
+
 @pytest.fixture
 def nodes(monkeypatch):
     def use(*spec: tuple[float, float, float]):
