@@ -116,7 +116,11 @@ class SynthConfig(StageConfig):
     budget: Budget = Budget()
     limits: RateLimits = RateLimits()
     filters: FilterConfig = FilterConfig()
-    dry_run: bool = Field(False, description="only estimate calls, tokens and cost")
+    dry_run: bool = Field(False, description="only plan: calls, media tokens per modality, "
+                          "cost online and in batch (a table on stderr, JSON on stdout)")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="online calls, or the Batch API (about half the price; "
+        "asynchronous, resumable)")
     checkpoint: str | None = Field(None, description="round-trip filter with this checkpoint")
     checkpoint_root: Uri = "checkpoints"
 
@@ -142,10 +146,17 @@ class SynthConfig(StageConfig):
 def synth(cfg: SynthConfig, ctx: Context) -> dict:
     from loom.pipelines.synth import run_synth
 
-    return run_synth(cfg.examples, ctx.output_root(), cfg.llm, ctx.engine, cfg.heldout_fraction,
-                     dry_run=cfg.dry_run, budget=cfg.budget, limits=cfg.limits,
-                     filters=cfg.filters, checkpoint=cfg.checkpoint,
-                     checkpoint_root=cfg.checkpoint_root, kinds=cfg.kinds)
+    out = run_synth(cfg.examples, ctx.output_root(), cfg.llm, ctx.engine, cfg.heldout_fraction,
+                    dry_run=cfg.dry_run, budget=cfg.budget, limits=cfg.limits,
+                    filters=cfg.filters, checkpoint=cfg.checkpoint,
+                    checkpoint_root=cfg.checkpoint_root, kinds=cfg.kinds, mode=cfg.mode)
+    if out.get("plan"):  # a dry run: the plan as a table for people, JSON on stdout
+        import sys
+
+        from loom.synth.budget import plan_table
+
+        print(plan_table(out["plan"]), file=sys.stderr)
+    return out
 
 
 class RelabelConfig(StageConfig):

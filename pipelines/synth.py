@@ -28,13 +28,17 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.synth import filters as qf
+from loom.synth.batch import BatchRun, BatchSettings
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
     ZERO,
     Budget,
     BudgetExceeded,
     Estimate,
     Ledger,
+    PlanRow,
     call_estimate,
+    cost_plan,
+    media_tokens,
     price_for,
 )
 from loom.synth.budget import (
@@ -45,7 +49,7 @@ from loom.synth.client import LLMConfig, check_backend
 from loom.synth.limits import RateLimits
 from loom.synth.offline_server import offline_server
 from loom.synth.prompts import PromptSet
-from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, response_key
+from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, media_parts, response_key
 
 ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
 
@@ -56,11 +60,19 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
               max_calls: int | None = None, dry_run: bool = False,
               budget: Budget | None = None, limits: RateLimits | None = None,
               filters: qf.FilterConfig | None = None, checkpoint: str | None = None,
-              checkpoint_root: str = "checkpoints", engine_opts: dict | None = None) -> dict:
+              checkpoint_root: str = "checkpoints", engine_opts: dict | None = None,
+              mode: str = "online", batch: BatchSettings | None = None) -> dict:
     """Pairs for every Example. `budget` (or `max_calls`) is never exceeded: past it, the
     run does the examples whose worst case fits, commits nothing and raises BudgetExceeded
     (CLI exit 3); a rerun pays only for what is still missing. `dry_run` only estimates
-    the calls, tokens and cost needed. `checkpoint` turns on the round-trip filter."""
+    the calls, tokens and cost needed (a plan per modality, priced online and in batch).
+    `mode="batch"` sends the uncached calls through the Batch API first (at its price)
+    and then writes the pairs from the cache. `checkpoint` turns on the round-trip filter."""
+    if mode not in ("online", "batch"):
+        raise ValueError(f"unknown synth mode {mode!r} (online|batch)")
+    if mode == "batch" and (llm or LLMConfig()).backend == "vertex":
+        raise ValueError("synth --mode batch supports the gemini and offline backends; vertex "
+                         "batch jobs (gs:// JSONL) are not implemented yet")
     check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
     check_backend(llm)
@@ -72,7 +84,9 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
                   or ENGINE_WORKERS[engine_kind(engine)])
     limits = (limits or RateLimits()).share(workers)
     price = price_for(llm.model)
-    ledger = Ledger(budget, price)  # refuses a cost budget without a price, before any work
+    # a batch run is budgeted (and reported) at the Batch API's price
+    run_price = price.batch() if price is not None and mode == "batch" else price
+    ledger = Ledger(budget, run_price)  # refuses a cost budget without a price, before any work
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,
@@ -84,7 +98,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "heldout_fraction": heldout_fraction,
         "llm": llm.model_dump(exclude={"base_url", "timeout_s", "retry_attempts",
                                        "retry_initial_delay_s", "retry_max_delay_s",
-                                       "retry_jitter_s"}),
+                                       "retry_jitter_s", "inline_limit_bytes"}),
         "prompts": prompt_set.digest(),
     }
     if filters != qf.FilterConfig():
@@ -103,18 +117,20 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     examples_files = ex_manifest.tables.get("examples", [])
     budget_payload = None
     if budget.limited or dry_run:
-        pending = _pending(ex_dir, ex_manifest, base, prompt_set)
+        pending = _pending(ex_dir, ex_manifest, base, prompt_set, price)
         needed = sum((e for _, e in pending.values()), ZERO)
         tasks = sum(n for n, _ in pending.values())
         estimate = {"llm_calls_needed": tasks, "llm_calls_worst_case": needed.calls,
                     "input_tokens_worst_case": needed.input_tokens,
                     "output_tokens_worst_case": needed.output_tokens,
-                    "cost_usd_worst_case": round(needed.cost(price), 6) if price else None}
+                    "cost_usd_worst_case": round(needed.cost(run_price), 6) if price else None}
         if dry_run:
             return {"stage": "synth", "version": version, "dry_run": True, "reused": False,
                     "datasets": {}, "counts": {"examples": len(pending),
                                                "llm_calls_needed": tasks},
-                    "estimate": estimate}
+                    "estimate": estimate,
+                    "plan": cost_plan(_plan_rows(ex_dir, ex_manifest, base, prompt_set,
+                                                 pending, price), price, mode)}
         keep = ledger.plan({eid: est for eid, (_, est) in pending.items()})
         if len(keep) < len(pending):
             examples_files, budget_payload = _within_budget(
@@ -123,14 +139,20 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     # machine only: on a multi-node cluster each worker starts its own (SynthStage.setup).
     server = (offline_server() if llm.backend == "offline" and not llm.base_url
               and not (engine_kind(engine) == Engine.RAY and is_multi_node()) else None)
+    examples_dir = ex_dir if budget_payload is None else storage.join(writer.dir, "_work")
+    batch_counts: dict[str, int] = {}
     with (server or contextlib.nullcontext(llm.base_url)) as base_url, timed(timings, "synth_s"):
-        cfg = base.model_copy(update={"base_url": base_url})
-        items = file_items(examples_files, ex_dir if budget_payload is None
-                           else storage.join(writer.dir, "_work"), rows_per_item)
+        cfg = base.model_copy(update={"base_url": base_url,
+                                      "staging_uri": storage.join(writer.dir, "_work", "media")})
+        if mode == "batch":  # answers into the cache first; the stage below reads them
+            with timed(timings, "batch_s"):
+                batch_counts = _run_batch(cfg, examples_files, examples_dir,
+                                          storage.join(writer.dir, "_work", "batch"), batch)
+        items = file_items(examples_files, examples_dir, rows_per_item)
         tables, stats = merge_results(
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
                       **(engine_opts or {})))
-    usage = spent_usage(stats, price)
+    usage = _spent(stats, batch_counts, price, run_price)
     if budget.limited:  # settle: what the calls really used against what was reserved
         ledger.settle_run(usage)
     if budget_payload is not None:  # nothing is committed: the version stays invisible
@@ -151,7 +173,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         "pairs": sum(f.rows for f in tables["pairs"]),
         "heldout_pairs": heldout,
         "rejected": sum(f.rows for f in tables["rejected"]),
-    } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped
+    } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped | batch_counts
     lineage = {
         "previous": _previous(output_root, writer.version, ex_manifest.version),
         "examples": ex_dir,
@@ -169,6 +191,35 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
                   timings=timings, usage=usage)
+
+
+def _run_batch(cfg: SynthConfig, files: list[FileRecord], base: str, work_uri: str,
+               settings: BatchSettings | None) -> dict[str, int]:
+    """Every uncached call of the run through the Batch API, into the response cache."""
+    rows = storage.read_parquet([storage.join(base, f.path) for f in files]).to_pylist() \
+        if files else []
+    stage = SynthStage(cfg)
+    calls = [stage.call(ex, kind, partial(media_parts, ex))
+             for ex in rows for kind in cfg.kinds.get(ex["modality"], [])]
+    try:
+        return BatchRun(stage.calls, cfg.llm.model, work_uri, settings).run(calls)
+    finally:
+        stage.teardown()
+
+
+def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
+    """What the run spent: the online pass at the online price, batch answers (and their
+    repairs) at the Batch API's."""
+    online = spent_usage(stats, price)
+    if not batch_counts:
+        return online
+    b = spent_usage({k.removeprefix("batch_"): v for k, v in batch_counts.items()}, run_price)
+    out = {k: online[k] + b[k] for k in ("llm_calls", "requests", "input_tokens",
+                                          "output_tokens")}
+    out["cost_usd"] = (round(online["cost_usd"] + b["cost_usd"], 6)
+                       if online["cost_usd"] is not None else None)
+    out["batch_cost_usd"] = b["cost_usd"]
+    return out
 
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
@@ -247,9 +298,11 @@ def _previous(root: str, version: str, examples_version: str) -> str | None:
 
 
 def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
-             prompt_set: PromptSet) -> dict[str, tuple[int, Estimate]]:
-    """Example id -> (calls it still needs, their worst case): its uncached kinds."""
+             prompt_set: PromptSet, price=None) -> dict[str, tuple[int, Estimate]]:
+    """Example id -> (calls it still needs, their worst case): its uncached kinds, with
+    media counted at the model's rates (prices.yaml)."""
     llm = base.llm
+    rates = {"rates": price.media} if price is not None else {}
     cache = ResponseCache(base.cache_uri)
     table = mf.read_table(ex_dir, ex_manifest, "examples")
     out = {}
@@ -257,10 +310,26 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
                 if not storage.exists(cache.uri(response_key(
                     llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
-        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens)
-                   for k in todo), ZERO)
+        est = sum((call_estimate(ex, prompt_set.text(k, ex["modality"]), llm.max_output_tokens,
+                                 **rates) for k in todo), ZERO)
         out[ex["id"]] = (len(todo), est)
     return out
+
+
+def _plan_rows(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig, prompt_set: PromptSet,
+               pending: dict[str, tuple[int, Estimate]], price) -> dict[str, PlanRow]:
+    """The pending calls per modality: examples, calls, media tokens, worst case."""
+    rates = {"rates": price.media} if price is not None else {}
+    rows: dict[str, PlanRow] = {}
+    columns = ["id", "modality", "parts", "metadata", "size_bytes"]
+    for ex in mf.read_table(ex_dir, ex_manifest, "examples").select(columns).to_pylist():
+        n, est = pending.get(ex["id"], (0, ZERO))
+        r = rows.setdefault(ex["modality"], PlanRow())
+        r.examples += 1
+        r.calls += n
+        r.media_tokens += n * media_tokens(ex, **rates)
+        r.worst = r.worst + est
+    return rows
 
 
 def _within_budget(ex_dir: str, ex_manifest: mf.Manifest, writer: mf.VersionWriter,

@@ -36,7 +36,7 @@ class StageTask:
         cls = getattr(self.factory, "func", self.factory)
         declare = getattr(cls, "resources_for", None)
         if declare is None:
-            return getattr(cls, "resources", Resources())
+            return getattr(cls, "resources", None) or Resources()
         return declare(*getattr(self.factory, "args", ()),
                        **(getattr(self.factory, "keywords", None) or {}))
 

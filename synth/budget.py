@@ -22,19 +22,43 @@ PRICES_PATH = Path(__file__).resolve().parent / "prices.yaml"
 REPAIR_OVERHEAD_TOKENS = 128
 
 
+class MediaRates(pydantic.BaseModel):
+    """A model's published media token rates (Gemini's by default)."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    image: int = 258  # per image tile of up to 768x768 px
+    audio_s: float = 32  # per second of audio
+    video_s: float = 263  # per second of video (frames and audio track)
+    page: int = 258  # per PDF page
+
+
+DEFAULT_RATES = MediaRates()
+
+
 class Price(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     input: float  # USD per 1M input tokens
     output: float  # USD per 1M output tokens
+    batch_input: float | None = None  # the Batch API's; unset: half the online price
+    batch_output: float | None = None
+    media: MediaRates = DEFAULT_RATES
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input + output_tokens * self.output) / 1e6
 
+    def batch(self) -> Price:
+        """The price of the same tokens sent through the Batch API."""
+        return Price(input=self.batch_input if self.batch_input is not None else self.input / 2,
+                     output=(self.batch_output if self.batch_output is not None
+                             else self.output / 2), media=self.media)
+
 
 def load_prices(path: str | Path | None = None) -> dict[str, Price]:
+    """Model id -> Price; keys starting with `_` are YAML anchors, not models."""
     raw = yaml.safe_load(Path(path or PRICES_PATH).read_text(encoding="utf-8")) or {}
-    return {str(k): Price.model_validate(v) for k, v in raw.items()}
+    return {str(k): Price.model_validate(v) for k, v in raw.items() if not str(k).startswith("_")}
 
 
 def price_for(model: str, path: str | Path | None = None) -> Price | None:
@@ -50,17 +74,26 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 2)
 
 
-def media_tokens(example: dict) -> int:
-    """Worst-case tokens for the non-text parts of an Example as the stage sends them."""
+def _tiles(p: dict, rates: MediaRates) -> int:
+    h, w = int(p.get("height") or 768), int(p.get("width") or 768)
+    return rates.image * math.ceil(h / 768) * math.ceil(w / 768)
+
+
+def media_tokens(example: dict, rates: MediaRates = DEFAULT_RATES) -> int:
+    """Worst-case tokens for the non-text parts of an Example as the stage sends them, at
+    the model's per-image, per-second and per-page rates."""
     modality = example.get("modality")
     parts = example.get("parts") or []
-    if modality == "image" or modality == "page":
-        total = 0
-        for p in parts:
-            if p.get("height") and p.get("width") or p.get("pixels"):
-                h, w = int(p.get("height") or 768), int(p.get("width") or 768)
-                total += 258 * math.ceil(h / 768) * math.ceil(w / 768)
-        return max(total, 258)
+    if modality == "image":
+        total = sum(_tiles(p, rates) for p in parts
+                    if p.get("height") and p.get("width") or p.get("pixels"))
+        return max(total, rates.image)
+    if modality == "page":  # its rendered image, else the PDF page itself
+        total = sum(_tiles(p, rates) for p in parts
+                    if p.get("height") and p.get("width") or p.get("pixels"))
+        return max(total, rates.page)
+    if modality == "interleaved":  # its pictures; its text counts as text
+        return sum(_tiles(p, rates) for p in parts if p.get("pixels"))
     if modality in ("audio", "video"):
         meta = example.get("metadata") or "{}"
         try:
@@ -71,7 +104,7 @@ def media_tokens(example: dict) -> int:
             seconds = 0.0
         if seconds <= 0:  # unknown length: assume 1 s per 16 KB, at least 30 s
             seconds = max(30.0, (example.get("size_bytes") or 0) / 16000)
-        return math.ceil(seconds * (32 if modality == "audio" else 263))
+        return math.ceil(seconds * (rates.audio_s if modality == "audio" else rates.video_s))
     return 0
 
 
@@ -101,16 +134,18 @@ ZERO = Estimate(0, 0, 0)
 
 
 def call_estimate(example: dict, prompt_text: str, max_output_tokens: int,
-                  with_repair: bool = True) -> Estimate:
+                  with_repair: bool = True, rates: MediaRates = DEFAULT_RATES) -> Estimate:
     """The worst case of one (example, kind) call, and of its repair call if allowed."""
-    return examples_estimate([example], prompt_text, max_output_tokens, with_repair)
+    return examples_estimate([example], prompt_text, max_output_tokens, with_repair,
+                             rates=rates)
 
 
 def examples_estimate(examples: list[dict], prompt_text: str, max_output_tokens: int,
-                      with_repair: bool = True, extra_text: str = "") -> Estimate:
+                      with_repair: bool = True, extra_text: str = "",
+                      rates: MediaRates = DEFAULT_RATES) -> Estimate:
     """The worst case of one call that sends `examples` (and `extra_text`) after the prompt."""
     inp = text_tokens(prompt_text) + text_tokens(extra_text) + sum(
-        text_tokens(example_text(e)) + media_tokens(e) for e in examples)
+        text_tokens(example_text(e)) + media_tokens(e, rates) for e in examples)
     main = Estimate(1, inp, max_output_tokens)
     if not with_repair:
         return main
@@ -188,3 +223,52 @@ class Ledger:
                                      self.reserved.input_tokens - reserved.input_tokens,
                                      self.reserved.output_tokens - reserved.output_tokens)
             self.spent = self.spent + actual
+
+
+@dataclasses.dataclass
+class PlanRow:
+    """One modality's share of a run: what a dry run prints."""
+
+    examples: int = 0
+    calls: int = 0
+    media_tokens: int = 0  # sent once per call (first attempts), at the model's rates
+    worst: Estimate = ZERO  # with every repair call
+
+
+def cost_plan(rows: dict[str, PlanRow], price: Price | None, mode: str = "online") -> dict:
+    """The run's plan as JSON: per modality and in total, worst-case tokens priced online
+    and through the Batch API (None: the model has no price in prices.yaml)."""
+    def priced(e: Estimate, p: Price | None) -> float | None:
+        return round(e.cost(p), 6) if p else None
+
+    batch = price.batch() if price else None
+    out: dict[str, dict] = {}
+    total = PlanRow()
+    for modality in sorted(rows):
+        r = rows[modality]
+        out[modality] = {"examples": r.examples, "calls": r.calls,
+                         "media_tokens": r.media_tokens, "input_tokens": r.worst.input_tokens,
+                         "output_tokens": r.worst.output_tokens,
+                         "online_usd": priced(r.worst, price), "batch_usd": priced(r.worst, batch)}
+        total = PlanRow(total.examples + r.examples, total.calls + r.calls,
+                        total.media_tokens + r.media_tokens, total.worst + r.worst)
+    out["total"] = {"examples": total.examples, "calls": total.calls,
+                    "media_tokens": total.media_tokens,
+                    "input_tokens": total.worst.input_tokens,
+                    "output_tokens": total.worst.output_tokens,
+                    "online_usd": priced(total.worst, price),
+                    "batch_usd": priced(total.worst, batch)}
+    return {"mode": mode, "modalities": out,
+            "cost_usd_for_mode": out["total"]["batch_usd" if mode == "batch" else "online_usd"]}
+
+
+def plan_table(plan: dict) -> str:
+    """The plan as a fixed-width table (a dry run prints it on stderr)."""
+    cols = ("examples", "calls", "media_tokens", "input_tokens", "output_tokens",
+            "online_usd", "batch_usd")
+    head = ["modality", *cols]
+    lines = [[m, *("-" if r[c] is None else (f"{r[c]:.4f}" if c.endswith("usd") else str(r[c]))
+                   for c in cols)] for m, r in plan["modalities"].items()]
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*row) for row in [head, *lines])

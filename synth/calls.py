@@ -65,9 +65,12 @@ class CallLoop:
     offline backend and no base URL, `setup` starts an offline server in-process."""
 
     def __init__(self, llm: llm_client.LLMConfig, cache_uri: str,
-                 limits: RateLimits | None = None, base_url: str | None = None):
+                 limits: RateLimits | None = None, base_url: str | None = None,
+                 staging_uri: str | None = None):
         self.llm, self.cache_uri = llm, cache_uri
         self.limits, self.base_url = limits or RateLimits(), base_url
+        self.staging_uri = staging_uri  # vertex: where media over the inline limit is copied
+        self.refs = None  # synth.refs.References, built in setup
         self._client = None
         self._server = None
         self._cache: ResponseCache | None = None
@@ -78,7 +81,7 @@ class CallLoop:
 
     def __getstate__(self) -> dict:
         return {"llm": self.llm, "cache_uri": self.cache_uri, "limits": self.limits,
-                "base_url": self.base_url}
+                "base_url": self.base_url, "staging_uri": self.staging_uri}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -93,6 +96,10 @@ class CallLoop:
             self._server, base_url = start_server(0)
         self._client = llm_client.make_client(self.llm, base_url=base_url)
         self._cache = ResponseCache(self.cache_uri)
+        from loom.synth.refs import References  # refs raises this module's Unsendable
+
+        self.refs = References(self._client, self.llm.backend, self.llm.inline_limit_bytes,
+                               self.cache_uri.rstrip("/") + "/_files", self.staging_uri)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="loom-llm-loop", daemon=True).start()
         self._limiter = self._submit(self._make_limiter()).result()
@@ -128,8 +135,8 @@ class CallLoop:
                 answers[i] = cached
                 stats["cache_hits"] += 1
                 continue
-            try:
-                parts = call.parts()
+            try:  # inline under the request limit, the largest parts by reference
+                parts = self.refs.place(call.parts(), call.prompt)
             except Unsendable as exc:
                 answers[i] = {"rejected": exc.reason.value, "message": str(exc)}
                 continue
@@ -143,10 +150,54 @@ class CallLoop:
                 self.totals[k] += v
         return answers, stats
 
+    def requests(self, calls: list[Call]) -> dict[str, dict]:
+        """Batch API lines: cache key -> GenerateContentRequest JSON, for each call not
+        cached whose input can be sent (an Unsendable one is left to the online pass,
+        which makes its Rejected row)."""
+        self.setup()
+        out = {}
+        for call in calls:
+            if call.key in out or self._cache.get(call.key) is not None:
+                continue
+            try:
+                parts = self.refs.place(call.parts(), call.prompt)
+            except Unsendable:
+                continue
+            out[call.key] = llm_client.request_json(self.llm, call.prompt, parts, call.schema)
+        return out
+
+    def collect(self, calls: list[Call], lines: dict[str, dict],
+                requests: dict[str, dict]) -> dict[str, int]:
+        """Batch API answers (key -> {"response": ...} or {"error": ...}) through the online
+        path: refusal, schema check, the one (online) repair, the cache, the counts. A
+        failed line is not cached: a later round or the online pass tries it again."""
+        self.setup()
+        stats = new_stats()
+        todo, seen = [], set()
+        for call in calls:
+            line = lines.get(call.key)
+            if (call.key in seen or not line or "response" not in line
+                    or call.key not in requests or self._cache.get(call.key) is not None):
+                continue  # a resumed collect skips what it already cached
+            seen.add(call.key)
+            resp = types.GenerateContentResponse.model_validate(line["response"])
+            todo.append((call, llm_client.request_parts(requests[call.key]), resp))
+        if todo:
+            self._submit(self._answered(todo, stats)).result()
+        with self._lock:
+            for k, v in stats.items():
+                self.totals[k] += v
+        return stats
+
+    async def _answered(self, todo: list, stats: dict[str, int]) -> list[dict]:
+        return await asyncio.gather(*(self._one(call, parts, stats, first)
+                                      for call, parts, first in todo))
+
     async def _all(self, todo: list, stats: dict[str, int]) -> list[dict]:
         return await asyncio.gather(*(self._one(call, parts, stats) for _, call, parts in todo))
 
-    async def _one(self, call: Call, parts: list[types.Part], stats: dict[str, int]) -> dict:
+    async def _one(self, call: Call, parts: list[types.Part], stats: dict[str, int],
+                   first: types.GenerateContentResponse | None = None) -> dict:
         def slot():
             return self._limiter.slot(call.tokens)
 
@@ -157,7 +208,7 @@ class CallLoop:
         try:
             answer = await llm_client.agenerate_structured(
                 self._client, self.llm, call.prompt, parts, call.schema, call.check, slot,
-                on_retry)
+                on_retry, first=first)
         except (llm_client.LLMBlocked, llm_client.LLMBadResponse) as exc:
             blocked = isinstance(exc, llm_client.LLMBlocked)
             stats["blocked"] += int(blocked)

@@ -45,6 +45,8 @@ class LLMConfig(pydantic.BaseModel):
     retry_initial_delay_s: float = 1.0
     retry_max_delay_s: float = 60.0
     retry_jitter_s: float = 1.0
+    # a request's inline data (base64, as sent) above this goes by reference (synth.refs)
+    inline_limit_bytes: int = pydantic.Field(20 * 1024 * 1024, ge=1024)
 
     def generation_config(self) -> dict[str, Any]:
         """What is sent besides the prompt (recorded on every Pair, part of the cache key)."""
@@ -268,17 +270,27 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
                                parts: list[types.Part], schema: type[pydantic.BaseModel],
                                check: Callable[[dict, Any], dict[str, Any]], slot=None,
                                on_retry: Callable[[LLMError], None] | None = None,
-                               repair_hint: str | None = None) -> dict[str, Any]:
+                               repair_hint: str | None = None,
+                               first: types.GenerateContentResponse | None = None
+                               ) -> dict[str, Any]:
     """`agenerate_pair_json` for any response schema; `check(raw, parsed)` may raise
-    LLMBadResponse for a semantically invalid answer (it gets the one repair too)."""
-    config = types.GenerateContentConfig(
-        response_mime_type="application/json", response_json_schema=_json_schema(schema),
-        temperature=cfg.temperature, seed=cfg.seed, max_output_tokens=cfg.max_output_tokens,
-    )
-    contents = [types.Content(role="user", parts=[types.Part.from_text(text=prompt_text), *parts])]
+    LLMBadResponse for a semantically invalid answer (it gets the one repair too).
+    `first` is an answer the Batch API already gave to this request: it is checked,
+    refused or repaired (online) exactly as a fresh answer would be."""
+    config = _config(cfg, schema)
+    contents = _contents(prompt_text, parts)
     usage = {"input_tokens": 0, "output_tokens": 0, "calls": 0}
+    given = first
 
     async def call(contents: list[types.Content]) -> types.GenerateContentResponse:
+        nonlocal given
+        if given is not None:  # a Batch API answer: already paid for, parsed like any other
+            resp, given = given, None
+            for k, v in _usage(resp).items():
+                usage[k] += v
+            usage["calls"] += 1
+            return resp
+
         async def attempt() -> types.GenerateContentResponse:
             if slot is None:
                 resp = await client.aio.models.generate_content(
@@ -307,11 +319,11 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
     repaired = False
     try:
         result = _parse(response, schema, check)
-    except LLMBadResponse as first:
+    except LLMBadResponse as bad:
         previous = response.text or ""
-        hint = repair_hint or REPAIR_PROMPT.format(error=str(first)[:300])
+        hint = repair_hint or REPAIR_PROMPT.format(error=str(bad)[:300])
         if repair_hint:
-            hint = f"Your previous answer did not match the JSON schema ({str(first)[:300]}). {hint}"
+            hint = f"Your previous answer did not match the JSON schema ({str(bad)[:300]}). {hint}"
         repair = contents + [
             types.Content(role="model", parts=[types.Part.from_text(text=previous)]),
             types.Content(role="user", parts=[types.Part.from_text(text=hint)]),
@@ -327,6 +339,35 @@ async def agenerate_structured(client: genai.Client, cfg: LLMConfig, prompt_text
     result["usage"] = usage
     result["repaired"] = repaired
     return result
+
+
+def _config(cfg: LLMConfig, schema: type[pydantic.BaseModel]) -> types.GenerateContentConfig:
+    return types.GenerateContentConfig(
+        response_mime_type="application/json", response_json_schema=_json_schema(schema),
+        temperature=cfg.temperature, seed=cfg.seed, max_output_tokens=cfg.max_output_tokens,
+    )
+
+
+def _contents(prompt_text: str, parts: list[types.Part]) -> list[types.Content]:
+    return [types.Content(role="user", parts=[types.Part.from_text(text=prompt_text), *parts])]
+
+
+def request_json(cfg: LLMConfig, prompt_text: str, parts: list[types.Part],
+                 schema: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """The GenerateContentRequest (REST JSON) `agenerate_structured` sends: a Batch API
+    line's `request`."""
+    c = _config(cfg, schema)
+    return {"contents": [x.model_dump(mode="json", by_alias=True, exclude_none=True)
+                         for x in _contents(prompt_text, parts)],
+            "generationConfig": {"responseMimeType": c.response_mime_type,
+                                 "responseJsonSchema": c.response_json_schema,
+                                 "temperature": c.temperature, "seed": c.seed,
+                                 "maxOutputTokens": c.max_output_tokens}}
+
+
+def request_parts(request: dict[str, Any]) -> list[types.Part]:
+    """The parts after the prompt of a `request_json` body (a repair resends them)."""
+    return list(types.Content.model_validate(request["contents"][0]).parts or [])[1:]
 
 
 def generate_pair_json(client: genai.Client, cfg: LLMConfig, prompt_text: str,

@@ -1,7 +1,10 @@
 """A local HTTP server speaking enough of the Gemini REST protocol for google-genai.
 
 POST /v1beta/models/{model}:generateContent (or /v1/...) answers a
-GenerateContentResponse computed by `synth.offline_model`. It binds 127.0.0.1 only,
+GenerateContentResponse computed by `synth.offline_model`; the Files API (resumable
+upload, get, delete, download) and the Batch API (batchGenerateContent, batches get and
+list) are served from `synth.offline_files`. A request body over `request_limit_bytes`
+is refused with 400, as Gemini refuses one over 20 MB. It binds 127.0.0.1 only,
 never logs request headers (an API key travels in one), and needs no network.
 
 Fault injection (`Faults`): a seeded share of generateContent requests answers 429
@@ -35,11 +38,16 @@ from pathlib import Path
 
 import pydantic
 from loom.synth import offline_model
+from loom.synth.offline_files import ApiError, Store
 
 HOST = "127.0.0.1"
 BANNER = "LOOM_OFFLINE_SERVER"
 _ROUTE = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
-_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+_BATCH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):batchGenerateContent$")
+_FILE = re.compile(r"^/(?:download/)?(?:v1beta|v1)/files/([^/:]+)(:download)?$")
+_BATCHES = re.compile(r"^/(?:v1beta|v1)/batches(?:/([^/:]+))?$")
+REQUEST_LIMIT = 20 * 1024 * 1024
+_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
            500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
 FAULT_KINDS = ("429", "500", "503", "slow", "truncated", "cut")
 
@@ -56,6 +64,12 @@ class Faults(pydantic.BaseModel):
     retry_after_s: float = 1.0  # what a 429 asks the client to wait
     slow_s: float = 5.0  # a slow answer's delay (set it past the client's timeout)
     max_per_request: int = 3  # a request body is faulted at most this often
+    # the Files and Batch APIs (synth.offline_files) and Gemini's request size limit
+    request_limit_bytes: int = REQUEST_LIMIT
+    file_ttl_s: float = 48 * 3600.0
+    batch_delay_s: float = 0.0  # a job stays PENDING this long
+    batch_ttl_s: float = 48 * 3600.0  # a job not done by then EXPIRES
+    batch_line_failures: float = 0.0  # share of batch lines answered with an error
 
     @pydantic.field_validator("kinds")
     @classmethod
@@ -81,6 +95,8 @@ class _State:
         self.per_body: Counter[str] = Counter()
         self.answered_ids: list[str] = []
         self.times: list[float] = []
+        self.store = Store(faults.file_ttl_s, faults.batch_delay_s, faults.batch_ttl_s,
+                           faults.batch_line_failures, faults.seed)
 
     def draw(self, digest: str) -> str | None:
         f = self.faults
@@ -99,7 +115,7 @@ class _State:
             return {"requests": self.requests, "answered": self.answered,
                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
                     "faults": dict(self.fault_counts), "answered_ids": list(self.answered_ids),
-                    "times": list(self.times)}
+                    "times": list(self.times), "files": len(self.store.files)} | self.store.counts
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,10 +154,62 @@ class _Handler(BaseHTTPRequestHandler):
             err["details"] = details
         self._send(code, {"error": err}, headers)
 
+    def _base_url(self) -> str:
+        return f"http://{self.headers.get('Host') or HOST}"
+
+    def _api(self, fn) -> None:
+        """Answer a Files/Batch API call: its JSON, or its ApiError as Gemini's error body."""
+        try:
+            self._send(200, fn())
+        except ApiError as exc:
+            self._error(exc.code, str(exc))
+
+    def _upload(self, raw: bytes) -> None:
+        """The resumable protocol google-genai's files.upload speaks: start, then bytes."""
+        store = self.state.store
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        sid = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("upload_id")
+        if sid is None:
+            body = (json.loads(raw or b"{}") or {}).get("file") or {}
+            meta = {"mimeType": self.headers.get("X-Goog-Upload-Header-Content-Type")
+                    or body.get("mimeType") or body.get("mime_type"),
+                    "displayName": body.get("displayName") or body.get("display_name")}
+            sid = store.start_upload(meta)
+            self._send(200, {}, {"X-Goog-Upload-URL":
+                                 f"{self._base_url()}/upload/v1beta/files?upload_id={sid}",
+                                 "X-Goog-Upload-Status": "active"})
+            return
+        command = self.headers.get("X-Goog-Upload-Command") or "upload, finalize"
+        try:
+            if "finalize" not in command:  # one chunk of several (the SDK sends 8 MiB ones)
+                store.add_chunk(sid, raw)
+                self._send(200, {}, {"X-Goog-Upload-Status": "active"})
+                return
+            meta = store.finish_upload(sid, raw, self._base_url())
+        except ApiError as exc:
+            self._error(exc.code, str(exc))
+            return
+        self._send(200, {"file": meta}, {"X-Goog-Upload-Status": "final"})
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        m = _FILE.match(self.path.split("?", 1)[0])
+        if not m:
+            self._error(404, "not found")
+            return
+        self._api(lambda: self.state.store.delete_file(m.group(1)) or {})
+
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        route = _ROUTE.match(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/upload/") and path.endswith("/files"):
+            self._upload(raw)
+            return
+        if (batch := _BATCH.match(path)) is not None:
+            self._api(lambda: self.state.store.create_batch(
+                batch.group(2), json.loads(raw or b"{}"), self._base_url(), answer_for(self.state)))
+            return
+        route = _ROUTE.match(path)
         if not route:
             self._error(404 if ":" in self.path else 501,
                         "method not supported by the offline server")
@@ -159,6 +227,10 @@ class _Handler(BaseHTTPRequestHandler):
                                  f"{route.group(1)}, or is not supported for generateContent. "
                                  "Call ListModels to see the list of available models and "
                                  "their supported methods.")
+                return
+            if length > st.faults.request_limit_bytes:
+                self._error(400, "Request payload size exceeds the limit: "
+                                 f"{st.faults.request_limit_bytes} bytes.")
                 return
             self._generate(raw)
         finally:
@@ -193,17 +265,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "invalid JSON payload")
             return
-        if (problem := malformed(request)) is not None:  # Gemini: 400, never retried
-            self._error(400, problem)
-            return
         try:
-            answer = within_schema(offline_model.respond(request),
-                                   (request.get("generationConfig") or {}))
-        except offline_model.BadInput as exc:
-            self._error(400, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a model bug is a 500, not a dead server
-            self._error(500, f"offline model failed: {type(exc).__name__}")
+            answer = answer_for(st)(request)
+        except ApiError as exc:  # Gemini: 400 (never retried), 403 for a file gone
+            self._error(exc.code, str(exc))
             return
         data = json.dumps(answer).encode()
         if fault == "truncated":  # a complete HTTP message whose JSON is cut short
@@ -222,7 +287,38 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/loom/stats":
             self._send(200, self.state.stats())
             return
+        path, store = self.path.split("?", 1)[0], self.state.store
+        if (m := _FILE.match(path)) is not None:
+            if m.group(2):  # :download?alt=media: the bytes
+                try:
+                    data = store.file(m.group(1))["data"]
+                except ApiError as exc:
+                    self._error(exc.code, str(exc))
+                    return
+                self._send_bytes(200, data)
+                return
+            self._api(lambda: store.file(m.group(1))["meta"])
+            return
+        if (m := _BATCHES.match(path)) is not None:
+            self._api(lambda: store.batch(m.group(1)) if m.group(1) else store.list_batches())
+            return
         self._error(404, "not found")
+
+
+def answer_for(state: _State):
+    """One request's answer (REST JSON), or ApiError: generateContent and batch lines both."""
+    def answer(request: object) -> dict:
+        if (problem := malformed(request)) is not None:  # Gemini: 400, never retried
+            raise ApiError(400, problem)
+        request = state.store.inline_files(request)
+        try:
+            return within_schema(offline_model.respond(request),
+                                 (request.get("generationConfig") or {}))
+        except offline_model.BadInput as exc:
+            raise ApiError(400, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a model bug is a 500, not a dead server
+            raise ApiError(500, f"offline model failed: {type(exc).__name__}") from None
+    return answer
 
 
 def known_models() -> frozenset[str]:
@@ -232,7 +328,7 @@ def known_models() -> frozenset[str]:
 
     prices = yaml.safe_load((Path(__file__).with_name("prices.yaml")).read_text()) or {}
     extra = {m.strip() for m in os.environ.get("LOOM_OFFLINE_MODELS", "").split(",")}
-    return frozenset(prices) | {m for m in extra if m}
+    return frozenset(k for k in prices if not str(k).startswith("_")) | {m for m in extra if m}
 
 
 def malformed(request: object) -> str | None:

@@ -43,6 +43,7 @@ from loom.synth.calls import Call, CallLoop, Unsendable, rejection
 from loom.synth.filters import FilterConfig
 from loom.synth.limits import RateLimits
 from loom.synth.prompts import PromptSet
+from loom.synth.refs import Media, as_part
 from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.stage import BaseStage, Resources
 from PIL import Image
@@ -72,6 +73,8 @@ class SynthConfig(pydantic.BaseModel):
     base_url: str | None = None
     limits: RateLimits = pydantic.Field(default_factory=RateLimits)
     filters: FilterConfig = pydantic.Field(default_factory=FilterConfig)
+    # vertex: where a part over the inline limit whose source is not on gs:// is copied
+    staging_uri: str | None = None
 
 
 def response_key(llm: llm_client.LLMConfig, prompt_version: str, example_id: str) -> str:
@@ -84,7 +87,7 @@ def pair_id(example_id: str, kind: str, prompt_version: str, index: int) -> str:
     return hashlib.sha256(f"{example_id}|{kind}|{prompt_version}|{index}".encode()).hexdigest()[:24]
 
 
-def _image_bytes(example: dict) -> tuple[bytes, str]:
+def _image_bytes(example: dict) -> Media:
     """The original file bytes, else the decoded pixels re-encoded as PNG."""
     uris = example.get("source_uris") or []
     if uris:
@@ -92,7 +95,7 @@ def _image_bytes(example: dict) -> tuple[bytes, str]:
             data = storage.read_bytes(uris[0])
             if data:
                 mime = example.get("mime") or "image/png"
-                return data, mime if mime.startswith("image/") else "image/png"
+                return Media(data, mime if mime.startswith("image/") else "image/png", uris[0])
         except Exception:  # noqa: BLE001 - fall back to the decoded pixels
             pass
     part = next((p for p in example.get("parts") or [] if p.get("pixels")), None)
@@ -106,15 +109,16 @@ def _image_bytes(example: dict) -> tuple[bytes, str]:
         raise Unsendable(Reason.UNREADABLE, "decoded pixels shorter than height*width*3")
     buf = io.BytesIO()
     Image.fromarray(frames[0], "RGB").save(buf, format="PNG")
-    return buf.getvalue(), "image/png"
+    return Media(buf.getvalue(), "image/png")
 
 
 _NATIVE = {Modality.AUDIO.value: "audio/", Modality.VIDEO.value: "video/",
            Modality.PAGE.value: "application/pdf"}
 
 
-def _source_bytes(example: dict, prefix: str) -> tuple[bytes, str] | None:
-    """The original file, sent natively, when its mime type is one Gemini reads."""
+def _source_bytes(example: dict, prefix: str) -> Media | None:
+    """The original file, sent natively, when its mime type is one Gemini reads (inline
+    or by reference: synth.refs decides per request)."""
     mime = example.get("mime") or ""
     uris = example.get("source_uris") or []
     if not uris or not mime.startswith(prefix):
@@ -123,7 +127,7 @@ def _source_bytes(example: dict, prefix: str) -> tuple[bytes, str] | None:
         data = storage.read_bytes(uris[0])
     except Exception:  # noqa: BLE001 - fall back to the decoded parts
         return None
-    return (data, mime) if data else None
+    return Media(data, mime, uris[0]) if data else None
 
 
 def _frames_png(part: dict) -> list[bytes]:
@@ -144,16 +148,22 @@ def _frames_png(part: dict) -> list[bytes]:
 
 
 def content_parts(example: dict) -> list[types.Part]:
-    """The Example in its own modality: images, audio and video as inline bytes of the
-    original file (else decoded video frames as PNG); a PDF page as its rendered image plus
-    its text layer (else the PDF); text as text."""
+    """`media_parts` with every part inline (a caller that sends through CallLoop gets
+    the per-request size rule there anyway)."""
+    return [as_part(p) for p in media_parts(example)]
+
+
+def media_parts(example: dict) -> list[types.Part | Media]:
+    """The Example in its own modality: images, audio and video as the original file's
+    bytes (else decoded video frames as PNG); a PDF page as its rendered image plus its
+    text layer (else the PDF); text as text. Source files stay `Media` (with their URI) so
+    that synth.refs can send one by reference when it does not fit inline."""
     modality = example["modality"]
     if modality == Modality.IMAGE.value:
-        data, mime = _image_bytes(example)
-        return [types.Part.from_bytes(data=data, mime_type=mime)]
+        return [_image_bytes(example)]
     text = "\n".join(p["text"] for p in example.get("parts") or [] if p.get("text"))
     if modality in _NATIVE:
-        parts: list[types.Part] = []
+        parts: list[types.Part | Media] = []
         if modality == Modality.PAGE.value:
             # one page of a document: its rendered image and text layer, not the whole PDF
             for p in example.get("parts") or []:
@@ -165,7 +175,7 @@ def content_parts(example: dict) -> list[types.Part]:
                 return parts
         src = _source_bytes(example, _NATIVE[modality])
         if src is not None:
-            return [types.Part.from_bytes(data=src[0], mime_type=src[1])]
+            return [src]
         if modality == Modality.VIDEO.value:
             for p in example.get("parts") or []:
                 parts += [types.Part.from_bytes(data=f, mime_type="image/png")
@@ -182,10 +192,10 @@ def content_parts(example: dict) -> list[types.Part]:
     return [types.Part.from_text(text=text)]
 
 
-def _record_parts(example: dict) -> list[types.Part]:
+def _record_parts(example: dict) -> list[types.Part | Media]:
     """An interleaved record in its order: text as text, pictures as PNG, audio as the
     referenced file's bytes (when readable)."""
-    parts: list[types.Part] = []
+    parts: list[types.Part | Media] = []
     for p in example.get("parts") or []:
         if p.get("text"):
             parts.append(types.Part.from_text(text=p["text"]))
@@ -196,7 +206,7 @@ def _record_parts(example: dict) -> list[types.Part]:
             src = _source_bytes({"mime": p.get("mime") or "audio/wav",
                                  "source_uris": [p["source_uri"]]}, "audio/")
             if src is not None:
-                parts.append(types.Part.from_bytes(data=src[0], mime_type=src[1]))
+                parts.append(src)
     if not parts:
         raise Unsendable(Reason.EMPTY, "record has no part to send")
     return parts
@@ -243,7 +253,8 @@ class SynthStage(BaseStage):
     def __init__(self, config: SynthConfig):
         self.config = config
         self.prompts = PromptSet.load(sorted({k for ks in config.kinds.values() for k in ks}))
-        self.calls = CallLoop(config.llm, config.cache_uri, config.limits, config.base_url)
+        self.calls = CallLoop(config.llm, config.cache_uri, config.limits, config.base_url,
+                              config.staging_uri)
         for modality, kinds in config.kinds.items():
             for kind in kinds:  # a compose kind needs a clip; refuse a bad spec up front
                 if self.prompts.shape(kind, modality) == "text+frame->video" and \
@@ -268,7 +279,8 @@ class SynthStage(BaseStage):
         return {"uri": uri, "stage": STAGE, "reason": reason.value, "message": message[:2000],
                 "record_id": record_id}
 
-    def _call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
+    def call(self, ex: dict, kind: str, parts: Callable[[], list]) -> Call:
+        """One (example, kind) call: online here, or a Batch API line (synth.batch)."""
         llm = self.config.llm
         text = self.prompts.text(kind, ex["modality"])
         est = call_estimate(ex, text, llm.max_output_tokens, with_repair=False)
@@ -279,9 +291,9 @@ class SynthStage(BaseStage):
         cfg = self.config
         tasks = [(ex, kind) for ex in batch.to_pylist()
                  for kind in cfg.kinds.get(ex["modality"], [])]
-        parts_of = {ex["id"]: functools.cache(functools.partial(content_parts, ex))
+        parts_of = {ex["id"]: functools.cache(functools.partial(media_parts, ex))
                     for ex, _ in tasks}  # built once per example, only on a cache miss
-        answers, llm_stats = self.calls.run([self._call(ex, kind, parts_of[ex["id"]])
+        answers, llm_stats = self.calls.run([self.call(ex, kind, parts_of[ex["id"]])
                                              for ex, kind in tasks])
         stats = dict.fromkeys(STAT_NAMES, 0) | llm_stats
         pairs, rejected = [], []
