@@ -134,3 +134,24 @@ def test_bad_validation_options_exit_2_before_training(split_shards, tmp_path):
         run_train(train["uri"], str(tmp_path / "d"), TrainStage.PFT, CFG,
                   val_shards=mf.read_manifest(train["uri"]).lineage["input"])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_two_workers_validate_on_rank_zero_and_resume_keeps_the_best(split_shards, tmp_path,
+                                                                     ray_session):
+    """Rank 0 validates while the other rank waits in the next step's all-reduce (cached
+    steps: GradCache's own reduction); a run stopped and resumed keeps the best so far."""
+    train, held = split_shards
+    root = str(tmp_path / "ck")
+    cfg = CFG.model_copy(update={"batch_size": 8, "cache_chunk": 3})
+    kw = {"workers": 2, "val_shards": held["uri"], "val_every": 2, "keep_best": True}
+    part = run_train(train["uri"], root, TrainStage.PFT, cfg, stop_at_step=5, **kw)
+    assert part["stopped_at"] == 5
+    out = run_train(train["uri"], root, TrainStage.PFT, cfg, **kw)
+    df = pl.read_parquet(out["datasets"]["metrics"]).sort("step")
+    steps = out["counts"]["steps"]
+    assert df["step"].to_list() == list(range(1, steps + 1))
+    scored = df.filter(pl.col("val_r1").is_not_null())
+    assert scored["step"].to_list() == sorted({*range(2, steps + 1, 2), 5, steps})
+    best = scored.row(int(np.argmax(scored["val_r1"].to_numpy())), named=True)
+    assert out["best"]["step"] == best["step"]
