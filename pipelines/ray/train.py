@@ -227,7 +227,8 @@ def _loop(config: dict) -> None:
                         extra_state={"complete": True, "resumed_from": resumed,
                                      "log_temperature": float(base.log_temperature)})
         _write_metrics(root, run, metrics)
-    progress.update(step, tc.epochs - 1, metrics[-1]["loss"] if metrics else None, 0.0,
+    last = metrics[-1] if metrics else {}
+    progress.update(step, tc.epochs - 1, last.get("loss"), last.get("samples_per_s", 0.0),
                     force=True)
     ray.train.report({"step": step, "done": True})
 
@@ -290,12 +291,17 @@ def watch_progress(root: str, run: str, stop: threading.Event, poll_s: float = 0
             per_epoch = max(1, p["total_steps"] // max(1, p["epochs"]))
             in_epoch = p["step"] - p["epoch"] * per_epoch
             if p["epoch"] != epoch_shown:
-                if bar is not None:
+                if bar is not None:  # that epoch is over, whatever step was seen last
+                    bar.update(bar.total - bar.n)
                     bar.close()
+                # epochs that ended between two looks still get their (full) bar
+                for e in range(0 if epoch_shown is None else epoch_shown + 1, p["epoch"] + 1):
+                    bar = tqdm(total=per_epoch, desc=f"epoch {e + 1}/{p['epochs']}",
+                               unit="step", disable=not tty, leave=True, file=sys.stderr,
+                               initial=per_epoch if e < p["epoch"] else max(0, in_epoch))
+                    if e < p["epoch"]:
+                        bar.close()
                 epoch_shown = p["epoch"]
-                bar = tqdm(total=per_epoch, desc=f"epoch {p['epoch'] + 1}/{p['epochs']}",
-                           unit="step", disable=not tty, leave=True, file=sys.stderr)
-                bar.update(max(0, in_epoch))
             else:
                 bar.update(max(0, in_epoch - bar.n))
             if p["loss"] is not None:
@@ -311,7 +317,8 @@ def watch_progress(root: str, run: str, stop: threading.Event, poll_s: float = 0
                 eta = round(left / rate, 1) if rate > 0 else None
                 loss = "-" if p["loss"] is None else f"{p['loss']:.4f}"
                 log.info(f"train epoch {p['epoch'] + 1}/{p['epochs']} step {p['step']}/"
-                         f"{p['total_steps']} loss {loss} {sps:.1f} samples/s eta {eta}s",
+                         f"{p['total_steps']} loss {loss} {sps:.1f} samples/s eta "
+                         f"{'-' if eta is None else f'{eta}s'}",
                          extra={"step": p["step"], "epoch": p["epoch"] + 1,
                                 "epochs": p["epochs"], "total_steps": p["total_steps"],
                                 "loss": p["loss"], "samples_per_s": round(sps, 2),

@@ -3,13 +3,25 @@ per-epoch bar and as log records with step, loss, samples/s and ETA."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import pathlib
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 import threading
 
+import pytest
 from loom.pipelines.progress import Progress
 from loom.pipelines.ray.train import PROGRESS, watch_progress
 from loom.pipelines.runner import file_items, row_items
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_ingest_bar_counts_files_and_synth_bar_counts_rows():
@@ -63,3 +75,44 @@ def test_a_resumed_run_keeps_the_metrics_before_its_checkpoint(tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "run" / METRICS)["step"].to_pylist() == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_loom_train_draws_its_bar_on_a_terminal(tmp_path):
+    """`loom train` end to end with stderr on a pseudo-terminal: the epoch bar (step count,
+    loss, samples/s) and the per-epoch log line reach the user while the run goes on."""
+    from loom.pipelines.shard import run_shard
+
+    from tests.pipelines.test_shards_tools import _bigger_pairs, _examples
+
+    pairs = _bigger_pairs(str(tmp_path / "pairs"), _examples(str(tmp_path / "ex")), 64)
+    shards = run_shard(pairs, str(tmp_path / "shards"), rows_per_shard=32)["uri"]
+    main, child = pty.openpty()  # a terminal 160 columns wide (a new pty has none: no bar)
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "COLUMNS": "160"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loom.jobs.cli", "train", "--shards", shards, "--output",
+         str(tmp_path / "ck"), "--epochs", "2", "--batch-size", "8", "--dim", "16",
+         "--layers", "1", "--heads", "2", "--embed-dims", "8,16"],
+        stdout=subprocess.PIPE, stderr=child, env=env, cwd=ROOT)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child side closed: the run is over
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=600)
+    os.close(main)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert json.loads(out.decode().strip().splitlines()[-1])["counts"]["steps"] == 16
+    for epoch in (1, 2):  # a bar per epoch: 64 rows, 8 a step -> 8 steps each
+        assert re.search(rf"epoch {epoch}/2: +\d+%.*\| *8/8 ", text), text[-3000:]
+    assert re.search(r"loss=\d+\.\d{4}, samples_s=\d", text), text[-3000:]
+    assert re.search(r"train epoch 2/2 step 16/16 loss \d\.\d{4} [1-9][\d.]* samples/s eta",
+                     text), text[-3000:]
+    assert "eta Nones" not in text
