@@ -3,7 +3,9 @@
 For each `query->target` pair: R@1, R@5 and NDCG@10 of the checkpoint at every
 Matryoshka size (`by_dim`; the top-level figures are the full size), the expected R@k of
 a random ranking, the same architecture untrained (same seed), and for text->text a BM25
-baseline. The gallery is every held-out asset of the target modality. Queries and
+baseline. The gallery is every held-out asset of the target modality. The checkpoint
+embeds on Ray through the model seam's one adapter (pipelines/ray/embed.py), one pass for
+every task; the untrained baseline is not a checkpoint and embeds in-process. Queries and
 gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
 ingested with another tokenizer is re-tokenized; other frame or audio settings are
 refused. Relevance is the exact positive, or with a ground-truth file, any gallery asset
@@ -222,13 +224,12 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             name = pair_name(p["query_modality"], p["positive_modality"])
             groups.setdefault(name + (":natural" if p.get("source") == "natural" else ""),
                               []).append(p)
-        for name in sorted(groups):
-            task = _Task.build(groups[name], examples, by_id, truth, tokenizer, max_tokens,
-                               max_queries)
-            if task is None:
-                continue
-            q_full = handler.embed(task.queries, ckpt)
-            g_full = handler.embed(task.gallery, ckpt)
+        tasks = {name: task for name in sorted(groups)
+                 if (task := _Task.build(groups[name], examples, by_id, truth, tokenizer,
+                                         max_tokens, max_queries)) is not None}
+        embedded = _embed_tasks(tasks, handler)
+        for name, task in tasks.items():
+            q_full, g_full = embedded[name]
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
@@ -261,6 +262,19 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every task's (queries, gallery) embeddings from one pass through the model seam's
+    Ray adapter, as mine and backfill embed (a gallery shared by tasks is embedded once)."""
+    from loom.pipelines.ray.embed import embed_lists
+
+    names = list(tasks)
+    vectors = embed_lists([items for n in names for items in (tasks[n].queries,
+                                                               tasks[n].gallery)],
+                          handler, "eval embedding")
+    return {n: (vectors[2 * i], vectors[2 * i + 1]) for i, n in enumerate(names)}
 
 
 def metrics_table(rows: list[dict]) -> pa.Table:

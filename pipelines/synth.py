@@ -271,15 +271,22 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
     prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
-    model = handler.load()
+    from loom.pipelines.ray.embed import embed_lists
+
     examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
+    modalities = sorted({r["positive_modality"] for r in rows})
+    galleries = {m: [e for e in examples if e["modality"] == m] for m in modalities}
+    queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
+    vectors = embed_lists(  # one pass on Ray through the model seam, as mine and eval
+        [items for m in modalities for items in (
+            [prep.example(e) for e in galleries[m]],
+            [prep.query(r["pair_id"], r["query_text"]) for r in queries[m]])],
+        handler, "synth round trip")
     misses = set()
-    for modality in sorted({r["positive_modality"] for r in rows}):
-        gallery = [e for e in examples if e["modality"] == modality]
+    for n, modality in enumerate(modalities):
+        gallery, qs = galleries[modality], queries[modality]
         index = {e["id"]: i for i, e in enumerate(gallery)}
-        qs = [r for r in rows if r["positive_modality"] == modality]
-        g = handler.embed([prep.example(e) for e in gallery], model)
-        q = handler.embed([prep.query(r["pair_id"], r["query_text"]) for r in qs], model)
+        g, q = vectors[2 * n], vectors[2 * n + 1]
         scores = q @ g.T
         k = min(int(roundtrip["k"]), len(gallery))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -74,6 +74,30 @@ def embed_on_ray(items: list[dict], handler: EncoderHandler, actors: int = 1,
     return ids, np.stack([by_id[i] for i in ids])
 
 
+def embed_lists(lists: list[list[dict]], handler: EncoderHandler,
+                what: str = "embedding") -> list[np.ndarray]:
+    """Vectors for several lists of ITEMs (eval's queries and galleries, synth's round
+    trip) from one Ray Data pass, actors sized per node with a start deadline. Items are
+    keyed by their content digest: an item in several lists is embedded once, and one
+    Example cut to other parts is another item."""
+    from loom.pipelines.embed_cache import item_digest
+    from loom.pipelines.ray.sizing import actor_deadline
+
+    keys = [[item_digest(it) for it in items] for items in lists]
+    unique: dict[str, dict] = {}
+    for items, ks in zip(lists, keys, strict=True):
+        for it, k in zip(items, ks, strict=True):
+            unique.setdefault(k, it | {"id": k})
+    if not unique:
+        return [np.zeros((0, handler.dim or 1), dtype=np.float32) for _ in lists]
+    actors, cpus, gpus = embed_plan()
+    with actor_deadline(what, cpus, gpus):
+        ids, vectors = embed_on_ray(list(unique.values()), handler, actors=actors,
+                                    cpus_per_actor=cpus, gpus_per_actor=gpus)
+    row = {k: i for i, k in enumerate(ids)}
+    return [vectors[[row[k] for k in ks]] if ks else vectors[:0] for ks in keys]
+
+
 def embed_files_on_ray(work: list[tuple[str, list[int]]], handler: EncoderHandler,
                        actors: int = 1, cpus_per_actor: float = 1.0,
                        gpus_per_actor: float = 0.0, rows_per_call: int | None = None
