@@ -16,6 +16,7 @@ Each module is tested only by the tests that exercise it (fast, no Ray). Usage:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / ".mutation"
+# mutmut's parallel test runs; MUTATION_CHILDREN=1 when two modules run side by side
+CHILDREN = os.environ.get("MUTATION_CHILDREN", "2")
 PACKAGES = ("schemas", "transforms", "synth", "models", "pipelines", "jobs")
 
 # name -> (the file mutated, the tests that exercise it (pytest arguments), the functions
@@ -78,7 +81,7 @@ def run(name: str) -> dict:
     where = stage(name)
     mutmut = [sys.executable, "-m", "mutmut"]
     with open(where / "mutmut-run.log", "w") as log:
-        subprocess.run([*mutmut, "run", "--max-children", "2", *MODULES[name][2]], cwd=where,
+        subprocess.run([*mutmut, "run", "--max-children", CHILDREN, *MODULES[name][2]], cwd=where,
                        check=False,
                        stdout=log, stderr=subprocess.STDOUT)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=where, check=True)
