@@ -183,6 +183,11 @@ def test_batch_price_halves_unless_the_table_says_otherwise():
     assert Price(input=1.0, output=2.0, media=RATES).batch().media == RATES
 
 
+def test_prices_are_per_million_tokens_exactly():
+    # a relative error of one in a million is a real mispricing at scale; approx hides it
+    assert Price(input=2.0, output=4.0).cost(500_000, 250_000) == pytest.approx(2.0, rel=1e-12)
+
+
 def test_media_tokens_use_the_models_own_rates():
     assert media_tokens({"modality": "image", "parts": [{"height": 1000, "width": 700}]},
                         RATES) == 100 * 2
@@ -229,6 +234,9 @@ def test_examples_estimate_sends_every_example_and_the_extra_text():
     est = examples_estimate([a, b], prompt, 16, with_repair=False, extra_text="e" * 6,
                             rates=RATES)
     assert est == Estimate(1, 10 + 3 + 4 + 3 + 100, 16)
+    inp = 10 + 3 + 4 + 3 + 100  # the repair call is reserved unless turned off
+    assert examples_estimate([a, b], prompt, 16, extra_text="e" * 6, rates=RATES) == Estimate(
+        2, inp + inp + 16 + REPAIR_OVERHEAD_TOKENS, 32)
     img = {"modality": "image", "parts": [{"height": 100, "width": 100}]}
     assert call_estimate(img, prompt, 8, with_repair=False, rates=RATES) == Estimate(1, 110, 8)
     assert call_estimate(img, prompt, 8, rates=RATES) == Estimate(
