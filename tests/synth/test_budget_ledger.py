@@ -205,6 +205,8 @@ def test_media_tokens_count_only_real_pictures():
     # a size without both sides and without pixels is not a picture: the floor
     assert media_tokens({"modality": "image", "parts": [{"height": 2000}]}) == 258
     assert media_tokens({"modality": "image", "parts": [{"width": 2000}]}) == 258
+    assert media_tokens({"modality": "page", "parts": [{"height": 2000}]}, RATES) == 50
+    assert media_tokens({"modality": "page", "parts": [{"width": 2000}]}, RATES) == 50
     # pixels with one side known: the other side counts as one tile (768 px)
     assert media_tokens({"modality": "image", "parts": [{"pixels": b"x", "height": 1600}]}) \
         == 258 * 3
@@ -225,6 +227,10 @@ def test_media_tokens_unknown_length_from_size():
     not_a_dict = {"modality": "audio", "metadata": "[1, 2]", "size_bytes": 10}
     assert media_tokens(not_a_dict) == 30 * 32
     assert media_tokens({"modality": "audio", "metadata": None}) == 30 * 32
+    # a known short clip is its length, not the 30 s guess
+    one = {"modality": "audio", "metadata": json.dumps({"duration_s": 1})}
+    assert media_tokens(one) == 32
+    assert media_tokens({**one, "metadata": json.dumps({"duration_s": 0.5})}) == 16
 
 
 def test_examples_estimate_sends_every_example_and_the_extra_text():
