@@ -265,3 +265,18 @@ def test_gc_plan_json_is_the_contract(tmp_path):
                               "delete_bytes": size[v["e0"]] + size[v["p0"]] + 10}
     later = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 101)
     assert later["young_partials"] == [] and later["counts"]["delete_partials"] == 2
+
+
+def test_gc_deletes_what_a_takedown_replaced(tmp_path):
+    """`loom forget` writes a version whose lineage names the versions it replaces: gc
+    deletes those even when they are among the newest or used by a survivor, and a replaced
+    version that was going anyway is no error."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2, e3 = (_version(ex, "ingest", i) for i in (1, 2, 3))
+    e4 = _version(ex, "ingest", 4, {"takedown": {"replaces": [e3, e1]}})
+    pairs = storage.join(str(tmp_path), "pairs")
+    p1 = _version(pairs, "synth", 1, {"examples": e3})
+    plan = gc_plan(str(tmp_path), keep=2)
+    assert {d["uri"] for d in plan["delete"]} == {e1, e2, e3}
+    assert {k["uri"]: k["why"] for k in plan["keep_versions"]} == {e4: "newest 2",
+                                                                   p1: "newest 2"}
