@@ -280,3 +280,31 @@ def test_gc_deletes_what_a_takedown_replaced(tmp_path):
     assert {d["uri"] for d in plan["delete"]} == {e1, e2, e3}
     assert {k["uri"]: k["why"] for k in plan["keep_versions"]} == {e4: "newest 2",
                                                                    p1: "newest 2"}
+
+
+def test_gc_collects_old_leftovers_of_kept_versions_only(tmp_path):
+    """A kept version's temp files and `_work/` parts go once `grace_s` old (inclusive);
+    younger ones may be a live writer's; a deleted version's go with it, not listed twice."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2 = _version(ex, "ingest", 1), _version(ex, "ingest", 2)
+    t0 = 1_700_000_000
+
+    def leftover(version: str, rel: str, at: int, size: int) -> str:
+        path = os.path.join(version, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        os.utime(path, ns=(at * 10**9, at * 10**9))
+        return storage.absolute(path)
+
+    old_tmp = leftover(e2, "examples/part-00001.parquet.tmp-abc", t0, 7)
+    old_work = leftover(e2, "_work/tmp/part-00002.parquet", t0, 5)
+    leftover(e2, "examples/part-00003.parquet.tmp-def", t0 + 1, 3)  # 99 s old: stays
+    leftover(e1, "examples/part-00004.parquet.tmp-ghi", t0, 11)  # goes with e1
+    plan = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 100)
+    size = {x["uri"]: x["bytes"] for x in list_versions(str(tmp_path))["versions"]}
+    assert [d["uri"] for d in plan["delete"] if not d.get("leftover")] == [e1]
+    assert sorted((d["uri"], d["bytes"]) for d in plan["delete"] if d.get("leftover")) == \
+        sorted([(old_tmp, 7), (old_work, 5)])
+    assert plan["counts"]["delete_leftovers"] == 2
+    assert plan["counts"]["delete_bytes"] == size[e1] + 7 + 5
