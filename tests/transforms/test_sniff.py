@@ -249,3 +249,67 @@ def test_messages_lose_object_addresses():
     assert stable_message(raw) == "cannot identify image file <_io.BytesIO>"
     assert DecodeError("decode_error", raw).message == "cannot identify image file <_io.BytesIO>"
     assert stable_message("<not an object at all>") == "<not an object at all>"
+
+
+def _ascii_noise(n: int) -> bytes:
+    """Valid UTF-8 (bytes 1-126) that is not prose: a fifth control bytes, no NUL."""
+    rng = random.Random(2)
+    return bytes(rng.randrange(1, 0x7F) for _ in range(n))
+
+
+def test_an_empty_bzip2_stream_and_a_four_byte_dv_header():
+    import bz2
+
+    from loom.transforms.sniff import compression
+
+    assert compression(bz2.compress(b"")) == "application/x-bzip2"  # BZh9 then 0x17
+    assert sniff(b"\x1f\x07\x00\x3f", "x") == (V, "video/dv")
+
+
+def test_nul_parity_of_ascii_utf16():
+    from loom.transforms.sniff import _looks_utf16
+
+    assert _looks_utf16("hello world".encode("utf-16-le"))
+    assert _looks_utf16("hello world".encode("utf-16-be"))
+    assert not _looks_utf16(b"\x00" * 8)  # NULs on both sides: not text
+    # exactly 40% NULs on one side is not enough, 50% is
+    assert not _looks_utf16(b"a\x00b\x00c\x00d\x00ezfzgzhzizjz")
+    assert _looks_utf16(b"a\x00b\x00c\x00d\x00e\x00fzgzhzizjz")
+    assert not _looks_utf16(b"\x00a\x00b\x00c\x00d" + b"zezfzgzhzizj")
+    # one NUL in 20 on the other side (5%) is too many
+    letters = b"abcdefghijklmnopqrs"
+    assert not _looks_utf16(b"".join(bytes([c, 0]) for c in letters) + b"\x00\x00")
+    assert not _looks_utf16(b"\x00\x00" + b"".join(bytes([0, c]) for c in letters))
+
+
+def test_utf32_at_two_units_and_beyond_the_bmp():
+    from loom.transforms.sniff import looks_utf32
+
+    assert looks_utf32("hi".encode("utf-32-le")) == "utf-32-le"  # 8 bytes: two units
+    assert looks_utf32("hi \U0001F600 there".encode("utf-32-be")) == "utf-32-be"
+    # top bytes NUL both ways; only the big-endian reading is valid (U+12000, cuneiform)
+    assert looks_utf32(b"\x00\x01\x20\x00" * 4) == "utf-32-be"
+
+
+def test_utf16_wide_edges():
+    from loom.transforms.sniff import looks_utf16_wide
+
+    assert looks_utf16_wide("Приветик".encode("utf-16-le")) == "utf-16-le"  # 16 bytes
+    kana = "こんにちは、世界。今日はいい天気ですね。"
+    assert looks_utf16_wide(kana.encode("utf-16-be")) == "utf-16-be"
+    # Kazakh Ә/ә in big-endian: the little-endian reading is broken surrogates
+    assert looks_utf16_wide(("Әә Әә " * 5).encode("utf-16-be")) == "utf-16-be"
+    # mostly control characters is not text, whatever its high bytes
+    controls = "ab" + "".join(map(chr, [*range(1, 9), *range(0x0E, 0x1C)]))
+    assert looks_utf16_wide(controls.encode("utf-16-le")) is None
+    # exactly 95% printable is not enough
+    nineteen = "ПриветмирКакделаВсё"[:19] + "\x07"
+    assert looks_utf16_wide(nineteen.encode("utf-16-le")) is None
+
+
+def test_looks_like_text_reads_only_the_first_8k_and_trusts_wide_utf16():
+    from loom.transforms.sniff import looks_like_text
+
+    assert looks_like_text(_ascii_noise(8192) + b"\x00")  # the NUL is past the window
+    kazakh = ("ҚазақстанРеспубликасы" * 4).encode("utf-16-le")  # no NUL, not UTF-8
+    assert b"\x00" not in kazakh and looks_like_text(kazakh)
