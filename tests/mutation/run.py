@@ -31,7 +31,14 @@ PACKAGES = ("schemas", "transforms", "synth", "models", "pipelines", "jobs")
 # name -> (the file mutated, the tests that exercise it (pytest arguments), the functions
 # mutated: mutmut's mutant-name globs, or none for the whole file)
 MODULES: dict[str, tuple[str, list[str], list[str]]] = {
-    "mining": ("transforms/mining.py", ["tests/transforms/test_mining.py"], []),
+    # the rules that drop a candidate, the quotas, the asset groups, the round-robin list
+    # (not `mine`'s plumbing or `select`'s bookkeeping: too slow for one session here)
+    "mining": ("transforms/mining.py", ["tests/transforms/test_mining.py"],
+               ["loom.transforms.mining.xǁ_Ctxǁ_rules__mutmut_*",
+                "loom.transforms.mining.xǁMiningConfigǁ_check__mutmut_*",
+                "loom.transforms.mining.xǁMiningConfigǁquotas__mutmut_*",
+                "loom.transforms.mining.x__asset_groups__mutmut_*",
+                "loom.transforms.mining.x__round_robin__mutmut_*"]),
     "sniff": ("transforms/sniff.py", ["tests/transforms/test_sniff.py"], []),
     "splits": ("schemas/splits.py", ["tests/schemas/test_splits.py"], []),
     # (not the across-processes test: its subprocess imports the tree's own `schemas`)

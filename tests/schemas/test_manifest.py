@@ -348,3 +348,36 @@ def test_newest_version_by_time_then_name_and_accept(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete dataset version under"):
         resolve_input(str(tmp_path / "empty"))
     assert mf.version_uri("gs://b/root", "v") == "gs://b/root/v"
+
+
+def test_leftovers_and_sweep_tmp(tmp_path):
+    """A killed run's temp files (any folder, any age of name) and `_work/` are leftovers;
+    sweeping removes only the temp files: `_work/` parts are reused by the rerun."""
+    d = tmp_path / "ingest-0000000000000009"
+    files = {"examples/part-00000.parquet": b"kept", "examples/part-1.parquet.tmp-ab12": b"t1",
+             "deep/er/x.tmp-zz": b"t2", "_work/part-00007.parquet": b"w",
+             "_work/tmp/y.tmp-q": b"t3", "_workbench/notes.txt": b"not work"}
+    for rel, body in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(body)
+    uri = storage.absolute(str(d))
+
+    def rel(entries) -> set[str]:
+        return {e.uri[len(uri) + 1:] for e in entries}
+
+    assert rel(mf.leftovers(uri)) == {"examples/part-1.parquet.tmp-ab12", "deep/er/x.tmp-zz",
+                                      "_work/part-00007.parquet", "_work/tmp/y.tmp-q"}
+    assert mf.sweep_tmp(uri) == 3
+    left = {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()}
+    assert left == {"examples/part-00000.parquet", "_work/part-00007.parquet",
+                    "_workbench/notes.txt"}
+    assert mf.sweep_tmp(uri) == 0
+    assert rel(mf.leftovers(uri)) == {"_work/part-00007.parquet"}
+
+
+def test_part_uri_and_file_record_json(tmp_path):
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000aa")
+    assert w.part_uri("examples", "part-00003") == storage.join(
+        str(tmp_path), "ingest-00000000000000aa", "examples", "part-00003.parquet")
+    rec = mf.FileRecord(path="examples/part-00003.parquet", rows=4, sha256="ab")
+    assert rec.to_json() == {"path": "examples/part-00003.parquet", "rows": 4, "sha256": "ab"}
