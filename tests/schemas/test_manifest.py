@@ -381,3 +381,38 @@ def test_part_uri_and_file_record_json(tmp_path):
         str(tmp_path), "ingest-00000000000000aa", "examples", "part-00003.parquet")
     rec = mf.FileRecord(path="examples/part-00003.parquet", rows=4, sha256="ab")
     assert rec.to_json() == {"path": "examples/part-00003.parquet", "rows": 4, "sha256": "ab"}
+
+
+def test_a_writer_under_the_lock_sweeps_a_killed_runs_temp_files(tmp_path):
+    """Under the CLI's lock session a new writer of an uncommitted version removes the temp
+    files a killed run left (no live writer can own them); `_work/` parts stay for reuse.
+    Outside a session, or once the version is committed, nothing is touched."""
+    from loom.schemas import lock
+
+    root = str(tmp_path)
+    d = tmp_path / "ingest-00000000000000bb"
+    (d / "examples").mkdir(parents=True)
+    (d / "_work").mkdir()
+    stray, work = d / "examples" / "p.parquet.tmp-1", d / "_work" / "part-00000.parquet"
+    stray.write_bytes(b"t")
+    work.write_bytes(b"w")
+    VersionWriter(root, "ingest", d.name)  # no session: no lock, no sweep
+    assert stray.exists()
+    with lock.session():
+        VersionWriter(root, "ingest", d.name)
+    assert not stray.exists() and work.exists()
+    committed = commit_version(root, "ingest-00000000000000cc", [1])
+    late = tmp_path / "ingest-00000000000000cc" / "x.tmp-2"
+    late.write_bytes(b"t")
+    with lock.session():
+        VersionWriter(root, "ingest", "ingest-00000000000000cc")
+    assert late.exists() and committed.version == "ingest-00000000000000cc"
+
+
+def test_writer_parts_carry_extra_metadata(tmp_path):
+    import pyarrow.parquet as pq
+
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000dd")
+    rec = w.write_part("rejected", "part-00000", rejected(2), metadata={"loom.spec": "s1"})
+    meta = pq.read_schema(os.path.join(w.dir, rec.path)).metadata
+    assert meta[b"loom.spec"] == b"s1"
