@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/loom demo --workdir $(DEMO_DIR)
+	$(BIN)/loom demo --world multimodal --workdir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from loom.jobs.registry import Context, Flag, Ref, StageConfig, Uri, register
 from loom.pipelines.train import TrainConfig, TrainStage
+from loom.schemas.records import Split
 from loom.synth.budget import Budget
 from loom.synth.client import LLMConfig
 from loom.synth.filters import FilterConfig
@@ -186,6 +187,8 @@ class ShardConfig(StageConfig):
     weights: dict[str, NonNegative] = Field(
         {}, description="KEY=W: sample rows of a query kind or positive modality W times "
                         "(repeatable)")
+    split: Split = Field(Split.TRAIN, description="train|heldout (heldout: a validation slice "
+                                                  "for loom train --val-shards)")
 
 
 @register("shard", ShardConfig, engine=True,
@@ -197,7 +200,7 @@ def shard(cfg: ShardConfig, ctx: Context) -> dict:
     from loom.pipelines.shard import run_shard
 
     return run_shard(cfg.input, ctx.output_root(), cfg.rows_per_shard, cfg.seed, ctx.engine,
-                     cfg.target_mb, cfg.weights)
+                     cfg.target_mb, cfg.weights, cfg.split)
 
 
 class TrainStepConfig(StageConfig):
@@ -208,10 +211,17 @@ class TrainStepConfig(StageConfig):
     config: TrainConfig = TrainConfig()
     workers: int = Field(1, ge=1)
     resume: bool = Field(True, description="continue an incomplete run of the same id")
+    val_shards: Uri | None = Field(None, description="held-out shards (loom shard --split "
+                                                     "heldout) scored while training")
+    val_every: int = Field(100, ge=1, description="steps between validations")
+    val_rows: int = Field(512, ge=1, description="rows of --val-shards scored")
+    keep: Literal["all", "best"] = Field(
+        "all", description="best: also mark the best val_r1's checkpoint (RUN/best)")
 
 
 @register("train", TrainStepConfig,
           refs={"shards": Ref({"shard": "uri"}, literal_kinds=("shard",)),
+                "val_shards": Ref({"shard": "uri"}, literal_kinds=("shard",)),
                 "init": Ref(CHECKPOINT_STEPS, root="init_root")},
           flags={"train_stage": Flag("--stage"),
                  "config.epochs": Flag("--epochs"), "config.batch_size": Flag("--batch-size"),
@@ -242,7 +252,9 @@ def train(cfg: TrainStepConfig, ctx: Context) -> dict:
     from loom.pipelines.train import run_train
 
     return run_train(cfg.shards, ctx.output_root(), cfg.train_stage, cfg.config, cfg.init,
-                     cfg.init_root, cfg.workers, cfg.resume)
+                     cfg.init_root, cfg.workers, cfg.resume, val_shards=cfg.val_shards,
+                     val_every=cfg.val_every, val_rows=cfg.val_rows,
+                     keep_best=cfg.keep == "best")
 
 
 class ExportConfig(StageConfig):

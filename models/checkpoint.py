@@ -19,6 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 LATEST = "latest.json"
+BEST = "best.json"  # a run's best validation step (loom train --keep best)
 
 
 @dataclasses.dataclass
@@ -61,7 +62,8 @@ def save_checkpoint(root: str, run: str, step: int, model: torch.nn.Module,
 
 
 def resolve(root: str, ref: str) -> str:
-    """`latest`, `<run>` (its latest) or `<run>/step-<n>` -> a concrete checkpoint id.
+    """`latest`, `<run>` (its latest), `<run>/best` or `<run>/step-<n>` -> a concrete
+    checkpoint id.
 
     `latest` alone means the newest complete step of the newest run under root.
     """
@@ -75,6 +77,12 @@ def resolve(root: str, ref: str) -> str:
         if not runs:
             raise FileNotFoundError(f"no checkpoint under {root}")
         return max(runs)[1]
+    if ref.endswith("/best"):  # the run's best validation step (loom train --keep best)
+        uri = storage.join(root, ref.removesuffix("/best"), BEST)
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"run {ref.removesuffix('/best')} under {root} has no "
+                                    "best checkpoint (train with --val-shards and --keep best)")
+        return json.loads(storage.read_bytes(uri))["checkpoint"]
     if "/step-" in ref:
         if not storage.exists(storage.join(root, ref, "model.safetensors")):
             raise FileNotFoundError(f"no checkpoint {ref} under {root}")

@@ -25,7 +25,7 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import MISSING, PAIR, TRAINING_ROW, TRIPLE
+from loom.schemas.records import MISSING, PAIR, TRAINING_ROW, TRIPLE, Split
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.packing import shuffle_key, training_rows
 from loom.transforms.stage import BaseStage
@@ -36,8 +36,8 @@ class ShardStage(BaseStage):
     name: ClassVar[str] = "shard"
     output_schemas: ClassVar[dict] = {"_rows": TRAINING_ROW, "_missing": MISSING}
 
-    def __init__(self, examples_dir: str, input_table: str):
-        self.examples_dir = examples_dir
+    def __init__(self, examples_dir: str, input_table: str, split: Split = Split.TRAIN):
+        self.examples_dir, self.split = examples_dir, split
         self.input_schema = TRIPLE if input_table == "triples" else PAIR
         self.examples: dict[str, dict] = {}
 
@@ -51,7 +51,7 @@ class ShardStage(BaseStage):
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         rows, missing = training_rows(batch, self.examples, self.tokenizer,
-                                      self.spec.max_text_tokens)
+                                      self.spec.max_text_tokens, self.split)
         return {"_rows": rows, "_missing": pa.Table.from_pylist(missing, schema=MISSING)}
 
 
@@ -67,7 +67,9 @@ def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None
 
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,
               engine: Engine = Engine.BEAM, target_mb: float | None = None,
-              weights: dict[str, float] | None = None) -> dict:
+              weights: dict[str, float] | None = None, split: Split = Split.TRAIN) -> dict:
+    """`split`: train (what `loom train` trains on) or heldout (a validation slice for
+    `loom train --val-shards`)."""
     check_paths(input=input_uri, output=output_root)  # multi-node: no local paths
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
     in_dir, in_manifest = mf.resolve_input(input_uri)
@@ -82,6 +84,8 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
         raise BadInput(f"sampling weights must be >= 0: {weights}")
     config = {"rows_per_shard": rows_per_shard, "seed": seed, "input_table": table,
               "target_mb": target_mb, "weights": weights}
+    if split != Split.TRAIN:  # train shards keep the ids they had before splits were asked
+        config["split"] = split.value
     version = mf.version_id("shard", [in_manifest.version], config)
     writer = mf.VersionWriter(output_root, "shard", version)
     if (done := reuse(writer, "shard")) is not None:
@@ -89,7 +93,7 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
     timings: dict[str, float] = {}
     work = storage.join(writer.dir, "_work")
     with timed(timings, "join_s"):
-        task = StageTask(partial(ShardStage, examples_dir, table), work)
+        task = StageTask(partial(ShardStage, examples_dir, table, split), work)
         tables, _ = merge_results(
             run_stage(engine, task, file_items(in_manifest.tables[table], in_dir, 256)))
     with timed(timings, "pack_s"):
@@ -110,6 +114,7 @@ def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed:
         "examples": examples_dir,
         "spec_uri": storage.join(examples_dir, SPEC_FILE),
         "stage_hint": "ft" if table == "triples" else "pft",
+        "split": split.value,
         "timings": timings,
     }
     manifest = writer.commit({"shards": files}, counts, config, lineage)

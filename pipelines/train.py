@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import math
 from typing import Literal
 
-from loom.models.checkpoint import load_checkpoint, resolve
+from loom.models.checkpoint import BEST, load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, timed
 from loom.pipelines.train_data import Batching, DataPlan
+from loom.pipelines.train_validation import Validation
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,16 +67,20 @@ def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
 def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: TrainConfig,
               init: str | None = None, init_root: str | None = None, workers: int = 1,
               resume: bool = True, max_failures: int = 1, stop_at_step: int | None = None,
-              log_rows: str | None = None) -> dict:
+              log_rows: str | None = None, val_shards: str | None = None,
+              val_every: int = 100, val_rows: int = 512, keep_best: bool = False) -> dict:
     """Trains one run; its id hashes shards, init and config, so a rerun of an incomplete
     run resumes it (unless resume=False), and a complete one is reused.
 
     `stop_at_step` is a step budget (checkpoint there and stop, resumable); `log_rows` a
     local folder where each rank appends the pair ids of every step (rank<r>.jsonl).
-    Neither is part of the run's identity."""
-    check_paths(shards=shards_uri, output=output_root,
-                init_root=init_root)  # multi-node: no local paths
-    from loom.pipelines.ray.train import fit, latest_of_run
+    `val_shards` (held-out shards, `loom shard --split heldout`) adds validation every
+    `val_every` steps on its first `val_rows` rows (pipelines/train_validation.py), and
+    `keep_best` marks the best one's checkpoint (`<run>/best`). None of these is part of
+    the run's identity."""
+    check_paths(shards=shards_uri, output=output_root, init_root=init_root,
+                val_shards=val_shards)  # multi-node: no local paths
+    from loom.pipelines.ray.train import LoopConfig, fit, latest_of_run
     from loom.pipelines.shard import spec_of
 
     shards_uri, output_root = storage.absolute(shards_uri), storage.absolute(output_root)
@@ -84,6 +88,10 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     sh_dir, sh_manifest = mf.resolve_input(shards_uri)
     if "shards" not in sh_manifest.tables:
         raise BadInput(f"{sh_dir} is not a shards dataset")
+    if sh_manifest.config.get("split", "train") != "train":
+        raise BadInput(f"{sh_dir} holds {sh_manifest.config['split']} rows: train on train "
+                       "shards (pass these as --val-shards)")
+    validation = validation_of(val_shards, val_every, val_rows, keep_best)
     init_ref = None
     if init:
         init_root = init_root or output_root
@@ -103,20 +111,12 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
             return out | _result(output_root, run, latest, sh_manifest, reused=True)
     plan = data_plan(sh_dir, sh_manifest, stage, config, workers)
     steps_per_epoch = max(1, plan.steps_per_epoch())
-    loop_config = {
-        "train": config.model_dump(),
-        "encoder": enc.model_dump(),
-        "spec": spec.model_dump(),
-        "root": output_root,
-        "run": run,
-        "init": list(init_ref) if init_ref else None,
+    loop_config = LoopConfig(
+        train=config, encoder=enc, spec=spec, root=output_root, run=run, data=plan,
+        total_steps=steps_per_epoch * config.epochs, init=init_ref,
         # A restart after a failure always resumes; --no-resume only ignores older steps.
-        "ignore_checkpoint": None if resume else latest,
-        "total_steps": steps_per_epoch * config.epochs,
-        "data": dataclasses.asdict(plan),
-        "stop_at_step": stop_at_step,
-        "log_rows": log_rows,
-    }
+        ignore_checkpoint=None if resume else latest,
+        stop_at_step=stop_at_step, log_rows=log_rows, validation=validation)
     from loom.pipelines.ray.session import ensure_ray
 
     ensure_ray()
@@ -132,6 +132,25 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     }, default=str).encode())
     ckpt = resolve(output_root, run)
     return out | _result(output_root, run, ckpt, sh_manifest, reused=False) | {"timings": timings}
+
+
+def validation_of(val_shards: str | None, every: int, rows: int,
+                  keep_best: bool) -> Validation | None:
+    """The held-out slice's files and schedule, or None; bad options exit 2."""
+    if not val_shards:
+        if keep_best:
+            raise BadInput("--keep best needs --val-shards (held-out shards to score)")
+        return None
+    if every < 1 or rows < 1:
+        raise BadInput(f"--val-every and --val-rows must be >= 1 (got {every}, {rows})")
+    try:
+        val_dir, val_manifest = mf.resolve_input(storage.absolute(val_shards))
+    except FileNotFoundError as exc:
+        raise BadInput(f"--val-shards: {exc}") from None
+    if "shards" not in val_manifest.tables or not val_manifest.tables["shards"]:
+        raise BadInput(f"--val-shards {val_dir} is not a shards dataset with rows")
+    return Validation(files=val_manifest.files(val_dir, "shards"), every=every, rows=rows,
+                      keep_best=keep_best)
 
 
 def data_plan(sh_dir: str, sh_manifest: mf.Manifest, stage: TrainStage, config: TrainConfig,
@@ -151,9 +170,11 @@ def data_plan(sh_dir: str, sh_manifest: mf.Manifest, stage: TrainStage, config: 
 
 def _result(root: str, run: str, ckpt: str, sh_manifest: mf.Manifest, reused: bool) -> dict:
     state = json.loads(storage.read_bytes(storage.join(root, ckpt, "state.json")))
+    best = storage.join(root, run, BEST)
     return {
         "uri": storage.join(root, run),
         "checkpoint": ckpt,
+        **({"best": json.loads(storage.read_bytes(best))} if storage.exists(best) else {}),
         "checkpoint_root": root,
         "datasets": {"checkpoint": storage.join(root, ckpt),
                      "metrics": storage.join(root, run, "metrics.parquet")},

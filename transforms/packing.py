@@ -16,9 +16,10 @@ def shuffle_key(seed: int, pair_id: str) -> str:
 
 
 def training_rows(batch: pa.RecordBatch, examples: dict[str, dict], tokenizer: TextTokenizer,
-                  max_tokens: int) -> tuple[pa.Table, list[dict]]:
-    """Train-split pairs (or triples) with their content joined in: the query of any
-    modality with its task instruction, the positive (or the subset of its parts).
+                  max_tokens: int, split: Split = Split.TRAIN) -> tuple[pa.Table, list[dict]]:
+    """Pairs (or triples) of `split` with their content joined in: the query of any
+    modality with its task instruction, the positive (or the subset of its parts). The
+    held-out split makes the trainer's validation slice (`loom shard --split heldout`).
 
     Returns the rows and, for every input row that cannot be built (its positive, its
     query's Example or a negative is not in the corpus), a reason, so nothing disappears
@@ -28,7 +29,7 @@ def training_rows(batch: pa.RecordBatch, examples: dict[str, dict], tokenizer: T
     names = batch.schema.names
     whole: dict[str, dict] = {}  # negatives repeat across rows: one ITEM per Example
     for rec in batch.to_pylist():
-        if "split" in names and rec["split"] != Split.TRAIN.value:
+        if "split" in names and rec["split"] != split.value:
             continue
         pos = positive_item(rec, examples, tokenizer, max_tokens)
         if pos is None:

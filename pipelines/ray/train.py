@@ -24,15 +24,18 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from loom.models.checkpoint import load_checkpoint, resolve, save_checkpoint
+from loom.models.checkpoint import BEST, load_checkpoint, resolve, save_checkpoint
 from loom.models.embed import collate_groups
 from loom.models.encoder import EncoderConfig, MultimodalEncoder
 from loom.models.losses import ContrastiveModel, asset_keys
 from loom.models.step import TrainBatch, cached_step, plain_step
 from loom.pipelines.ray.session import ensure_ray
+from loom.pipelines.train import TrainConfig
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
+from loom.pipelines.train_validation import SCORE, Validation, Validator, read_slice
 from loom.schemas import storage
 from loom.schemas.spec import PreprocessingSpec
+from pydantic import BaseModel, ConfigDict, Field
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -70,34 +73,77 @@ class TrainCollate:
                           [r["pair_id"] for r in rows])
 
 
+class LoopConfig(BaseModel):
+    """Everything a train worker needs: built once by the driver (run_train), the same on
+    every rank. Neither `stop_at_step` (a step budget: checkpoint there and stop) nor
+    `log_rows` (a local folder of per-rank pair ids per step) is part of the run's id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: TrainConfig
+    encoder: EncoderConfig
+    spec: PreprocessingSpec
+    root: str
+    run: str
+    data: DataPlan
+    total_steps: int
+    init: tuple[str, str] | None = None  # (checkpoint root, id) whose weights start the run
+    # --no-resume: this run's checkpoint (and older steps) does not count; a restart after
+    # a failure resumes from the steps written since.
+    ignore_checkpoint: str | None = None
+    stop_at_step: int | None = None
+    log_rows: str | None = None
+    validation: Validation | None = None  # a held-out slice scored every N steps
+    threads: int = Field(1, ge=1)  # torch compute threads per worker (set by fit)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: TrainBatch,
+               tc: TrainConfig, step: int, total: int, dims: tuple[int, ...], gather: bool,
+               autocast) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step on a collated batch (already on the device): learning rate,
+    forward and backward (plain, or cached when tc.cache_chunk), clip, AdamW. `model` is
+    the ContrastiveModel as prepared (DDP-wrapped with several workers)."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, total, tc.warmup_steps, tc.lr)
+    opt.zero_grad(set_to_none=True)
+    if tc.cache_chunk:
+        base = model.module if hasattr(model, "module") else model
+        terms, temperature = cached_step(base, batch, dims, gather, autocast, tc.cache_chunk)
+    else:
+        terms, temperature = plain_step(model, batch, dims, gather, autocast)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return terms, temperature
+
+
 def _loop(config: dict) -> None:
-    tc = config["train"]
-    enc = EncoderConfig.model_validate(config["encoder"])
-    spec = PreprocessingSpec.model_validate(config["spec"])
-    torch.manual_seed(tc["seed"])
-    torch.set_num_threads(config["threads"])
+    """Ray Train's per-worker entry: `config["loop"]` is the run's LoopConfig."""
+    cfg: LoopConfig = config["loop"]
+    tc, enc, root, run = cfg.train, cfg.encoder, cfg.root, cfg.run
+    torch.manual_seed(tc.seed)
+    torch.set_num_threads(cfg.threads)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     encoder = MultimodalEncoder(enc)
-    encoder.grad_checkpointing = bool(tc.get("grad_checkpointing"))
+    encoder.grad_checkpointing = tc.grad_checkpointing
     # In-batch negatives are the global batch unless turned off (models/distributed.py).
-    gather = bool(tc.get("cross_worker_negatives", True)) and ctx.get_world_size() > 1
-    model = ContrastiveModel(encoder, tc["temperature"], tc["learn_temperature"])
+    gather = tc.cross_worker_negatives and ctx.get_world_size() > 1
+    model = ContrastiveModel(encoder, tc.temperature, tc.learn_temperature)
     start_step, resumed = 0, []
     # A restarted worker group (FailureConfig) or a rerun continues from this run's newest
     # complete step: same weights, optimizer and data position.
-    resume_from = latest_of_run(config["root"], config["run"])
-    if resume_from == config.get("ignore_checkpoint"):  # --no-resume: older steps don't count
+    resume_from = latest_of_run(root, run)
+    if resume_from == cfg.ignore_checkpoint:  # --no-resume: older steps don't count
         resume_from = None
     if resume_from:
-        loaded = load_checkpoint(config["root"], resume_from, with_optimizer=True)
+        loaded = load_checkpoint(root, resume_from, with_optimizer=True)
         encoder.load_state_dict(loaded.model.state_dict())
         if "log_temperature" in loaded.state:
             model.log_temperature.data.fill_(loaded.state["log_temperature"])
         start_step = loaded.state["step"]
         resumed = [*loaded.state.get("resumed_from", []), start_step]
-    elif config.get("init"):
-        init_root, init_id = config["init"]
+    elif cfg.init:
+        init_root, init_id = cfg.init
         encoder.load_state_dict(load_checkpoint(init_root, init_id).model.state_dict())
     device = ray.train.torch.get_device()
     # A step may touch no patch or audio weights at all (an aligned text->text batch):
@@ -105,27 +151,31 @@ def _loop(config: dict) -> None:
     # leaves that modality's layers without a gradient on this rank.
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     if resume_from and loaded.state.get("optimizer"):
         opt.load_state_dict(loaded.state["optimizer"])
     if rank == 0:  # lets an operator (or a test) find the process doing the work
-        storage.write_atomic(storage.join(config["root"], config["run"], "worker.pid"),
-                             str(os.getpid()).encode())
-    total = config["total_steps"]
+        storage.write_atomic(storage.join(root, run, "worker.pid"), str(os.getpid()).encode())
+    total = cfg.total_steps
     dims = tuple(enc.embed_dims)
-    plan = DataPlan(**config["data"])
+    plan = cfg.data
     reader = ShardReader(plan.files)
     per_epoch = plan.steps_per_epoch()
     step, seen = start_step, 0
-    metrics = _metrics_until(config["root"], config["run"], start_step) if resume_from else []
-    progress = _ProgressWriter(config["root"], config["run"], total, tc["epochs"], rank)
+    metrics = _metrics_until(root, run, start_step) if resume_from else []
+    progress = _ProgressWriter(root, run, total, tc.epochs, rank)
     base = model.module if hasattr(model, "module") else model
-    collate = TrainCollate(enc, tc["max_negatives"])
-    bf16 = tc["bf16"] and device.type == "cuda"
-    stop_at = config.get("stop_at_step")  # a step budget: stop there, resumable
+    collate = TrainCollate(enc, tc.max_negatives)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    stop_at = cfg.stop_at_step
+    train_config = tc.model_dump()
+    val = cfg.validation
+    validator = Validator(read_slice(val.files, val.rows), enc) if val and rank == 0 else None
+    best = _best_of_run(root, run) if resume_from else None
     t0 = time.perf_counter()
     first_epoch = start_step // max(1, per_epoch)
-    for epoch in range(first_epoch, tc["epochs"]):
+    for epoch in range(first_epoch, tc.epochs):
         steps = plan.epoch(epoch)
         first = start_step - epoch * per_epoch if epoch == first_epoch else 0
         t_data = time.perf_counter()
@@ -133,21 +183,11 @@ def _loop(config: dict) -> None:
         for k, batch in enumerate(iter_batches(steps[first:], rank, reader, collate),
                                   start=first):
             t_step = time.perf_counter()
-            if config.get("log_rows"):
-                _log_rows(config["log_rows"], rank, step, steps[k].bucket, batch.ids)
+            if cfg.log_rows:
+                _log_rows(cfg.log_rows, rank, step, steps[k].bucket, batch.ids)
             batch = batch.to(device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, tc["warmup_steps"], tc["lr"])
-            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
-                        else contextlib.nullcontext())
-            opt.zero_grad(set_to_none=True)
-            if tc.get("cache_chunk"):
-                terms, temperature = cached_step(base, batch, dims, gather, autocast,
-                                                 tc["cache_chunk"])
-            else:
-                terms, temperature = plain_step(model, batch, dims, gather, autocast)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            terms, temperature = train_step(model, opt, batch, tc, step, total, dims, gather,
+                                            autocast)
             step += 1
             seen += batch.rows
             row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
@@ -156,30 +196,47 @@ def _loop(config: dict) -> None:
                    "samples_per_s": seen / (time.perf_counter() - t0),
                    "data_wait_s": t_step - t_data, "compute_s": time.perf_counter() - t_step}
             row |= {name: float(v.detach()) for name, v in terms.items()}
+            improved = False
+            if validator is not None:
+                due = step % val.every == 0 or step in (total, stop_at)
+                row |= (validator(base.encoder, float(base.temperature())) if due
+                        else validator.empty())
+                improved = due and val.keep_best and (best is None or row[SCORE] > best[SCORE])
             metrics.append(row)
             progress.update(step, epoch, row["loss"], row["samples_per_s"])
-            if rank == 0 and (step % tc["checkpoint_every"] == 0 or step == stop_at):
-                _write_metrics(config["root"], config["run"], metrics)  # before latest moves
-                save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec,
-                                enc, tc, plan.position(epoch, k + 1, steps) | {"step": step},
-                                extra_state={"resumed_from": resumed,
-                                             "log_temperature": float(base.log_temperature)})
-            if step % tc["report_every"] == 0:
+            if rank == 0 and (step % tc.checkpoint_every == 0 or step == stop_at or improved):
+                _write_metrics(root, run, metrics)  # before latest moves
+                ckpt = save_checkpoint(root, run, step, base.encoder, opt, cfg.spec, enc,
+                                       train_config,
+                                       plan.position(epoch, k + 1, steps) | {"step": step},
+                                       extra_state={"resumed_from": resumed,
+                                                    "log_temperature":
+                                                        float(base.log_temperature)})
+                if improved:
+                    best = {"checkpoint": ckpt, "step": step, SCORE: row[SCORE]}
+                    storage.write_atomic(storage.join(root, run, BEST), json.dumps(best).encode())
+            if step % tc.report_every == 0:
                 ray.train.report({"step": step, "loss": row["loss"]})
             if step == stop_at:
                 ray.train.report({"step": step, "stopped": True})
                 return
             t_data = time.perf_counter()
     if rank == 0:
-        save_checkpoint(config["root"], config["run"], step, base.encoder, opt, spec, enc, tc,
-                        {"epoch": tc["epochs"], "step": step},
+        save_checkpoint(root, run, step, base.encoder, opt, cfg.spec, enc, train_config,
+                        {"epoch": tc.epochs, "step": step},
                         extra_state={"complete": True, "resumed_from": resumed,
                                      "log_temperature": float(base.log_temperature)})
-        _write_metrics(config["root"], config["run"], metrics)
+        _write_metrics(root, run, metrics)
     last = metrics[-1] if metrics else {}
-    progress.update(step, tc["epochs"] - 1, last.get("loss"), last.get("samples_per_s", 0.0),
+    progress.update(step, tc.epochs - 1, last.get("loss"), last.get("samples_per_s", 0.0),
                     force=True)
     ray.train.report({"step": step, "done": True})
+
+
+def _best_of_run(root: str, run: str) -> dict | None:
+    """The best validation step so far of a resumed run (--keep best), if any."""
+    uri = storage.join(root, run, BEST)
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
 def _metrics_until(root: str, run: str, step: int) -> list[dict]:
@@ -272,7 +329,7 @@ def watch_progress(root: str, run: str, stop: threading.Event, poll_s: float = 0
             return
 
 
-def fit(loop_config: dict, workers: int, max_failures: int = 1):
+def fit(loop_config: LoopConfig, workers: int, max_failures: int = 1):
     """Runs the loop on `workers` ranks; each reads its own shard files (DataPlan) through
     loom's storage. Each worker reserves its node's share of CPUs less a little headroom
     (sizing.train_worker_cpus), runs that many torch threads, and asks for a GPU when the
@@ -282,23 +339,23 @@ def fit(loop_config: dict, workers: int, max_failures: int = 1):
     from loom.pipelines.ray.sizing import cluster_has_gpu, train_worker_cpus
 
     ensure_ray()
-    root = loop_config["root"]
+    root, run = loop_config.root, loop_config.run
     gpu = cluster_has_gpu()
     cpus = 1.0 if gpu else train_worker_cpus(workers)
-    loop_config["threads"] = max(1, int(cpus))
+    loop_config = loop_config.model_copy(update={"threads": max(1, int(cpus))})
     fs, path = storage.resolve(storage.join(root, "_ray"))
     trainer = TorchTrainer(
         _loop,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop_config},  # Ray Train passes a dict
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cpus},
                                      placement_strategy="SPREAD"),
-        run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=loop_config["run"],
+        run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=run,
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
     stop = threading.Event()
     watcher = threading.Thread(target=watch_progress, name="loom-train-progress", daemon=True,
-                               args=(root, loop_config["run"], stop))
+                               args=(root, run, stop))
     watcher.start()
     try:
         return trainer.fit()
