@@ -313,3 +313,15 @@ def test_looks_like_text_reads_only_the_first_8k_and_trusts_wide_utf16():
     assert looks_like_text(_ascii_noise(8192) + b"\x00")  # the NUL is past the window
     kazakh = ("ҚазақстанРеспубликасы" * 4).encode("utf-16-le")  # no NUL, not UTF-8
     assert b"\x00" not in kazakh and looks_like_text(kazakh)
+
+
+def test_utf16_wide_needs_four_scripts_to_carry_sixty_percent():
+    from loom.transforms.sniff import looks_utf16_wide
+
+    singles = "कਕகకაᄀሀᐁ"  # 8 one-off scripts: Devanagari ... Canadian syllabics
+    # four scripts with 3 letters each: 12 of 20 units (60%) is enough
+    four = "αβγ" + "абв" + "աբգ" + "ابت" + singles
+    assert looks_utf16_wide(four.encode("utf-16-le")) == "utf-16-le"
+    # 3+3+3+2 of 20 (55%) is not, even though a fifth script brings it to 65%
+    five = "αβγ" + "абв" + "աբգ" + "اب" + "กข" + singles[:7]
+    assert len(five) == 20 and looks_utf16_wide(five.encode("utf-16-le")) is None
