@@ -420,3 +420,43 @@ def test_writer_parts_carry_extra_metadata(tmp_path):
     rec = w.write_part("rejected", "part-00000", rejected(2), metadata={"loom.spec": "s1"})
     meta = pq.read_schema(os.path.join(w.dir, rec.path)).metadata
     assert meta[b"loom.spec"] == b"s1"
+
+
+def test_parts_are_zstd_and_staged_under_work_until_commit(tmp_path):
+    """A part is written through `_work/tmp/` (a temp file never sits among the parts) and
+    compressed with zstd; the commit removes the empty staging folders."""
+    import pyarrow.parquet as pq
+
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000ee")
+    rec = w.write_part("rejected", "part-00000", rejected(3))
+    d = tmp_path / "ingest-00000000000000ee"
+    assert (d / "_work" / "tmp").is_dir() and list((d / "_work" / "tmp").iterdir()) == []
+    assert sorted(p.name for p in (d / "rejected").iterdir()) == ["part-00000.parquet"]
+    meta = pq.ParquetFile(d / rec.path).metadata
+    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {
+        "ZSTD"}
+    w.commit({"rejected": [rec]}, {"rejected": 3}, {}, {})
+    assert not (d / "_work").exists()
+    assert not (Path.cwd() / "_work").exists()
+    # a version with no parts commits too (there is no staging folder to remove)
+    empty = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000ef")
+    assert empty.commit({}, {}, {}, {}).rows("rejected") == 0
+
+
+def test_read_table_fills_columns_an_older_file_lacks(tmp_path):
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "ingest-00000000000000f0"
+    (d / "rejected").mkdir(parents=True)
+    full = rejected(2)
+    last = full.column_names[-1]
+    pq.write_table(full.drop_columns([last]), d / "rejected" / "old.parquet")
+    m = Manifest("ingest", d.name, {"rejected": [mf.FileRecord("rejected/old.parquet", 2, "x")]},
+                 {"rejected": 2}, {}, {}, schema_version=1)
+    got = mf.read_table(str(d), m, "rejected")
+    assert last in got.column_names and got.column(last).null_count == 2
+    first = full.column_names[0]
+    assert mf.read_table(str(d), m, "rejected", columns=[first]).column_names == [first]
+    bad = Manifest("ingest", d.name, m.tables, {}, {}, {}, schema_version=99)
+    with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
+        mf.read_table(str(d), bad, "rejected")
