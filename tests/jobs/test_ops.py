@@ -308,3 +308,38 @@ def test_gc_collects_old_leftovers_of_kept_versions_only(tmp_path):
         sorted([(old_tmp, 7), (old_work, 5)])
     assert plan["counts"]["delete_leftovers"] == 2
     assert plan["counts"]["delete_bytes"] == size[e1] + 7 + 5
+
+
+def test_gc_keeps_what_lists_and_every_checkpoint_run_name(tmp_path):
+    """Lineage values inside lists count (a stage with several inputs); each checkpoint
+    run's lineage counts, not only the last one read."""
+    ex = storage.join(str(tmp_path), "examples")
+    e = [_version(ex, "ingest", i) for i in range(1, 6)]
+    pairs = storage.join(str(tmp_path), "pairs")
+    _version(pairs, "synth", 1, {"inputs": [e[0], e[1]]})
+    for name, used in (("ft-00000000000000a1", e[2]), ("ft-00000000000000a2", e[3])):
+        run = storage.join(str(tmp_path), "checkpoints", name)
+        storage.write_bytes(storage.join(run, "lineage.json"),
+                            json.dumps({"examples": used}).encode())
+    assert gc_plan(str(tmp_path), keep=1)["delete"] == []
+    assert gc_plan(ex, keep=1)["delete"] == []  # one root: its siblings are read too
+
+
+def test_gc_keeps_the_newest_per_root_not_per_stage_name(tmp_path):
+    a, b = storage.join(str(tmp_path), "a"), storage.join(str(tmp_path), "b")
+    a1, a2 = _version(a, "ingest", 1), _version(a, "ingest", 2)
+    b1, b2 = _version(b, "ingest", 3), _version(b, "ingest", 4)
+    plan = gc_plan(str(tmp_path), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {a1, b1}
+    assert {k["uri"] for k in plan["keep_versions"]} == {a2, b2}
+
+
+def test_gc_an_empty_partial_folder_counts_as_young(tmp_path):
+    """A partial write with no file yet has no age to read: a writer may be starting."""
+    ex = storage.join(str(tmp_path), "examples")
+    _version(ex, "ingest", 1)
+    empty = storage.join(ex, mf.version_id("ingest", ["starting"], {}))
+    os.makedirs(empty)
+    plan = gc_plan(ex, keep=1, grace_s=0.5)
+    assert plan["young_partials"] == [storage.absolute(empty)]
+    assert plan["counts"]["delete_partials"] == 0
