@@ -343,3 +343,16 @@ def test_gc_an_empty_partial_folder_counts_as_young(tmp_path):
     plan = gc_plan(ex, keep=1, grace_s=0.5)
     assert plan["young_partials"] == [storage.absolute(empty)]
     assert plan["counts"]["delete_partials"] == 0
+
+
+def test_gc_keeps_a_version_whose_file_a_lineage_names(tmp_path):
+    """A lineage value may name a file inside a version (a shard, a part): that version is
+    used; a sibling whose name merely starts the same is not."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2, e3 = (_version(ex, "ingest", i) for i in (1, 2, 3))
+    pairs = storage.join(str(tmp_path), "pairs")
+    _version(pairs, "synth", 1, {"part": storage.join(e1, "rejected", "part-00000.parquet"),
+                                 "like": e2 + "-copy"})
+    plan = gc_plan(str(tmp_path), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {e2}
+    assert {k["uri"]: k["why"] for k in plan["keep_versions"]}[e1].startswith("used by")
