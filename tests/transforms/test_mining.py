@@ -344,3 +344,12 @@ def test_a_duplicate_of_a_positive_in_row_zero():
     res = mine(cands, q, ["q"], ["a-pos"], ["image"], MiningConfig(negatives=2))
     assert [n["id"] for n in res.negatives[0]] == ["b-other"]
     assert res.counts["duplicate"] == 1
+
+
+def test_near_duplicate_drops_only_cosines_above_its_line():
+    # cosine to the positive (0.5 on the query's axis) = 0.5 x score: 0.375 and exactly 0.25
+    cands, q = _scored_corpus(0.5, [0.75, 0.5])
+    res = mine(cands, q, ["q"], ["pos"], ["image"],
+               MiningConfig(negatives=2, false_negative=(), near_duplicate=0.25))
+    assert [n["score"] for n in res.negatives[0]] == [0.5]
+    assert res.counts["near_duplicate"] == 1
