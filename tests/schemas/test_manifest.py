@@ -420,6 +420,8 @@ def test_writer_parts_carry_extra_metadata(tmp_path):
     rec = w.write_part("rejected", "part-00000", rejected(2), metadata={"loom.spec": "s1"})
     meta = pq.read_schema(os.path.join(w.dir, rec.path)).metadata
     assert meta[b"loom.spec"] == b"s1"
+    # joined to, not instead of, what every loom file carries
+    assert meta[b"loom.schema_version"] == b"2" and meta[b"loom.table"] == b"rejected"
 
 
 def test_parts_are_zstd_and_staged_under_work_until_commit(tmp_path):
@@ -460,3 +462,16 @@ def test_read_table_fills_columns_an_older_file_lacks(tmp_path):
     bad = Manifest("ingest", d.name, m.tables, {}, {}, {}, schema_version=99)
     with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
         mf.read_table(str(d), bad, "rejected")
+
+
+def test_only_file_names_mark_temp_files(tmp_path):
+    """A root under a folder whose name happens to hold the temp mark: its committed parts
+    are neither leftovers nor swept; only the temp file itself is."""
+    root = tmp_path / "scratch.tmp-1"
+    commit_version(str(root), "ingest-00000000000000f1", [2])
+    d = root / "ingest-00000000000000f1"
+    (d / "rejected" / "p.parquet.tmp-9").write_bytes(b"t")
+    uri = storage.absolute(str(d))
+    assert [e.uri for e in mf.leftovers(uri)] == [storage.join(uri, "rejected/p.parquet.tmp-9")]
+    assert mf.sweep_tmp(uri) == 1
+    assert mf.read_table(uri, mf.read_manifest(uri), "rejected").num_rows == 2
