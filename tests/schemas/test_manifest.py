@@ -457,11 +457,15 @@ def test_read_table_fills_columns_an_older_file_lacks(tmp_path):
                  {"rejected": 2}, {}, {}, schema_version=1)
     got = mf.read_table(str(d), m, "rejected")
     assert last in got.column_names and got.column(last).null_count == 2
+    assert got.schema.field(last).nullable  # the schema admits the nulls it holds
     first = full.column_names[0]
     assert mf.read_table(str(d), m, "rejected", columns=[first]).column_names == [first]
     bad = Manifest("ingest", d.name, m.tables, {}, {}, {}, schema_version=99)
     with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
         mf.read_table(str(d), bad, "rejected")
+    (d / MANIFEST).write_text(bad.to_json())
+    with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
+        resolve_input(str(d))  # a version folder given directly
 
 
 def test_only_file_names_mark_temp_files(tmp_path):
