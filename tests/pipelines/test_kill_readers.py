@@ -10,7 +10,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 
 import duckdb
@@ -26,7 +25,6 @@ from loom.schemas import manifest as mf
 from tests.procs import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HF_CACHE = tempfile.mkdtemp(prefix="loom-hf-")  # outside every dataset root
 KEYS = {"examples": "id", "rejected": "uri", "duplicates": "uri", "files": "uri",
         "pairs": "pair_id", "shards": "pair_id"}
 
@@ -68,8 +66,9 @@ def _read_all_ways(folder: pathlib.Path, key: str) -> dict[str, list]:
         "polars": pl.read_parquet(glob, columns=[key])[key].to_list(),
         "duckdb": [r[0] for r in duckdb.sql(f"select {key} from read_parquet('{glob}')")
                    .fetchall()],
+        # (its cache beside the dataset roots, in the test's tmp folder)
         "datasets": load_dataset("parquet", data_dir=str(folder), split="train",
-                                 cache_dir=HF_CACHE)[key],
+                                 cache_dir=str(folder.parents[2] / "hf-cache"))[key],
     }
 
 
