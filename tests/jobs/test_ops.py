@@ -265,3 +265,94 @@ def test_gc_plan_json_is_the_contract(tmp_path):
                               "delete_bytes": size[v["e0"]] + size[v["p0"]] + 10}
     later = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 101)
     assert later["young_partials"] == [] and later["counts"]["delete_partials"] == 2
+
+
+def test_gc_deletes_what_a_takedown_replaced(tmp_path):
+    """`loom forget` writes a version whose lineage names the versions it replaces: gc
+    deletes those even when they are among the newest or used by a survivor, and a replaced
+    version that was going anyway is no error."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2, e3 = (_version(ex, "ingest", i) for i in (1, 2, 3))
+    e4 = _version(ex, "ingest", 4, {"takedown": {"replaces": [e3, e1]}})
+    pairs = storage.join(str(tmp_path), "pairs")
+    p1 = _version(pairs, "synth", 1, {"examples": e3})
+    plan = gc_plan(str(tmp_path), keep=2)
+    assert {d["uri"] for d in plan["delete"]} == {e1, e2, e3}
+    assert {k["uri"]: k["why"] for k in plan["keep_versions"]} == {e4: "newest 2",
+                                                                   p1: "newest 2"}
+
+
+def test_gc_collects_old_leftovers_of_kept_versions_only(tmp_path):
+    """A kept version's temp files and `_work/` parts go once `grace_s` old (inclusive);
+    younger ones may be a live writer's; a deleted version's go with it, not listed twice."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2 = _version(ex, "ingest", 1), _version(ex, "ingest", 2)
+    t0 = 1_700_000_000
+
+    def leftover(version: str, rel: str, at: int, size: int) -> str:
+        path = os.path.join(version, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        os.utime(path, ns=(at * 10**9, at * 10**9))
+        return storage.absolute(path)
+
+    old_tmp = leftover(e2, "examples/part-00001.parquet.tmp-abc", t0, 7)
+    old_work = leftover(e2, "_work/tmp/part-00002.parquet", t0, 5)
+    leftover(e2, "examples/part-00003.parquet.tmp-def", t0 + 1, 3)  # 99 s old: stays
+    leftover(e1, "examples/part-00004.parquet.tmp-ghi", t0, 11)  # goes with e1
+    plan = gc_plan(str(tmp_path), keep=1, grace_s=100.0, now=t0 + 100)
+    size = {x["uri"]: x["bytes"] for x in list_versions(str(tmp_path))["versions"]}
+    assert [d["uri"] for d in plan["delete"] if not d.get("leftover")] == [e1]
+    assert sorted((d["uri"], d["bytes"]) for d in plan["delete"] if d.get("leftover")) == \
+        sorted([(old_tmp, 7), (old_work, 5)])
+    assert plan["counts"]["delete_leftovers"] == 2
+    assert plan["counts"]["delete_bytes"] == size[e1] + 7 + 5
+
+
+def test_gc_keeps_what_lists_and_every_checkpoint_run_name(tmp_path):
+    """Lineage values inside lists count (a stage with several inputs); each checkpoint
+    run's lineage counts, not only the last one read."""
+    ex = storage.join(str(tmp_path), "examples")
+    e = [_version(ex, "ingest", i) for i in range(1, 6)]
+    pairs = storage.join(str(tmp_path), "pairs")
+    _version(pairs, "synth", 1, {"inputs": [e[0], e[1]]})
+    for name, used in (("ft-00000000000000a1", e[2]), ("ft-00000000000000a2", e[3])):
+        run = storage.join(str(tmp_path), "checkpoints", name)
+        storage.write_bytes(storage.join(run, "lineage.json"),
+                            json.dumps({"examples": used}).encode())
+    assert gc_plan(str(tmp_path), keep=1)["delete"] == []
+    assert gc_plan(ex, keep=1)["delete"] == []  # one root: its siblings are read too
+
+
+def test_gc_keeps_the_newest_per_root_not_per_stage_name(tmp_path):
+    a, b = storage.join(str(tmp_path), "a"), storage.join(str(tmp_path), "b")
+    a1, a2 = _version(a, "ingest", 1), _version(a, "ingest", 2)
+    b1, b2 = _version(b, "ingest", 3), _version(b, "ingest", 4)
+    plan = gc_plan(str(tmp_path), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {a1, b1}
+    assert {k["uri"] for k in plan["keep_versions"]} == {a2, b2}
+
+
+def test_gc_an_empty_partial_folder_counts_as_young(tmp_path):
+    """A partial write with no file yet has no age to read: a writer may be starting."""
+    ex = storage.join(str(tmp_path), "examples")
+    _version(ex, "ingest", 1)
+    empty = storage.join(ex, mf.version_id("ingest", ["starting"], {}))
+    os.makedirs(empty)
+    plan = gc_plan(ex, keep=1, grace_s=0.5)
+    assert plan["young_partials"] == [storage.absolute(empty)]
+    assert plan["counts"]["delete_partials"] == 0
+
+
+def test_gc_keeps_a_version_whose_file_a_lineage_names(tmp_path):
+    """A lineage value may name a file inside a version (a shard, a part): that version is
+    used; a sibling whose name merely starts the same is not."""
+    ex = storage.join(str(tmp_path), "examples")
+    e1, e2, e3 = (_version(ex, "ingest", i) for i in (1, 2, 3))
+    pairs = storage.join(str(tmp_path), "pairs")
+    _version(pairs, "synth", 1, {"part": storage.join(e1, "rejected", "part-00000.parquet"),
+                                 "like": e2 + "-copy"})
+    plan = gc_plan(str(tmp_path), keep=1)
+    assert {d["uri"] for d in plan["delete"]} == {e2}
+    assert {k["uri"]: k["why"] for k in plan["keep_versions"]}[e1].startswith("used by")

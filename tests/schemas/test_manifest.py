@@ -297,6 +297,10 @@ def test_manifest_files_rows_and_exact_json(tmp_path):
     assert m.stage == "ingest" and m.logic_version == mf.logic_version("ingest")
     assert m.created_at.endswith("+00:00")
     on_disk = json.loads((tmp_path / "ingest-0000000000000001" / MANIFEST).read_text())
+    # what was committed is what is stored: config, lineage, counts, today's schema (2)
+    assert (on_disk["config"], on_disk["lineage"], on_disk["counts"]) == (
+        {"k": 1}, {"from": "x"}, {"rejected": 5})
+    assert on_disk["schema_version"] == 2 and on_disk["version"] == "ingest-0000000000000001"
     assert on_disk == json.loads(m.to_json())
     assert on_disk["tables"]["rejected"][0] == {"path": "rejected/p1.parquet", "rows": 2,
                                                 "sha256": parts[1].sha256}
@@ -348,3 +352,130 @@ def test_newest_version_by_time_then_name_and_accept(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete dataset version under"):
         resolve_input(str(tmp_path / "empty"))
     assert mf.version_uri("gs://b/root", "v") == "gs://b/root/v"
+
+
+def test_leftovers_and_sweep_tmp(tmp_path):
+    """A killed run's temp files (any folder, any age of name) and `_work/` are leftovers;
+    sweeping removes only the temp files: `_work/` parts are reused by the rerun."""
+    d = tmp_path / "ingest-0000000000000009"
+    files = {"examples/part-00000.parquet": b"kept", "examples/part-1.parquet.tmp-ab12": b"t1",
+             "deep/er/x.tmp-zz": b"t2", "_work/part-00007.parquet": b"w",
+             "_work/tmp/y.tmp-q": b"t3", "_workbench/notes.txt": b"not work"}
+    for rel, body in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(body)
+    uri = storage.absolute(str(d))
+
+    def rel(entries) -> set[str]:
+        return {e.uri[len(uri) + 1:] for e in entries}
+
+    assert rel(mf.leftovers(uri)) == {"examples/part-1.parquet.tmp-ab12", "deep/er/x.tmp-zz",
+                                      "_work/part-00007.parquet", "_work/tmp/y.tmp-q"}
+    assert mf.sweep_tmp(uri) == 3
+    left = {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()}
+    assert left == {"examples/part-00000.parquet", "_work/part-00007.parquet",
+                    "_workbench/notes.txt"}
+    assert mf.sweep_tmp(uri) == 0
+    assert rel(mf.leftovers(uri)) == {"_work/part-00007.parquet"}
+
+
+def test_part_uri_and_file_record_json(tmp_path):
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000aa")
+    assert w.part_uri("examples", "part-00003") == storage.join(
+        str(tmp_path), "ingest-00000000000000aa", "examples", "part-00003.parquet")
+    rec = mf.FileRecord(path="examples/part-00003.parquet", rows=4, sha256="ab")
+    assert rec.to_json() == {"path": "examples/part-00003.parquet", "rows": 4, "sha256": "ab"}
+
+
+def test_a_writer_under_the_lock_sweeps_a_killed_runs_temp_files(tmp_path):
+    """Under the CLI's lock session a new writer of an uncommitted version removes the temp
+    files a killed run left (no live writer can own them); `_work/` parts stay for reuse.
+    Outside a session, or once the version is committed, nothing is touched."""
+    from loom.schemas import lock
+
+    root = str(tmp_path)
+    d = tmp_path / "ingest-00000000000000bb"
+    (d / "examples").mkdir(parents=True)
+    (d / "_work").mkdir()
+    stray, work = d / "examples" / "p.parquet.tmp-1", d / "_work" / "part-00000.parquet"
+    stray.write_bytes(b"t")
+    work.write_bytes(b"w")
+    VersionWriter(root, "ingest", d.name)  # no session: no lock, no sweep
+    assert stray.exists()
+    with lock.session():
+        VersionWriter(root, "ingest", d.name)
+    assert not stray.exists() and work.exists()
+    committed = commit_version(root, "ingest-00000000000000cc", [1])
+    late = tmp_path / "ingest-00000000000000cc" / "x.tmp-2"
+    late.write_bytes(b"t")
+    with lock.session():
+        VersionWriter(root, "ingest", "ingest-00000000000000cc")
+    assert late.exists() and committed.version == "ingest-00000000000000cc"
+
+
+def test_writer_parts_carry_extra_metadata(tmp_path):
+    import pyarrow.parquet as pq
+
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000dd")
+    rec = w.write_part("rejected", "part-00000", rejected(2), metadata={"loom.spec": "s1"})
+    meta = pq.read_schema(os.path.join(w.dir, rec.path)).metadata
+    assert meta[b"loom.spec"] == b"s1"
+    # joined to, not instead of, what every loom file carries
+    assert meta[b"loom.schema_version"] == b"2" and meta[b"loom.table"] == b"rejected"
+
+
+def test_parts_are_zstd_and_staged_under_work_until_commit(tmp_path):
+    """A part is written through `_work/tmp/` (a temp file never sits among the parts) and
+    compressed with zstd; the commit removes the empty staging folders."""
+    import pyarrow.parquet as pq
+
+    w = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000ee")
+    rec = w.write_part("rejected", "part-00000", rejected(3))
+    d = tmp_path / "ingest-00000000000000ee"
+    assert (d / "_work" / "tmp").is_dir() and list((d / "_work" / "tmp").iterdir()) == []
+    assert sorted(p.name for p in (d / "rejected").iterdir()) == ["part-00000.parquet"]
+    meta = pq.ParquetFile(d / rec.path).metadata
+    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {
+        "ZSTD"}
+    w.commit({"rejected": [rec]}, {"rejected": 3}, {}, {})
+    assert not (d / "_work").exists()
+    assert not (Path.cwd() / "_work").exists()
+    # a version with no parts commits too (there is no staging folder to remove)
+    empty = VersionWriter(str(tmp_path), "ingest", "ingest-00000000000000ef")
+    assert empty.commit({}, {}, {}, {}).rows("rejected") == 0
+
+
+def test_read_table_fills_columns_an_older_file_lacks(tmp_path):
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "ingest-00000000000000f0"
+    (d / "rejected").mkdir(parents=True)
+    full = rejected(2)
+    last = full.column_names[-1]
+    pq.write_table(full.drop_columns([last]), d / "rejected" / "old.parquet")
+    m = Manifest("ingest", d.name, {"rejected": [mf.FileRecord("rejected/old.parquet", 2, "x")]},
+                 {"rejected": 2}, {}, {}, schema_version=1)
+    got = mf.read_table(str(d), m, "rejected")
+    assert last in got.column_names and got.column(last).null_count == 2
+    assert got.schema.field(last).nullable  # the schema admits the nulls it holds
+    first = full.column_names[0]
+    assert mf.read_table(str(d), m, "rejected", columns=[first]).column_names == [first]
+    bad = Manifest("ingest", d.name, m.tables, {}, {}, {}, schema_version=99)
+    with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
+        mf.read_table(str(d), bad, "rejected")
+    (d / MANIFEST).write_text(bad.to_json())
+    with pytest.raises(mf.UnknownSchemaVersion, match=d.name):
+        resolve_input(str(d))  # a version folder given directly
+
+
+def test_only_file_names_mark_temp_files(tmp_path):
+    """A root under a folder whose name happens to hold the temp mark: its committed parts
+    are neither leftovers nor swept; only the temp file itself is."""
+    root = tmp_path / "scratch.tmp-1"
+    commit_version(str(root), "ingest-00000000000000f1", [2])
+    d = root / "ingest-00000000000000f1"
+    (d / "rejected" / "p.parquet.tmp-9").write_bytes(b"t")
+    uri = storage.absolute(str(d))
+    assert [e.uri for e in mf.leftovers(uri)] == [storage.join(uri, "rejected/p.parquet.tmp-9")]
+    assert mf.sweep_tmp(uri) == 1
+    assert mf.read_table(uri, mf.read_manifest(uri), "rejected").num_rows == 2

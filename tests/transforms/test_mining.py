@@ -308,3 +308,48 @@ def test_margin_and_max_score_on_a_negative_positive():
                MiningConfig(negatives=3, false_negative=("max_score",), max_score=-0.3))
     np.testing.assert_allclose([n["score"] for n in res.negatives[0]], [-0.32], atol=1e-6)
     assert res.counts["max_score"] == 2
+
+
+def test_quotas_leave_out_zero_counts():
+    cfg = MiningConfig(negatives=0, cross_modal={"image": 2, "audio": 0})
+    assert cfg.quotas("text") == {"image": 2}
+    assert MiningConfig(negatives=3, cross_modal={"text": 5}).quotas("text") == {"text": 3}
+
+
+@pytest.mark.parametrize("cfg", [
+    MiningConfig(negatives=2, perc_pos=0.5),  # 0.5 - 0.5 x 0.5 = 0.25
+    MiningConfig(negatives=2, false_negative=("margin",), margin=0.25),  # 0.5 - 0.25
+    MiningConfig(negatives=2, false_negative=("max_score",), max_score=0.25),
+])
+def test_score_rules_drop_only_scores_above_their_line(cfg):
+    """Each rule drops a score *above* its line (0.25 here, exact in binary): a candidate
+    scoring exactly on it is kept."""
+    cands, q = _scored_corpus(0.5, [0.375, 0.25])
+    res = mine(cands, q, ["q"], ["pos"], ["image"], cfg)
+    assert [n["score"] for n in res.negatives[0]] == [0.25]
+    assert res.counts[cfg.false_negative[0]] == 1
+
+
+def test_a_duplicate_of_a_positive_in_row_zero():
+    """The content rule compares with the positive's own row, also when that row is 0."""
+    dim = 4
+    q = np.zeros((1, dim), np.float32)
+    q[0, 0] = 1.0
+    vecs = np.zeros((3, dim), np.float32)
+    for row, (s, axis) in enumerate(((0.5, 1), (0.2, 2), (0.1, 3))):
+        vecs[row, 0], vecs[row, axis] = s, np.sqrt(1 - s * s)
+    ids = ["a-pos", "b-other", "c-copy"]  # sorted: the positive is row 0
+    cands = Candidates.build(ids, ["image"] * 3, vecs, [[], [], []], ["same", "d-b", "same"])
+    assert cands.row_of["a-pos"] == 0
+    res = mine(cands, q, ["q"], ["a-pos"], ["image"], MiningConfig(negatives=2))
+    assert [n["id"] for n in res.negatives[0]] == ["b-other"]
+    assert res.counts["duplicate"] == 1
+
+
+def test_near_duplicate_drops_only_cosines_above_its_line():
+    # cosine to the positive (0.5 on the query's axis) = 0.5 x score: 0.375 and exactly 0.25
+    cands, q = _scored_corpus(0.5, [0.75, 0.5])
+    res = mine(cands, q, ["q"], ["pos"], ["image"],
+               MiningConfig(negatives=2, false_negative=(), near_duplicate=0.25))
+    assert [n["score"] for n in res.negatives[0]] == [0.5]
+    assert res.counts["near_duplicate"] == 1
