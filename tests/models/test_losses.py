@@ -13,6 +13,8 @@ import pytest
 import torch
 from loom.models.losses import (
     ContrastiveModel,
+    asset_keys,
+    contrastive_terms,
     info_nce,
     matryoshka_info_nce,
     same_asset_mask,
@@ -125,3 +127,58 @@ def test_contrastive_model_forward_runs_its_encoder_once_per_side():
     q_emb, d_emb, t = model([(torch.arange(2), {"x": q})], 2, [(torch.arange(3), {"x": d})], 3)
     assert torch.allclose(q_emb, enc(q)) and torch.allclose(d_emb, enc(d))
     assert t.item() == pytest.approx(0.2) and t.requires_grad
+    # two layout groups per side (rows 0, 2 and row 1): put back in input order
+    q_emb, d_emb, _ = model([(torch.tensor([0, 2]), {"x": q[:1].repeat(2, 1)}),
+                             (torch.tensor([1]), {"x": q[1:]})], 3,
+                            [(torch.tensor([1, 0]), {"x": d[:2]}), (torch.tensor([2]), {"x": d[2:]})],
+                            3)
+    assert torch.allclose(q_emb, enc(torch.stack([q[0], q[1], q[0]])))
+    assert torch.allclose(d_emb, enc(torch.stack([d[1], d[0], d[2]])))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_contrastive_terms_on_one_rank_match_numpy(seed):
+    """Without a gather, the trainer's loss is the Matryoshka InfoNCE of the local batch with
+    the same-asset mask built from hashed keys: against the numpy reference."""
+    rng = np.random.default_rng(seed)
+    q, docs = rng.normal(size=(3, 16)), rng.normal(size=(6, 16))
+    pos_ids, doc_ids = ["x", "y", "x"], ["x", "y", "x", "z", "y", "w"]
+    same = np.array([[p == d for d in doc_ids] for p in pos_ids])
+    qt = torch.nn.functional.normalize(torch.tensor(q, dtype=torch.float64), dim=-1)
+    dt = torch.nn.functional.normalize(torch.tensor(docs, dtype=torch.float64), dim=-1)
+    dims, t = (4, 16), 0.1
+    for gather in (False, True):  # one process: gathering is the local batch
+        terms = contrastive_terms(qt, dt, asset_keys(pos_ids), asset_keys(doc_ids), t, dims,
+                                  gather)
+        for d in dims:
+            want = _reference(qt.numpy(), dt.numpy(), same, t, d)
+            assert terms[f"loss_{d}"].item() == pytest.approx(want, rel=1e-9), (gather, d)
+
+
+def test_info_nce_with_positives_elsewhere_by_hand():
+    """`target` says where each query's positive sits: docs (0, 1), (1, 0); query 0's
+    positive is doc 1. Logits (0, 1): loss log(1 + e) - 1; the default target (doc 0)
+    would give log(1 + e)."""
+    q = torch.tensor([[0.0, 1.0]])
+    docs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    same = torch.zeros((1, 2), dtype=torch.bool)
+    got = info_nce(q, docs, same, 1.0, target=torch.tensor([1])).item()
+    assert got == pytest.approx(math.log(1 + math.e) - 1, abs=1e-6)
+    assert info_nce(q, docs, same, 1.0).item() == pytest.approx(math.log(1 + math.e), abs=1e-6)
+    terms = matryoshka_info_nce(q, docs, same, 1.0, (2,), target=torch.tensor([1]))
+    assert terms["loss_2"].item() == pytest.approx(math.log(1 + math.e) - 1, abs=1e-6)
+    # the positive is never masked, even when `same` marks it (and the other doc is)
+    both = torch.ones((1, 2), dtype=torch.bool)
+    assert info_nce(q, docs, both, 1.0, target=torch.tensor([1])).item() == pytest.approx(0.0)
+
+
+def test_asset_keys_are_stable_signed_hashes():
+    """The keys survive a process boundary (a tensor gather): blake2b-8, little-endian,
+    signed, as int64; equal ids give equal keys, others differ."""
+    import hashlib
+
+    want = int.from_bytes(hashlib.blake2b(b"asset-1", digest_size=8).digest(), "little",
+                          signed=True)
+    keys = asset_keys(["asset-1", "asset-2", "asset-1"])
+    assert keys.dtype == torch.long and keys[0].item() == want
+    assert keys[0] == keys[2] and keys[0] != keys[1]
