@@ -22,7 +22,7 @@ from loom.schemas import manifest as mf
 from loom.synth.batch import BatchSettings
 from loom.synth.budget import Budget, plan_table, price_for
 from loom.synth.client import LLMConfig
-from loom.synth.offline_server import Faults, server_stats, start_server
+from loom.synth.offline_server import Faults, server_stats
 
 FAST = BatchSettings(poll_initial_s=0.05, poll_max_s=0.5)
 
@@ -42,18 +42,9 @@ def examples(tmp_path_factory):
 
 
 @pytest.fixture
-def server():
-    started = []
-
-    def start(**faults):
-        srv, url = start_server(0, Faults(**faults))
-        started.append(srv)
-        return url
-
-    yield start
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
+def server(offline_llm):
+    """server(**faults) -> the URL of a new offline server (conftest stops it)."""
+    return lambda **faults: offline_llm(Faults(**faults))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from google.genai import types
 from loom.schemas.records import Reason
 from loom.synth.calls import Call, CallLoop, Unsendable, rejection
 from loom.synth.client import LLMConfig, make_client
-from loom.synth.offline_server import Faults, server_stats, start_server
+from loom.synth.offline_server import Faults, server_stats
 from loom.synth.refs import Media, References
 from loom.transforms import scenes
 
@@ -24,18 +24,9 @@ PROMPT = "QUERY_KIND: caption\nWrite search queries for this recording."
 
 
 @pytest.fixture
-def server():
-    started = []
-
-    def start(**faults):
-        srv, url = start_server(0, Faults(request_limit_bytes=LIMIT, **faults))
-        started.append(srv)
-        return url
-
-    yield start
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
+def server(offline_llm):
+    """server(**faults) -> the URL of a new offline server (conftest stops it)."""
+    return lambda **faults: offline_llm(Faults(request_limit_bytes=LIMIT, **faults))
 
 
 def _wav(seed: int = 0) -> bytes:
