@@ -228,10 +228,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                  if (task := _Task.build(groups[name], examples, by_id, truth, tokenizer,
                                          max_tokens, max_queries)) is not None}
         embedded = _embed_tasks(tasks, handler)
+        sizes = sorted({*ckpt.encoder_config.embed_dims,
+                        *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
         for name, task in tasks.items():
             q_full, g_full = embedded[name]
-            sizes = sorted({*ckpt.encoder_config.embed_dims,
-                            *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])

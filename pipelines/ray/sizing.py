@@ -49,13 +49,11 @@ def _describe(cpus: float, gpus: float, memory_mb: float) -> str:
 
 
 def per_node(node: Node, cpus: float, gpus: float = 0.0, memory_mb: float = 0.0) -> int:
-    """How many actors of that size one node holds (the scarcest resource decides)."""
-    fits = [math.floor(node.cpus / cpus + 1e-9) if cpus else math.inf,
-            math.floor(node.gpus / gpus + 1e-9) if gpus else math.inf,
-            node.memory_mb // memory_mb if memory_mb and not math.isinf(node.memory_mb)
-            else math.inf]
-    low = min(fits)
-    return 0 if low <= 0 else (int(low) if not math.isinf(low) else 1_000_000)
+    """How many actors of that size (`cpus` > 0) one node holds: the scarcest resource
+    decides (a node whose memory Ray does not report is not limited by it)."""
+    fits = [node.cpus / cpus, node.gpus / gpus if gpus else math.inf,
+            node.memory_mb / memory_mb if memory_mb else math.inf]
+    return max(0, math.floor(min(fits) + 1e-9))
 
 
 def _env_int(name: str) -> int | None:
