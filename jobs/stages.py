@@ -244,6 +244,9 @@ class TrainStepConfig(StageConfig):
                  "config.dim": Flag("--dim"), "config.layers": Flag("--layers"),
                  "config.heads": Flag("--heads"),
                  "config.embed_dims": Flag("--embed-dims", "Matryoshka sizes, e.g. 32,64,128"),
+                 "config.trunk": Flag("--trunk", "hf:PATH: a local Hugging Face model "
+                                      "(BERT-like) as the fusion trunk, its tokenizer "
+                                      "replacing ingest's"),
                  "config": Flag("--config", "TrainConfig as a YAML/JSON file or inline",
                                 whole=True)},
           help="Train the encoder with Ray Train (TorchTrainer; each worker reads its seeded "

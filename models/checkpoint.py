@@ -12,7 +12,8 @@ import io
 import json
 
 import torch
-from loom.models.encoder import EncoderConfig, MultimodalEncoder
+from loom.models.encoder import EncoderConfig
+from loom.models.trunk import build_encoder
 from loom.schemas import storage
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from safetensors.torch import load as st_load
@@ -26,7 +27,7 @@ BEST = "best.json"  # a run's best validation step (loom train --keep best)
 class LoadedCheckpoint:
     id: str
     uri: str
-    model: MultimodalEncoder
+    model: torch.nn.Module  # MultimodalEncoder, or HFTrunkEncoder on an HF trunk
     encoder_config: EncoderConfig
     spec: PreprocessingSpec
     state: dict
@@ -104,7 +105,7 @@ def checkpoint_configs(root: str, ckpt_id: str) -> tuple[PreprocessingSpec, Enco
 def load_checkpoint(root: str, ckpt_id: str, with_optimizer: bool = False) -> LoadedCheckpoint:
     d = storage.join(root, ckpt_id)
     spec, enc = checkpoint_configs(root, ckpt_id)
-    model = MultimodalEncoder(enc)
+    model = build_encoder(enc)
     model.load_state_dict(st_load(storage.read_bytes(storage.join(d, "model.safetensors"))))
     model.eval()
     state = json.loads(storage.read_bytes(storage.join(d, "state.json")))

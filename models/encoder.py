@@ -44,6 +44,13 @@ class EncoderConfig(BaseModel):
     modalities: Literal[3] = 3  # modality embedding rows: text 0, image 1, audio 2
     text_padding_idx: int = 0
     pooling: Literal["mean"] = "mean"  # over valid positions, after the final LayerNorm
+    # A Hugging Face trunk (models/trunk.py) instead of loom's transformer: `hf:PATH` as
+    # trained from, its config inline (a checkpoint loads without PATH), and its
+    # tokenizer's [CLS]/[SEP] ids. dim/layers/heads then describe the trunk.
+    trunk: str | None = None
+    trunk_config: dict | None = None
+    trunk_cls_id: int = 0
+    trunk_sep_id: int = 0
 
     @property
     def out_dim(self) -> int:

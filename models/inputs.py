@@ -14,7 +14,7 @@ from __future__ import annotations
 from loom.models.encoder import EncoderConfig
 from loom.schemas import storage
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
-from loom.transforms.items import example_to_item, text_to_item
+from loom.transforms.items import example_to_item, retokenize_item, text_to_item
 from loom.transforms.tokenizer import TextTokenizer
 
 # Spec fields that do not change what the encoder reads from a stored Example: text is
@@ -30,6 +30,16 @@ def examples_spec(examples_dir: str) -> PreprocessingSpec | None:
     if not storage.exists(uri):
         return None
     return PreprocessingSpec.model_validate_json(storage.read_bytes(uri))
+
+
+def shard_item_prep(spec: PreprocessingSpec, enc: EncoderConfig):
+    """For the trainer: a function that re-tokenizes a shard's ITEM from its text with the
+    checkpoint's tokenizer (an HF trunk's; shards hold ingest's ids), or None when the
+    shards' own ids are the encoder's (loom's encoder, trained on ingest's tokenizer)."""
+    if not enc.trunk:
+        return None
+    tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
+    return lambda item: retokenize_item(item, tokenizer, spec.max_text_tokens)
 
 
 class InputMismatch(ValueError):

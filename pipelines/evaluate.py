@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from loom.models.checkpoint import resolve
-from loom.models.encoder import MultimodalEncoder
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec
+from loom.models.trunk import build_encoder
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
@@ -205,7 +205,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
     ckpt = handler.load()
     torch.manual_seed(seed)
-    untrained = dataclasses.replace(ckpt, model=MultimodalEncoder(ckpt.encoder_config))
+    untrained = dataclasses.replace(ckpt, model=build_encoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
     pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()

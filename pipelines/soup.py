@@ -16,8 +16,8 @@ from loom.models.checkpoint import (
     resolve,
     save_checkpoint,
 )
-from loom.models.encoder import MultimodalEncoder
 from loom.models.soup import average_state_dicts, normalize_weights
+from loom.models.trunk import build_encoder
 from loom.pipelines.common import BadInput
 from loom.schemas import manifest as mf
 from loom.schemas import storage
@@ -79,7 +79,7 @@ def run_soup(checkpoints: list[str], root: str, output_root: str | None = None,
         avg = average_state_dicts([c.model.state_dict() for c in loaded], w)
     except ValueError as e:
         raise BadInput(f"incompatible checkpoints: {e}") from None
-    model = MultimodalEncoder(base.encoder_config)
+    model = build_encoder(base.encoder_config)
     model.load_state_dict(avg)
     step = max(int(c.state.get("step", 0)) for c in loaded)
     storage.write_atomic(storage.join(output_root, run, "lineage.json"), json.dumps({

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Literal
 
-from loom.models.checkpoint import BEST, load_checkpoint, resolve
+from loom.models.checkpoint import BEST, checkpoint_configs, load_checkpoint, resolve
 from loom.models.encoder import EncoderConfig
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, timed
@@ -54,6 +54,10 @@ class TrainConfig(BaseModel):
     heads: int = Field(4, ge=1)
     embed_dims: tuple[int, ...] = (32, 64, 128)
     max_frames: int = Field(32, ge=1, le=256)  # video frames the encoder sees per clip
+    # hf:PATH: a local Hugging Face model (BERT-like) as the fusion trunk, its tokenizer
+    # replacing ingest's (models/trunk.py); dim/layers/heads then come from it, and
+    # embed_dims defaults to (hidden/4, hidden/2, hidden).
+    trunk: str | None = None
 
 
 def encoder_for(spec, tc: TrainConfig) -> EncoderConfig:
@@ -79,7 +83,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     `keep_best` marks the best one's checkpoint (`<run>/best`). None of these is part of
     the run's identity."""
     check_paths(shards=shards_uri, output=output_root, init_root=init_root,
-                val_shards=val_shards)  # multi-node: no local paths
+                val_shards=val_shards,  # multi-node: no local paths
+                trunk=config.trunk.removeprefix("hf:") if config.trunk else None)
     from loom.pipelines.ray.train import LoopConfig, fit, latest_of_run
     from loom.pipelines.shard import spec_of
 
@@ -97,9 +102,14 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
         init_root = init_root or output_root
         init_ref = (init_root, resolve(init_root, init))
     spec = spec_of(sh_manifest)
-    if init_ref:  # a stage started from weights applies those weights' spec
-        spec = load_checkpoint(*init_ref).spec
+    init_enc = None
+    if init_ref:  # a stage started from weights applies those weights' spec (and trunk)
+        spec, init_enc = checkpoint_configs(*init_ref)
     enc = encoder_for(spec, config)
+    if config.trunk:
+        enc, spec = on_trunk(config, spec, enc, sh_dir, sh_manifest)
+    elif init_enc is not None and init_enc.trunk:
+        enc = init_enc
     run_hash = mf.version_id("train", [sh_manifest.version, init_ref[1] if init_ref else ""],
                              config.model_dump() | {"workers": workers, "stage": stage.value})
     run = run_hash.replace("train-", f"{stage.value}-", 1)
@@ -132,6 +142,25 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     }, default=str).encode())
     ckpt = resolve(output_root, run)
     return out | _result(output_root, run, ckpt, sh_manifest, reused=False) | {"timings": timings}
+
+
+def on_trunk(config: TrainConfig, spec, enc: EncoderConfig, sh_dir: str,
+             sh_manifest: mf.Manifest) -> tuple[EncoderConfig, object]:
+    """The encoder config and spec on `config.trunk`: the spec then carries the trunk's
+    tokenizer, which every later stage (eval, mine, backfill) applies. Exit 2 for a
+    folder loom cannot use, or shards without their text (made before schema 3)."""
+    from loom.models.trunk import TrunkError, trunk_encoder_config
+
+    if sh_manifest.schema_version < 3:
+        raise BadInput(f"{sh_dir} (schema {sh_manifest.schema_version}) holds token ids "
+                       "without their text; an HF trunk re-tokenizes text: reshard it")
+    dims = config.embed_dims if "embed_dims" in config.model_fields_set else None
+    try:
+        enc, tokenizer_json = trunk_encoder_config(config.trunk, enc, dims)
+    except TrunkError as exc:
+        raise BadInput(str(exc)) from None
+    return enc, spec.model_copy(update={"tokenizer_json": tokenizer_json,
+                                        "vocab_size": enc.vocab_size})
 
 
 def validation_of(val_shards: str | None, every: int, rows: int,

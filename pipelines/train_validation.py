@@ -53,10 +53,12 @@ def read_slice(files: list[str], rows: int) -> pa.Table:
 class Validator:
     """The slice, collated once; `__call__(encoder, temperature)` -> the metric columns."""
 
-    def __init__(self, table: pa.Table, enc: EncoderConfig, batch_size: int = 64):
+    def __init__(self, table: pa.Table, enc: EncoderConfig, batch_size: int = 64,
+                 prep=None):
         rows = table.to_pylist()
-        self.queries = [r["query"] for r in rows]
-        positives = [r["positive"] for r in rows]
+        prep = prep or (lambda item: item)  # an HF trunk's re-tokenizing (TrainCollate's)
+        self.queries = [prep(r["query"]) for r in rows]
+        positives = [prep(r["positive"]) for r in rows]
         self.pairs = [f"{q['modality']}->{p['modality']}"
                       for q, p in zip(self.queries, positives, strict=True)]
         self.pos_ids = [p["id"] for p in positives]

@@ -60,8 +60,11 @@ class Reason(str, enum.Enum):
 # read a known older one with the current schema (columns it lacks are null).
 # 2: any-to-any Pairs and Triples (query_parts, query_ref, positive_parts, ...); version-1
 # Pairs and Triples read through `conform`.
-SCHEMA_VERSION = 2
-KNOWN_SCHEMA_VERSIONS = frozenset({1, 2})
+# 3: ITEMs carry their text and task instruction (`text`, `instruction`) beside the token
+# ids, so a trainer on a Hugging Face trunk re-tokenizes with the trunk's tokenizer;
+# version-2 shards read with those null (such a trainer asks for a reshard).
+SCHEMA_VERSION = 3
+KNOWN_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 DESCRIPTION = b"description"  # the key of a column's description in its field metadata
 
 
@@ -215,6 +218,9 @@ ITEM = pa.struct(
         col("feature_bins", pa.int32(), "mel bins per feature row"),
         col("instruction_tokens", pa.int32(), "leading tokens that are the query's task "
             "instruction: attended to, not pooled (null: 0)"),
+        col("text", pa.string(), "the text behind `tokens` minus the instruction (a query's "
+            "text, then its text parts'), for another tokenizer (an HF trunk's)"),
+        col("instruction", pa.string(), "a query's task instruction as text (\"<task> |\")"),
     ]
 )
 
@@ -360,7 +366,7 @@ def self_describing(data: pa.Table, table: str) -> pa.Table:
     return data.replace_schema_metadata(file_metadata(table, data.schema))
 
 
-PAIRS_SCHEMA_VERSION = SCHEMA_VERSION  # the version that made Pairs any-to-any
+PAIRS_SCHEMA_VERSION = 2  # the version that made Pairs any-to-any
 MODALITY_ORDER = ("text", "image", "audio", "video", "page", "interleaved")
 
 

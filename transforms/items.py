@@ -25,12 +25,15 @@ def example_to_item(example: dict, parts: list[int] | None = None) -> dict:
 def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
     """ITEM of a list of PART dicts (text parts must carry tokens)."""
     tokens: list[int] = []
+    texts: list[str] = []
     visual: list[dict] = []
     features: list[float] = []
     bins = None
     for part in parts:
         if part.get("tokens"):
             tokens.extend(part["tokens"])
+        if part.get("text"):
+            texts.append(part["text"])
         if part.get("pixels"):
             visual.append(part)
         if part.get("features") and (bins is None or part.get("feature_bins") == bins):
@@ -46,14 +49,15 @@ def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
         frames = len(stacked)
     return {"id": item_id, "modality": modality, "tokens": tokens,
             "pixels": pixels, "pixel_format": pixel_format, "frames": frames,
-            "features": features or None, "feature_bins": bins}
+            "features": features or None, "feature_bins": bins,
+            "text": "\n".join(texts) or None, "instruction": None}
 
 
 def text_to_item(item_id: str, text: str, tokenizer: TextTokenizer, max_tokens: int) -> dict:
     return {"id": item_id, "modality": Modality.TEXT.value,
             "tokens": tokenizer.encode(text, max_tokens), "pixels": None, "pixel_format": None,
-            "frames": 0,
-            "features": None, "feature_bins": None}
+            "frames": 0, "features": None, "feature_bins": None, "text": text,
+            "instruction": None}
 
 
 def query_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
@@ -83,7 +87,20 @@ def query_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,
     # the instruction steers attention but is not pooled: pooled, its tokens (the same for
     # every query of a task) would outweigh a short query's own
     item["instruction_tokens"] = min(len(instruction), len(item["tokens"]))
+    item["text"] = "\n".join(t for t in (text, item["text"]) if t) or None
+    item["instruction"] = f"{task} |" if task else None
     return item
+
+
+def retokenize_item(item: dict, tokenizer: TextTokenizer, max_tokens: int) -> dict:
+    """The ITEM with its text tokenized by `tokenizer` (a trunk's, not ingest's): the
+    instruction, then the text, as query_item lays them out. Items without text keep
+    theirs (none)."""
+    instruction = tokenizer.encode(item["instruction"], max_tokens) if item.get(
+        "instruction") else []
+    text = tokenizer.encode(item["text"], max_tokens) if item.get("text") else []
+    tokens = (instruction + text)[:max_tokens]
+    return item | {"tokens": tokens, "instruction_tokens": min(len(instruction), len(tokens))}
 
 
 def positive_item(pair: dict, examples: dict[str, dict], tokenizer: TextTokenizer,

@@ -26,9 +26,11 @@ import ray.train
 import torch
 from loom.models.checkpoint import BEST, load_checkpoint, resolve, save_checkpoint
 from loom.models.embed import collate_groups
-from loom.models.encoder import EncoderConfig, MultimodalEncoder
+from loom.models.encoder import EncoderConfig
+from loom.models.inputs import shard_item_prep
 from loom.models.losses import ContrastiveModel, asset_keys
 from loom.models.step import TrainBatch, cached_step, plain_step
+from loom.models.trunk import build_encoder
 from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.train import TrainConfig
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
@@ -59,14 +61,17 @@ class TrainCollate:
     padding and patching overlap the previous step's compute.
     """
 
-    def __init__(self, enc: EncoderConfig, max_negatives: int):
-        self.enc, self.max_negatives = enc, max_negatives
+    def __init__(self, enc: EncoderConfig, max_negatives: int, prep=None):
+        # prep: re-tokenizes each ITEM for an HF trunk (models.inputs.shard_item_prep)
+        self.enc, self.max_negatives, self.prep = enc, max_negatives, prep
 
     def __call__(self, batch: pa.Table) -> TrainBatch:
         rows = batch.to_pylist()
         queries = [r["query"] for r in rows]
         docs = [r["positive"] for r in rows]
         docs += [n for r in rows for n in (r["negatives"] or [])[: self.max_negatives]]
+        if self.prep:
+            queries, docs = [self.prep(q) for q in queries], [self.prep(d) for d in docs]
         return TrainBatch(collate_groups(queries, self.enc), collate_groups(docs, self.enc),
                           asset_keys([r["positive"]["id"] for r in rows]),
                           asset_keys([d["id"] for d in docs]), len(rows), len(docs),
@@ -124,7 +129,9 @@ def _loop(config: dict) -> None:
     torch.set_num_threads(cfg.threads)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    encoder = MultimodalEncoder(enc)
+    # An HF trunk starts from its folder's pretrained weights (a resume or --init then
+    # loads over them).
+    encoder = build_encoder(enc, pretrained=bool(enc.trunk) and not cfg.init)
     encoder.grad_checkpointing = tc.grad_checkpointing
     # In-batch negatives are the global batch unless turned off (models/distributed.py).
     gather = tc.cross_worker_negatives and ctx.get_world_size() > 1
@@ -165,13 +172,15 @@ def _loop(config: dict) -> None:
     metrics = _metrics_until(root, run, start_step) if resume_from else []
     progress = _ProgressWriter(root, run, total, tc.epochs, rank)
     base = model.module if hasattr(model, "module") else model
-    collate = TrainCollate(enc, tc.max_negatives)
+    prep = shard_item_prep(cfg.spec, enc)
+    collate = TrainCollate(enc, tc.max_negatives, prep)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
     stop_at = cfg.stop_at_step
     train_config = tc.model_dump()
     val = cfg.validation
-    validator = Validator(read_slice(val.files, val.rows), enc) if val and rank == 0 else None
+    validator = (Validator(read_slice(val.files, val.rows), enc, prep=prep)
+                 if val and rank == 0 else None)
     best = _best_of_run(root, run) if resume_from else None
     t0 = time.perf_counter()
     first_epoch = start_step // max(1, per_epoch)

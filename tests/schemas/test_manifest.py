@@ -273,7 +273,7 @@ def test_version_id_is_sha256_of_the_canonical_payload():
     assert mf.canonical_json({"p": Path("/x")}) == '{"p":"/x"}'  # str() for the rest
     assert mf.logic_version("shard") == (f"{mf.PACKAGE_VERSION}+shard.{mf.STAGE_LOGIC['shard']}"
                                          f"+schema.{mf.SCHEMA_VERSION}")
-    assert mf.SCHEMA_VERSION == 2  # any-to-any Pairs (issue 14)
+    assert mf.SCHEMA_VERSION == 3  # ITEMs carry their text (issue 15)
 
 
 def test_listing_digest_by_hand():
@@ -297,10 +297,10 @@ def test_manifest_files_rows_and_exact_json(tmp_path):
     assert m.stage == "ingest" and m.logic_version == mf.logic_version("ingest")
     assert m.created_at.endswith("+00:00")
     on_disk = json.loads((tmp_path / "ingest-0000000000000001" / MANIFEST).read_text())
-    # what was committed is what is stored: config, lineage, counts, today's schema (2)
+    # what was committed is what is stored: config, lineage, counts, today's schema (3)
     assert (on_disk["config"], on_disk["lineage"], on_disk["counts"]) == (
         {"k": 1}, {"from": "x"}, {"rejected": 5})
-    assert on_disk["schema_version"] == 2 and on_disk["version"] == "ingest-0000000000000001"
+    assert on_disk["schema_version"] == 3 and on_disk["version"] == "ingest-0000000000000001"
     assert on_disk == json.loads(m.to_json())
     assert on_disk["tables"]["rejected"][0] == {"path": "rejected/p1.parquet", "rows": 2,
                                                 "sha256": parts[1].sha256}
