@@ -13,7 +13,7 @@ WORDS = ["a", "red", "bicycle", "leans", "on", "wall", "the", "blue", "lake", "u
 
 
 def tiny_bert(folder: pathlib.Path, hidden: int = 32, seed: int = 0,
-              max_positions: int = 128) -> str:
+              max_positions: int = 256) -> str:
     """A 2-layer BERT with a WordPiece tokenizer over WORDS, saved with save_pretrained;
     returns `hf:<folder>`."""
     import torch

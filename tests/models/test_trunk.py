@@ -47,7 +47,7 @@ def test_config_takes_the_trunks_sizes_and_tokenizer(trunk):
     _, enc, tokenizer_json, _ = trunk
     assert (enc.dim, enc.layers, enc.heads, enc.embed_dims) == (32, 2, 2, (8, 16, 32))
     assert enc.trunk_config["model_type"] == "bert" and enc.vocab_size == 230
-    # 128 positions: 16 text + [CLS] + [SEP] + 5 audio leave 105, room for 26 frames of 4
+    # 256 positions: 16 text + [CLS] + [SEP] + 5 audio leave 233, room for 58 frames of 4
     # patches; the base config's 4 is below that
     assert enc.max_frames == 4
     assert TextTokenizer.from_json(tokenizer_json).encode("a red zebra", 8) == [5, 6, 1]
