@@ -39,7 +39,8 @@ def setup(tmp_path_factory):
     examples = _examples(str(base / "examples"))
     pairs = _split_pairs(str(base / "pairs"), examples)
     shards = run_shard(pairs, str(base / "shards"), rows_per_shard=32)["uri"]
-    return tiny_bert(base / "bert"), shards, examples, base
+    # seeded apart from the trainer (seed 0): a random init is not the folder's weights
+    return tiny_bert(base / "bert", seed=123), shards, examples, base
 
 
 def _files(uri: str) -> list[str]:
