@@ -39,31 +39,73 @@ KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")
 
 
+TOP = 10  # the deepest rank any metric reads (NDCG@10)
+SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
+
+
+def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
+    """[Q, min(k, N)] gallery indices by descending score, ties to the lower index (what a
+    stable argsort of whole rows gives) from a partition, not a sort of every row."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # each row's k-th largest
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for i, row in enumerate(scores):
+        cand = np.flatnonzero(row >= kth[i])  # ascending, so the stable sort keeps ties
+        out[i] = cand[np.argsort(-row[cand], kind="stable")][:k]
+    return out
+
+
+def top_k_chunked(queries: np.ndarray, gallery: np.ndarray, k: int = TOP,
+                  chunk: int = SCORE_CHUNK) -> np.ndarray:
+    """top_k of queries @ gallery.T, `chunk` query rows at a time."""
+    parts = [top_k(queries[i:i + chunk] @ gallery.T, k)
+             for i in range(0, len(queries), chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
+
+
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
     """scores [Q, N]; a hit at k if any relevant gallery index is in the top k."""
-    order = np.argsort(-scores, axis=1, kind="stable")
+    return recall_from_top(top_k(scores, max(ks)), relevant, ks)
+
+
+def recall_from_top(top: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
     out = {}
     for k in ks:
-        top = order[:, :k]
         out[f"r@{k}"] = float(np.mean([bool(rel & set(row)) for row, rel in
-                                       zip(top.tolist(), relevant, strict=True)]))
+                                       zip(top[:, :k].tolist(), relevant, strict=True)]))
     return out
 
 
 def ndcg_at(scores: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
     """Mean NDCG@k with binary relevance (every gallery item of the query's scene counts)."""
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ndcg_from_top(top_k(scores, k), relevant, k)
+
+
+def ndcg_from_top(top: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
+    k = min(k, top.shape[1])
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     vals = []
-    for row, rel in zip(top.tolist(), relevant, strict=True):
+    for row, rel in zip(top[:, :k].tolist(), relevant, strict=True):
         dcg = sum(discount[i] for i, j in enumerate(row) if j in rel)
         vals.append(dcg / discount[: min(len(rel), k)].sum())
     return float(np.mean(vals))
 
 
+def metrics_from_top(top: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
+    return recall_from_top(top, relevant) | {"ndcg@10": ndcg_from_top(top, relevant)}
+
+
 def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
-    return recall_at(scores, relevant) | {"ndcg@10": ndcg_at(scores, relevant)}
+    return metrics_from_top(top_k(scores, TOP), relevant)
+
+
+def embedding_metrics(queries: np.ndarray, gallery: np.ndarray,
+                      relevant: list[set[int]]) -> dict[str, float]:
+    """retrieval_metrics of queries @ gallery.T, scored in chunks of SCORE_CHUNK queries."""
+    return metrics_from_top(top_k_chunked(queries, gallery), relevant)
 
 
 def random_recall(n: int, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -235,14 +277,14 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
-                by_dim[d] = retrieval_metrics(qd @ gd.T, task.relevant)
-            base = (handler.embed(task.queries, untrained)
-                    @ handler.embed(task.gallery, untrained).T)
+                by_dim[d] = embedding_metrics(qd, gd, task.relevant)
+            base = embedding_metrics(handler.embed(task.queries, untrained),
+                                     handler.embed(task.gallery, untrained), task.relevant)
             entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in
                       random_recall(len(task.gallery), task.relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in
-                      retrieval_metrics(base, task.relevant).items()}
+                      base.items()}
             if task.lexical is not None:
                 entry |= {f"lexical_{k}": v for k, v in
                           retrieval_metrics(task.lexical, task.relevant).items()}
