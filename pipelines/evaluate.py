@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from loom.models.checkpoint import resolve
 from loom.models.encoder import MultimodalEncoder
@@ -30,7 +31,7 @@ from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import METRICS, Split, pair_name
-from loom.schemas.splits import example_split, group_of
+from loom.schemas.splits import GROUP_COLUMNS, example_split, group_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 from rank_bm25 import BM25Okapi
@@ -250,12 +251,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     untrained = dataclasses.replace(ckpt, model=MultimodalEncoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
-    pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
-             if p["split"] == Split.HELDOUT.value]
+    pairs = heldout_rows(mf.read_table(pairs_dir, pairs_manifest, "pairs"))
     # Both sides as the checkpoint reads them: text re-tokenized with its tokenizer.
-    examples = [prep.retokenized(e)
-                for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
-                if example_split(e, heldout_fraction) == Split.HELDOUT]
+    examples = [prep.retokenized(e) for e in heldout_examples(ex_dir, ex_manifest,
+                                                              heldout_fraction)]
     by_id = {e["id"]: e for e in examples}
     tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table: dict[str, dict] = {}
@@ -304,6 +303,21 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def heldout_rows(pairs: pa.Table) -> list[dict]:
+    """The held-out pairs as rows: filtered in Arrow, so train rows never become dicts."""
+    return pairs.filter(pc.equal(pairs["split"], Split.HELDOUT.value)).to_pylist()
+
+
+def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
+                     ) -> list[dict]:
+    """The held-out Examples as rows: the split is decided on the id and group columns
+    alone (in Arrow), and only the held-out rows become dicts."""
+    table = mf.read_table(ex_dir, manifest, "examples")
+    keys = table.select(["id", *[c for c in GROUP_COLUMNS if c in table.column_names]])
+    mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
+    return table.filter(pa.array(mask, pa.bool_())).to_pylist()
 
 
 def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler
