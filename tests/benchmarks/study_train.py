@@ -275,6 +275,16 @@ class Study:
         self.evaluate("soup", soup["checkpoint"])
 
 
+def mean_sd(vals: list[float | None], spread: bool = False) -> str:
+    """`mean ± sd` of the values present (with `[min, max]` when `spread`), or `-`."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    out = f"{statistics.fmean(vals):.3f} ± {sd:.3f}"
+    return out + (f" [{min(vals):.3f}, {max(vals):.3f}]" if spread else "")
+
+
 def summarize(out: dict, seeds: list[int]) -> str:
     runs = out["runs"]
 
@@ -285,11 +295,7 @@ def summarize(out: dict, seeds: list[int]) -> str:
         return e["by_dim"].get(dim) if dim else e["r@1"]
 
     def stat(vals: list[float | None]) -> str:
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "-"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.fmean(vals):.3f} ± {sd:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
+        return mean_sd(vals, spread=True)
 
     lines = ["| arm | " + " | ".join(f"{p} R@1 (mean ± sd [min, max])" for p in PAIRS) + " |",
              "|---|" + "---|" * len(PAIRS)]
@@ -341,12 +347,7 @@ def summarize_pairs(out: dict, seeds: list[int]) -> str:
     def get(name: str, pair: str, key: str = "r@1") -> float | None:
         return runs.get(name, {}).get("eval", {}).get(pair, {}).get(key)
 
-    def ms(vals: list[float | None]) -> str:
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "-"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.fmean(vals):.3f} ± {sd:.3f}"
+    ms = mean_sd
 
     done = [s for s in seeds if f"ft.s{s}" in runs and f"ctrl.s{s}" in runs]
     lines = [f"Seeds finished: {done} (of {seeds}); R@1 mean ± sd over them.", "",
