@@ -166,13 +166,15 @@ def demo(workdir: Annotated[str, Opt(help="where every stage writes")] = ".loom-
          pft_epochs: Annotated[int | None, Opt(help="pre-fine-tuning epochs [8]")] = None,
          ft_epochs: Annotated[int | None, Opt(help="fine-tuning epochs [3]")] = None,
          world: Annotated[str | None, Opt(help="demo world: simple or rich [simple]")] = None,
+         trunk: Annotated[str | None, Opt(help="hf:PATH: train on a Hugging Face trunk "
+                                               "(loom train --trunk)")] = None,
          engine: Engine = Engine.BEAM) -> None:
     """Run the whole chain end to end on a generated corpus (embedded defaults)."""
     from loom.jobs.commands import validate_options
     from loom.jobs.demo import DemoConfig, run_demo
 
     given = {"images": images, "texts": texts, "pft_epochs": pft_epochs, "ft_epochs": ft_epochs,
-             "world": world}
+             "world": world, "trunk": trunk}
     _run(lambda: run_demo(workdir, validate_options(DemoConfig, {"engine": engine, **{
         k: v for k, v in given.items() if v is not None}}), logs.say))
 

@@ -37,6 +37,8 @@ class DemoConfig(BaseModel):
     ft_epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     rows_per_shard: int = Field(512, ge=1)
+    # hf:PATH: train on a Hugging Face trunk (loom train --trunk) at fine-tuning rates
+    trunk: str | None = None
 
     @model_validator(mode="after")
     def _world_sizes(self) -> DemoConfig:
@@ -81,6 +83,10 @@ def demo_spec(workdir: str, cfg: DemoConfig) -> JobSpec:
         return {"stage": stage, "id": step_id, "output": storage.join(w, out), **fields}
 
     train = {"batch_size": cfg.batch_size, "seed": cfg.seed}
+    # a pretrained trunk is fine-tuned, not trained: rates 10x below loom's own encoder's
+    pft_lr, ft_lr = (1e-4, 5e-5) if cfg.trunk else (1e-3, 5e-4)
+    if cfg.trunk:
+        train["trunk"] = cfg.trunk
     shard = {"rows_per_shard": cfg.rows_per_shard, "seed": cfg.seed}
     stages = [
         step("corpus", "corpus", "corpus", images=cfg.images, texts=cfg.texts, seed=cfg.seed,
@@ -96,11 +102,12 @@ def demo_spec(workdir: str, cfg: DemoConfig) -> JobSpec:
     stages += [
         step("shard", "shard_pft", "shards", input=pairs, **shard),
         step("train", "train_pft", "checkpoints", shards="${shard_pft}", train_stage="pft",
-             config={"epochs": cfg.pft_epochs, **train}),
+             config={"epochs": cfg.pft_epochs, **train,
+                     **({"lr": pft_lr} if cfg.trunk else {})}),
         step("mine", "mine", "triples", pairs=pairs, checkpoint="${train_pft}"),
         step("shard", "shard_ft", "shards", input="${mine}", **shard),
         step("train", "train_ft", "checkpoints", shards="${shard_ft}", train_stage="ft",
-             init="${train_pft}", config={"epochs": cfg.ft_epochs, "lr": 5e-4,
+             init="${train_pft}", config={"epochs": cfg.ft_epochs, "lr": ft_lr,
                                           "warmup_steps": 5, **train}),
         step("eval", "eval", "eval", pairs=pairs, checkpoint="${train_ft}",
              ground_truth="${corpus}", seed=cfg.seed),
