@@ -421,7 +421,7 @@ def test_writer_parts_carry_extra_metadata(tmp_path):
     meta = pq.read_schema(os.path.join(w.dir, rec.path)).metadata
     assert meta[b"loom.spec"] == b"s1"
     # joined to, not instead of, what every loom file carries
-    assert meta[b"loom.schema_version"] == b"2" and meta[b"loom.table"] == b"rejected"
+    assert meta[b"loom.schema_version"] == b"3" and meta[b"loom.table"] == b"rejected"
 
 
 def test_parts_are_zstd_and_staged_under_work_until_commit(tmp_path):
