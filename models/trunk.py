@@ -145,3 +145,13 @@ def build_encoder(cfg: EncoderConfig, pretrained: bool = False) -> nn.Module:
     from loom.models.encoder import MultimodalEncoder
 
     return MultimodalEncoder(cfg)
+
+
+def initial_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The weights training started from, for eval's `untrained` baseline: loom's encoder
+    at a (seeded) random init; an HF trunk as its folder's pretrained model with the head
+    at its start (the trunk's own mean-pooled embedding), or at a random init when that
+    folder is no longer there."""
+    pretrained = bool(cfg.trunk) and os.path.isfile(os.path.join(trunk_path(cfg.trunk),
+                                                                 "config.json"))
+    return build_encoder(cfg, pretrained).eval()

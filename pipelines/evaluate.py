@@ -2,8 +2,9 @@
 
 For each `query->target` pair: R@1, R@5 and NDCG@10 of the checkpoint at every
 Matryoshka size (`by_dim`; the top-level figures are the full size), the expected R@k of
-a random ranking, the same architecture untrained (same seed), and for text->text a BM25
-baseline. The gallery is every held-out asset of the target modality. The checkpoint
+a random ranking, the same architecture untrained (same seed; on an HF trunk: the trunk's
+pretrained weights with the head at its start, models.trunk.initial_encoder), and for
+text->text a BM25 baseline. The gallery is every held-out asset of the target modality. The checkpoint
 embeds on Ray through the model seam's one adapter (pipelines/ray/embed.py), one pass for
 every task; the untrained baseline is not a checkpoint and embeds in-process. Queries and
 gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
@@ -25,7 +26,7 @@ import torch
 from loom.models.checkpoint import resolve
 from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec
-from loom.models.trunk import build_encoder
+from loom.models.trunk import initial_encoder
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
@@ -248,7 +249,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
     ckpt = handler.load()
     torch.manual_seed(seed)
-    untrained = dataclasses.replace(ckpt, model=build_encoder(ckpt.encoder_config))
+    untrained = dataclasses.replace(ckpt, model=initial_encoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
     pairs = heldout_rows(mf.read_table(pairs_dir, pairs_manifest, "pairs"))
