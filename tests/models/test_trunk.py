@@ -16,7 +16,7 @@ from loom.models.collate import collate_items
 from loom.models.embed import embed_items
 from loom.models.encoder import EncoderConfig
 from loom.models.handler import EncoderHandler
-from loom.models.trunk import TrunkError, build_encoder, trunk_encoder_config
+from loom.models.trunk import TrunkError, build_encoder, initial_encoder, trunk_encoder_config
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.items import query_item, text_to_item
 from loom.transforms.pixels import encode_frames
@@ -119,6 +119,9 @@ def test_checkpoint_loads_without_the_trunk_folder(trunk, tmp_path):
     ckpt = save_checkpoint(str(tmp_path / "ck"), "pft-x", 1, model, None, spec, enc, {}, {})
     items = _mixed_items(tokenizer_json, np.random.default_rng(1))
     want = embed_items(model, items)
+    # eval's untrained baseline: the folder's pretrained weights while it is there (text
+    # only: the head's frame and audio layers start at a random init)
+    assert np.allclose(embed_items(initial_encoder(enc), items[:1]), want[:1], atol=1e-6)
     copy = tmp_path / "moved"
     shutil.copytree(path.removeprefix("hf:"), copy)
     shutil.rmtree(path.removeprefix("hf:"))
@@ -127,6 +130,8 @@ def test_checkpoint_loads_without_the_trunk_folder(trunk, tmp_path):
         assert np.allclose(embed_items(loaded.model, items), want, atol=1e-6)
         prep = EncoderHandler(str(tmp_path / "ck"), ckpt).inputs()
         assert prep.query("q", "a red zebra")["tokens"] == [5, 6, 1]  # the trunk's ids
+        assert not np.allclose(embed_items(initial_encoder(enc), items[:1]), want[:1],
+                               atol=1e-2)
     finally:
         shutil.copytree(copy, path.removeprefix("hf:"))
 
