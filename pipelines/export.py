@@ -33,7 +33,11 @@ def run_export(checkpoint: str, checkpoint_root: str, fmt: ExportFormat, output:
     fmt = ExportFormat(fmt)
     root = storage.absolute(checkpoint_root)
     ckpt_id = resolve(root, checkpoint)
-    if fmt != ExportFormat.ONNX and not checkpoint_configs(root, ckpt_id)[1].trunk:
+    trunk = checkpoint_configs(root, ckpt_id)[1].trunk
+    if fmt == ExportFormat.ONNX and trunk:
+        raise BadInput(f"{ckpt_id} is trained on the trunk {trunk}: export it as hf (the "
+                       "stock model plus loom's head) or sentence-transformers")
+    if fmt != ExportFormat.ONNX and not trunk:
         raise BadInput(f"--format {fmt.value} needs a checkpoint trained on a Hugging Face "
                        f"trunk (loom train --trunk hf:PATH); {ckpt_id} is loom's own "
                        "encoder: export it as onnx")

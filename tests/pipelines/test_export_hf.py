@@ -109,6 +109,8 @@ def test_sentence_transformers_export_embeds_text_as_loom(ckpt):
     from sentence_transformers import SentenceTransformer
 
     root, ckpt_id, model, enc, base = ckpt
+    with pytest.raises(BadInput, match="export it as hf"):  # onnx covers loom's own encoder
+        run_export(ckpt_id, root, ExportFormat.ONNX, str(base / "onnx"))
     out = base / "st"
     run_export(ckpt_id, root, ExportFormat.SENTENCE_TRANSFORMERS, str(out))
     st = SentenceTransformer(str(out), device="cpu")
