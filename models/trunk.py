@@ -96,7 +96,8 @@ def trunk_encoder_config(trunk: str, base: EncoderConfig,
     vocab = Tokenizer.from_str(tokenizer_json).get_vocab_size()
     dims = embed_dims or (hidden // 4, hidden // 2, hidden)
     enc = base.model_copy(update={
-        "trunk": trunk, "trunk_config": config, "trunk_cls_id": cls_id,
+        # absolute: train workers run in another directory
+        "trunk": PREFIX + trunk_path(trunk), "trunk_config": config, "trunk_cls_id": cls_id,
         "trunk_sep_id": sep_id, "vocab_size": min(vocab, int(config["vocab_size"])),
         "dim": hidden, "layers": int(config.get("num_hidden_layers") or 0),
         "heads": int(config.get("num_attention_heads") or 0), "embed_dims": tuple(dims),
