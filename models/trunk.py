@@ -58,9 +58,14 @@ def inspect_trunk(trunk: str) -> tuple[dict, str, int, int]:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise TrunkError(f"trunk {trunk}: {str(exc).splitlines()[0]}") from None
-    if getattr(config, "is_decoder", False) or config.model_type in _CAUSAL:
-        raise TrunkError(f"trunk {trunk}: {config.model_type} is a decoder (causal "
-                         "attention); loom needs a bidirectional encoder (BERT-like)")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    # the masked-LM families are the bidirectional encoders (BERT, RoBERTa, ModernBERT...)
+    if getattr(config, "is_decoder", False) or (
+            config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        raise TrunkError(f"trunk {trunk}: {config.model_type} is not a bidirectional "
+                         "encoder (a masked-LM family such as BERT); decoders are not "
+                         "supported")
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise TrunkError(f"trunk {trunk}: its tokenizer has no fast (tokenizers) version")
@@ -72,10 +77,6 @@ def inspect_trunk(trunk: str) -> tuple[dict, str, int, int]:
     backend.no_truncation()
     backend.no_padding()
     return config.to_dict(), backend.to_str(), int(tok.cls_token_id), int(tok.sep_token_id)
-
-
-_CAUSAL = frozenset({"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3",
-                     "gemma", "gemma2", "gemma3", "phi", "phi3", "opt", "bloom", "falcon"})
 
 
 def trunk_encoder_config(trunk: str, base: EncoderConfig,

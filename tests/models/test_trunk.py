@@ -146,7 +146,7 @@ def test_folders_loom_cannot_use_are_refused(tmp_path):
     gpt = tmp_path / "gpt"
     AutoModel.from_config(AutoConfig.for_model("gpt2", n_embd=16, n_layer=1, n_head=2,
                                                vocab_size=50)).save_pretrained(gpt)
-    with pytest.raises(TrunkError):  # a decoder, and no tokenizer either
+    with pytest.raises(TrunkError, match="not a bidirectional encoder"):  # a decoder
         trunk_encoder_config(f"hf:{gpt}", BASE, None)
     short = tiny_bert(tmp_path / "short", max_positions=24)  # 16 text + 2 + 5 audio = 23
     with pytest.raises(TrunkError, match="no room for one frame"):
