@@ -108,7 +108,8 @@ def run_train(shards_uri: str, output_root: str, stage: TrainStage, config: Trai
     enc = encoder_for(spec, config)
     if config.trunk:
         enc, spec = on_trunk(config, spec, enc, sh_dir, sh_manifest)
-    elif init_enc is not None and init_enc.trunk:
+    elif init_enc is not None and init_enc.trunk:  # the run goes on with the init's trunk
+        _needs_text(sh_dir, sh_manifest)
         enc = init_enc
     run_hash = mf.version_id("train", [sh_manifest.version, init_ref[1] if init_ref else ""],
                              config.model_dump() | {"workers": workers, "stage": stage.value})
@@ -151,9 +152,7 @@ def on_trunk(config: TrainConfig, spec, enc: EncoderConfig, sh_dir: str,
     folder loom cannot use, or shards without their text (made before schema 3)."""
     from loom.models.trunk import TrunkError, trunk_encoder_config
 
-    if sh_manifest.schema_version < 3:
-        raise BadInput(f"{sh_dir} (schema {sh_manifest.schema_version}) holds token ids "
-                       "without their text; an HF trunk re-tokenizes text: reshard it")
+    _needs_text(sh_dir, sh_manifest)
     dims = config.embed_dims if "embed_dims" in config.model_fields_set else None
     try:
         enc, tokenizer_json = trunk_encoder_config(config.trunk, enc, dims)
@@ -161,6 +160,12 @@ def on_trunk(config: TrainConfig, spec, enc: EncoderConfig, sh_dir: str,
         raise BadInput(str(exc)) from None
     return enc, spec.model_copy(update={"tokenizer_json": tokenizer_json,
                                         "vocab_size": enc.vocab_size})
+
+
+def _needs_text(sh_dir: str, sh_manifest: mf.Manifest) -> None:
+    if sh_manifest.schema_version < 3:
+        raise BadInput(f"{sh_dir} (schema {sh_manifest.schema_version}) holds token ids "
+                       "without their text; an HF trunk re-tokenizes text: reshard it")
 
 
 def validation_of(val_shards: str | None, every: int, rows: int,
