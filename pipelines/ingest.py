@@ -43,6 +43,7 @@ from loom.transforms.ingest import (
     IngestConfig,
     IngestStage,
     _is_manifest,
+    confine_listed,
     process_read,
 )
 from loom.transforms.neardup import near_dup_groups
@@ -106,7 +107,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
         elif not given:
             tokenizer, sample = _train_tokenizer(
-                [e for e in listing if e.uri not in bad_names], spec)
+                [e for e in listing if e.uri not in bad_names], spec, (input_uri,))
             spec = spec.model_copy(update={"tokenizer_json": tokenizer})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
@@ -336,7 +337,7 @@ def _text_candidate(uri: str) -> bool:
     return mime.startswith("text/") or mime in ("application/json", "application/xml")
 
 
-def _train_tokenizer(listing: list, spec: PreprocessingSpec
+def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, ...]
                      ) -> tuple[str, list[tuple[str, bytes]]]:
     """A bounded sample of the corpus's text trains the tokenizer; nothing is downloaded.
     Also the sample's plain-text files (uri, bytes), which the driver decodes itself so
@@ -348,22 +349,23 @@ def _train_tokenizer(listing: list, spec: PreprocessingSpec
     for e in listing:
         if e.size <= 0 or e.size > budget or not _text_candidate(e.uri):
             continue
-        try:
+        try:  # what the stage refuses to open (links out, fifos) is left to it
+            confine_listed(e.uri, roots)
             data = storage.read_bytes(e.uri, limit=budget + 1)
         except Exception:  # noqa: BLE001 - the engine reads it again and says why
             continue
+        if not data or len(data) > budget or sniff(data, e.uri)[0] != Modality.TEXT:
+            continue
+        if not _is_manifest(e.uri, data):
+            plain.append((e.uri, data))  # decoded (or found a copy) in the driver
         digest = hashlib.sha256(data).hexdigest()
-        if not data or len(data) > budget or digest in seen:
+        if digest in seen:
             continue
         seen.add(digest)
-        if sniff(data, e.uri)[0] != Modality.TEXT:
-            continue
         try:
             texts.append(decode_text(data, spec))
         except Exception:  # noqa: BLE001
             continue
-        if not _is_manifest(e.uri, data):
-            plain.append((e.uri, data))
         budget -= len(data)
         if len(texts) >= TOKENIZER_SAMPLE_FILES:
             break

@@ -372,10 +372,13 @@ class _Accumulator:
 def process_read(files: list[tuple[str, bytes]], config: IngestConfig) -> dict[str, pa.Table]:
     """The stage's tables for files the caller has read already (ingest's tokenizer
     sample: plain text, decoded in the driver so it is not read a second time)."""
-    ingestor, acc = _ingestor(config), _Accumulator()
+    ingestor, acc, seen = _ingestor(config), _Accumulator(), set()
     for uri, data in files:
-        acc.add((uri, None, None, None, None),
-                ingestor.decoded(uri, hashlib.sha256(data).hexdigest(), data))
+        file_id = hashlib.sha256(data).hexdigest()
+        copy = bool(data) and file_id in seen
+        seen.add(file_id)
+        acc.add((uri, None, None, None, None), ("copy", file_id, len(data)) if copy
+                else ingestor.decoded(uri, file_id, data))
     return acc.tables()
 
 
