@@ -42,9 +42,7 @@ from loom.transforms.ingest import (
     STORAGE_ERROR,
     IngestConfig,
     IngestStage,
-    _is_manifest,
     confine_listed,
-    process_read,
 )
 from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
@@ -124,8 +122,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
                                                files_per_item)
         tables, stats = merge_results(run_stage(engine, task, items))
-        if sample:
-            _write_sample(writer, process_read(sample, config_), tables, stats)
+        if sample:  # decoded by the same stage, from the bytes the driver read
+            stage = IngestStage(config_)
+            try:
+                _write_sample(writer, stage.process_read(sample), tables, stats)
+            finally:
+                stage.teardown()
         files = ingest_once.read_files_tables(writer.dir,
                                               ingest_once.pop_files_records(tables))
         check_readable(files, len(listing))
@@ -340,10 +342,10 @@ def _text_candidate(uri: str) -> bool:
 def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, ...]
                      ) -> tuple[str, list[tuple[str, bytes]]]:
     """A bounded sample of the corpus's text trains the tokenizer; nothing is downloaded.
-    Also the sample's plain-text files (uri, bytes), which the driver decodes itself so
-    that no file is read twice (a sampled manifest goes to the engine and is)."""
+    Also every file read for it (uri, bytes), which the driver decodes (isolated, as the
+    engine would) so that no file is read twice."""
     texts: list[str] = []
-    plain: list[tuple[str, bytes]] = []
+    read: list[tuple[str, bytes]] = []
     seen: set[str] = set()  # one copy of each content, as the engine will keep
     budget = TOKENIZER_SAMPLE_BYTES
     for e in listing:
@@ -354,10 +356,11 @@ def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, .
             data = storage.read_bytes(e.uri, limit=budget + 1)
         except Exception:  # noqa: BLE001 - the engine reads it again and says why
             continue
-        if not data or len(data) > budget or sniff(data, e.uri)[0] != Modality.TEXT:
+        if not data or len(data) > budget:
             continue
-        if not _is_manifest(e.uri, data):
-            plain.append((e.uri, data))  # decoded (or found a copy) in the driver
+        read.append((e.uri, data))  # decoded (or found a copy) by the driver's stage
+        if sniff(data, e.uri)[0] != Modality.TEXT:
+            continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             continue
@@ -371,7 +374,7 @@ def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, .
             break
     # Always-present words so a corpus without text still gets a usable tokenizer.
     texts.append("a an the of in on at and is it this that image picture text document")
-    return train_tokenizer(texts, spec.vocab_size), plain
+    return train_tokenizer(texts, spec.vocab_size), read
 
 
 def _write_sample(writer: mf.VersionWriter, out: dict[str, pa.Table], tables: dict,

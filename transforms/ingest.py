@@ -235,8 +235,15 @@ class IngestStage(BaseStage):
         the first one's sources. The `_work/files` table says, per file, its id and where
         its rows are, so the driver resolves copies across batches without a second read.
         """
+        return self._tables(_work_rows(batch))
+
+    def process_read(self, files: list[tuple[str, bytes]]) -> dict[str, pa.Table]:
+        """The same tables for files the caller has read already (ingest's tokenizer
+        sample, read in the driver): decoded here, so not read a second time."""
+        return self._tables([(uri, None, None, None, None, data) for uri, data in files])
+
+    def _tables(self, rows: list[tuple]) -> dict[str, pa.Table]:
         self.setup()
-        rows = _work_rows(batch)
         acc = _Accumulator()
         for row, outcome in zip(rows, self._outcomes(rows), strict=True):
             acc.add(row, outcome)
@@ -289,7 +296,9 @@ def _culprit(row: tuple, e: DecodeError, config: IngestConfig) -> tuple:
     """A file that hung or killed the decoder: rejected, with its id from a hash here
     (the worker's read died with it; the one file read twice, on this failure path)."""
     uri, file_id = row[0], row[1]
-    if file_id is None:
+    if file_id is None and len(row) > 5:
+        file_id, size = hashlib.sha256(row[5]).hexdigest(), len(row[5])
+    elif file_id is None:
         try:
             h = hash_file(uri, roots=config.allowed_roots, max_bytes=config.max_file_bytes)
             file_id, size = h["id"], h["size"]
@@ -312,7 +321,7 @@ class _Accumulator:
         self.first: dict[str, tuple[dict, list[dict]]] = {}  # id -> (file row, its Examples)
 
     def add(self, row: tuple, outcome: tuple) -> None:
-        uri, given, _, _, dups = row
+        uri, given, _, _, dups = row[:5]
         kind, file_id, size = outcome[:3]
         rec = {"uri": uri, "id": file_id, "size": size, "state": "decoded", "examples": 0,
                "rejected": 0, "copies": [], "stats": "{}"}
@@ -369,27 +378,15 @@ class _Accumulator:
                 "stats": pa.Table.from_pylist([self.stats])}
 
 
-def process_read(files: list[tuple[str, bytes]], config: IngestConfig) -> dict[str, pa.Table]:
-    """The stage's tables for files the caller has read already (ingest's tokenizer
-    sample: plain text, decoded in the driver so it is not read a second time)."""
-    ingestor, acc, seen = _ingestor(config), _Accumulator(), set()
-    for uri, data in files:
-        file_id = hashlib.sha256(data).hexdigest()
-        copy = bool(data) and file_id in seen
-        seen.add(file_id)
-        acc.add((uri, None, None, None, None), ("copy", file_id, len(data)) if copy
-                else ingestor.decoded(uri, file_id, data))
-    return acc.tables()
-
-
 def process_files(rows: list[tuple], config: IngestConfig) -> list[tuple]:
     """Module-level, so the isolated worker can run it: every file gets an outcome,
     (kind, id, size, ...): ("ok", id, size, examples, bad records, stats), ("reject",
     id, size, reason, message), ("reused", id, size) or ("copy", id, size): a file with
     the bytes of an earlier row here is hashed (its one read) but not decoded.
-    Rows are (uri, id | None[, listed size, prior id, ...])."""
+    Rows are (uri, id | None[, listed size, prior id, dups, bytes already read])."""
     ingestor, seen = _ingestor(config), set()
-    return [ingestor.outcome(*(*row, None, None)[:4], seen) for row in rows]
+    return [ingestor.outcome(*(*row, None, None)[:4], seen, row[5] if len(row) > 5 else None)
+            for row in rows]
 
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
@@ -423,11 +420,15 @@ class _FileIngestor:
                 "near_dup_group": ex_id, "near_dup_sig": signature(modality, parts, part_frames)}
 
     def outcome(self, uri: str, file_id: str | None, size: int | None, prior: str | None,
-                seen: set[str]) -> tuple:
-        """One file's (kind, id, size, ...) for `process_files`, from its one read."""
+                seen: set[str], data: bytes | None = None) -> tuple:
+        """One file's (kind, id, size, ...) for `process_files`, from its one read (or
+        the bytes the caller read)."""
         given = file_id is not None  # the caller's id: its rows are canonical already
         try:
-            file_id, n, data = self.read(uri, file_id, size)
+            if data is None:
+                file_id, n, data = self.read(uri, file_id, size)
+            else:
+                file_id, n = hashlib.sha256(data).hexdigest(), len(data)
         except _Unread as e:
             return ("reject", e.file_id, e.size, e.reason.value, e.message)
         if not given and n > 0 and file_id in seen:
