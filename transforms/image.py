@@ -124,6 +124,11 @@ def _frame_indices(img: Image.Image, want: int, max_pixels: int) -> list[int]:
 
 def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     """A PART dict (kind image): uint8 RGB pixels (frames, size, size, 3), usually 1 frame."""
+    return decode_image_frames(data, spec)[0]
+
+
+def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, np.ndarray]:
+    """`decode_image`'s part and the uint8 (F, size, size, 3) frames it stores."""
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -156,7 +161,7 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     frames = outs[0] if len(outs) == 1 else np.stack([np.asarray(o) for o in outs])
     part.update(frames_payload(frames, spec),
                 height=size, width=size, frames=len(outs), mime=Image.MIME.get(fmt or "", None))
-    return part
+    return part, (np.asarray(frames)[None] if len(outs) == 1 else frames)
 
 
 def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMAGE.value) -> dict:

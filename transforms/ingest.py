@@ -36,9 +36,9 @@ from loom.transforms.archives import (
     iter_samples,
 )
 from loom.transforms.audio import decode_audio
-from loom.transforms.image import decode_image
+from loom.transforms.image import decode_image, decode_image_frames
 from loom.transforms.isolation import IsolatedDecoder
-from loom.transforms.neardup import signature
+from loom.transforms.neardup import image_signature, signature
 from loom.transforms.pdf import decode_pdf
 from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
@@ -113,12 +113,26 @@ class _Unread(DecodeError):
         self.file_id, self.size = file_id, size
 
 
-@retry(retry=retry_if_exception(lambda e: isinstance(e, OSError) and not isinstance(
-           e, FileNotFoundError | IsADirectoryError | NotADirectoryError)),
-       stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
-def _read_with_retries(uri: str, limit: int) -> bytes:
-    """Transient storage errors are retried; a file gone since the listing is not."""
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(
+        e, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError)
+
+
+@retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(2),
+       wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
+def _read_again(uri: str, limit: int) -> bytes:
     return storage.read_bytes(uri, limit=limit)
+
+
+def _read_with_retries(uri: str, limit: int) -> bytes:
+    """Transient storage errors are retried (3 tries in all); a file gone since the
+    listing is not. The first try goes straight: tenacity costs ~0.5 ms a call."""
+    try:
+        return storage.read_bytes(uri, limit=limit)
+    except OSError as e:
+        if not _transient(e):
+            raise
+    return _read_again(uri, limit)
 
 
 def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = (),
@@ -412,12 +426,15 @@ class _FileIngestor:
         return parts
 
     def _example(self, ex_id: str, modality: str, parts: list[dict], uris: list[str],
-                 mime: str | None, size: int, metadata: dict) -> dict:
+                 mime: str | None, size: int, metadata: dict, sig: bytes | None = None
+                 ) -> dict:
+        if sig is None:
+            sig = signature(modality, parts, part_frames)
         return {"id": ex_id, "modality": modality, "parts": self._tokenize(parts),
                 "source_uris": uris, "mime": mime, "size_bytes": size,
-                "metadata": json.dumps(metadata, sort_keys=True),
+                "metadata": json.dumps(metadata, sort_keys=True) if metadata else "{}",
                 # its own group until the driver joins near-duplicates across files
-                "near_dup_group": ex_id, "near_dup_sig": signature(modality, parts, part_frames)}
+                "near_dup_group": ex_id, "near_dup_sig": sig}
 
     def outcome(self, uri: str, file_id: str | None, size: int | None, prior: str | None,
                 seen: set[str], data: bytes | None = None) -> tuple:
@@ -499,8 +516,10 @@ class _FileIngestor:
         meta: dict = {}
         if modality is None and mime in _PACKED:
             modality, mime, data, meta = self._inflate(data, mime)
-        if modality == Modality.IMAGE:
-            parts = [decode_image(data, spec)]
+        sig = None
+        if modality == Modality.IMAGE:  # the near-dup hash from the pixels in hand
+            part, frames = decode_image_frames(data, spec)
+            parts, sig = [part], image_signature(frames)
             mime = parts[0]["mime"] or mime
         elif modality == Modality.TEXT:
             part = empty_part(Modality.TEXT.value)
@@ -517,7 +536,8 @@ class _FileIngestor:
             raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
         for part in parts:
             part.update(source_uri=uri, mime=part.get("mime") or mime)
-        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], [], {}
+        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta,
+                              sig)], [], {}
 
     def _inflate(self, data: bytes, packed: str) -> tuple[Modality, str, bytes, dict]:
         """A gzip/xz/zstd/bzip2 file that is compressed text: (text, mime, the inflated

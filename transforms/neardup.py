@@ -74,13 +74,19 @@ def minhash(text: str) -> np.ndarray | None:
     return ((a[:, None] * x[None, :] + b[:, None]) % np.uint64(_PRIME)).min(axis=1).astype(np.uint32)
 
 
+def image_signature(frames: np.ndarray) -> bytes:
+    """An image's signature from its first (F, H, W, 3) frame: ingest passes the pixels
+    it has just decoded, so the stored JPEG is not decoded again to hash them."""
+    return b"I" + struct.pack(">Q", phash(frames[0]))
+
+
 def signature(modality: str, parts: list[dict], frames_of) -> bytes | None:
     """The Example's near-dup signature (a kind byte, then the payload), or None.
 
     `frames_of(part)` gives a visual part's uint8 (F, H, W, 3) frames.
     """
     if modality == "image" and parts and parts[0].get("pixels"):
-        return b"I" + struct.pack(">Q", phash(frames_of(parts[0])[0]))
+        return image_signature(frames_of(parts[0]))
     if modality == "video" and parts and parts[0].get("pixels"):
         frames = frames_of(parts[0])
         picks = np.unique(np.linspace(0, len(frames) - 1, min(VIDEO_FRAMES, len(frames)))
