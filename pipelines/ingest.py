@@ -10,6 +10,7 @@ checked before the manifest is written.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
@@ -121,17 +122,17 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 for e in listing if e.uri not in bad_names and e.uri not in done]
         items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
                                                files_per_item)
-        tables, stats = merge_results(run_stage(engine, task, items))
-        if sample:  # decoded by the same stage, from the bytes the driver read
-            stage = IngestStage(config_)
-            try:
-                _write_sample(writer, stage.process_read(sample), tables, stats)
-            finally:
-                stage.teardown()
-        files = ingest_once.read_files_tables(writer.dir,
-                                              ingest_once.pop_files_records(tables))
-        check_readable(files, len(listing))
-        got = ingest_once.resolve(files, writer, tables, stats)
+        with cf.ThreadPoolExecutor(1) as pool:  # the sample decodes while the engine runs
+            sampled = pool.submit(_decode_sample, config_, sample) if sample else None
+            with timed(timings, "engine_s"):
+                tables, stats = merge_results(run_stage(engine, task, items))
+            if sampled is not None:
+                _write_sample(writer, sampled.result(), tables, stats)
+        with timed(timings, "resolve_s"):
+            files = ingest_once.read_files_tables(writer.dir,
+                                                  ingest_once.pop_files_records(tables))
+            check_readable(files, len(listing))
+            got = ingest_once.resolve(files, writer, tables, stats)
     outcomes = _decoded_outcomes(writer.dir, tables, got.decoded)
     reused = got.reused
     if reused:
@@ -375,6 +376,17 @@ def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, .
     # Always-present words so a corpus without text still gets a usable tokenizer.
     texts.append("a an the of in on at and is it this that image picture text document")
     return train_tokenizer(texts, spec.vocab_size), read
+
+
+def _decode_sample(config: IngestConfig, sample: list[tuple[str, bytes]]
+                   ) -> dict[str, pa.Table]:
+    """The tokenizer sample's files, decoded by the same (isolated) stage from the bytes
+    the driver read for the tokenizer, so they are not read again."""
+    stage = IngestStage(config)
+    try:
+        return stage.process_read(sample)
+    finally:
+        stage.teardown()
 
 
 def _write_sample(writer: mf.VersionWriter, out: dict[str, pa.Table], tables: dict,
