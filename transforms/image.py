@@ -127,8 +127,8 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     return decode_image_frames(data, spec)[0]
 
 
-def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, np.ndarray]:
-    """`decode_image`'s part and the uint8 (F, size, size, 3) frames it stores."""
+def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, Image.Image]:
+    """`decode_image`'s part and its first frame as stored, before encoding (RGB)."""
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -161,7 +161,7 @@ def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, np.
     frames = outs[0] if len(outs) == 1 else np.stack([np.asarray(o) for o in outs])
     part.update(frames_payload(frames, spec),
                 height=size, width=size, frames=len(outs), mime=Image.MIME.get(fmt or "", None))
-    return part, (np.asarray(frames)[None] if len(outs) == 1 else frames)
+    return part, outs[0]
 
 
 def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMAGE.value) -> dict:
