@@ -72,10 +72,9 @@ def main() -> None:
 
 def whole_vs_bare(media: pathlib.Path, tmp: str, files: list[pathlib.Path]
                   ) -> list[tuple[str, str, str]]:
+    from bench_ingest import cpu_seconds
     from loom.pipelines.ingest import run_ingest
     from loom.pipelines.runner import Engine
-
-    from bench_ingest import cpu_seconds
 
     n = len(files)
     mark = READS.mark()
