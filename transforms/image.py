@@ -142,7 +142,8 @@ def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, Ima
         img.load()  # first frame only; raises on truncated data
         indices = _frame_indices(img, spec.image_frames, spec.max_image_pixels)
         if len(indices) == 1:
-            outs = [_fit(_to_rgb(ImageOps.exif_transpose(img)), size)]
+            ImageOps.exif_transpose(img, in_place=True)  # our own image: no copy
+            outs = [_fit(_to_rgb(img), size)]
         else:
             outs = []
             for i in indices:  # increasing: Pillow composites each frame (disposal, blend)

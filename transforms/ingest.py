@@ -55,17 +55,18 @@ MiB = 1 << 20
 _PACKED = frozenset(mime for _, mime in COMPRESSED)
 
 
-def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
+def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> int | None:
     """A listed local file is read only if it is a regular file, inside `roots` once its
     symlinks are resolved: a link to ~/.config or /etc, a fifo (which would block the
-    reader forever) or a device is `forbidden_reference`. gs:// objects pass."""
+    reader forever) or a device is `forbidden_reference`. gs:// objects pass.
+    Returns the local file's size from that stat (None: remote, or gone)."""
     if storage.is_remote(uri):
-        return
+        return None
     path = storage.absolute(uri)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return  # the read reports it
+        return None  # the read reports it
     if stat.S_ISLNK(st.st_mode):
         real = os.path.realpath(path)
         homes = [os.path.realpath(storage.absolute(r)) for r in roots if not storage.is_remote(r)]
@@ -81,6 +82,7 @@ def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
                 if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
                 else "device")
         raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"not a regular file: a {kind}")
+    return st.st_size
 
 
 def file_size(uri: str) -> int | None:
@@ -474,13 +476,12 @@ class _FileIngestor:
         id the FILES table keeps) when it is refused, over the cap or unreadable."""
         limit = self.config.max_file_bytes
         try:
-            confine_listed(uri, self.config.allowed_roots)
+            stat_size = confine_listed(uri, self.config.allowed_roots)
         except DecodeError as e:
             raise _Unread(e.reason, e.message, file_id or f"unreadable:{uri}", -1) from None
-        # Rejected unread: over the cap by the listing, the caller's id, or (local: a
-        # cheap stat) now; a gs:// object is not asked again (one request a file).
-        size = listed if listed is not None else (
-            None if storage.is_remote(uri) else file_size(uri))
+        # Rejected unread: over the cap by the listing, the caller's id, or (local: the
+        # stat just taken) now; a gs:// object is not asked again (one request a file).
+        size = listed if listed is not None else stat_size
         if (file_id or "").startswith(_TOO_LARGE) or (size is not None and size > limit):
             raise _Unread(Reason.TOO_LARGE, f"file of {size or 'more than ' + str(limit)} "
                           f"bytes is larger than {limit}", too_large_id(uri), size or -1)
