@@ -10,7 +10,6 @@ checked before the manifest is written.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
@@ -122,12 +121,13 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 for e in listing if e.uri not in bad_names and e.uri not in done]
         items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
                                                files_per_item)
-        with cf.ThreadPoolExecutor(1) as pool:  # the sample decodes while the engine runs
-            sampled = pool.submit(_decode_sample, config_, sample) if sample else None
-            with timed(timings, "engine_s"):
-                tables, stats = merge_results(run_stage(engine, task, items))
-            if sampled is not None:
-                _write_sample(writer, sampled.result(), tables, stats)
+        # The sample first, not alongside the engine: a decoder process still starting
+        # when the run is killed outlives it for its imports, holding the caller's pipes.
+        sampled = _decode_sample(config_, sample) if sample else None
+        with timed(timings, "engine_s"):
+            tables, stats = merge_results(run_stage(engine, task, items))
+        if sampled is not None:
+            _write_sample(writer, sampled, tables, stats)
         with timed(timings, "resolve_s"):
             files = ingest_once.read_files_tables(writer.dir,
                                                   ingest_once.pop_files_records(tables))
