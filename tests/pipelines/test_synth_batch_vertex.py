@@ -115,8 +115,8 @@ def test_vertex_batch_needs_gs_output(local_examples, tmp_path, server):
 @pytest.mark.slow
 def test_vertex_killed_between_submit_and_collect_resumes_without_resubmitting(
         local_examples, base, server, gcs):
-    """Local sources over the limit are staged under the run's prefix; a run killed while
-    its job is pending is collected by job id on the rerun, never submitted again."""
+    """A run killed while its job is pending (the CLI, SIGKILL) is collected by job id on
+    the rerun, never submitted again."""
     url = server(batch_delay_s=6.0)
     root = f"{base}/killed"
     proc = subprocess.Popen(
@@ -137,15 +137,14 @@ def test_vertex_killed_between_submit_and_collect_resumes_without_resubmitting(
     (job,) = json.loads(storage.read_bytes(jobs_file))
     assert job["name"].startswith("projects/loom-test/locations/us-central1/batchPredictionJobs/")
     assert server_stats(url)["vertex_jobs_created"] == 1
-    staged = storage.list_files(jobs_file.rsplit("/_work/", 1)[0] + "/_work/media")
-    assert len(staged) == 4  # the four pictures, for the job to read
-    llm = LLMConfig(base_url=url, **(VERTEX | {"inline_limit_bytes": 20 * 1024 * 1024}))
+    assert storage.exists(jobs_file.rsplit("/", 1)[0] + "/requests-00000.jsonl")
+    llm = LLMConfig(base_url=url, backend="vertex", project="loom-test")  # as the CLI's
     done = run_synth(local_examples, root, llm, mode="batch", batch=FAST)
     c = done["counts"]
     assert server_stats(url)["vertex_jobs_created"] == 1  # collected, never resubmitted
     assert c["batch_jobs_resumed"] == 1 and c["batch_jobs"] == 0 and c["llm_calls"] == 0
     assert c["pairs"] > 0 and c["rejected"] == 0
-    assert storage.list_files(storage.join(done["uri"], "_work")) == []  # staged copies gone
+    assert storage.list_files(storage.join(done["uri"], "_work")) == []
 
 
 @pytest.mark.parametrize("backend", ["gemini", "vertex"])
@@ -156,7 +155,7 @@ def test_max_cost_in_batch_mode_is_priced_at_the_batch_rate(
     url = server()
     if backend == "gemini":
         monkeypatch.setenv("GEMINI_API_KEY", "offline-test-key")
-        llm = LLMConfig(backend="gemini", base_url=url)
+        llm = LLMConfig(backend="gemini", base_url=url, inline_limit_bytes=LIMIT)
     else:
         llm = LLMConfig(base_url=url, **VERTEX)
     root = f"{base}/budget-{backend}"
@@ -170,3 +169,8 @@ def test_max_cost_in_batch_mode_is_priced_at_the_batch_rate(
                      mode="batch", batch=FAST)
     assert done["counts"]["pairs"] > 0 and done["counts"]["batch_jobs"] >= 1
     assert 0 < done["usage"]["cost_usd"] <= cost
+    # pictures over the limit went by reference (inline, the server would refuse them):
+    # Files API uploads on gemini, staged gs:// copies on vertex, deleted after the commit
+    assert done["counts"]["rejected"] == 0
+    assert (server_stats(url)["uploads"] > 0) == (backend == "gemini")
+    assert storage.list_files(storage.join(done["uri"], "_work")) == []
