@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from loom.models.checkpoint import resolve
 from loom.models.encoder import MultimodalEncoder
@@ -30,7 +31,7 @@ from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import METRICS, Split, pair_name
-from loom.schemas.splits import example_split, group_of
+from loom.schemas.splits import GROUP_COLUMNS, example_split, group_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 from rank_bm25 import BM25Okapi
@@ -39,31 +40,73 @@ KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")
 
 
+TOP = 10  # the deepest rank any metric reads (NDCG@10)
+SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
+
+
+def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
+    """[Q, min(k, N)] gallery indices by descending score, ties to the lower index (what a
+    stable argsort of whole rows gives) from a partition, not a sort of every row."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # each row's k-th largest
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for i, row in enumerate(scores):
+        cand = np.flatnonzero(row >= kth[i])  # ascending, so the stable sort keeps ties
+        out[i] = cand[np.argsort(-row[cand], kind="stable")][:k]
+    return out
+
+
+def top_k_chunked(queries: np.ndarray, gallery: np.ndarray, k: int = TOP,
+                  chunk: int = SCORE_CHUNK) -> np.ndarray:
+    """top_k of queries @ gallery.T, `chunk` query rows at a time."""
+    parts = [top_k(queries[i:i + chunk] @ gallery.T, k)
+             for i in range(0, len(queries), chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
+
+
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
     """scores [Q, N]; a hit at k if any relevant gallery index is in the top k."""
-    order = np.argsort(-scores, axis=1, kind="stable")
+    return recall_from_top(top_k(scores, max(ks)), relevant, ks)
+
+
+def recall_from_top(top: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
     out = {}
     for k in ks:
-        top = order[:, :k]
         out[f"r@{k}"] = float(np.mean([bool(rel & set(row)) for row, rel in
-                                       zip(top.tolist(), relevant, strict=True)]))
+                                       zip(top[:, :k].tolist(), relevant, strict=True)]))
     return out
 
 
 def ndcg_at(scores: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
     """Mean NDCG@k with binary relevance (every gallery item of the query's scene counts)."""
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ndcg_from_top(top_k(scores, k), relevant, k)
+
+
+def ndcg_from_top(top: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
+    k = min(k, top.shape[1])
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     vals = []
-    for row, rel in zip(top.tolist(), relevant, strict=True):
+    for row, rel in zip(top[:, :k].tolist(), relevant, strict=True):
         dcg = sum(discount[i] for i, j in enumerate(row) if j in rel)
         vals.append(dcg / discount[: min(len(rel), k)].sum())
     return float(np.mean(vals))
 
 
+def metrics_from_top(top: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
+    return recall_from_top(top, relevant) | {"ndcg@10": ndcg_from_top(top, relevant)}
+
+
 def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
-    return recall_at(scores, relevant) | {"ndcg@10": ndcg_at(scores, relevant)}
+    return metrics_from_top(top_k(scores, TOP), relevant)
+
+
+def embedding_metrics(queries: np.ndarray, gallery: np.ndarray,
+                      relevant: list[set[int]]) -> dict[str, float]:
+    """retrieval_metrics of queries @ gallery.T, scored in chunks of SCORE_CHUNK queries."""
+    return metrics_from_top(top_k_chunked(queries, gallery), relevant)
 
 
 def random_recall(n: int, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -208,12 +251,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     untrained = dataclasses.replace(ckpt, model=MultimodalEncoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
-    pairs = [p for p in mf.read_table(pairs_dir, pairs_manifest, "pairs").to_pylist()
-             if p["split"] == Split.HELDOUT.value]
+    pairs = heldout_rows(mf.read_table(pairs_dir, pairs_manifest, "pairs"))
     # Both sides as the checkpoint reads them: text re-tokenized with its tokenizer.
-    examples = [prep.retokenized(e)
-                for e in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
-                if example_split(e, heldout_fraction) == Split.HELDOUT]
+    examples = [prep.retokenized(e) for e in heldout_examples(ex_dir, ex_manifest,
+                                                              heldout_fraction)]
     by_id = {e["id"]: e for e in examples}
     tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table: dict[str, dict] = {}
@@ -235,14 +276,14 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             by_dim = {}
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
-                by_dim[d] = retrieval_metrics(qd @ gd.T, task.relevant)
-            base = (handler.embed(task.queries, untrained)
-                    @ handler.embed(task.gallery, untrained).T)
+                by_dim[d] = embedding_metrics(qd, gd, task.relevant)
+            base = embedding_metrics(handler.embed(task.queries, untrained),
+                                     handler.embed(task.gallery, untrained), task.relevant)
             entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in
                       random_recall(len(task.gallery), task.relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in
-                      retrieval_metrics(base, task.relevant).items()}
+                      base.items()}
             if task.lexical is not None:
                 entry |= {f"lexical_{k}": v for k, v in
                           retrieval_metrics(task.lexical, task.relevant).items()}
@@ -262,6 +303,21 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
                   timings=timings)
+
+
+def heldout_rows(pairs: pa.Table) -> list[dict]:
+    """The held-out pairs as rows: filtered in Arrow, so train rows never become dicts."""
+    return pairs.filter(pc.equal(pairs["split"], Split.HELDOUT.value)).to_pylist()
+
+
+def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
+                     ) -> list[dict]:
+    """The held-out Examples as rows: the split is decided on the id and group columns
+    alone (in Arrow), and only the held-out rows become dicts."""
+    table = mf.read_table(ex_dir, manifest, "examples")
+    keys = table.select(["id", *[c for c in GROUP_COLUMNS if c in table.column_names]])
+    mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
+    return table.filter(pa.array(mask, pa.bool_())).to_pylist()
 
 
 def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler

@@ -24,9 +24,22 @@ Per seed s (the pft run's seed; every later run of that seed starts from its wei
 Soup (right after seed 0's arm): ft from seed 0's pft with ft shards shuffled by seeds 0, 1,
 2, uniform soup vs best ingredient.
 
+Multimodal (issue 14): `--world multimodal` runs the same chain on the multimodal world
+(images, texts, 6 s videos, audio clips, PDF pages and interleaved records at 48 px) with
+loom's natural pairs mixed into the synthetic ones, and cuts the arms to pft, ft and ctrl
+(continued pft for as many steps as ft took, not as many epochs):
+
+    .venv/bin/python tests/benchmarks/study_train.py --workdir /work/study-mm \
+        --world multimodal --images 480 --texts 480 --seeds 0 1 2
+
+The summary is per modality pair: random, untrained, pft, ctrl and ft R@1 over the seeds,
+whether ft clears max(random, untrained) by 3x random on every seed, and ft - ctrl as
+paired differences.
+
 Every stage is loom's own (ingest, synth, shard, train on Ray Train, mine, soup, eval); runs
-are content-addressed, so a rerun of a killed study reuses what finished. Results go to
-<workdir>/study.json and <workdir>/study.md. Not collected by pytest.
+are content-addressed, so a rerun of a killed study reuses what finished (run it in parts:
+`--seeds 0`, then `--seeds 0 1`, ...). Results go to <workdir>/study.json and
+<workdir>/study.md. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from loom.jobs.corpus import generate_corpus  # noqa: E402
 from loom.pipelines.evaluate import run_eval  # noqa: E402
 from loom.pipelines.ingest import run_ingest  # noqa: E402
 from loom.pipelines.mine import run_mine  # noqa: E402
+from loom.pipelines.pairs import run_pairs  # noqa: E402
 from loom.pipelines.shard import run_shard  # noqa: E402
 from loom.pipelines.soup import run_soup  # noqa: E402
 from loom.pipelines.synth import run_synth  # noqa: E402
@@ -86,6 +100,10 @@ class Study:
         self.pairs = run_synth(ingest["uri"], storage.join(self.w, "pairs"),
                                heldout_fraction=a.heldout)
         self.log(f"synth {self.pairs['counts']}")
+        if a.world == "multimodal":  # natural pairs (captions, a clip's own audio) + synth's
+            self.pairs = run_pairs(ingest["uri"], storage.join(self.w, "natural"),
+                                   heldout_fraction=a.heldout, mix=(self.pairs["uri"],))
+            self.log(f"pairs {self.pairs['counts']}")
         self.pft_shards = run_shard(self.pairs["uri"], storage.join(self.w, "shards"),
                                     a.rows_per_shard, 0)
         self.out["data"] = {"ingest": ingest["counts"], "pairs": self.pairs["counts"],
@@ -184,6 +202,20 @@ class Study:
         self.out["curves"][name] = points
 
     # -- the study ----------------------------------------------------------------------
+    def core_arm(self, s: int) -> None:
+        """pft, ft from it on mined negatives, and ctrl: pft continued for ft's step count
+        (epochs scaled by the two datasets' rows), each evaluated on every modality pair."""
+        a = self.args
+        pft = self.train(f"pft.s{s}", self.pft_shards, TrainStage.PFT,
+                         self.cfg(s, a.pft_epochs))
+        self.evaluate(f"pft.s{s}", pft["checkpoint"])
+        m = self.mine(f"pft.s{s}", pft["checkpoint"], MiningConfig(negatives=a.negatives))
+        self.ft(f"ft.s{s}", m["uri"], s, init=pft["checkpoint"])
+        ft_steps = self.out["runs"][f"ft.s{s}"]["steps"]
+        pft_steps_per_epoch = self.out["runs"][f"pft.s{s}"]["steps"] / a.pft_epochs
+        epochs = max(1, round(ft_steps / max(1e-9, pft_steps_per_epoch)))
+        self.continue_pft(f"ctrl.s{s}", s, epochs, init=pft["checkpoint"])
+
     def seed_arm(self, s: int) -> None:
         a = self.args
         pft = self.train(f"pft.s{s}", self.pft_shards, TrainStage.PFT,
@@ -243,6 +275,16 @@ class Study:
         self.evaluate("soup", soup["checkpoint"])
 
 
+def mean_sd(vals: list[float | None], spread: bool = False) -> str:
+    """`mean ± sd` of the values present (with `[min, max]` when `spread`), or `-`."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    out = f"{statistics.fmean(vals):.3f} ± {sd:.3f}"
+    return out + (f" [{min(vals):.3f}, {max(vals):.3f}]" if spread else "")
+
+
 def summarize(out: dict, seeds: list[int]) -> str:
     runs = out["runs"]
 
@@ -253,11 +295,7 @@ def summarize(out: dict, seeds: list[int]) -> str:
         return e["by_dim"].get(dim) if dim else e["r@1"]
 
     def stat(vals: list[float | None]) -> str:
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "-"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.fmean(vals):.3f} ± {sd:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
+        return mean_sd(vals, spread=True)
 
     lines = ["| arm | " + " | ".join(f"{p} R@1 (mean ± sd [min, max])" for p in PAIRS) + " |",
              "|---|" + "---|" * len(PAIRS)]
@@ -300,6 +338,45 @@ def summarize(out: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def summarize_pairs(out: dict, seeds: list[int]) -> str:
+    """Per modality pair (issue 14 item 8): the arms' R@1 over seeds, the margin test
+    ft - max(random, untrained) >= 3 x random on every seed, and ft - ctrl per seed."""
+    runs = out["runs"]
+    pairs = sorted({p for n, r in runs.items() if n.startswith("ft.s") for p in r.get("eval", {})})
+
+    def get(name: str, pair: str, key: str = "r@1") -> float | None:
+        return runs.get(name, {}).get("eval", {}).get(pair, {}).get(key)
+
+    ms = mean_sd
+
+    done = [s for s in seeds if f"ft.s{s}" in runs and f"ctrl.s{s}" in runs]
+    lines = [f"Seeds finished: {done} (of {seeds}); R@1 mean ± sd over them.", "",
+             "| pair | queries (min) | gallery | random | untrained | pft | ctrl | ft | "
+             "ft - max(rand, untr) >= 3 x rand | ft - ctrl per seed (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        ft = [f"ft.s{s}" for s in done]
+        queries = [get(n, p, "queries") for n in ft if get(n, p, "queries") is not None]
+        margin = []
+        for n in ft:
+            r, rand, untr = get(n, p), get(n, p, "random_r@1"), get(n, p, "untrained_r@1")
+            if None not in (r, rand, untr):
+                margin.append(r - max(rand, untr) >= 3 * rand)
+        diffs = [100 * (get(f"ft.s{s}", p) - get(f"ctrl.s{s}", p)) for s in done
+                 if get(f"ft.s{s}", p) is not None and get(f"ctrl.s{s}", p) is not None]
+        verdict = (f"{sum(margin)}/{len(margin)} seeds" if margin else "-")
+        lines.append(
+            f"| {p} | {min(queries) if queries else '-'} | {get(ft[0], p, 'gallery') if ft else '-'} | "
+            f"{ms([get(n, p, 'random_r@1') for n in ft])} | "
+            f"{ms([get(n, p, 'untrained_r@1') for n in ft])} | "
+            f"{ms([get(f'pft.s{s}', p) for s in done])} | "
+            f"{ms([get(f'ctrl.s{s}', p) for s in done])} | {ms([get(n, p) for n in ft])} | "
+            f"{verdict} | {', '.join(f'{d:+.1f}' for d in diffs) or '-'} |")
+    steps = [(runs[f"ft.s{s}"]["steps"], runs[f"ctrl.s{s}"]["steps"]) for s in done]
+    lines += ["", "Steps (ft, ctrl) per seed: " + ", ".join(f"{a}/{b}" for a, b in steps)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True)
@@ -320,11 +397,24 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--max-queries", type=int, default=2000)
     ap.add_argument("--remine", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--arms", choices=("full", "core"), default=None,
+                    help="core: pft, ft and ctrl at equal steps (the multimodal default)")
     ap.add_argument("--unfiltered-arm", action=argparse.BooleanOptionalAction, default=True,
                     help="first seed: ft on negatives mined with no false-negative rule")
     args = ap.parse_args()
+    args.arms = args.arms or ("core" if args.world == "multimodal" else "full")
     study = Study(args)
     study.data()
+    if args.arms == "core":
+        for s in args.seeds:
+            study.core_arm(s)
+            study.out["summary"] = summarize_pairs(study.out, args.seeds)
+            study.save()
+        study.out["wall_s"] = round(time.perf_counter() - study.t0)
+        study.save()
+        storage.write_atomic(storage.join(study.w, "study.md"), study.out["summary"].encode())
+        print(study.out["summary"])
+        return
     for s in args.seeds:  # seed 0's arm, then the soup (it needs only seed 0), then the rest
         study.seed_arm(s)
         if s == args.seeds[0] and args.soup_seeds:

@@ -6,7 +6,16 @@ import math
 
 import numpy as np
 import pytest
-from loom.pipelines.evaluate import format_table, ndcg_at, random_recall, recall_at
+from loom.pipelines.evaluate import (
+    embedding_metrics,
+    format_table,
+    ndcg_at,
+    random_recall,
+    recall_at,
+    retrieval_metrics,
+    top_k,
+    top_k_chunked,
+)
 
 
 def test_recall_and_ndcg_by_hand():
@@ -43,3 +52,33 @@ def test_format_table_lists_every_size():
     assert lines[0].split()[:5] == ["pair", "dim", "R@1", "R@5", "NDCG@10"]
     assert [ln.split()[1] for ln in lines[1:]] == ["32", "128"]
     assert "0.600" in lines[2] and lines[2].split()[-2] == "-"
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40, 41])
+def test_top_k_is_a_stable_full_sort_cut_at_k(k):
+    # Scores with many ties (small integers): the order must be numpy's stable argsort of
+    # whole rows, ties to the lower gallery index, whatever the partition picked.
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 4, size=(25, 40)).astype(np.float32)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    got = top_k(scores, k)
+    assert got.shape == (25, min(k, 40))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_chunked_scores_rank_as_the_whole_matrix(chunk):
+    rng = np.random.default_rng(chunk)
+    # Small integers: every product is exact in float32 whatever BLAS path a chunk takes,
+    # and many scores tie.
+    q = rng.integers(-2, 3, size=(30, 8)).astype(np.float32)
+    g = rng.integers(-2, 3, size=(50, 8)).astype(np.float32)
+    np.testing.assert_array_equal(top_k_chunked(q, g, 10, chunk),
+                                  np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :10])
+    relevant = [{int(i) % 50, (3 * int(i)) % 50} for i in range(30)]
+    full = q @ g.T
+    want = {"r@1": np.mean([bool(rel & {int(np.argsort(-row, kind="stable")[0])})
+                            for row, rel in zip(full, relevant, strict=True)])}
+    got = embedding_metrics(q, g, relevant)
+    assert got["r@1"] == pytest.approx(want["r@1"])
+    assert got == retrieval_metrics(full, relevant)
