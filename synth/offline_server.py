@@ -19,6 +19,7 @@ cut mid-body. A request body is faulted at most `max_per_request` times, so a cl
 that retries enough always gets through. GET /loom/stats reports what was served.
 
     python -m loom.synth.offline_server --port 0 [--latency-ms 200] [--faults 0.3 --fault-seed 1]
+        [--storage-emulator-host http://127.0.0.1:PORT]
     # prints: LOOM_OFFLINE_SERVER http://127.0.0.1:PORT
 """
 
@@ -504,7 +505,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults-json", default=None, help="a full Faults object as JSON")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit when this process is gone (a SIGKILLed synth)")
+    parser.add_argument("--storage-emulator-host", default=None,
+                        help="where gs:// goes (Vertex fileData and batch JSONL), e.g. the "
+                             "GCS emulator's http://127.0.0.1:PORT; default: "
+                             "$STORAGE_EMULATOR_HOST, else Cloud Storage")
     args = parser.parse_args(argv)
+    if args.storage_emulator_host:
+        os.environ["STORAGE_EMULATOR_HOST"] = args.storage_emulator_host
     if args.faults_json:
         faults = Faults.model_validate_json(args.faults_json)
     else:
