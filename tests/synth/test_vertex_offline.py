@@ -158,3 +158,30 @@ def test_output_lines_match_by_key_or_by_echoed_request():
     assert lines["kb"] == {"response": {"candidates": [{}]}}  # its answer beats its error
     assert _by_key([{"key": "kb", "error": {"code": 500}}], requests) == \
         {"kb": {"error": {"code": 500}}}
+
+
+def test_server_process_reads_gcs_where_it_is_told(gcs, prefix):
+    """`--storage-emulator-host` points a server process (started without the variable)
+    at the emulator: a gs:// reference is read there."""
+    import os
+    import subprocess
+    import sys
+
+    png = _png(scenes.Scene("circle", "purple", "large", "middle", "center"))
+    storage.write_bytes(f"{prefix}/p.png", png)
+    env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+    proc = subprocess.Popen([sys.executable, "-m", "loom.synth.offline_server", "--port", "0",
+                             "--storage-emulator-host", gcs.host],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().split()[1]
+        client = make_client(VERTEX, base_url=url)
+        resp = client.models.generate_content(
+            model="gemini-2.5-flash", contents=[types.Content(role="user", parts=[
+                types.Part.from_text(text=PROMPT),
+                types.Part.from_uri(file_uri=f"{prefix}/p.png", mime_type="image/png")])])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert "purple" in resp.text
