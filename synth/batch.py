@@ -8,8 +8,8 @@ and the output comes back as a Files API file; on `vertex` the file is written u
 run's gs:// work folder, the job reads it from there and writes `predictions.jsonl` under
 an output prefix next to it. Output lines are matched to their call by `key`, or, where
 the service does not echo it (Vertex echoes the request), by the request itself with its
-null fields dropped. The jobs are polled with backoff; every answer is fed
-answer through `CallLoop.collect` (the online path's refusal, schema check, repair and
+null fields dropped. The jobs are polled with backoff; every answer goes through
+`CallLoop.collect` (the online path's refusal, schema check, repair and
 cache), so the online pass that follows finds them cached, and a later online run reuses
 them (same cache key). Failed lines and jobs that expired or failed are tried again in
 the next round; what is left after the last round goes online.
