@@ -6,9 +6,10 @@ GenerateContentRequest}` lines), one file per `lines_per_job` lines, and submits
 job for each: on `gemini` (and the offline server) the file goes through the Files API
 and the output comes back as a Files API file; on `vertex` the file is written under the
 run's gs:// work folder, the job reads it from there and writes `predictions.jsonl` under
-an output prefix next to it. Output lines are matched to their call by `key`, or, where
-the service does not echo it (Vertex echoes the request), by the request itself with its
-null fields dropped. The jobs are polled with backoff; every answer goes through
+an output prefix next to it. Output lines are matched to their call by `key`; Vertex
+does not echo a line's own fields but echoes its request, so there each request carries
+its key as a label (`labels.loom_key`, as label values are at most 63 characters: the
+key's first 32), and failing that the request itself matches (null fields dropped). The jobs are polled with backoff; every answer goes through
 `CallLoop.collect` (the online path's refusal, schema check, repair and
 cache), so the online pass that follows finds them cached, and a later online run reuses
 them (same cache key). Failed lines and jobs that expired or failed are tried again in
@@ -115,12 +116,13 @@ class BatchRun:
         for start in range(0, len(keys), n):
             index = len(jobs)
             chunk = keys[start:start + n]
-            data = "".join(json.dumps({"key": k, "request": requests[k]}) + "\n"
-                           for k in chunk).encode()
+            vertex = self.loop.llm.backend == "vertex"
+            data = "".join(json.dumps({"key": k, "request": _labelled(requests[k], k) if vertex
+                                       else requests[k]}) + "\n" for k in chunk).encode()
             name = f"requests-{index:05d}.jsonl"
             uri = storage.join(self.work_uri, name)
             storage.write_atomic(uri, data)  # for the repairs; Vertex's job reads it
-            if self.loop.llm.backend == "vertex":
+            if vertex:
                 dest = storage.join(self.work_uri, f"output-{index:05d}")
                 job = client.batches.create(model=self.model, src=uri,
                                             config=types.CreateBatchJobConfig(
@@ -192,16 +194,37 @@ class BatchRun:
             self._save(jobs)
 
 
+LABEL = "loom_key"
+
+
+def _labelled(request: dict, key: str) -> dict:
+    """A Vertex request that names its call: Vertex echoes the request, labels included."""
+    return request | {"labels": (request.get("labels") or {}) | {LABEL: key[:32]}}
+
+
+def _label(line: dict) -> str | None:
+    request = line.get("request")
+    labels = request.get("labels") if isinstance(request, dict) else None
+    return labels.get(LABEL) if isinstance(labels, dict) else None
+
+
 def _by_key(out: list[dict], requests: dict[str, dict]) -> dict[str, dict]:
     """Output lines by cache key, as `{"response": ...}` or `{"error": ...}`. A line
-    names its key, or echoes its request (Vertex: `status` is empty or the error)."""
+    names its key, or echoes its request (Vertex: `status` is empty or the error): by its
+    label, else by the request itself."""
     keys_of: dict[str, list[str]] = {}
+    by_label: dict[str, list[str]] = {}
     for k, req in requests.items():
         keys_of.setdefault(request_digest(req), []).append(k)
+        by_label.setdefault(k[:32], []).append(k)
     lines: dict[str, dict] = {}
     for line in out:
-        keys = ([str(line["key"])] if line.get("key") is not None
-                else keys_of.get(request_digest(line.get("request")), []))
+        if line.get("key") is not None:
+            keys = [str(line["key"])]
+        elif (label := _label(line)) is not None:
+            keys = by_label.get(str(label), [])
+        else:
+            keys = keys_of.get(request_digest(line.get("request")), [])
         if line.get("response") is not None and not line.get("status"):
             value = {"response": line["response"]}
         else:

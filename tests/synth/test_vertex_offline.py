@@ -14,7 +14,7 @@ import pytest
 from google.genai import types
 from loom.schemas import storage
 from loom.schemas.records import Reason
-from loom.synth.batch import _by_key, request_digest
+from loom.synth.batch import _by_key, _labelled, request_digest
 from loom.synth.calls import Call, CallLoop, rejection
 from loom.synth.client import LLMConfig, make_client
 from loom.synth.offline_server import Faults, server_stats
@@ -158,6 +158,15 @@ def test_output_lines_match_by_key_or_by_echoed_request():
     assert lines["kb"] == {"response": {"candidates": [{}]}}  # its answer beats its error
     assert _by_key([{"key": "kb", "error": {"code": 500}}], requests) == \
         {"kb": {"error": {"code": 500}}}
+    # Vertex echoes the request with its label: the label names the call, even when the
+    # echo is not byte-for-byte the request (here: the seed came back as a float)
+    keyed = {"f" * 64: _labelled(a, "f" * 64), "e" * 64: _labelled(a, "e" * 64)}
+    echo = json.loads(json.dumps(keyed["e" * 64]))
+    echo["generationConfig"]["seed"] = 1.0
+    echo["contents"][0]["parts"][0]["fileData"] = None
+    got = _by_key([{"status": "", "request": echo, "response": {"candidates": [1]}}], keyed)
+    assert got == {"e" * 64: {"response": {"candidates": [1]}}}
+    assert echo["labels"] == {"loom_key": "e" * 32}  # a label value: at most 63 characters
 
 
 def test_server_process_reads_gcs_where_it_is_told(gcs, prefix):
