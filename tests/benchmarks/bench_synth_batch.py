@@ -9,9 +9,11 @@ pairs written: online at a concurrency of 32 (2 workers x 16); batch submits JSO
 through the Files API, polls, collects every answer through the online path's parsing
 and cache, then writes the pairs from the cache (the server answers batch lines without
 the per-request latency, as a batch backend is not bound by one request's round trip).
-`--modes batch,online,vertex-batch` adds a Vertex AI row: the same batch run with
-`--llm vertex` against the same server, its JSONL and output on a GCS emulator (started
-first, so the server reads and writes it). Prints one line per mode and a ratio line.
+`--modes batch,online,vertex-batch,batch-gs` adds a Vertex AI row: the same batch run
+with `--llm vertex` against the same server, its output root (JSONL, cache, pairs) on a
+GCS emulator (started first, so the server reads and writes it); `batch-gs` is the
+Gemini-protocol batch run with its output root on the same emulator (the like-for-like
+comparison: the emulator's per-object cost dominates both). Prints one line per mode and a ratio line.
 Not collected by pytest.
 """
 
@@ -53,7 +55,7 @@ def timed_run(ex: str, root: str, url: str, mode: str) -> tuple[float, dict]:
     llm = (LLMConfig(backend="vertex", project="loom-bench", base_url=url) if vertex
            else LLMConfig(base_url=url))
     t = time.perf_counter()
-    out = run_synth(ex, root, llm, kinds=KINDS, mode="batch" if vertex else mode,
+    out = run_synth(ex, root, llm, kinds=KINDS, mode="online" if mode == "online" else "batch",
                     limits=RateLimits(concurrency=CONCURRENCY),
                     batch=BatchSettings(poll_initial_s=0.5, poll_max_s=5.0))
     return time.perf_counter() - t, out
@@ -68,7 +70,7 @@ def main() -> None:
     n = args.requests // 2
     modes = args.modes.split(",")
     with contextlib.ExitStack() as stack:
-        if "vertex-batch" in modes:  # before the server: it inherits STORAGE_EMULATOR_HOST
+        if {"vertex-batch", "batch-gs"} & set(modes):  # first: the server inherits its host
             from tests.gcs import GcsEmulator
 
             os.environ.update(stack.enter_context(GcsEmulator(bucket="loom-bench")).env())
@@ -78,7 +80,8 @@ def main() -> None:
         results = {}
         for mode in modes:
             before = server_stats(url)
-            root = "gs://loom-bench/vertex" if mode == "vertex-batch" else f"{d}/{mode}"
+            root = f"gs://loom-bench/{mode}" if mode in ("vertex-batch", "batch-gs") \
+                else f"{d}/{mode}"
             secs, out = timed_run(ex, root, url, mode)
             after = server_stats(url)
             c = out["counts"]
