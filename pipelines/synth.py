@@ -72,7 +72,8 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
         raise ValueError(f"unknown synth mode {mode!r} (online|batch)")
     check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
-    check_backend(llm)
+    if not dry_run:  # a plan needs no credentials: it is made before anyone pays
+        check_backend(llm)
     budget = budget or Budget()
     if max_calls is not None:
         budget = budget.model_copy(update={"max_calls": max_calls})
