@@ -23,7 +23,9 @@ CHECKPOINT_STEPS = {"train": "checkpoint", "soup": "checkpoint"}
 CHECKPOINT = Ref(CHECKPOINT_STEPS, root="checkpoint_root", literal_needs_root=True)
 LLM_FLAGS = {"llm.backend": Flag("--llm", "offline|gemini|vertex"),
              "llm.model": Flag("--model", "LLM model name"),
-             "llm.base_url": Flag("--base-url", "override the API endpoint")}
+             "llm.base_url": Flag("--base-url", "override the API endpoint"),
+             "llm.project": Flag("--project", "Google Cloud project (--llm vertex)"),
+             "llm.location": Flag("--location", "Vertex AI region (--llm vertex)")}
 
 
 NonNegative = Annotated[float, Field(ge=0)]

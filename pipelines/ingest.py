@@ -1,9 +1,11 @@
 """Ingest: a raw prefix -> Examples + Rejected (+ duplicates) and the preprocessing spec.
 
-Passes: (1) hash and sniff every listed file on the engine; (2) exact dedup by content
-hash in the driver (ids and URIs only); (3) train the tokenizer on a bounded sample of
-the text; (4) decode every canonical file on the engine. listed = accepted + duplicate +
-rejected is checked before the manifest is written.
+Every listed file is read once (`ingest_once`): (1) the tokenizer is trained on a bounded
+sample of the text, read in the driver, which also decodes those files (they are not
+read again); (2) every other file is read, hashed and decoded on the engine in one go,
+copies of one size side by side so a copy is hashed but not decoded; (3) exact duplicates
+are resolved from the hashes in the driver. listed = accepted + duplicate + rejected is
+checked before the manifest is written.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import mimetypes
 from functools import partial
-from typing import ClassVar
 
 import pyarrow as pa
+from loom.pipelines import ingest_once
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
@@ -22,65 +25,39 @@ from loom.pipelines.runner import (
     StageTask,
     engine_kind,
     merge_results,
-    row_items,
     run_stage,
 )
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import DUPLICATE, FILES, HASHES, REJECTED, URIS, Modality, Reason
+from loom.schemas.records import (
+    DUPLICATE,
+    FILES,
+    REJECTED,
+    Modality,
+    Reason,
+)
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
-from loom.transforms.ingest import IngestConfig, IngestStage, hash_file, pick_canonical
+from loom.transforms.ingest import (
+    STORAGE_ERROR,
+    IngestConfig,
+    IngestStage,
+    confine_listed,
+)
 from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
-from loom.transforms.stage import BaseStage, Resources
+from loom.transforms.sniff import sniff
 from loom.transforms.text import decode_text
 from loom.transforms.tokenizer import train_tokenizer
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES = 256 << 20  # IngestConfig's default: larger files are rejected unread
-
-
-class HashStage(BaseStage):
-    """Content hash + sniffed modality per file (ids are sha256 of the bytes)."""
-
-    name: ClassVar[str] = "hash"
-    resources: ClassVar[Resources] = Resources(num_cpus=0.25)  # waits on storage reads
-    input_schema: ClassVar[pa.Schema] = URIS
-    output_schemas: ClassVar[dict] = {"_hashes": HASHES}
-
-    def __init__(self, roots: tuple[str, ...] = (), max_bytes: int | None = None):
-        self.roots, self.max_bytes = roots, max_bytes
-
-    def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
-        rows = []
-        for uri in batch.column("uri").to_pylist():
-            try:  # a file over max_bytes is not read: decode rejects it too_large by size
-                h = _hash_with_retries(uri, self.roots, self.max_bytes)
-            except OSError:  # a storage error that outlived the retries: counted by run_ingest
-                h = {"uri": uri, "size": -1, "id": f"{STORAGE_ERROR}{uri}", "modality": None}
-            except Exception:  # unreadable: the decode pass rejects it with its reason
-                h = {"uri": uri, "size": -1, "id": f"unreadable:{uri}", "modality": None}
-            rows.append(h)
-        return {"_hashes": pa.Table.from_pylist(rows, schema=HASHES)}
-
-
-STORAGE_ERROR = "unreadable-storage:"  # id prefix of a file storage would not give back
 MAX_UNREADABLE_SHARE = 0.5  # above this share of the listing, the input is misconfigured
 
 
 class StorageFailure(RuntimeError):
     """Most listed files could not be read: a configuration error (exit 1), not bad input."""
-
-
-@retry(retry=retry_if_exception(lambda e: isinstance(e, OSError) and not isinstance(
-           e, FileNotFoundError | IsADirectoryError | NotADirectoryError)),
-       stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
-def _hash_with_retries(uri: str, roots: tuple[str, ...], max_bytes: int | None = None) -> dict:
-    """Transient storage errors are retried; a file gone since the listing is not."""
-    return hash_file(uri, with_modality=True, roots=roots, max_bytes=max_bytes)
 
 
 def check_readable(hashes: list[dict], listed: int) -> None:
@@ -119,42 +96,47 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if (done := reuse(writer, "ingest")) is not None:
         return done
     timings: dict[str, float] = {}
-
-    with timed(timings, "hash_s"):
-        uris = [{"uri": e.uri} for e in listing if e.uri not in bad_names]
-        res = run_stage(engine, StageTask(partial(HashStage, (input_uri,), MAX_FILE_BYTES),
-                                          storage.join(writer.dir, "_work")),
-                        row_items(uris, files_per_item * 4, "hash"))
-        tables, _ = merge_results(res)
-        hashes = storage.read_parquet(
-            [storage.join(writer.dir, "_work", f.path) for f in tables.get("_hashes", [])]
-        ).to_pylist()
-    check_readable(hashes, len(listing))
-    canonical, duplicates = pick_canonical(hashes)
     prior = _prior_version(output_root, input_uri, config)
-
+    prior_files = _files_of(prior)
+    sample: list[tuple[str, bytes]] = []
     with timed(timings, "tokenizer_s"):
         if prior is not None and not given:  # same tokenizer as the rows it reuses
             spec = PreprocessingSpec.model_validate_json(
                 storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
         elif not given:
-            spec = spec.model_copy(update={"tokenizer_json": _train_tokenizer(canonical, spec)})
+            tokenizer, sample = _train_tokenizer(
+                [e for e in listing if e.uri not in bad_names], spec, (input_uri,))
+            spec = spec.model_copy(update={"tokenizer_json": tokenizer})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
-    prior_files = _files_of(prior)
-    reused = {h["uri"] for h in canonical if prior_files.get(h["uri"], ("",))[0] == h["id"]}
     with timed(timings, "decode_s"):
         config_ = IngestConfig(spec=spec, allowed_roots=(input_uri,), remote=remote,
                                max_file_bytes=MAX_FILE_BYTES,
                                archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
-        dups = _dups_by_uri(canonical, duplicates)
-        rows = [{"uri": h["uri"], "id": h["id"], "dups": dups.get(h["uri"])}
-                for h in sorted(canonical, key=lambda h: h["uri"]) if h["uri"] not in reused]
-        tables, stats = merge_results(run_stage(engine, task, row_items(rows, files_per_item)))
-    outcomes = _decoded_outcomes(writer.dir, tables, {r["uri"] for r in rows})
+        done = {u for u, _ in sample}
+        remote_sizes = storage.is_remote(input_uri)
+        rows = [{"uri": e.uri, "size": e.size if remote_sizes else None,
+                 "prior_id": prior_files.get(e.uri, (None,))[0]}
+                for e in listing if e.uri not in bad_names and e.uri not in done]
+        items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
+                                               files_per_item)
+        # The sample first, not alongside the engine: a decoder process still starting
+        # when the run is killed outlives it for its imports, holding the caller's pipes.
+        sampled = _decode_sample(config_, sample) if sample else None
+        with timed(timings, "engine_s"):
+            tables, stats = merge_results(run_stage(engine, task, items))
+        if sampled is not None:
+            _write_sample(writer, sampled, tables, stats)
+        with timed(timings, "resolve_s"):
+            files = ingest_once.read_files_tables(writer.dir,
+                                                  ingest_once.pop_files_records(tables))
+            check_readable(files, len(listing))
+            got = ingest_once.resolve(files, writer, tables, stats)
+    outcomes = _decoded_outcomes(writer.dir, tables, got.decoded)
+    reused = got.reused
     if reused:
-        _copy_reused(prior, prior_files, writer, reused, tables, stats, dups)
+        _copy_reused(prior, prior_files, writer, reused, tables, stats, got.dups)
         outcomes |= {u: prior_files[u][1] for u in reused}
     if bad_names:  # rejected in the driver, before any engine: both engines agree
         tables.setdefault("rejected", []).append(writer.write_part(
@@ -162,12 +144,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
         stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
         outcomes |= dict.fromkeys(bad_names, "rejected")
-    ids = {h["uri"]: h["id"] for h in canonical} | {u: bad_names[u] for u in bad_names}
-    files = pa.Table.from_pylist(
+    ids = got.ids | {u: bad_names[u] for u in bad_names}
+    files_table = pa.Table.from_pylist(
         [{"uri": u, "id": ids[u], "outcome": o} for u, o in sorted(outcomes.items())], schema=FILES)
-    tables["files"] = [writer.write_part("files", "part-00000", files)]
-    if duplicates:
-        dup = pa.Table.from_pylist(sorted(duplicates, key=lambda d: d["uri"]), schema=DUPLICATE)
+    tables["files"] = [writer.write_part("files", "part-00000", files_table)]
+    if got.duplicates:
+        dup = pa.Table.from_pylist(got.duplicates, schema=DUPLICATE)
         tables["duplicates"] = [writer.write_part("duplicates", "part-00000", dup)]
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
@@ -181,7 +163,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         "rejected": stats.get("rejected_files", 0),
         "examples": sum(f.rows for f in tables["examples"]),
         "rejected_records": stats.get("rejected_records", 0),
-        "decoded": len(rows),
+        "decoded": len(got.decoded),
         "reused_files": len(reused),
         # Examples in a near-duplicate group beyond its first member, and such groups
         # (exact copies are `duplicate`: never decoded; near ones are kept, grouped)
@@ -323,15 +305,6 @@ def _decoded_outcomes(version_dir: str, tables: dict, uris: set[str]) -> dict[st
     return {u: "rejected" if u in rejected else "accepted" for u in uris}
 
 
-def _dups_by_uri(canonical: list[dict], duplicates: list[dict]) -> dict[str, list[str]]:
-    """Canonical URI -> the URIs of its byte-identical copies."""
-    by_id = {h["id"]: h["uri"] for h in canonical if h.get("size")}
-    out: dict[str, list[str]] = {}
-    for d in duplicates:
-        out.setdefault(by_id[d["duplicate_of"]], []).append(d["uri"])
-    return out
-
-
 def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
                  writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict,
                  dups: dict[str, list[str]]) -> None:
@@ -359,20 +332,69 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
         stats[key] = stats.get(key, 0) + 1
 
 
-def _train_tokenizer(canonical: list[dict], spec: PreprocessingSpec) -> str:
-    """A bounded sample of the corpus's text trains the tokenizer; nothing is downloaded."""
+def _text_candidate(uri: str) -> bool:
+    """Might be plain text by its name (the bytes decide): no media or archive suffix."""
+    mime, packed = mimetypes.guess_type(uri.rsplit("/", 1)[-1])
+    if packed or mime is None:
+        return packed is None
+    return mime.startswith("text/") or mime in ("application/json", "application/xml")
+
+
+def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, ...]
+                     ) -> tuple[str, list[tuple[str, bytes]]]:
+    """A bounded sample of the corpus's text trains the tokenizer; nothing is downloaded.
+    Also every file read for it (uri, bytes), which the driver decodes (isolated, as the
+    engine would) so that no file is read twice."""
     texts: list[str] = []
+    read: list[tuple[str, bytes]] = []
+    seen: set[str] = set()  # one copy of each content, as the engine will keep
     budget = TOKENIZER_SAMPLE_BYTES
-    for h in canonical:
-        if h.get("modality") != Modality.TEXT.value or h["size"] <= 0 or h["size"] > budget:
+    for e in listing:
+        if e.size <= 0 or e.size > budget or not _text_candidate(e.uri):
             continue
+        try:  # what the stage refuses to open (links out, fifos) is left to it
+            confine_listed(e.uri, roots)
+            data = storage.read_bytes(e.uri, limit=budget + 1)
+        except Exception:  # noqa: BLE001 - the engine reads it again and says why
+            continue
+        if not data or len(data) > budget:
+            continue
+        read.append((e.uri, data))  # decoded (or found a copy) by the driver's stage
+        if sniff(data, e.uri)[0] != Modality.TEXT:
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
         try:
-            texts.append(decode_text(storage.read_bytes(h["uri"]), spec))
-        except Exception:
+            texts.append(decode_text(data, spec))
+        except Exception:  # noqa: BLE001
             continue
-        budget -= h["size"]
+        budget -= len(data)
         if len(texts) >= TOKENIZER_SAMPLE_FILES:
             break
     # Always-present words so a corpus without text still gets a usable tokenizer.
     texts.append("a an the of in on at and is it this that image picture text document")
-    return train_tokenizer(texts, spec.vocab_size)
+    return train_tokenizer(texts, spec.vocab_size), read
+
+
+def _decode_sample(config: IngestConfig, sample: list[tuple[str, bytes]]
+                   ) -> dict[str, pa.Table]:
+    """The tokenizer sample's files, decoded by the same (isolated) stage from the bytes
+    the driver read for the tokenizer, so they are not read again."""
+    stage = IngestStage(config)
+    try:
+        return stage.process_read(sample)
+    finally:
+        stage.teardown()
+
+
+def _write_sample(writer: mf.VersionWriter, out: dict[str, pa.Table], tables: dict,
+                  stats: dict[str, int]) -> None:
+    """The driver-decoded sample's parts, alongside the engine's."""
+    for name, data in out.items():
+        if name == "stats":
+            for k, v in data.to_pylist()[0].items():
+                stats[k] = stats.get(k, 0) + int(v)
+        elif data.num_rows:
+            tables.setdefault(name, []).append(writer.write_part(name, "sample-00000", data))

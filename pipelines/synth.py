@@ -28,7 +28,7 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.synth import filters as qf
-from loom.synth.batch import BatchRun, BatchSettings
+from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
     ZERO,
     Budget,
@@ -70,12 +70,10 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     and then writes the pairs from the cache. `checkpoint` turns on the round-trip filter."""
     if mode not in ("online", "batch"):
         raise ValueError(f"unknown synth mode {mode!r} (online|batch)")
-    if mode == "batch" and (llm or LLMConfig()).backend == "vertex":
-        raise ValueError("synth --mode batch supports the gemini and offline backends; vertex "
-                         "batch jobs (gs:// JSONL) are not implemented yet")
     check_paths(examples=examples_uri, output=output_root)  # multi-node: no local paths
     llm = llm or LLMConfig()
-    check_backend(llm)
+    if not dry_run:  # a plan needs no credentials: it is made before anyone pays
+        check_backend(llm)
     budget = budget or Budget()
     if max_calls is not None:
         budget = budget.model_copy(update={"max_calls": max_calls})
@@ -88,6 +86,8 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     run_price = price.batch() if price is not None and mode == "batch" else price
     ledger = Ledger(budget, run_price)  # refuses a cost budget without a price, before any work
     examples_uri, output_root = storage.absolute(examples_uri), storage.absolute(output_root)
+    if mode == "batch" and not dry_run:  # vertex: the jobs' JSONL lives under the output
+        check_work_uri(llm.backend, output_root)
     ex_dir, ex_manifest = mf.resolve_input(examples_uri)
     base = SynthConfig(llm=llm, heldout_fraction=heldout_fraction,
                        cache_uri=storage.join(output_root, "_llm_cache"), limits=limits,

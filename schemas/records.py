@@ -293,10 +293,24 @@ METRICS = pa.schema(
 # Work tables (under _work/, never in a finished version).
 URIS = pa.schema([col("uri", pa.string(), "a listed file")])
 INGEST_WORK = pa.schema([
-    col("uri", pa.string(), "a canonical listed file"),
-    col("id", pa.string(), "sha256 of its bytes"),
+    col("uri", pa.string(), "a listed file"),
+    col("id", pa.string(), "sha256 of its bytes (null: the stage hashes the one read)"),
     col("dups", pa.list_(pa.string()), "its byte-identical copies"),
+    col("size", pa.int64(), "its listed size (null: unknown); over the cap: not read"),
+    col("prior_id", pa.string(), "its id in the version reused from: same id, not decoded"),
 ])
+# Per file the ingest stage saw: what its one read hashed to, and where its rows are.
+INGEST_FILES = pa.schema([
+    col("uri", pa.string(), "a listed file"),
+    col("id", pa.string(), "sha256 of its bytes, or a stand-in when it was not read"),
+    col("size", pa.int64(), "bytes read (-1: unreadable)"),
+    col("state", pa.string(), "decoded | reused (same id as before) | copy (of an earlier row)"),
+    col("examples", pa.int64(), "its rows in this item's examples part (in file order)"),
+    col("rejected", pa.int64(), "its rows in this item's rejected part (in file order)"),
+    col("copies", pa.list_(pa.string()), "copies in this item named in its source_uris"),
+    col("stats", pa.string(), "its stage stats as JSON (to take back if it is a duplicate)"),
+])
+INGEST_FILES_TABLE = "_work/files"
 HASHES = pa.schema([
     col("uri", pa.string(), "a listed file"),
     col("size", pa.int64(), "its size in bytes (-1: unreadable)"),
@@ -339,6 +353,7 @@ TABLES: dict[str, pa.Schema] = {
     "relabels": RELABEL,
     "metrics": METRICS,
     "_hashes": HASHES,
+    INGEST_FILES_TABLE: INGEST_FILES,
     "_missing": MISSING,
     "_rows": TRAINING_ROW,
 }

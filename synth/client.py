@@ -14,9 +14,11 @@ import logging
 import os
 import random
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import google.oauth2.credentials
 import pydantic
 import tenacity
 from google import genai
@@ -116,9 +118,20 @@ def make_client(cfg: LLMConfig, base_url: str | None = None) -> genai.Client:
     if cfg.backend == "vertex":
         if not cfg.project:
             raise ValueError("backend 'vertex' needs llm.project")
+        # Google credentials (ADC) for Vertex AI itself; the offline server on this machine
+        # speaks the Vertex protocol too and takes a fixed bearer token, so tests and
+        # offline runs need no credentials (nor a metadata-server lookup).
+        creds = (google.oauth2.credentials.Credentials(token=OFFLINE_API_KEY)
+                 if is_loopback(base_url) else None)
         return genai.Client(vertexai=True, project=cfg.project, location=cfg.location,
-                            http_options=_http_options(cfg, base_url))
+                            credentials=creds, http_options=_http_options(cfg, base_url))
     raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+def is_loopback(url: str | None) -> bool:
+    """A base URL on this machine (the offline server binds 127.0.0.1 only)."""
+    host = urllib.parse.urlsplit(url or "").hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 _DELAY_RE = re.compile(r"^\s*([0-9.]+)s\s*$")

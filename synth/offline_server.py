@@ -3,7 +3,12 @@
 POST /v1beta/models/{model}:generateContent (or /v1/...) answers a
 GenerateContentResponse computed by `synth.offline_model`; the Files API (resumable
 upload, get, delete, download) and the Batch API (batchGenerateContent, batches get and
-list) are served from `synth.offline_files`. A request body over `request_limit_bytes`
+list) are served from `synth.offline_files`. It speaks Vertex AI too (google-genai with
+`vertexai=True`, any bearer token): POST /v1beta1/projects/{p}/locations/{l}/publishers/
+google/models/{model}:generateContent, with gs:// fileData read through
+`schemas.storage` (STORAGE_EMULATOR_HOST points it at the GCS emulator), and the
+`batchPredictionJobs` create/get/list/cancel/delete of `synth.offline_vertex` (JSONL
+in and out on gs://). A request body over `request_limit_bytes`
 is refused with 400, as Gemini refuses one over 20 MB. It binds 127.0.0.1 only,
 never logs request headers (an API key travels in one), and needs no network.
 
@@ -14,6 +19,7 @@ cut mid-body. A request body is faulted at most `max_per_request` times, so a cl
 that retries enough always gets through. GET /loom/stats reports what was served.
 
     python -m loom.synth.offline_server --port 0 [--latency-ms 200] [--faults 0.3 --fault-seed 1]
+        [--storage-emulator-host http://127.0.0.1:PORT]
     # prints: LOOM_OFFLINE_SERVER http://127.0.0.1:PORT
 """
 
@@ -39,6 +45,7 @@ from pathlib import Path
 import pydantic
 from loom.synth import offline_model
 from loom.synth.offline_files import ApiError, Store
+from loom.synth.offline_vertex import VertexJobs, inline_gcs
 
 HOST = "127.0.0.1"
 BANNER = "LOOM_OFFLINE_SERVER"
@@ -46,6 +53,11 @@ _ROUTE = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
 _BATCH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):batchGenerateContent$")
 _FILE = re.compile(r"^/(?:download/)?(?:v1beta|v1)/files/([^/:]+)(:download)?$")
 _BATCHES = re.compile(r"^/(?:v1beta|v1)/batches(?:/([^/:]+))?$")
+# Vertex AI (google-genai with vertexai=True): publisher models and batch prediction jobs
+_VERTEX = re.compile(r"^/(v1beta1|v1)/projects/[^/]+/locations/[^/]+/publishers/google/"
+                     r"models/([^/:]+):generateContent$")
+_VERTEX_JOBS = re.compile(r"^/(?:v1beta1|v1)/(projects/[^/]+/locations/[^/]+)/"
+                          r"batchPredictionJobs(?:/([0-9]+))?(:cancel)?$")
 REQUEST_LIMIT = 20 * 1024 * 1024
 _STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
            500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
@@ -97,6 +109,8 @@ class _State:
         self.times: list[float] = []
         self.store = Store(faults.file_ttl_s, faults.batch_delay_s, faults.batch_ttl_s,
                            faults.batch_line_failures, faults.seed)
+        self.vertex = VertexJobs(faults.batch_delay_s, faults.batch_ttl_s,
+                                 faults.batch_line_failures, faults.seed)
 
     def draw(self, digest: str) -> str | None:
         f = self.faults
@@ -115,7 +129,8 @@ class _State:
             return {"requests": self.requests, "answered": self.answered,
                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
                     "faults": dict(self.fault_counts), "answered_ids": list(self.answered_ids),
-                    "times": list(self.times), "files": len(self.store.files)} | self.store.counts
+                    "times": list(self.times), "files": len(self.store.files)} \
+                | self.store.counts | self.vertex.counts
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -192,7 +207,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"file": meta}, {"X-Goog-Upload-Status": "final"})
 
     def do_DELETE(self) -> None:  # noqa: N802
-        m = _FILE.match(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        if (job := _VERTEX_JOBS.match(path)) is not None and job.group(2) and not job.group(3):
+            self._api(lambda: self.state.vertex.delete(job.group(2)))
+            return
+        m = _FILE.match(path)
         if not m:
             self._error(404, "not found")
             return
@@ -209,11 +228,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(lambda: self.state.store.create_batch(
                 batch.group(2), json.loads(raw or b"{}"), self._base_url(), answer_for(self.state)))
             return
-        route = _ROUTE.match(path)
+        if (job := _VERTEX_JOBS.match(path)) is not None:
+            self._vertex_jobs_post(job, raw)
+            return
+        route = _ROUTE.match(path) or _VERTEX.match(path)
         if not route:
             self._error(404 if ":" in self.path else 501,
                         "method not supported by the offline server")
             return
+        vertex = route.re is _VERTEX
         st = self.state
         with st.lock:
             st.requests += 1
@@ -232,9 +255,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(400, "Request payload size exceeds the limit: "
                                  f"{st.faults.request_limit_bytes} bytes.")
                 return
-            self._generate(raw)
+            self._generate(raw, inline_gcs if vertex else None)
         finally:
             self._release()
+
+    def _vertex_jobs_post(self, job: re.Match, raw: bytes) -> None:
+        """batchPredictionJobs create (no id) and cancel (`{id}:cancel`)."""
+        jobs = self.state.vertex
+        if job.group(2) and job.group(3):
+            self._api(lambda: jobs.cancel(job.group(2)))
+        elif not job.group(2) and not job.group(3):
+            self._api(lambda: jobs.create(job.group(1), json.loads(raw or b"{}"),
+                                          known_models(), answer_for(self.state, inline_gcs)))
+        else:
+            self._error(404, "not found")
 
     def _release(self) -> None:
         """This request stops counting as in flight (once)."""
@@ -243,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.in_flight -= 1
 
-    def _generate(self, raw: bytes) -> None:
+    def _generate(self, raw: bytes, resolve=None) -> None:
         st, f = self.state, self.state.faults
         fault = st.draw(hashlib.sha256(raw).hexdigest())
         if f.latency_s > 0:
@@ -266,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "invalid JSON payload")
             return
         try:
-            answer = answer_for(st)(request)
+            answer = answer_for(st, resolve)(request)
         except ApiError as exc:  # Gemini: 400 (never retried), 403 for a file gone
             self._error(exc.code, str(exc))
             return
@@ -302,15 +336,21 @@ class _Handler(BaseHTTPRequestHandler):
         if (m := _BATCHES.match(path)) is not None:
             self._api(lambda: store.batch(m.group(1)) if m.group(1) else store.list_batches())
             return
+        if (m := _VERTEX_JOBS.match(path)) is not None and not m.group(3):
+            jobs = self.state.vertex
+            self._api(lambda: jobs.get(m.group(2)) if m.group(2) else jobs.list())
+            return
         self._error(404, "not found")
 
 
-def answer_for(state: _State):
-    """One request's answer (REST JSON), or ApiError: generateContent and batch lines both."""
+def answer_for(state: _State, resolve=None):
+    """One request's answer (REST JSON), or ApiError: generateContent and batch lines both.
+    `resolve` turns file references into bytes: the Files API's (Gemini) by default,
+    `offline_vertex.inline_gcs` (gs:// only) on the Vertex routes."""
     def answer(request: object) -> dict:
         if (problem := malformed(request)) is not None:  # Gemini: 400, never retried
             raise ApiError(400, problem)
-        request = state.store.inline_files(request)
+        request = (resolve or state.store.inline_files)(request)
         try:
             return within_schema(offline_model.respond(request),
                                  (request.get("generationConfig") or {}))
@@ -465,7 +505,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults-json", default=None, help="a full Faults object as JSON")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit when this process is gone (a SIGKILLed synth)")
+    parser.add_argument("--storage-emulator-host", default=None,
+                        help="where gs:// goes (Vertex fileData and batch JSONL), e.g. the "
+                             "GCS emulator's http://127.0.0.1:PORT; default: "
+                             "$STORAGE_EMULATOR_HOST, else Cloud Storage")
     args = parser.parse_args(argv)
+    if args.storage_emulator_host:
+        os.environ["STORAGE_EMULATOR_HOST"] = args.storage_emulator_host
     if args.faults_json:
         faults = Faults.model_validate_json(args.faults_json)
     else:

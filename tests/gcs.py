@@ -135,6 +135,18 @@ class GcsEmulator:
                     raise
                 time.sleep(0.2)
 
+    def downloads(self) -> dict[str, int]:
+        """Content downloads so far per `bucket/object` (the launcher logs each one)."""
+        if self._log is None:
+            return {}
+        self._log.seek(0)
+        counts: dict[str, int] = {}
+        for line in self._log.read().decode(errors="replace").splitlines():
+            if line.startswith("loom-download "):
+                key = line.removeprefix("loom-download ")
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def _output(self) -> str:
         if self._log is None:
             return ""

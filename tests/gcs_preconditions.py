@@ -56,12 +56,27 @@ def _checked(handler):
     return wrapped
 
 
+DOWNLOAD_MARK = "loom-download "  # one line per object content request (GcsEmulator.downloads)
+
+
+def _counted(handler):
+    """Log each content download (a GET of an object's bytes), so tests can count reads."""
+    def wrapped(request, response, storage, *args, **kwargs):
+        print(f"{DOWNLOAD_MARK}{request.params.get('bucket_name')}/"
+              f"{request.params.get('object_id')}", flush=True)
+        return handler(request, response, storage, *args, **kwargs)
+
+    return wrapped
+
+
 def patch() -> None:
     targets = {objects.insert, objects.delete, objects.download, objects.get}
+    download = objects.download
+    objects.download = _counted(download)  # what `get` calls for ?alt=media
     for _, methods in server.HANDLERS:
         for method, fn in list(methods.items()):
             if fn in targets:
-                methods[method] = _checked(fn)
+                methods[method] = _checked(objects.download if fn is download else fn)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,11 @@ def _frame_indices(img: Image.Image, want: int, max_pixels: int) -> list[int]:
 
 def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     """A PART dict (kind image): uint8 RGB pixels (frames, size, size, 3), usually 1 frame."""
+    return decode_image_frames(data, spec)[0]
+
+
+def decode_image_frames(data: bytes, spec: PreprocessingSpec) -> tuple[dict, Image.Image]:
+    """`decode_image`'s part and its first frame as stored, before encoding (RGB)."""
     if not data:
         raise DecodeError(Reason.EMPTY, "empty file")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -137,7 +142,8 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
         img.load()  # first frame only; raises on truncated data
         indices = _frame_indices(img, spec.image_frames, spec.max_image_pixels)
         if len(indices) == 1:
-            outs = [_fit(_to_rgb(ImageOps.exif_transpose(img)), size)]
+            ImageOps.exif_transpose(img, in_place=True)  # our own image: no copy
+            outs = [_fit(_to_rgb(img), size)]
         else:
             outs = []
             for i in indices:  # increasing: Pillow composites each frame (disposal, blend)
@@ -156,7 +162,7 @@ def decode_image(data: bytes, spec: PreprocessingSpec) -> dict:
     frames = outs[0] if len(outs) == 1 else np.stack([np.asarray(o) for o in outs])
     part.update(frames_payload(frames, spec),
                 height=size, width=size, frames=len(outs), mime=Image.MIME.get(fmt or "", None))
-    return part
+    return part, outs[0]
 
 
 def fit_part(img: Image.Image, spec: PreprocessingSpec, kind: str = Modality.IMAGE.value) -> dict:

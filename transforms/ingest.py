@@ -17,6 +17,8 @@ import pyarrow as pa
 from loom.schemas import storage
 from loom.schemas.records import (
     EXAMPLE,
+    INGEST_FILES,
+    INGEST_FILES_TABLE,
     INGEST_WORK,
     REJECTED,
     Modality,
@@ -34,9 +36,9 @@ from loom.transforms.archives import (
     iter_samples,
 )
 from loom.transforms.audio import decode_audio
-from loom.transforms.image import decode_image
+from loom.transforms.image import decode_image, decode_image_frames
 from loom.transforms.isolation import IsolatedDecoder
-from loom.transforms.neardup import signature
+from loom.transforms.neardup import image_signature, signature
 from loom.transforms.pdf import decode_pdf
 from loom.transforms.pixels import part_frames
 from loom.transforms.records import RecordError, build_interleaved, parse_manifest
@@ -47,22 +49,24 @@ from loom.transforms.text import decode_text, text_bytes_needed
 from loom.transforms.tokenizer import TextTokenizer
 from loom.transforms.video import decode_av
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 MiB = 1 << 20
 _PACKED = frozenset(mime for _, mime in COMPRESSED)
 
 
-def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
+def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> int | None:
     """A listed local file is read only if it is a regular file, inside `roots` once its
     symlinks are resolved: a link to ~/.config or /etc, a fifo (which would block the
-    reader forever) or a device is `forbidden_reference`. gs:// objects pass."""
+    reader forever) or a device is `forbidden_reference`. gs:// objects pass.
+    Returns the local file's size from that stat (None: remote, or gone)."""
     if storage.is_remote(uri):
-        return
+        return None
     path = storage.absolute(uri)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return  # the read reports it
+        return None  # the read reports it
     if stat.S_ISLNK(st.st_mode):
         real = os.path.realpath(path)
         homes = [os.path.realpath(storage.absolute(r)) for r in roots if not storage.is_remote(r)]
@@ -78,6 +82,7 @@ def confine_listed(uri: str, roots: tuple[str, ...] | list[str] = ()) -> None:
                 if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
                 else "device")
         raise DecodeError(Reason.FORBIDDEN_REFERENCE, f"not a regular file: a {kind}")
+    return st.st_size
 
 
 def file_size(uri: str) -> int | None:
@@ -97,6 +102,39 @@ _TOO_LARGE = "too_large:"
 def too_large_id(uri: str) -> str:
     """The stand-in id of a file over the size cap: never hashed, never a duplicate."""
     return f"{_TOO_LARGE}{hashlib.sha256(uri.encode()).hexdigest()}"
+
+
+STORAGE_ERROR = "unreadable-storage:"  # id prefix of a file storage would not give back
+
+
+class _Unread(DecodeError):
+    """A file rejected before (or instead of) its read, with the id it is listed under."""
+
+    def __init__(self, reason: Reason, message: str, file_id: str, size: int):
+        super().__init__(reason, message)
+        self.file_id, self.size = file_id, size
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(
+        e, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError)
+
+
+@retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(2),
+       wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
+def _read_again(uri: str, limit: int) -> bytes:
+    return storage.read_bytes(uri, limit=limit)
+
+
+def _read_with_retries(uri: str, limit: int) -> bytes:
+    """Transient storage errors are retried (3 tries in all); a file gone since the
+    listing is not. The first try goes straight: tenacity costs ~0.5 ms a call."""
+    try:
+        return storage.read_bytes(uri, limit=limit)
+    except OSError as e:
+        if not _transient(e):
+            raise
+    return _read_again(uri, limit)
 
 
 def hash_file(uri: str, with_modality: bool = False, roots: tuple[str, ...] = (),
@@ -174,9 +212,13 @@ def _is_manifest(uri: str, data: bytes) -> str | None:
 
 class IngestStage(BaseStage):
     name: ClassVar[str] = "ingest"
-    # `dups`: URIs of byte-identical copies; the Example lists them among its sources.
+    # `id` null: the stage hashes the one read that also decodes (run_ingest); given, it is
+    # checked. `size`: the listed size (over the cap: rejected unread). `prior_id`: the
+    # file's id in the version reused from (same bytes: `reused`, not decoded). `dups`:
+    # URIs of byte-identical copies known beforehand, named among the Example's sources.
     input_schema: ClassVar[pa.Schema] = INGEST_WORK
-    output_schemas: ClassVar[dict[str, pa.Schema]] = {"examples": EXAMPLE, "rejected": REJECTED}
+    output_schemas: ClassVar[dict[str, pa.Schema]] = {
+        "examples": EXAMPLE, "rejected": REJECTED, INGEST_FILES_TABLE: INGEST_FILES}
 
     def __init__(self, config: IngestConfig):
         self.config = config
@@ -201,52 +243,30 @@ class IngestStage(BaseStage):
             self._isolated = None
 
     def process_batch(self, batch: pa.RecordBatch | pa.Table) -> dict[str, pa.Table]:
-        """Every input file ends as >= 1 Example or exactly one Rejected row.
+        """Every input file ends as >= 1 Example, Rejected row(s), `reused` or `copy`.
 
         A PDF gives one Example per page; a manifest gives one per good record and a
-        Rejected row (with `record_id`) per bad one: those count under `stats`.
+        Rejected row (with `record_id`) per bad one: those count under `stats`. A file
+        with the bytes of an earlier one in the batch is a `copy`: no rows, its URI among
+        the first one's sources. The `_work/files` table says, per file, its id and where
+        its rows are, so the driver resolves copies across batches without a second read.
         """
+        return self._tables(_work_rows(batch))
+
+    def process_read(self, files: list[tuple[str, bytes]]) -> dict[str, pa.Table]:
+        """The same tables for files the caller has read already (ingest's tokenizer
+        sample, read in the driver): decoded here, so not read a second time."""
+        return self._tables([(uri, None, None, None, None, data) for uri, data in files])
+
+    def _tables(self, rows: list[tuple]) -> dict[str, pa.Table]:
         self.setup()
-        examples, rejected = [], []
-        stats = {"accepted_files": 0, "rejected_files": 0, "rejected_records": 0}
-        dups_col = (batch.column("dups").to_pylist() if "dups" in batch.schema.names
-                    else [None] * batch.num_rows)
-        rows = list(zip(batch.column("uri").to_pylist(), batch.column("id").to_pylist(),
-                        strict=True))
-        for (uri, file_id), dups, outcome in zip(rows, dups_col, self._outcomes(rows),
-                                                 strict=True):
-            if outcome[0] == "reject":
-                got, bad = [], []
-                rejected.append(_reject(uri, file_id, Reason(outcome[1]), outcome[2]))
-            else:
-                got, bad = outcome[1], outcome[2]
-                for k, v in (outcome[3] if len(outcome) > 3 else {}).items():
-                    stats[k] = stats.get(k, 0) + v
-                for ex in got:
-                    if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
-                        ex["source_uris"] = [uri, *dups]
-            if got:
-                stats["accepted_files"] += 1
-                for ex in got:
-                    key = f"examples.{ex['modality']}"
-                    stats[key] = stats.get(key, 0) + 1
-                examples.extend(got)
-                rejected.extend(bad)
-                stats["rejected_records"] += len(bad)
-            elif bad:  # a manifest none of whose records is usable: the file is rejected
-                rejected.append(_reject(uri, file_id, bad[0]["reason"],
-                                        f"no usable record; first: {bad[0]['message']}"))
-                stats["rejected_records"] += len(bad)
-                rejected.extend(bad)
-                stats["rejected_files"] += 1
-            else:
-                stats["rejected_files"] += 1
-        return {"examples": to_table(examples, EXAMPLE), "rejected": to_table(rejected, REJECTED),
-                "stats": pa.Table.from_pylist([stats])}
+        acc = _Accumulator()
+        for row, outcome in zip(rows, self._outcomes(rows), strict=True):
+            acc.add(row, outcome)
+        return acc.tables()
 
-
-    def _outcomes(self, rows: list[tuple[str, str]]) -> list[tuple]:
-        """Per file ("ok", examples, bad records) or ("reject", reason, message).
+    def _outcomes(self, rows: list[tuple]) -> list[tuple]:
+        """Per file (kind, id, size, ...): see `process_files`.
 
         Isolated: files go to the worker a chunk at a time (one round trip per chunk, not
         per file), the next chunk queued while the current one decodes; a chunk that
@@ -270,47 +290,124 @@ class IngestStage(BaseStage):
                 continue
             except DecodeError as e:
                 if len(chunk) == 1:
-                    out.append(("reject", e.reason.value, e.message))
+                    out.append(_culprit(chunk[0], e, self.config))
                     continue
             for row in chunk:
                 try:
                     out.extend(self._isolated.run(process_files, [row], self.config))
                 except DecodeError as e:
-                    out.append(("reject", e.reason.value, e.message))
+                    out.append(_culprit(row, e, self.config))
         return out
 
 
-def process_files(rows: list[tuple[str, str]], config: IngestConfig) -> list[tuple]:
-    """Module-level, so the isolated worker can run it: every file gets an outcome."""
-    out: list[tuple] = []
-    for uri, file_id in rows:
+def _work_rows(batch: pa.RecordBatch | pa.Table) -> list[tuple]:
+    """(uri, id, size, prior_id, dups) per input row; absent columns are None."""
+    names = batch.schema.names
+    cols = [batch.column(c).to_pylist() if c in names else [None] * batch.num_rows
+            for c in ("uri", "id", "size", "prior_id", "dups")]
+    return list(zip(*cols, strict=True))
+
+
+def _culprit(row: tuple, e: DecodeError, config: IngestConfig) -> tuple:
+    """A file that hung or killed the decoder: rejected, with its id from a hash here
+    (the worker's read died with it; the one file read twice, on this failure path)."""
+    uri, file_id = row[0], row[1]
+    if file_id is None and len(row) > 5:
+        file_id, size = hashlib.sha256(row[5]).hexdigest(), len(row[5])
+    elif file_id is None:
         try:
-            out.append(("ok", *process_file(uri, file_id, config)))
-        except DecodeError as e:
-            out.append(("reject", e.reason.value, e.message))
-        except MemoryError:
-            out.append(("reject", Reason.TOO_LARGE.value, "decoder ran out of its memory bound"))
-        except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
-            out.append(("reject", Reason.DECODE_ERROR.value, f"{type(e).__name__}: {e}"))
-    return out
+            h = hash_file(uri, roots=config.allowed_roots, max_bytes=config.max_file_bytes)
+            file_id, size = h["id"], h["size"]
+        except Exception:  # noqa: BLE001 - it is rejected either way
+            file_id, size = f"unreadable:{uri}", -1
+    else:
+        size = row[2] if row[2] is not None else -1
+    return ("reject", file_id, size, e.reason.value, e.message)
+
+
+class _Accumulator:
+    """The batch's output tables, built file by file; a later copy of an earlier file's
+    bytes adds no rows, only its URI to that file's Examples' sources."""
+
+    def __init__(self) -> None:
+        self.examples: list[dict] = []
+        self.rejected: list[dict] = []
+        self.stats = {"accepted_files": 0, "rejected_files": 0, "rejected_records": 0}
+        self.files: list[dict] = []
+        self.first: dict[str, tuple[dict, list[dict]]] = {}  # id -> (file row, its Examples)
+
+    def add(self, row: tuple, outcome: tuple) -> None:
+        uri, given, _, _, dups = row[:5]
+        kind, file_id, size = outcome[:3]
+        rec = {"uri": uri, "id": file_id, "size": size, "state": "decoded", "examples": 0,
+               "rejected": 0, "copies": [], "stats": "{}"}
+        self.files.append(rec)
+        hashed_here = given is None and size is not None and size > 0
+        if hashed_here and (earlier := self.first.get(file_id)) is not None:
+            rec["state"] = "copy"  # same bytes as an earlier file: no rows of its own
+            first_rec, got = earlier
+            first_rec["copies"].append(uri)
+            for ex in got:
+                if ex["source_uris"] and ex["source_uris"][0] == first_rec["uri"]:
+                    ex["source_uris"] = [*ex["source_uris"], uri]
+            return
+        got: list[dict] = []
+        if hashed_here:
+            self.first[file_id] = (rec, got)
+        if kind == "reused":
+            rec["state"] = "reused"
+            return
+        stats: dict[str, int] = {}
+        if kind == "reject":
+            bad = [_reject(uri, file_id, Reason(outcome[3]), outcome[4])]
+            stats["rejected_files"] = 1
+        else:
+            got.extend(outcome[3])
+            bad = list(outcome[4])
+            stats |= outcome[5] if len(outcome) > 5 else {}
+            for ex in got:
+                if dups and ex["source_uris"] and ex["source_uris"][0] == uri:
+                    ex["source_uris"] = [uri, *dups]
+            if got:
+                stats["accepted_files"] = 1
+                stats["rejected_records"] = len(bad)
+                for ex in got:
+                    key = f"examples.{ex['modality']}"
+                    stats[key] = stats.get(key, 0) + 1
+            elif bad:  # a manifest none of whose records is usable: the file is rejected
+                bad.insert(0, _reject(uri, file_id, bad[0]["reason"],
+                                      f"no usable record; first: {bad[0]['message']}"))
+                stats |= {"rejected_records": len(bad) - 1, "rejected_files": 1}
+            else:
+                stats["rejected_files"] = 1
+        self.examples.extend(got)
+        self.rejected.extend(bad)
+        rec |= {"examples": len(got), "rejected": len(bad),
+                "stats": json.dumps(stats, sort_keys=True)}
+        for k, v in stats.items():
+            self.stats[k] = self.stats.get(k, 0) + v
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {"examples": to_table(self.examples, EXAMPLE),
+                "rejected": to_table(self.rejected, REJECTED),
+                INGEST_FILES_TABLE: pa.Table.from_pylist(self.files, schema=INGEST_FILES),
+                "stats": pa.Table.from_pylist([self.stats])}
+
+
+def process_files(rows: list[tuple], config: IngestConfig) -> list[tuple]:
+    """Module-level, so the isolated worker can run it: every file gets an outcome,
+    (kind, id, size, ...): ("ok", id, size, examples, bad records, stats), ("reject",
+    id, size, reason, message), ("reused", id, size) or ("copy", id, size): a file with
+    the bytes of an earlier row here is hashed (its one read) but not decoded.
+    Rows are (uri, id | None[, listed size, prior id, dups, bytes already read])."""
+    ingestor, seen = _ingestor(config), set()
+    return [ingestor.outcome(*(*row, None, None)[:4], seen, row[5] if len(row) > 5 else None)
+            for row in rows]
 
 
 def _reject(uri: str, file_id: str | None, reason: Reason, message: str) -> dict:
     return {"uri": uri, "stage": IngestStage.name, "reason": Reason(reason).value,
             "message": stable_message(message), "record_id": file_id}
-
-
-def process_file(uri: str, file_id: str, config: IngestConfig
-                 ) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """One listed file -> (Examples, record-level Rejected rows, stats); raises DecodeError.
-
-    stats counts an archive's members: `archive_members` = `archive_members_accepted` +
-    `archive_members_rejected` (empty for other files).
-
-    Module-level so the isolated worker can run it; the worker keeps one ingestor (and
-    its tokenizer) per config.
-    """
-    return _ingestor(config).process(uri, file_id)
 
 
 @functools.lru_cache(maxsize=4)
@@ -331,32 +428,87 @@ class _FileIngestor:
         return parts
 
     def _example(self, ex_id: str, modality: str, parts: list[dict], uris: list[str],
-                 mime: str | None, size: int, metadata: dict) -> dict:
+                 mime: str | None, size: int, metadata: dict, sig: bytes | None = None
+                 ) -> dict:
+        if sig is None:
+            sig = signature(modality, parts, part_frames)
         return {"id": ex_id, "modality": modality, "parts": self._tokenize(parts),
                 "source_uris": uris, "mime": mime, "size_bytes": size,
-                "metadata": json.dumps(metadata, sort_keys=True),
+                "metadata": json.dumps(metadata, sort_keys=True) if metadata else "{}",
                 # its own group until the driver joins near-duplicates across files
-                "near_dup_group": ex_id, "near_dup_sig": signature(modality, parts, part_frames)}
+                "near_dup_group": ex_id, "near_dup_sig": sig}
 
-    def process(self, uri: str, file_id: str) -> tuple[list[dict], list[dict], dict]:
-        spec, limit = self.config.spec, self.config.max_file_bytes
-        confine_listed(uri, self.config.allowed_roots)
-        # Rejected unread: the hash pass marked it from its size, or (local: a cheap stat)
-        # it is over the cap now; a gs:// object is not asked again (one request a file).
-        size = None if storage.is_remote(uri) else file_size(uri)
-        if file_id.startswith(_TOO_LARGE) or (size is not None and size > limit):
-            raise DecodeError(Reason.TOO_LARGE, f"file of {size or 'more than ' + str(limit)} "
-                                                f"bytes is larger than {limit}")
+    def outcome(self, uri: str, file_id: str | None, size: int | None, prior: str | None,
+                seen: set[str], data: bytes | None = None) -> tuple:
+        """One file's (kind, id, size, ...) for `process_files`, from its one read (or
+        the bytes the caller read)."""
+        given = file_id is not None  # the caller's id: its rows are canonical already
         try:
-            data = storage.read_bytes(uri, limit=limit + 1)
+            if data is None:
+                file_id, n, data = self.read(uri, file_id, size)
+            else:
+                file_id, n = hashlib.sha256(data).hexdigest(), len(data)
+        except _Unread as e:
+            return ("reject", e.file_id, e.size, e.reason.value, e.message)
+        if not given and n > 0 and file_id in seen:
+            return ("copy", file_id, n)
+        if not given and n > 0:
+            seen.add(file_id)
+        if prior is not None and prior == file_id:
+            return ("reused", file_id, n)
+        return self.decoded(uri, file_id, data)
+
+    def decoded(self, uri: str, file_id: str, data: bytes) -> tuple:
+        """("ok", id, size, ...) or ("reject", id, size, reason, message) for read bytes."""
+        n = len(data)
+        try:
+            return ("ok", file_id, n, *self.decode(uri, file_id, data))
+        except DecodeError as e:
+            return ("reject", file_id, n, e.reason.value, e.message)
+        except MemoryError:
+            return ("reject", file_id, n, Reason.TOO_LARGE.value,
+                    "decoder ran out of its memory bound")
+        except Exception as e:  # noqa: BLE001 - any file must end as a row, not a crash
+            return ("reject", file_id, n, Reason.DECODE_ERROR.value, f"{type(e).__name__}: {e}")
+
+    def read(self, uri: str, file_id: str | None, listed: int | None) -> tuple[str, int, bytes]:
+        """(id, size, bytes): the file's one read, hashed here. _Unread (with the stand-in
+        id the FILES table keeps) when it is refused, over the cap or unreadable."""
+        limit = self.config.max_file_bytes
+        try:
+            stat_size = confine_listed(uri, self.config.allowed_roots)
+        except DecodeError as e:
+            raise _Unread(e.reason, e.message, file_id or f"unreadable:{uri}", -1) from None
+        # Rejected unread: over the cap by the listing, the caller's id, or (local: the
+        # stat just taken) now; a gs:// object is not asked again (one request a file).
+        size = listed if listed is not None else stat_size
+        if (file_id or "").startswith(_TOO_LARGE) or (size is not None and size > limit):
+            raise _Unread(Reason.TOO_LARGE, f"file of {size or 'more than ' + str(limit)} "
+                          f"bytes is larger than {limit}", too_large_id(uri), size or -1)
+        try:
+            data = _read_with_retries(uri, limit + 1)
+        except OSError as e:
+            raise _Unread(Reason.UNREADABLE, f"{type(e).__name__}: {e}",
+                          file_id or f"{STORAGE_ERROR}{uri}", -1) from None
         except Exception as e:  # noqa: BLE001
-            raise DecodeError(Reason.UNREADABLE, f"{type(e).__name__}: {e}") from None
+            raise _Unread(Reason.UNREADABLE, f"{type(e).__name__}: {e}",
+                          file_id or f"unreadable:{uri}", -1) from None
         if len(data) > limit:
-            raise DecodeError(Reason.TOO_LARGE, f"file is larger than {limit} bytes")
+            raise _Unread(Reason.TOO_LARGE, f"file is larger than {limit} bytes",
+                          too_large_id(uri), len(data))
+        digest = hashlib.sha256(data).hexdigest()
+        if file_id is not None and digest != file_id:
+            raise _Unread(Reason.DECODE_ERROR, "content changed during ingest (hash mismatch)",
+                          file_id, len(data))
+        return digest, len(data), data
+
+    def decode(self, uri: str, file_id: str, data: bytes) -> tuple[list[dict], list[dict], dict]:
+        """One file's bytes -> (Examples, record-level Rejected rows, stats); raises
+        DecodeError. stats counts an archive's members: `archive_members` =
+        `archive_members_accepted` + `archive_members_rejected` (empty for other files)."""
+        spec = self.config.spec
         if not data:
             raise DecodeError(Reason.EMPTY, "empty file")
-        if hashlib.sha256(data).hexdigest() != file_id:
-            raise DecodeError(Reason.DECODE_ERROR, "content changed during ingest (hash mismatch)")
         if fmt := _is_manifest(uri, data):
             return *self._manifest(uri, data, fmt), {}
         if kind := archive_kind(data):
@@ -365,8 +517,10 @@ class _FileIngestor:
         meta: dict = {}
         if modality is None and mime in _PACKED:
             modality, mime, data, meta = self._inflate(data, mime)
-        if modality == Modality.IMAGE:
-            parts = [decode_image(data, spec)]
+        sig = None
+        if modality == Modality.IMAGE:  # the near-dup hash from the pixels in hand
+            part, frames = decode_image_frames(data, spec)
+            parts, sig = [part], image_signature(frames)
             mime = parts[0]["mime"] or mime
         elif modality == Modality.TEXT:
             part = empty_part(Modality.TEXT.value)
@@ -383,7 +537,8 @@ class _FileIngestor:
             raise DecodeError(Reason.UNSUPPORTED_FORMAT, "unrecognized content type")
         for part in parts:
             part.update(source_uri=uri, mime=part.get("mime") or mime)
-        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta)], [], {}
+        return [self._example(file_id, modality.value, parts, [uri], mime, len(data), meta,
+                              sig)], [], {}
 
     def _inflate(self, data: bytes, packed: str) -> tuple[Modality, str, bytes, dict]:
         """A gzip/xz/zstd/bzip2 file that is compressed text: (text, mime, the inflated

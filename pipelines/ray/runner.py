@@ -41,6 +41,7 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     extra = {"num_gpus": need.num_gpus} if need.num_gpus else {}
     if need.memory_mb:
         extra["memory"] = need.memory_mb * 2**20
+    size = max(1, min(top, len(items)))
     results = []
     # the deadline is read from the DataContext when the Dataset is made: make it inside
     with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
@@ -51,7 +52,9 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
             _StageActor,
             fn_constructor_args=(task,),
             batch_size=1,
-            compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(top, len(items)))),
+            # a pool asked for by size starts whole: growing from 1 left the second
+            # actor starting (decoder spawn and imports) while the first did the work
+            compute=ActorPoolStrategy(min_size=size if actors else 1, max_size=size),
             num_cpus=cpus,
             **extra,
         )

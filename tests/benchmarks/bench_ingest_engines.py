@@ -1,17 +1,23 @@
-"""Benchmark: ingest's decode pass on the engines — Beam 1 vs 2 workers, and Ray.
+"""Benchmark: ingest on the engines (1 vs 2 workers), and the whole `loom ingest` against
+the sum of its bare parts, with every file read counted.
 
-    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--images 1500] [--texts 500] [--repeats 2] [--no-ray]
+    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--files 2000] [--repeats 2] [--no-ray] [--no-whole]
 
-Corpus: `jobs.corpus.generate_corpus` (PNG 96x96 + texts, no bad files) in a temp dir.
-`run_ingest` does not expose the engine's worker count, so this replicates its decode
-pass: sha256 ids and `pick_canonical` in the driver, a tokenizer trained on the texts,
-then `StageTask(partial(IngestStage, IngestConfig(spec=...)), version_dir)` over
-`row_items(rows, 64)` via `pipelines.runner.run_stage(Engine.BEAM, ..., workers=N)`
-(DirectRunner, multi_threading) and `run_stage(Engine.RAY, ..., actors=N)`. Isolation
-is the default (each stage instance starts its own decoder worker process; that start-up
-is inside every engine run). Ray start-up (`ensure_ray` -> `ray.init`) is timed apart.
-One full `run_ingest(Engine.BEAM)` (hash + tokenizer + decode, default workers) is timed
-for context. Prints files/s per path. Not collected by pytest.
+Corpus: `jobs.corpus.generate_corpus` (75% PNG 96x96, 25% text, its few bad files) in
+a temp dir.
+
+- Scaling: the decode pass as `run_ingest` runs it (URIs only: the stage hashes the
+  one read; size-grouped items of 64; tokenizer trained beforehand), through
+  `pipelines.runner.run_stage` on Beam (DirectRunner, multi_threading, workers=1 and 2)
+  and Ray Data (actors=1 and 2), isolation on. 1 and 2 are interleaved, best of N.
+- Whole ingest: `run_ingest(Engine.BEAM)` (defaults: 2 workers) from the listing to
+  the manifest, against the bare parts done one after another in this process: read
+  every file (`Path.read_bytes`), sha256, decode (bench_ingest's bare loop: Pillow +
+  `ImageOps.fit` + JPEG q90, or NFC + tokenizer), write the outputs as one zstd Parquet
+  file. Reads are counted in every process (`read_counter`: an audit hook on `open`).
+
+The last lines are always `scaling beam 2/1 X.XXx` and `scaling ray 2/1 X.XXx` (ray
+`n/a` with --no-ray). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -25,99 +31,174 @@ import time
 from functools import partial
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from loom.jobs.corpus import generate_corpus  # noqa: E402
-from loom.pipelines.ingest import run_ingest  # noqa: E402
-from loom.pipelines.runner import Engine, StageTask, merge_results, row_items, run_stage  # noqa: E402
-from loom.schemas import storage  # noqa: E402
-from loom.schemas.spec import PreprocessingSpec  # noqa: E402
-from loom.transforms.ingest import IngestConfig, IngestStage, pick_canonical  # noqa: E402
-from loom.transforms.tokenizer import train_tokenizer  # noqa: E402
+from read_counter import ReadCounter  # noqa: E402
 
-
-def decode_pass(engine: Engine, task: StageTask, items: list[dict], n: int, **opts) -> float:
-    t = time.perf_counter()
-    res = run_stage(engine, task, items, **opts)
-    dt = time.perf_counter() - t
-    tables, stats = merge_results(res)
-    if stats.get("accepted_files") != n:
-        rej = storage.read_parquet([storage.join(task.version_dir, f.path)
-                                    for f in tables.get("rejected", [])]).to_pylist()
-        raise SystemExit(f"{engine.value}: {stats}; first rejected: {rej[:3]}")
-    return dt
+READS = ReadCounter()  # before any worker process starts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=1500)
-    ap.add_argument("--texts", type=int, default=500)
+    ap.add_argument("--files", type=int, default=2000, help="corpus size (75%% PNG, 25%% text)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--no-whole", action="store_true")
     args = ap.parse_args()
     t_all = time.perf_counter()
-    rows_out: list[tuple[str, str, str]] = []  # (path, time, files/s)
     with tempfile.TemporaryDirectory(prefix="loom-bench-eng-") as tmp:
-        generate_corpus(tmp, args.images, args.texts, seed=0, bad_files=False)
+        READS.install(tmp)
+        from loom.jobs.corpus import generate_corpus
+
+        generate_corpus(tmp, args.files * 3 // 4, args.files - args.files * 3 // 4, seed=0)
         media = pathlib.Path(tmp, "media")
         files = sorted(p for p in media.rglob("*") if p.is_file())
-        hashes = [{"uri": str(p), "size": p.stat().st_size,
-                   "id": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
-        canonical, _ = pick_canonical(hashes)
-        rows = [{"uri": h["uri"], "id": h["id"]} for h in canonical]
-        n = len(rows)
-        spec = PreprocessingSpec()
-        texts = [p.read_text() for p in (media / "texts").glob("*.txt")]
-        spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(texts, spec.vocab_size)})
-        items = row_items(rows, 64)
-        factory = partial(IngestStage, IngestConfig(spec=spec))
-        print(f"{len(files)} files ({args.images} PNG 96x96 + {args.texts} text), {n} canonical, "
-              f"{len(items)} items of 64; decode pass, isolation on; best of {args.repeats}")
+        out: list[tuple[str, str, str]] = []
+        print(f"{len(files)} files ({args.files * 3 // 4} PNG 96x96 + "
+              f"{args.files - args.files * 3 // 4} text + bad files), best of {args.repeats}")
+        if not args.no_whole:
+            out += whole_vs_bare(media, tmp, files)
+        scaling, rows = engines(media, tmp, files, args.repeats, not args.no_ray)
+        out += rows
+    w = max(len(p) for p, _, _ in out)
+    print(f"{'path':<{w}} {'s':>7} {'files/s':>8}")
+    for p, s, fps in out:
+        print(f"{p:<{w}} {s:>7} {fps:>8}")
+    print(f"total wall {time.perf_counter() - t_all:.1f} s")
+    print(f"scaling beam 2/1 {scaling['beam']:.2f}x")
+    ray = f"{scaling['ray']:.2f}x" if "ray" in scaling else "n/a"
+    print(f"scaling ray 2/1 {ray}")
 
-        best: dict[str, float] = {}
-        for r in range(args.repeats):  # interleaved
-            for w in (1, 2):
-                task = StageTask(factory, f"{tmp}/out/beam-w{w}-r{r}")
-                dt = decode_pass(Engine.BEAM, task, items, n, workers=w)
-                best[f"beam workers={w}"] = min(best.get(f"beam workers={w}", 1e9), dt)
+
+def whole_vs_bare(media: pathlib.Path, tmp: str, files: list[pathlib.Path]
+                  ) -> list[tuple[str, str, str]]:
+    from bench_ingest import cpu_seconds
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.runner import Engine
+
+    n = len(files)
+    mark = READS.mark()
+    t, c = time.perf_counter(), cpu_seconds()
+    res = run_ingest(str(media), f"{tmp}/whole", engine=Engine.BEAM)
+    whole, whole_cpu = time.perf_counter() - t, cpu_seconds() - c
+    reads = READS.counts(mark)
+    per_file = [reads.get(str(p), 0) for p in files]
+    c = cpu_seconds()
+    parts, bare_reads = bare_parts(files, tmp)
+    bare, bare_cpu = sum(parts.values()), cpu_seconds() - c
+    rows = [("whole run_ingest(Engine.BEAM), 2 workers", f"{whole:.2f}", f"{n / whole:.1f}"),
+            ("  its CPU time (driver + decoder processes)", f"{whole_cpu:.2f}", "")]
+    rows += [(f"  run_ingest {k}", f"{v:.2f}", "") for k, v in res["timings"].items()
+             if k.endswith("_s") and k != "files_per_s"]
+    rows += [(f"bare {k}", f"{v:.2f}", "") for k, v in parts.items()]
+    rows.append(("bare parts, sum (1 core)", f"{bare:.2f}", f"{n / bare:.1f}"))
+    print(f"run_ingest counts: listed {res['counts']['listed']}, accepted "
+          f"{res['counts']['accepted']}, duplicate {res['counts']['duplicate']}, rejected "
+          f"{res['counts']['rejected']}")
+    print(f"reads by run_ingest: {sum(per_file)} opens of {n} files; max per file "
+          f"{max(per_file)}; files read twice or more: {sum(1 for r in per_file if r > 1)}; "
+          f"never read: {sum(1 for r in per_file if r == 0)}")
+    print(f"reads by the bare parts: {sum(bare_reads.get(str(p), 0) for p in files)}")
+    print(f"ratio ingest/bare-parts {whole / bare:.2f}x wall (2 workers vs 1 core), "
+          f"{whole_cpu / bare_cpu:.2f}x CPU time (bare parts {bare_cpu:.2f} CPU-s incl. "
+          "the tokenizer's training)")
+    return rows
+
+
+def bare_parts(files: list[pathlib.Path], tmp: str) -> tuple[dict[str, float], dict]:
+    """read + hash + decode + write, each timed over the whole corpus, on one core."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from bench_ingest import bare_decode
+    from loom.schemas.spec import PreprocessingSpec
+    from loom.transforms.tokenizer import TextTokenizer, train_tokenizer
+
+    spec = PreprocessingSpec()
+    texts = [p.read_text(errors="replace") for p in files if p.suffix == ".txt"][:5000]
+    spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(texts, spec.vocab_size)})
+    tok = TextTokenizer.from_json(spec.tokenizer_json)
+    mark = READS.mark()
+    parts: dict[str, float] = {}
+    t = time.perf_counter()
+    blobs = [p.read_bytes() for p in files]
+    parts["read"] = time.perf_counter() - t
+    reads = READS.counts(mark)
+    t = time.perf_counter()
+    ids = [hashlib.sha256(b).hexdigest() for b in blobs]
+    parts["hash"] = time.perf_counter() - t
+    t = time.perf_counter()
+    decoded = []
+    for p, b in zip(files, blobs, strict=True):
+        try:
+            decoded.append(bare_decode(str(p), b, spec, tok))
+        except Exception:  # noqa: BLE001 - the corpus's bad files
+            decoded.append(None)
+    parts["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    table = pa.table({"id": ids, "uri": [str(p) for p in files],
+                      "out": [d if isinstance(d, bytes) else repr(d).encode() for d in decoded]})
+    pq.write_table(table, f"{tmp}/bare.parquet", compression="zstd")
+    parts["write"] = time.perf_counter() - t
+    return parts, reads
+
+
+def engines(media: pathlib.Path, tmp: str, files: list[pathlib.Path], repeats: int,
+            ray_too: bool) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    from loom.pipelines.ingest_once import size_grouped_items
+    from loom.pipelines.runner import Engine, StageTask, merge_results, run_stage
+    from loom.schemas.spec import PreprocessingSpec
+    from loom.transforms.ingest import IngestConfig, IngestStage
+    from loom.transforms.tokenizer import train_tokenizer
+
+    spec = PreprocessingSpec()
+    texts = [p.read_text(errors="replace") for p in files if p.suffix == ".txt"][:5000]
+    spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(texts, spec.vocab_size)})
+    rows = [{"uri": str(p)} for p in files]
+    items = size_grouped_items(rows, {str(p): p.stat().st_size for p in files}, 64)
+    factory = partial(IngestStage, IngestConfig(spec=spec, allowed_roots=(str(media),)))
+    n = len(files)
+
+    from bench_ingest import cpu_seconds
+
+    best: dict[str, float] = {}
+
+    def run(engine: Engine, key: str, r: int, **opts) -> float:
+        task = StageTask(factory, f"{tmp}/out/{key}-r{r}")
+        t, c = time.perf_counter(), cpu_seconds()
+        _, stats = merge_results(run_stage(engine, task, items, **opts))
+        dt = time.perf_counter() - t
+        if engine == Engine.BEAM:  # Ray's workers are not this process's children
+            best[f"{key} cpu"] = min(best.get(f"{key} cpu", 1e9), cpu_seconds() - c)
+        if stats.get("accepted_files", 0) + stats.get("rejected_files", 0) < n * 0.99:
+            raise SystemExit(f"{key}: {stats}")
+        return dt
+
+    for r in range(repeats):  # interleaved: drift hits 1 and 2 alike
         for w in (1, 2):
-            dt = best[f"beam workers={w}"]
-            rows_out.append((f"Beam DirectRunner workers={w}", f"{dt:.2f}", f"{n / dt:.1f}"))
-        scaling = best["beam workers=1"] / best["beam workers=2"]
-
-        if not args.no_ray:
-            from loom.pipelines.ray.session import ensure_ray
-
-            t = time.perf_counter()
-            ensure_ray()
-            ray_init = time.perf_counter() - t
-            rows_out.append(("Ray start-up (ensure_ray/ray.init)", f"{ray_init:.2f}", ""))
-            for r in range(args.repeats):
-                for a in (1, 2):
-                    task = StageTask(factory, f"{tmp}/out/ray-a{a}-r{r}")
-                    dt = decode_pass(Engine.RAY, task, items, n, actors=a)
-                    key = f"ray actors={a} run {r + 1}"
-                    rows_out.append((f"Ray Data actors={a} (run {r + 1})", f"{dt:.2f}",
-                                     f"{n / dt:.1f}"))
-                    best[key] = dt
-            import ray
-
-            ray.shutdown()
+            dt = run(Engine.BEAM, f"beam-w{w}", r, workers=w)
+            best[f"beam {w}"] = min(best.get(f"beam {w}", 1e9), dt)
+    out = [(f"Beam DirectRunner workers={w}, decode pass", f"{best[f'beam {w}']:.2f}",
+            f"{n / best[f'beam {w}']:.1f}") for w in (1, 2)]
+    out += [(f"  its CPU time (workers={w})", f"{best[f'beam-w{w} cpu']:.2f}", "")
+            for w in (1, 2)]
+    scaling = {"beam": best["beam 1"] / best["beam 2"]}
+    if ray_too:
+        from loom.pipelines.ray.session import ensure_ray
 
         t = time.perf_counter()
-        res = run_ingest(str(media), f"{tmp}/full", engine=Engine.BEAM)
-        full = time.perf_counter() - t
-        tm = res.get("timings", {}) if isinstance(res, dict) else {}
-        detail = ", ".join(f"{k} {v:.2f}" for k, v in tm.items()) if tm else ""
-        rows_out.append(("full run_ingest, Beam default workers=2", f"{full:.2f}",
-                         f"{len(files) / full:.1f}"))
+        ensure_ray()
+        out.append(("Ray start-up (ensure_ray/ray.init)", f"{time.perf_counter() - t:.2f}", ""))
+        for r in range(repeats):
+            for a in (1, 2):
+                dt = run(Engine.RAY, f"ray-a{a}", r, actors=a)
+                best[f"ray {a}"] = min(best.get(f"ray {a}", 1e9), dt)
+        out += [(f"Ray Data actors={a}, decode pass", f"{best[f'ray {a}']:.2f}",
+                 f"{n / best[f'ray {a}']:.1f}") for a in (1, 2)]
+        scaling["ray"] = best["ray 1"] / best["ray 2"]
+        import ray
 
-    w = max(len(p) for p, _, _ in rows_out)
-    print(f"{'path':<{w}} {'s':>7} {'files/s':>8}")
-    for p, s, fps in rows_out:
-        print(f"{p:<{w}} {s:>7} {fps:>8}")
-    print(f"Beam scaling workers=2 / workers=1: {scaling:.2f}x")
-    print(f"run_ingest timings: {detail}")
-    print(f"total wall {time.perf_counter() - t_all:.1f} s")
+        ray.shutdown()
+    return scaling, out
 
 
 if __name__ == "__main__":

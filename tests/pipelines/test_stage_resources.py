@@ -7,7 +7,6 @@ from functools import partial
 
 import pytest
 from apache_beam.transforms import resources as beam_resources
-from loom.pipelines.ingest import HashStage
 from loom.pipelines.ray import sizing
 from loom.pipelines.ray.sizing import Node, NoRoom
 from loom.pipelines.work import StageTask
@@ -25,7 +24,6 @@ def test_stages_declare_and_the_task_reads_it(tmp_path):
         num_cpus=0.5, memory_mb=1536)
     no_isolation = IngestConfig(spec=PreprocessingSpec(), isolate=False)
     assert StageTask(partial(IngestStage, no_isolation), "x").resources.memory_mb == 0
-    assert StageTask(partial(HashStage, ("a",)), "x").resources.num_cpus == 0.25
     assert SynthStage.resources.num_cpus == 0.25  # waits on the LLM, not the CPU
 
 
@@ -36,7 +34,7 @@ def test_beam_hints_follow_the_declaration(tmp_path):
     hints = stage_transform(StageTask(partial(IngestStage, cfg), str(tmp_path))
                             ).get_resource_hints()
     assert hints[MIN_RAM] == str(1536 * 2**20).encode()
-    assert stage_transform(StageTask(partial(HashStage, ()), "x")).get_resource_hints() == {}
+    assert stage_transform(StageTask(SynthStage, "x")).get_resource_hints() == {}
 
 
 def test_hints_only_off_the_local_runner(tmp_path):

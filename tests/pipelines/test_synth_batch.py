@@ -129,3 +129,15 @@ def test_dry_run_plan_counts_media_and_prices_batch(examples, tmp_path):
                      batch=FAST)
     assert done["counts"]["pairs"] > 0
     assert json.dumps(plan)  # the plan is JSON as it is printed
+
+
+def test_dry_run_plans_a_gemini_spend_without_credentials(examples, tmp_path, monkeypatch):
+    # The plan is what a team reads before it asks for a key: no key, no client, no call.
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    root = str(tmp_path / "p")
+    out = run_synth(examples, root, LLMConfig(backend="gemini"), dry_run=True)
+    assert out["dry_run"] and out["plan"]["modalities"]["total"]["online_usd"] > 0
+    assert not os.path.exists(root)  # nothing written
+    with pytest.raises(ValueError, match="GEMINI_API_KEY"):  # a real run still needs one
+        run_synth(examples, root, LLMConfig(backend="gemini"))

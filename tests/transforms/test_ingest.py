@@ -93,7 +93,8 @@ def test_unexpected_exception_becomes_rejected(tmp_path, stage, monkeypatch):
     def boom(data, spec):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(ingest, "decode_image", boom)
+    monkeypatch.setattr(ingest, "decode_image", boom)  # manifest and archive parts
+    monkeypatch.setattr(ingest, "decode_image_frames", boom)  # a plain image file
     data = encode(Image.new("RGB", (8, 8)))
     examples, rejected = run(stage, [{"uri": write(tmp_path, "x.png", data),
                                       "id": hashlib.sha256(data).hexdigest()}])
