@@ -21,5 +21,11 @@ def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        # The killed run's children (a decoder process still importing, a Beam worker) may
+        # hold the pipes' write ends for a while: waiting for EOF would wait for them, so
+        # close our ends instead (a late write gets EPIPE).
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == -signal.SIGKILL
