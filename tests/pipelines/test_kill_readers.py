@@ -98,7 +98,7 @@ def test_killed_runs_leave_versions_every_reader_reads_right(tmp_path):
     generate_corpus(str(corpus), 150, 60, seed=3)
     ex, pairs, shards = tmp_path / "examples", tmp_path / "pairs", tmp_path / "shards"
     _kill_then_finish(["ingest", "--input", str(corpus / "media"), "--output", str(ex)], ex,
-                      ["_work/_hashes/*.parquet", "examples/*.parquet"])
+                      ["_work/files/*.parquet", "examples/*.parquet"])
     _kill_then_finish(["synth", "--examples", str(ex), "--output", str(pairs)], pairs,
                       ["pairs/*.parquet"])
     _kill_then_finish(["shard", "--input", str(pairs), "--output", str(shards),
