@@ -92,7 +92,9 @@ def test_vertex_batch_jobs_with_the_real_client(gcs, offline_llm, prefix):
     """batchPredictionJobs create/get/list from a gs:// JSONL into a gs:// prefix, with
     failed lines (a seeded share, and a malformed request), a missing input (FAILED) and
     a cancelled job."""
-    url = offline_llm(Faults(batch_line_failures=0.4, seed=3))
+    # A job stays PENDING for 0.5 s: on a quiet machine a 21-line job could finish before
+    # create() returns, and the state after create is part of what this test checks.
+    url = offline_llm(Faults(batch_line_failures=0.4, seed=3, batch_delay_s=0.5))
     client = make_client(VERTEX, base_url=url)
     lines = [{"key": f"k{i}", "request": REQ | {"labels": {"i": str(i)}}} for i in range(20)]
     lines.append({"key": "bad", "request": {"contents": []}})
