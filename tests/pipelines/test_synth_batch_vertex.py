@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.synth import BudgetExceeded, run_synth
-from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.synth.batch import BatchSettings
 from loom.synth.budget import Budget
 from loom.synth.client import LLMConfig
 from loom.synth.offline_server import Faults, server_stats
 from loom.transforms import scenes
+
+from tests.pipelines.test_synth_batch import _pairs
 
 FAST = BatchSettings(poll_initial_s=0.05, poll_max_s=0.5)
 LIMIT = 3000  # a text request fits inline; a 512-px picture (about 3.5 KB as base64) does not
@@ -47,13 +48,6 @@ def _corpus(root: str) -> None:
         storage.write_bytes(f"{root}/images/img-{i}.png", png)
     for i, text in enumerate(TEXTS):
         storage.write_bytes(f"{root}/texts/doc-{i}.txt", text.encode())
-
-
-def _pairs(uri: str) -> list[dict]:
-    vdir, manifest = mf.resolve_input(uri)
-    rows = mf.read_table(vdir, manifest, "pairs").to_pylist()
-    return sorted(({k: v for k, v in r.items() if k not in ("input_tokens", "output_tokens")}
-                   for r in rows), key=lambda r: r["pair_id"])
 
 
 @pytest.fixture(scope="module")
