@@ -12,6 +12,12 @@ its last vector arrives (a retry overwrites it) and the manifest is written last
 of a killed run keeps the parts it finished. Incremental: a previous
 complete backfill under the same root with the same checkpoint and dim donates the vectors
 of the ids it already has; only new ids are embedded.
+
+Bookkeeping at scale: the driver keeps a 64-bit key, a file and a row per id in numpy
+arrays (about 40 bytes per id), reads ids, sources and modalities back per chunk from the
+Examples files when it writes that chunk's part, finds a previous version's vectors from its
+id columns and reads them per chunk, and leaves the FAISS index to a Ray task that reads
+the parts from storage: no Python object per Example and no vector it is not writing.
 """
 
 from __future__ import annotations
@@ -81,64 +87,63 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
         return done
 
     ex_files = ex_manifest.files(ex_dir, "examples")
-    ids, meta, where = _example_ids(ex_files)
-    chunks = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
-
+    book = _Book(ex_files)
+    n_ids = len(book.pos)
+    n_chunks = -(-n_ids // CHUNK)
     prior = _prior_version(output_root, version, ckpt_id, dim)
-    prior_table = (mf.read_table(*prior, TABLE, columns=["id", "vector"])
-                   if prior is not None else EMBEDDING.empty_table().select(["id", "vector"]))
-    prior_row = {i: n for n, i in enumerate(prior_table.column("id").to_pylist())}
-    prior_vectors = _vectors(prior_table, dim)
+    prior_at = _PriorVectors(*prior, dim, book) if prior is not None else None
+    copy = prior_at.found if prior_at is not None else np.zeros(n_ids, dtype=bool)
 
     files: dict[int, mf.FileRecord] = {}  # chunk number -> its part
-    index_parts: dict[int, np.ndarray] = {}  # chunk number -> its vectors
-    counts = {"examples": len(ids), "embedded": 0, "copied": 0, "dim": dim, "resumed_chunks": 0}
-    missing: dict[int, int] = {}  # chunk number -> how many of its vectors are still to come
-    chunk_of: dict[str, int] = {}
-    take: list[list[int]] = [[] for _ in ex_files]  # per Examples file, the rows to embed
-    bar = tqdm(total=len(chunks), desc=f"backfill {version}", unit="chunk", disable=None,
+    counts = {"examples": n_ids, "embedded": 0, "copied": 0, "dim": dim, "resumed_chunks": 0}
+    missing = np.zeros(n_chunks, dtype=np.int64)  # chunk -> how many vectors are to come
+    bar = tqdm(total=n_chunks, desc=f"backfill {version}", unit="chunk", disable=None,
                leave=False)
-    fresh: dict[str, np.ndarray] = {}
+    fresh: dict[str, np.ndarray] = {}  # vectors of chunks not complete yet
 
     def write(n: int) -> None:
-        chunk = chunks[n]
-        table = _chunk_table(chunk, meta, fresh, prior_row, prior_vectors, ckpt_id, dim)
+        ids, sources, modalities = book.chunk_meta(n)
+        vectors = np.zeros((len(ids), dim), dtype=np.float32)
+        embedded = 0
+        for j, i in enumerate(ids):
+            if i in fresh:
+                vectors[j] = fresh.pop(i)
+                embedded += 1
+        old = np.flatnonzero(copy[n * CHUNK : n * CHUNK + len(ids)])
+        if len(old):
+            vectors[old] = prior_at.vectors(n * CHUNK + old, [ids[j] for j in old])
+        if embedded + len(old) != len(ids):
+            raise RuntimeError(f"backfill chunk {n} got {embedded} new and {len(old)} copied "
+                               f"vectors for {len(ids)} ids")
+        table = _chunk_table(ids, sources, modalities, vectors, ckpt_id, dim)
         files[n] = writer.write_part(TABLE, f"part-{n:05d}", table)
-        if faiss_index:
-            index_parts[n] = _vectors(table, dim)
-        embedded = sum(1 for i in chunk if i in fresh)
         counts["embedded"] += embedded
-        counts["copied"] += len(chunk) - embedded
-        for i in chunk:
-            fresh.pop(i, None)
+        counts["copied"] += len(old)
         _tick(bar, counts)
 
+    done_parts = {e.uri for e in storage.list_files(storage.join(writer.dir, TABLE), ".parquet")}
     try:
         with timed(timings, "embed_s"):
-            for n, chunk in enumerate(chunks):
-                finished = _finished_part(writer, f"part-{n:05d}", chunk, ckpt_id, dim)
+            todo = np.zeros(n_ids, dtype=bool)  # ids to embed in this run
+            for n in range(n_chunks):
+                lo, hi = n * CHUNK, min(n_ids, (n + 1) * CHUNK)
+                name = f"part-{n:05d}"
+                finished = (_finished_part(writer, name, book.chunk_meta(n)[0], ckpt_id, dim)
+                            if writer.part_uri(TABLE, name) in done_parts else None)
                 if finished is not None:  # a killed run wrote this chunk already
-                    record, table = finished
-                    files[n] = record
-                    if faiss_index:
-                        index_parts[n] = _vectors(table, dim)
-                    copied = sum(1 for i in chunk if i in prior_row)
+                    files[n] = finished
+                    copied = int(copy[lo:hi].sum())
                     counts["copied"] += copied
-                    counts["embedded"] += len(chunk) - copied
+                    counts["embedded"] += hi - lo - copied
                     counts["resumed_chunks"] += 1
                     _tick(bar, counts)
                     continue
-                new = [i for i in chunk if i not in prior_row]
-                if not new:
+                missing[n] = hi - lo - int(copy[lo:hi].sum())
+                if not missing[n]:
                     write(n)
-                    continue
-                missing[n] = len(new)
-                for i in new:
-                    chunk_of[i] = n
-                    f, row = where[i]
-                    take[f].append(row)
-            work = list(zip(ex_files, take, strict=True))
-            actors, cpus, gpus = embed_plan() if missing else (1, 1.0, 0.0)  # no Ray if none
+                todo[lo:hi] = ~copy[lo:hi]
+            work = book.work(todo)
+            actors, cpus, gpus = embed_plan() if missing.any() else (1, 1.0, 0.0)  # no Ray if none
             job_start = time.perf_counter()
             handler = EncoderHandler(checkpoint_root, ckpt_id, dim)
             for got_ids, got in deadline_iter(
@@ -149,28 +154,28 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
                 if "embed_startup_s" not in timings:  # and the rows that call embedded
                     timings["embed_startup_s"] = round(time.perf_counter() - job_start, 3)
                     timings["embed_startup_rows"] = len(got_ids)
-                for i, vector in zip(got_ids, got, strict=True):
-                    n = chunk_of[i]
+                for i, n, vector in zip(got_ids, book.position(got_ids) // CHUNK, got,
+                                        strict=True):
                     if i in fresh or n in files:
                         raise RuntimeError(f"backfill embedded {i} twice")
                     fresh[i] = vector
                     missing[n] -= 1
                     if not missing[n]:
-                        write(n)
+                        write(int(n))
     finally:
         bar.close()
-    if len(files) != len(chunks):
+    if len(files) != n_chunks:
         raise RuntimeError(f"backfill got no vectors for chunks "
-                           f"{sorted(set(range(len(chunks))) - set(files))[:10]}")
-    files = [files[n] for n in range(len(chunks))]
-    if counts["embedded"] + counts["copied"] != len(ids) or sum(f.rows for f in files) != len(ids):
+                           f"{sorted(set(range(n_chunks)) - set(files))[:10]}")
+    files = [files[n] for n in range(n_chunks)]
+    if counts["embedded"] + counts["copied"] != n_ids or sum(f.rows for f in files) != n_ids:
         raise RuntimeError(f"backfill lost or invented rows: {counts}")
 
     index_info = None
     if faiss_index:
         with timed(timings, "index_s"):
-            index_info = _write_index(writer.dir, ids,
-                                      [index_parts[n] for n in sorted(index_parts)], dim)
+            index_info = _write_index(writer.dir, [storage.join(writer.dir, f.path)
+                                                   for f in files], dim)
     extra = {"checkpoint": ckpt_id,
              "index": storage.join(writer.dir, INDEX_FILE) if faiss_index else None}
     lineage = {
@@ -199,57 +204,141 @@ def _prior_version(root: str, version: str, ckpt_id: str,
 
 
 def _finished_part(writer: mf.VersionWriter, name: str, chunk: list[str], ckpt_id: str,
-                   dim: int) -> tuple[mf.FileRecord, pa.Table] | None:
+                   dim: int) -> mf.FileRecord | None:
     """A part a killed run of this version completed (write_atomic: whole or absent)."""
     uri = writer.part_uri(TABLE, name)
-    if not storage.exists(uri):
-        return None
     body = storage.read_bytes(uri)
     try:
-        table = pq.read_table(io.BytesIO(body))
+        table = pq.read_table(io.BytesIO(body), columns=["id", "checkpoint", "dim"])
     except Exception:
         return None
     if (table.column("id").to_pylist() != chunk
             or set(table.column("checkpoint").to_pylist()) != {ckpt_id}
             or set(table.column("dim").to_pylist()) != {dim}):
         return None
-    record = mf.FileRecord(path=f"{TABLE}/{name}.parquet", rows=table.num_rows,
-                           sha256=hashlib.sha256(body).hexdigest())
-    return record, table
+    return mf.FileRecord(path=f"{TABLE}/{name}.parquet", rows=table.num_rows,
+                         sha256=hashlib.sha256(body).hexdigest())
 
 
-def _example_ids(ex_files: list[str]) -> tuple[list[str], dict[str, tuple],
-                                                dict[str, tuple[int, int]]]:
-    """Unique ids in file and row order (first occurrence wins), each id's (source URI,
-    modality), and where it lives: (file number, row number). No pixels are read here."""
-    meta: dict[str, tuple[str | None, str]] = {}
-    where: dict[str, tuple[int, int]] = {}
-    for f, uri in enumerate(ex_files):
-        table = storage.read_parquet([uri], columns=["id", "modality", "source_uris"])
-        for row, (i, modality, sources) in enumerate(zip(
-                table.column("id").to_pylist(), table.column("modality").to_pylist(),
-                table.column("source_uris").to_pylist(), strict=True)):
-            if i not in where:
-                meta[i] = ((sources or [None])[0], modality)
-                where[i] = (f, row)
-    return list(where), meta, where
+def _keys(ids: list[str]) -> np.ndarray:
+    """A 64-bit key per id (blake2b): what the driver keeps of an id."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(),
+                                       "little") for i in ids), dtype=np.uint64, count=len(ids))
 
 
-def _chunk_table(chunk: list[str], meta: dict[str, tuple], fresh: dict[str, np.ndarray],
-                 prior_row: dict[str, int], prior_vectors: np.ndarray, ckpt_id: str,
-                 dim: int) -> pa.Table:
-    vectors = np.stack([fresh[i] if i in fresh else prior_vectors[prior_row[i]]
-                        for i in chunk]).astype(np.float32, copy=False)
-    if vectors.shape != (len(chunk), dim):
+def _id_keys(uris: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The keys of every row of the files' `id` columns, and each file's first row."""
+    keys, sizes = [np.zeros(0, np.uint64)], [0]
+    for uri in uris:
+        keys.append(_keys(storage.read_parquet([uri], columns=["id"]).column("id").to_pylist()))
+        sizes.append(len(keys[-1]))
+    return np.concatenate(keys), np.cumsum(sizes)
+
+
+class _Book:
+    """Unique Example ids in file and row order (first occurrence wins), as numpy columns:
+    a 64-bit key, the file and the row of each, about 40 bytes per id and no Python object
+    per id, so the driver's bookkeeping stays small at millions of Examples. Ids, sources
+    and modalities are read back per chunk from the Examples files when a part is written."""
+
+    def __init__(self, ex_files: list[str]):
+        self.ex_files = ex_files
+        keys, self.offsets = _id_keys(ex_files)
+        order = np.argsort(keys, kind="stable")  # equal keys keep file and row order
+        sorted_keys = keys[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        self._cached: tuple[int, pa.Table] | None = None
+        for dup in np.flatnonzero(~first):  # the same id again, or two ids on one key
+            a, b = self._id_at(order[dup - 1]), self._id_at(order[dup])
+            if a != b:
+                raise RuntimeError(f"backfill: ids {a!r} and {b!r} share a 64-bit key")
+        self.pos = np.sort(order[first])  # global row of each unique id, in file order
+        self._sorted = sorted_keys[first]
+        self._index = np.searchsorted(self.pos, order[first])  # sorted key -> file order
+        self.keys = np.empty_like(self._sorted)
+        self.keys[self._index] = self._sorted
+        self.file = np.searchsorted(self.offsets, self.pos, side="right") - 1
+        self.row = self.pos - self.offsets[self.file]
+
+    def _table(self, f: int) -> pa.Table:
+        if self._cached is None or self._cached[0] != f:
+            self._cached = (f, storage.read_parquet([self.ex_files[f]],
+                                                    columns=["id", "modality", "source_uris"]))
+        return self._cached[1]
+
+    def _id_at(self, pos: int) -> str:
+        f = int(np.searchsorted(self.offsets, pos, side="right") - 1)
+        return self._table(f).column("id")[int(pos - self.offsets[f])].as_py()
+
+    def position(self, ids: list[str]) -> np.ndarray:
+        """Where each id sits in file order (an id not among the Examples is an error)."""
+        keys = _keys(ids)
+        at = np.minimum(np.searchsorted(self._sorted, keys), max(0, len(self._sorted) - 1))
+        if not len(self._sorted) or (self._sorted[at] != keys).any():
+            raise RuntimeError("backfill got a vector for an id that is not an Example")
+        return self._index[at]
+
+    def chunk_meta(self, n: int) -> tuple[list[str], list[str | None], list[str]]:
+        """Ids, first source URIs and modalities of chunk n, read from its Examples files."""
+        ids, sources, modalities = [], [], []
+        files, rows = self.file[n * CHUNK : (n + 1) * CHUNK], self.row[n * CHUNK : (n + 1) * CHUNK]
+        for f in np.unique(files):  # the chunk's files, in file order (pos is sorted)
+            t = self._table(int(f)).take(pa.array(rows[files == f]))
+            ids += t.column("id").to_pylist()
+            sources += [(s or [None])[0] for s in t.column("source_uris").to_pylist()]
+            modalities += t.column("modality").to_pylist()
+        return ids, sources, modalities
+
+    def work(self, todo: np.ndarray) -> list[tuple[str, list[int]]]:
+        """(Examples file, rows) of the ids marked in `todo`, per file."""
+        return [(uri, self.row[(self.file == f) & todo].tolist())
+                for f, uri in enumerate(self.ex_files)]
+
+
+class _PriorVectors:
+    """Where a previous backfill holds each current id's vector (`found`, then its part and
+    row), from that version's id columns alone; vectors are read per chunk, one part cached."""
+
+    def __init__(self, prior_dir: str, prior_manifest: mf.Manifest, dim: int, book: _Book):
+        self.parts, self.dim = prior_manifest.files(prior_dir, TABLE), dim
+        keys, offsets = _id_keys(self.parts)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        at = np.minimum(np.searchsorted(sorted_keys, book.keys), max(0, len(keys) - 1))
+        self.found = (sorted_keys[at] == book.keys) if len(keys) else np.zeros(len(book.keys),
+                                                                               dtype=bool)
+        self.at = order[at]  # the prior's global row (meaningful where found)
+        self.offsets = offsets
+        self._cached: tuple[int, pa.Table, np.ndarray] | None = None
+
+    def vectors(self, positions: np.ndarray, ids: list[str]) -> np.ndarray:
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        for j, (prior_row, want) in enumerate(zip(self.at[positions], ids, strict=True)):
+            p = int(np.searchsorted(self.offsets, prior_row, side="right") - 1)
+            if self._cached is None or self._cached[0] != p:
+                table = storage.read_parquet([self.parts[p]], columns=["id", "vector"])
+                self._cached = (p, table.column("id"), _vectors(table, self.dim))
+            r = int(prior_row - self.offsets[p])
+            if self._cached[1][r].as_py() != want:
+                raise RuntimeError(f"backfill: the previous version's row for {want!r} holds "
+                                   "another id")
+            out[j] = self._cached[2][r]
+        return out
+
+
+def _chunk_table(ids: list[str], sources: list[str | None], modalities: list[str],
+                 vectors: np.ndarray, ckpt_id: str, dim: int) -> pa.Table:
+    if vectors.shape != (len(ids), dim):
         raise RuntimeError(f"embeddings of a chunk have shape {vectors.shape}, not "
-                           f"({len(chunk)}, {dim})")
-    offsets = pa.array(np.arange(0, (len(chunk) + 1) * dim, dim, dtype=np.int32))
+                           f"({len(ids)}, {dim})")
+    offsets = pa.array(np.arange(0, (len(ids) + 1) * dim, dim, dtype=np.int32))
     return pa.table({
-        "id": pa.array(chunk, pa.string()),
-        "source_uri": pa.array([meta[i][0] for i in chunk], pa.string()),
-        "modality": pa.array([meta[i][1] for i in chunk], pa.string()),
-        "checkpoint": pa.array([ckpt_id] * len(chunk), pa.string()),
-        "dim": pa.array([dim] * len(chunk), pa.int32()),
+        "id": pa.array(ids, pa.string()),
+        "source_uri": pa.array(sources, pa.string()),
+        "modality": pa.array(modalities, pa.string()),
+        "checkpoint": pa.array([ckpt_id] * len(ids), pa.string()),
+        "dim": pa.array([dim] * len(ids), pa.int32()),
         "vector": pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1))),
     }, schema=EMBEDDING)
 
@@ -259,15 +348,27 @@ def _vectors(table: pa.Table, dim: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(-1, dim)
 
 
-def _write_index(version_dir: str, ids: list[str], parts: list[np.ndarray], dim: int) -> dict:
-    """An exact inner-product index over the unit vectors; row i of the index is ids[i]."""
+def _write_index(version_dir: str, parts: list[str], dim: int) -> dict:
+    """Built by a Ray task from the parts in storage: the driver never holds the vectors."""
+    import ray
+    from loom.pipelines.ray.session import ensure_ray
+
+    ensure_ray()
+    return ray.get(ray.remote(num_cpus=1)(_build_index).remote(version_dir, parts, dim))
+
+
+def _build_index(version_dir: str, parts: list[str], dim: int) -> dict:
+    """An exact inner-product index over the unit vectors; row i of the index is the i-th
+    id of the parts in order."""
     import faiss
 
-    index = faiss.IndexFlatIP(dim)
-    vecs = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
-    if len(vecs) != len(ids):
-        raise RuntimeError(f"index has {len(vecs)} vectors for {len(ids)} ids")
-    index.add(vecs)
+    index, ids = faiss.IndexFlatIP(dim), []
+    for uri in parts:
+        table = storage.read_parquet([uri], columns=["id", "vector"])
+        index.add(np.ascontiguousarray(_vectors(table, dim)))
+        ids += table.column("id").to_pylist()
+    if index.ntotal != len(ids):
+        raise RuntimeError(f"index has {index.ntotal} vectors for {len(ids)} ids")
     storage.write_atomic(storage.join(version_dir, INDEX_IDS_FILE), json.dumps(ids).encode())
     storage.write_atomic(storage.join(version_dir, INDEX_FILE),
                          faiss.serialize_index(index).tobytes())
