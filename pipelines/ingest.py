@@ -308,14 +308,19 @@ def _decoded_outcomes(version_dir: str, tables: dict, uris: set[str]) -> dict[st
 def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
                  writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict,
                  dups: dict[str, list[str]]) -> None:
-    """Rows of unchanged files are copied from the prior version, not decoded again."""
+    """Rows of unchanged files are copied from the prior version, not decoded again: one
+    prior part at a time, each into a part of its own, so memory holds one part."""
     for table, column in (("examples", "source_uris"), ("rejected", "uri")):
-        old = mf.read_table(*prior, table)
-        keys = old.column(column).to_pylist()
-        if column == "source_uris":
-            keys = [k[0] if k else "" for k in keys]
-        keep = [i for i, k in enumerate(keys) if _base_uri(k, reused) in reused]
-        if keep:
+        for n, old in enumerate(mf.read_table_parts(*prior, table)):
+            keys = old.column(column).to_pylist()
+            if column == "source_uris":
+                keys = [k[0] if k else "" for k in keys]
+            keep = [i for i, k in enumerate(keys) if _base_uri(k, reused) in reused]
+            if table == "rejected":
+                stats["rejected_records"] = stats.get("rejected_records", 0) + sum(
+                    1 for i in keep if _base_uri(keys[i], reused) != keys[i])
+            if not keep:
+                continue
             part = old.take(pa.array(keep, pa.int64()))
             if table == "examples":  # copies may have come or gone since
                 sources = [s if _base_uri(s[0], reused) != s[0] else [s[0], *dups.get(s[0], [])]
@@ -323,10 +328,8 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
                 idx = part.schema.get_field_index("source_uris")
                 part = part.set_column(idx, part.schema.field(idx),
                                        pa.array(sources, pa.list_(pa.string())))
-            tables.setdefault(table, []).append(writer.write_part(table, "reused-00000", part))
-        if table == "rejected":
-            rec = sum(1 for i in keep if _base_uri(keys[i], reused) != keys[i])
-            stats["rejected_records"] = stats.get("rejected_records", 0) + rec
+            tables.setdefault(table, []).append(
+                writer.write_part(table, f"reused-{n:05d}", part))
     for u in reused:
         key = "accepted_files" if prior_files[u][1] == "accepted" else "rejected_files"
         stats[key] = stats.get(key, 0) + 1

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -166,10 +166,22 @@ def read_table(version_dir: str, manifest: Manifest, table: str,
     """Only the files the manifest lists: stray parts of a killed run are invisible.
     Files of a known older schema version read with today's columns (added ones null)."""
     check_schema_version(version_dir, manifest)
-    schema = TABLES.get(table)
-    data = storage.read_parquet(manifest.files(version_dir, table), columns=columns,
-                                schema=schema)
-    for field in schema or []:
+    return _with_columns(storage.read_parquet(manifest.files(version_dir, table),
+                                              columns=columns, schema=TABLES.get(table)),
+                         table, columns)
+
+
+def read_table_parts(version_dir: str, manifest: Manifest, table: str,
+                     columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """`read_table`, one listed file at a time (memory holds one part)."""
+    check_schema_version(version_dir, manifest)
+    for uri in manifest.files(version_dir, table):
+        yield _with_columns(storage.read_parquet([uri], columns=columns,
+                                                 schema=TABLES.get(table)), table, columns)
+
+
+def _with_columns(data: pa.Table, table: str, columns: list[str] | None) -> pa.Table:
+    for field in TABLES.get(table) or []:
         if field.name not in data.column_names and (columns is None or field.name in columns):
             data = data.append_column(field.with_nullable(True),
                                       pa.nulls(data.num_rows, field.type))

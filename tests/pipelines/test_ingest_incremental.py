@@ -48,6 +48,11 @@ def test_added_files_decode_alone(tmp_path):
     assert len(_rows(second, "rejected")) == len(_rows(first, "rejected")) + 1
     outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
     assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"
+    # Reused rows are copied one prior part at a time, each into its own part, in order.
+    m1, m2 = (mf.resolve_input(o["uri"])[1] for o in (first, second))
+    prior_parts = [f.rows for f in m1.tables["examples"]]
+    assert len(prior_parts) > 1, "the prior version needs several parts for this check"
+    assert [f.rows for f in m2.tables["examples"] if "/reused-" in f.path] == prior_parts
     assert run_ingest(media, root, engine=Engine.BEAM)["reused"] is True
 
 
