@@ -14,6 +14,7 @@ import contextlib
 from functools import partial
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
@@ -225,31 +226,47 @@ def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
                  roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
                  ex_manifest: mf.Manifest) -> tuple[list[FileRecord], dict[str, int]]:
-    """Run-wide filters over the written pairs; rewrites only the parts that lose rows."""
+    """Run-wide filters over the written pairs; rewrites only the parts that lose rows.
+
+    Parts are read one at a time: the duplicate filter keeps (key, pair_id) as Arrow
+    columns and keeps the smallest pair_id per key (`qf.duplicate_ids`, columnar)."""
     counts = {"filtered_roundtrip": 0}
     if not files or not (cfg.dedupe or roundtrip):
         return files, counts
-    parts = {f.path: storage.read_parquet([storage.join(version_dir, f.path)]) for f in files}
-    rows = [r for t in parts.values() for r in
-            t.select(["pair_id", "query_text", "query_modality", "positive_id",
-                      "positive_modality", "positive_text"]).to_pylist()]
-    drop_dup = qf.duplicate_ids(rows) if cfg.dedupe else set()
-    drop_rt = set()
+    uris = [storage.join(version_dir, f.path) for f in files]
+    cols = ["pair_id", "query_text", "query_modality", "positive_id", "positive_modality",
+            "positive_text"]
+    keys, ids = [], []
+    for uri in uris if cfg.dedupe else []:
+        part = storage.read_parquet([uri], columns=cols)
+        keys.append(pa.array([qf.duplicate_key(r) for r in part.to_pylist()], pa.string()))
+        ids.append(part.column("pair_id").combine_chunks())
+    drop = pa.array([], pa.string())
+    if keys:
+        written = pa.table({"key": pa.chunked_array(keys, pa.string()),
+                            "pair_id": pa.chunked_array(ids, pa.string())})
+        first = written.group_by("key", use_threads=False).aggregate([("pair_id", "min")])
+        drop = written.filter(pc.invert(pc.is_in(written.column("pair_id"),
+                                                 value_set=first.column("pair_id_min")))
+                              ).column("pair_id").combine_chunks()
+        del written, first, keys, ids
+    counts["filtered_duplicate"] = len(drop)
     if roundtrip:
         # the round trip checks text queries against their corpus positives
-        rest = [r for r in rows if r["pair_id"] not in drop_dup
-                and r["query_modality"] == "text" and not r["positive_text"]]
-        drop_rt = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
-    counts["filtered_duplicate"] = len(drop_dup)
-    counts["filtered_roundtrip"] = len(drop_rt)
-    drop = drop_dup | drop_rt
-    if not drop:
+        rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).filter(
+                    pc.invert(pc.is_in(pc.field("pair_id"), value_set=drop))).to_pylist()
+                if r["query_modality"] == "text" and not r["positive_text"]]
+        misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
+        del rest
+        counts["filtered_roundtrip"] = len(misses)
+        drop = pa.concat_arrays([drop, pa.array(sorted(misses), pa.string())])
+    if not len(drop):
         return files, counts
     out = []
-    for f in files:
-        table = parts[f.path]
-        mask = pa.array([p not in drop for p in table.column("pair_id").to_pylist()])
-        if all(mask.to_pylist()):
+    for f, uri in zip(files, uris, strict=True):
+        table = storage.read_parquet([uri])
+        mask = pc.invert(pc.is_in(table.column("pair_id"), value_set=drop))
+        if pc.all(mask).as_py():
             out.append(f)
             continue
         kept = table.filter(mask)
@@ -257,7 +274,7 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
             name = f.path.split("/", 1)[1].removesuffix(".parquet")
             out.append(write_part(version_dir, "pairs", name, kept))
         else:
-            storage.delete(storage.join(version_dir, f.path))
+            storage.delete(uri)
     return out, counts
 
 

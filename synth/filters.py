@@ -124,15 +124,20 @@ def normalize(q: str) -> str:
     return " ".join(re.findall(r"\w+", unicodedata.normalize("NFKC", q).casefold()))
 
 
+def duplicate_key(row: dict) -> str:
+    """What two Pairs must share to be duplicates: (query modality, positive modality, the
+    normalized written text: its query, or for an Example-as-query pair its written positive)."""
+    text = row.get("positive_text") or row["query_text"]
+    return f"{row.get('query_modality') or ''}\0{row.get('positive_modality') or ''}\0" \
+           f"{normalize(text)}"
+
+
 def duplicate_ids(rows: list[dict]) -> set[str]:
-    """pair_ids to drop: every Pair whose normalized written text (its query, or for an
-    Example-as-query pair its written positive) an earlier pair_id already has for the
-    same (query modality, positive modality)."""
-    seen: set[tuple] = set()
+    """pair_ids to drop: every Pair whose `duplicate_key` an earlier pair_id already has."""
+    seen: set[str] = set()
     drop = set()
     for r in sorted(rows, key=lambda r: r["pair_id"]):
-        text = r.get("positive_text") or r["query_text"]
-        n = (r.get("query_modality"), r.get("positive_modality"), normalize(text))
+        n = duplicate_key(r)
         if n in seen:
             drop.add(r["pair_id"])
         seen.add(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import pytest
 from google.genai import types
 from loom.synth import filters as qf
@@ -159,3 +160,33 @@ def test_offline_server_reads_native_media(offline_client, tmp_path):
     with pytest.raises(LLMError):
         generate_pair_json(offline_client, LLMConfig(retry_attempts=1),
                            PROMPTS.text("keyword", "audio"), content_parts(tone))
+
+
+def test_run_wide_duplicate_filter_over_parts(tmp_path):
+    """The written pairs' duplicate filter, part by part: the smallest pair_id of a key
+    stays wherever it was written, a part that loses rows is rewritten under its name and
+    a part that loses all of them is gone; the result agrees with `qf.duplicate_ids`."""
+    from loom.pipelines.synth import _run_filters
+    from loom.schemas import storage
+    from loom.schemas.manifest import write_part
+    from loom.schemas.records import PAIR
+
+    def pair(pid, text, pm="image"):
+        return {"pair_id": pid, "kind": "k", "query_text": text, "query_modality": "text",
+                "positive_id": f"x{pid}", "positive_modality": pm, "split": "train",
+                "prompt_version": "v", "model": "m", "backend": "offline"}
+
+    parts = [[pair("m", "Red circle"), pair("c", "a blue ring"), pair("q", "green")],
+             [pair("b", "red  circle!"), pair("z", "A blue ring."), pair("k", "green", "text")],
+             [pair("y", "GREEN")]]
+    vdir = str(tmp_path / "v")
+    files = [write_part(vdir, "pairs", f"part-{n:05d}", pa.Table.from_pylist(rows, schema=PAIR))
+             for n, rows in enumerate(parts)]
+    out, counts = _run_filters(vdir, files, qf.FilterConfig(), None, "", "", None)
+    kept = [r["pair_id"] for f in out for r in storage.read_parquet(
+        [storage.join(vdir, f.path)]).to_pylist()]
+    assert sorted(kept) == ["b", "c", "k", "q"]
+    assert set("mzy") == qf.duplicate_ids([r for rows in parts for r in rows])
+    assert counts["filtered_duplicate"] == 3
+    assert [f.path for f in out] == ["pairs/part-00000.parquet", "pairs/part-00001.parquet"]
+    assert not storage.exists(storage.join(vdir, "pairs/part-00002.parquet"))
