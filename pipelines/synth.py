@@ -328,9 +328,9 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
     llm = base.llm
     rates = {"rates": price.media} if price is not None else {}
     cache = ResponseCache(base.cache_uri)
-    table = mf.read_table(ex_dir, ex_manifest, "examples")
     out = {}
-    for ex in table.to_pylist():
+    for ex in (ex for t in mf.read_table_parts(ex_dir, ex_manifest, "examples")
+               for ex in t.to_pylist()):  # one part's rows at a time
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
                 if not storage.exists(cache.uri(response_key(
                     llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
@@ -346,7 +346,8 @@ def _plan_rows(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig, prompt_
     rates = {"rates": price.media} if price is not None else {}
     rows: dict[str, PlanRow] = {}
     columns = ["id", "modality", "parts", "metadata", "size_bytes"]
-    for ex in mf.read_table(ex_dir, ex_manifest, "examples").select(columns).to_pylist():
+    for ex in (ex for t in mf.read_table_parts(ex_dir, ex_manifest, "examples", columns)
+               for ex in t.to_pylist()):
         n, est = pending.get(ex["id"], (0, ZERO))
         r = rows.setdefault(ex["modality"], PlanRow())
         r.examples += 1
@@ -358,16 +359,21 @@ def _plan_rows(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig, prompt_
 
 def _within_budget(ex_dir: str, ex_manifest: mf.Manifest, writer: mf.VersionWriter,
                    keep: set[str], budget: Budget, version: str, estimate: dict):
-    """The examples whose worst case fits the budget (in id order), as a work file."""
-    table = mf.read_table(ex_dir, ex_manifest, "examples")
-    mask = pa.array([i in keep for i in table.column("id").to_pylist()])
-    record = write_part(storage.join(writer.dir, "_work"), "budget", "examples",
-                        table.filter(mask))
+    """The examples whose worst case fits the budget (in id order), as work files (one per
+    Examples part that keeps any)."""
+    records, total = [], 0
+    for n, table in enumerate(mf.read_table_parts(ex_dir, ex_manifest, "examples")):
+        total += table.num_rows
+        kept = table.filter(pa.array([i in keep for i in table.column("id").to_pylist()],
+                                     pa.bool_()))
+        if kept.num_rows:
+            records.append(write_part(storage.join(writer.dir, "_work"), "budget",
+                                      f"examples-{n:05d}", kept))
     payload = {"stage": "synth", "version": version, "stopped": "budget", "reused": False,
                "datasets": {}, "budget": budget.model_dump(exclude_none=True),
                "estimate": estimate,
                "counts": {"budget": budget.max_calls if budget.max_calls is not None else -1,
                           "llm_calls_needed": estimate["llm_calls_needed"],
                           "examples_done": len(keep),
-                          "examples": table.num_rows}}
-    return [record], payload
+                          "examples": total}}
+    return records, payload
