@@ -152,8 +152,9 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
     backfill = run_command(c, [
         "backfill", "--input", media, "--output", f"{workdir}/backfill",
         "--checkpoint", stages["train_ft"]["checkpoint"],
-        "--checkpoint-root", stages["train_ft"]["checkpoint_root"]])
+        "--checkpoint-root", stages["train_ft"]["checkpoint_root"], "--faiss-index"])
     assert backfill["result"]["uri"].startswith("gs://")
+    assert storage.exists(backfill["result"]["index"])  # built by a Ray task, on gs://
     wall = time.monotonic() - t0
 
     where = placements(c, [beam_out["job_id"], out["job_id"], backfill["job_id"]])
