@@ -281,18 +281,21 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
 def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, ex_dir: str,
                       ex_manifest: mf.Manifest) -> set[str]:
     """pair_ids whose query does not rank its own positive in the top k of its modality."""
-    import numpy as np
     from loom.models.handler import EncoderHandler
     from loom.models.inputs import examples_spec
+    from loom.pipelines.evaluate import top_k_chunked
 
     handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
     prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
     from loom.pipelines.ray.embed import embed_lists
 
-    examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
     modalities = sorted({r["positive_modality"] for r in rows})
-    galleries = {m: [e for e in examples if e["modality"] == m] for m in modalities}
+    galleries: dict[str, list[dict]] = {m: [] for m in modalities}
+    for part in mf.read_table_parts(ex_dir, ex_manifest, "examples"):  # only the galleries'
+        for e in part.filter(pc.is_in(part.column("modality"),
+                                      value_set=pa.array(modalities, pa.string()))).to_pylist():
+            galleries[e["modality"]].append(e)
     queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
     vectors = embed_lists(  # one pass on Ray through the model seam, as mine and eval
         [items for m in modalities for items in (
@@ -304,9 +307,7 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
         gallery, qs = galleries[modality], queries[modality]
         index = {e["id"]: i for i, e in enumerate(gallery)}
         g, q = vectors[2 * n], vectors[2 * n + 1]
-        scores = q @ g.T
-        k = min(int(roundtrip["k"]), len(gallery))
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = top_k_chunked(q, g, min(int(roundtrip["k"]), len(gallery)))  # chunked scores
         for r, t in zip(qs, top, strict=True):
             if index.get(r["positive_id"]) not in set(t.tolist()):
                 misses.add(r["pair_id"])
