@@ -311,12 +311,6 @@ INGEST_FILES = pa.schema([
     col("stats", pa.string(), "its stage stats as JSON (to take back if it is a duplicate)"),
 ])
 INGEST_FILES_TABLE = "_work/files"
-HASHES = pa.schema([
-    col("uri", pa.string(), "a listed file"),
-    col("size", pa.int64(), "its size in bytes (-1: unreadable)"),
-    col("id", pa.string(), "sha256 of its bytes"),
-    col("modality", pa.string(), "sniffed modality"),
-])
 MISSING = pa.schema([
     col("pair_id", pa.string(), "a pair that could not be joined"),
     col("missing", pa.string(), "the Example id it lacks"),
@@ -352,7 +346,6 @@ TABLES: dict[str, pa.Schema] = {
     "files": FILES,
     "relabels": RELABEL,
     "metrics": METRICS,
-    "_hashes": HASHES,
     INGEST_FILES_TABLE: INGEST_FILES,
     "_missing": MISSING,
     "_rows": TRAINING_ROW,
