@@ -351,12 +351,18 @@ def heldout_rows(pairs: pa.Table) -> list[dict]:
 
 def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
                      ) -> list[dict]:
-    """The held-out Examples as rows: the split is decided on the id and group columns
-    alone (in Arrow), and only the held-out rows become dicts."""
-    table = mf.read_table(ex_dir, manifest, "examples")
-    keys = table.select(["id", *[c for c in GROUP_COLUMNS if c in table.column_names]])
-    mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
-    return table.filter(pa.array(mask, pa.bool_())).to_pylist()
+    """The held-out Examples as rows, read file by file: the split is decided on the id
+    and group columns alone (in Arrow), and only a file's held-out rows are read whole, so
+    the train rows (most of the corpus) are never held."""
+    out: list[dict] = []
+    for f in manifest.tables.get("examples", []):
+        one = dataclasses.replace(manifest, tables={"examples": [f]})
+        keys = mf.read_table(ex_dir, one, "examples", columns=["id", *GROUP_COLUMNS])
+        mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
+        if any(mask):
+            table = mf.read_table(ex_dir, one, "examples")
+            out += table.filter(pa.array(mask, pa.bool_())).to_pylist()
+    return out
 
 
 def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler

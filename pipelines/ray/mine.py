@@ -6,8 +6,8 @@
 2. `embed_missing` (one Ray Data job): reading tasks turn Examples files (train rows
    only) and the query item parts into ITEMs with their digests, write the corpus plan
    (id, modality, digest, asset keys) per file group, and drop what the cache holds
-   (checked against its sorted key array, shared through the object store); the actor
-   pool embeds the rest and writing tasks store it as cache parts.
+   (checked against its sorted key array, which a task reads into the object store); the
+   actor pool embeds the rest and writing tasks store it as cache parts.
 3. `assemble` (a task): the corpus plan in (modality, id) order and its vectors from the
    cache: one float32 .npy per modality, queries.npy and positives.npy in the run's work
    folder.
@@ -134,6 +134,11 @@ def _prepare(batch: pa.Table, handler: EncoderHandler, heldout_fraction: float,
     return items.filter(pa.array(have[pos] != keys))
 
 
+@ray.remote
+def _cached_keys(cache: EmbeddingCache) -> np.ndarray:
+    return cache.cached_keys()
+
+
 def _write_cache(batch: dict[str, np.ndarray], cache: EmbeddingCache) -> dict[str, np.ndarray]:
     cache.write_part(list(batch["id"]), list(batch["digest"]), batch["vector"])
     return {"embedded": np.array([len(batch["id"])]),
@@ -147,7 +152,7 @@ def embed_missing(units: list[dict], cache: EmbeddingCache, handler: EncoderHand
     the positions they stand for)."""
     if not units:
         return {"embedded": 0, "positions": 0}
-    cached = [ray.put(cache.cached_keys())]  # in a list: the tasks fetch it, zero-copy
+    cached = [_cached_keys.remote(cache)]  # in a list: the tasks fetch it, zero-copy
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(functools.partial(_prepare, handler=handler,
                                           heldout_fraction=heldout_fraction, cached=cached),
