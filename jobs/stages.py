@@ -345,6 +345,8 @@ class EvalConfig(StageConfig):
     max_queries: int = Field(2000, ge=1)
     dims: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (), description="extra prefix sizes, e.g. 32,64 (truncation)")
+    baseline_cap: int = Field(50_000, ge=1, description="gallery items the BM25 and "
+                              "untrained baselines index (a seeded sample above it)")
 
 
 @register("eval", EvalConfig,
@@ -358,7 +360,8 @@ def evaluate(cfg: EvalConfig, ctx: Context) -> dict:
     from loom.pipelines.evaluate import format_table, run_eval
 
     out = run_eval(cfg.pairs, cfg.checkpoint, cfg.checkpoint_root, ctx.output_root(),
-                   cfg.ground_truth, cfg.seed, cfg.max_queries, dims=cfg.dims)
+                   cfg.ground_truth, cfg.seed, cfg.max_queries, dims=cfg.dims,
+                   baseline_cap=cfg.baseline_cap)
     ctx.echo(format_table(out.get("eval", {})))
     return out
 

@@ -4,7 +4,10 @@ For each `query->target` pair: R@1, R@5 and NDCG@10 of the checkpoint at every
 Matryoshka size (`by_dim`; the top-level figures are the full size), the expected R@k of
 a random ranking, the same architecture untrained (same seed; on an HF trunk: the trunk's
 pretrained weights with the head at its start, models.trunk.initial_encoder), and for
-text->text a BM25 baseline. The gallery is every held-out asset of the target modality. The checkpoint
+text->text a BM25 baseline. The gallery is every held-out asset of the target modality.
+The baselines that need a whole index in memory (BM25, untrained) read a seeded sample of
+exactly `baseline_cap` items of a larger gallery (relevant items of the queries they
+score first, then distractors); the task's entry says so in `baseline_sample`. The checkpoint
 embeds on Ray through the model seam's one adapter (pipelines/ray/embed.py), one pass for
 every task; the untrained baseline is not a checkpoint and embeds in-process. Queries and
 gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
@@ -41,6 +44,7 @@ KS = (1, 5)
 BASELINES = ("random_", "untrained_", "lexical_")
 
 
+BASELINE_CAP = 50_000  # gallery items the whole-index baselines (BM25, untrained) read
 TOP = 10  # the deepest rank any metric reads (NDCG@10)
 SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
 
@@ -155,7 +159,7 @@ class _Task:
     queries: list[dict]
     gallery: list[dict]
     relevant: list[set[int]]
-    lexical: np.ndarray | None
+    lexical: tuple[list[str], list[str]] | None  # (query, gallery) texts for BM25
 
     @classmethod
     def build(cls, pairs: list[dict], examples: list[dict], by_id: dict[str, dict],
@@ -203,7 +207,7 @@ class _Task:
                     for p in qs]
         lexical = None
         if target == "text" and qs[0]["query_modality"] == "text":
-            lexical = _bm25([_query_text(p) for p in qs], texts)
+            lexical = ([_query_text(p) for p in qs], texts)
         return cls(q_items, gallery, relevant, lexical)
 
 
@@ -217,15 +221,37 @@ def _positive_kinds(pairs: list[dict], by_id: dict[str, dict]) -> set[str] | Non
     return None
 
 
+def baseline_sample(n: int, relevant: list[set[int]], cap: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gallery rows, queries) the whole-index baselines read when the gallery passes
+    `cap`, both sorted: exactly `cap` rows, the queries' relevant items first (queries
+    taken in a seeded order while their items fit, so every one scored can hit), then a
+    seeded sample of the others. None: the gallery is within the cap; they read it all."""
+    if n <= cap:
+        return None
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    queries = []
+    for q in rng.permutation(len(relevant)):
+        if len(keep | relevant[q]) <= cap:
+            keep |= relevant[q]
+            queries.append(int(q))
+    rows = np.array(sorted(keep), dtype=np.int64)
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), rows)
+    extra = rng.choice(rest, cap - len(rows), replace=False)
+    return np.sort(np.concatenate([rows, extra])), np.array(sorted(queries), dtype=np.int64)
+
+
 def _query_text(pair: dict) -> str:
     return pair.get("query_text") or ""
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
              ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000,
-             dims: tuple[int, ...] = ()) -> dict:
+             dims: tuple[int, ...] = (), baseline_cap: int = BASELINE_CAP) -> dict:
     """`dims` adds prefix sizes to the checkpoint's Matryoshka sizes: plain truncation of
-    a model trained without Matryoshka losses is evaluated the same way."""
+    a model trained without Matryoshka losses is evaluated the same way. `baseline_cap`
+    bounds the gallery the BM25 and untrained baselines index (module docstring)."""
     check_paths(pairs=pairs_uri, output=output_root,
                 checkpoint_root=checkpoint_root)  # multi-node: no local paths
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
@@ -236,7 +262,8 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     ckpt_id = resolve(checkpoint_root, checkpoint)
     ex_dir, ex_manifest = mf.resolve_input(pairs_manifest.lineage["examples"])
     truth_digest = mf.listing_digest(storage.list_files(ground_truth)) if ground_truth else ""
-    cfg = {"seed": seed, "max_queries": max_queries, "ground_truth": truth_digest}
+    cfg = {"seed": seed, "max_queries": max_queries, "ground_truth": truth_digest,
+           "baseline_cap": baseline_cap}
     if dims:
         cfg["dims"] = sorted(set(dims))
     version = mf.version_id("eval", [pairs_manifest.version, ckpt_id], cfg)
@@ -278,17 +305,28 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             for d in sizes:  # nested sizes: the first d coordinates, renormalized
                 qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
                 by_dim[d] = embedding_metrics(qd, gd, task.relevant)
-            base = embedding_metrics(handler.embed(task.queries, untrained),
-                                     handler.embed(task.gallery, untrained), task.relevant)
+            sample = baseline_sample(len(task.gallery), task.relevant, baseline_cap, seed)
+            rows_b, qs_b = (sample if sample is not None else
+                            (np.arange(len(task.gallery)), np.arange(len(task.queries))))
+            at = {int(g): i for i, g in enumerate(rows_b)}
+            relevant_b = [{at[g] for g in task.relevant[q]} for q in qs_b]
+            base = embedding_metrics(handler.embed([task.queries[q] for q in qs_b], untrained),
+                                     handler.embed([task.gallery[i] for i in rows_b], untrained),
+                                     relevant_b)
             entry = dict(by_dim[sizes[-1]])
             entry |= {f"random_{k}": v for k, v in
                       random_recall(len(task.gallery), task.relevant).items()}
             entry |= {f"untrained_{k}": v for k, v in
                       base.items()}
             if task.lexical is not None:
+                q_texts, g_texts = task.lexical
+                lexical = _bm25([q_texts[q] for q in qs_b], [g_texts[i] for i in rows_b])
                 entry |= {f"lexical_{k}": v for k, v in
-                          retrieval_metrics(task.lexical, task.relevant).items()}
+                          retrieval_metrics(lexical, relevant_b).items()}
             entry |= {"queries": len(task.queries), "gallery": len(task.gallery)}
+            if sample is not None:
+                entry["baseline_sample"] = {"gallery": len(task.gallery), "cap": baseline_cap,
+                                            "seed": seed, "queries": len(qs_b)}
             table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
             baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
             for d, m in by_dim.items():  # one row per pair and size; baselines repeated
@@ -313,12 +351,18 @@ def heldout_rows(pairs: pa.Table) -> list[dict]:
 
 def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
                      ) -> list[dict]:
-    """The held-out Examples as rows: the split is decided on the id and group columns
-    alone (in Arrow), and only the held-out rows become dicts."""
-    table = mf.read_table(ex_dir, manifest, "examples")
-    keys = table.select(["id", *[c for c in GROUP_COLUMNS if c in table.column_names]])
-    mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
-    return table.filter(pa.array(mask, pa.bool_())).to_pylist()
+    """The held-out Examples as rows, read file by file: the split is decided on the id
+    and group columns alone (in Arrow), and only a file's held-out rows are read whole, so
+    the train rows (most of the corpus) are never held."""
+    out: list[dict] = []
+    for f in manifest.tables.get("examples", []):
+        one = dataclasses.replace(manifest, tables={"examples": [f]})
+        keys = mf.read_table(ex_dir, one, "examples", columns=["id", *GROUP_COLUMNS])
+        mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
+        if any(mask):
+            table = mf.read_table(ex_dir, one, "examples")
+            out += table.filter(pa.array(mask, pa.bool_())).to_pylist()
+    return out
 
 
 def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler

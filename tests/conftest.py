@@ -30,10 +30,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray (2 CPUs, small object store), started on first use, shut down at the end."""
+def ray_session(request):
+    """A local Ray (2 CPUs, small object store), started on first use, shut down at the end.
+
+    The GCS emulator (when installed) starts first: Ray's workers inherit its
+    STORAGE_EMULATOR_HOST, so a gs:// run on Ray reads and writes it from every worker."""
     import ray
     from loom.pipelines.ray.session import ensure_ray
+
+    if emulator_available():
+        request.getfixturevalue("gcs")
 
     ensure_ray(num_cpus=2, object_store_mb=256)
     yield ray

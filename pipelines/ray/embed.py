@@ -1,14 +1,16 @@
 """The one Ray adapter of the model seam (models.handler): batch inference on Ray Data.
 
 `EmbedActor` loads the handler's checkpoint once per actor (GPU when the actor has one)
-and embeds each batch: ITEM rows the driver prepared (mine: it caches by input digest),
-or Example rows read by Ray Data tasks (backfill: only file names and row numbers leave
-the driver), prepared on the actor with the checkpoint's own preprocessing.
+and embeds each batch: ITEM rows the driver prepared, pickled ITEMs a reading task
+prepared (mine: with their input digest and multiplicity, passed through to the cache
+writer), or Example rows read by Ray Data tasks (backfill: only file names and row numbers
+leave the driver), prepared on the actor with the checkpoint's own preprocessing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +23,7 @@ from ray.data import ActorPoolStrategy
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
 ROWS_PER_CALL = 1024  # Example rows per actor call (one call's forward passes)
+PASS_THROUGH = ("digest", "count")  # columns an actor hands on beside id and vector
 
 
 class EmbedActor:
@@ -33,11 +36,15 @@ class EmbedActor:
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         if "item" in batch.column_names:
             items = batch.column("item").to_pylist()
+        elif "item_pickle" in batch.column_names:
+            items = [pickle.loads(b) for b in batch.column("item_pickle").to_pylist()]
         else:  # Example rows: prepared here, with the checkpoint's own preprocessing
             prep = self.handler.inputs()
             items = [prep.example(e) for e in batch.to_pylist()]
         return {"id": np.array([it["id"] for it in items], dtype=object),
-                "vector": self.handler.embed(items, self.model)}
+                "vector": self.handler.embed(items, self.model)} | {
+            c: batch.column(c).to_numpy(zero_copy_only=False)
+            for c in PASS_THROUGH if c in batch.column_names}
 
 
 def read_examples(batch: pa.Table) -> pa.Table:

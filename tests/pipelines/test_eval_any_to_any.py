@@ -8,7 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from loom.pipelines.evaluate import run_eval
+from loom.models.handler import EncoderHandler
+from loom.pipelines import evaluate
+from loom.pipelines.evaluate import baseline_sample, run_eval
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table
@@ -78,7 +80,8 @@ def world(tmp_path_factory):
     ckpts = str(base / "ckpts")
     ckpt = tiny_checkpoint(ckpts, "run", spec)
     out = run_eval(p_w.dir, ckpt, ckpts, str(base / "eval"))
-    return {"out": out, "pairs": pairs}
+    return {"out": out, "pairs": pairs, "base": base, "pairs_dir": p_w.dir, "ckpt": ckpt,
+            "ckpts": ckpts}
 
 
 def test_every_pair_present_with_its_baselines(world):
@@ -107,3 +110,55 @@ def test_galleries_cut_to_the_positives_parts(world):
     # a record's image is a target of its caption; the corpus has no standalone images
     assert ev["text->image:natural"]["gallery"] == N
     assert ev["text->text:natural"]["gallery"] == N + N  # passages and their bodies
+
+
+def test_baseline_sample_is_capped_seeded_and_keeps_what_it_scores():
+    relevant = [{i, 100 + i} for i in range(40)]
+    rows, queries = baseline_sample(500, relevant, 50, seed=1)
+    assert len(rows) == 50 and len(set(rows.tolist())) == 50 and rows.max() < 500
+    assert len(queries) == 25  # two relevant items each: 25 queries fill the cap
+    assert all(relevant[q] <= set(rows.tolist()) for q in queries)
+    again = baseline_sample(500, relevant, 50, seed=1)
+    assert (again[0] == rows).all() and (again[1] == queries).all()
+    assert not (baseline_sample(500, relevant, 50, seed=2)[0] == rows).all()
+    rows, queries = baseline_sample(500, relevant[:5], 50, seed=1)
+    assert len(rows) == 50 and len(queries) == 5  # all queries, then distractors
+    assert baseline_sample(50, relevant, 50, seed=1) is None
+
+
+def test_baselines_read_a_capped_gallery(world, monkeypatch):
+    """A gallery over the cap: BM25 and the untrained model read exactly `cap` items (the
+    JSON says so); the checkpoint's own figures and the random baseline keep the whole."""
+    calls = []
+    bm25, embed = evaluate._bm25, EncoderHandler.embed
+
+    def spy_bm25(queries, texts):
+        calls.append(("bm25", len(queries), len(texts)))
+        return bm25(queries, texts)
+
+    def spy_embed(self, items, model):  # the untrained baseline embeds in this process
+        calls.append(("embed", len(items)))
+        return embed(self, items, model)
+
+    monkeypatch.setattr(evaluate, "_bm25", spy_bm25)
+    monkeypatch.setattr(EncoderHandler, "embed", spy_embed)
+    out = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"],
+                   str(world["base"] / "eval-capped"), baseline_cap=15)
+    ev, full = out["eval"], world["out"]["eval"]
+    capped = {n for n, e in full.items() if e["gallery"] > 15}
+    assert capped >= {"interleaved->text", "text->text:natural"}
+    for name, e in ev.items():
+        assert e["gallery"] == full[name]["gallery"] and e["r@1"] == full[name]["r@1"]
+        assert e["random_r@1"] == full[name]["random_r@1"]
+        if name in capped:
+            queries = e["baseline_sample"]["queries"]
+            assert e["baseline_sample"] == {"gallery": e["gallery"], "cap": 15, "seed": 0,
+                                            "queries": queries} and 0 < queries <= N
+        else:
+            assert "baseline_sample" not in e and e["untrained_r@1"] == full[name]["untrained_r@1"]
+    # a text->text query has two relevant items: 7 queries fit in 15, then one distractor
+    assert ev["text->text:natural"]["baseline_sample"]["queries"] == 7
+    assert ev["interleaved->text"]["baseline_sample"]["queries"] == N
+    assert ("bm25", 7, 15) in calls and all(c[2] == 15 for c in calls if c[0] == "bm25")
+    sizes = [c[1] for c in calls if c[0] == "embed"]
+    assert sizes.count(15) == len(capped) and max(sizes) == 15  # never a whole gallery

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import uuid
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,6 +17,8 @@ from loom.pipelines.ingest import run_ingest
 from loom.pipelines.mine import run_mine
 from loom.pipelines.synth import run_synth
 from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.spec import SPEC_FILE
 from loom.schemas.splits import example_split
 from loom.transforms.items import example_to_item
 from loom.transforms.mining import MiningConfig
@@ -168,3 +171,70 @@ def test_cache_on_gcs(gcs):
     assert v2[4, 0] == 1.0 and v2[5, 0] == v1[0, 0]
     other = EmbeddingCache("gs://loom-test/mine-cache", {"checkpoint": "r/step-2"}, 4)
     assert other.dir != cache.dir and other.embed(items, embed)[1]["embedded"] == 5
+
+
+def _split_corpus(examples_uri: str, out: str, rows_per_file: int) -> str:
+    """The Examples version rewritten as many small files (same rows, same spec)."""
+    d, m = mf.resolve_input(examples_uri)
+    table = mf.read_table(d, m, "examples")
+    writer = mf.VersionWriter(out, "ingest", f"split-{rows_per_file}")
+    files = [writer.write_part("examples", f"part-{i // rows_per_file:05d}",
+                               table.slice(i, rows_per_file))
+             for i in range(0, len(table), rows_per_file)]
+    storage.write_bytes(storage.join(writer.dir, SPEC_FILE),
+                        storage.read_bytes(storage.join(d, SPEC_FILE)))
+    writer.commit({"examples": files}, m.counts, m.config, m.lineage)
+    return writer.dir
+
+
+def test_driver_reads_no_examples(env, monkeypatch):
+    """A corpus over many files gives the first run's triples, with the driver never
+    reading an Examples row: workers read the files, and the cache answers every vector."""
+    corpus = _split_corpus(str(env["base"] / "examples"), str(env["base"] / "split"), 3)
+    assert len(mf.read_manifest(corpus).tables["examples"]) > 10
+    read_table, read_parquet = mf.read_table, storage.read_parquet
+
+    def no_examples_table(d, m, table, *a, **k):
+        assert table != "examples", "the driver read the Examples table"
+        return read_table(d, m, table, *a, **k)
+
+    def no_examples_files(uris, *a, **k):
+        assert not any(u.startswith(corpus) for u in uris), "the driver read an Examples file"
+        return read_parquet(uris, *a, **k)
+
+    monkeypatch.setattr(mf, "read_table", no_examples_table)  # this process only: not workers
+    monkeypatch.setattr(storage, "read_parquet", no_examples_files)
+    out = run_mine(env["synth"]["uri"], str(env["base"] / "triples"), env["ckpt"], env["ckpts"],
+                   MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}),
+                   corpus_uri=corpus)
+    monkeypatch.undo()
+    first = env["first"]
+    assert out["version"] != first["version"] and not out["reused"]
+    assert out["counts"]["embedded"] == 0  # same ids and inputs: the cache has every vector
+    assert out["counts"]["cache_hits"] == env["second"]["counts"]["cache_hits"]
+    skip = {"embedded", "cache_hits"}
+    assert {k: v for k, v in out["counts"].items() if k not in skip} == \
+        {k: v for k, v in first["counts"].items() if k not in skip}
+    assert _triples(out) == _triples(first)
+    assert out["histograms"] == first["histograms"] and out["modalities"] == first["modalities"]
+    assert not storage.exists(storage.join(out["uri"], mf.WORK))  # vectors and plans cleaned
+
+
+def test_mine_on_gcs(env, gcs):
+    """Output and cache on gs://: workers write the cache parts and the vectors there and
+    the searching worker fetches them; a second run with another config embeds nothing and
+    triples the same pairs as the local run."""
+    root = f"gs://{gcs.bucket}/mine-{uuid.uuid4().hex[:8]}"
+    first = run_mine(env["synth"]["uri"], root, env["ckpt"], env["ckpts"],
+                     MiningConfig(negatives=1))
+    assert first["counts"]["embedded"] == env["first"]["counts"]["embedded"]
+    gs_cache = first["cache"]  # the same key as the local cache, another root
+    assert gs_cache == f"{root}/_embeddings/{env['first']['cache'].rsplit('/', 1)[1]}"
+    assert storage.list_files(gs_cache, ".parquet")
+    assert not storage.list_files(storage.join(first["uri"], mf.WORK))
+    again = run_mine(env["synth"]["uri"], root, env["ckpt"], env["ckpts"],
+                     MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}))
+    assert again["counts"]["embedded"] == 0
+    assert again["counts"]["cache_hits"] == env["second"]["counts"]["cache_hits"]
+    assert len(_triples(again)) == len(_triples(env["first"]))
+    assert [t["pair_id"] for t in _triples(again)] == [t["pair_id"] for t in _triples(env["first"])]

@@ -1,0 +1,341 @@
+"""Mine's Ray steps: the driver passes file names and gets counts back, never rows.
+
+1. `prepare_queries` (one task): the train Pairs, the Examples their queries cite (read
+   from the files that hold them), query and inline-positive ITEMs deduplicated by digest,
+   written as item parts, and a plan: the kept Pairs with their keys.
+2. `embed_missing` (one Ray Data job): reading tasks turn Examples files (train rows
+   only) and the query item parts into ITEMs with their digests, write the corpus plan
+   (id, modality, digest, asset keys) per file group, and drop what the cache holds
+   (checked against its sorted key array, which a task reads into the object store); the
+   actor pool embeds the rest and writing tasks store it as cache parts.
+3. `assemble` (a task): the corpus plan in (modality, id) order and its vectors from the
+   cache: one float32 .npy per modality, queries.npy and positives.npy in the run's work
+   folder.
+4. `search` (a task): fetches those files into its own local temp (nodes share no disk),
+   maps them and runs transforms.mining (per modality, in query chunks), then writes the
+   triples parts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import shutil
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from loom.models.handler import EncoderHandler
+from loom.pipelines.embed_cache import PART_ROWS, EmbeddingCache, cache_keys, item_digest
+from loom.pipelines.ray.embed import ROWS_PER_CALL, _actors
+from loom.schemas import manifest as mf
+from loom.schemas import storage
+from loom.schemas.records import TRIPLE, Split
+from loom.schemas.splits import example_split
+from loom.transforms.items import positive_item, query_item
+from loom.transforms.mining import Candidates, MiningConfig, mine
+
+ROWS_PER_PART = 4096  # triples per output part
+ITEM_COLUMNS = ("id", "digest", "count", "item_pickle")
+CHUNK_BYTES = 1 << 22  # .npy bytes copied at once
+
+
+def _items_table(items: list[dict], digests: list[str], counts: list[int]) -> pa.Table:
+    return pa.table({"id": pa.array([it["id"] for it in items], pa.string()),
+                     "digest": pa.array(digests, pa.string()),
+                     "count": pa.array(counts, pa.int64()),
+                     "item_pickle": pa.array([pickle.dumps(it) for it in items], pa.binary())})
+
+
+@ray.remote
+def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: list[str],
+                    heldout_fraction: float, handler: EncoderHandler, work: str) -> dict:
+    prep = handler.inputs()
+    tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
+    table = mf.read_table(pairs_dir, pairs_manifest, "pairs")
+    train = np.flatnonzero(pc.equal(table.column("split"), Split.TRAIN.value)
+                           .to_numpy(zero_copy_only=False))
+    table = table.take(train)
+    pairs = table.to_pylist()
+    cited = {p["query_ref"]["example_id"] for p in pairs if p.get("query_ref")}
+    by_id: dict[str, dict] = {}  # the cited Examples of the train corpus
+    for uri in example_files if cited else []:
+        ids = storage.read_parquet([uri], columns=["id"]).column("id")
+        rows = np.flatnonzero(pc.is_in(ids, value_set=pa.array(sorted(cited)))
+                              .to_numpy(zero_copy_only=False))
+        if len(rows):
+            for e in storage.read_parquet([uri]).take(rows).to_pylist():
+                if example_split(e, heldout_fraction) == Split.TRAIN:
+                    by_id[e["id"]] = e
+    unique: dict[str, list] = {}  # digest -> [item, positions]
+
+    def key(item: dict | None) -> str | None:
+        if item is None:
+            return None
+        d = item_digest(item)
+        unique.setdefault(d, [item | {"id": f"q:{d}"}, 0])[1] += 1
+        return d
+
+    kept, q_keys, p_keys = [], [], []
+    for i, p in enumerate(pairs):
+        q = query_item(p, by_id, tokenizer, max_tokens)
+        if q is None:
+            continue
+        kept.append(i)
+        q_keys.append(key(q))
+        p_keys.append(key(positive_item(p, by_id, tokenizer, max_tokens))
+                      if p.get("positive_text") else None)
+    del pairs, by_id
+    plan = table.take(kept).append_column("q_digest", pa.array(q_keys, pa.string())) \
+        .append_column("p_digest", pa.array(p_keys, pa.string()))
+    plan_uri = storage.join(work, "queries", "plan.parquet")
+    storage.write_parquet(plan, plan_uri)
+    entries = list(unique.items())
+    parts = []
+    for start in range(0, len(entries), ROWS_PER_CALL):
+        chunk = entries[start : start + ROWS_PER_CALL]
+        uri = storage.join(work, "queries", f"items-{start // ROWS_PER_CALL:05d}.parquet")
+        storage.write_parquet(_items_table([it for _, (it, _) in chunk], [d for d, _ in chunk],
+                                           [n for _, (_, n) in chunk]), uri)
+        parts.append(uri)
+    return {"plan": plan_uri, "item_parts": parts, "missing_query": len(table) - len(kept),
+            "positions": sum(n for _, n in unique.values())}
+
+
+def _prepare(batch: pa.Table, handler: EncoderHandler, heldout_fraction: float,
+             cached: list) -> pa.Table:
+    """Ray Data task: one work unit (Examples files, or query item parts) -> the ITEMs the
+    cache lacks. Corpus units also write their plan part (every train row, cached or not)."""
+    unit = batch.to_pylist()[0]
+    if unit["kind"] == "items":
+        items = storage.read_parquet(unit["uris"], columns=list(ITEM_COLUMNS))
+    else:
+        prep = handler.inputs()
+        rows = [e for uri in unit["uris"] for e in storage.read_parquet([uri]).to_pylist()
+                if example_split(e, heldout_fraction) == Split.TRAIN]
+        prepared = [prep.example(e) for e in rows]  # re-tokenized with its tokenizer
+        digests = [item_digest(it) for it in prepared]
+        storage.write_parquet(pa.table({
+            "id": pa.array([e["id"] for e in rows], pa.string()),
+            "modality": pa.array([e["modality"] for e in rows], pa.string()),
+            "digest": pa.array(digests, pa.string()),
+            "keys": pa.array([_asset_keys(e) for e in rows], pa.list_(pa.string()))}),
+            unit["plan"])
+        items = _items_table(prepared, digests, [1] * len(prepared))
+    have = ray.get(cached[0])
+    keys = cache_keys(items.column("id").to_pylist(), items.column("digest").to_pylist())
+    if not len(have) or not len(keys):
+        return items
+    pos = np.minimum(np.searchsorted(have, keys), len(have) - 1)
+    return items.filter(pa.array(have[pos] != keys))
+
+
+@ray.remote
+def _cached_keys(cache: EmbeddingCache) -> np.ndarray:
+    return cache.cached_keys()
+
+
+def _write_cache(batch: dict[str, np.ndarray], cache: EmbeddingCache) -> dict[str, np.ndarray]:
+    cache.write_part(list(batch["id"]), list(batch["digest"]), batch["vector"])
+    return {"embedded": np.array([len(batch["id"])]),
+            "positions": np.array([int(np.sum(batch["count"]))])}
+
+
+def embed_missing(units: list[dict], cache: EmbeddingCache, handler: EncoderHandler,
+                  heldout_fraction: float, actors: int, cpus_per_actor: float,
+                  gpus_per_actor: float) -> dict[str, int]:
+    """Embeds every ITEM of `units` the cache lacks; returns how many (distinct keys, and
+    the positions they stand for)."""
+    if not units:
+        return {"embedded": 0, "positions": 0}
+    cached = [_cached_keys.remote(cache)]  # in a list: the tasks fetch it, zero-copy
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(functools.partial(_prepare, handler=handler,
+                                          heldout_fraction=heldout_fraction, cached=cached),
+                        batch_size=1, batch_format="pyarrow", num_cpus=0, concurrency=1)
+    ds = _actors(ds, handler, ROWS_PER_CALL, actors, cpus_per_actor, gpus_per_actor)
+    ds = ds.map_batches(functools.partial(_write_cache, cache=cache), batch_size=PART_ROWS,
+                        batch_format="numpy", num_cpus=0, concurrency=1)
+    out = {"embedded": 0, "positions": 0}
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        out = {k: v + int(np.sum(b[k])) for k, v in out.items()}
+    return out
+
+
+def _upload(local: str, uri: str) -> None:
+    """A local file to storage, streamed (atomic: GCS uploads are; local goes by rename)."""
+    fs, path = storage.resolve(uri)
+    if not storage.is_remote(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), storage.tmp_name(os.path.basename(path)))
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+        return
+    with open(local, "rb") as src, fs.open_output_stream(path, compression=None) as dst:
+        shutil.copyfileobj(src, dst, CHUNK_BYTES)
+
+
+def _header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _rows_of(uri: str) -> int:
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path, compression=None) as f:
+        return _header(f)[0][0]
+
+
+def _fetch_into(uri: str, out: np.ndarray) -> None:
+    """A stored .npy streamed into `out` (rows of a local memory map)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path, compression=None) as f:
+        shape, dtype = _header(f)
+        if shape != out.shape or dtype != out.dtype:
+            raise RuntimeError(f"{uri}: {shape} {dtype}, expected {out.shape} {out.dtype}")
+        flat, at = out.reshape(-1).view(np.uint8), 0
+        while at < len(flat):
+            chunk = f.read(min(CHUNK_BYTES, len(flat) - at))
+            if not chunk:
+                raise RuntimeError(f"{uri}: truncated at byte {at} of {len(flat)}")
+            flat[at : at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            at += len(chunk)
+
+
+def _store_rows(src: np.ndarray, rows: np.ndarray, uri: str, tmp: str) -> None:
+    """src[rows] as a .npy at `uri`, gathered a chunk at a time into a local file first."""
+    local = os.path.join(tmp, "out.npy")
+    if not len(rows):  # no map of an empty file
+        np.save(local, np.zeros((0, src.shape[1]), np.float32))
+        _upload(local, uri)
+        return
+    out = np.lib.format.open_memmap(local, "w+", np.float32, (len(rows), src.shape[1]))
+    step = max(1, CHUNK_BYTES // (4 * src.shape[1]))
+    for s in range(0, len(rows), step):
+        out[s : s + step] = src[rows[s : s + step]]
+    out.flush()
+    del out
+    _upload(local, uri)
+    os.unlink(local)
+
+
+@ray.remote
+def assemble(cache: EmbeddingCache, plan_parts: list[str], query_plan: str, work: str) -> dict:
+    """Vectors of the corpus (per modality, in (modality, id) order), queries and inline
+    positives from the cache, as .npy files in `work`; returns the modality spans."""
+    plan = storage.read_parquet(plan_parts, columns=["id", "modality", "digest", "keys"]) \
+        if plan_parts else pa.table({"id": pa.array([], pa.string()),
+                                     "modality": pa.array([], pa.string()),
+                                     "digest": pa.array([], pa.string()),
+                                     "keys": pa.array([], pa.list_(pa.string()))})
+    plan = plan.take(pc.sort_indices(plan, [("modality", "ascending"), ("id", "ascending")]))
+    storage.write_parquet(plan, storage.join(work, "vectors", "corpus.parquet"))
+    queries = storage.read_parquet([query_plan], columns=["q_digest", "p_digest"])
+    q_dig = queries.column("q_digest").to_pylist()
+    p_dig = queries.column("p_digest").to_pylist()
+    inline = [i for i, d in enumerate(p_dig) if d is not None]
+    keys = np.concatenate([
+        cache_keys(plan.column("id").to_pylist(), plan.column("digest").to_pylist()),
+        cache_keys([f"q:{d}" for d in q_dig], q_dig),
+        cache_keys([f"q:{p_dig[i]}" for i in inline], [p_dig[i] for i in inline])])
+    unique, where = np.unique(keys, return_inverse=True)
+    tmp = tempfile.mkdtemp(prefix="loom-mine-")
+    try:
+        vecs = np.lib.format.open_memmap(os.path.join(tmp, "unique.npy"), "w+", np.float32,
+                                         (len(unique), cache.dim)) if len(unique) else \
+            np.zeros((0, cache.dim), np.float32)
+        if (found := cache.fill(unique, vecs)) != len(unique):
+            raise RuntimeError(f"embedding cache {cache.dir} lacks {len(unique) - found} of "
+                               f"{len(unique)} vectors this run embedded or found")
+        mods = plan.column("modality").to_pylist()
+        spans: dict[str, list[int]] = {}
+        for row, m in enumerate(mods):
+            spans.setdefault(m, [row, row])[1] = row + 1
+        for m, (lo, hi) in spans.items():
+            _store_rows(vecs, where[lo:hi], storage.join(work, "vectors", f"{m}.npy"), tmp)
+        n = len(mods)
+        _store_rows(vecs, where[n : n + len(q_dig)], storage.join(work, "vectors", "queries.npy"),
+                    tmp)
+        positives = np.full((len(q_dig), cache.dim), np.nan, dtype=np.float32)
+        positives[inline] = vecs[where[n + len(q_dig) :]]
+        np.save(os.path.join(tmp, "positives.npy"), positives)
+        _upload(os.path.join(tmp, "positives.npy"), storage.join(work, "vectors", "positives.npy"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"spans": spans, "corpus": n}
+
+
+def _local_copy(uris: list[str], rows: int, dim: int, local: str) -> np.ndarray:
+    """Stored .npy files, one after another, as one read-only local memory map."""
+    if not rows:
+        return np.zeros((0, dim), np.float32)
+    out = np.lib.format.open_memmap(local, "w+", np.float32, (rows, dim))
+    at = 0
+    for uri in uris:
+        n = _rows_of(uri)
+        _fetch_into(uri, out[at : at + n])
+        at += n
+    out.flush()
+    del out
+    return np.load(local, mmap_mode="r")
+
+
+@ray.remote
+def search(work: str, spans: dict[str, list[int]], config: MiningConfig, version_dir: str,
+           checkpoint: str, dim: int) -> dict:
+    """The search and the triples, on a worker, from the vectors `assemble` stored."""
+    tmp = tempfile.mkdtemp(prefix="loom-search-")
+    try:
+        vdir = storage.join(work, "vectors")
+        order = sorted(spans, key=lambda m: spans[m][0])
+        n = sum(hi - lo for lo, hi in spans.values())
+        cand_vecs = _local_copy([storage.join(vdir, f"{m}.npy") for m in order], n, dim,
+                                os.path.join(tmp, "corpus.npy"))
+        pairs = storage.read_parquet([storage.join(work, "queries", "plan.parquet")]).to_pylist()
+        q_vecs = _local_copy([storage.join(vdir, "queries.npy")], len(pairs), dim,
+                             os.path.join(tmp, "queries.npy"))
+        pos_vecs = _local_copy([storage.join(vdir, "positives.npy")], len(pairs), dim,
+                               os.path.join(tmp, "positives.npy"))
+        corpus = storage.read_parquet([storage.join(vdir, "corpus.parquet")])
+        cands = Candidates.build(corpus.column("id").to_pylist(),
+                                 corpus.column("modality").to_pylist(), cand_vecs,
+                                 corpus.column("keys").to_pylist(),
+                                 corpus.column("digest").to_pylist())
+        del corpus
+        mined = mine(cands, q_vecs, [p["pair_id"] for p in pairs],
+                     [p["positive_id"] for p in pairs], [p["positive_modality"] for p in pairs],
+                     config, positive_vectors=np.asarray(pos_vecs),
+                     anchor_ids=[(p.get("query_ref") or {}).get("example_id") for p in pairs])
+        del cands, cand_vecs, q_vecs, pos_vecs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cfg = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    rows = [{name: p.get(name) for name in TRIPLE.names}
+            | {"positive_score": None if s != s else float(s), "negatives": negs,
+               "checkpoint": checkpoint, "mining_config": cfg}
+            for p, s, negs in zip(pairs, mined.positive_scores, mined.negatives, strict=True)]
+    del pairs
+    rows.sort(key=lambda r: r["pair_id"])
+    files = [mf.write_part(version_dir, "triples", f"part-{i // ROWS_PER_PART:05d}",
+                           pa.Table.from_pylist(rows[i : i + ROWS_PER_PART], schema=TRIPLE))
+             for i in range(0, len(rows), ROWS_PER_PART)]
+    return {"files": files, "triples": len(rows),
+            "negatives": sum(len(r["negatives"]) for r in rows), "counts": mined.counts,
+            "histograms": mined.histograms, "search": mined.search,
+            "modalities": mined.modalities}
+
+
+def _asset_keys(example: dict) -> list[str]:
+    """Keys shared by parts and sources of one asset: PDF document id, source URIs."""
+    keys = [f"src:{u}" for u in example.get("source_uris") or []]
+    meta = json.loads(example["metadata"]) if example.get("metadata") else {}
+    if isinstance(meta, dict) and meta.get("document_id"):
+        keys.append(f"doc:{meta['document_id']}")
+    return keys
