@@ -88,10 +88,17 @@ def _reduce_group(reduce, group: pa.Table) -> pa.Table:
 def run_ray_exchange(exchange: Exchange, items: list[dict]) -> list[tuple[str, bytes]]:
     """The exchange as map_batches, then groupby + map_groups per reduce: the rows go
     through Ray Data's shuffle (object store, spilled to disk); the last step's (small)
-    pairs stream back."""
+    pairs stream back.
+
+    Each groupby has a partition per ~8 items (at least two per CPU): Ray's default, one
+    per input block, made the sort's tasks the cost on small machines; this keeps what
+    one reduce task holds to about 8 items' worth of rows."""
     ensure_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    parts = min(len(items), max(2 * cpus, -(-len(items) // 8)))
     ds = ray.data.from_items([{"item": dumps(i)} for i in items], override_num_blocks=len(items))
     ds = ds.map_batches(partial(_map_item, exchange), batch_size=1, batch_format="numpy")
     for reduce in exchange.reduces:
-        ds = ds.groupby("key").map_groups(partial(_reduce_group, reduce), batch_format="pyarrow")
+        ds = ds.groupby("key", num_partitions=parts).map_groups(
+            partial(_reduce_group, reduce), batch_format="pyarrow")
     return sorted((row["key"], row["value"]) for row in ds.iter_rows())
