@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 
-Pairs = Iterable[tuple[str, bytes]]
+KeyValues = Iterable[tuple[str, bytes]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +24,8 @@ class Exchange:
     """Picklable: the steps, and the version whose `_work` holds an engine's bookkeeping."""
 
     version_dir: str
-    map: Callable[[dict], Pairs]
-    reduces: tuple[Callable[[str, list[bytes]], Pairs], ...]
+    map: Callable[[dict], KeyValues]
+    reduces: tuple[Callable[[str, list[bytes]], KeyValues], ...]
     name: str = "exchange"
 
 

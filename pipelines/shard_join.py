@@ -16,7 +16,7 @@ import hashlib
 import json
 
 import pyarrow as pa
-from loom.pipelines.exchange import Exchange, Pairs, from_ipc, to_ipc
+from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, to_ipc
 from loom.pipelines.work import load_item
 from loom.schemas import storage
 from loom.schemas.manifest import write_part
@@ -77,7 +77,7 @@ class JoinSteps:
         self.work, self.examples_dir, self.split = work, examples_dir, split
         self.input_schema, self.n = input_schema, n_partitions
 
-    def map(self, item: dict) -> Pairs:
+    def map(self, item: dict) -> KeyValues:
         if "examples" in item:
             data = _examples_file(item["examples"])
             ids = data.column("id").to_pylist()
@@ -101,7 +101,7 @@ class JoinSteps:
             refs = {"item": item["name"], "ids": part_ids}
             yield f"e:{p:06d}", _Tag.REFS + json.dumps(refs).encode()
 
-    def route(self, key: str, values: list[bytes]) -> Pairs:
+    def route(self, key: str, values: list[bytes]) -> KeyValues:
         """A partition: the Examples each item asked for, sent to that item."""
         if key.startswith("i:"):
             yield key[2:], values[0]
@@ -118,7 +118,7 @@ class JoinSteps:
                 if take:
                     yield refs["item"], _Tag.ROWS + to_ipc(examples.take(take))
 
-    def build(self, name: str, values: list[bytes]) -> Pairs:
+    def build(self, name: str, values: list[bytes]) -> KeyValues:
         """One item: its rows with the content joined in, written as one joined part."""
         item = next(json.loads(v[1:]) for v in values if v[:1] == _Tag.ITEM)
         examples = {}

@@ -23,7 +23,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from loom.pipelines.exchange import Exchange, Pairs, from_ipc, to_ipc
+from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, to_ipc
 from loom.pipelines.runner import Engine, EngineOptions, run_exchange
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
@@ -67,7 +67,7 @@ class CountSteps:
     def __init__(self, seed: int, weights: dict[str, float], bits: int):
         self.seed, self.weights, self.bits = seed, weights, bits
 
-    def map(self, item: dict) -> Pairs:
+    def map(self, item: dict) -> KeyValues:
         _, keys = copies(_key_columns(item["file"]), self.seed, self.weights)
         counts = np.bincount(buckets(keys, self.bits), minlength=1 << self.bits)
         for chunk in np.unique(np.nonzero(counts)[0] >> CHUNK_BITS):
@@ -76,7 +76,7 @@ class CountSteps:
             yield f"{chunk:06d}", json.dumps({lo + int(i): int(part[i])
                                               for i in np.nonzero(part)[0]}).encode()
 
-    def total(self, key: str, values: list[bytes]) -> Pairs:
+    def total(self, key: str, values: list[bytes]) -> KeyValues:
         out: dict[str, int] = {}
         for v in values:
             for b, n in json.loads(v).items():
@@ -91,7 +91,7 @@ class PackSteps:
         self.counts, self.starts = counts, np.cumsum(counts) - counts
         self.rps, self.total, self.metadata = rows_per_shard, int(counts.sum()), metadata
 
-    def map(self, item: dict) -> Pairs:
+    def map(self, item: dict) -> KeyValues:
         """One joined file: each row copy to the shards its bucket spans."""
         data = storage.read_parquet([item["file"]])
         keyed = data.select(["pair_id", "kind"]).append_column(
@@ -110,7 +110,7 @@ class PackSteps:
         for s in np.unique(shard):
             yield f"{s:06d}", to_ipc(out.filter(pa.array(shard == s)))
 
-    def write(self, key: str, values: list[bytes]) -> Pairs:
+    def write(self, key: str, values: list[bytes]) -> KeyValues:
         """One shard: whole buckets in key order, ranked, cut to this shard's positions."""
         s = int(key)
         data = pa.concat_tables([from_ipc(v) for v in values])
