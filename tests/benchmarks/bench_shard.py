@@ -146,6 +146,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "shard_sha256"}))
     if args.json:
         pathlib.Path(args.json).write_text(text)
+    sys.stdout.flush()
     os._exit(0)  # skip Ray's slow atexit shutdown
 
 
