@@ -16,6 +16,7 @@ from loom.pipelines.engine import (  # noqa: F401 - re-exported: the stages impo
     EngineOptions,
     engine_kind,
 )
+from loom.pipelines.exchange import Exchange
 from loom.pipelines.work import (  # noqa: F401 - the stages' one import for work items
     StageTask,
     dumps,
@@ -27,6 +28,13 @@ from loom.pipelines.work import (  # noqa: F401 - the stages' one import for wor
 
 ADAPTERS: dict[Engine, str] = {Engine.BEAM: "loom.pipelines.beam.runner:run_beam",
                                Engine.RAY: "loom.pipelines.ray.runner:run_ray"}
+EXCHANGES: dict[Engine, str] = {Engine.BEAM: "loom.pipelines.beam.runner:run_beam_exchange",
+                                Engine.RAY: "loom.pipelines.ray.runner:run_ray_exchange"}
+
+
+def _adapter(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_stage(engine: Engine | str | EngineOptions, task: StageTask, items: list[dict],
@@ -35,8 +43,17 @@ def run_stage(engine: Engine | str | EngineOptions, task: StageTask, items: list
     if not items:
         return []
     opts = EngineOptions.of(engine)
-    module, _, name = ADAPTERS[opts.kind].partition(":")
-    adapter = getattr(importlib.import_module(module), name)
     if opts.kind == Engine.BEAM:
         engine_opts.setdefault("options", opts.beam)
-    return adapter(task, items, **engine_opts)
+    return _adapter(ADAPTERS[opts.kind])(task, items, **engine_opts)
+
+
+def run_exchange(engine: Engine | str | EngineOptions, exchange: Exchange, items: list[dict]
+                 ) -> list[tuple[str, bytes]]:
+    """An exchange (`pipelines/exchange.py`) on the chosen engine: the last step's pairs,
+    sorted by key."""
+    if not items:
+        return []
+    opts = EngineOptions.of(engine)
+    extra = {"options": opts.beam} if opts.kind == Engine.BEAM else {}
+    return _adapter(EXCHANGES[opts.kind])(exchange, items, **extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pyarrow as pa
 from loom.schemas.records import TRAINING_ROW, Split
@@ -13,6 +14,16 @@ from loom.transforms.tokenizer import TextTokenizer
 def shuffle_key(seed: int, pair_id: str) -> str:
     """A global shuffle that is the same on every engine and every rerun for a seed."""
     return hashlib.sha256(f"{seed}:{pair_id}".encode()).hexdigest()
+
+
+def repeats(weights: dict[str, float], seed: int, pair_id: str, kind: str | None,
+            modality: str | None) -> int:
+    """How many copies of a row the weights ask for (deterministic per seed and pair)."""
+    source = "natural" if (kind or "").startswith("natural:") else "synthetic"
+    w = weights.get(kind or "", 1.0) * weights.get(modality or "", 1.0) * weights.get(source, 1.0)
+    whole = math.floor(w)
+    frac = int(shuffle_key(seed, f"w:{pair_id}")[:8], 16) / 16**8
+    return whole + (1 if frac < w - whole else 0)
 
 
 def training_rows(batch: pa.RecordBatch, examples: dict[str, dict], tokenizer: TextTokenizer,

@@ -1,11 +1,15 @@
-"""Ray Data adapter: any stage in an actor pool (one stage instance per actor)."""
+"""Ray Data adapter: any stage in an actor pool (one stage instance per actor), any
+exchange as Ray Data groupbys."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
+import pyarrow as pa
 import ray
+from loom.pipelines.exchange import Exchange
 from loom.pipelines.progress import progress
 from loom.pipelines.ray.session import ensure_ray
 from loom.pipelines.ray.sizing import actor_deadline, etl_actors
@@ -62,3 +66,39 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
             results.append(json.loads(row["result"]))
             bar.update(results[-1])
     return results
+
+
+_PAIRS = pa.schema([("key", pa.string()), ("value", pa.binary())])
+
+
+def _pairs(out) -> pa.Table:
+    keys, values = zip(*out, strict=True) if out else ((), ())
+    return pa.table([pa.array(keys, pa.string()), pa.array(values, pa.binary())], schema=_PAIRS)
+
+
+def _map_item(exchange: Exchange, batch: dict[str, np.ndarray]) -> pa.Table:
+    return _pairs([kv for s in batch["item"] for kv in exchange.map(json.loads(s))])
+
+
+def _reduce_group(reduce, group: pa.Table) -> pa.Table:
+    key = group.column("key")[0].as_py()
+    return _pairs(list(reduce(key, group.column("value").to_pylist())))
+
+
+def run_ray_exchange(exchange: Exchange, items: list[dict]) -> list[tuple[str, bytes]]:
+    """The exchange as map_batches, then groupby + map_groups per reduce: the rows go
+    through Ray Data's shuffle (object store, spilled to disk); the last step's (small)
+    pairs stream back.
+
+    Each groupby has a partition per ~8 items (at least two per CPU): Ray's default, one
+    per input block, made the sort's tasks the cost on small machines; this keeps what
+    one reduce task holds to about 8 items' worth of rows."""
+    ensure_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    parts = min(len(items), max(2 * cpus, -(-len(items) // 8)))
+    ds = ray.data.from_items([{"item": dumps(i)} for i in items], override_num_blocks=len(items))
+    ds = ds.map_batches(partial(_map_item, exchange), batch_size=1, batch_format="numpy")
+    for reduce in exchange.reduces:
+        ds = ds.groupby("key", num_partitions=parts).map_groups(
+            partial(_reduce_group, reduce), batch_format="pyarrow")
+    return sorted((row["key"], row["value"]) for row in ds.iter_rows())

@@ -1,0 +1,41 @@
+"""What every engine adapter runs for a shuffle: a map over work items, then group-by-key steps.
+
+A stage that must bring rows together across inputs (a join, a global sort) states it
+as an `Exchange`: `map` turns one work item into (key, value) pairs, and each reduce
+takes one key with all its values and yields the next step's pairs. The last step's
+values are small JSON texts (file records, counters) that come back to the driver; the
+rows travel through the engine's own shuffle (Beam's GroupByKey, Ray Data's groupby),
+never through the driver and never as one file per (input, output) pair. Engines only
+decide where the steps run: the functions are the same on both, so their output is too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import pyarrow as pa
+
+KeyValues = Iterable[tuple[str, bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+    """Picklable: the steps, and the version whose `_work` holds an engine's bookkeeping."""
+
+    version_dir: str
+    map: Callable[[dict], KeyValues]
+    reduces: tuple[Callable[[str, list[bytes]], KeyValues], ...]
+    name: str = "exchange"
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    """A table as one value of an exchange (Arrow IPC: the types travel with it)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as out:
+        out.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
