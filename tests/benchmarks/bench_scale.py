@@ -23,8 +23,9 @@ Inputs, generated once per size under DIR and reused:
 Each (stage, size) runs in a fresh child process (the driver) with its own local Ray
 session (2 CPUs, 256 MB object store), started before measuring. While the stage runs, a
 thread samples every 0.25 s: the driver's USS (private memory: object-store pages the
-driver maps do not count) and the RSS of every process whose command line names `ray::`
-(workers and actors; the peak of the largest one is reported). `objects_written` is the
+driver maps do not count) and the RSS of every descendant process whose command line
+names `ray::` (this session's workers and actors; the peak of the largest one is
+reported). `objects_written` is the
 peak number of files seen under the stage's output root (walked every few seconds, so
 short-lived files between walks are missed: a lower bound) minus those there before;
 `objects_kept` counts the files still there afterwards (after `_work` cleanup). The last
@@ -200,9 +201,11 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _scan_workers(self) -> None:
-        for p in psutil.process_iter(["cmdline"]):
+        """This driver's Ray processes only (its raylet's workers are its descendants): other
+        Ray sessions on the machine are not this run's."""
+        for p in self.me.children(recursive=True):
             try:
-                if p.pid not in self._workers and "ray::" in " ".join(p.info["cmdline"] or ()):
+                if p.pid not in self._workers and "ray::" in " ".join(p.cmdline()):
                     self._workers[p.pid] = p
             except psutil.Error:
                 pass
