@@ -25,11 +25,12 @@ session (2 CPUs, 256 MB object store), started before measuring. While the stage
 thread samples every 0.25 s: the driver's USS (private memory: object-store pages the
 driver maps do not count) and the RSS of every descendant process whose command line
 names `ray::` (this session's workers and actors; the peak of the largest one is
-reported). `objects_written` is the
-peak number of files seen under the stage's output root (walked every few seconds, so
-short-lived files between walks are missed: a lower bound) minus those there before;
-`objects_kept` counts the files still there afterwards (after `_work` cleanup). The last
-line printed is the JSON.
+reported). `objects_written` counts the files
+the stage writes under its output root, whichever process writes them, from inotify
+(Linux): `_work` files deleted before the stage ends count, an atomic write (temp file +
+rename) counts once, a rewrite counts again; `objects_kept` counts the files still there
+afterwards (after `_work` cleanup), minus those there before. The last line printed is
+the JSON.
 """
 
 from __future__ import annotations
@@ -185,16 +186,108 @@ def _count_files(root: str) -> int:
     return n
 
 
+class WriteCounter:
+    """Files written under a root, from Linux inotify: a create or a rename into place of
+    a name that is not a temporary one (storage.is_tmp) counts once, so an atomic write
+    (temp file, then rename) is one object, and a file written and deleted before the
+    stage ends (a `_work` file) still counts. Folders are watched as they appear; a file
+    made in a new folder before its watch is added is picked up by a scan of that folder
+    (one written and deleted in that gap is missed). Events are read by a thread of its
+    own, so new folders are watched as soon as the kernel reports them.
+    """
+
+    IN_CREATE, IN_MOVED_TO, IN_ISDIR, IN_Q_OVERFLOW = 0x100, 0x80, 0x40000000, 0x4000
+
+    def __init__(self, root: str):
+        import ctypes
+
+        from loom.schemas.storage import is_tmp
+
+        self._is_tmp = is_tmp
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.root, self.count, self.overflow = root, 0, False
+        self._dirs: dict[int, str] = {}
+        self._watched: set[str] = set()
+        self._seen: set[str] = set()
+        os.makedirs(root, exist_ok=True)
+        self._watch(root, scan=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            if select.select([self.fd], [], [], 0.1)[0]:
+                self.poll()
+
+    def _watch(self, path: str, scan: bool = True) -> None:
+        if path in self._watched:  # seen both by its parent's scan and by an event
+            return
+        self._watched.add(path)
+        wd = self._libc.inotify_add_watch(self.fd, path.encode(),
+                                          self.IN_CREATE | self.IN_MOVED_TO)
+        if wd < 0:
+            return  # gone already (a `_work` folder deleted in between)
+        self._dirs[wd] = path
+        for entry in os.scandir(path) if scan else ():
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    self._watch(entry.path)
+                elif entry.path not in self._seen and not self._is_tmp(entry.name):
+                    self._seen.add(entry.path)
+                    self.count += 1
+            except OSError:
+                pass
+
+    def poll(self) -> None:
+        import struct
+
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                return
+            at = 0
+            while at < len(buf):
+                wd, mask, _, size = struct.unpack_from("iIII", buf, at)
+                name = buf[at + 16:at + 16 + size].rstrip(b"\0").decode()
+                at += 16 + size
+                if mask & self.IN_Q_OVERFLOW:
+                    self.overflow = True
+                    continue
+                if not name or not mask & (self.IN_CREATE | self.IN_MOVED_TO):
+                    continue  # IN_IGNORED: a watched folder was deleted
+                path = os.path.join(self._dirs.get(wd, ""), name)
+                if mask & self.IN_ISDIR:
+                    self._watch(path)
+                elif path in self._seen:  # the scan of its new folder counted it
+                    self._seen.discard(path)
+                elif not self._is_tmp(name):
+                    self.count += 1
+
+    def close(self) -> int:
+        """Stops watching; the count of files written."""
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+        os.close(self.fd)
+        return self.count
+
+
 class Sampler:
-    """Peak driver USS, peak RSS of the largest `ray::` process, peak files under a root."""
+    """Peak driver USS, peak RSS of the largest `ray::` process, files written under a root."""
 
     def __init__(self, root: str, interval_s: float = 0.25):
         self.root, self.interval_s = root, interval_s
         self.me = psutil.Process()
         self.driver_peak = self.worker_peak = 0
         self.files_before = _count_files(root) if os.path.isdir(root) else 0
-        self.files_peak = self.files_before
-        self._next_walk = 0.0
+        self.writes = WriteCounter(root)
         self._workers: dict[int, psutil.Process] = {}
         self._next_scan = 0.0
         self._stop = threading.Event()
@@ -221,10 +314,6 @@ class Sampler:
                 self.worker_peak = max(self.worker_peak, p.memory_info().rss)
             except psutil.Error:
                 self._workers.pop(pid, None)
-        if now >= self._next_walk and os.path.isdir(self.root):
-            t = time.monotonic()
-            self.files_peak = max(self.files_peak, _count_files(self.root))
-            self._next_walk = now + max(2.0, 10 * (time.monotonic() - t))  # at most ~10% CPU
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -239,8 +328,8 @@ class Sampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._next_walk = 0.0
         self.sample()
+        self.objects_written = self.writes.close()
 
 
 def _fresh(root: str, keep: tuple[str, ...] = ()) -> None:
@@ -293,7 +382,7 @@ def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
     from loom.pipelines.ray.session import ensure_ray
 
     out = os.path.join(workdir, "out", f"{stage}-{size}")
-    _fresh(out, keep=("_llm_cache",) if stage == "synth" and not prefill else ())
+    _fresh(out, keep=("_llm_cache",) if stage == "synth" else ())  # a prefill reuses one
     call = _stage_call(stage, size, workdir, out)
     ensure_ray(num_cpus=2, object_store_mb=256)
     if prefill:  # fills the response cache; nothing of it is measured
@@ -305,11 +394,12 @@ def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
         wall = time.perf_counter() - t
     if stage == "synth" and result.get("llm_calls"):
         raise RuntimeError(f"synth made {result['llm_calls']} LLM calls: the cache missed")
-    kept = _count_files(out)
-    return {"driver_peak_mb": round(s.driver_peak / MiB, 1),
-            "worker_peak_mb": round(s.worker_peak / MiB, 1), "wall_s": round(wall, 2),
-            "objects_written": max(s.files_peak, kept) - s.files_before,
-            "objects_kept": kept - s.files_before}
+    got = {"driver_peak_mb": round(s.driver_peak / MiB, 1),
+           "worker_peak_mb": round(s.worker_peak / MiB, 1), "wall_s": round(wall, 2),
+           "objects_written": s.objects_written, "objects_kept": _count_files(out) - s.files_before}
+    if s.writes.overflow:  # the kernel dropped events: the count is a lower bound
+        got["objects_lower_bound"] = True
+    return got
 
 
 def _run_child(stage: str, size: int, workdir: str, timeout_s: float,
