@@ -27,6 +27,7 @@ from loom.pipelines.runner import (
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.records import rows_of
 from loom.synth import filters as qf
 from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
@@ -273,7 +274,7 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
     from loom.pipelines.ray.embed import embed_lists
 
-    examples = mf.read_table(ex_dir, ex_manifest, "examples").to_pylist()
+    examples = rows_of(mf.read_table(ex_dir, ex_manifest, "examples"))  # features: float16
     modalities = sorted({r["positive_modality"] for r in rows})
     galleries = {m: [e for e in examples if e["modality"] == m] for m in modalities}
     queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
