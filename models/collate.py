@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from loom.models.encoder import EncoderConfig
+from loom.schemas.records import nonempty
 from loom.transforms.pixels import decode_frames
 
 
@@ -62,7 +63,7 @@ def collate_items(items: list[dict], cfg: EncoderConfig) -> dict[str, torch.Tens
 
 def _pool_audio(item: dict, cfg: EncoderConfig) -> np.ndarray:
     feats, bins = item.get("features"), item.get("feature_bins")
-    if not feats or bins != cfg.n_mels:
+    if not nonempty(feats) or bins != cfg.n_mels:
         return np.zeros((0, cfg.n_mels), dtype=np.float32)
     rows = np.asarray(feats, dtype=np.float32).reshape(-1, bins)
     groups = np.array_split(rows, min(len(rows), cfg.max_audio_tokens))

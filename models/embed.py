@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from loom.models.collate import collate_items
 from loom.models.encoder import MultimodalEncoder, matryoshka
+from loom.schemas.records import nonempty
 
 Group = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (row indices, encoder inputs)
 
@@ -20,7 +21,7 @@ def collate_groups(items: list[dict], cfg) -> list[Group]:
     groups: dict[tuple[bool, int, bool], list[int]] = {}
     for i, it in enumerate(items):  # frames count too: an image never pads to a clip's length
         frames = min(int(it.get("frames") or 1), cfg.max_frames) if it.get("pixels") else 0
-        layout = (bool(it.get("tokens")), frames, bool(it.get("features")))
+        layout = (bool(it.get("tokens")), frames, nonempty(it.get("features")))
         groups.setdefault(layout, []).append(i)
     return [(torch.tensor(idx), collate_items([items[i] for i in idx], cfg))
             for idx in groups.values()]

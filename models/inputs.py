@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from loom.models.encoder import EncoderConfig
 from loom.schemas import storage
+from loom.schemas.records import nonempty
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.items import example_to_item, retokenize_item, text_to_item
 from loom.transforms.tokenizer import TextTokenizer
@@ -90,7 +91,7 @@ class Preprocessor:
             raise InputMismatch(
                 f"example {example_id} has {part.get('height')}x{part.get('width')} frames; "
                 f"checkpoint {self.checkpoint} reads {enc.image_size}x{enc.image_size}")
-        if part.get("features") and part.get("feature_bins") != enc.n_mels:
+        if nonempty(part.get("features")) and part.get("feature_bins") != enc.n_mels:
             raise InputMismatch(
                 f"example {example_id} has {part.get('feature_bins')} mel bins; checkpoint "
                 f"{self.checkpoint} reads {enc.n_mels}")

@@ -37,7 +37,8 @@ def item_digest(item: dict) -> str:
              f"{item.get('feature_bins')}\0{item.get('instruction_tokens') or 0}\0".encode())
     h.update(np.asarray(item.get("tokens") or [], dtype=np.int32).tobytes() + b"\0")
     h.update((item.get("pixels") or b"") + b"\0")
-    h.update(np.asarray(item.get("features") or [], dtype=np.float16).tobytes())
+    feats = item.get("features")
+    h.update(np.asarray(feats if feats is not None else [], dtype=np.float16).tobytes())
     return h.hexdigest()[:32]
 
 

@@ -28,6 +28,7 @@ from loom.pipelines.runner import (
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.records import rows_of
 from loom.synth import filters as qf
 from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
@@ -293,8 +294,8 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     modalities = sorted({r["positive_modality"] for r in rows})
     galleries: dict[str, list[dict]] = {m: [] for m in modalities}
     for part in mf.read_table_parts(ex_dir, ex_manifest, "examples"):  # only the galleries'
-        for e in part.filter(pc.is_in(part.column("modality"),
-                                      value_set=pa.array(modalities, pa.string()))).to_pylist():
+        wanted = pc.is_in(part.column("modality"), value_set=pa.array(modalities, pa.string()))
+        for e in rows_of(part.filter(wanted)):  # features stay float16 arrays
             galleries[e["modality"]].append(e)
     queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
     vectors = embed_lists(  # one pass on Ray through the model seam, as mine and eval

@@ -21,6 +21,7 @@ from loom.models.embed import collate_groups, forward_groups
 from loom.models.encoder import EncoderConfig, matryoshka
 from loom.models.losses import asset_keys, matryoshka_info_nce
 from loom.schemas import storage
+from loom.schemas.records import rows_of
 from pydantic import BaseModel, ConfigDict, Field
 
 SCORE = "val_r1"
@@ -55,7 +56,7 @@ class Validator:
 
     def __init__(self, table: pa.Table, enc: EncoderConfig, batch_size: int = 64,
                  prep=None):
-        rows = table.to_pylist()
+        rows = rows_of(table)
         prep = prep or (lambda item: item)  # an HF trunk's re-tokenizing (TrainCollate's)
         self.queries = [prep(r["query"]) for r in rows]
         positives = [prep(r["positive"]) for r in rows]

@@ -424,3 +424,41 @@ def empty_part(kind: str) -> dict:
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows (dicts) to a table that conforms to `schema` exactly (missing keys are null)."""
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def nonempty(values) -> bool:
+    """A list or array with items: features may be either, and an array has no truth value."""
+    return values is not None and len(values) > 0
+
+
+def rows_of(data: pa.Table | pa.RecordBatch) -> list[dict]:
+    """Rows as dicts, as `to_pylist`, except that float16 lists (log-mel features) come out
+    as numpy float16 views of the Arrow buffer: a 30 s clip as Python floats is ~6 MB,
+    as float16 ~100 KB (issue 16)."""
+    columns = {name: _values(data.column(i)) for i, name in enumerate(data.schema.names)}
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _values(arr: pa.Array | pa.ChunkedArray) -> list:
+    if isinstance(arr, pa.ChunkedArray):
+        return [v for chunk in arr.chunks for v in _values(chunk)]
+    t = arr.type
+    if pa.types.is_struct(t):
+        fields = [_values(child) for child in arr.flatten()]
+        names = [t.field(i).name for i in range(t.num_fields)]
+        valid = arr.is_valid().to_pylist() if arr.null_count else [True] * len(arr)
+        return [dict(zip(names, row, strict=True)) if ok else None
+                for ok, row in zip(valid, zip(*fields, strict=True) if fields
+                                   else [()] * len(arr), strict=True)]
+    if pa.types.is_list(t) and (pa.types.is_float16(t.value_type)
+                                or pa.types.is_struct(t.value_type)):
+        offsets = arr.offsets.to_numpy()
+        start, end = int(offsets[0]), int(offsets[-1])
+        child = arr.values.slice(start, end - start)
+        values = (child.to_numpy(zero_copy_only=False) if pa.types.is_float16(t.value_type)
+                  else _values(child))
+        valid = arr.is_valid().to_pylist() if arr.null_count else [True] * len(arr)
+        return [values[a - start:b - start] if ok else None
+                for ok, a, b in zip(valid, offsets[:-1].tolist(), offsets[1:].tolist(),
+                                    strict=True)]
+    return arr.to_pylist()

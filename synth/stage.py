@@ -30,6 +30,7 @@ from loom.schemas.records import (
     REJECTED,
     Modality,
     Reason,
+    nonempty,
     query_modality,
     stats_schema,
     to_table,
@@ -202,7 +203,7 @@ def _record_parts(example: dict) -> list[types.Part | Media]:
         elif p.get("pixels"):
             parts += [types.Part.from_bytes(data=f, mime_type="image/png")
                       for f in _frames_png(p)[:1]]
-        elif p.get("features") and p.get("source_uri"):
+        elif nonempty(p.get("features")) and p.get("source_uri"):
             src = _source_bytes({"mime": p.get("mime") or "audio/wav",
                                  "source_uris": [p["source_uri"]]}, "audio/")
             if src is not None:

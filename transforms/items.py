@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from loom.schemas.records import Modality
+from loom.schemas.records import Modality, nonempty
 from loom.transforms.pixels import encode_frames, part_frames
 from loom.transforms.tokenizer import TextTokenizer
 
@@ -27,7 +27,7 @@ def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
     tokens: list[int] = []
     texts: list[str] = []
     visual: list[dict] = []
-    features: list[float] = []
+    features: list[np.ndarray] = []  # float16 rows, joined once at the end
     bins = None
     for part in parts:
         if part.get("tokens"):
@@ -36,8 +36,8 @@ def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
             texts.append(part["text"])
         if part.get("pixels"):
             visual.append(part)
-        if part.get("features") and (bins is None or part.get("feature_bins") == bins):
-            features.extend(part["features"])
+        if nonempty(part.get("features")) and (bins is None or part.get("feature_bins") == bins):
+            features.append(np.asarray(part["features"], dtype=np.float16))
             bins = part.get("feature_bins")
     pixels, pixel_format, frames = None, None, 0
     if len(visual) == 1:
@@ -49,7 +49,7 @@ def parts_to_item(item_id: str, modality: str, parts: list[dict]) -> dict:
         frames = len(stacked)
     return {"id": item_id, "modality": modality, "tokens": tokens,
             "pixels": pixels, "pixel_format": pixel_format, "frames": frames,
-            "features": features or None, "feature_bins": bins,
+            "features": np.concatenate(features) if features else None, "feature_bins": bins,
             "text": "\n".join(texts) or None, "instruction": None}
 
 

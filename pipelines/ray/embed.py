@@ -19,6 +19,7 @@ import ray
 from loom.models.handler import EncoderHandler
 from loom.pipelines.ray.session import ensure_ray
 from loom.schemas import storage
+from loom.schemas.records import rows_of
 from ray.data import ActorPoolStrategy
 
 EXAMPLE_COLUMNS = ["id", "modality", "parts"]
@@ -35,12 +36,12 @@ class EmbedActor:
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         if "item" in batch.column_names:
-            items = batch.column("item").to_pylist()
+            items = [r["item"] for r in rows_of(batch.select(["item"]))]
         elif "item_pickle" in batch.column_names:
             items = [pickle.loads(b) for b in batch.column("item_pickle").to_pylist()]
         else:  # Example rows: prepared here, with the checkpoint's own preprocessing
             prep = self.handler.inputs()
-            items = [prep.example(e) for e in batch.to_pylist()]
+            items = [prep.example(e) for e in rows_of(batch)]
         return {"id": np.array([it["id"] for it in items], dtype=object),
                 "vector": self.handler.embed(items, self.model)} | {
             c: batch.column(c).to_numpy(zero_copy_only=False)

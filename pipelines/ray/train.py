@@ -36,6 +36,7 @@ from loom.pipelines.train import TrainConfig
 from loom.pipelines.train_data import DataPlan, ShardReader, iter_batches
 from loom.pipelines.train_validation import SCORE, Validation, Validator, read_slice
 from loom.schemas import storage
+from loom.schemas.records import rows_of
 from loom.schemas.spec import PreprocessingSpec
 from pydantic import BaseModel, ConfigDict, Field
 from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -66,7 +67,7 @@ class TrainCollate:
         self.enc, self.max_negatives, self.prep = enc, max_negatives, prep
 
     def __call__(self, batch: pa.Table) -> TrainBatch:
-        rows = batch.to_pylist()
+        rows = rows_of(batch)  # features stay float16 arrays
         queries = [r["query"] for r in rows]
         docs = [r["positive"] for r in rows]
         docs += [n for r in rows for n in (r["negatives"] or [])[: self.max_negatives]]

@@ -49,7 +49,7 @@ def test_text_plus_image_query_and_frames_only_positive(tok):
     assert q["modality"] == "text+image" and q["frames"] == 1 and q["tokens"] and q["pixels"]
     pos = positive_item(pair, {"v1": ex}, tok, 64)
     assert pos["frames"] == 3 and pos["features"] is None  # the clip without its audio track
-    assert positive_item(pair | {"positive_parts": None}, {"v1": ex}, tok, 64)["features"]
+    assert positive_item(pair | {"positive_parts": None}, {"v1": ex}, tok, 64)["features"].size
 
 
 def test_example_as_query_and_written_positive(tok):
@@ -58,7 +58,7 @@ def test_example_as_query_and_written_positive(tok):
             "query_ref": {"example_id": "v1", "parts": [1]}, "positive_id": "t:x",
             "positive_text": "passage describes it"}
     q = query_item(pair, {"v1": ex}, tok, 64)
-    assert q["features"] and not q["pixels"] and q["tokens"] == tok.encode("audio clip |", 64)
+    assert q["features"].size and not q["pixels"] and q["tokens"] == tok.encode("audio clip |", 64)
     assert q["instruction_tokens"] == len(q["tokens"])  # all instruction: the clip is pooled
     assert positive_item(pair, {}, tok, 64)["tokens"] == tok.encode("passage describes it", 64)
     assert query_item(pair, {}, tok, 64) is None  # its Example is missing: the caller counts it

@@ -1,0 +1,27 @@
+"""bench_scale at a tiny size: the JSON has the issue's shape, every number is measured
+(positive), and a rerun skips what OUT already holds."""
+
+from __future__ import annotations
+
+import json
+
+from tests.benchmarks.bench_scale import run
+
+KEYS = {"driver_peak_mb", "worker_peak_mb", "wall_s", "objects_written", "objects_kept"}
+
+
+def test_bench_scale_tiny(tmp_path, ray_session, capsys):
+    out = tmp_path / "scale.json"
+    got = run([50], ["ingest", "shard"], str(tmp_path / "work"), str(out), isolate=False)
+    assert json.loads(out.read_text()) == got
+    assert set(got) == {"stages"} and set(got["stages"]) == {"ingest", "shard"}
+    for stage, by_size in got["stages"].items():
+        assert set(by_size) == {"50"}, stage
+        m = by_size["50"]
+        assert set(m) == KEYS, stage
+        assert all(m[k] > 0 for k in KEYS), (stage, m)
+        assert m["objects_written"] >= m["objects_kept"], (stage, m)
+        assert isinstance(m["objects_written"], int)
+    capsys.readouterr()
+    again = run([50], ["ingest", "shard"], str(tmp_path / "work"), str(out), isolate=False)
+    assert again == got and "ingest 50" not in capsys.readouterr().out  # nothing re-measured
