@@ -29,12 +29,13 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.peak import Peak  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -177,26 +178,15 @@ def rss_child(n: int) -> None:
     cands = Candidates.build(ids, ["image"] * n, xb, [()] * n, ids)
     assert cands.vectors is xb or np.shares_memory(cands.vectors, xb)
     rss1 = proc.memory_info().rss
-    peak, stop = [rss1], threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.005)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    t = time.perf_counter()
-    res = mine(cands, q, [str(i) for i in range(1000)], [ids[i] for i in pick], ["image"] * 1000,
-               MiningConfig(ann_threshold=10**12))
-    dt = time.perf_counter() - t
-    stop.set()
-    th.join()
-    peak[0] = max(peak[0], proc.memory_info().rss)
+    with Peak(lambda: proc.memory_info().rss, 0.005) as peak:
+        t = time.perf_counter()
+        res = mine(cands, q, [str(i) for i in range(1000)], [ids[i] for i in pick],
+                   ["image"] * 1000, MiningConfig(ann_threshold=10**12))
+        dt = time.perf_counter() - t
     print(json.dumps({"n": n, "vectors_mib": round(xb.nbytes / MiB, 1),
                       "rss_with_vectors_mib": round(rss0 / MiB, 1),
                       "metadata_mib": round((rss1 - rss0) / MiB, 1),
-                      "search_peak_beyond_mib": round((peak[0] - rss1) / MiB, 1),
+                      "search_peak_beyond_mib": round((peak.value - rss1) / MiB, 1),
                       "search_s": round(dt, 2), "kept": res.counts["kept"]}))
 
 

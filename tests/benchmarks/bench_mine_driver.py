@@ -18,10 +18,11 @@ import argparse
 import json
 import pathlib
 import sys
-import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.peak import Peak  # noqa: E402
 
 FILE_ROWS = 1000
 
@@ -131,23 +132,13 @@ def measure(pairs: str, examples: str, ckpts: str, out_root: str) -> dict:
     ensure_ray(num_cpus=2, object_store_mb=1024)
     proc = psutil.Process()
     base = proc.memory_full_info().uss
-    peak, stop = [base], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_full_info().uss)
-            time.sleep(0.05)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    start = time.perf_counter()
-    out = run_mine(pairs, out_root, "latest", ckpts,
-                   MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}),
-                   corpus_uri=examples)
-    wall = time.perf_counter() - start
-    stop.set()
-    t.join()
-    return {"driver_peak_mb": round((peak[0] - base) / 2**20, 1),
+    with Peak(lambda: proc.memory_full_info().uss) as peak:
+        start = time.perf_counter()
+        out = run_mine(pairs, out_root, "latest", ckpts,
+                       MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1}),
+                       corpus_uri=examples)
+        wall = time.perf_counter() - start
+    return {"driver_peak_mb": round((peak.value - base) / 2**20, 1),
             "driver_base_mb": round(base / 2**20, 1), "wall_s": round(wall, 1),
             "counts": {k: out["counts"][k] for k in ("corpus", "triples", "embedded",
                                                        "cache_hits", "negatives")},

@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import sys
-import threading
 import time
 import tracemalloc
 
@@ -36,6 +35,8 @@ from loom.schemas import storage  # noqa: E402
 from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table  # noqa: E402
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec  # noqa: E402
 from loom.transforms.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
+
+from tests.benchmarks.peak import Peak  # noqa: E402
 
 WORDS = "red blue lake mountain bicycle wall photo square river tree".split()
 
@@ -114,32 +115,23 @@ def main() -> None:
         clean(version_dir)
 
     shard_mod.cleanup_work = counting_cleanup
-    proc, peak, stop = psutil.Process(), [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_full_info().uss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    proc = psutil.Process()
     base_uss = proc.memory_full_info().uss
     tracemalloc.start()
-    sampler.start()
-    t0 = time.perf_counter()
-    res = shard_mod.run_shard(pairs_root, out_root, rows_per_shard=args.rows_per_shard,
-                              engine=Engine(args.engine),
-                              weights={"image": 2.0, "question": 0.5})
-    wall = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
+    with Peak(lambda: proc.memory_full_info().uss) as peak:
+        t0 = time.perf_counter()
+        res = shard_mod.run_shard(pairs_root, out_root, rows_per_shard=args.rows_per_shard,
+                                  engine=Engine(args.engine),
+                                  weights={"image": 2.0, "question": 0.5})
+        wall = time.perf_counter() - t0
     _, traced = tracemalloc.get_traced_memory()
     manifest = mf.read_manifest(res["uri"])
     report = {"engine": args.engine, "pairs": args.pairs, "input_files": args.files,
               "rows": res["counts"]["rows"], "shards": res["counts"]["shards"],
               "files_before_cleanup": left.get("files"), "work_files": left.get("work_files"),
               "driver_tracemalloc_peak_mb": round(traced / 2**20, 1),
-              "driver_uss_peak_mb": round(peak[0] / 2**20, 1),
-              "driver_uss_growth_mb": round((peak[0] - base_uss) / 2**20, 1),
+              "driver_uss_peak_mb": round(peak.value / 2**20, 1),
+              "driver_uss_growth_mb": round((peak.value - base_uss) / 2**20, 1),
               "wall_s": round(wall, 1), "timings": res.get("timings"),
               "shard_sha256": [f.sha256 for f in manifest.tables["shards"]]}
     text = json.dumps(report, indent=1)
