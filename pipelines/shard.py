@@ -26,7 +26,6 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import PAIR, TRIPLE, Split
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
-from loom.transforms.packing import repeats  # noqa: F401 - re-exported: `loom shard --weight`
 
 
 def run_shard(input_uri: str, output_root: str, rows_per_shard: int = 512, seed: int = 0,

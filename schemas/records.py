@@ -311,10 +311,6 @@ INGEST_FILES = pa.schema([
     col("stats", pa.string(), "its stage stats as JSON (to take back if it is a duplicate)"),
 ])
 INGEST_FILES_TABLE = "_work/files"
-MISSING = pa.schema([
-    col("pair_id", pa.string(), "a pair that could not be joined"),
-    col("missing", pa.string(), "the Example id it lacks"),
-])
 
 # Counters a stage returns beside its tables (never written as a dataset).
 LLM_STAT_NAMES = ("llm_calls", "cache_hits", "requests", "retries", "repairs", "blocked",
@@ -347,7 +343,6 @@ TABLES: dict[str, pa.Schema] = {
     "relabels": RELABEL,
     "metrics": METRICS,
     INGEST_FILES_TABLE: INGEST_FILES,
-    "_missing": MISSING,
     "_rows": TRAINING_ROW,
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loom.pipelines.shard import repeats
+from loom.transforms.packing import repeats
 
 
 def _copies(weights: dict[str, float], kind: str, n: int = 2000) -> float:
