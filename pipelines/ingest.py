@@ -20,6 +20,7 @@ import pyarrow as pa
 from loom.pipelines import ingest_once
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
+from loom.pipelines.neardup import group_near_dups
 from loom.pipelines.runner import (
     Engine,
     StageTask,
@@ -44,7 +45,6 @@ from loom.transforms.ingest import (
     IngestStage,
     confine_listed,
 )
-from loom.transforms.neardup import near_dup_groups
 from loom.transforms.remote import RemoteConfig
 from loom.transforms.sniff import sniff
 from loom.transforms.text import decode_text
@@ -155,7 +155,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         tables.setdefault(t, [])
 
     with timed(timings, "near_dup_s"):
-        near = _group_near_dups(writer, tables)
+        near = group_near_dups(engine, writer, tables)
     counts = {  # file outcomes, then rows (a PDF or a manifest gives several Examples)
         "listed": len(listing),
         "accepted": stats.get("accepted_files", 0),
@@ -199,34 +199,6 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     manifest = writer.commit(tables, counts, config, lineage)
     cleanup_work(writer.dir)
     return result("ingest", manifest, writer.dir, False, timings=timings)
-
-
-def _group_near_dups(writer: mf.VersionWriter, tables: dict) -> dict[str, int]:
-    """Join near-duplicate Examples across all parts (signatures only are read), then
-    rewrite just the parts holding a member of a group of two or more."""
-    files = tables.get("examples", [])
-    paths = [storage.join(writer.dir, f.path) for f in files]
-    if not paths:
-        return {"near_duplicate": 0, "near_dup_groups": 0}
-    sigs = [storage.read_parquet([p], columns=["id", "near_dup_sig", "near_dup_group"])
-            for p in paths]
-    groups = near_dup_groups((i, g) for t in sigs for i, g in zip(
-        t.column("id").to_pylist(), t.column("near_dup_sig").to_pylist(), strict=True))
-    sizes: dict[str, int] = {}
-    for g in groups.values():
-        sizes[g] = sizes.get(g, 0) + 1
-    for k, (f, t) in enumerate(zip(files, sigs, strict=True)):
-        ids = t.column("id").to_pylist()
-        if [groups[i] for i in ids] == t.column("near_dup_group").to_pylist():
-            continue  # as written (every Example its own group, or reused unchanged)
-        part = storage.read_parquet([paths[k]])
-        col = part.schema.get_field_index("near_dup_group")
-        part = part.set_column(col, part.schema.field(col),
-                               pa.array([groups[i] for i in ids], pa.string()))
-        name = f.path.split("/", 1)[1].removesuffix(".parquet")
-        files[k] = writer.write_part("examples", name, part)
-    multi = [n for n in sizes.values() if n > 1]
-    return {"near_duplicate": sum(multi) - len(multi), "near_dup_groups": len(multi)}
 
 
 def _split_bad_names(listing: list) -> tuple[list, dict[str, str]]:

@@ -128,42 +128,79 @@ def _buckets(kind: str, payload: bytes) -> list[tuple]:
             for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False))]
 
 
-def near_dup_groups(rows: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
-    """{example id: group id} for (id, signature) rows; a group is named by its smallest
-    member id, and an Example without a near-duplicate is its own group."""
-    sigs: dict[str, tuple[str, bytes]] = {}
-    parent: dict[str, str] = {}
-    for ex_id, sig in rows:
-        parent[ex_id] = ex_id
-        if sig and sig[:1] in _KINDS:
-            sigs[ex_id] = (_KINDS[sig[:1]], sig[1:])
+def parse(sig: bytes | None) -> tuple[str, bytes] | None:
+    """(kind, payload) of a stored signature; None when there is none (own group)."""
+    if sig and sig[:1] in _KINDS:
+        return _KINDS[sig[:1]], sig[1:]
+    return None
 
-    def find(x: str) -> str:
+
+def bucket_keys(kind: str, payload: bytes) -> list[bytes]:
+    """The locality-sensitive buckets a signature falls in, each as bytes: two
+    signatures can only be joined if they share one."""
+    out = []
+    for k, i, v in _buckets(kind, payload):
+        out.append(k[:1].encode() + bytes([i]) + (v if isinstance(v, bytes) else v.to_bytes(8, "big")))
+    return out
+
+
+def bucket_pairs(kind: str, members: list[str], sigs: dict[str, tuple[str, bytes]]
+                 ) -> Iterable[tuple[str, str]]:
+    """The verified near-duplicate pairs among one bucket's members."""
+    if kind in ("image", "text"):  # every pair of the bucket at once, in numpy
+        yield from (_close_images if kind == "image" else _close_texts)(members, sigs)
+        return
+    for i, a in enumerate(members):
+        for b in members[i + 1:]:
+            if _close(sigs[a][0], sigs[a][1], sigs[b][1]):
+                yield a, b
+
+
+class UnionFind:
+    """Components named by their smallest member."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
+        parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+            self.parent[max(ra, rb)] = min(ra, rb)
 
-    buckets: dict[tuple, list[str]] = defaultdict(list)
+    def joined(self) -> dict[str, str]:
+        """{member: component} for every member of a component of two or more."""
+        return {x: self.find(x) for x in self.parent}
+
+
+def near_dup_groups(rows: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """{example id: group id} for (id, signature) rows; a group is named by its smallest
+    member id, and an Example without a near-duplicate is its own group.
+
+    The same joins as ingest's engine steps (`pipelines/neardup.py`), in one process."""
+    sigs: dict[str, tuple[str, bytes]] = {}
+    ids = []
+    for ex_id, sig in rows:
+        ids.append(ex_id)
+        if (parsed := parse(sig)) is not None:
+            sigs[ex_id] = parsed
+    uf = UnionFind()
+    buckets: dict[bytes, list[str]] = defaultdict(list)
     for ex_id in sorted(sigs):
-        kind, payload = sigs[ex_id]
-        for key in _buckets(kind, payload):
+        for key in bucket_keys(*sigs[ex_id]):
             buckets[key].append(ex_id)
-    for (kind, _, _), members in buckets.items():
-        if kind in ("image", "text"):  # every pair of the bucket at once, in numpy
-            for a, b in (_close_images if kind == "image" else _close_texts)(members, sigs):
-                union(a, b)
-            continue
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                if find(a) != find(b) and _close(sigs[a][0], sigs[a][1], sigs[b][1]):
-                    union(a, b)
-    return {ex_id: find(ex_id) for ex_id in parent}
+    for members in buckets.values():
+        if len(members) > 1:
+            for a, b in bucket_pairs(sigs[members[0]][0], members, sigs):
+                uf.union(a, b)
+    return {ex_id: uf.find(ex_id) if ex_id in uf.parent else ex_id for ex_id in ids}
 
 
 def _close_images(members: list[str], sigs: dict[str, tuple[str, bytes]],
