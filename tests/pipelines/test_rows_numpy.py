@@ -97,6 +97,8 @@ def world(tmp_path_factory):
              for i in range(CLIPS)]
     pairs.append(_pair("t2a", query_text="sound", query_modality="text", positive_id="aud0",
                        positive_modality="audio"))
+    pairs.append(_pair("inline", query_parts=examples[1]["parts"], query_modality="audio",
+                       positive_id="txt1", positive_modality="text"))  # aud1's clip inline
     ckpts = str(base / "ckpts")
     handler = EncoderHandler(ckpts, tiny_checkpoint(ckpts, "run", spec))
     handler.inputs()  # the preprocessor is cached per process: read before any measure
@@ -146,7 +148,7 @@ def test_mine_prepare_keeps_digests_and_float16(world, tmp_path, ray_session):
     assert out["missing_query"] == 0 and out["positions"] == len(world["pairs"])
     queries = storage.read_parquet(out["item_parts"])
     digests = set(queries.column("digest").to_pylist())
-    assert {_digest("audio", v) for v in feats.values()} <= digests
+    assert {_digest("audio", v) for v in feats.values()} <= digests  # `inline` is aud1's
     for blob in queries.column("item_pickle").to_pylist():
         item = pickle.loads(blob)
         if item["modality"] == "audio":
@@ -159,8 +161,10 @@ def test_shard_join_builds_rows_from_float16(world, tmp_path):
     TrainingRows whose audio sides are the clips, byte for byte."""
     steps = JoinSteps(str(tmp_path), world["dir"], PAIR, Split.TRAIN, 1)
     examples = pa.concat_tables(storage.read_parquet([u]) for u in world["files"])
-    values = [_Tag.ITEM + json.dumps({"name": "part-00000", "rows": world["pairs"]}).encode(),
-              _Tag.ROWS + to_ipc(examples)]
+    pairs = str(tmp_path / "pairs.parquet")
+    pq.write_table(to_table(world["pairs"], PAIR), pairs)
+    item = {"name": "part-00000", "file": pairs, "offset": 0, "length": len(world["pairs"])}
+    values = [_Tag.ITEM + json.dumps(item).encode(), _Tag.ROWS + to_ipc(examples)]
     list(steps.build("warm", values))  # the spec and tokenizer load once per worker
     (name, out), peak = _peak(lambda: next(iter(steps.build("part-00000", values))))
     assert peak < BOUND, f"{peak} bytes of Python objects for {CLIPS} clips"
@@ -173,6 +177,7 @@ def test_shard_join_builds_rows_from_float16(world, tmp_path):
         _is_f16(rows[f"a2t{i}"]["query"]["features"], feats[f"aud{i}"])
         assert rows[f"a2t{i}"]["positive"]["id"] == f"txt{i}"
     _is_f16(rows["t2a"]["positive"]["features"], feats["aud0"])
+    _is_f16(rows["inline"]["query"]["features"], feats["aud1"])
 
 
 def test_relabel_candidates_read_file_by_file(world, tmp_path):
