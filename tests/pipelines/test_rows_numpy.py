@@ -18,6 +18,7 @@ import pytest
 from loom.models.handler import EncoderHandler
 from loom.pipelines.evaluate import heldout_examples
 from loom.pipelines.exchange import to_ipc
+from loom.pipelines.pairs import run_pairs
 from loom.pipelines.ray.mine import _prepare, prepare_queries
 from loom.pipelines.shard_join import JoinSteps, _Tag
 from loom.pipelines.synth_relabel import _candidate_examples
@@ -198,3 +199,32 @@ def test_relabel_candidates_read_file_by_file(world, tmp_path):
         for r in rows:
             if r["id"] in world["feats"]:
                 _is_f16(r["parts"][0]["features"], world["feats"][r["id"]])
+
+
+def test_pairs_read_examples_and_mixed_pairs_as_float16(world, tmp_path):
+    """`loom pairs`: natural pairs of a video with its audio track, beside mixed-in pairs
+    whose inline query part is a clip; both read without the clips becoming floats."""
+    video = empty_part("video") | {"pixels": bytes(2 * 8 * 8 * 3), "pixel_format": "raw",
+                                   "height": 8, "width": 8, "frames": 2}
+    track = empty_part("audio") | {"features": world["feats"]["aud0"], "feature_bins": BINS,
+                                   "frames": FRAMES}
+    ex_w = mf.VersionWriter(str(tmp_path / "examples"), "ingest", "ingest-v")
+    files = [ex_w.write_part("examples", "part-0",
+                             to_table([_ex("vid0", "video", [video, track])], EXAMPLE))]
+    ex_w.commit({"examples": files}, {"examples": 1}, {}, {})
+    p_w = mf.VersionWriter(str(tmp_path / "synth"), "synth", "synth-x")
+    files = [p_w.write_part("pairs", "part-0", to_table(world["pairs"], PAIR))]
+    p_w.commit({"pairs": files}, {"pairs": len(world["pairs"])}, {}, {})
+    out, peak = _peak(lambda: run_pairs(ex_w.dir, str(tmp_path / "out"), ("av_track",),
+                                        mix=(p_w.dir,)))
+    assert peak < BOUND, f"{peak} bytes of Python objects for 2 clips"
+    rows = {r["pair_id"]: r for r in rows_of(mf.read_table(*mf.resolve_input(out["uri"]),
+                                                           "pairs"))}
+    natural = {"n" + hashlib.sha256(f"vid0|av_track|{q}|{p}".encode()).hexdigest()[:23]: q
+               for q, p in (([0], [1]), ([1], [0]))}
+    assert set(rows) == set(natural) | {p["pair_id"] for p in world["pairs"]}
+    for pid, q in natural.items():
+        assert rows[pid]["query_ref"] == {"example_id": "vid0", "parts": q}
+        assert rows[pid]["positive_parts"] == [1 - q[0]]
+    _is_f16(rows["inline"]["query_parts"][0]["features"], world["feats"]["aud1"])
+    assert out["counts"]["natural"] == 2 and out["counts"]["mixed"] == len(world["pairs"])
