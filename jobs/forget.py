@@ -29,11 +29,12 @@ import pyarrow.parquet as pq
 from loom.jobs.ops import dataset_roots
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import TABLES
+from loom.schemas.records import TABLES, rows_of
 
 STAGE_ORDER = ("ingest", "synth", "relabel", "mine", "shard", "backfill", "eval")
 DROP_FILES = ("index.faiss", "index_ids.json")  # built over rows that are gone
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+LOOKUP_COLUMNS = ("id", "uri", "duplicate_of", "source_uris")  # what `_ids_of` reads
 
 
 def _is_uri_of(value: str | None, uris: set[str]) -> bool:
@@ -76,7 +77,8 @@ def _ids_of(roots: list[str], targets: list[str]) -> tuple[set[str], set[str]]:
             for table in ("files", "duplicates", "examples"):
                 if not m.tables.get(table):
                     continue
-                for row in mf.read_table(d, m, table).to_pylist():
+                cols = [c for c in LOOKUP_COLUMNS if c in TABLES[table].names]
+                for row in mf.read_table(d, m, table, cols).to_pylist():
                     srcs = row.get("source_uris") or [row.get("uri")]
                     if row.get("id") in ids or row.get("duplicate_of") in ids:
                         uris |= {u for u in srcs if u}
@@ -111,7 +113,7 @@ def _rewrite(root: str, vdir: str, m: mf.Manifest, ids: set[str], uris: set[str]
             uri = storage.join(vdir, rec.path)
             fs, path = storage.resolve(uri)
             t = pq.read_table(path, filesystem=fs)
-            rows = t.to_pylist()
+            rows = rows_of(t)  # features stay float16 arrays
             keep, gone = [], 0
             for row in rows:
                 if _holds(row, ids, uris):
@@ -251,7 +253,7 @@ def run_forget(targets: list[str], workdir: str, log: Callable[[str], None] = la
 
 def _rewrite_probe(vdir: str, m: mf.Manifest, ids: set[str], uris: set[str]) -> bool:
     for table in m.tables:
-        for row in mf.read_table(vdir, m, table).to_pylist() if m.tables[table] else []:
+        for row in rows_of(mf.read_table(vdir, m, table)) if m.tables[table] else []:
             if _holds(row, ids, uris) or _scrub(row, ids)[1]:
                 return True
     return False

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from loom.models.distributed import global_docs
 from loom.models.encoder import matryoshka
+from loom.schemas.keys import hash_keys
 
 
 def info_nce(q: torch.Tensor, docs: torch.Tensor, same: torch.Tensor,
@@ -61,8 +60,7 @@ def contrastive_terms(q_emb: torch.Tensor, d_emb: torch.Tensor, pos_keys: torch.
 
 def asset_keys(ids: list[str]) -> torch.Tensor:
     """A stable int64 per asset id (blake2b), so masks can be built after a tensor gather."""
-    return torch.tensor([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(),
-                                        "little", signed=True) for i in ids], dtype=torch.long)
+    return torch.from_numpy(hash_keys(ids, 8).view("<i8"))
 
 
 def same_asset_mask(query_positive_ids: list[str], doc_ids: list[str]) -> torch.Tensor:

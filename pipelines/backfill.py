@@ -38,6 +38,7 @@ from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine, engine_kind
 from loom.schemas import manifest as mf
 from loom.schemas import storage
+from loom.schemas.keys import hash_keys
 from loom.schemas.records import EMBEDDING
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from tqdm import tqdm
@@ -221,9 +222,9 @@ def _finished_part(writer: mf.VersionWriter, name: str, chunk: list[str], ckpt_i
 
 
 def _keys(ids: list[str]) -> np.ndarray:
-    """A 64-bit key per id (blake2b): what the driver keeps of an id."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(),
-                                       "little") for i in ids), dtype=np.uint64, count=len(ids))
+    """A 64-bit key per id: what the driver keeps of an id (collisions are checked
+    against the ids, so 8 bytes do; the embedding cache's keys take 16)."""
+    return hash_keys(ids, 8).view("<u8")
 
 
 def _id_keys(uris: list[str]) -> tuple[np.ndarray, np.ndarray]:

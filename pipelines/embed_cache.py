@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from loom.schemas import storage
+from loom.schemas.keys import hash_keys
 from loom.schemas.manifest import canonical_json
 from loom.schemas.records import embedding_cache_schema
 
@@ -44,8 +45,7 @@ def item_digest(item: dict) -> str:
 
 def cache_keys(ids: Sequence[str], digests: Sequence[str]) -> np.ndarray:
     """One fixed-width key per (id, digest), sortable and searchable with numpy."""
-    return np.array([hashlib.blake2b(f"{i}\0{d}".encode(), digest_size=16).digest()
-                     for i, d in zip(ids, digests, strict=True)], dtype="S16")
+    return hash_keys((f"{i}\0{d}" for i, d in zip(ids, digests, strict=True)), 16)
 
 
 class EmbeddingCache:

@@ -34,7 +34,7 @@ from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import METRICS, Split, pair_name
+from loom.schemas.records import METRICS, Split, pair_name, rows_of
 from loom.schemas.splits import GROUP_COLUMNS, example_split, group_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
@@ -345,15 +345,16 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
 
 
 def heldout_rows(pairs: pa.Table) -> list[dict]:
-    """The held-out pairs as rows: filtered in Arrow, so train rows never become dicts."""
-    return pairs.filter(pc.equal(pairs["split"], Split.HELDOUT.value)).to_pylist()
+    """The held-out pairs as rows: filtered in Arrow, so train rows never become dicts
+    (inline query parts' features stay float16 arrays)."""
+    return rows_of(pairs.filter(pc.equal(pairs["split"], Split.HELDOUT.value)))
 
 
 def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
                      ) -> list[dict]:
     """The held-out Examples as rows, read file by file: the split is decided on the id
     and group columns alone (in Arrow), and only a file's held-out rows are read whole, so
-    the train rows (most of the corpus) are never held."""
+    the train rows (most of the corpus) are never held. Features stay float16 arrays."""
     out: list[dict] = []
     for f in manifest.tables.get("examples", []):
         one = dataclasses.replace(manifest, tables={"examples": [f]})
@@ -361,7 +362,7 @@ def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
         mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
         if any(mask):
             table = mf.read_table(ex_dir, one, "examples")
-            out += table.filter(pa.array(mask, pa.bool_())).to_pylist()
+            out += rows_of(table.filter(pa.array(mask, pa.bool_())))  # features: float16
     return out
 
 

@@ -15,7 +15,7 @@ import collections
 from loom.pipelines.common import BadInput, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import PAIR, pair_name, to_table
+from loom.schemas.records import PAIR, pair_name, rows_of, to_table
 from loom.transforms.natural_pairs import RULES, natural_pairs
 
 ROWS_PER_PART = 8192
@@ -46,11 +46,12 @@ def run_pairs(examples_uri: str, output_root: str, rules: tuple[str, ...] = RULE
     timings: dict[str, float] = {}
     with timed(timings, "pairs_s"):
         rows = []
-        for ex in mf.read_table(ex_dir, ex_manifest, "examples").to_pylist():
-            rows += natural_pairs(ex, tuple(rules), heldout_fraction)
+        for part in mf.read_table_parts(ex_dir, ex_manifest, "examples"):  # one file held
+            for ex in rows_of(part):  # features stay float16 arrays
+                rows += natural_pairs(ex, tuple(rules), heldout_fraction)
         n_natural = len(rows)
         for d, m in mixed:
-            rows += mf.read_table(d, m, "pairs").to_pylist()
+            rows += rows_of(mf.read_table(d, m, "pairs"))
         rows.sort(key=lambda r: r["pair_id"])
         files = [writer.write_part("pairs", f"part-{i // ROWS_PER_PART:05d}",
                                    to_table(rows[i : i + ROWS_PER_PART], PAIR))

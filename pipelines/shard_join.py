@@ -20,12 +20,13 @@ from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, to_ipc
 from loom.pipelines.work import load_item
 from loom.schemas import storage
 from loom.schemas.manifest import write_part
-from loom.schemas.records import EXAMPLE, Split
+from loom.schemas.records import EXAMPLE, Split, rows_of
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.packing import training_rows
 from loom.transforms.tokenizer import TextTokenizer
 
 EXAMPLES_PER_PARTITION = 1024  # what one join worker holds at once, about
+REFERENCE_COLUMNS = ("positive_id", "query_ref", "negatives", "split")  # what `referenced` reads
 
 
 def partitions(n_examples: int) -> int:
@@ -91,7 +92,8 @@ class JoinSteps:
         yield f"i:{item['name']}", _Tag.ITEM + json.dumps(item).encode()
         names = batch.schema.names
         ids: set[str] = set()
-        for rec in batch.to_pylist():
+        wanted = [c for c in REFERENCE_COLUMNS if c in names]  # not the inline query parts
+        for rec in batch.select(wanted).to_pylist():
             if "split" not in names or rec["split"] == self.split.value:
                 ids |= referenced(rec)
         by_part_ids: dict[int, list[str]] = {}
@@ -124,7 +126,7 @@ class JoinSteps:
         examples = {}
         for v in values:
             if v[:1] == _Tag.ROWS:
-                examples.update((r["id"], r) for r in from_ipc(v[1:]).to_pylist())
+                examples.update((r["id"], r) for r in rows_of(from_ipc(v[1:])))  # float16
         spec, tokenizer = _spec(self.examples_dir)
         rows, missing = training_rows(load_item(item, self.input_schema), examples, tokenizer,
                                       spec.max_text_tokens, self.split)

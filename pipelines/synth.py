@@ -198,8 +198,8 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
 def _run_batch(cfg: SynthConfig, files: list[FileRecord], base: str, work_uri: str,
                settings: BatchSettings | None) -> dict[str, int]:
     """Every uncached call of the run through the Batch API, into the response cache."""
-    rows = storage.read_parquet([storage.join(base, f.path) for f in files]).to_pylist() \
-        if files else []
+    rows = rows_of(storage.read_parquet([storage.join(base, f.path) for f in files])) \
+        if files else []  # features stay float16 arrays
     stage = SynthStage(cfg)
     calls = [stage.call(ex, kind, partial(media_parts, ex))
              for ex in rows for kind in cfg.kinds.get(ex["modality"], [])]
@@ -332,7 +332,7 @@ def _pending(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig,
     cache = ResponseCache(base.cache_uri)
     out = {}
     for ex in (ex for t in mf.read_table_parts(ex_dir, ex_manifest, "examples")
-               for ex in t.to_pylist()):  # one part's rows at a time
+               for ex in rows_of(t)):  # one part's rows at a time
         todo = [kind for kind in base.kinds.get(ex["modality"], [])
                 if not storage.exists(cache.uri(response_key(
                     llm, prompt_set.version(kind, ex["modality"]), ex["id"])))]
@@ -349,7 +349,7 @@ def _plan_rows(ex_dir: str, ex_manifest: mf.Manifest, base: SynthConfig, prompt_
     rows: dict[str, PlanRow] = {}
     columns = ["id", "modality", "parts", "metadata", "size_bytes"]
     for ex in (ex for t in mf.read_table_parts(ex_dir, ex_manifest, "examples", columns)
-               for ex in t.to_pylist()):
+               for ex in rows_of(t)):
         n, est = pending.get(ex["id"], (0, ZERO))
         r = rows.setdefault(ex["modality"], PlanRow())
         r.examples += 1

@@ -11,16 +11,18 @@ waits for a rerun (BudgetExceeded, exit 3), and nothing is committed until all i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from functools import partial
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.runner import Engine, StageTask, file_items, merge_results, run_stage
 from loom.pipelines.synth import ENGINE_WORKERS
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
-from loom.schemas.records import LLM_STAT_NAMES
+from loom.schemas.records import EXAMPLE, LLM_STAT_NAMES, rows_of
 from loom.synth.budget import Budget, BudgetExceeded, Ledger, price_for, usage
 from loom.synth.cache import ResponseCache
 from loom.synth.client import LLMConfig, check_backend
@@ -102,15 +104,24 @@ def run_relabel(triples_uri: str, output_root: str, llm: LLMConfig | None = None
 
 def _candidate_examples(writer: mf.VersionWriter, triples: pa.Table,
                         t_manifest: mf.Manifest) -> list[str]:
-    """Every Example a triple names, as one work file the stage's workers read."""
+    """Every Example a triple names, as work files the stage's workers read: one per
+    Examples file that holds any, read file by file (ids first, then only those rows), so
+    the corpus is never held whole."""
     ex_dir, ex_manifest = mf.resolve_input(t_manifest.lineage["examples"])
-    needed = set(triples.column("positive_id").to_pylist())
-    needed |= {n["id"] for negs in triples.column("negatives").to_pylist() for n in negs}
-    examples = mf.read_table(ex_dir, ex_manifest, "examples")
-    mask = pa.array([i in needed for i in examples.column("id").to_pylist()])
+    negatives = pc.struct_field(pc.list_flatten(triples.column("negatives")), "id")
+    needed = pa.chunked_array([*triples.column("positive_id").chunks, *negatives.chunks],
+                              pa.string()).unique()
     work = storage.join(writer.dir, WORK, "candidates")
-    record = write_part(work, "examples", "part-00000", examples.filter(mask))
-    return [storage.join(work, record.path)]
+    uris = []
+    for f in ex_manifest.tables.get("examples", []):
+        one = dataclasses.replace(ex_manifest, tables={"examples": [f]})
+        ids = mf.read_table(ex_dir, one, "examples", columns=["id"]).column("id")
+        mask = pc.is_in(ids, value_set=needed)
+        if pc.any(mask).as_py():
+            rows = mf.read_table(ex_dir, one, "examples").filter(mask)
+            record = write_part(work, "examples", f"part-{len(uris):05d}", rows)
+            uris.append(storage.join(work, record.path))
+    return uris
 
 
 def _within_budget(writer: mf.VersionWriter, triples: pa.Table, ex_uris: list[str],
@@ -121,8 +132,8 @@ def _within_budget(writer: mf.VersionWriter, triples: pa.Table, ex_uris: list[st
     BudgetExceeded will carry."""
     version, text = prompts.version(STAGE), prompts.text(STAGE)
     cache = ResponseCache(cache_uri)
-    examples = {e["id"]: e for e in storage.read_parquet(ex_uris).to_pylist()}
-    rows = triples.to_pylist()
+    examples = {e["id"]: e for e in rows_of(storage.read_parquet(ex_uris, schema=EXAMPLE))}
+    rows = triples.select(["pair_id", "query_text", "positive_id", "negatives"]).to_pylist()
     pending = {t["pair_id"]: relabel_estimate(t, examples, text, llm.max_output_tokens)
                for t in rows if not storage.exists(cache.uri(relabel_key(llm, version, t)))}
     keep = set(ledger.plan(pending))

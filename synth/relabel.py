@@ -21,6 +21,7 @@ from loom.schemas.records import (
     REJECTED,
     RELABEL,
     TRIPLE,
+    rows_of,
     stats_schema,
     to_table,
 )
@@ -117,7 +118,7 @@ class RelabelStage(BaseStage):
         self.calls.setup()
         if self.config.examples_uris and not self.examples:
             table = storage.read_parquet(list(self.config.examples_uris))
-            self.examples = {e["id"]: e for e in table.to_pylist()}
+            self.examples = {e["id"]: e for e in rows_of(table)}  # features: float16
 
     def teardown(self) -> None:
         self.calls.teardown()
@@ -132,7 +133,7 @@ class RelabelStage(BaseStage):
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         self.setup()
-        triples = batch.to_pylist()
+        triples = rows_of(batch)  # inline query parts' features stay float16 arrays
         answers, llm_stats = self.calls.run([self._call(t) for t in triples])
         stats = dict.fromkeys(STAT_NAMES, 0) | llm_stats
         out_rows, relabels, rejected = [], [], []

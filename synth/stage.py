@@ -32,6 +32,7 @@ from loom.schemas.records import (
     Reason,
     nonempty,
     query_modality,
+    rows_of,
     stats_schema,
     to_table,
 )
@@ -290,7 +291,7 @@ class SynthStage(BaseStage):
 
     def process_batch(self, batch: pa.RecordBatch) -> dict[str, pa.Table]:
         cfg = self.config
-        tasks = [(ex, kind) for ex in batch.to_pylist()
+        tasks = [(ex, kind) for ex in rows_of(batch)  # features stay float16 arrays
                  for kind in cfg.kinds.get(ex["modality"], [])]
         parts_of = {ex["id"]: functools.cache(functools.partial(media_parts, ex))
                     for ex, _ in tasks}  # built once per example, only on a cache miss

@@ -6,7 +6,7 @@ import hashlib
 import math
 
 import pyarrow as pa
-from loom.schemas.records import TRAINING_ROW, Split
+from loom.schemas.records import TRAINING_ROW, Split, rows_of
 from loom.transforms.items import example_to_item, positive_item, query_item
 from loom.transforms.tokenizer import TextTokenizer
 
@@ -39,7 +39,7 @@ def training_rows(batch: pa.RecordBatch, examples: dict[str, dict], tokenizer: T
     rows, missing = [], []
     names = batch.schema.names
     whole: dict[str, dict] = {}  # negatives repeat across rows: one ITEM per Example
-    for rec in batch.to_pylist():
+    for rec in rows_of(batch):  # inline query parts' features stay float16 arrays
         if "split" in names and rec["split"] != split.value:
             continue
         pos = positive_item(rec, examples, tokenizer, max_tokens)

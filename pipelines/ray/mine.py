@@ -34,7 +34,7 @@ from loom.pipelines.embed_cache import PART_ROWS, EmbeddingCache, cache_keys, it
 from loom.pipelines.ray.embed import ROWS_PER_CALL, _actors
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import TRIPLE, Split
+from loom.schemas.records import TRIPLE, Split, rows_of
 from loom.schemas.splits import example_split
 from loom.transforms.items import positive_item, query_item
 from loom.transforms.mining import Candidates, MiningConfig, mine
@@ -60,7 +60,7 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
     train = np.flatnonzero(pc.equal(table.column("split"), Split.TRAIN.value)
                            .to_numpy(zero_copy_only=False))
     table = table.take(train)
-    pairs = table.to_pylist()
+    pairs = rows_of(table)  # inline query parts' features stay float16 arrays
     cited = {p["query_ref"]["example_id"] for p in pairs if p.get("query_ref")}
     by_id: dict[str, dict] = {}  # the cited Examples of the train corpus
     for uri in example_files if cited else []:
@@ -68,7 +68,7 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
         rows = np.flatnonzero(pc.is_in(ids, value_set=pa.array(sorted(cited)))
                               .to_numpy(zero_copy_only=False))
         if len(rows):
-            for e in storage.read_parquet([uri]).take(rows).to_pylist():
+            for e in rows_of(storage.read_parquet([uri]).take(rows)):  # features: float16
                 if example_split(e, heldout_fraction) == Split.TRAIN:
                     by_id[e["id"]] = e
     unique: dict[str, list] = {}  # digest -> [item, positions]
@@ -115,8 +115,8 @@ def _prepare(batch: pa.Table, handler: EncoderHandler, heldout_fraction: float,
         items = storage.read_parquet(unit["uris"], columns=list(ITEM_COLUMNS))
     else:
         prep = handler.inputs()
-        rows = [e for uri in unit["uris"] for e in storage.read_parquet([uri]).to_pylist()
-                if example_split(e, heldout_fraction) == Split.TRAIN]
+        rows = [e for uri in unit["uris"] for e in rows_of(storage.read_parquet([uri]))
+                if example_split(e, heldout_fraction) == Split.TRAIN]  # features: float16
         prepared = [prep.example(e) for e in rows]  # re-tokenized with its tokenizer
         digests = [item_digest(it) for it in prepared]
         storage.write_parquet(pa.table({
@@ -298,7 +298,7 @@ def search(work: str, spans: dict[str, list[int]], config: MiningConfig, version
         n = sum(hi - lo for lo, hi in spans.values())
         cand_vecs = _local_copy([storage.join(vdir, f"{m}.npy") for m in order], n, dim,
                                 os.path.join(tmp, "corpus.npy"))
-        pairs = storage.read_parquet([storage.join(work, "queries", "plan.parquet")]).to_pylist()
+        pairs = rows_of(storage.read_parquet([storage.join(work, "queries", "plan.parquet")]))
         q_vecs = _local_copy([storage.join(vdir, "queries.npy")], len(pairs), dim,
                              os.path.join(tmp, "queries.npy"))
         pos_vecs = _local_copy([storage.join(vdir, "positives.npy")], len(pairs), dim,
