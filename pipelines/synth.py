@@ -19,12 +19,14 @@ from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
     Engine,
+    EngineOptions,
     StageTask,
     engine_kind,
     file_items,
     merge_results,
     run_stage,
 )
+from loom.pipelines.synth_dedupe import drop_duplicates
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
@@ -166,7 +168,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     with timed(timings, "filters_s"):
         tables["pairs"], dropped = _run_filters(writer.dir, tables["pairs"], filters,
                                                 config.get("roundtrip"), checkpoint_root,
-                                                ex_dir, ex_manifest)
+                                                ex_dir, ex_manifest, engine)
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
                                  columns=["split"]) if tables["pairs"] else None
     heldout = sum(1 for s in pairs.column("split").to_pylist() if s == "heldout") if pairs else 0
@@ -226,43 +228,32 @@ def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
                  roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
-                 ex_manifest: mf.Manifest) -> tuple[list[FileRecord], dict[str, int]]:
+                 ex_manifest: mf.Manifest, engine: Engine | str | EngineOptions = Engine.BEAM
+                 ) -> tuple[list[FileRecord], dict[str, int]]:
     """Run-wide filters over the written pairs; rewrites only the parts that lose rows.
 
-    Parts are read one at a time: the duplicate filter keeps (key, pair_id) as Arrow
-    columns and keeps the smallest pair_id per key (`qf.duplicate_ids`, columnar)."""
+    The duplicate filter is an exchange on the stage's engine (`synth_dedupe`): the
+    driver gets back file records and a count, never keys or pair_ids."""
     counts = {"filtered_roundtrip": 0}
     if not files or not (cfg.dedupe or roundtrip):
         return files, counts
-    uris = [storage.join(version_dir, f.path) for f in files]
+    counts["filtered_duplicate"] = 0
+    if cfg.dedupe:
+        files, counts["filtered_duplicate"] = drop_duplicates(engine, version_dir, files)
+    if not roundtrip or not files:
+        return files, counts
+    # the round trip checks text queries against their corpus positives
     cols = ["pair_id", "query_text", "query_modality", "positive_id", "positive_modality",
             "positive_text"]
-    keys, ids = [], []
-    for uri in uris if cfg.dedupe else []:
-        part = storage.read_parquet([uri], columns=cols)
-        keys.append(pa.array([qf.duplicate_key(r) for r in part.to_pylist()], pa.string()))
-        ids.append(part.column("pair_id").combine_chunks())
-    drop = pa.array([], pa.string())
-    if keys:
-        written = pa.table({"key": pa.chunked_array(keys, pa.string()),
-                            "pair_id": pa.chunked_array(ids, pa.string())})
-        first = written.group_by("key", use_threads=False).aggregate([("pair_id", "min")])
-        drop = written.filter(pc.invert(pc.is_in(written.column("pair_id"),
-                                                 value_set=first.column("pair_id_min")))
-                              ).column("pair_id").combine_chunks()
-        del written, first, keys, ids
-    counts["filtered_duplicate"] = len(drop)
-    if roundtrip:
-        # the round trip checks text queries against their corpus positives
-        rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).filter(
-                    pc.invert(pc.is_in(pc.field("pair_id"), value_set=drop))).to_pylist()
-                if r["query_modality"] == "text" and not r["positive_text"]]
-        misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
-        del rest
-        counts["filtered_roundtrip"] = len(misses)
-        drop = pa.concat_arrays([drop, pa.array(sorted(misses), pa.string())])
-    if not len(drop):
+    uris = [storage.join(version_dir, f.path) for f in files]
+    rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).to_pylist()
+            if r["query_modality"] == "text" and not r["positive_text"]]
+    misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
+    del rest
+    counts["filtered_roundtrip"] = len(misses)
+    if not misses:
         return files, counts
+    drop = pa.array(sorted(misses), pa.string())
     out = []
     for f, uri in zip(files, uris, strict=True):
         table = storage.read_parquet([uri])
