@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loom.pipelines.cluster import check_paths, is_multi_node
@@ -30,7 +31,6 @@ from loom.pipelines.synth_dedupe import drop_duplicates
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
-from loom.schemas.records import rows_of
 from loom.synth import filters as qf
 from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
@@ -272,7 +272,11 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
 
 def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, ex_dir: str,
                       ex_manifest: mf.Manifest) -> set[str]:
-    """pair_ids whose query does not rank its own positive in the top k of its modality."""
+    """pair_ids whose query does not rank its own positive in the top k of its modality.
+
+    The galleries' Examples never come to the driver: it reads their ids and modalities
+    (file by file) and Ray tasks read and embed the rows (`embed_files_on_ray`); vectors
+    come back, placed in corpus order per modality."""
     from loom.models.handler import EncoderHandler
     from loom.models.inputs import examples_spec
     from loom.pipelines.evaluate import top_k_chunked
@@ -280,28 +284,44 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
     prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
-    from loom.pipelines.ray.embed import embed_lists
+    from loom.pipelines.ray.embed import embed_files_on_ray, embed_lists, embed_plan
+    from loom.pipelines.ray.sizing import actor_deadline
 
     modalities = sorted({r["positive_modality"] for r in rows})
-    galleries: dict[str, list[dict]] = {m: [] for m in modalities}
-    for part in mf.read_table_parts(ex_dir, ex_manifest, "examples"):  # only the galleries'
-        wanted = pc.is_in(part.column("modality"), value_set=pa.array(modalities, pa.string()))
-        for e in rows_of(part.filter(wanted)):  # features stay float16 arrays
-            galleries[e["modality"]].append(e)
+    wanted = pa.array(modalities, pa.string())
+    work: list[tuple[str, list[int]]] = []  # (Examples file, its gallery rows)
+    place: dict[str, tuple[str, int]] = {}  # Example id -> (modality, gallery row)
+    sizes = dict.fromkeys(modalities, 0)
+    for uri, part in zip(ex_manifest.files(ex_dir, "examples"), mf.read_table_parts(
+            ex_dir, ex_manifest, "examples", ["id", "modality"]), strict=True):
+        take = np.flatnonzero(pc.is_in(part.column("modality"), value_set=wanted)
+                              .to_numpy(zero_copy_only=False)).tolist()
+        for i, m in zip(part.column("id").take(take).to_pylist(),
+                        part.column("modality").take(take).to_pylist(), strict=True):
+            place[i] = (m, sizes[m])
+            sizes[m] += 1
+        work.append((uri, take))
+    galleries: dict[str, np.ndarray] = {}
+    actors, cpus, gpus = embed_plan()
+    with actor_deadline("synth round trip", cpus, gpus):
+        for ids, vectors in embed_files_on_ray(work, handler, actors=actors,
+                                               cpus_per_actor=cpus, gpus_per_actor=gpus):
+            for i, v in zip(ids, vectors, strict=True):
+                m, row = place[i]
+                g = galleries.setdefault(m, np.zeros((sizes[m], len(v)), np.float32))
+                g[row] = v
     queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
-    vectors = embed_lists(  # one pass on Ray through the model seam, as mine and eval
-        [items for m in modalities for items in (
-            [prep.example(e) for e in galleries[m]],
-            [prep.query(r["pair_id"], r["query_text"]) for r in queries[m]])],
-        handler, "synth round trip")
+    vectors = embed_lists([[prep.query(r["pair_id"], r["query_text"]) for r in queries[m]]
+                           for m in modalities], handler, "synth round trip")
     misses = set()
     for n, modality in enumerate(modalities):
-        gallery, qs = galleries[modality], queries[modality]
-        index = {e["id"]: i for i, e in enumerate(gallery)}
-        g, q = vectors[2 * n], vectors[2 * n + 1]
-        top = top_k_chunked(q, g, min(int(roundtrip["k"]), len(gallery)))  # chunked scores
+        qs, g = queries[modality], galleries.get(modality)
+        if g is None:
+            g = np.zeros((0, vectors[n].shape[1]), np.float32)
+        top = top_k_chunked(vectors[n], g, min(int(roundtrip["k"]), len(g)))  # chunked scores
         for r, t in zip(qs, top, strict=True):
-            if index.get(r["positive_id"]) not in set(t.tolist()):
+            m, row = place.get(r["positive_id"], (None, None))
+            if m != modality or row not in set(t.tolist()):
                 misses.add(r["pair_id"])
     return misses
 

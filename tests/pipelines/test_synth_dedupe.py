@@ -4,6 +4,7 @@ The pairs are written here in several parts with duplicates spread across them. 
 is made from a hand-named group (its modalities and a base phrase) and a spelling of the
 phrase that normalizes to it (case, spacing, punctuation, full-width letters); the
 expected result is computed from the groups alone: the smallest pair_id per group stays.
+The round trip's galleries (embedded on Ray) are checked against an in-process reference.
 """
 
 from __future__ import annotations
@@ -152,3 +153,56 @@ def test_buckets_are_the_same_in_every_process():
                              env={"PYTHONHASHSEED": seed, "PATH": ""})
         assert json.loads(out.stdout) == here
     assert len(set(here)) == 7
+
+
+@pytest.mark.slow
+def test_round_trip_embeds_the_galleries_on_ray(tmp_path, monkeypatch, ray_session):
+    """The round trip's misses match a reference computed here (every gallery Example read
+    and embedded in this process, scores sorted in full), while the driver reads only the
+    Examples' id and modality columns."""
+    import numpy as np
+    from loom.jobs.corpus import generate_corpus
+    from loom.models.checkpoint import resolve
+    from loom.models.handler import EncoderHandler
+    from loom.pipelines.ingest import run_ingest
+    from loom.pipelines.ray.embed import embed_lists
+    from loom.pipelines.synth import _roundtrip_misses, run_synth
+    from loom.schemas import manifest as mf
+    from loom.schemas.records import rows_of
+
+    from tests.checkpoints import examples_spec, tiny_checkpoint
+
+    generate_corpus(str(tmp_path / "c"), 6, 6, seed=15, bad_files=False)
+    ex = run_ingest(str(tmp_path / "c" / "media"), str(tmp_path / "ex"))
+    ckpts = str(tmp_path / "ckpt")
+    tiny_checkpoint(ckpts, "run-a", examples_spec(ex["uri"]))
+    pdir, pm = mf.resolve_input(run_synth(ex["uri"], str(tmp_path / "p"))["uri"])
+    rows = [r for r in mf.read_table(pdir, pm, "pairs").to_pylist()
+            if r["query_modality"] == "text" and not r["positive_text"]]
+    ex_dir, ex_m = mf.resolve_input(ex["uri"])
+    roundtrip, k = {"checkpoint": resolve(ckpts, "run-a"), "k": 2}, 2
+
+    reads: list[tuple[str, list | None]] = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, columns=None, **kw: reads.append(
+        (str(path), columns)) or real(path, *a, columns=columns, **kw))
+    misses = _roundtrip_misses(rows, roundtrip, ckpts, ex_dir, ex_m)
+    monkeypatch.undo()
+    examples = set(ex_m.files(ex_dir, "examples"))
+    assert reads and all(c == ["id", "modality"] for p, c in reads if p in examples)
+    assert len({p for p, _ in reads} & examples) == len(examples)
+
+    handler = EncoderHandler(ckpts, roundtrip["checkpoint"])
+    prep = handler.inputs()
+    corpus = rows_of(mf.read_table(ex_dir, ex_m, "examples"))
+    expected = set()
+    for m in sorted({r["positive_modality"] for r in rows}):
+        gallery = [e for e in corpus if e["modality"] == m]
+        qs = [r for r in rows if r["positive_modality"] == m]
+        g, q = embed_lists([[prep.example(e) for e in gallery],
+                            [prep.query(r["pair_id"], r["query_text"]) for r in qs]], handler)
+        ranked = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :k]
+        expected |= {r["pair_id"] for r, top in zip(qs, ranked, strict=True)
+                     if r["positive_id"] not in {gallery[int(i)]["id"] for i in top}}
+    assert misses == expected
+    assert 0 < len(misses) < len(rows)
