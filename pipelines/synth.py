@@ -13,22 +13,24 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
     Engine,
+    EngineOptions,
     StageTask,
     engine_kind,
     file_items,
     merge_results,
     run_stage,
 )
+from loom.pipelines.synth_dedupe import drop_duplicates
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
-from loom.schemas.records import rows_of
 from loom.synth import filters as qf
 from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
@@ -166,7 +168,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     with timed(timings, "filters_s"):
         tables["pairs"], dropped = _run_filters(writer.dir, tables["pairs"], filters,
                                                 config.get("roundtrip"), checkpoint_root,
-                                                ex_dir, ex_manifest)
+                                                ex_dir, ex_manifest, engine)
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
                                  columns=["split"]) if tables["pairs"] else None
     heldout = sum(1 for s in pairs.column("split").to_pylist() if s == "heldout") if pairs else 0
@@ -226,43 +228,32 @@ def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
                  roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
-                 ex_manifest: mf.Manifest) -> tuple[list[FileRecord], dict[str, int]]:
+                 ex_manifest: mf.Manifest, engine: Engine | str | EngineOptions = Engine.BEAM
+                 ) -> tuple[list[FileRecord], dict[str, int]]:
     """Run-wide filters over the written pairs; rewrites only the parts that lose rows.
 
-    Parts are read one at a time: the duplicate filter keeps (key, pair_id) as Arrow
-    columns and keeps the smallest pair_id per key (`qf.duplicate_ids`, columnar)."""
+    The duplicate filter is an exchange on the stage's engine (`synth_dedupe`): the
+    driver gets back file records and a count, never keys or pair_ids."""
     counts = {"filtered_roundtrip": 0}
     if not files or not (cfg.dedupe or roundtrip):
         return files, counts
-    uris = [storage.join(version_dir, f.path) for f in files]
+    counts["filtered_duplicate"] = 0
+    if cfg.dedupe:
+        files, counts["filtered_duplicate"] = drop_duplicates(engine, version_dir, files)
+    if not roundtrip or not files:
+        return files, counts
+    # the round trip checks text queries against their corpus positives
     cols = ["pair_id", "query_text", "query_modality", "positive_id", "positive_modality",
             "positive_text"]
-    keys, ids = [], []
-    for uri in uris if cfg.dedupe else []:
-        part = storage.read_parquet([uri], columns=cols)
-        keys.append(pa.array([qf.duplicate_key(r) for r in part.to_pylist()], pa.string()))
-        ids.append(part.column("pair_id").combine_chunks())
-    drop = pa.array([], pa.string())
-    if keys:
-        written = pa.table({"key": pa.chunked_array(keys, pa.string()),
-                            "pair_id": pa.chunked_array(ids, pa.string())})
-        first = written.group_by("key", use_threads=False).aggregate([("pair_id", "min")])
-        drop = written.filter(pc.invert(pc.is_in(written.column("pair_id"),
-                                                 value_set=first.column("pair_id_min")))
-                              ).column("pair_id").combine_chunks()
-        del written, first, keys, ids
-    counts["filtered_duplicate"] = len(drop)
-    if roundtrip:
-        # the round trip checks text queries against their corpus positives
-        rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).filter(
-                    pc.invert(pc.is_in(pc.field("pair_id"), value_set=drop))).to_pylist()
-                if r["query_modality"] == "text" and not r["positive_text"]]
-        misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
-        del rest
-        counts["filtered_roundtrip"] = len(misses)
-        drop = pa.concat_arrays([drop, pa.array(sorted(misses), pa.string())])
-    if not len(drop):
+    uris = [storage.join(version_dir, f.path) for f in files]
+    rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).to_pylist()
+            if r["query_modality"] == "text" and not r["positive_text"]]
+    misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
+    del rest
+    counts["filtered_roundtrip"] = len(misses)
+    if not misses:
         return files, counts
+    drop = pa.array(sorted(misses), pa.string())
     out = []
     for f, uri in zip(files, uris, strict=True):
         table = storage.read_parquet([uri])
@@ -281,7 +272,11 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
 
 def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, ex_dir: str,
                       ex_manifest: mf.Manifest) -> set[str]:
-    """pair_ids whose query does not rank its own positive in the top k of its modality."""
+    """pair_ids whose query does not rank its own positive in the top k of its modality.
+
+    The galleries' Examples never come to the driver: it reads their ids and modalities
+    (file by file) and Ray tasks read and embed the rows (`embed_files_on_ray`); vectors
+    come back, placed in corpus order per modality."""
     from loom.models.handler import EncoderHandler
     from loom.models.inputs import examples_spec
     from loom.pipelines.evaluate import top_k_chunked
@@ -289,28 +284,44 @@ def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, e
     handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
     prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
-    from loom.pipelines.ray.embed import embed_lists
+    from loom.pipelines.ray.embed import embed_files_on_ray, embed_lists, embed_plan
+    from loom.pipelines.ray.sizing import actor_deadline
 
     modalities = sorted({r["positive_modality"] for r in rows})
-    galleries: dict[str, list[dict]] = {m: [] for m in modalities}
-    for part in mf.read_table_parts(ex_dir, ex_manifest, "examples"):  # only the galleries'
-        wanted = pc.is_in(part.column("modality"), value_set=pa.array(modalities, pa.string()))
-        for e in rows_of(part.filter(wanted)):  # features stay float16 arrays
-            galleries[e["modality"]].append(e)
+    wanted = pa.array(modalities, pa.string())
+    work: list[tuple[str, list[int]]] = []  # (Examples file, its gallery rows)
+    place: dict[str, tuple[str, int]] = {}  # Example id -> (modality, gallery row)
+    sizes = dict.fromkeys(modalities, 0)
+    for uri, part in zip(ex_manifest.files(ex_dir, "examples"), mf.read_table_parts(
+            ex_dir, ex_manifest, "examples", ["id", "modality"]), strict=True):
+        take = np.flatnonzero(pc.is_in(part.column("modality"), value_set=wanted)
+                              .to_numpy(zero_copy_only=False)).tolist()
+        for i, m in zip(part.column("id").take(take).to_pylist(),
+                        part.column("modality").take(take).to_pylist(), strict=True):
+            place[i] = (m, sizes[m])
+            sizes[m] += 1
+        work.append((uri, take))
+    galleries: dict[str, np.ndarray] = {}
+    actors, cpus, gpus = embed_plan()
+    with actor_deadline("synth round trip", cpus, gpus):
+        for ids, vectors in embed_files_on_ray(work, handler, actors=actors,
+                                               cpus_per_actor=cpus, gpus_per_actor=gpus):
+            for i, v in zip(ids, vectors, strict=True):
+                m, row = place[i]
+                g = galleries.setdefault(m, np.zeros((sizes[m], len(v)), np.float32))
+                g[row] = v
     queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
-    vectors = embed_lists(  # one pass on Ray through the model seam, as mine and eval
-        [items for m in modalities for items in (
-            [prep.example(e) for e in galleries[m]],
-            [prep.query(r["pair_id"], r["query_text"]) for r in queries[m]])],
-        handler, "synth round trip")
+    vectors = embed_lists([[prep.query(r["pair_id"], r["query_text"]) for r in queries[m]]
+                           for m in modalities], handler, "synth round trip")
     misses = set()
     for n, modality in enumerate(modalities):
-        gallery, qs = galleries[modality], queries[modality]
-        index = {e["id"]: i for i, e in enumerate(gallery)}
-        g, q = vectors[2 * n], vectors[2 * n + 1]
-        top = top_k_chunked(q, g, min(int(roundtrip["k"]), len(gallery)))  # chunked scores
+        qs, g = queries[modality], galleries.get(modality)
+        if g is None:
+            g = np.zeros((0, vectors[n].shape[1]), np.float32)
+        top = top_k_chunked(vectors[n], g, min(int(roundtrip["k"]), len(g)))  # chunked scores
         for r, t in zip(qs, top, strict=True):
-            if index.get(r["positive_id"]) not in set(t.tolist()):
+            m, row = place.get(r["positive_id"], (None, None))
+            if m != modality or row not in set(t.tolist()):
                 misses.add(r["pair_id"])
     return misses
 
