@@ -31,6 +31,7 @@ from loom.pipelines.synth_dedupe import drop_duplicates
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.records import rows_of
 from loom.synth import filters as qf
 from loom.synth.batch import BatchRun, BatchSettings, check_work_uri
 from loom.synth.budget import (  # BudgetExceeded: raised here, re-exported for callers
