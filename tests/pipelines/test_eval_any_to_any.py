@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def _ex(eid: str, modality: str, parts: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, ray_session):  # Ray after the GCS emulator: workers reach gs://
     base = tmp_path_factory.mktemp("eval_any")
     words = [f"word{i} colour{i} thing{i}" for i in range(N)]
     tok_json = train_tokenizer(words + ["Title one", "retrieve the video"], 300)
@@ -187,3 +188,20 @@ def test_gallery_is_embedded_through_the_cache_by_workers(world):
     assert again["version"] == first["version"] and not again["reused"]
     assert again["embedding"] == {"embedded": 0, "cache": cache_dir}
     assert again["eval"] == first["eval"]
+
+
+def test_eval_on_gcs(world, gcs):
+    """Output and cache on gs:// (nodes share no disk): the workers write the plans and
+    cache parts there, the driver fills its vectors from them; the same figures, the work
+    folder cleaned, and a second eval on that cache embeds nothing."""
+    root = f"gs://{gcs.bucket}/eval-{uuid.uuid4().hex[:8]}"
+    out = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"], root)
+    assert out["eval"] == world["out"]["eval"] and out["version"] == world["out"]["version"]
+    cache_dir = out["embedding"]["cache"]
+    assert cache_dir == f"{root}/_embeddings/{world['out']['embedding']['cache'].rsplit('/', 1)[1]}"
+    assert storage.list_files(cache_dir, ".parquet")
+    assert out["embedding"]["embedded"] == world["out"]["embedding"]["embedded"]
+    assert not storage.list_files(storage.join(out["uri"], mf.WORK))
+    again = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"], f"{root}-again",
+                     cache_root=root)
+    assert again["embedding"]["embedded"] == 0 and again["eval"] == out["eval"]
