@@ -315,11 +315,12 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             vectors = _fill(tasks, cache, tmp)
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
-            for name, task in tasks.items():
+            for t, (name, task) in enumerate(tasks.items()):
                 q_full, g_full = vectors[name]
                 by_dim = {}
                 for d in sizes:  # nested sizes: the first d coordinates, renormalized
-                    qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
+                    qd = _renorm(q_full[:, :d])
+                    gd = _renorm_map(g_full, d, os.path.join(tmp, f"gallery-{t}-d{d}.npy"))
                     by_dim[d] = embedding_metrics(qd, gd, task.relevant)
                 sample = baseline_sample(task.size, task.relevant, baseline_cap, seed)
                 rows_b, qs_b = (sample if sample is not None else
@@ -349,7 +350,7 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                 for d, m in by_dim.items():  # one row per pair and size; baselines repeated
                     rows.append({"pair": name, "dim": d, **m, **baselines,
                                  "queries": len(task.queries), "gallery": task.size})
-                del vectors[name], q_full, g_full
+                del vectors[name], q_full, g_full, gd
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not table:
@@ -451,6 +452,16 @@ def format_table(table: dict[str, dict]) -> str:
                           str(int(e["queries"]))])
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def _renorm_map(x: np.ndarray, d: int, path: str) -> np.ndarray:
+    """_renorm(x[:, :d]) into a memory-mapped file, a chunk of rows at a time (row by row
+    the same values): the driver's memory never holds a whole gallery's vectors."""
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (len(x), d))
+    step = max(1, (1 << 22) // (4 * max(1, x.shape[1])))
+    for s in range(0, len(x), step):
+        out[s : s + step] = _renorm(x[s : s + step, :d])
+    return out
 
 
 def _renorm(x: np.ndarray) -> np.ndarray:
