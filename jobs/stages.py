@@ -347,6 +347,8 @@ class EvalConfig(StageConfig):
         (), description="extra prefix sizes, e.g. 32,64 (truncation)")
     baseline_cap: int = Field(50_000, ge=1, description="gallery items the BM25 and "
                               "untrained baselines index (a seeded sample above it)")
+    cache: Uri | None = Field(None, description="embedding cache root (default: --output); "
+                              "mine's serves eval for the same checkpoint")
 
 
 @register("eval", EvalConfig,
@@ -361,7 +363,7 @@ def evaluate(cfg: EvalConfig, ctx: Context) -> dict:
 
     out = run_eval(cfg.pairs, cfg.checkpoint, cfg.checkpoint_root, ctx.output_root(),
                    cfg.ground_truth, cfg.seed, cfg.max_queries, dims=cfg.dims,
-                   baseline_cap=cfg.baseline_cap)
+                   baseline_cap=cfg.baseline_cap, cache_root=cfg.cache)
     ctx.echo(format_table(out.get("eval", {})))
     return out
 

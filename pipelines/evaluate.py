@@ -7,9 +7,13 @@ pretrained weights with the head at its start, models.trunk.initial_encoder), an
 text->text a BM25 baseline. The gallery is every held-out asset of the target modality.
 The baselines that need a whole index in memory (BM25, untrained) read a seeded sample of
 exactly `baseline_cap` items of a larger gallery (relevant items of the queries they
-score first, then distractors); the task's entry says so in `baseline_sample`. The checkpoint
-embeds on Ray through the model seam's one adapter (pipelines/ray/embed.py), one pass for
-every task; the untrained baseline is not a checkpoint and embeds in-process. Queries and
+score first, then distractors); the task's entry says so in `baseline_sample`. The driver
+holds queries (at most max_queries a task), per-item metadata and vectors, never the
+gallery's ITEMs or the held-out Example rows: workers read the Pairs and Examples files,
+build every task's gallery ITEMs and embed what the per-checkpoint cache lacks (mine's
+cache: pipelines/ray/evaluate.py); the driver fills the vectors from the cache into
+memory maps in its own temp. The untrained baseline is not a checkpoint and embeds
+in-process, its sampled gallery ITEMs read from the files a chunk at a time. Queries and
 gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
 ingested with another tokenizer is re-tokenized; other frame or audio settings are
 refused. Relevance is the exact positive, or with a ground-truth file, any gallery asset
@@ -21,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -31,13 +38,11 @@ from loom.models.handler import EncoderHandler
 from loom.models.inputs import examples_spec
 from loom.models.trunk import initial_encoder
 from loom.pipelines.cluster import check_paths
-from loom.pipelines.common import BadInput, result, reuse, timed
+from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.schemas.records import METRICS, Split, pair_name, rows_of
-from loom.schemas.splits import GROUP_COLUMNS, example_split, group_of
-from loom.transforms.items import example_to_item, positive_item, query_item
-from loom.transforms.tokenizer import TextTokenizer
+from loom.schemas.records import METRICS, Split, rows_of
+from loom.schemas.splits import group_of
 from rank_bm25 import BM25Okapi
 
 KS = (1, 5)
@@ -47,6 +52,7 @@ BASELINES = ("random_", "untrained_", "lexical_")
 BASELINE_CAP = 50_000  # gallery items the whole-index baselines (BM25, untrained) read
 TOP = 10  # the deepest rank any metric reads (NDCG@10)
 SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
+UNTRAINED_CHUNK = 8  # model batches of gallery ITEMs the untrained baseline reads at once
 
 
 def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
@@ -146,81 +152,6 @@ def _key_of(example: dict, truth: dict[str, str]) -> str:
     return f"group:{group_of(example)}"  # no ground truth: the asset group is the key
 
 
-@dataclasses.dataclass
-class _Task:
-    """One (query modality, target modality) retrieval task: queries, gallery, relevance.
-
-    The gallery is every held-out Example of the target modality and every Example that
-    holds a positive (a record's image), cut to the part kinds the pairs' positives use
-    (a video's frames without its audio track), plus the written positives (an LLM's
-    descriptions) of the held-out pairs. Relevant: the exact
-    positive, and with ground truth any gallery item of the same scene key."""
-
-    queries: list[dict]
-    gallery: list[dict]
-    relevant: list[set[int]]
-    lexical: tuple[list[str], list[str]] | None  # (query, gallery) texts for BM25
-
-    @classmethod
-    def build(cls, pairs: list[dict], examples: list[dict], by_id: dict[str, dict],
-              truth: dict[str, str], tokenizer: TextTokenizer, max_tokens: int,
-              max_queries: int) -> _Task | None:
-        target = pairs[0]["positive_modality"]
-        kinds = _positive_kinds(pairs, by_id)
-        positives = {p["positive_id"] for p in pairs}
-        gallery, keys, texts, index = [], [], [], {}
-        for e in examples:  # the target modality's assets, and the Examples holding positives
-            if e["modality"] != target and e["id"] not in positives:
-                continue
-            idx = None if kinds is None else [i for i, p in enumerate(e["parts"])
-                                               if p["kind"] in kinds]
-            if idx == []:
-                continue
-            index[e["id"]] = len(gallery)
-            gallery.append(example_to_item(e, idx))
-            keys.append(_key_of(e, truth))
-            texts.append(" ".join(p.get("text") or "" for p in e["parts"]))
-        qs, q_items = [], []
-        for p in sorted(pairs, key=lambda p: p["pair_id"]):
-            if len(qs) >= max_queries:
-                break
-            if p.get("positive_text"):
-                source = by_id.get((p.get("query_ref") or {}).get("example_id", ""))
-                if p["positive_id"] not in index:
-                    index[p["positive_id"]] = len(gallery)
-                    gallery.append(positive_item(p, by_id, tokenizer, max_tokens))
-                    keys.append(_key_of(source, truth) if source
-                                else f"group:{p.get('group') or p['positive_id']}")
-                    texts.append(p["positive_text"])
-            if p["positive_id"] not in index:
-                continue
-            item = query_item(p, by_id, tokenizer, max_tokens)
-            if item is not None:
-                qs.append(p)
-                q_items.append(item)
-        if not qs or not gallery:
-            return None
-        by_key: dict[str, set[int]] = {}
-        for i, k in enumerate(keys):
-            by_key.setdefault(k, set()).add(i)
-        relevant = [by_key[keys[index[p["positive_id"]]]] | {index[p["positive_id"]]}
-                    for p in qs]
-        lexical = None
-        if target == "text" and qs[0]["query_modality"] == "text":
-            lexical = ([_query_text(p) for p in qs], texts)
-        return cls(q_items, gallery, relevant, lexical)
-
-
-def _positive_kinds(pairs: list[dict], by_id: dict[str, dict]) -> set[str] | None:
-    """The part kinds the pairs' positives are cut to (None: whole Examples)."""
-    for p in pairs:
-        ex = by_id.get(p["positive_id"])
-        if p.get("positive_parts") is not None and ex is not None:
-            return {ex["parts"][i]["kind"] for i in p["positive_parts"]
-                    if 0 <= i < len(ex["parts"])}
-    return None
-
-
 def baseline_sample(n: int, relevant: list[set[int]], cap: int, seed: int
                     ) -> tuple[np.ndarray, np.ndarray] | None:
     """(gallery rows, queries) the whole-index baselines read when the gallery passes
@@ -246,14 +177,85 @@ def _query_text(pair: dict) -> str:
     return pair.get("query_text") or ""
 
 
+@dataclasses.dataclass
+class _Task:
+    """One (query modality, target modality) retrieval task, as the driver holds it: the
+    queries' ITEMs (at most max_queries), the gallery's per-item metadata and where each
+    item lives (an Examples file row, or a written positive), never the gallery's ITEMs.
+
+    The gallery is every held-out Example of the target modality and every Example that
+    holds a positive (a record's image), cut to the part kinds the pairs' positives use
+    (a video's frames without its audio track), plus the written positives (an LLM's
+    descriptions) of the held-out pairs. Relevant: the exact
+    positive, and with ground truth any gallery item of the same scene key."""
+
+    queries: list[dict]
+    q_keys: np.ndarray  # embedding cache keys of the queries
+    g_keys: np.ndarray  # and of the gallery
+    rows: pa.Table  # the gallery's Examples rows: file, row, parts (in gallery order)
+    inline: list[dict]  # the written positives' ITEMs, after those rows
+    relevant: list[set[int]]
+    lexical: tuple[list[str], list[str]] | None  # (query, gallery) texts for BM25
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.inline)
+
+    @classmethod
+    def build(cls, prepared: dict, plan: pa.Table) -> _Task:
+        """From prepare_tasks' entry and the task's gallery plan rows (plan order)."""
+        from loom.pipelines.embed_cache import cache_keys
+
+        inline = prepared["inline"]
+        ids = plan.column("id").to_pylist() + [e["id"] for e in inline]
+        keys = plan.column("key").to_pylist() + [e["key"] for e in inline]
+        index: dict[str, int] = {}
+        for i, x in enumerate(ids[: len(plan)]):
+            index[x] = i
+        for i, e in enumerate(inline, start=len(plan)):
+            if e["id"] in index:
+                raise RuntimeError(f"written positive {e['id']} is also a gallery Example")
+            index[e["id"]] = i
+        by_key: dict[str, set[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, set()).add(i)
+        qs = prepared["queries"]
+        relevant = [by_key[keys[index[q["positive_id"]]]] | {index[q["positive_id"]]}
+                    for q in qs]
+        lexical = None
+        if prepared["lexical"]:
+            lexical = ([q["text"] for q in qs],
+                       plan.column("text").to_pylist() + [e["text"] for e in inline])
+        q_dig = [q["digest"] for q in qs]
+        i_dig = [e["digest"] for e in inline]
+        g_keys = np.concatenate([cache_keys(plan.column("id").to_pylist(),
+                                            plan.column("digest").to_pylist()),
+                                 cache_keys([f"q:{d}" for d in i_dig], i_dig)])
+        return cls([q["item"] for q in qs], cache_keys([f"q:{d}" for d in q_dig], q_dig),
+                   g_keys, plan.select(["file", "row", "parts"]), [e["item"] for e in inline],
+                   relevant, lexical)
+
+
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
              ground_truth: str | None = None, seed: int = 0, max_queries: int = 2000,
-             dims: tuple[int, ...] = (), baseline_cap: int = BASELINE_CAP) -> dict:
+             dims: tuple[int, ...] = (), baseline_cap: int = BASELINE_CAP,
+             cache_root: str | None = None) -> dict:
     """`dims` adds prefix sizes to the checkpoint's Matryoshka sizes: plain truncation of
     a model trained without Matryoshka losses is evaluated the same way. `baseline_cap`
-    bounds the gallery the BM25 and untrained baselines index (module docstring)."""
-    check_paths(pairs=pairs_uri, output=output_root,
-                checkpoint_root=checkpoint_root)  # multi-node: no local paths
+    bounds the gallery the BM25 and untrained baselines index (module docstring).
+    `cache_root` holds the embedding cache (default: the output root); mine's cache for
+    the same checkpoint serves eval too."""
+    import ray
+    from loom.pipelines.embed_cache import EmbeddingCache
+    from loom.pipelines.mine import _units
+    from loom.pipelines.ray import evaluate as steps
+    from loom.pipelines.ray.embed import embed_plan
+    from loom.pipelines.ray.mine import embed_missing
+    from loom.pipelines.ray.session import ensure_ray
+    from loom.pipelines.ray.sizing import actor_deadline
+
+    check_paths(pairs=pairs_uri, output=output_root, checkpoint_root=checkpoint_root,
+                cache_root=cache_root)  # multi-node: no local paths
     pairs_uri, output_root = storage.absolute(pairs_uri), storage.absolute(output_root)
     checkpoint_root = storage.absolute(checkpoint_root)
     pairs_dir, pairs_manifest = mf.resolve_input(pairs_uri)
@@ -279,104 +281,143 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
     untrained = dataclasses.replace(ckpt, model=initial_encoder(ckpt.encoder_config))
     heldout_fraction = pairs_manifest.config.get("heldout_fraction", 0.2)
     truth = load_ground_truth(ground_truth)
-    pairs = heldout_rows(mf.read_table(pairs_dir, pairs_manifest, "pairs"))
-    # Both sides as the checkpoint reads them: text re-tokenized with its tokenizer.
-    examples = [prep.retokenized(e) for e in heldout_examples(ex_dir, ex_manifest,
-                                                              heldout_fraction)]
-    by_id = {e["id"]: e for e in examples}
-    tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
+    cache = EmbeddingCache(storage.absolute(cache_root) if cache_root else output_root,
+                           {"checkpoint_root": checkpoint_root, "checkpoint": ckpt_id,
+                            "spec_digest": prep.spec.digest()}, prep.encoder.out_dim)
+    work = storage.join(writer.dir, mf.WORK, "eval")
+    files = ex_manifest.tables.get("examples", [])
     table: dict[str, dict] = {}
     rows = []
-    with timed(timings, "eval_s"):
-        groups: dict[str, list[dict]] = {}
-        for p in pairs:  # natural pairs (loom pairs) are their own tasks: `image->text:natural`
-            name = pair_name(p["query_modality"], p["positive_modality"])
-            groups.setdefault(name + (":natural" if p.get("source") == "natural" else ""),
-                              []).append(p)
-        tasks = {name: task for name in sorted(groups)
-                 if (task := _Task.build(groups[name], examples, by_id, truth, tokenizer,
-                                         max_tokens, max_queries)) is not None}
-        embedded = _embed_tasks(tasks, handler)
-        sizes = sorted({*ckpt.encoder_config.embed_dims,
-                        *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
-        for name, task in tasks.items():
-            q_full, g_full = embedded[name]
-            by_dim = {}
-            for d in sizes:  # nested sizes: the first d coordinates, renormalized
-                qd, gd = _renorm(q_full[:, :d]), _renorm(g_full[:, :d])
-                by_dim[d] = embedding_metrics(qd, gd, task.relevant)
-            sample = baseline_sample(len(task.gallery), task.relevant, baseline_cap, seed)
-            rows_b, qs_b = (sample if sample is not None else
-                            (np.arange(len(task.gallery)), np.arange(len(task.queries))))
-            at = {int(g): i for i, g in enumerate(rows_b)}
-            relevant_b = [{at[g] for g in task.relevant[q]} for q in qs_b]
-            base = embedding_metrics(handler.embed([task.queries[q] for q in qs_b], untrained),
-                                     handler.embed([task.gallery[i] for i in rows_b], untrained),
-                                     relevant_b)
-            entry = dict(by_dim[sizes[-1]])
-            entry |= {f"random_{k}": v for k, v in
-                      random_recall(len(task.gallery), task.relevant).items()}
-            entry |= {f"untrained_{k}": v for k, v in
-                      base.items()}
-            if task.lexical is not None:
-                q_texts, g_texts = task.lexical
-                lexical = _bm25([q_texts[q] for q in qs_b], [g_texts[i] for i in rows_b])
-                entry |= {f"lexical_{k}": v for k, v in
-                          retrieval_metrics(lexical, relevant_b).items()}
-            entry |= {"queries": len(task.queries), "gallery": len(task.gallery)}
-            if sample is not None:
-                entry["baseline_sample"] = {"gallery": len(task.gallery), "cap": baseline_cap,
-                                            "seed": seed, "queries": len(qs_b)}
-            table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
-            baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
-            for d, m in by_dim.items():  # one row per pair and size; baselines repeated
-                rows.append({"pair": name, "dim": d, **m, **baselines,
-                             "queries": len(task.queries), "gallery": len(task.gallery)})
+    ensure_ray()
+    tmp = tempfile.mkdtemp(prefix="loom-eval-")
+    try:
+        with timed(timings, "eval_s"):
+            # Workers read the Pairs and Examples; the driver gets queries and metadata.
+            prepared = ray.get(steps.prepare_tasks.remote(
+                pairs_dir, pairs_manifest, ex_dir, ex_manifest, heldout_fraction, handler,
+                truth, max_queries, work))
+            units = _units(files, [storage.join(ex_dir, f.path) for f in files], work) + [
+                {"kind": "items", "uris": [u], "plan": ""} for u in prepared["item_parts"]]
+            cache.ensure_key()
+            actors, cpus, gpus = embed_plan()  # each actor fits one node; a deadline to start
+            with actor_deadline("eval embedding", cpus, gpus):
+                embedded = embed_missing(units, cache, handler, heldout_fraction, actors, cpus,
+                                         gpus, read=steps.gallery_reader(
+                                             ex_dir, ex_manifest, handler, heldout_fraction,
+                                             prepared["spec"], truth))
+            plan_parts = [u["plan"] for u in units if u["kind"] == "examples"]
+            plan = (storage.read_parquet(plan_parts, schema=steps.PLAN_SCHEMA) if plan_parts
+                    else steps.PLAN_SCHEMA.empty_table())
+            names = plan.column("task")
+            tasks = {name: _Task.build(t, plan.filter(pc.equal(names, name)))
+                     for name, t in sorted(prepared["tasks"].items())}
+            del plan, names, prepared
+            vectors = _fill(tasks, cache, tmp)
+            sizes = sorted({*ckpt.encoder_config.embed_dims,
+                            *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
+            for t, (name, task) in enumerate(tasks.items()):
+                q_full, g_full = vectors[name]
+                by_dim = {}
+                for d in sizes:  # nested sizes: the first d coordinates, renormalized
+                    qd = _renorm(q_full[:, :d])
+                    gd = _renorm_map(g_full, d, os.path.join(tmp, f"gallery-{t}-d{d}.npy"))
+                    by_dim[d] = embedding_metrics(qd, gd, task.relevant)
+                sample = baseline_sample(task.size, task.relevant, baseline_cap, seed)
+                rows_b, qs_b = (sample if sample is not None else
+                                (np.arange(task.size), np.arange(len(task.queries))))
+                at = {int(g): i for i, g in enumerate(rows_b)}
+                relevant_b = [{at[g] for g in task.relevant[q]} for q in qs_b]
+                base = embedding_metrics(
+                    handler.embed([task.queries[q] for q in qs_b], untrained),
+                    _embed_rows(task, rows_b, handler, untrained, ex_dir, ex_manifest),
+                    relevant_b)
+                entry = dict(by_dim[sizes[-1]])
+                entry |= {f"random_{k}": v for k, v in
+                          random_recall(task.size, task.relevant).items()}
+                entry |= {f"untrained_{k}": v for k, v in
+                          base.items()}
+                if task.lexical is not None:
+                    q_texts, g_texts = task.lexical
+                    lexical = _bm25([q_texts[q] for q in qs_b], [g_texts[i] for i in rows_b])
+                    entry |= {f"lexical_{k}": v for k, v in
+                              retrieval_metrics(lexical, relevant_b).items()}
+                entry |= {"queries": len(task.queries), "gallery": task.size}
+                if sample is not None:
+                    entry["baseline_sample"] = {"gallery": task.size, "cap": baseline_cap,
+                                                "seed": seed, "queries": len(qs_b)}
+                table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
+                baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
+                for d, m in by_dim.items():  # one row per pair and size; baselines repeated
+                    rows.append({"pair": name, "dim": d, **m, **baselines,
+                                 "queries": len(task.queries), "gallery": task.size})
+                del vectors[name], q_full, g_full, gd
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if not table:
         raise BadInput("no held-out queries with a held-out positive to evaluate")
     files = [writer.write_part("metrics", "part-00000", metrics_table(rows))]
     counts = {f"{name}:queries": int(e["queries"]) for name, e in table.items()}
     lineage = {"pairs": pairs_dir, "checkpoint": ckpt_id, "checkpoint_root": checkpoint_root,
                "ground_truth": ground_truth, "timings": timings,
-               "extra": {"eval": table}}
+               "extra": {"eval": table, "embedding": {"embedded": embedded["embedded"],
+                                                      "cache": cache.dir}}}
     manifest = writer.commit({"metrics": files}, counts, cfg, lineage)
+    cleanup_work(writer.dir)
     return result("eval", manifest, writer.dir, False, checkpoint=ckpt_id, eval=table,
-                  timings=timings)
+                  timings=timings, embedding=lineage["extra"]["embedding"])
+
+
+def _fill(tasks: dict[str, _Task], cache, tmp: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every task's (queries, gallery) vectors from the cache: the distinct vectors into a
+    memory-mapped file in the driver's own temp, then each gallery into its own .npy map."""
+    keys = [k for t in tasks.values() for k in (t.q_keys, t.g_keys)]
+    unique, where = np.unique(np.concatenate(keys), return_inverse=True) if keys else \
+        (np.zeros(0, "S16"), np.zeros(0, np.int64))
+    vecs = np.lib.format.open_memmap(os.path.join(tmp, "unique.npy"), "w+", np.float32,
+                                     (max(len(unique), 1), cache.dim))
+    if (found := cache.fill(unique, vecs)) != len(unique):
+        raise RuntimeError(f"embedding cache {cache.dir} lacks {len(unique) - found} of "
+                           f"{len(unique)} vectors this run embedded or found")
+    out, at = {}, 0
+    step = max(1, (1 << 22) // (4 * cache.dim))
+    for name, t in tasks.items():
+        q = vecs[where[at : at + len(t.q_keys)]]
+        at += len(t.q_keys)
+        rows = where[at : at + len(t.g_keys)]
+        at += len(t.g_keys)
+        g = np.lib.format.open_memmap(os.path.join(tmp, f"gallery-{len(out)}.npy"), "w+",
+                                      np.float32, (len(rows), cache.dim))
+        for s in range(0, len(rows), step):
+            g[s : s + step] = vecs[rows[s : s + step]]
+        out[name] = (q, g)
+    return out
+
+
+def _embed_rows(task: _Task, rows: np.ndarray, handler: EncoderHandler, model, ex_dir: str,
+                ex_manifest: mf.Manifest) -> np.ndarray:
+    """The gallery rows' vectors under `model` (the untrained baseline, in this process),
+    their ITEMs read from the Examples files by a task, UNTRAINED_CHUNK at a time."""
+    import ray
+    from loom.pipelines.ray.evaluate import gallery_items
+
+    n = len(task.rows)
+    step = UNTRAINED_CHUNK * handler.batch_size  # whole batches: the same as one call
+    out = []
+    for s in range(0, len(rows), step):
+        chunk = rows[s : s + step].tolist()
+        locs = task.rows.take(pa.array([r for r in chunk if r < n], pa.int64())).to_pylist()
+        read = iter(ray.get(gallery_items.remote(
+            ex_dir, ex_manifest, handler,
+            [(x["file"], x["row"], x["parts"]) for x in locs])) if locs else [])
+        items = [next(read) if r < n else task.inline[r - n] for r in chunk]
+        out.append(handler.embed(items, model))
+    return np.concatenate(out) if out else np.zeros((0, handler.dim or 1), np.float32)
 
 
 def heldout_rows(pairs: pa.Table) -> list[dict]:
     """The held-out pairs as rows: filtered in Arrow, so train rows never become dicts
     (inline query parts' features stay float16 arrays)."""
     return rows_of(pairs.filter(pc.equal(pairs["split"], Split.HELDOUT.value)))
-
-
-def heldout_examples(ex_dir: str, manifest: mf.Manifest, heldout_fraction: float
-                     ) -> list[dict]:
-    """The held-out Examples as rows, read file by file: the split is decided on the id
-    and group columns alone (in Arrow), and only a file's held-out rows are read whole, so
-    the train rows (most of the corpus) are never held. Features stay float16 arrays."""
-    out: list[dict] = []
-    for f in manifest.tables.get("examples", []):
-        one = dataclasses.replace(manifest, tables={"examples": [f]})
-        keys = mf.read_table(ex_dir, one, "examples", columns=["id", *GROUP_COLUMNS])
-        mask = [example_split(k, heldout_fraction) == Split.HELDOUT for k in keys.to_pylist()]
-        if any(mask):
-            table = mf.read_table(ex_dir, one, "examples")
-            out += rows_of(table.filter(pa.array(mask, pa.bool_())))  # features: float16
-    return out
-
-
-def _embed_tasks(tasks: dict[str, _Task], handler: EncoderHandler
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every task's (queries, gallery) embeddings from one pass through the model seam's
-    Ray adapter, as mine and backfill embed (a gallery shared by tasks is embedded once)."""
-    from loom.pipelines.ray.embed import embed_lists
-
-    names = list(tasks)
-    vectors = embed_lists([items for n in names for items in (tasks[n].queries,
-                                                               tasks[n].gallery)],
-                          handler, "eval embedding")
-    return {n: (vectors[2 * i], vectors[2 * i + 1]) for i, n in enumerate(names)}
 
 
 def metrics_table(rows: list[dict]) -> pa.Table:
@@ -412,6 +453,16 @@ def format_table(table: dict[str, dict]) -> str:
                           str(int(e["queries"]))])
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def _renorm_map(x: np.ndarray, d: int, path: str) -> np.ndarray:
+    """_renorm(x[:, :d]) into a memory-mapped file, a chunk of rows at a time (row by row
+    the same values): the driver's memory never holds a whole gallery's vectors."""
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (len(x), d))
+    step = max(1, (1 << 22) // (4 * max(1, x.shape[1])))
+    for s in range(0, len(x), step):
+        out[s : s + step] = _renorm(x[s : s + step, :d])
+    return out
 
 
 def _renorm(x: np.ndarray) -> np.ndarray:

@@ -84,9 +84,9 @@ def embed_on_ray(items: list[dict], handler: EncoderHandler, actors: int = 1,
 
 def embed_lists(lists: list[list[dict]], handler: EncoderHandler,
                 what: str = "embedding") -> list[np.ndarray]:
-    """Vectors for several lists of ITEMs (eval's queries and galleries, synth's round
-    trip) from one Ray Data pass, actors sized per node with a start deadline. Items are
-    keyed by their content digest: an item in several lists is embedded once, and one
+    """Vectors for several lists of ITEMs (synth's round trip; mine and eval go through the
+    embedding cache) from one Ray Data pass, actors sized per node with a start deadline. Items
+    are keyed by their content digest: an item in several lists is embedded once, and one
     Example cut to other parts is another item."""
     from loom.pipelines.embed_cache import item_digest
     from loom.pipelines.ray.sizing import actor_deadline

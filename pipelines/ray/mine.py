@@ -106,32 +106,37 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
             "positions": sum(n for _, n in unique.values())}
 
 
-def _prepare(batch: pa.Table, handler: EncoderHandler, heldout_fraction: float,
-             cached: list) -> pa.Table:
+def _prepare(batch: pa.Table, read, cached: list) -> pa.Table:
     """Ray Data task: one work unit (Examples files, or query item parts) -> the ITEMs the
-    cache lacks. Corpus units also write their plan part (every train row, cached or not)."""
+    cache lacks. `read` turns an Examples unit into ITEMs (and writes its plan part)."""
     unit = batch.to_pylist()[0]
     if unit["kind"] == "items":
         items = storage.read_parquet(unit["uris"], columns=list(ITEM_COLUMNS))
     else:
-        prep = handler.inputs()
-        rows = [e for uri in unit["uris"] for e in rows_of(storage.read_parquet([uri]))
-                if example_split(e, heldout_fraction) == Split.TRAIN]  # features: float16
-        prepared = [prep.example(e) for e in rows]  # re-tokenized with its tokenizer
-        digests = [item_digest(it) for it in prepared]
-        storage.write_parquet(pa.table({
-            "id": pa.array([e["id"] for e in rows], pa.string()),
-            "modality": pa.array([e["modality"] for e in rows], pa.string()),
-            "digest": pa.array(digests, pa.string()),
-            "keys": pa.array([_asset_keys(e) for e in rows], pa.list_(pa.string()))}),
-            unit["plan"])
-        items = _items_table(prepared, digests, [1] * len(prepared))
+        items = read(unit)
     have = ray.get(cached[0])
     keys = cache_keys(items.column("id").to_pylist(), items.column("digest").to_pylist())
     if not len(have) or not len(keys):
         return items
     pos = np.minimum(np.searchsorted(have, keys), len(have) - 1)
     return items.filter(pa.array(have[pos] != keys))
+
+
+def corpus_items(unit: dict, handler: EncoderHandler, heldout_fraction: float) -> pa.Table:
+    """Mine's reader: an Examples unit's train rows as ITEMs; writes its plan part (every
+    train row, cached or not)."""
+    prep = handler.inputs()
+    rows = [e for uri in unit["uris"] for e in rows_of(storage.read_parquet([uri]))
+            if example_split(e, heldout_fraction) == Split.TRAIN]  # features: float16
+    prepared = [prep.example(e) for e in rows]  # re-tokenized with its tokenizer
+    digests = [item_digest(it) for it in prepared]
+    storage.write_parquet(pa.table({
+        "id": pa.array([e["id"] for e in rows], pa.string()),
+        "modality": pa.array([e["modality"] for e in rows], pa.string()),
+        "digest": pa.array(digests, pa.string()),
+        "keys": pa.array([_asset_keys(e) for e in rows], pa.list_(pa.string()))}),
+        unit["plan"])
+    return _items_table(prepared, digests, [1] * len(prepared))
 
 
 @ray.remote
@@ -147,15 +152,17 @@ def _write_cache(batch: dict[str, np.ndarray], cache: EmbeddingCache) -> dict[st
 
 def embed_missing(units: list[dict], cache: EmbeddingCache, handler: EncoderHandler,
                   heldout_fraction: float, actors: int, cpus_per_actor: float,
-                  gpus_per_actor: float) -> dict[str, int]:
+                  gpus_per_actor: float, read=None) -> dict[str, int]:
     """Embeds every ITEM of `units` the cache lacks; returns how many (distinct keys, and
-    the positions they stand for)."""
+    the positions they stand for). `read` turns an Examples unit into ITEMs (default:
+    mine's `corpus_items`; eval passes its gallery reader)."""
     if not units:
         return {"embedded": 0, "positions": 0}
     cached = [_cached_keys.remote(cache)]  # in a list: the tasks fetch it, zero-copy
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(functools.partial(_prepare, handler=handler,
-                                          heldout_fraction=heldout_fraction, cached=cached),
+    read = read or functools.partial(corpus_items, handler=handler,
+                                     heldout_fraction=heldout_fraction)
+    ds = ds.map_batches(functools.partial(_prepare, read=read, cached=cached),
                         batch_size=1, batch_format="pyarrow", num_cpus=0, concurrency=1)
     ds = _actors(ds, handler, ROWS_PER_CALL, actors, cpus_per_actor, gpus_per_actor)
     ds = ds.map_batches(functools.partial(_write_cache, cache=cache), batch_size=PART_ROWS,

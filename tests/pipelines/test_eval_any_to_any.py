@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def _ex(eid: str, modality: str, parts: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, ray_session):  # Ray after the GCS emulator: workers reach gs://
     base = tmp_path_factory.mktemp("eval_any")
     words = [f"word{i} colour{i} thing{i}" for i in range(N)]
     tok_json = train_tokenizer(words + ["Title one", "retrieve the video"], 300)
@@ -162,3 +163,45 @@ def test_baselines_read_a_capped_gallery(world, monkeypatch):
     assert ("bm25", 7, 15) in calls and all(c[2] == 15 for c in calls if c[0] == "bm25")
     sizes = [c[1] for c in calls if c[0] == "embed"]
     assert sizes.count(15) == len(capped) and max(sizes) == 15  # never a whole gallery
+
+
+def test_gallery_is_embedded_through_the_cache_by_workers(world):
+    """The checkpoint's vectors come from the per-checkpoint embedding cache (mine's),
+    written by the workers: every gallery Example (cut to its task's parts) is there, and
+    a second eval with the same checkpoint and cache embeds nothing and scores the same."""
+    from loom.pipelines.embed_cache import CACHE_DIR
+
+    first = world["out"]
+    cache_dir = first["embedding"]["cache"]
+    assert cache_dir.startswith(storage.join(str(world["base"] / "eval"), CACHE_DIR))
+    cached = storage.read_parquet([f.uri for f in storage.list_files(cache_dir, ".parquet")],
+                                  columns=["id", "digest"])
+    ids = cached.column("id").to_pylist()
+    for prefix in ("rec", "vid", "txt"):  # every held-out asset of each gallery
+        assert {f"{prefix}{i:02d}" for i in range(N)} <= set(ids), prefix
+    # videos twice: as frames (their own gallery) and as the audio track (video->audio)
+    assert sum(i.startswith("vid") for i in ids) == 2 * N
+    assert first["embedding"]["embedded"] == len(set(zip(ids, cached.column("digest")
+                                                            .to_pylist(), strict=True)))
+    again = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"],
+                     str(world["base"] / "eval-again"), cache_root=str(world["base"] / "eval"))
+    assert again["version"] == first["version"] and not again["reused"]
+    assert again["embedding"] == {"embedded": 0, "cache": cache_dir}
+    assert again["eval"] == first["eval"]
+
+
+def test_eval_on_gcs(world, gcs):
+    """Output and cache on gs:// (nodes share no disk): the workers write the plans and
+    cache parts there, the driver fills its vectors from them; the same figures, the work
+    folder cleaned, and a second eval on that cache embeds nothing."""
+    root = f"gs://{gcs.bucket}/eval-{uuid.uuid4().hex[:8]}"
+    out = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"], root)
+    assert out["eval"] == world["out"]["eval"] and out["version"] == world["out"]["version"]
+    cache_dir = out["embedding"]["cache"]
+    assert cache_dir == f"{root}/_embeddings/{world['out']['embedding']['cache'].rsplit('/', 1)[1]}"
+    assert storage.list_files(cache_dir, ".parquet")
+    assert out["embedding"]["embedded"] == world["out"]["embedding"]["embedded"]
+    assert not storage.list_files(storage.join(out["uri"], mf.WORK))
+    again = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"], f"{root}-again",
+                     cache_root=root)
+    assert again["embedding"]["embedded"] == 0 and again["eval"] == out["eval"]

@@ -10,16 +10,17 @@ import hashlib
 import json
 import pickle
 import tracemalloc
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from loom.models.handler import EncoderHandler
-from loom.pipelines.evaluate import heldout_examples
 from loom.pipelines.exchange import to_ipc
 from loom.pipelines.pairs import run_pairs
-from loom.pipelines.ray.mine import _prepare, prepare_queries
+from loom.pipelines.ray.evaluate import heldout_rows_of
+from loom.pipelines.ray.mine import _prepare, corpus_items, prepare_queries
 from loom.pipelines.shard_join import JoinSteps, _Tag
 from loom.pipelines.synth_relabel import _candidate_examples
 from loom.schemas import manifest as mf
@@ -109,7 +110,9 @@ def world(tmp_path_factory):
 
 
 def test_heldout_examples_hand_on_float16(world):
-    rows, peak = _peak(lambda: heldout_examples(world["dir"], world["manifest"], 0.999))
+    m = world["manifest"]
+    rows, peak = _peak(lambda: [e for f in m.tables["examples"]
+                                for e in heldout_rows_of(world["dir"], m, f, 0.999)[1]])
     by_id = {r["id"]: r for r in rows}
     assert set(by_id) == {*world["feats"], "txt0", "txt1", "txt2"}
     for eid, want in world["feats"].items():
@@ -127,7 +130,8 @@ def test_mine_prepare_keeps_digests_and_float16(world, tmp_path, ray_session):
     handler, feats = world["handler"], world["feats"]
     unit = {"kind": "examples", "uris": world["files"], "plan": str(tmp_path / "plan.parquet")}
     cached = [ray_session.put(np.zeros(0, dtype="S16"))]
-    items, peak = _peak(lambda: _prepare(pa.Table.from_pylist([unit]), handler, 0.0, cached))
+    read = partial(corpus_items, handler=handler, heldout_fraction=0.0)
+    items, peak = _peak(lambda: _prepare(pa.Table.from_pylist([unit]), read, cached))
     assert peak < BOUND, f"{peak} bytes of Python objects for {CLIPS} clips"
     got = dict(zip(items.column("id").to_pylist(), items.column("digest").to_pylist(),
                    strict=True))
