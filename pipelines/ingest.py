@@ -135,6 +135,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         del items
         if sampled is not None:
             _write_sample(writer, sampled, tables, stats)
+        del sample, sampled  # the sample's bytes: bounded, but done with
         with timed(timings, "resolve_s"):
             files = ingest_once.read_files_tables(writer.dir,
                                                   ingest_once.pop_files_records(tables))
