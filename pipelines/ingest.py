@@ -14,9 +14,11 @@ import dataclasses
 import hashlib
 import json
 import mimetypes
+from collections.abc import Iterable
 from functools import partial
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from loom.pipelines import ingest_once
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
@@ -31,7 +33,6 @@ from loom.pipelines.runner import (
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import (
-    DUPLICATE,
     FILES,
     REJECTED,
     Modality,
@@ -52,6 +53,9 @@ from loom.transforms.tokenizer import train_tokenizer
 
 TOKENIZER_SAMPLE_FILES = 5000
 TOKENIZER_SAMPLE_BYTES = 64 * 1024 * 1024
+# Files the sample may read in all (copies and non-text ones too), whatever the corpus
+TOKENIZER_READ_FILES = 2 * TOKENIZER_SAMPLE_FILES
+TOKENIZER_READ_BYTES = 2 * TOKENIZER_SAMPLE_BYTES
 MAX_FILE_BYTES = 256 << 20  # IngestConfig's default: larger files are rejected unread
 MAX_UNREADABLE_SHARE = 0.5  # above this share of the listing, the input is misconfigured
 
@@ -60,15 +64,15 @@ class StorageFailure(RuntimeError):
     """Most listed files could not be read: a configuration error (exit 1), not bad input."""
 
 
-def check_readable(hashes: list[dict], listed: int) -> None:
+def check_readable(files: pa.Table, listed: int) -> None:
     """StorageFailure when more than half the listed files failed for storage reasons: a
     few are Rejected `unreadable`, but most means the input is not where the workers can
     read it (a local path on another node, missing credentials), and nothing is committed."""
-    failed = [h["uri"] for h in hashes if h["id"].startswith(STORAGE_ERROR)]
+    failed = files.column("uri").filter(pc.starts_with(files.column("id"), STORAGE_ERROR))
     if listed and len(failed) > MAX_UNREADABLE_SHARE * listed:
         raise StorageFailure(
             f"{len(failed)} of {listed} listed files could not be read (storage errors, e.g. "
-            f"{failed[0]}); nothing committed: check that every worker can read the input "
+            f"{failed[0].as_py()}); nothing committed: check that every worker can read the input "
             "(a gs:// URI on a multi-node cluster) and its credentials")
 
 
@@ -85,6 +89,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
         raise BadInput(f"no files under {input_uri}")
     listing, bad_names = _split_bad_names(listing)
     digest = mf.listing_digest(listing)
+    listed, bytes_in = len(listing), sum(e.size for e in listing)
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
     config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": MAX_FILE_BYTES,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
@@ -105,7 +110,7 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
         elif not given:
             tokenizer, sample = _train_tokenizer(
-                [e for e in listing if e.uri not in bad_names], spec, (input_uri,))
+                (e for e in listing if e.uri not in bad_names), spec, (input_uri,))
             spec = spec.model_copy(update={"tokenizer_json": tokenizer})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
@@ -121,43 +126,44 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                 for e in listing if e.uri not in bad_names and e.uri not in done]
         items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
                                                files_per_item)
+        del listing, rows, done  # the driver keeps no per-file listing past this point
         # The sample first, not alongside the engine: a decoder process still starting
         # when the run is killed outlives it for its imports, holding the caller's pipes.
         sampled = _decode_sample(config_, sample) if sample else None
         with timed(timings, "engine_s"):
             tables, stats = merge_results(run_stage(engine, task, items))
+        del items
         if sampled is not None:
             _write_sample(writer, sampled, tables, stats)
+        del sample, sampled  # the sample's bytes: bounded, but done with
         with timed(timings, "resolve_s"):
             files = ingest_once.read_files_tables(writer.dir,
                                                   ingest_once.pop_files_records(tables))
-            check_readable(files, len(listing))
+            check_readable(files, listed)
             got = ingest_once.resolve(files, writer, tables, stats)
-    outcomes = _decoded_outcomes(writer.dir, tables, got.decoded)
+            del files
+    rejected_uris = _rejected_uris(writer.dir, tables)  # before reused and bad-name rows
     reused = got.reused
     if reused:
         _copy_reused(prior, prior_files, writer, reused, tables, stats, got.dups)
-        outcomes |= {u: prior_files[u][1] for u in reused}
     if bad_names:  # rejected in the driver, before any engine: both engines agree
         tables.setdefault("rejected", []).append(writer.write_part(
             "rejected", "bad-names-00000", pa.Table.from_pylist(
                 [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
         stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
-        outcomes |= dict.fromkeys(bad_names, "rejected")
-    ids = got.ids | {u: bad_names[u] for u in bad_names}
-    files_table = pa.Table.from_pylist(
-        [{"uri": u, "id": ids[u], "outcome": o} for u, o in sorted(outcomes.items())], schema=FILES)
+    files_table = _files_table(got.canonical, rejected_uris, prior_files, bad_names)
+    del rejected_uris
     tables["files"] = [writer.write_part("files", "part-00000", files_table)]
-    if got.duplicates:
-        dup = pa.Table.from_pylist(got.duplicates, schema=DUPLICATE)
-        tables["duplicates"] = [writer.write_part("duplicates", "part-00000", dup)]
+    del files_table
+    if got.duplicates.num_rows:
+        tables["duplicates"] = [writer.write_part("duplicates", "part-00000", got.duplicates)]
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
 
     with timed(timings, "near_dup_s"):
         near = group_near_dups(engine, writer, tables)
     counts = {  # file outcomes, then rows (a PDF or a manifest gives several Examples)
-        "listed": len(listing),
+        "listed": listed,
         "accepted": stats.get("accepted_files", 0),
         "duplicate": sum(f.rows for f in tables["duplicates"]),
         "rejected": stats.get("rejected_files", 0),
@@ -182,12 +188,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     if rejected_rows != counts["rejected"] + counts["rejected_records"]:
         raise RuntimeError(f"rejected rows {rejected_rows} do not match outcomes {counts}")
     counts |= _summary(writer.dir, tables)
-    counts["bytes_in"] = sum(e.size for e in listing)
+    counts["bytes_in"] = bytes_in
     sizes = {e.uri: e.size for e in storage.list_files(writer.dir)}
     counts["bytes_out"] = sum(sizes.get(storage.join(writer.dir, f.path), 0)
                               for files in tables.values() for f in files)
     total_s = sum(timings.values())
-    timings["files_per_s"] = round(len(listing) / total_s, 1) if total_s else 0.0
+    timings["files_per_s"] = round(listed / total_s, 1) if total_s else 0.0
     lineage = {
         "input": input_uri,
         "raw_listing": digest,
@@ -269,12 +275,39 @@ def _files_of(prior: tuple[str, mf.Manifest] | None) -> dict[str, tuple[str, str
     return {r["uri"]: (r["id"], r["outcome"]) for r in rows}
 
 
-def _decoded_outcomes(version_dir: str, tables: dict, uris: set[str]) -> dict[str, str]:
-    """A decoded file is rejected iff a file-level Rejected row names it."""
+def _rejected_uris(version_dir: str, tables: dict) -> pa.Array:
+    """Every URI a Rejected row names (a decoded file is rejected iff a file-level row
+    names it)."""
     files = [storage.join(version_dir, f.path) for f in tables.get("rejected", [])]
-    rejected = set(storage.read_parquet(files, columns=["uri"], schema=REJECTED)
-                   .column("uri").to_pylist()) if files else set()
-    return {u: "rejected" if u in rejected else "accepted" for u in uris}
+    if not files:
+        return pa.array([], pa.string())
+    return storage.read_parquet(files, columns=["uri"], schema=REJECTED).column(
+        "uri").combine_chunks()
+
+
+def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
+                 prior_files: dict[str, tuple[str, str]], bad_names: dict[str, str]
+                 ) -> pa.Table:
+    """FILES, in URI order: each decoded canonical (rejected iff a Rejected row names it),
+    each reused one (its prior outcome) and each badly named file (rejected)."""
+    t = canonical.filter(pc.is_in(canonical.column("state"),
+                                  value_set=pa.array(["decoded", "reused"])))
+    if bad_names:  # a bad name's escaped URI wins over a listed file of that name
+        t = t.filter(pc.invert(pc.is_in(t.column("uri"), value_set=pa.array(list(bad_names)))))
+    outcome = pc.if_else(pc.is_in(t.column("uri"), value_set=rejected_uris),
+                         "rejected", "accepted")
+    reused = pc.equal(t.column("state"), "reused")
+    if pc.any(reused).as_py():
+        prior = [prior_files[u][1] for u in t.column("uri").filter(reused).to_pylist()]
+        outcome = pc.replace_with_mask(outcome, reused.combine_chunks(),
+                                       pa.array(prior, pa.string()))
+    bad = sorted(bad_names)
+    t = pa.concat_tables([
+        pa.Table.from_arrays([t.column("uri"), t.column("id"), outcome], schema=FILES),
+        pa.Table.from_arrays([pa.array(bad, pa.string()),
+                              pa.array([bad_names[u] for u in bad], pa.string()),
+                              pa.array(["rejected"] * len(bad), pa.string())], schema=FILES)])
+    return t.take(pc.sort_indices(t, [("uri", "ascending")])).combine_chunks()
 
 
 def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
@@ -315,16 +348,19 @@ def _text_candidate(uri: str) -> bool:
     return mime.startswith("text/") or mime in ("application/json", "application/xml")
 
 
-def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, ...]
+def _train_tokenizer(listing: Iterable[storage.FileEntry], spec: PreprocessingSpec, roots: tuple[str, ...]
                      ) -> tuple[str, list[tuple[str, bytes]]]:
     """A bounded sample of the corpus's text trains the tokenizer; nothing is downloaded.
     Also every file read for it (uri, bytes), which the driver decodes (isolated, as the
-    engine would) so that no file is read twice."""
+    engine would) so that no file is read twice. What it reads is bounded by constants
+    (TOKENIZER_READ_*), not by the corpus: copies and non-text files count too."""
     texts: list[str] = []
     read: list[tuple[str, bytes]] = []
     seen: set[str] = set()  # one copy of each content, as the engine will keep
-    budget = TOKENIZER_SAMPLE_BYTES
+    budget, read_bytes = TOKENIZER_SAMPLE_BYTES, 0
     for e in listing:
+        if len(read) >= TOKENIZER_READ_FILES or read_bytes >= TOKENIZER_READ_BYTES:
+            break
         if e.size <= 0 or e.size > budget or not _text_candidate(e.uri):
             continue
         try:  # what the stage refuses to open (links out, fifos) is left to it
@@ -335,6 +371,7 @@ def _train_tokenizer(listing: list, spec: PreprocessingSpec, roots: tuple[str, .
         if not data or len(data) > budget:
             continue
         read.append((e.uri, data))  # decoded (or found a copy) by the driver's stage
+        read_bytes += len(data)
         if sniff(data, e.uri)[0] != Modality.TEXT:
             continue
         digest = hashlib.sha256(data).hexdigest()

@@ -14,11 +14,13 @@ import dataclasses
 import json
 from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord
-from loom.schemas.records import INGEST_FILES, INGEST_FILES_TABLE
+from loom.schemas.records import DUPLICATE, INGEST_FILES, INGEST_FILES_TABLE
 
 
 def size_grouped_items(rows: list[dict], sizes: dict[str, int], per_item: int,
@@ -53,60 +55,98 @@ def size_grouped_items(rows: list[dict], sizes: dict[str, int], per_item: int,
 
 @dataclasses.dataclass
 class Resolved:
-    """Per listed (well-named) file: its id; which files are canonical and how each was
-    handled; the duplicates (`{uri, duplicate_of}`) and each canonical's copies."""
+    """Per listed (well-named) file kept as Arrow columns, not per-file Python objects:
+    the canonical files (`uri`, `id`, `state`, sorted by URI), the duplicates (DUPLICATE
+    rows, sorted by URI) and each canonical's copies (only canonicals that have some)."""
 
-    ids: dict[str, str]
-    decoded: set[str]
-    reused: set[str]
-    duplicates: list[dict]
+    canonical: pa.Table
+    duplicates: pa.Table
     dups: dict[str, list[str]]
 
+    @property
+    def decoded(self) -> pa.Array:
+        """The canonical files this run decoded, in URI order."""
+        return self._uris("decoded")
 
-def read_files_tables(version_dir: str, records: list[FileRecord]) -> list[dict]:
-    """The stage's per-file rows, each with the work item (part name) it came from."""
-    out = []
+    @property
+    def reused(self) -> set[str]:
+        """The canonical files whose rows a prior version holds."""
+        return set(self._uris("reused").to_pylist())
+
+    def _uris(self, state: str) -> pa.Array:
+        t = self.canonical
+        return t.column("uri").filter(pc.equal(t.column("state"), state)).combine_chunks()
+
+
+def read_files_tables(version_dir: str, records: list[FileRecord]) -> pa.Table:
+    """The stage's per-file rows as one table, with the work item (part name) each came
+    from in a `part` column; parts in record order, rows in file order within a part."""
+    parts = []
     for rec in records:
         part = rec.path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        rows = storage.read_parquet([storage.join(version_dir, rec.path)],
-                                    schema=INGEST_FILES).to_pylist()
-        out.extend(r | {"part": part} for r in rows)
-    return out
+        t = storage.read_parquet([storage.join(version_dir, rec.path)], schema=INGEST_FILES)
+        parts.append(t.append_column("part", pa.array([part] * t.num_rows, pa.string())))
+    if not parts:
+        return INGEST_FILES.append(pa.field("part", pa.string())).empty_table()
+    return pa.concat_tables(parts).combine_chunks()
 
 
-def resolve(files: list[dict], writer: mf.VersionWriter, tables: dict[str, list[FileRecord]],
+def resolve(files: pa.Table, writer: mf.VersionWriter, tables: dict[str, list[FileRecord]],
             stats: dict[str, int]) -> Resolved:
     """Per content id the smallest URI is canonical, the rest duplicates (empty files
     never: each is rejected); rows a duplicate's decode left in its item are dropped and
     its stats taken back; each decoded canonical's Examples name all its copies."""
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for f in files:
-        if f["size"] > 0:
-            by_id[f["id"]].append(f)
-    canonical = {f["uri"] for f in files if f["size"] <= 0}
-    duplicates, dups = [], {}
-    for group in by_id.values():
-        group.sort(key=lambda f: f["uri"])
-        canonical.add(group[0]["uri"])
-        if len(group) > 1:
-            dups[group[0]["uri"]] = [f["uri"] for f in group[1:]]
-            duplicates += [{"uri": f["uri"], "duplicate_of": f["id"]} for f in group[1:]]
+    n = files.num_rows
+    sized = pc.greater(files.column("size"), 0).to_numpy(zero_copy_only=False)
+    keyed = pa.table({"id": files.column("id"), "uri": files.column("uri"),
+                      "row": pa.array(np.arange(n, dtype=np.int64))}).filter(pa.array(sized))
+    keyed = keyed.take(pc.sort_indices(keyed, [("id", "ascending"), ("uri", "ascending")]))
+    ids = keyed.column("id").combine_chunks()
+    first = np.ones(keyed.num_rows, dtype=bool)  # the first (smallest URI) of each id
+    if keyed.num_rows > 1:
+        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, keyed.num_rows - 1)).to_numpy(
+            zero_copy_only=False)
+    canonical = ~sized
+    canonical[keyed.column("row").to_numpy()[first]] = True
+    copies = keyed.filter(pa.array(~first))
+    copies = copies.take(pc.sort_indices(copies, [("uri", "ascending")]))
+    duplicates = pa.Table.from_arrays(
+        [copies.column("uri").combine_chunks(), copies.column("id").combine_chunks()],
+        schema=DUPLICATE)
+    dups: dict[str, list[str]] = {}
+    if copies.num_rows:  # each canonical's copies, in URI order
+        run_start = np.flatnonzero(first)
+        owner = run_start[np.searchsorted(run_start, np.flatnonzero(~first), side="right") - 1]
+        uris = keyed.column("uri").combine_chunks()
+        for o, c in zip(uris.take(pa.array(owner)).to_pylist(),
+                        uris.filter(pa.array(~first)).to_pylist(), strict=True):
+            dups.setdefault(o, []).append(c)
+        for v in dups.values():
+            v.sort()
+    decoded = pc.equal(files.column("state"), "decoded").to_numpy(zero_copy_only=False)
+    drop = ~canonical & decoded
+    # a decoded canonical whose item named other copies than it has (most name none)
+    named = pc.greater(pc.list_value_length(files.column("copies")), 0).to_numpy(
+        zero_copy_only=False)
+    has_dups = pc.is_in(files.column("uri"), value_set=pa.array(list(dups), pa.string())
+                        ).to_numpy(zero_copy_only=False)
+    maybe_fix = canonical & decoded & (named | has_dups)
     drops: dict[str, list[dict]] = defaultdict(list)  # part -> files whose rows go
     fixes: dict[str, list[dict]] = defaultdict(list)  # part -> canonicals to re-source
-    for f in files:
-        if f["uri"] not in canonical and f["state"] == "decoded":
-            drops[f["part"]].append(f)
-            for k, v in json.loads(f["stats"]).items():
-                stats[k] = stats.get(k, 0) - v
-        elif f["state"] == "decoded" and f["copies"] != dups.get(f["uri"], []):
+    for f in files.filter(pa.array(drop)).to_pylist():
+        drops[f["part"]].append(f)
+        for k, v in json.loads(f["stats"]).items():
+            stats[k] = stats.get(k, 0) - v
+    for f in files.filter(pa.array(maybe_fix)).to_pylist():
+        if f["copies"] != dups.get(f["uri"], []):
             fixes[f["part"]].append(f)
     if drops or fixes:
-        _rewrite(writer, tables, files, drops, fixes, dups)
-    return Resolved(
-        ids={f["uri"]: f["id"] for f in files if f["uri"] in canonical},
-        decoded={f["uri"] for f in files if f["uri"] in canonical and f["state"] == "decoded"},
-        reused={f["uri"] for f in files if f["uri"] in canonical and f["state"] == "reused"},
-        duplicates=sorted(duplicates, key=lambda d: d["uri"]), dups=dups)
+        touched = pa.array(sorted(set(drops) | set(fixes)), pa.string())
+        _rewrite(writer, tables, files.filter(pc.is_in(files.column("part"), value_set=touched)
+                                              ).to_pylist(), drops, fixes, dups)
+    kept = files.select(["uri", "id", "state"]).filter(pa.array(canonical))
+    kept = kept.take(pc.sort_indices(kept, [("uri", "ascending")])).combine_chunks()
+    return Resolved(canonical=kept, duplicates=duplicates, dups=dups)
 
 
 def _rewrite(writer: mf.VersionWriter, tables: dict[str, list[FileRecord]], files: list[dict],

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from loom.schemas.records import SCHEMA_VERSION
 
 
-@dataclasses.dataclass(frozen=True)
-class FileEntry:
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileEntry:  # slots: a listing holds one per file
     uri: str
     size: int
     mtime_ns: int

@@ -1,0 +1,78 @@
+"""The ingest driver holds plans, counters and manifests, never per-file Python objects
+(issue 16): what it keeps per listed file (hashes, ids, outcomes) sits in Arrow columns.
+Measured with tracemalloc (Python allocations only, so it is stable under load; Arrow's
+buffers are not counted) as the growth per extra file, between two corpus sizes (fixed
+costs cancel out), of the driver's peak over the run and of its peak from reading the
+engine's per-file rows to the files table written (resolving copies, outcomes)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import loom.pipelines.ingest as ingest
+from loom.pipelines import ingest_once
+from loom.pipelines.ingest import run_ingest
+from loom.pipelines.runner import Engine
+from loom.schemas.spec import PreprocessingSpec
+from loom.transforms.tokenizer import train_tokenizer
+
+# Old driver (dict rows, sets, the listing kept to the end): 1.7 KB per file for both
+MAX_BYTES_PER_FILE = 1000  # now about 250 (the engine's work items, built in the driver)
+MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now about 150
+
+
+def _corpus(root, n: int) -> str:
+    media = root / "media"
+    for i in range(n):
+        d = media / f"d{i % 30:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        k = i % (n - 7)  # the last 7 files copy the first 7
+        (d / f"f{i:06d}.txt").write_text(f"text number {k} about things {k * 7}")
+    return str(media)
+
+
+def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
+           ) -> tuple[int, int, dict]:
+    """(the driver's peak over the run, its peak from reading the engine's per-file rows
+    to the files table written, before the near-duplicate exchange)"""
+    media = _corpus(tmp_path / name, n)
+    read, near, seen = ingest_once.read_files_tables, ingest.group_near_dups, {}
+
+    def read_files(*args, **kwargs):
+        seen["run"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        return read(*args, **kwargs)
+
+    def grouped(*args, **kwargs):
+        seen["after"] = tracemalloc.get_traced_memory()[1]
+        return near(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_once, "read_files_tables", read_files)
+    monkeypatch.setattr(ingest, "group_near_dups", grouped)
+    tracemalloc.start()
+    try:
+        out = run_ingest(media, str(tmp_path / name / "out"), spec, engine=Engine.RAY)
+        peak = max(seen["run"], tracemalloc.get_traced_memory()[1])
+        return peak, seen["after"], out
+    finally:
+        tracemalloc.stop()
+
+
+def test_driver_memory_per_file_is_bounded(tmp_path, monkeypatch, ray_session):
+    spec = PreprocessingSpec()  # a given tokenizer: every file goes to the engine
+    spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(
+        ["text number about things"], spec.vocab_size)})
+    run_ingest(_corpus(tmp_path / "warm", 50), str(tmp_path / "warm" / "out"), spec,
+               engine=Engine.RAY)  # imports and first-use set-up, outside the measure
+    small, small_after, out_small = _peaks(tmp_path, monkeypatch, "small", 500, spec)
+    big, big_after, out_big = _peaks(tmp_path, monkeypatch, "big", 2500, spec)
+    for out, n in ((out_small, 500), (out_big, 2500)):
+        counts = out["counts"]
+        assert counts["listed"] == n
+        assert counts["duplicate"] == 7
+        assert counts["accepted"] == n - 7
+    per_file, after = (big - small) / 2000, (big_after - small_after) / 2000
+    print(f"driver peak {small} B at 500 files, {big} B at 2500: {per_file:.0f} B per file; "
+          f"after the engine {small_after}, {big_after}: {after:.0f} B per file")
+    assert per_file < MAX_BYTES_PER_FILE, f"driver grows {per_file:.0f} B per listed file"
+    assert after < MAX_BYTES_PER_FILE_AFTER_ENGINE, f"after the engine: {after:.0f} B per file"
