@@ -12,7 +12,7 @@ import ray
 from loom.pipelines.exchange import Exchange
 from loom.pipelines.progress import progress
 from loom.pipelines.ray.session import ensure_ray
-from loom.pipelines.ray.sizing import actor_deadline, etl_actors
+from loom.pipelines.ray.sizing import actor_deadline, etl_actors, nodes, per_node
 from loom.pipelines.work import StageTask, dumps
 from ray.data import ActorPoolStrategy
 
@@ -46,6 +46,10 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     if need.memory_mb:
         extra["memory"] = need.memory_mb * 2**20
     size = max(1, min(top, len(items)))
+    # unsized, the pool starts with one actor per node that holds one (Ray Data spreads
+    # them), then grows: grown from one, a short stage ran on a single node of a cluster
+    spread = sum(1 for n in nodes() if per_node(n, cpus, need.num_gpus, need.memory_mb or 0))
+    start = size if actors else max(1, min(size, spread))
     results = []
     # the deadline is read from the DataContext when the Dataset is made: make it inside
     with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
@@ -58,7 +62,7 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
             batch_size=1,
             # a pool asked for by size starts whole: growing from 1 left the second
             # actor starting (decoder spawn and imports) while the first did the work
-            compute=ActorPoolStrategy(min_size=size if actors else 1, max_size=size),
+            compute=ActorPoolStrategy(min_size=start, max_size=size),
             num_cpus=cpus,
             **extra,
         )
