@@ -200,7 +200,8 @@ def near_dup_groups(rows: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
         if len(members) > 1:
             for a, b in bucket_pairs(sigs[members[0]][0], members, sigs):
                 uf.union(a, b)
-    return {ex_id: uf.find(ex_id) if ex_id in uf.parent else ex_id for ex_id in ids}
+    joined = uf.joined()
+    return {ex_id: joined.get(ex_id, ex_id) for ex_id in ids}
 
 
 def _close_images(members: list[str], sigs: dict[str, tuple[str, bytes]],

@@ -48,8 +48,8 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     size = max(1, min(top, len(items)))
     # unsized, the pool starts with one actor per node that holds one (Ray Data spreads
     # them), then grows: grown from one, a short stage ran on a single node of a cluster
-    spread = sum(1 for n in nodes() if per_node(n, cpus, need.num_gpus, need.memory_mb or 0))
-    start = size if actors else max(1, min(size, spread))
+    start = size if actors else max(1, min(size, sum(
+        1 for n in nodes() if per_node(n, cpus, need.num_gpus, need.memory_mb or 0))))
     results = []
     # the deadline is read from the DataContext when the Dataset is made: make it inside
     with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
