@@ -6,6 +6,20 @@ import os
 import tempfile
 
 import ray
+import tenacity
+
+
+def _start_timed_out(e: BaseException) -> bool:
+    """Ray's own 30 s wait for a new local node to register (hard-coded in
+    ray._private.node): on a loaded machine the raylet can miss it and start fine later."""
+    return "timed out during startup" in str(e)
+
+
+@tenacity.retry(retry=tenacity.retry_if_exception(_start_timed_out),
+                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(2),
+                before_sleep=lambda _: ray.shutdown(), reraise=True)
+def _init_local(**kwargs) -> None:
+    ray.init(**kwargs)
 
 
 def ensure_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
@@ -19,7 +33,7 @@ def ensure_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
         return
     tmp = os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "loom-ray")
     os.makedirs(tmp, exist_ok=True)
-    ray.init(
+    _init_local(
         num_cpus=num_cpus or min(2, os.cpu_count() or 1),
         object_store_memory=object_store_mb * 1024 * 1024,
         include_dashboard=False,
