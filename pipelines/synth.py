@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from loom.pipelines.cluster import check_paths, is_multi_node
 from loom.pipelines.common import cleanup_work, result, reuse, timed
 from loom.pipelines.runner import (
@@ -169,7 +167,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     with timed(timings, "filters_s"):
         tables["pairs"], dropped = _run_filters(writer.dir, tables["pairs"], filters,
                                                 config.get("roundtrip"), checkpoint_root,
-                                                ex_dir, ex_manifest, engine)
+                                                ex_dir, ex_manifest, engine, output_root)
     pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
                                  columns=["split"]) if tables["pairs"] else None
     heldout = sum(1 for s in pairs.column("split").to_pylist() if s == "heldout") if pairs else 0
@@ -229,12 +227,13 @@ def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
 
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
                  roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
-                 ex_manifest: mf.Manifest, engine: Engine | str | EngineOptions = Engine.BEAM
-                 ) -> tuple[list[FileRecord], dict[str, int]]:
+                 ex_manifest: mf.Manifest, engine: Engine | str | EngineOptions = Engine.BEAM,
+                 cache_root: str | None = None) -> tuple[list[FileRecord], dict[str, int]]:
     """Run-wide filters over the written pairs; rewrites only the parts that lose rows.
 
-    The duplicate filter is an exchange on the stage's engine (`synth_dedupe`): the
-    driver gets back file records and a count, never keys or pair_ids."""
+    The duplicate filter is an exchange on the stage's engine (`synth_dedupe`), the round
+    trip Ray steps (`pipelines/ray/roundtrip.py`): the driver gets back file records and
+    counts, never keys, pair_ids or vectors."""
     counts = {"filtered_roundtrip": 0}
     if not files or not (cfg.dedupe or roundtrip):
         return files, counts
@@ -243,88 +242,73 @@ def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig
         files, counts["filtered_duplicate"] = drop_duplicates(engine, version_dir, files)
     if not roundtrip or not files:
         return files, counts
-    # the round trip checks text queries against their corpus positives
-    cols = ["pair_id", "query_text", "query_modality", "positive_id", "positive_modality",
-            "positive_text"]
-    uris = [storage.join(version_dir, f.path) for f in files]
-    rest = [r for uri in uris for r in storage.read_parquet([uri], columns=cols).to_pylist()
-            if r["query_modality"] == "text" and not r["positive_text"]]
-    misses = _roundtrip_misses(rest, roundtrip, checkpoint_root, ex_dir, ex_manifest)
-    del rest
-    counts["filtered_roundtrip"] = len(misses)
-    if not misses:
-        return files, counts
-    drop = pa.array(sorted(misses), pa.string())
-    out = []
-    for f, uri in zip(files, uris, strict=True):
-        table = storage.read_parquet([uri])
-        mask = pc.invert(pc.is_in(table.column("pair_id"), value_set=drop))
-        if pc.all(mask).as_py():
-            out.append(f)
-            continue
-        kept = table.filter(mask)
-        if kept.num_rows:  # the same part name: the filtered part replaces the original
-            name = f.path.split("/", 1)[1].removesuffix(".parquet")
-            out.append(write_part(version_dir, "pairs", name, kept))
-        else:
-            storage.delete(uri)
-    return out, counts
+    counts["filtered_roundtrip"], files = _roundtrip(  # no root given: a cache for this run
+        version_dir, files, roundtrip, checkpoint_root, ex_dir, ex_manifest,
+        cache_root or storage.join(version_dir, mf.WORK))
+    return files, counts
 
 
-def _roundtrip_misses(rows: list[dict], roundtrip: dict, checkpoint_root: str, ex_dir: str,
-                      ex_manifest: mf.Manifest) -> set[str]:
-    """pair_ids whose query does not rank its own positive in the top k of its modality.
+def _roundtrip(version_dir: str, files: list[FileRecord], roundtrip: dict, checkpoint_root: str,
+               ex_dir: str, ex_manifest: mf.Manifest, cache_root: str
+               ) -> tuple[int, list[FileRecord]]:
+    """(queries dropped, the Pairs parts after): the round trip as Ray steps
+    (`pipelines/ray/roundtrip.py`); the driver passes file names, never rows or vectors."""
+    n, misses = _roundtrip_misses(version_dir, files, roundtrip, checkpoint_root, ex_dir,
+                                  ex_manifest, cache_root)
+    if not n:
+        return 0, files
+    import ray
+    from loom.pipelines.ray import roundtrip as steps
 
-    The galleries' Examples never come to the driver: it reads their ids and modalities
-    (file by file) and Ray tasks read and embed the rows (`embed_files_on_ray`); vectors
-    come back, placed in corpus order per modality."""
+    kept = ray.get([steps.drop_misses.remote(version_dir, f, misses) for f in files])
+    return n, [f for f in kept if f is not None]
+
+
+def _roundtrip_misses(version_dir: str, files: list[FileRecord], roundtrip: dict,
+                      checkpoint_root: str, ex_dir: str, ex_manifest: mf.Manifest,
+                      cache_root: str) -> tuple[int, str]:
+    """(how many, a Parquet file of their pair_ids): the text queries whose corpus
+    positive is not in the top k of its modality's Examples for the checkpoint. Queries
+    and galleries are embedded through the embedding cache under `cache_root` (mine's
+    key: a later mine or round trip with this checkpoint embeds none of them again)."""
+    import ray
     from loom.models.handler import EncoderHandler
     from loom.models.inputs import examples_spec
-    from loom.pipelines.evaluate import top_k_chunked
+    from loom.pipelines.embed_cache import EmbeddingCache
+    from loom.pipelines.mine import _units
+    from loom.pipelines.ray import roundtrip as steps
+    from loom.pipelines.ray.embed import embed_plan
+    from loom.pipelines.ray.mine import embed_missing
+    from loom.pipelines.ray.session import ensure_ray
+    from loom.pipelines.ray.sizing import actor_deadline
 
     handler = EncoderHandler(checkpoint_root, roundtrip["checkpoint"])
     prep = handler.inputs()  # both sides with the checkpoint's own preprocessing
     prep.check_corpus(examples_spec(ex_dir), f"examples {ex_dir}")
-    from loom.pipelines.ray.embed import embed_files_on_ray, embed_lists, embed_plan
-    from loom.pipelines.ray.sizing import actor_deadline
-
-    modalities = sorted({r["positive_modality"] for r in rows})
-    wanted = pa.array(modalities, pa.string())
-    work: list[tuple[str, list[int]]] = []  # (Examples file, its gallery rows)
-    place: dict[str, tuple[str, int]] = {}  # Example id -> (modality, gallery row)
-    sizes = dict.fromkeys(modalities, 0)
-    for uri, part in zip(ex_manifest.files(ex_dir, "examples"), mf.read_table_parts(
-            ex_dir, ex_manifest, "examples", ["id", "modality"]), strict=True):
-        take = np.flatnonzero(pc.is_in(part.column("modality"), value_set=wanted)
-                              .to_numpy(zero_copy_only=False)).tolist()
-        for i, m in zip(part.column("id").take(take).to_pylist(),
-                        part.column("modality").take(take).to_pylist(), strict=True):
-            place[i] = (m, sizes[m])
-            sizes[m] += 1
-        work.append((uri, take))
-    galleries: dict[str, np.ndarray] = {}
+    ensure_ray()
+    work = storage.join(version_dir, mf.WORK, "roundtrip")
+    pair_files = [storage.join(version_dir, f.path) for f in files]
+    modalities = ray.get(steps.positive_modalities.remote(pair_files))
+    out = storage.join(work, "misses.parquet")
+    cache = EmbeddingCache(cache_root, {"checkpoint_root": checkpoint_root,
+                                        "checkpoint": roundtrip["checkpoint"],
+                                        "spec_digest": prep.spec.digest()},
+                           prep.encoder.out_dim)
+    ex_files = ex_manifest.tables.get("examples", [])
+    units = [u | {"role": "gallery"} for u in _units(
+        ex_files, [storage.join(ex_dir, f.path) for f in ex_files], work)] if modalities else []
+    units += [{"kind": "examples", "role": "queries", "uris": [uri],
+               "plan": storage.join(work, "queries", f"plan-{i:05d}.parquet")}
+              for i, uri in enumerate(pair_files)]
+    cache.ensure_key()
     actors, cpus, gpus = embed_plan()
     with actor_deadline("synth round trip", cpus, gpus):
-        for ids, vectors in embed_files_on_ray(work, handler, actors=actors,
-                                               cpus_per_actor=cpus, gpus_per_actor=gpus):
-            for i, v in zip(ids, vectors, strict=True):
-                m, row = place[i]
-                g = galleries.setdefault(m, np.zeros((sizes[m], len(v)), np.float32))
-                g[row] = v
-    queries = {m: [r for r in rows if r["positive_modality"] == m] for m in modalities}
-    vectors = embed_lists([[prep.query(r["pair_id"], r["query_text"]) for r in queries[m]]
-                           for m in modalities], handler, "synth round trip")
-    misses = set()
-    for n, modality in enumerate(modalities):
-        qs, g = queries[modality], galleries.get(modality)
-        if g is None:
-            g = np.zeros((0, vectors[n].shape[1]), np.float32)
-        top = top_k_chunked(vectors[n], g, min(int(roundtrip["k"]), len(g)))  # chunked scores
-        for r, t in zip(qs, top, strict=True):
-            m, row = place.get(r["positive_id"], (None, None))
-            if m != modality or row not in set(t.tolist()):
-                misses.add(r["pair_id"])
-    return misses
+        embed_missing(units, cache, handler, 0.0, actors, cpus, gpus,
+                      read=partial(steps.read_unit, handler=handler, modalities=modalities))
+    n = ray.get(steps.find_misses.remote(
+        cache, [u["plan"] for u in units if u["role"] == "queries"],
+        [u["plan"] for u in units if u["role"] == "gallery"], int(roundtrip["k"]), out))
+    return n, out
 
 
 def _previous(root: str, version: str, examples_version: str) -> str | None:

@@ -158,12 +158,13 @@ def test_buckets_are_the_same_in_every_process():
 @pytest.mark.slow
 def test_round_trip_embeds_the_galleries_on_ray(tmp_path, monkeypatch, ray_session):
     """The round trip's misses match a reference computed here (every gallery Example read
-    and embedded in this process, scores sorted in full), while the driver reads only the
-    Examples' id and modality columns."""
+    and embedded in this process, scores sorted in full), while the driver reads no Pairs
+    and no Examples file (Ray tasks do); a second run finds every vector in the cache."""
     import numpy as np
     from loom.jobs.corpus import generate_corpus
     from loom.models.checkpoint import resolve
     from loom.models.handler import EncoderHandler
+    from loom.pipelines.embed_cache import CACHE_DIR
     from loom.pipelines.ingest import run_ingest
     from loom.pipelines.ray.embed import embed_lists
     from loom.pipelines.synth import _roundtrip_misses, run_synth
@@ -181,16 +182,19 @@ def test_round_trip_embeds_the_galleries_on_ray(tmp_path, monkeypatch, ray_sessi
             if r["query_modality"] == "text" and not r["positive_text"]]
     ex_dir, ex_m = mf.resolve_input(ex["uri"])
     roundtrip, k = {"checkpoint": resolve(ckpts, "run-a"), "k": 2}, 2
+    cache_root = str(tmp_path / "cache")
 
-    reads: list[tuple[str, list | None]] = []
+    reads: list[str] = []
     real = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda path, *a, columns=None, **kw: reads.append(
-        (str(path), columns)) or real(path, *a, columns=columns, **kw))
-    misses = _roundtrip_misses(rows, roundtrip, ckpts, ex_dir, ex_m)
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **kw: reads.append(str(path))
+                        or real(path, *a, **kw))
+    n, uri = _roundtrip_misses(pdir, pm.tables["pairs"], roundtrip, ckpts, ex_dir, ex_m,
+                               cache_root)
     monkeypatch.undo()
-    examples = set(ex_m.files(ex_dir, "examples"))
-    assert reads and all(c == ["id", "modality"] for p, c in reads if p in examples)
-    assert len({p for p, _ in reads} & examples) == len(examples)
+    read_here = set(reads) & (set(ex_m.files(ex_dir, "examples")) | set(pm.files(pdir, "pairs")))
+    assert not read_here
+    misses = set(pq.read_table(uri).column("pair_id").to_pylist())
+    assert n == len(misses)
 
     handler = EncoderHandler(ckpts, roundtrip["checkpoint"])
     prep = handler.inputs()
@@ -206,3 +210,10 @@ def test_round_trip_embeds_the_galleries_on_ray(tmp_path, monkeypatch, ray_sessi
                      if r["positive_id"] not in {gallery[int(i)]["id"] for i in top}}
     assert misses == expected
     assert 0 < len(misses) < len(rows)
+
+    parts = sorted((tmp_path / "cache" / CACHE_DIR).rglob("*.parquet"))
+    assert parts
+    again = _roundtrip_misses(pdir, pm.tables["pairs"], roundtrip, ckpts, ex_dir, ex_m,
+                              cache_root)
+    assert again[0] == n
+    assert sorted((tmp_path / "cache" / CACHE_DIR).rglob("*.parquet")) == parts
