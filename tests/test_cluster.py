@@ -1,7 +1,8 @@
 """The demo chain on a real three-node Ray cluster whose nodes share no disk (tests/cluster.py).
 
 `loom submit` sends the chain with a gs:// workdir (the GCS emulator on the bridge address):
-ingest on Beam and on Ray, synth, shard, train pft on two workers, mine, shard, train ft,
+ingest on Beam and on Ray, synth, shard, train pft on two workers, mine, synth again with the
+round-trip filter on the pft checkpoint, shard, train ft,
 eval, report; then backfill through the Jobs API. It checks that the jobs succeed, that
 tasks and actors ran on both worker nodes (node ids from Ray's state API), that the two
 train workers were on two nodes, that every output, checkpoint and report is on gs://, and
@@ -42,6 +43,8 @@ stages:
      config: {TRAIN}}}
   - {{stage: mine, id: mine, pairs: "${{synth}}", checkpoint: "${{train_pft}}",
      config: {{negatives: 2}}}}
+  - {{stage: synth, id: synth_rt, examples: "${{ingest}}", llm: {{backend: offline}},
+     checkpoint: "${{train_pft}}", filters: {{roundtrip_k: 1}}}}
   - {{stage: shard, id: shard_ft, input: "${{mine}}", rows_per_shard: 16}}
   - {{stage: train, id: train_ft, shards: "${{shard_ft}}", train_stage: ft,
      init: "${{train_pft}}", workers: 2, config: {TRAIN}}}
@@ -138,6 +141,10 @@ def test_demo_chain_on_two_worker_nodes_over_gs(three_nodes, tmp_path):
     assert stages["ingest"]["counts"]["examples"] == beam_out["stages"]["ingest"]["counts"][
         "examples"]
     assert stages["synth"]["counts"]["pairs"] > 0
+    # the round trip (Ray steps, gs:// cache) dropped some pairs and only those
+    rt = stages["synth_rt"]["counts"]
+    assert rt["filtered_roundtrip"] > 0
+    assert rt["pairs"] + rt["filtered_roundtrip"] == stages["synth"]["counts"]["pairs"]
     for name, res in stages.items():
         for uri in [res.get("uri"), *res.get("datasets", {}).values()]:
             if uri:
