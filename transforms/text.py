@@ -87,6 +87,8 @@ def _controls(text: str) -> bool:
 def _strict(data: bytes, codec: str, final: bool) -> str | None:
     """`data` decoded strictly (a cut multi-byte tail tolerated unless final), or None."""
     try:
+        if final and codec == "utf-8":  # the common case, without a decoder object
+            return data.decode("utf-8")
         return codecs.getincrementaldecoder(codec)(errors="strict").decode(data, final=final)
     except (UnicodeDecodeError, LookupError):
         return None

@@ -103,3 +103,21 @@ def test_decode_text_as_per_character(data, monkeypatch):
                       ("_clean", _clean_reference)):
         monkeypatch.setattr(text_mod, name, ref)
     assert got == run()
+
+
+def test_strict_utf8_as_the_incremental_decoder():
+    """_strict's plain bytes.decode for whole UTF-8 input: what the incremental decoder gives."""
+    import codecs
+
+    from loom.transforms.text import _strict
+
+    cases = [b"", b"plain", "été 日本 😀".encode(), b"\xef\xbb\xbfbom", b"cut \xe6\x97",
+             b"bad \xff here", b"\xed\xa0\x80 surrogate", b"nul\x00", b"\xc0\xaf overlong"]
+    for data in cases:
+        for final in (True, False):
+            try:
+                want = codecs.getincrementaldecoder("utf-8")(errors="strict").decode(
+                    data, final=final)
+            except UnicodeDecodeError:
+                want = None
+            assert _strict(data, "utf-8", final) == want, (data, final)
