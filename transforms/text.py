@@ -184,7 +184,9 @@ def _decode(data: bytes, max_bytes: int) -> str:
 def _clean(text: str) -> str:
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _DROPPED.sub("", text)
-    text = _HSPACE_OTHER.sub(" ", _HSPACE_TAB.sub("\t", text))
+    if "\t" in text:
+        text = _HSPACE_TAB.sub("\t", text)
+    text = _HSPACE_OTHER.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", text).strip()
 
