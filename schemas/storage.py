@@ -148,10 +148,22 @@ def read_bytes(uri: str, limit: int | None = None) -> bytes:
     if not is_remote(uri) and "://" not in uri.removeprefix("file://"):
         # Local: a plain read (pyarrow's resolve + stream cost ~0.15 ms a file).
         with open(uri.removeprefix("file://"), "rb") as f:
-            return f.read(limit) if limit is not None else f.read()
+            return f.read() if limit is None else _read_local(f, limit)
     fs, path = resolve(uri)
     with fs.open_input_stream(path, compression=None) as f:
         return f.read(limit) if limit is not None else f.read()
+
+
+def _read_local(f, limit: int) -> bytes:
+    """At most `limit` bytes of an open local file. `f.read(limit)` allocates `limit`
+    bytes up front (ingest's cap: 256 MiB a file, mapped and unmapped per read), so
+    the read asks for the size fstat gives + 1, and reads on only when the file
+    turns out longer than that (grown since, or a size-less special file)."""
+    want = min(limit, os.fstat(f.fileno()).st_size + 1)
+    data = f.read(want)
+    if len(data) == want and want < limit:
+        data += f.read(limit - want)
+    return data
 
 
 def iter_chunks(uri: str, chunk_bytes: int = 1 << 20):

@@ -382,8 +382,7 @@ class _Accumulator:
                 stats["rejected_files"] = 1
         self.examples.extend(got)
         self.rejected.extend(bad)
-        rec |= {"examples": len(got), "rejected": len(bad),
-                "stats": json.dumps(stats, sort_keys=True)}
+        rec |= {"examples": len(got), "rejected": len(bad), "stats": _stats_json(stats)}
         for k, v in stats.items():
             self.stats[k] = self.stats.get(k, 0) + v
 
@@ -392,6 +391,19 @@ class _Accumulator:
                 "rejected": to_table(self.rejected, REJECTED),
                 INGEST_FILES_TABLE: pa.Table.from_pylist(self.files, schema=INGEST_FILES),
                 "stats": pa.Table.from_pylist([self.stats])}
+
+
+def _stats_json(stats: dict) -> str:
+    """json.dumps(stats, sort_keys=True), remembered: files mostly share a few."""
+    key = tuple(sorted((k, type(v), v) for k, v in stats.items()))  # 1 and True differ
+    if (out := _STATS_JSON.get(key)) is None:
+        out = json.dumps(stats, sort_keys=True)
+        if len(_STATS_JSON) < 1024:
+            _STATS_JSON[key] = out
+    return out
+
+
+_STATS_JSON: dict[tuple, str] = {}
 
 
 def process_files(rows: list[tuple], config: IngestConfig) -> list[tuple]:

@@ -47,8 +47,8 @@ def phash(rgb: np.ndarray | Image.Image) -> int:
     An RGB Pillow image gives the same hash as its pixels, without the copy."""
     if not isinstance(rgb, Image.Image):
         rgb = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
-    grey = rgb.convert("L")
-    a = np.asarray(grey.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
+    small = rgb.convert("L").resize((32, 32), Image.Resampling.BILINEAR)
+    a = np.frombuffer(small.tobytes(), np.uint8).reshape(32, 32).astype(np.float64)
     d = _dct_matrix()
     low = (d @ a @ d.T)[:8, :8].reshape(-1)
     bits = low > np.sort(low[1:])[31]  # the median of 63 values (np.median costs 5x more)
@@ -62,19 +62,49 @@ def _perms() -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, _PRIME, MINHASH_PERMS, dtype=np.uint64))
 
 
+# uint64 constants as numpy scalars (a Python int operand costs a conversion per call)
+_P64, _MUL64, _S29, _S31 = (np.uint64(v) for v in (_PRIME, 1_000_003, 29, 31))
+_UNIQUE_OVER = 256  # shingles; fewer: the 64-row product costs less than sorting them out
+
+
+def _mod_prime(v: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """`v % _PRIME` in place (`tmp`: scratch of v's shape), by folding: 2^31 = 1 modulo
+    2^31 - 1. Two folds take any uint64 below _PRIME + 8, the last step below _PRIME
+    (`v - _PRIME` wraps above v when v < _PRIME). numpy's `%` divides: ~3x the cost."""
+    np.right_shift(v, _S31, out=tmp)
+    v &= _P64
+    v += tmp
+    np.right_shift(v, _S31, out=tmp)
+    v &= _P64
+    v += tmp
+    np.subtract(v, _P64, out=tmp)
+    return np.minimum(v, tmp, out=v)
+
+
 def minhash(text: str) -> np.ndarray | None:
     """MinHash (uint32, MINHASH_PERMS) of the text's character 5-grams, lower-cased with
-    whitespace collapsed; None for text shorter than one shingle."""
+    whitespace collapsed; None for text shorter than one shingle.
+
+    Each value is min over shingles x of (a * x + b) % _PRIME: repeated shingles do
+    not change a minimum, so a short text's are not sorted out first."""
     norm = " ".join(text.lower().split())
     cps = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if len(cps) < SHINGLE:
+    m = len(cps) - SHINGLE + 1
+    if m < 1:
         return None
-    h = np.zeros(len(cps) - SHINGLE + 1, dtype=np.uint64)
-    for k in range(SHINGLE):  # polynomial hash of each 5-gram, wrapping at 2^64
-        h = h * np.uint64(1_000_003) + cps[k:len(cps) - SHINGLE + 1 + k]
-    x = np.unique((h ^ (h >> np.uint64(29))) % np.uint64(_PRIME))
+    h = cps[:m].copy()  # polynomial hash of each 5-gram, wrapping at 2^64
+    for k in range(1, SHINGLE):
+        h *= _MUL64
+        h += cps[k:m + k]
+    x = h >> _S29
+    x ^= h
+    x %= _P64  # one call: the fold's eight cost more on a row this short
+    if m > _UNIQUE_OVER:
+        x = np.unique(x)
     a, b = _perms()
-    return ((a[:, None] * x[None, :] + b[:, None]) % np.uint64(_PRIME)).min(axis=1).astype(np.uint32)
+    v = np.multiply.outer(a, x)  # a, x < 2^31: no product wraps
+    v += b[:, None]
+    return _mod_prime(v, np.empty_like(v)).min(axis=1).astype(np.uint32)
 
 
 def image_signature(first: np.ndarray | Image.Image) -> bytes:

@@ -7,7 +7,16 @@ import io
 import numpy as np
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.image import decode_image
-from loom.transforms.neardup import MAX_HAMMING, minhash, near_dup_groups, phash, signature
+from loom.transforms.neardup import (
+    _PRIME,
+    MAX_HAMMING,
+    _mod_prime,
+    _perms,
+    minhash,
+    near_dup_groups,
+    phash,
+    signature,
+)
 from loom.transforms.pixels import part_frames
 from PIL import Image, ImageDraw
 
@@ -59,6 +68,46 @@ def test_minhash_near_copy_and_unrelated():
     c = minhash("Quarterly revenue tables for the northern region, by month and by product.")
     assert float(np.mean(a == b)) >= 0.8 and float(np.mean(a == c)) < 0.1
     assert minhash("abc") is None
+
+
+def _minhash_reference(text: str) -> np.ndarray | None:
+    """minhash as first written (np.unique, then numpy's %): signatures are compared
+    across runs, so every faster form must give these values."""
+    norm = " ".join(text.lower().split())
+    cps = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(cps) < 5:
+        return None
+    h = np.zeros(len(cps) - 5 + 1, dtype=np.uint64)
+    for k in range(5):
+        h = h * np.uint64(1_000_003) + cps[k:len(cps) - 5 + 1 + k]
+    x = np.unique((h ^ (h >> np.uint64(29))) % np.uint64(_PRIME))
+    a, b = _perms()
+    return ((a[:, None] * x[None, :] + b[:, None]) % np.uint64(_PRIME)).min(axis=1).astype(np.uint32)
+
+
+def test_minhash_values_are_the_reference_ones():
+    rng = np.random.default_rng(7)
+    words = ["the", "cat", "sat", "Grüße", "日本語", "😀", "mat", "\u0301", "x" * 30]
+    texts = ["", "abcd", "abcde", "  a b  c d e ", "😀😀😀😀😀😀", "\U0010fffd" * 9,
+             "ab\ncd\tef  gh", "word " * 3000]
+    texts += [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 900, 60)]
+    for text in texts:
+        got, want = minhash(text), _minhash_reference(text)
+        assert (got is None) == (want is None), text[:40]
+        if want is not None:
+            assert got.dtype == np.uint32 and np.array_equal(got, want), text[:40]
+
+
+def test_mod_prime_is_the_remainder():
+    rng = np.random.default_rng(3)
+    top = np.iinfo(np.uint64).max
+    edge = [0, 1, _PRIME - 1, _PRIME, _PRIME + 1, 2 * _PRIME - 1, 2 * _PRIME, 1 << 31,
+            (1 << 62) + (1 << 31), 1 << 63, top, top - 1, top - _PRIME]
+    v = np.concatenate([np.array(edge, dtype=np.uint64),
+                        rng.integers(0, top, 200_000, dtype=np.uint64, endpoint=True),
+                        rng.integers(0, 1 << 34, 200_000, dtype=np.uint64)])
+    want = v % np.uint64(_PRIME)
+    assert np.array_equal(_mod_prime(v.copy(), np.empty_like(v)), want)
 
 
 def test_groups_join_near_copies_and_name_them_by_smallest_id():
