@@ -37,7 +37,7 @@ from loom.transforms.archives import (
 )
 from loom.transforms.audio import decode_audio
 from loom.transforms.image import decode_image, decode_image_frames
-from loom.transforms.isolation import IsolatedDecoder
+from loom.transforms.isolation import IsolatedDecoder, installed
 from loom.transforms.neardup import image_signature, signature
 from loom.transforms.pdf import decode_pdf
 from loom.transforms.pixels import part_frames
@@ -235,6 +235,7 @@ class IngestStage(BaseStage):
         if self.config.isolate and self._isolated is None:
             self._isolated = IsolatedDecoder(self.config.decode_timeout_s,
                                              self.config.decoder_memory_mb)
+            self._isolated.install(_CONFIG_KEY, self.config)  # sent once, not per chunk
             self._isolated.start()
 
     def teardown(self) -> None:
@@ -278,14 +279,14 @@ class IngestStage(BaseStage):
         out: list[tuple] = []
         n = self.config.files_per_call
         chunks = [rows[i : i + n] for i in range(0, len(rows), n)]
-        ticket = self._isolated.submit(process_files, chunks[0], self.config) if chunks else None
+        ticket = self._isolated.submit(_process_installed, chunks[0]) if chunks else None
         for j, chunk in enumerate(chunks):
             current = ticket
             if j + 1 < len(chunks):  # queued behind this one: no idle worker between chunks
-                ticket = self._isolated.submit(process_files, chunks[j + 1], self.config)
+                ticket = self._isolated.submit(_process_installed, chunks[j + 1])
             try:
                 out.extend(self._isolated.collect(
-                    current, process_files, chunk, self.config,
+                    current, _process_installed, chunk,
                     timeout_s=self.config.decode_timeout_s * len(chunk)))
                 continue
             except DecodeError as e:
@@ -294,10 +295,18 @@ class IngestStage(BaseStage):
                     continue
             for row in chunk:
                 try:
-                    out.extend(self._isolated.run(process_files, [row], self.config))
+                    out.extend(self._isolated.run(_process_installed, [row]))
                 except DecodeError as e:
                     out.append(_culprit(row, e, self.config))
         return out
+
+
+def _process_installed(rows: list[tuple]) -> list[tuple]:
+    """`process_files` in the isolated worker, with the config the stage installed there."""
+    return process_files(rows, installed(_CONFIG_KEY))
+
+
+_CONFIG_KEY = "ingest.config"
 
 
 def _work_rows(batch: pa.RecordBatch | pa.Table) -> list[tuple]:

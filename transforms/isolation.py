@@ -43,6 +43,18 @@ def _call(fn: Callable, args: tuple) -> tuple[str, Any]:
         return "reject", (Reason.TOO_LARGE.value, "decoder ran out of its memory bound")
 
 
+_INSTALLED: dict[str, Any] = {}  # in the worker: values sent once per worker process
+
+
+def _install(key: str, value: Any) -> None:
+    _INSTALLED[key] = value
+
+
+def installed(key: str) -> Any:
+    """In the worker: a value the parent `install`ed (the same object every call)."""
+    return _INSTALLED[key]
+
+
 def _warm(budget_bytes: int) -> None:
     """Import the decoders, then cap the address space at what they take + the budget."""
     import loom.transforms.ingest  # noqa: F401 - pay the decoders' imports at start-up
@@ -60,7 +72,16 @@ class IsolatedDecoder:
         self.timeout_s = timeout_s
         self.memory_bytes = memory_mb * 1024 * 1024
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._installs: dict[str, Any] = {}
         self.restarts = 0
+
+    def install(self, key: str, value: Any) -> None:
+        """Send `value` to the worker once (and to every replacement), for calls to read
+        with `installed(key)` instead of taking it as an argument: an argument is pickled,
+        sent and unpickled on every call (a stage's config with a real tokenizer: ~1 MB)."""
+        self._installs[key] = value
+        if self._pool is not None:
+            self._pool.submit(_call, _install, (key, value)).result()
 
     def _ensure(self) -> cf.ProcessPoolExecutor:
         """The worker, started and warmed (imports paid, memory capped) before any call,
@@ -70,6 +91,8 @@ class IsolatedDecoder:
             pool = cf.ProcessPoolExecutor(
                 max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_worker)
             pool.submit(_call, _warm, (self.memory_bytes,)).result()
+            for key, value in self._installs.items():
+                pool.submit(_call, _install, (key, value)).result()
             self._pool = pool
         return self._pool
 

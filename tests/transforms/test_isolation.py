@@ -59,3 +59,40 @@ def test_every_worker_is_memory_capped_including_replacements():
         assert abs(again - first) < 512 << 20  # same budget on top of a similar start-up size
     finally:
         iso.close()
+
+
+def installed_len(key: str) -> int:
+    from loom.transforms import isolation
+
+    return len(isolation.installed(key))
+
+
+def test_an_installed_value_reaches_every_worker_and_no_call_carries_it():
+    """The ingest stage's config travels once per worker, not with every chunk: each call
+    here pickles a few bytes, and a worker replaced after a crash has the value too."""
+
+    import multiprocessing.reduction as red
+
+    iso = IsolatedDecoder(timeout_s=20.0, memory_mb=512)
+    big = "x" * 2_000_000
+    sent: list[int] = []
+    try:
+        iso.install("cfg", big)
+        assert iso.run(installed_len, "cfg") == len(big)
+        with pytest.raises(DecodeError):
+            iso.run(work, "crash")
+        assert iso.restarts >= 1
+        assert iso.run(installed_len, "cfg") == len(big)  # the replacement has it
+        iso.install("late", "abc")  # installed on a running worker
+        orig = red.ForkingPickler.dumps
+        red.ForkingPickler.dumps = classmethod(
+            lambda cls, obj, protocol=None: sent.append(len(orig(obj, protocol))) or
+            orig(obj, protocol))
+        try:
+            assert iso.run(installed_len, "cfg") == len(big)
+            assert iso.run(installed_len, "late") == 3
+        finally:
+            red.ForkingPickler.dumps = orig
+        assert sent and max(sent) < 10_000, sent  # the calls, not the value
+    finally:
+        iso.close()
