@@ -340,7 +340,7 @@ def test_a_duplicate_of_a_positive_in_row_zero():
         vecs[row, 0], vecs[row, axis] = s, np.sqrt(1 - s * s)
     ids = ["a-pos", "b-other", "c-copy"]  # sorted: the positive is row 0
     cands = Candidates.build(ids, ["image"] * 3, vecs, [[], [], []], ["same", "d-b", "same"])
-    assert cands.row_of["a-pos"] == 0
+    assert cands.row_of(["a-pos"]).tolist() == [0]
     res = mine(cands, q, ["q"], ["a-pos"], ["image"], MiningConfig(negatives=2))
     assert [n["id"] for n in res.negatives[0]] == ["b-other"]
     assert res.counts["duplicate"] == 1
