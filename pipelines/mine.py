@@ -22,7 +22,7 @@ from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.embed_cache import EmbeddingCache
 from loom.schemas import manifest as mf
 from loom.schemas import storage
-from loom.transforms.mining import EXCLUSIONS, RULES, MiningConfig
+from loom.transforms.mining import EXCLUSIONS, RULES, MiningConfig, merge_results
 
 
 def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root: str,
@@ -69,7 +69,8 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     ensure_ray()
     with timed(timings, "embed_s"):
         queries = ray.get(steps.prepare_queries.remote(
-            pairs_dir, pairs_manifest, example_files, heldout_fraction, handler, work))
+            pairs_dir, pairs_manifest, example_files, heldout_fraction, handler, work,
+            steps.SLICE_ROWS))
         units = _units(files, example_files, work) + [
             {"kind": "items", "uris": [u], "plan": ""} for u in queries["item_parts"]]
         cache.ensure_key()
@@ -79,9 +80,17 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
                                            cpus, gpus)
     with timed(timings, "search_s"):
         plan_parts = [u["plan"] for u in units if u["kind"] == "examples"]
-        vectors = ray.get(steps.assemble.remote(cache, plan_parts, queries["plan"], work))
-        found = ray.get(steps.search.remote(work, vectors["spans"], config, writer.dir,
-                                            ckpt_id, dim))
+        vectors = ray.get(steps.assemble.remote(cache, plan_parts, queries["plan"], work,
+                                                config))
+        slices = ray.get([steps.search.remote(work, vectors["spans"], config, writer.dir,
+                                              ckpt_id, dim, plan, lo, hi, vectors["profile"],
+                                              steps.ROWS_PER_PART)
+                          for plan, (lo, hi) in zip(queries["plan"], queries["slices"],
+                                                    strict=True)])
+        found = merge_results(slices) | {
+            "files": [f for s in slices for f in s["files"]],
+            "triples": sum(s["triples"] for s in slices),
+            "negatives": sum(s["negatives"] for s in slices)}
     n_corpus = vectors["corpus"]
     e_counts = {"embedded": embedded["embedded"],
                 "cache_hits": n_corpus + queries["positions"] - embedded["positions"]}

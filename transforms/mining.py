@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from loom.transforms.search import AnnKind, VectorIndex, ann_recall
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -98,55 +100,87 @@ class Candidates:
     """The searchable corpus, rows grouped by modality (each modality is one contiguous slice).
 
     Rows given sorted by (modality, id) are used in place; otherwise the vectors are copied.
+    Per-row metadata is Arrow and numpy (ids a string array, asset groups and content
+    classes int64 codes), never a Python object per row.
     """
 
-    ids: list[str]
-    modalities: list[str]
+    ids: pa.Array  # string, in row order
     vectors: np.ndarray  # (N, d) float32, unit rows
     groups: np.ndarray  # same-asset group per row
     content: np.ndarray  # content-digest class per row
     spans: dict[str, tuple[int, int]]
-    row_of: dict[str, int]
 
     @classmethod
-    def build(cls, ids: Sequence[str], modalities: Sequence[str], vectors: np.ndarray,
-              asset_keys: Sequence[Iterable[str]], digests: Sequence[str]) -> Candidates:
-        order = sorted(range(len(ids)), key=lambda i: (modalities[i], ids[i]))
-        if order == list(range(len(ids))):  # already grouped: no copy of the vectors
+    def build(cls, ids, modalities, vectors: np.ndarray, asset_keys, digests) -> Candidates:
+        """ids, modalities, digests: strings; asset_keys: lists of strings (Python
+        sequences or Arrow arrays)."""
+        ids = _arrow(ids, pa.string())
+        mods = _arrow(modalities, pa.string())
+        n = len(ids)
+        order = pc.sort_indices(pa.table({"m": mods, "id": ids}),
+                                sort_keys=[("m", "ascending"), ("id", "ascending")]).to_numpy()
+        if np.array_equal(order, np.arange(n)):  # already grouped: no copy of the vectors
             vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         else:
             vecs = np.ascontiguousarray(vectors[order], dtype=np.float32)
-        ids = [ids[i] for i in order]
-        mods = [modalities[i] for i in order]
-        groups = _asset_groups([asset_keys[i] for i in order], ids)
-        _, content = np.unique(np.array([digests[i] for i in order], dtype=object).astype(str),
-                               return_inverse=True)
+            ids, mods = ids.take(order), mods.take(order)
+        keys = _arrow(asset_keys, pa.list_(pa.string())).take(order)
+        groups = _asset_groups(keys, ids)
+        digest = pc.fill_null(_arrow(digests, pa.string()).take(order), "None")
+        content = pc.dictionary_encode(digest).indices.to_numpy(zero_copy_only=False)
         spans: dict[str, tuple[int, int]] = {}
-        for row, m in enumerate(mods):
-            lo, _ = spans.get(m, (row, row))
-            spans[m] = (lo, row + 1)
-        return cls(ids, mods, vecs, groups, content.astype(np.int64), spans,
-                   {c: r for r, c in enumerate(ids)})
+        if n:
+            runs = pc.run_end_encode(mods)
+            ends = runs.run_ends.to_numpy(zero_copy_only=False)
+            for m, lo, hi in zip(runs.values.to_pylist(), np.r_[0, ends[:-1]], ends,
+                                 strict=True):
+                spans[m] = (int(lo), int(hi))
+        return cls(ids, vecs, groups, content.astype(np.int64), spans)
+
+    def row_of(self, ids: Sequence[str | None]) -> np.ndarray:
+        """The row of each id (its last row if repeated), -1 for an id not in the corpus."""
+        n = len(self.ids)
+        if not n or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        back = pc.index_in(_arrow(ids, pa.string()),
+                           value_set=self.ids.take(np.arange(n - 1, -1, -1)))
+        back = pc.fill_null(back, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.where(back >= 0, n - 1 - back, -1)
 
 
-def _asset_groups(keys: list[Iterable[str]], ids: list[str]) -> np.ndarray:
-    """Union-find over shared keys: rows sharing an id, document or source are one asset."""
-    parent = list(range(len(ids)))
+def _arrow(values, type_: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(type_) if values.type != type_ else values
+    if pa.types.is_list(type_):
+        values = [list(v) for v in values]
+    return pa.array(values, type_)
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    first: dict[str, int] = {}
-    for row, ks in enumerate(keys):
-        for k in {f"id:{ids[row]}", *ks}:
-            if k in first:
-                parent[find(row)] = find(first[k])
-            else:
-                first[k] = row
-    return np.array([find(r) for r in range(len(ids))], dtype=np.int64)
+def _asset_groups(keys: pa.Array, ids: pa.Array) -> np.ndarray:
+    """Rows sharing an id, document or source are one asset: the connected components of
+    the row-key graph, labelled by their smallest row."""
+    n = len(ids)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    own = pc.binary_join_element_wise("id:", ids, "")
+    flat = pc.fill_null(pc.list_flatten(keys), "\0null")  # a None key is shared, like in a set
+    rows = np.concatenate([np.arange(n), pc.list_parent_indices(keys).to_numpy(
+        zero_copy_only=False)]).astype(np.int64)
+    codes = pc.dictionary_encode(pa.concat_arrays([own, flat.cast(pa.string())])).indices \
+        .to_numpy(zero_copy_only=False).astype(np.int64)
+    label = np.arange(n, dtype=np.int64)
+    while True:  # min-label propagation through the keys, with pointer jumping
+        low = np.full(codes.max() + 1, n, dtype=np.int64)
+        np.minimum.at(low, codes, label[rows])
+        new = label.copy()
+        np.minimum.at(new, rows, low[codes])
+        while not np.array_equal(jumped := new[new], new):
+            new = jumped
+        if np.array_equal(new, label):
+            return label
+        label = new
 
 
 @dataclasses.dataclass
@@ -163,13 +197,23 @@ def modality_profile(cands: Candidates, q_vecs: np.ndarray, cfg: MiningConfig
                      ) -> dict[str, dict]:
     """Per candidate modality: the score floor (median query-candidate score over a seeded
     sample, clamped at 0) and the mean pairwise cosine of its candidates."""
+    return sampled_profile(cands.spans, cands.vectors.__getitem__, len(q_vecs),
+                           q_vecs.__getitem__, cfg)
+
+
+def sampled_profile(spans: dict[str, tuple[int, int]], cand_rows, n_queries: int, query_rows,
+                    cfg: MiningConfig) -> dict[str, dict]:
+    """`modality_profile` from row getters: `cand_rows(rows)` and `query_rows(rows)` give the
+    vectors of those candidate rows and query positions (the caller need not hold them all:
+    a query-sliced search takes the profile of every query from here)."""
     rng = np.random.default_rng(cfg.seed)
     out = {}
-    for m, (lo, hi) in sorted(cands.spans.items()):
+    for m, (lo, hi) in sorted(spans.items()):
         rows = rng.choice(np.arange(lo, hi), min(hi - lo, cfg.calibration_sample), replace=False)
-        vecs = cands.vectors[np.sort(rows)]
-        qs = q_vecs[rng.choice(len(q_vecs), min(len(q_vecs), cfg.calibration_sample),
-                               replace=False)] if len(q_vecs) else q_vecs
+        vecs = cand_rows(np.sort(rows))
+        qs = query_rows(rng.choice(n_queries, min(n_queries, cfg.calibration_sample),
+                                   replace=False)) if n_queries else \
+            np.zeros((0, vecs.shape[1]), np.float32)
         floor = float(np.median(qs @ vecs.T)) if len(qs) and len(vecs) else 0.0
         gram = vecs @ vecs.T
         n = len(vecs)
@@ -186,9 +230,13 @@ def modality_profile(cands: Candidates, q_vecs: np.ndarray, cfg: MiningConfig
 def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
          positive_ids: Sequence[str], positive_modalities: Sequence[str],
          cfg: MiningConfig, positive_vectors: np.ndarray | None = None,
-         anchor_ids: Sequence[str | None] | None = None) -> MiningResult:
+         anchor_ids: Sequence[str | None] | None = None,
+         profile: dict[str, dict] | None = None) -> MiningResult:
+    """`profile`: the modalities' floors taken over every query (`sampled_profile`) when
+    `q_vecs` is a slice of them; by default taken from `q_vecs`. The result's counts,
+    histograms and modalities' kept/asked then add up over the slices (`merge_results`)."""
     n = len(q_keys)
-    pos_row = np.array([cands.row_of.get(p, -1) for p in positive_ids], dtype=np.int64)
+    pos_row = cands.row_of(positive_ids)
     pos_vec = np.where((pos_row >= 0)[:, None], cands.vectors[np.maximum(pos_row, 0)], 0.0) \
         if len(cands.ids) else np.zeros_like(q_vecs)
     if positive_vectors is not None:  # inline positives: their own embedding
@@ -197,9 +245,12 @@ def mine(cands: Candidates, q_vecs: np.ndarray, q_keys: Sequence[str],
     else:
         given = np.zeros(n, dtype=bool)
     has_pos = (pos_row >= 0) | given
-    anchor_row = np.array([cands.row_of.get(a, -1) if a else -1 for a in (anchor_ids or [None] * n)],
-                          dtype=np.int64)
-    profile = modality_profile(cands, q_vecs, cfg) if len(cands.ids) else {}
+    anchor_row = cands.row_of([a or None for a in anchor_ids] if anchor_ids else [None] * n)
+    if profile is None:
+        profile = modality_profile(cands, q_vecs, cfg) if len(cands.ids) else {}
+    else:  # filled in below: a copy
+        profile = {m: {k: v for k, v in prof.items() if k not in ("kept", "asked", "fill")}
+                   for m, prof in profile.items()}
     pos_score = np.where(has_pos, np.einsum("qd,qd->q", q_vecs, pos_vec), np.nan)
     counts = dict.fromkeys((*EXCLUSIONS, *RULES, "considered", "kept", "unfilled"), 0)
     counts["positive_not_in_corpus"] = int((~has_pos).sum())
@@ -298,10 +349,12 @@ class _Ctx:
                 taken[j, np.sort(take)] = True
             filled = taken.sum(1) >= quota
         done = filled | final
-        for j in np.flatnonzero(done):
+        commit = np.flatnonzero(done)
+        ids = iter(self.cands.ids.take(rows[commit][taken[commit]]).to_pylist())
+        for j in commit:  # row-major, as taken[commit] listed them
             qi = int(qs[j])
             self.picked[qi][self.modality] = [
-                {"id": self.cands.ids[rows[j, r]], "score": float(scores[j, r]),
+                {"id": next(ids), "score": float(scores[j, r]),
                  "modality": self.modality, "rank": int(r)} for r in np.flatnonzero(taken[j])]
         c = considered[done]
         d = drop[done]
@@ -360,3 +413,32 @@ class _Ctx:
 
 def _seed(seed: int, key: str, modality: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{modality}".encode()).digest()[:8], "big")
+
+
+def merge_results(parts: Sequence[dict]) -> dict:
+    """Exact sum of query slices' summaries ({"counts", "histograms", "search",
+    "modalities"} of `mine` over disjoint query slices with one profile): counts and
+    histogram bins add, each modality's kept and asked add and its fill is recomputed; a
+    modality's search entry is the first slice's that searched it."""
+    counts: dict[str, int] = {}
+    hist: dict = {}
+    search: dict[str, dict] = {}
+    mods: dict[str, dict] = {}
+    for part in parts:
+        for k, v in part["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        for k, v in part["histograms"].items():
+            if k == "bins":
+                if hist.setdefault("bins", v) != v:
+                    raise ValueError("slices binned their scores differently")
+            else:
+                hist[k] = [a + b for a, b in zip(hist.get(k, [0] * len(v)), v, strict=True)]
+        for m, info in part["search"].items():
+            search.setdefault(m, info)
+        for m, prof in part["modalities"].items():
+            have = mods.setdefault(m, dict(prof, kept=0, asked=0))
+            have["kept"] += prof["kept"]
+            have["asked"] += prof["asked"]
+    for prof in mods.values():
+        prof["fill"] = round(prof["kept"] / prof["asked"], 4) if prof["asked"] else None
+    return {"counts": counts, "histograms": hist, "search": search, "modalities": mods}

@@ -2,7 +2,9 @@
 
 1. `prepare_queries` (one task): the train Pairs, the Examples their queries cite (read
    from the files that hold them), query and inline-positive ITEMs deduplicated by digest,
-   written as item parts, and a plan: the kept Pairs with their keys.
+   written as item parts, and a plan: the kept Pairs with their keys, in pair_id order
+   (`q_pos`: a Pair's place before that sort, which the calibration sample draws from), one
+   file per query slice of SLICE_ROWS.
 2. `embed_missing` (one Ray Data job): reading tasks turn Examples files (train rows
    only) and the query item parts into ITEMs with their digests, write the corpus plan
    (id, modality, digest, asset keys) per file group, and drop what the cache holds
@@ -10,10 +12,15 @@
    actor pool embeds the rest and writing tasks store it as cache parts.
 3. `assemble` (a task): the corpus plan in (modality, id) order and its vectors from the
    cache: one float32 .npy per modality, queries.npy and positives.npy in the run's work
-   folder.
-4. `search` (a task): fetches those files into its own local temp (nodes share no disk),
-   maps them and runs transforms.mining (per modality, in query chunks), then writes the
-   triples parts.
+   folder; and the modalities' calibration profile, sampled over every query.
+4. `search` (a task per query slice): fetches the corpus files and its slice's rows of the
+   query files into its own local temp (nodes share no disk), maps them and runs
+   transforms.mining (per modality, in query chunks) with that profile, then writes its
+   triples parts. Slices start at multiples of ROWS_PER_PART of the pair_id order, so the
+   parts (and their names) are those of one search over every query; the driver adds up
+   the slices' counts and histograms (transforms.mining.merge_results). A worker holds the
+   corpus metadata as Arrow and numpy and one slice's Pairs: its memory follows
+   SLICE_ROWS, not the number of queries.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ from loom.schemas import storage
 from loom.schemas.records import TRIPLE, Split, rows_of
 from loom.schemas.splits import example_split
 from loom.transforms.items import positive_item, query_item
-from loom.transforms.mining import Candidates, MiningConfig, mine
+from loom.transforms.mining import Candidates, MiningConfig, mine, sampled_profile
 
 ROWS_PER_PART = 4096  # triples per output part
+SLICE_ROWS = 12 * ROWS_PER_PART  # queries per search task (a multiple of ROWS_PER_PART)
 ITEM_COLUMNS = ("id", "digest", "count", "item_pickle")
 CHUNK_BYTES = 1 << 22  # .npy bytes copied at once
 
@@ -53,7 +61,8 @@ def _items_table(items: list[dict], digests: list[str], counts: list[int]) -> pa
 
 @ray.remote
 def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: list[str],
-                    heldout_fraction: float, handler: EncoderHandler, work: str) -> dict:
+                    heldout_fraction: float, handler: EncoderHandler, work: str,
+                    slice_rows: int = SLICE_ROWS) -> dict:
     prep = handler.inputs()
     tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table = mf.read_table(pairs_dir, pairs_manifest, "pairs")
@@ -91,9 +100,14 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
                       if p.get("positive_text") else None)
     del pairs, by_id
     plan = table.take(kept).append_column("q_digest", pa.array(q_keys, pa.string())) \
-        .append_column("p_digest", pa.array(p_keys, pa.string()))
-    plan_uri = storage.join(work, "queries", "plan.parquet")
-    storage.write_parquet(plan, plan_uri)
+        .append_column("p_digest", pa.array(p_keys, pa.string())) \
+        .append_column("q_pos", pa.array(np.arange(len(kept), dtype=np.int64)))
+    plan = plan.take(pc.sort_indices(plan, [("pair_id", "ascending")]))  # stable
+    plan_uris, slices = [], []
+    for lo in range(0, max(len(plan), 1), slice_rows):
+        plan_uris.append(storage.join(work, "queries", f"plan-{lo // slice_rows:05d}.parquet"))
+        storage.write_parquet(plan.slice(lo, slice_rows), plan_uris[-1])
+        slices.append([lo, min(lo + slice_rows, len(plan))])
     entries = list(unique.items())
     parts = []
     for start in range(0, len(entries), ROWS_PER_CALL):
@@ -102,7 +116,8 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
         storage.write_parquet(_items_table([it for _, (it, _) in chunk], [d for d, _ in chunk],
                                            [n for _, (_, n) in chunk]), uri)
         parts.append(uri)
-    return {"plan": plan_uri, "item_parts": parts, "missing_query": len(table) - len(kept),
+    return {"plan": plan_uris, "slices": slices, "item_parts": parts,
+            "missing_query": len(table) - len(kept),
             "positions": sum(n for _, n in unique.values())}
 
 
@@ -234,9 +249,11 @@ def _store_rows(src: np.ndarray, rows: np.ndarray, uri: str, tmp: str) -> None:
 
 
 @ray.remote
-def assemble(cache: EmbeddingCache, plan_parts: list[str], query_plan: str, work: str) -> dict:
+def assemble(cache: EmbeddingCache, plan_parts: list[str], query_plan: list[str], work: str,
+             config: MiningConfig) -> dict:
     """Vectors of the corpus (per modality, in (modality, id) order), queries and inline
-    positives from the cache, as .npy files in `work`; returns the modality spans."""
+    positives from the cache, as .npy files in `work`; returns the modality spans and the
+    calibration profile (`sampled_profile` over every query, in the plan's first order)."""
     plan = storage.read_parquet(plan_parts, columns=["id", "modality", "digest", "keys"]) \
         if plan_parts else pa.table({"id": pa.array([], pa.string()),
                                      "modality": pa.array([], pa.string()),
@@ -244,7 +261,7 @@ def assemble(cache: EmbeddingCache, plan_parts: list[str], query_plan: str, work
                                      "keys": pa.array([], pa.list_(pa.string()))})
     plan = plan.take(pc.sort_indices(plan, [("modality", "ascending"), ("id", "ascending")]))
     storage.write_parquet(plan, storage.join(work, "vectors", "corpus.parquet"))
-    queries = storage.read_parquet([query_plan], columns=["q_digest", "p_digest"])
+    queries = storage.read_parquet(query_plan, columns=["q_digest", "p_digest", "q_pos"])
     q_dig = queries.column("q_digest").to_pylist()
     p_dig = queries.column("p_digest").to_pylist()
     inline = [i for i, d in enumerate(p_dig) if d is not None]
@@ -270,56 +287,83 @@ def assemble(cache: EmbeddingCache, plan_parts: list[str], query_plan: str, work
         n = len(mods)
         _store_rows(vecs, where[n : n + len(q_dig)], storage.join(work, "vectors", "queries.npy"),
                     tmp)
+        at = np.empty(len(q_dig), dtype=np.int64)  # a query's first place -> its row now
+        at[queries.column("q_pos").to_numpy()] = np.arange(len(q_dig))
+        profile = sampled_profile(spans, lambda rows: vecs[where[rows]], len(q_dig),
+                                  lambda pos: vecs[where[n + at[pos]]], config) if n else {}
         positives = np.full((len(q_dig), cache.dim), np.nan, dtype=np.float32)
         positives[inline] = vecs[where[n + len(q_dig) :]]
         np.save(os.path.join(tmp, "positives.npy"), positives)
         _upload(os.path.join(tmp, "positives.npy"), storage.join(work, "vectors", "positives.npy"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"spans": spans, "corpus": n}
+    return {"spans": spans, "corpus": n, "profile": profile}
 
 
-def _local_copy(uris: list[str], rows: int, dim: int, local: str) -> np.ndarray:
-    """Stored .npy files, one after another, as one read-only local memory map."""
+def _local_copy(uris: list[str], rows: int, dim: int, local: str, lo: int = 0) -> np.ndarray:
+    """Rows [lo, lo + rows) of stored .npy files, one after another, as one read-only local
+    memory map (written through a file, never mapped while it fills)."""
     if not rows:
         return np.zeros((0, dim), np.float32)
-    out = np.lib.format.open_memmap(local, "w+", np.float32, (rows, dim))
-    at = 0
-    for uri in uris:
-        n = _rows_of(uri)
-        _fetch_into(uri, out[at : at + n])
-        at += n
-    out.flush()
-    del out
+    with open(local, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            "fortran_order": False, "shape": (rows, dim)})
+        left = rows
+        for uri in uris:
+            fs, path = storage.resolve(uri)
+            with fs.open_input_file(path) as f:
+                shape, dtype = _header(f)
+                if len(shape) != 2 or shape[1] != dim or dtype != np.float32:
+                    raise RuntimeError(f"{uri}: {shape} {dtype}, expected (*, {dim}) float32")
+                skip = min(lo, shape[0])
+                lo -= skip
+                take = min(shape[0] - skip, left)
+                f.seek(f.tell() + skip * dim * 4)
+                todo = take * dim * 4
+                while todo:
+                    chunk = f.read(min(CHUNK_BYTES, todo))
+                    if not chunk:
+                        raise RuntimeError(f"{uri}: truncated")
+                    out.write(chunk)
+                    todo -= len(chunk)
+                left -= take
+        if left:
+            raise RuntimeError(f"{uris}: {left} of {rows} rows missing")
     return np.load(local, mmap_mode="r")
 
 
 @ray.remote
 def search(work: str, spans: dict[str, list[int]], config: MiningConfig, version_dir: str,
-           checkpoint: str, dim: int) -> dict:
-    """The search and the triples, on a worker, from the vectors `assemble` stored."""
+           checkpoint: str, dim: int, plan: str, lo: int, hi: int, profile: dict,
+           rows_per_part: int = ROWS_PER_PART) -> dict:
+    """The search over queries [lo, hi) of the pair_id-ordered plan (the file `plan`) and
+    their triples parts, on a worker, from the vectors `assemble` stored."""
+    if lo % rows_per_part:
+        raise ValueError(f"a query slice starts at {lo}, not a multiple of {rows_per_part}")
     tmp = tempfile.mkdtemp(prefix="loom-search-")
     try:
         vdir = storage.join(work, "vectors")
         order = sorted(spans, key=lambda m: spans[m][0])
-        n = sum(hi - lo for lo, hi in spans.values())
+        n = sum(b - a for a, b in spans.values())
         cand_vecs = _local_copy([storage.join(vdir, f"{m}.npy") for m in order], n, dim,
                                 os.path.join(tmp, "corpus.npy"))
-        pairs = rows_of(storage.read_parquet([storage.join(work, "queries", "plan.parquet")]))
-        q_vecs = _local_copy([storage.join(vdir, "queries.npy")], len(pairs), dim,
-                             os.path.join(tmp, "queries.npy"))
-        pos_vecs = _local_copy([storage.join(vdir, "positives.npy")], len(pairs), dim,
-                               os.path.join(tmp, "positives.npy"))
+        pairs = rows_of(storage.read_parquet([plan]))
+        if len(pairs) != hi - lo:
+            raise RuntimeError(f"{plan}: {len(pairs)} rows, expected {hi - lo}")
+        q_vecs = _local_copy([storage.join(vdir, "queries.npy")], hi - lo, dim,
+                             os.path.join(tmp, "queries.npy"), lo)
+        pos_vecs = _local_copy([storage.join(vdir, "positives.npy")], hi - lo, dim,
+                               os.path.join(tmp, "positives.npy"), lo)
         corpus = storage.read_parquet([storage.join(vdir, "corpus.parquet")])
-        cands = Candidates.build(corpus.column("id").to_pylist(),
-                                 corpus.column("modality").to_pylist(), cand_vecs,
-                                 corpus.column("keys").to_pylist(),
-                                 corpus.column("digest").to_pylist())
+        cands = Candidates.build(corpus.column("id"), corpus.column("modality"), cand_vecs,
+                                 corpus.column("keys"), corpus.column("digest"))
         del corpus
         mined = mine(cands, q_vecs, [p["pair_id"] for p in pairs],
                      [p["positive_id"] for p in pairs], [p["positive_modality"] for p in pairs],
                      config, positive_vectors=np.asarray(pos_vecs),
-                     anchor_ids=[(p.get("query_ref") or {}).get("example_id") for p in pairs])
+                     anchor_ids=[(p.get("query_ref") or {}).get("example_id") for p in pairs],
+                     profile=profile)
         del cands, cand_vecs, q_vecs, pos_vecs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,10 +373,10 @@ def search(work: str, spans: dict[str, list[int]], config: MiningConfig, version
                "checkpoint": checkpoint, "mining_config": cfg}
             for p, s, negs in zip(pairs, mined.positive_scores, mined.negatives, strict=True)]
     del pairs
-    rows.sort(key=lambda r: r["pair_id"])
-    files = [mf.write_part(version_dir, "triples", f"part-{i // ROWS_PER_PART:05d}",
-                           pa.Table.from_pylist(rows[i : i + ROWS_PER_PART], schema=TRIPLE))
-             for i in range(0, len(rows), ROWS_PER_PART)]
+    rows.sort(key=lambda r: r["pair_id"])  # the plan's order already: a check, not a change
+    files = [mf.write_part(version_dir, "triples", f"part-{(lo + i) // rows_per_part:05d}",
+                           pa.Table.from_pylist(rows[i : i + rows_per_part], schema=TRIPLE))
+             for i in range(0, len(rows), rows_per_part)]
     return {"files": files, "triples": len(rows),
             "negatives": sum(len(r["negatives"]) for r in rows), "counts": mined.counts,
             "histograms": mined.histograms, "search": mined.search,

@@ -4,8 +4,8 @@ stage, as the corpus grows.
     nice -n 10 .venv/bin/python -m tests.benchmarks.bench_scale --sizes 10000 100000 1000000 \\
         --workdir DIR --json OUT [--stages ingest synth mine shard eval backfill]
 
-OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "worker_peak_mb", "wall_s",
-"objects_written", "objects_kept"}}}}`, rewritten after every (stage, size); a (stage,
+OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "worker_peak_mb",
+"worker_peak_uss_mb", "wall_s", "objects_written", "objects_kept"}}}}`, rewritten after every (stage, size); a (stage,
 size) already in OUT is skipped, so a killed run resumes where it stopped.
 
 Inputs, generated once per size under DIR and reused:
@@ -25,7 +25,9 @@ session (2 CPUs, 256 MB object store), started before measuring. While the stage
 thread samples every 0.25 s: the driver's USS (private memory: object-store pages the
 driver maps do not count) and the RSS of every descendant process whose command line
 names `ray::` (this session's workers and actors; the peak of the largest one is
-reported). `objects_written` counts the files
+reported), and their USS as well (`worker_peak_uss_mb`: RSS counts the object-store pages
+a worker maps, shared with the raylet and every other reader; USS leaves out every page
+another process maps too). `objects_written` counts the files
 the stage writes under its output root, whichever process writes them, from inotify
 (Linux): `_work` files deleted before the stage ends count, an atomic write (temp file +
 rename) counts once, a rewrite counts again; `objects_kept` counts the files still there
@@ -280,12 +282,13 @@ class WriteCounter:
 
 
 class Sampler:
-    """Peak driver USS, peak RSS of the largest `ray::` process, files written under a root."""
+    """Peak driver USS, peak RSS and peak USS of the largest `ray::` process (each its own
+    peak), files written under a root."""
 
     def __init__(self, root: str, interval_s: float = 0.25):
         self.root, self.interval_s = root, interval_s
         self.me = psutil.Process()
-        self.driver_peak = self.worker_peak = 0
+        self.driver_peak = self.worker_peak = self.worker_peak_uss = 0
         self.files_before = _count_files(root) if os.path.isdir(root) else 0
         self.writes = WriteCounter(root)
         self._workers: dict[int, psutil.Process] = {}
@@ -311,7 +314,9 @@ class Sampler:
             self._next_scan = now + 1.0
         for pid, p in list(self._workers.items()):
             try:
-                self.worker_peak = max(self.worker_peak, p.memory_info().rss)
+                full = p.memory_full_info()  # rss and uss from one read of smaps
+                self.worker_peak = max(self.worker_peak, full.rss)
+                self.worker_peak_uss = max(self.worker_peak_uss, full.uss)
             except psutil.Error:
                 self._workers.pop(pid, None)
 
@@ -395,7 +400,8 @@ def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
     if stage == "synth" and result.get("llm_calls"):
         raise RuntimeError(f"synth made {result['llm_calls']} LLM calls: the cache missed")
     got = {"driver_peak_mb": round(s.driver_peak / MiB, 1),
-           "worker_peak_mb": round(s.worker_peak / MiB, 1), "wall_s": round(wall, 2),
+           "worker_peak_mb": round(s.worker_peak / MiB, 1),
+           "worker_peak_uss_mb": round(s.worker_peak_uss / MiB, 1), "wall_s": round(wall, 2),
            "objects_written": s.objects_written, "objects_kept": _count_files(out) - s.files_before}
     if s.writes.overflow:  # the kernel dropped events: the count is a lower bound
         got["objects_lower_bound"] = True

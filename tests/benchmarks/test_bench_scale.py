@@ -7,7 +7,8 @@ import json
 
 from tests.benchmarks.bench_scale import run
 
-KEYS = {"driver_peak_mb", "worker_peak_mb", "wall_s", "objects_written", "objects_kept"}
+KEYS = {"driver_peak_mb", "worker_peak_mb", "worker_peak_uss_mb", "wall_s", "objects_written",
+        "objects_kept"}
 
 
 def test_bench_scale_tiny(tmp_path, ray_session, capsys):
@@ -21,6 +22,7 @@ def test_bench_scale_tiny(tmp_path, ray_session, capsys):
         assert set(m) == KEYS, stage
         assert all(m[k] > 0 for k in KEYS), (stage, m)
         assert m["objects_written"] >= m["objects_kept"], (stage, m)
+        assert m["worker_peak_uss_mb"] <= m["worker_peak_mb"], (stage, m)  # USS is part of RSS
         assert isinstance(m["objects_written"], int)
     capsys.readouterr()
     again = run([50], ["ingest", "shard"], str(tmp_path / "work"), str(out), isolate=False)

@@ -340,7 +340,7 @@ def test_a_duplicate_of_a_positive_in_row_zero():
         vecs[row, 0], vecs[row, axis] = s, np.sqrt(1 - s * s)
     ids = ["a-pos", "b-other", "c-copy"]  # sorted: the positive is row 0
     cands = Candidates.build(ids, ["image"] * 3, vecs, [[], [], []], ["same", "d-b", "same"])
-    assert cands.row_of["a-pos"] == 0
+    assert cands.row_of(["a-pos"]).tolist() == [0]
     res = mine(cands, q, ["q"], ["a-pos"], ["image"], MiningConfig(negatives=2))
     assert [n["id"] for n in res.negatives[0]] == ["b-other"]
     assert res.counts["duplicate"] == 1
@@ -353,3 +353,75 @@ def test_near_duplicate_drops_only_cosines_above_its_line():
                MiningConfig(negatives=2, false_negative=(), near_duplicate=0.25))
     assert [n["score"] for n in res.negatives[0]] == [0.5]
     assert res.counts["near_duplicate"] == 1
+
+
+def _mine_setups():
+    """(cands, queries, keys, positive ids, modalities, inline positives, anchors, config):
+    the constructed corpus with every image as a query (some positives missing, one inline
+    text positive, anchors), and the collapsed corpus (calibrated floors)."""
+    cands, _ = _corpus()
+    attrs = list(itertools.product(range(VALUES), repeat=3))
+    q = np.stack([_vec(a) for a in attrs])
+    pos = [_name(a) if i % 7 else "missing" for i, a in enumerate(attrs)]
+    pos[3] = None
+    inline = np.full(q.shape, np.nan, np.float32)
+    inline[3] = _vec(attrs[3], text=True)
+    mods = ["text" if i == 3 else "image" for i in range(len(attrs))]
+    anchors = [_name(a) if i % 5 == 0 else None for i, a in enumerate(attrs)]
+    yield (cands, q, [f"pair-{i:03d}" for i in range(len(q))], pos, mods, inline, anchors,
+           MiningConfig(negatives=2, cross_modal={"text": 1}, query_chunk=4))
+    cands, q, pos = _collapsed_corpus(n=60)
+    q = np.concatenate([q, q[::-1], q])
+    yield (cands, q, [f"p{i:02d}" for i in range(len(q))], pos + pos[::-1] + pos,
+           ["audio"] * len(q), None, None,
+           MiningConfig(negatives=3, sampling="range", rank_range=(1, 12), seed=4))
+
+
+@pytest.mark.parametrize("setup", list(range(2)))
+def test_query_slices_add_up_to_one_search(setup):
+    """mine over disjoint query slices, with the profile of every query, then merge_results:
+    the same negatives, scores, counts, histograms and modality profiles as one call."""
+    from loom.transforms.mining import merge_results, modality_profile
+
+    cands, q, keys, pos, mods, inline, anchors, cfg = list(_mine_setups())[setup]
+    whole = mine(cands, q, keys, pos, mods, cfg, positive_vectors=inline, anchor_ids=anchors)
+    profile = modality_profile(cands, q, cfg)
+    parts, negatives, scores = [], [], []
+    for lo in range(0, len(q), 6):
+        s = slice(lo, lo + 6)
+        r = mine(cands, q[s], keys[s], pos[s], mods[s], cfg,
+                 positive_vectors=None if inline is None else inline[s],
+                 anchor_ids=None if anchors is None else anchors[s], profile=profile)
+        parts.append({"counts": r.counts, "histograms": r.histograms, "search": r.search,
+                      "modalities": r.modalities})
+        negatives += r.negatives
+        scores.append(r.positive_scores)
+    merged = merge_results(parts)
+    assert negatives == whole.negatives
+    np.testing.assert_array_equal(np.concatenate(scores), whole.positive_scores)
+    assert merged == {"counts": whole.counts, "histograms": whole.histograms,
+                      "search": whole.search, "modalities": whole.modalities}
+    assert whole.counts["kept"] > 0 and whole.counts["considered"] > whole.counts["kept"]
+    if setup == 0:  # exclusions and rules fired, across modalities
+        assert sum(whole.histograms["filtered"]) > 0 and whole.counts["kept.text"] > 0
+    else:  # the floors the slices searched with were calibrated over every query
+        assert whole.modalities["audio"]["floor"] > 0.9
+
+
+def test_asset_groups_are_transitive_and_ids_find_their_last_row():
+    vecs = np.eye(5, dtype=np.float32)
+    ids = ["e", "a", "b", "c", "d"]  # out of order: rows are sorted by (modality, id)
+    keys = [["src:z"], ["src:x"], ["src:x", "doc:y"], ["doc:y"], []]
+    cands = Candidates.build(ids, ["image"] * 5, vecs, keys, ["1", "2", "3", "2", None])
+    assert cands.ids.to_pylist() == ["a", "b", "c", "d", "e"]
+    g = cands.groups
+    assert g[0] == g[1] == g[2] and len({g[0], g[3], g[4]}) == 3  # a-b by x, b-c by y
+    assert cands.content[0] == cands.content[2] and len(set(cands.content.tolist())) == 4
+    np.testing.assert_array_equal(cands.vectors[0], vecs[1])
+    assert cands.row_of(["c", None, "zz", "e"]).tolist() == [2, -1, -1, 4]
+    # b reaches a only through c: one propagation step is not enough
+    hop = Candidates.build(["a", "b", "c", "d"], ["image"] * 4, vecs[:4],
+                           [["doc:B"], ["doc:A"], ["doc:A", "doc:B"], []], ["1", "2", "3", "4"])
+    assert len(set(hop.groups[:3].tolist())) == 1 and hop.groups[3] != hop.groups[0]
+    twice = Candidates.build(["a", "a"], ["image"] * 2, vecs[:2], [[], []], ["1", "2"])
+    assert twice.row_of(["a"]).tolist() == [1]  # like a dict built row by row
