@@ -20,12 +20,14 @@ from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.tokenizer import train_tokenizer
 
 # Old driver (dict rows, sets, the listing kept to the end): 1.7 KB per file for both
-MAX_BYTES_PER_FILE = 1000  # now about 250: Ray Data's driver-side state per work item
-# (some 5 KB an item of 64 files) and the near-duplicate exchange's, not the listing
-MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now about 150
-# Listing, and what is held while the engine decodes: some 200 and 300 B per file while
-# the listing, then the work items' rows, were Python objects in the driver; now about
-# 0 (one listing part at a time) and 10 (a work item's reference per 64 files)
+MAX_BYTES_PER_FILE = 1000  # now 210-380 (noisy: Ray's driver threads are traced too):
+# Ray Data's driver-side state per work item (some 5 KB an item of 64 files) and the
+# near-duplicate exchange's, not the listing (the same figure before and after it was
+# streamed: its peak came before the engine and was lower than these)
+MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now 90-200
+# Listing, and what is held while the engine decodes: planted, a listing held as a list
+# gives 240 and 195 B per file; measured about 6 (one listing part at a time) and 22 (a
+# work item's reference per 64 files, and Ray's state of the planning exchange)
 MAX_BYTES_PER_FILE_LISTING = 40
 MAX_BYTES_PER_FILE_HELD = 40
 LISTING_PART_ROWS = 400  # listing parts of the test's size, so the corpora span several
