@@ -10,7 +10,6 @@ checked before the manifest is written.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import mimetypes
@@ -19,7 +18,7 @@ from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from loom.pipelines import ingest_once
+from loom.pipelines import ingest_listing, ingest_once
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
 from loom.pipelines.neardup import group_near_dups
@@ -84,12 +83,21 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     spec = spec or PreprocessingSpec()
     remote, archive = remote or RemoteConfig(), archive or ArchiveLimits()
     input_uri, output_root = storage.absolute(input_uri), storage.absolute(output_root)
-    listing = storage.list_files(input_uri)
-    if not listing:
-        raise BadInput(f"no files under {input_uri}")
-    listing, bad_names = _split_bad_names(listing)
-    digest = mf.listing_digest(listing)
-    listed, bytes_in = len(listing), sum(e.size for e in listing)
+    listing = ingest_listing.write_listing(input_uri, output_root)  # parts, not entries
+    try:
+        if not listing.listed:
+            raise BadInput(f"no files under {input_uri}")
+        return _run(listing, input_uri, output_root, spec, engine, files_per_item, remote,
+                    archive)
+    finally:
+        listing.delete()
+
+
+def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
+         spec: PreprocessingSpec, engine: Engine, files_per_item: int, remote: RemoteConfig,
+         archive: ArchiveLimits) -> dict:
+    digest, listed, bytes_in = listing.digest, listing.listed, listing.bytes_in
+    bad_names = listing.bad_names
     given = spec.tokenizer_json  # a checkpoint's tokenizer (backfill) is kept, not retrained
     config = {"spec": spec.without_tokenizer().model_dump(), "max_file_bytes": MAX_FILE_BYTES,
               "tokenizer": hashlib.sha256(given.encode()).hexdigest()[:16] if given else "trained"}
@@ -100,17 +108,16 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     writer = mf.VersionWriter(output_root, "ingest", version)
     if (done := reuse(writer, "ingest")) is not None:
         return done
+    listing.move_to(storage.join(writer.dir, "_work", "listing"))
     timings: dict[str, float] = {}
     prior = _prior_version(output_root, input_uri, config)
-    prior_files = _files_of(prior)
     sample: list[tuple[str, bytes]] = []
     with timed(timings, "tokenizer_s"):
         if prior is not None and not given:  # same tokenizer as the rows it reuses
             spec = PreprocessingSpec.model_validate_json(
                 storage.read_bytes(storage.join(prior[0], SPEC_FILE)))
         elif not given:
-            tokenizer, sample = _train_tokenizer(
-                (e for e in listing if e.uri not in bad_names), spec, (input_uri,))
+            tokenizer, sample = _train_tokenizer(listing.entries(), spec, (input_uri,))
             spec = spec.model_copy(update={"tokenizer_json": tokenizer})
     storage.write_atomic(storage.join(writer.dir, SPEC_FILE), spec.model_dump_json().encode())
 
@@ -119,14 +126,12 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
                                max_file_bytes=MAX_FILE_BYTES,
                                archive=archive)
         task = StageTask(partial(IngestStage, config_), writer.dir)
-        done = {u for u, _ in sample}
-        remote_sizes = storage.is_remote(input_uri)
-        rows = [{"uri": e.uri, "size": e.size if remote_sizes else None,
-                 "prior_id": prior_files.get(e.uri, (None,))[0]}
-                for e in listing if e.uri not in bad_names and e.uri not in done]
-        items = ingest_once.size_grouped_items(rows, {e.uri: e.size for e in listing},
-                                               files_per_item)
-        del listing, rows, done  # the driver keeps no per-file listing past this point
+        # Work items on the engine, from the listing's parts: the driver gets references
+        with timed(timings, "plan_s"):
+            items = ingest_listing.work_items(
+                engine, writer.dir, listing, files_per_item, {u for u, _ in sample},
+                prior[1].files(prior[0], "files") if prior is not None else [],
+                storage.is_remote(input_uri))
         # The sample first, not alongside the engine: a decoder process still starting
         # when the run is killed outlives it for its imports, holding the caller's pipes.
         sampled = _decode_sample(config_, sample) if sample else None
@@ -145,13 +150,13 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     rejected_uris = _rejected_uris(writer.dir, tables)  # before reused and bad-name rows
     reused = got.reused
     if reused:
-        _copy_reused(prior, prior_files, writer, reused, tables, stats, got.dups)
+        _copy_reused(prior, writer, reused, tables, stats, got.dups)
     if bad_names:  # rejected in the driver, before any engine: both engines agree
         tables.setdefault("rejected", []).append(writer.write_part(
             "rejected", "bad-names-00000", pa.Table.from_pylist(
                 [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
         stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
-    files_table = _files_table(got.canonical, rejected_uris, prior_files, bad_names)
+    files_table = _files_table(got.canonical, rejected_uris, prior, bad_names)
     del rejected_uris
     tables["files"] = [writer.write_part("files", "part-00000", files_table)]
     del files_table
@@ -207,23 +212,6 @@ def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None 
     return result("ingest", manifest, writer.dir, False, timings=timings)
 
 
-def _split_bad_names(listing: list) -> tuple[list, dict[str, str]]:
-    """The listing with every name that is not valid UTF-8 escaped (\\xNN for each
-    undecodable byte), and {escaped uri: stand-in id} of those files: each becomes one
-    `bad_name` Rejected row instead of stopping the whole ingest."""
-    bad: dict[str, str] = {}
-    out = []
-    for e in listing:
-        try:
-            e.uri.encode("utf-8")
-        except UnicodeEncodeError:
-            raw = e.uri.encode("utf-8", "surrogateescape")
-            e = dataclasses.replace(e, uri=raw.decode("utf-8", "backslashreplace"))
-            bad[e.uri] = f"bad_name:{hashlib.sha256(raw).hexdigest()}"
-        out.append(e)
-    return out, bad
-
-
 def _bad_name_row(uri: str) -> dict:
     return {"uri": uri, "stage": IngestStage.name, "reason": Reason.BAD_NAME.value,
             "message": "file name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
@@ -268,11 +256,13 @@ def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Man
     return vdir, manifest
 
 
-def _files_of(prior: tuple[str, mf.Manifest] | None) -> dict[str, tuple[str, str]]:
-    if prior is None:
-        return {}
-    rows = mf.read_table(*prior, "files").to_pylist()
-    return {r["uri"]: (r["id"], r["outcome"]) for r in rows}
+def _prior_outcomes(prior: tuple[str, mf.Manifest], uris: pa.Array) -> pa.Table:
+    """(uri, outcome) in the prior version of each of `uris`: a join on uri, the prior's
+    files table read one part at a time."""
+    wanted = pa.table({"uri": uris})
+    return pa.concat_tables([
+        wanted.join(part, "uri", join_type="inner")
+        for part in mf.read_table_parts(*prior, "files", columns=["uri", "outcome"])])
 
 
 def _rejected_uris(version_dir: str, tables: dict) -> pa.Array:
@@ -286,7 +276,7 @@ def _rejected_uris(version_dir: str, tables: dict) -> pa.Array:
 
 
 def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
-                 prior_files: dict[str, tuple[str, str]], bad_names: dict[str, str]
+                 prior: tuple[str, mf.Manifest] | None, bad_names: dict[str, str]
                  ) -> pa.Table:
     """FILES, in URI order: each decoded canonical (rejected iff a Rejected row names it),
     each reused one (its prior outcome) and each badly named file (rejected)."""
@@ -297,10 +287,10 @@ def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
     outcome = pc.if_else(pc.is_in(t.column("uri"), value_set=rejected_uris),
                          "rejected", "accepted")
     reused = pc.equal(t.column("state"), "reused")
-    if pc.any(reused).as_py():
-        prior = [prior_files[u][1] for u in t.column("uri").filter(reused).to_pylist()]
+    if prior is not None and pc.any(reused).as_py():  # in URI order, as `t` is
+        was = _prior_outcomes(prior, t.column("uri").filter(reused).combine_chunks())
         outcome = pc.replace_with_mask(outcome, reused.combine_chunks(),
-                                       pa.array(prior, pa.string()))
+                                       was.sort_by("uri").column("outcome").combine_chunks())
     bad = sorted(bad_names)
     t = pa.concat_tables([
         pa.Table.from_arrays([t.column("uri"), t.column("id"), outcome], schema=FILES),
@@ -310,7 +300,7 @@ def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
     return t.take(pc.sort_indices(t, [("uri", "ascending")])).combine_chunks()
 
 
-def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[str, str]],
+def _copy_reused(prior: tuple[str, mf.Manifest],
                  writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict,
                  dups: dict[str, list[str]]) -> None:
     """Rows of unchanged files are copied from the prior version, not decoded again: one
@@ -335,9 +325,10 @@ def _copy_reused(prior: tuple[str, mf.Manifest], prior_files: dict[str, tuple[st
                                        pa.array(sources, pa.list_(pa.string())))
             tables.setdefault(table, []).append(
                 writer.write_part(table, f"reused-{n:05d}", part))
-    for u in reused:
-        key = "accepted_files" if prior_files[u][1] == "accepted" else "rejected_files"
-        stats[key] = stats.get(key, 0) + 1
+    was = _prior_outcomes(prior, pa.array(sorted(reused), pa.string())).column("outcome")
+    accepted = pc.sum(pc.equal(was, "accepted")).as_py() or 0
+    stats["accepted_files"] = stats.get("accepted_files", 0) + accepted
+    stats["rejected_files"] = stats.get("rejected_files", 0) + len(was) - accepted
 
 
 def _text_candidate(uri: str) -> bool:

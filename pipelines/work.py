@@ -62,10 +62,26 @@ def load_item(item: dict, schema: pa.Schema) -> pa.RecordBatch:
     if "rows" in item:
         table = pa.Table.from_pylist(item["rows"], schema=schema)
     else:
-        fs, path = storage.resolve(item["file"])
-        table = pq.read_table(path, filesystem=fs)
-        table = table.slice(item["offset"], item["length"])
+        table = _read_slice(item["file"], item["offset"], item["length"])
     return _single_batch(table)
+
+
+def _read_slice(uri: str, offset: int, length: int) -> pa.Table:
+    """Rows [offset, offset + length) of a Parquet file, reading only the row groups
+    that hold them."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        groups, start, first = [], 0, None
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if start + n > offset and start < offset + length:
+                groups.append(g)
+                first = start if first is None else first
+            start += n
+        if not groups:
+            return pf.schema_arrow.empty_table()
+        return pf.read_row_groups(groups).slice(offset - first, length)
 
 
 def _single_batch(table: pa.Table) -> pa.RecordBatch:

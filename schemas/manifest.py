@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -75,11 +75,21 @@ def version_id(stage: str, inputs: list[str], config: dict) -> str:
     return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-def listing_digest(entries: list[storage.FileEntry]) -> str:
+def listing_digest(entries: Iterable[storage.FileEntry]) -> str:
     """A raw prefix's identity: every file's uri, size and mtime/generation."""
     h = hashlib.sha256()
     for e in entries:
-        h.update(f"{e.uri}\0{e.size}\0{e.mtime_ns}\n".encode())
+        h.update(listing_line(e))
+    return listing_name(h)
+
+
+def listing_line(e: storage.FileEntry) -> bytes:
+    """One file's share of `listing_digest` (fed to a sha256 in listing order)."""
+    return f"{e.uri}\0{e.size}\0{e.mtime_ns}\n".encode()
+
+
+def listing_name(h: hashlib._Hash) -> str:
+    """`listing_digest` of the lines fed to `h`."""
     return f"raw-{h.hexdigest()[:16]}"
 
 

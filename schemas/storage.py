@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -110,6 +112,64 @@ def list_files(prefix: str, suffix: str = "") -> list[FileEntry]:
         if i.type == pafs.FileType.File and i.path.endswith(suffix)
     ]
     return sorted(out, key=lambda e: e.uri)
+
+
+def _walk_sorted(path: str, suffix: str) -> Iterator[FileEntry]:
+    """`_list_local`'s files in `list_files` order without holding the tree: a folder's
+    entries sorted with each subfolder keyed `name/` (a child's path `d/...` compares to
+    a sibling file's as `d/` does, since no file name holds a `/`), so walking them in
+    that order yields full paths in sorted order. Memory: the folders open on the path."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError:  # os.walk's default: an unreadable folder is skipped
+        return
+    keyed = []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        walk = is_dir and not os.path.islink(e.path)  # a link to a folder: listed, not entered
+        keyed.append((e.name + "/" if walk else e.name, e.path, walk))
+    del entries
+    keyed.sort()
+    for _, full, walk in keyed:
+        if walk:
+            yield from _walk_sorted(full, suffix)
+        elif full.endswith(suffix):
+            st = os.lstat(full)
+            yield FileEntry(full, int(st.st_size), int(st.st_mtime_ns))
+
+
+def iter_files(prefix: str, suffix: str = "") -> Iterator[FileEntry]:
+    """`list_files`, yielded in the same (URI) order without holding the listing: a local
+    folder walked in sorted order, a gs:// prefix read page by page from GCS (which lists
+    object names in UTF-8 byte order, the order of the code points that `sorted` uses)."""
+    fs, path = resolve(prefix)
+    if not is_remote(prefix) and os.path.isdir(path):
+        yield from _walk_sorted(path, suffix)
+        return
+    if is_remote(prefix):
+        bucket, _, key = prefix[len("gs://"):].partition("/")
+        key = key.strip("/")
+        blobs = _gcs_client(os.environ.get("STORAGE_EMULATOR_HOST")).list_blobs(
+            bucket, prefix=f"{key}/" if key else None)
+        found = False
+        for page in blobs.pages:
+            for b in page:
+                if b.name.endswith("/") or not b.name.endswith(suffix):
+                    continue  # a "folder" marker: pyarrow lists it as a directory
+                found = True
+                updated = b.updated - _EPOCH  # exact: pyarrow's mtime is microseconds too
+                yield FileEntry(f"gs://{bucket}/{b.name}", int(b.size or 0),
+                                (updated // dt.timedelta(microseconds=1)) * 1000)
+        if found or not key:
+            return
+    yield from list_files(prefix, suffix)  # a single file, or nothing
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @functools.lru_cache(maxsize=8)

@@ -2,23 +2,35 @@
 (issue 16): what it keeps per listed file (hashes, ids, outcomes) sits in Arrow columns.
 Measured with tracemalloc (Python allocations only, so it is stable under load; Arrow's
 buffers are not counted) as the growth per extra file, between two corpus sizes (fixed
-costs cancel out), of the driver's peak over the run and of its peak from reading the
-engine's per-file rows to the files table written (resolving copies, outcomes)."""
+costs cancel out), of the driver's peak over the run, of its peak while listing (the
+listing is streamed to Parquet a part at a time), of what it holds while the engine
+decodes (the work items are planned on the engine: the driver holds references), and
+of its peak from reading the engine's per-file rows to the files table written
+(resolving copies, outcomes)."""
 
 from __future__ import annotations
 
 import tracemalloc
 
 import loom.pipelines.ingest as ingest
-from loom.pipelines import ingest_once
+from loom.pipelines import ingest_listing, ingest_once
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas.spec import PreprocessingSpec
 from loom.transforms.tokenizer import train_tokenizer
 
 # Old driver (dict rows, sets, the listing kept to the end): 1.7 KB per file for both
-MAX_BYTES_PER_FILE = 1000  # now about 250 (the engine's work items, built in the driver)
-MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now about 150
+MAX_BYTES_PER_FILE = 1000  # now 210-380 (noisy: Ray's driver threads are traced too):
+# Ray Data's driver-side state per work item (some 5 KB an item of 64 files) and the
+# near-duplicate exchange's, not the listing (the same figure before and after it was
+# streamed: its peak came before the engine and was lower than these)
+MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now 90-200
+# Listing, and what is held while the engine decodes: planted, a listing held as a list
+# gives 240 and 195 B per file; measured about 6 (one listing part at a time) and 22 (a
+# work item's reference per 64 files, and Ray's state of the planning exchange)
+MAX_BYTES_PER_FILE_LISTING = 40
+MAX_BYTES_PER_FILE_HELD = 40
+LISTING_PART_ROWS = 400  # listing parts of the test's size, so the corpora span several
 
 
 def _corpus(root, n: int) -> str:
@@ -32,11 +44,27 @@ def _corpus(root, n: int) -> str:
 
 
 def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
-           ) -> tuple[int, int, dict]:
+           ) -> tuple[int, int, tuple[int, int], dict]:
     """(the driver's peak over the run, its peak from reading the engine's per-file rows
-    to the files table written, before the near-duplicate exchange)"""
+    to the files table written, before the near-duplicate exchange, its peak while
+    listing, and what it holds when the engine starts to decode)"""
     media = _corpus(tmp_path / name, n)
     read, near, seen = ingest_once.read_files_tables, ingest.group_near_dups, {}
+    stage, write_listing = ingest.run_stage, ingest_listing.write_listing
+
+    def listing(*args, **kwargs):
+        before = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        try:
+            return write_listing(*args, **kwargs)
+        finally:
+            seen["listing"] = tracemalloc.get_traced_memory()[1]
+            seen["listing_growth"] = seen["listing"] - before[0]
+            seen["before_listing"] = before[1]
+
+    def run_stage(*args, **kwargs):
+        seen["held"] = tracemalloc.get_traced_memory()[0]
+        return stage(*args, **kwargs)
 
     def read_files(*args, **kwargs):
         seen["run"] = tracemalloc.get_traced_memory()[1]
@@ -49,11 +77,15 @@ def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
 
     monkeypatch.setattr(ingest_once, "read_files_tables", read_files)
     monkeypatch.setattr(ingest, "group_near_dups", grouped)
+    monkeypatch.setattr(ingest, "run_stage", run_stage)
+    monkeypatch.setattr(ingest_listing, "PART_ROWS", LISTING_PART_ROWS)
+    monkeypatch.setattr(ingest_listing, "write_listing", listing)
     tracemalloc.start()
     try:
         out = run_ingest(media, str(tmp_path / name / "out"), spec, engine=Engine.RAY)
-        peak = max(seen["run"], tracemalloc.get_traced_memory()[1])
-        return peak, seen["after"], out
+        peak = max(seen["before_listing"], seen["listing"], seen["run"],
+                   tracemalloc.get_traced_memory()[1])
+        return peak, seen["after"], (seen["listing_growth"], seen["held"]), out
     finally:
         tracemalloc.stop()
 
@@ -64,15 +96,21 @@ def test_driver_memory_per_file_is_bounded(tmp_path, monkeypatch, ray_session):
         ["text number about things"], spec.vocab_size)})
     run_ingest(_corpus(tmp_path / "warm", 50), str(tmp_path / "warm" / "out"), spec,
                engine=Engine.RAY)  # imports and first-use set-up, outside the measure
-    small, small_after, out_small = _peaks(tmp_path, monkeypatch, "small", 500, spec)
-    big, big_after, out_big = _peaks(tmp_path, monkeypatch, "big", 2500, spec)
+    small, small_after, small_plan, out_small = _peaks(tmp_path, monkeypatch, "small", 500,
+                                                       spec)
+    big, big_after, big_plan, out_big = _peaks(tmp_path, monkeypatch, "big", 2500, spec)
     for out, n in ((out_small, 500), (out_big, 2500)):
         counts = out["counts"]
         assert counts["listed"] == n
         assert counts["duplicate"] == 7
         assert counts["accepted"] == n - 7
     per_file, after = (big - small) / 2000, (big_after - small_after) / 2000
+    listing, held = ((b - s) / 2000 for s, b in zip(small_plan, big_plan, strict=True))
     print(f"driver peak {small} B at 500 files, {big} B at 2500: {per_file:.0f} B per file; "
-          f"after the engine {small_after}, {big_after}: {after:.0f} B per file")
+          f"after the engine {small_after}, {big_after}: {after:.0f} B per file; "
+          f"listing {small_plan[0]}, {big_plan[0]}: {listing:.0f} B per file; "
+          f"held while decoding {small_plan[1]}, {big_plan[1]}: {held:.0f} B per file")
+    assert listing < MAX_BYTES_PER_FILE_LISTING, f"listing: {listing:.0f} B per file"
+    assert held < MAX_BYTES_PER_FILE_HELD, f"held while decoding: {held:.0f} B per file"
     assert per_file < MAX_BYTES_PER_FILE, f"driver grows {per_file:.0f} B per listed file"
     assert after < MAX_BYTES_PER_FILE_AFTER_ENGINE, f"after the engine: {after:.0f} B per file"

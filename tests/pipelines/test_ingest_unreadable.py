@@ -17,13 +17,13 @@ def _listing_with_vanished(monkeypatch, vanished: int):
     """Listing as it was before `vanished` files were deleted (names only: no bytes)."""
     real = storage.list_files
 
-    def listed(prefix: str, suffix: str = ""):
+    def listed(prefix: str, suffix: str = ""):  # ingest's listing, streamed
         entries = real(prefix, suffix)
         gone = [storage.FileEntry(storage.join(prefix, f"gone-{i}.png"), 10, 0)
                 for i in range(vanished)]
-        return sorted(entries + gone, key=lambda e: e.uri)
+        yield from sorted(entries + gone, key=lambda e: e.uri)
 
-    monkeypatch.setattr(ingest.storage, "list_files", listed)
+    monkeypatch.setattr(ingest.storage, "iter_files", listed)
 
 
 def test_one_vanished_file_is_a_rejected_row(tmp_path, monkeypatch):
