@@ -222,8 +222,13 @@ def work_items(engine: Engine | EngineOptions, version_dir: str, listing: Listin
     steps = ItemSteps(version_dir, partitions, per_item, frozenset(skip), tuple(prior_files),
                       remote_sizes)
     parts = [{"name": f"listing-{k:05d}", "file": f} for k, f in enumerate(listing.parts)]
+    if len(parts) == 1:  # one part (at most PART_ROWS files): the same steps, here, with
+        # no pipeline to start (its fixed cost dwarfs planning a small listing)
+        done = [kv for key, value in steps.map(parts[0]) for kv in steps.pack(key, [value])]
+    else:
+        done = run_exchange(engine, Exchange(version_dir, steps.map, (steps.pack,),
+                                             "ingest-items"), parts)
     items: list[dict] = []
-    for _, value in run_exchange(engine, Exchange(version_dir, steps.map, (steps.pack,),
-                                                  "ingest-items"), parts):
+    for _, value in done:
         items.extend(json.loads(value))
     return sorted(items, key=lambda i: i["name"])
