@@ -77,19 +77,27 @@ class DedupeSteps:
 
     def rewrite(self, key: str, values: list[bytes]) -> KeyValues:
         """One part that loses rows: rewritten under its own name (deleted if emptied)."""
-        path = self.paths[int(key)]
         drop = pa.concat_tables([from_ipc(v) for v in values]).column("pair_id")
-        uri = storage.join(self.version_dir, path)
-        table = storage.read_parquet([uri])
-        kept = table.filter(pc.invert(pc.is_in(table.column("pair_id"), value_set=drop)))
-        record = None
-        if kept.num_rows:  # the same part name: the filtered part replaces the original
-            name = path.split("/", 1)[1].removesuffix(".parquet")
-            record = write_part(self.version_dir, "pairs", name, kept).to_json()
-        else:
-            storage.delete(uri)
-        yield key, json.dumps({"record": record,
-                               "dropped": table.num_rows - kept.num_rows}).encode()
+        record, dropped = without_pairs(self.version_dir, self.paths[int(key)], drop)
+        yield key, json.dumps({"record": record.to_json() if record else None,
+                               "dropped": dropped}).encode()
+
+
+def without_pairs(version_dir: str, path: str, drop: pa.Array) -> tuple[FileRecord | None, int]:
+    """A Pairs part without the pair_ids in `drop`, rewritten under its own name (deleted
+    if emptied): (its new record, None when deleted; rows dropped). A part holding none of
+    them is left as it is: (None, 0), its record unchanged."""
+    uri = storage.join(version_dir, path)
+    table = storage.read_parquet([uri])
+    kept = table.filter(pc.invert(pc.is_in(table.column("pair_id"), value_set=drop)))
+    dropped = table.num_rows - kept.num_rows
+    if not dropped:
+        return None, 0
+    if not kept.num_rows:
+        storage.delete(uri)
+        return None, dropped
+    name = path.split("/", 1)[1].removesuffix(".parquet")  # the filtered part replaces it
+    return write_part(version_dir, "pairs", name, kept), dropped
 
 
 def drop_duplicates(engine: Engine | str | EngineOptions, version_dir: str,

@@ -28,8 +28,9 @@ import ray
 from loom.models.handler import EncoderHandler
 from loom.pipelines.embed_cache import EmbeddingCache, cache_keys, item_digest
 from loom.pipelines.ray.mine import _items_table
+from loom.pipelines.synth_dedupe import without_pairs
 from loom.schemas import storage
-from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.manifest import FileRecord
 from loom.schemas.records import rows_of
 
 QUERY_COLUMNS = ["pair_id", "query_text", "query_modality", "positive_id",
@@ -155,14 +156,5 @@ def find_misses(cache: EmbeddingCache, query_plans: list[str], gallery_plans: li
 def drop_misses(version_dir: str, record: FileRecord, misses_uri: str) -> FileRecord | None:
     """One Pairs part without the misses, under its own name (None: nothing left)."""
     drop = storage.read_parquet([misses_uri]).column("pair_id")
-    uri = storage.join(version_dir, record.path)
-    table = storage.read_parquet([uri])
-    mask = pc.invert(pc.is_in(table.column("pair_id"), value_set=drop))
-    if pc.all(mask).as_py() is not False:
-        return record
-    kept = table.filter(mask)
-    if not kept.num_rows:
-        storage.delete(uri)
-        return None
-    name = record.path.split("/", 1)[1].removesuffix(".parquet")
-    return write_part(version_dir, "pairs", name, kept)
+    kept, dropped = without_pairs(version_dir, record.path, drop)
+    return kept if dropped else record
