@@ -256,13 +256,10 @@ def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Man
     return vdir, manifest
 
 
-def _prior_outcomes(prior: tuple[str, mf.Manifest], uris: pa.Array) -> pa.Table:
-    """(uri, outcome) in the prior version of each of `uris`: a join on uri, the prior's
-    files table read one part at a time."""
-    wanted = pa.table({"uri": uris})
-    return pa.concat_tables([
-        wanted.join(part, "uri", join_type="inner")
-        for part in mf.read_table_parts(*prior, "files", columns=["uri", "outcome"])])
+def _prior_outcomes(prior: tuple[str, mf.Manifest], uris: pa.Array) -> pa.Array:
+    """The prior version's outcome of each of `uris`, in their order."""
+    return ingest_listing.prior_values(
+        mf.read_table_parts(*prior, "files", columns=["uri", "outcome"]), uris, "outcome")
 
 
 def _rejected_uris(version_dir: str, tables: dict) -> pa.Array:
@@ -289,8 +286,7 @@ def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
     reused = pc.equal(t.column("state"), "reused")
     if prior is not None and pc.any(reused).as_py():  # in URI order, as `t` is
         was = _prior_outcomes(prior, t.column("uri").filter(reused).combine_chunks())
-        outcome = pc.replace_with_mask(outcome, reused.combine_chunks(),
-                                       was.sort_by("uri").column("outcome").combine_chunks())
+        outcome = pc.replace_with_mask(outcome, reused.combine_chunks(), was)
     bad = sorted(bad_names)
     t = pa.concat_tables([
         pa.Table.from_arrays([t.column("uri"), t.column("id"), outcome], schema=FILES),
@@ -325,10 +321,10 @@ def _copy_reused(prior: tuple[str, mf.Manifest],
                                        pa.array(sources, pa.list_(pa.string())))
             tables.setdefault(table, []).append(
                 writer.write_part(table, f"reused-{n:05d}", part))
-    was = _prior_outcomes(prior, pa.array(sorted(reused), pa.string())).column("outcome")
+    was = _prior_outcomes(prior, pa.array(sorted(reused), pa.string()))
     accepted = pc.sum(pc.equal(was, "accepted")).as_py() or 0
     stats["accepted_files"] = stats.get("accepted_files", 0) + accepted
-    stats["rejected_files"] = stats.get("rejected_files", 0) + len(was) - accepted
+    stats["rejected_files"] = stats.get("rejected_files", 0) + len(was) - was.null_count - accepted
 
 
 def _text_candidate(uri: str) -> bool:

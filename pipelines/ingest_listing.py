@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,6 +133,23 @@ def write_listing(input_uri: str, output_root: str) -> Listing:
     return Listing(folder, parts, mf.listing_name(h), listed, bytes_in, bad)
 
 
+def prior_values(parts: Iterable[pa.Table], uris: pa.Array | pa.ChunkedArray,
+                 column: str) -> pa.Array:
+    """`column` of each of `uris` in a prior version's files table (null: not there), in
+    the order of `uris`: a join on uri with the table's `parts`, one at a time."""
+    wanted = pa.table({"uri": uris, "row": pa.array(range(len(uris)), pa.int64())})
+    hits = [wanted.join(part, "uri", join_type="inner").select(["row", column])
+            for part in parts]
+    out = pa.nulls(len(uris), pa.string())
+    hits = pa.concat_tables(hits) if hits else None
+    if hits is not None and hits.num_rows:
+        out = pc.replace_with_mask(
+            out, pc.is_in(pa.array(range(len(uris)), pa.int64()),
+                          value_set=hits.column("row")),
+            hits.sort_by("row").column(column).combine_chunks())
+    return out
+
+
 class ItemSteps:
     """The exchange's steps (picklable): which files are skipped (read already), where
     the prior ids are, how work items are sized, and the version whose `_work` holds
@@ -167,23 +184,9 @@ class ItemSteps:
             yield f"p{p:04d}", to_ipc(routed.take(pa.array(idx, pa.int64())))
 
     def _prior_ids(self, uris: pa.ChunkedArray) -> pa.Array:
-        """Each file's id in the prior version (null: none): a join on uri with the prior
-        files table, one of its parts at a time."""
-        if not self.prior_files:
-            return pa.nulls(len(uris), pa.string())
-        wanted = pa.table({"uri": uris, "row": pa.array(range(len(uris)), pa.int64())})
-        found = []
-        for f in self.prior_files:
-            prior = storage.read_parquet([f], columns=["uri", "id"])
-            found.append(wanted.join(prior, "uri", join_type="inner").select(["row", "id"]))
-        hits = pa.concat_tables(found)
-        out = pa.nulls(len(uris), pa.string())
-        if hits.num_rows:
-            out = pc.replace_with_mask(
-                out, pc.is_in(pa.array(range(len(uris)), pa.int64()),
-                              value_set=hits.column("row")),
-                hits.sort_by("row").column("id").combine_chunks())
-        return out
+        """Each file's id in the prior version (null: none)."""
+        return prior_values((storage.read_parquet([f], columns=["uri", "id"])
+                             for f in self.prior_files), uris, "id")
 
     def pack(self, key: str, values: list[bytes]) -> KeyValues:
         t = pa.concat_tables([from_ipc(v) for v in values]).sort_by("uri")
