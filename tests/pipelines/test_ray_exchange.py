@@ -1,0 +1,59 @@
+"""The Ray exchange's shuffle layout: input blocks and partitions stop growing with the
+items (the driver tracks a piece per block x partition), and items that share a block
+still come out as the plain group-by they describe."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+from loom.pipelines.exchange import Exchange
+from loom.pipelines.ray import runner
+from loom.pipelines.ray.runner import exchange_layout, run_ray_exchange
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 16, 256])
+def test_layout_is_capped_by_the_cluster_not_the_corpus(cpus):
+    pieces = []
+    for items in (1, 3, 8, 40, 1_000, 4_150, 100_000, 10_000_000):
+        blocks, parts = exchange_layout(items, cpus)
+        assert 1 <= blocks <= items and 1 <= parts <= items
+        assert parts >= min(items, 2 * cpus), "fewer partitions than the CPUs can reduce"
+        pieces.append(blocks * parts)
+    # from ~1,000 items on (a partition per 8 items meets the cap), the pieces no longer grow with the items
+    assert pieces[5] == pieces[-1]
+    assert pieces[-1] <= max(64, 2 * cpus) * max(128, 2 * cpus)
+
+
+def _map(item: dict):
+    # every item sends a value to a key shared with items far from it in the list,
+    # so each group gathers values from many input blocks
+    for r in range(item["rows"]):
+        yield f"k{(item['i'] * 7 + r) % 23:02d}", f"{item['i']}:{r}".encode()
+
+
+def _count(key: str, values: list[bytes]):
+    yield f"n{len(values) % 5}", json.dumps({"key": key, "values": sorted(v.decode() for v in values)}).encode()
+
+
+def _gather(key: str, values: list[bytes]):
+    yield key, json.dumps(sorted(json.loads(v)["key"] for v in values)).encode()
+
+
+def test_items_sharing_blocks_group_as_a_plain_group_by(ray_session, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_BLOCKS", 5)  # 300 items in 5 blocks, 60 items each
+    monkeypatch.setattr(runner, "MAX_PARTITIONS", 6)
+    items = [{"i": i, "rows": 1 + i % 4} for i in range(300)]
+    assert exchange_layout(len(items), 2) == (5, 6)
+
+    got = run_ray_exchange(Exchange("unused", _map, (_count, _gather)), items)
+
+    first = defaultdict(list)
+    for item in items:
+        for r in range(item["rows"]):
+            first[f"k{(item['i'] * 7 + r) % 23:02d}"].append(f"{item['i']}:{r}")
+    second = defaultdict(list)
+    for key, values in first.items():
+        second[f"n{len(values) % 5}"].append(key)
+    assert got == sorted((k, json.dumps(sorted(v)).encode()) for k, v in second.items())
