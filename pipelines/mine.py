@@ -70,7 +70,7 @@ def run_mine(pairs_uri: str, output_root: str, checkpoint: str, checkpoint_root:
     with timed(timings, "embed_s"):
         queries = ray.get(steps.prepare_queries.remote(
             pairs_dir, pairs_manifest, example_files, heldout_fraction, handler, work,
-            steps.SLICE_ROWS))
+            steps.SLICE_ROWS, steps.PAIR_BATCH))
         units = _units(files, example_files, work) + [
             {"kind": "items", "uris": [u], "plan": ""} for u in queries["item_parts"]]
         cache.ensure_key()

@@ -1,7 +1,8 @@
 """Mine's Ray steps: the driver passes file names and gets counts back, never rows.
 
-1. `prepare_queries` (one task): the train Pairs, the Examples their queries cite (read
-   from the files that hold them), query and inline-positive ITEMs deduplicated by digest,
+1. `prepare_queries` (one task): the train Pairs (PAIR_BATCH at a time as dicts), the
+   Examples their queries cite (read from the files that hold them), query and
+   inline-positive ITEMs deduplicated by digest (first seen spilled to a local file),
    written as item parts, and a plan: the kept Pairs with their keys, in pair_id order
    (`q_pos`: a Pair's place before that sort, which the calibration sample draws from), one
    file per query slice of SLICE_ROWS.
@@ -35,6 +36,7 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from loom.models.handler import EncoderHandler
 from loom.pipelines.embed_cache import PART_ROWS, EmbeddingCache, cache_keys, item_digest
@@ -50,6 +52,8 @@ ROWS_PER_PART = 4096  # triples per output part
 SLICE_ROWS = 12 * ROWS_PER_PART  # queries per search task (a multiple of ROWS_PER_PART)
 ITEM_COLUMNS = ("id", "digest", "count", "item_pickle")
 CHUNK_BYTES = 1 << 22  # .npy bytes copied at once
+PAIR_BATCH = 4096  # Pairs turned into dicts (and ITEMs) at a time by prepare_queries
+_SPILL = pa.schema([("digest", pa.string()), ("item_pickle", pa.binary())])
 
 
 def _items_table(items: list[dict], digests: list[str], counts: list[int]) -> pa.Table:
@@ -62,63 +66,96 @@ def _items_table(items: list[dict], digests: list[str], counts: list[int]) -> pa
 @ray.remote
 def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: list[str],
                     heldout_fraction: float, handler: EncoderHandler, work: str,
-                    slice_rows: int = SLICE_ROWS) -> dict:
+                    slice_rows: int = SLICE_ROWS, batch_rows: int = PAIR_BATCH) -> dict:
+    """The train Pairs, `batch_rows` at a time as dicts: each batch's query and positive
+    ITEMs are digested, and an ITEM seen for the first time goes (pickled) to a local
+    spill file; the plan keeps the digests as Arrow. The item parts are written from the
+    spill, with each digest's count of positions from an Arrow value count. The task
+    holds the Pairs as Arrow, a batch of dicts, the set of digests seen and the cited
+    Examples, not every Pair and ITEM as dicts (565 MB at 100k pairs)."""
     prep = handler.inputs()
     tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table = mf.read_table(pairs_dir, pairs_manifest, "pairs")
     train = np.flatnonzero(pc.equal(table.column("split"), Split.TRAIN.value)
                            .to_numpy(zero_copy_only=False))
     table = table.take(train)
-    pairs = rows_of(table)  # inline query parts' features stay float16 arrays
-    cited = {p["query_ref"]["example_id"] for p in pairs if p.get("query_ref")}
+    refs = pc.struct_field(table.column("query_ref"), "example_id").drop_null().unique()
     by_id: dict[str, dict] = {}  # the cited Examples of the train corpus
-    for uri in example_files if cited else []:
+    for uri in example_files if len(refs) else []:
         ids = storage.read_parquet([uri], columns=["id"]).column("id")
-        rows = np.flatnonzero(pc.is_in(ids, value_set=pa.array(sorted(cited)))
-                              .to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(pc.is_in(ids, value_set=refs).to_numpy(zero_copy_only=False))
         if len(rows):
             for e in rows_of(storage.read_parquet([uri]).take(rows)):  # features: float16
                 if example_split(e, heldout_fraction) == Split.TRAIN:
                     by_id[e["id"]] = e
-    unique: dict[str, list] = {}  # digest -> [item, positions]
+    seen: set[str] = set()
+    spill_dir = tempfile.mkdtemp(prefix="loom-queries-")
+    try:
+        spill = pq.ParquetWriter(os.path.join(spill_dir, "items.parquet"), _SPILL)
+        pending: list[tuple[str, bytes]] = []
 
-    def key(item: dict | None) -> str | None:
-        if item is None:
-            return None
-        d = item_digest(item)
-        unique.setdefault(d, [item | {"id": f"q:{d}"}, 0])[1] += 1
-        return d
+        def key(item: dict | None) -> str | None:
+            if item is None:
+                return None
+            d = item_digest(item)
+            if d not in seen:
+                seen.add(d)
+                pending.append((d, pickle.dumps(item | {"id": f"q:{d}"})))
+            return d
 
-    kept, q_keys, p_keys = [], [], []
-    for i, p in enumerate(pairs):
-        q = query_item(p, by_id, tokenizer, max_tokens)
-        if q is None:
-            continue
-        kept.append(i)
-        q_keys.append(key(q))
-        p_keys.append(key(positive_item(p, by_id, tokenizer, max_tokens))
-                      if p.get("positive_text") else None)
-    del pairs, by_id
-    plan = table.take(kept).append_column("q_digest", pa.array(q_keys, pa.string())) \
-        .append_column("p_digest", pa.array(p_keys, pa.string())) \
-        .append_column("q_pos", pa.array(np.arange(len(kept), dtype=np.int64)))
-    plan = plan.take(pc.sort_indices(plan, [("pair_id", "ascending")]))  # stable
-    plan_uris, slices = [], []
-    for lo in range(0, max(len(plan), 1), slice_rows):
-        plan_uris.append(storage.join(work, "queries", f"plan-{lo // slice_rows:05d}.parquet"))
-        storage.write_parquet(plan.slice(lo, slice_rows), plan_uris[-1])
-        slices.append([lo, min(lo + slice_rows, len(plan))])
-    entries = list(unique.items())
-    parts = []
-    for start in range(0, len(entries), ROWS_PER_CALL):
-        chunk = entries[start : start + ROWS_PER_CALL]
-        uri = storage.join(work, "queries", f"items-{start // ROWS_PER_CALL:05d}.parquet")
-        storage.write_parquet(_items_table([it for _, (it, _) in chunk], [d for d, _ in chunk],
-                                           [n for _, (_, n) in chunk]), uri)
-        parts.append(uri)
+        kept, q_keys, p_keys = [], [], []
+        for lo in range(0, len(table), batch_rows):
+            rows, qs, ps = [], [], []
+            for i, p in enumerate(rows_of(table.slice(lo, batch_rows))):  # float16 features
+                q = query_item(p, by_id, tokenizer, max_tokens)
+                if q is None:
+                    continue
+                rows.append(lo + i)
+                qs.append(key(q))
+                ps.append(key(positive_item(p, by_id, tokenizer, max_tokens))
+                          if p.get("positive_text") else None)
+            kept.append(np.array(rows, np.int64))
+            q_keys.append(pa.array(qs, pa.string()))
+            p_keys.append(pa.array(ps, pa.string()))
+            if pending:
+                spill.write_table(pa.table({"digest": pa.array([d for d, _ in pending], pa.string()),
+                                            "item_pickle": pa.array([b for _, b in pending],
+                                                                    pa.binary())}, schema=_SPILL))
+                pending.clear()
+        spill.close()
+        del by_id
+        seen.clear()
+        kept_rows = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        q_col = pa.chunked_array(q_keys, pa.string())
+        p_col = pa.chunked_array(p_keys, pa.string())
+        plan = table.take(kept_rows).append_column("q_digest", q_col) \
+            .append_column("p_digest", p_col) \
+            .append_column("q_pos", pa.array(np.arange(len(kept_rows), dtype=np.int64)))
+        plan = plan.take(pc.sort_indices(plan, [("pair_id", "ascending")]))  # stable
+        plan_uris, slices = [], []
+        for lo in range(0, max(len(plan), 1), slice_rows):
+            plan_uris.append(storage.join(work, "queries", f"plan-{lo // slice_rows:05d}.parquet"))
+            storage.write_parquet(plan.slice(lo, slice_rows), plan_uris[-1])
+            slices.append([lo, min(lo + slice_rows, len(plan))])
+        del plan
+        counted = pc.value_counts(pa.chunked_array(q_col.chunks + p_col.chunks).drop_null())
+        values, counts = counted.field("values"), counted.field("counts")
+        parts = []
+        spilled = pq.ParquetFile(os.path.join(spill_dir, "items.parquet"))
+        for n, batch in enumerate(spilled.iter_batches(batch_size=ROWS_PER_CALL)):
+            digests = batch.column("digest")
+            uri = storage.join(work, "queries", f"items-{n:05d}.parquet")
+            storage.write_parquet(pa.table({
+                "id": pc.binary_join_element_wise("q:", digests, ""),
+                "digest": digests,
+                "count": counts.take(pc.index_in(digests, value_set=values)).cast(pa.int64()),
+                "item_pickle": batch.column("item_pickle")}), uri)
+            parts.append(uri)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
     return {"plan": plan_uris, "slices": slices, "item_parts": parts,
-            "missing_query": len(table) - len(kept),
-            "positions": sum(n for _, n in unique.values())}
+            "missing_query": len(table) - len(kept_rows),
+            "positions": int(pc.sum(counts).as_py() or 0)}
 
 
 def _prepare(batch: pa.Table, read, cached: list) -> pa.Table:

@@ -242,15 +242,17 @@ def test_mine_on_gcs(env, gcs):
 
 def test_query_slices_write_the_same_triples(env, monkeypatch):
     """The search split into query slices of 16 (parts of 8 triples: 20 parts, 10 search
-    tasks) writes byte for byte the parts one search task writes, and the same counts,
-    histograms and modality profiles; both are the first run's triples."""
+    tasks), its queries prepared 5 Pairs at a time, writes byte for byte the parts one
+    search task writes, and the same counts (positions and cache hits too), histograms and
+    modality profiles; both are the first run's triples."""
     from loom.pipelines.ray import mine as steps
 
     mix = MiningConfig(negatives=2, cross_modal={"image": 1, "text": 1})
     out = {}
-    for name, slice_rows in (("sliced", 16), ("whole", 1 << 20)):
+    for name, slice_rows, batch in (("sliced", 16, 5), ("whole", 1 << 20, 1 << 20)):
         monkeypatch.setattr(steps, "ROWS_PER_PART", 8)
         monkeypatch.setattr(steps, "SLICE_ROWS", slice_rows)
+        monkeypatch.setattr(steps, "PAIR_BATCH", batch)
         out[name] = run_mine(env["synth"]["uri"], str(env["base"] / name), env["ckpt"],
                              env["ckpts"], mix, cache_root=str(env["base"] / "triples"))
     sliced, whole = out["sliced"], out["whole"]
