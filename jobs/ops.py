@@ -33,7 +33,10 @@ log = logging.getLogger("loom.ops")
 
 # Stages that finish by writing manifest.json (corpus and report mark completion otherwise).
 MANIFEST_STAGES = ("ingest", "synth", "shard", "mine", "eval", "backfill")
-PARTIAL_NAME = re.compile(rf"^({'|'.join(MANIFEST_STAGES)})-[0-9a-f]{{16}}$")
+# a version folder without its manifest yet, or an ingest's listing before it is moved
+# into its version (`ingest_listing.write_listing`): a killed run leaves either behind
+PARTIAL_NAME = re.compile(rf"^(({'|'.join(MANIFEST_STAGES)})-[0-9a-f]{{16}}"
+                          rf"|{re.escape(mf.LISTING_PREFIX)}[0-9a-f]{{32}})$")
 NOT_DEPENDENCIES = frozenset({"previous", "reused_from", "takedown"})
 DEFAULT_GRACE_S = 6 * 3600
 

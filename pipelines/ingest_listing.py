@@ -97,7 +97,7 @@ def write_listing(input_uri: str, output_root: str) -> Listing:
     """The input's listing as Parquet parts under a run's own `.listing-*` folder of the
     output root: the version it belongs to is named by its digest, known only once the
     listing is done; the caller then moves it there (`Listing.move_to`) or deletes it."""
-    folder = storage.join(output_root, f".listing-{uuid.uuid4().hex}")
+    folder = storage.join(output_root, f"{mf.LISTING_PREFIX}{uuid.uuid4().hex}")
     h, listed, bytes_in, parts, bad = hashlib.sha256(), 0, 0, [], {}
     page: list[storage.FileEntry] = []
     page_bad: list[str | None] = []

@@ -25,6 +25,8 @@ from loom.schemas.records import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, TABLES, 
 PACKAGE_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
 WORK = "_work"
+LISTING_PREFIX = ".listing-"  # + a run's uuid hex: an ingest's listing, in its output root
+# until the run knows its version and moves it into `<version>/_work/listing`
 
 # Per-stage logic versions: bump a stage's constant when its output changes for the same
 # inputs and config. Docs and refactors leave data valid.

@@ -356,3 +356,25 @@ def test_gc_keeps_a_version_whose_file_a_lineage_names(tmp_path):
     plan = gc_plan(str(tmp_path), keep=1)
     assert {d["uri"] for d in plan["delete"]} == {e2}
     assert {k["uri"]: k["why"] for k in plan["keep_versions"]}[e1].startswith("used by")
+
+
+def test_gc_deletes_a_killed_ingests_listing_after_the_grace(tmp_path):
+    """An ingest killed while listing leaves its `.listing-*` folder in the output root
+    (the listing is moved into its version only once the run knows it): gc treats it as
+    a partial write, deleted once older than the grace period."""
+    from loom.pipelines.ingest_listing import write_listing
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for i in range(3):
+        (media / f"f{i}.txt").write_text(f"text {i}")
+    ex = storage.join(str(tmp_path), "examples")
+    kept = _version(ex, "ingest", 1)
+    old, young = (write_listing(str(media), ex).dir for _ in range(2))
+    for f in os.listdir(old):
+        os.utime(os.path.join(old, f), (time.time() - 48 * 3600,) * 2)
+    plan = gc_plan(ex, keep=1)
+    assert [d["uri"] for d in plan["delete"]] == [storage.absolute(old)]
+    assert plan["young_partials"] == [storage.absolute(young)]
+    gc(ex, keep=1, dry_run=False, log_line=lambda _: None)
+    assert not os.path.exists(old) and os.path.isdir(young) and os.path.isdir(kept)
