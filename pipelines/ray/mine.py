@@ -76,9 +76,7 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
     prep = handler.inputs()
     tokenizer, max_tokens = prep.tokenizer, prep.spec.max_text_tokens
     table = mf.read_table(pairs_dir, pairs_manifest, "pairs")
-    train = np.flatnonzero(pc.equal(table.column("split"), Split.TRAIN.value)
-                           .to_numpy(zero_copy_only=False))
-    table = table.take(train)
+    table = table.filter(pc.equal(table.column("split"), Split.TRAIN.value))
     refs = pc.struct_field(table.column("query_ref"), "example_id").drop_null().unique()
     by_id: dict[str, dict] = {}  # the cited Examples of the train corpus
     for uri in example_files if len(refs) else []:
@@ -126,19 +124,22 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
         del by_id
         seen.clear()
         kept_rows = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-        q_col = pa.chunked_array(q_keys, pa.string())
-        p_col = pa.chunked_array(p_keys, pa.string())
-        plan = table.take(kept_rows).append_column("q_digest", q_col) \
-            .append_column("p_digest", p_col) \
-            .append_column("q_pos", pa.array(np.arange(len(kept_rows), dtype=np.int64)))
-        plan = plan.take(pc.sort_indices(plan, [("pair_id", "ascending")]))  # stable
+        n_train = len(table)
+        # one copy of the kept Pairs, already in pair_id order (a stable sort: q_pos is a
+        # Pair's place before it), then the train table goes
+        order = pc.sort_indices(table.column("pair_id").take(kept_rows)).to_numpy()
+        plan = table.take(kept_rows[order]) \
+            .append_column("q_digest", pa.chunked_array(q_keys, pa.string()).take(order)) \
+            .append_column("p_digest", pa.chunked_array(p_keys, pa.string()).take(order)) \
+            .append_column("q_pos", pa.array(order.astype(np.int64)))
+        del table
         plan_uris, slices = [], []
         for lo in range(0, max(len(plan), 1), slice_rows):
             plan_uris.append(storage.join(work, "queries", f"plan-{lo // slice_rows:05d}.parquet"))
             storage.write_parquet(plan.slice(lo, slice_rows), plan_uris[-1])
             slices.append([lo, min(lo + slice_rows, len(plan))])
         del plan
-        counted = pc.value_counts(pa.chunked_array(q_col.chunks + p_col.chunks).drop_null())
+        counted = pc.value_counts(pa.chunked_array(q_keys + p_keys, pa.string()).drop_null())
         values, counts = counted.field("values"), counted.field("counts")
         parts = []
         spilled = pq.ParquetFile(os.path.join(spill_dir, "items.parquet"))
@@ -154,7 +155,7 @@ def prepare_queries(pairs_dir: str, pairs_manifest: mf.Manifest, example_files: 
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     return {"plan": plan_uris, "slices": slices, "item_parts": parts,
-            "missing_query": len(table) - len(kept_rows),
+            "missing_query": n_train - len(kept_rows),
             "positions": int(pc.sum(counts).as_py() or 0)}
 
 
