@@ -131,7 +131,7 @@ def test_baselines_read_a_capped_gallery(world, monkeypatch):
     """A gallery over the cap: BM25 and the untrained model read exactly `cap` items (the
     JSON says so); the checkpoint's own figures and the random baseline keep the whole."""
     calls = []
-    bm25, embed = evaluate._bm25, EncoderHandler.embed
+    bm25, embed = evaluate._bm25_top, EncoderHandler.embed
 
     def spy_bm25(queries, texts):
         calls.append(("bm25", len(queries), len(texts)))
@@ -141,7 +141,7 @@ def test_baselines_read_a_capped_gallery(world, monkeypatch):
         calls.append(("embed", len(items)))
         return embed(self, items, model)
 
-    monkeypatch.setattr(evaluate, "_bm25", spy_bm25)
+    monkeypatch.setattr(evaluate, "_bm25_top", spy_bm25)
     monkeypatch.setattr(EncoderHandler, "embed", spy_embed)
     out = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"],
                    str(world["base"] / "eval-capped"), baseline_cap=15)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from loom.pipelines.evaluate import (
+    _bm25_top,
     embedding_metrics,
     format_table,
     ndcg_at,
@@ -16,6 +17,7 @@ from loom.pipelines.evaluate import (
     top_k,
     top_k_chunked,
 )
+from rank_bm25 import BM25Okapi
 
 
 def test_recall_and_ndcg_by_hand():
@@ -82,3 +84,17 @@ def test_chunked_scores_rank_as_the_whole_matrix(chunk):
     got = embedding_metrics(q, g, relevant)
     assert got["r@1"] == pytest.approx(want["r@1"])
     assert got == retrieval_metrics(full, relevant)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 256])
+def test_bm25_in_query_chunks_ranks_as_the_whole_matrix(chunk):
+    """The lexical baseline scored a chunk of queries at a time gives each query the top
+    rows a stable sort of its whole BM25 row gives (ties: repeated words, empty texts)."""
+    rng = np.random.default_rng(chunk)
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 6))) for _ in range(60)]
+    queries = [" ".join(rng.choice(words, size=2)).upper() for _ in range(9)]
+    bm25 = BM25Okapi([t.lower().split() or [""] for t in texts])
+    whole = np.stack([bm25.get_scores(q.lower().split()) for q in queries])
+    want = np.argsort(-whole, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(_bm25_top(queries, texts, k=10, chunk=chunk), want)
