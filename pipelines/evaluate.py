@@ -52,6 +52,7 @@ BASELINES = ("random_", "untrained_", "lexical_")
 BASELINE_CAP = 50_000  # gallery items the whole-index baselines (BM25, untrained) read
 TOP = 10  # the deepest rank any metric reads (NDCG@10)
 SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
+SCORE_BYTES = 1 << 26  # ... and fewer where the gallery is large: a chunk's scores <= 64 MiB
 UNTRAINED_CHUNK = 8  # model batches of gallery ITEMs the untrained baseline reads at once
 
 
@@ -70,9 +71,16 @@ def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
     return out
 
 
+def score_chunk(gallery_rows: int, itemsize: int = 4) -> int:
+    """Queries scored at once against `gallery_rows` items: SCORE_CHUNK, or fewer so one
+    chunk's scores stay within SCORE_BYTES (top_k holds about three such arrays)."""
+    return max(1, min(SCORE_CHUNK, SCORE_BYTES // (itemsize * max(1, gallery_rows))))
+
+
 def top_k_chunked(queries: np.ndarray, gallery: np.ndarray, k: int = TOP,
-                  chunk: int = SCORE_CHUNK) -> np.ndarray:
-    """top_k of queries @ gallery.T, `chunk` query rows at a time."""
+                  chunk: int | None = None) -> np.ndarray:
+    """top_k of queries @ gallery.T, `chunk` query rows at a time (default: score_chunk)."""
+    chunk = chunk or score_chunk(len(gallery))
     parts = [top_k(queries[i:i + chunk] @ gallery.T, k)
              for i in range(0, len(queries), chunk)]
     return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
@@ -116,7 +124,7 @@ def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict[str,
 
 def embedding_metrics(queries: np.ndarray, gallery: np.ndarray,
                       relevant: list[set[int]]) -> dict[str, float]:
-    """retrieval_metrics of queries @ gallery.T, scored in chunks of SCORE_CHUNK queries."""
+    """retrieval_metrics of queries @ gallery.T, scored a chunk of queries at a time."""
     return metrics_from_top(top_k_chunked(queries, gallery), relevant)
 
 
@@ -470,11 +478,12 @@ def _renorm(x: np.ndarray) -> np.ndarray:
 
 
 def _bm25_top(queries: list[str], texts: list[str], k: int = TOP,
-              chunk: int = SCORE_CHUNK) -> np.ndarray:
+              chunk: int | None = None) -> np.ndarray:
     """BM25 over lowercased words (the lexical baseline where both sides are text): each
-    query's top k gallery rows, scored `chunk` queries at a time, so what is held is
-    chunk x gallery scores (a 2,000 x 50,000 float64 matrix and its partition were 1.6 GB
-    of driver at 1M examples)."""
+    query's top k gallery rows, scored `chunk` queries at a time (default: score_chunk
+    of its float64 scores), so what is held is chunk x gallery scores (a 2,000 x 50,000
+    float64 matrix and its partition were 1.6 GB of driver at 1M examples)."""
+    chunk = chunk or score_chunk(len(texts), 8)
     docs = [t.lower().split() or [""] for t in texts]
     bm25 = BM25Okapi(docs)
     parts = [top_k(np.stack([bm25.get_scores(q.lower().split()) for q in queries[i:i + chunk]]), k)

@@ -39,7 +39,6 @@ QUERY_PLAN = pa.schema([("pair_id", pa.string()), ("positive_id", pa.string()),
                         ("positive_modality", pa.string()), ("digest", pa.string())])
 GALLERY_PLAN = pa.schema([("id", pa.string()), ("modality", pa.string()),
                           ("digest", pa.string())])
-SCORE_BYTES = 1 << 26  # a query chunk's scores against one gallery: at most 64 MiB
 
 
 def _round_trip_queries(table: pa.Table) -> pa.Table:
@@ -140,8 +139,7 @@ def find_misses(cache: EmbeddingCache, query_plans: list[str], gallery_plans: li
             digests = qs.column("digest").to_pylist()
             q = _vectors(cache, cache_keys([f"q:{d}" for d in digests], digests),
                          os.path.join(tmp, f"queries-{m}.npy"))
-            chunk = max(1, min(256, SCORE_BYTES // (4 * len(g))))
-            top = top_k_chunked(np.asarray(q), g, min(k, len(g)), chunk)
+            top = top_k_chunked(np.asarray(q), g, min(k, len(g)))  # <= SCORE_BYTES at once
             hit = (top == row[:, None]).any(axis=1) & (row >= 0)
             misses.append(qs.column("pair_id").filter(pa.array(~hit)))
             del g, q

@@ -14,6 +14,7 @@ from loom.pipelines.evaluate import (
     random_recall,
     recall_at,
     retrieval_metrics,
+    score_chunk,
     top_k,
     top_k_chunked,
 )
@@ -98,3 +99,23 @@ def test_bm25_in_query_chunks_ranks_as_the_whole_matrix(chunk):
     whole = np.stack([bm25.get_scores(q.lower().split()) for q in queries])
     want = np.argsort(-whole, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(_bm25_top(queries, texts, k=10, chunk=chunk), want)
+
+
+def test_score_chunks_shrink_as_the_gallery_grows(monkeypatch):
+    """A chunk's scores stay within SCORE_BYTES whatever the gallery (at least one query
+    a chunk), and the ranking is that of the whole matrix at any chunk size."""
+    from loom.pipelines import evaluate
+
+    assert score_chunk(100) == evaluate.SCORE_CHUNK
+    for rows in (10**5, 10**6, 10**8):
+        for itemsize in (4, 8):
+            chunk = score_chunk(rows, itemsize)
+            assert chunk >= 1 and (chunk == 1 or chunk * rows * itemsize <= evaluate.SCORE_BYTES)
+    assert score_chunk(10**6) == 16 and score_chunk(10**8) == 1
+    rng = np.random.default_rng(5)
+    q = rng.integers(-2, 3, size=(20, 8)).astype(np.float32)
+    g = rng.integers(-2, 3, size=(300, 8)).astype(np.float32)
+    monkeypatch.setattr(evaluate, "SCORE_BYTES", 4 * 300 * 3)  # three queries a chunk
+    assert score_chunk(300) == 3
+    np.testing.assert_array_equal(top_k_chunked(q, g, 10),
+                                  np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :10])
