@@ -5,7 +5,7 @@ stage, as the corpus grows.
         --workdir DIR --json OUT [--stages ingest synth mine shard eval backfill]
 
 OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "worker_peak_mb",
-"worker_peak_uss_mb", "wall_s", "objects_written", "objects_kept"}}}}`, rewritten after every (stage, size); a (stage,
+"worker_peak_uss_mb", "worker_peak_task", "wall_s", "objects_written", "objects_kept"}}}}`, rewritten after every (stage, size); a (stage,
 size) already in OUT is skipped, so a killed run resumes where it stopped.
 
 Inputs, generated once per size under DIR and reused:
@@ -27,7 +27,8 @@ driver maps do not count) and the RSS of every descendant process whose command 
 names `ray::` (this session's workers and actors; the peak of the largest one is
 reported), and their USS as well (`worker_peak_uss_mb`: RSS counts the object-store pages
 a worker maps, shared with the raylet and every other reader; USS leaves out every page
-another process maps too). `objects_written` counts the files
+another process maps too), with the process title Ray gave the worker at its USS peak
+(`worker_peak_task`: `ray::search`, `ray::MapWorker(...)`, ...). `objects_written` counts the files
 the stage writes under its output root, whichever process writes them, from inotify
 (Linux): `_work` files deleted before the stage ends count, an atomic write (temp file +
 rename) counts once, a rewrite counts again; `objects_kept` counts the files still there
@@ -289,6 +290,7 @@ class Sampler:
         self.root, self.interval_s = root, interval_s
         self.me = psutil.Process()
         self.driver_peak = self.worker_peak = self.worker_peak_uss = 0
+        self.worker_peak_task = ""
         self.files_before = _count_files(root) if os.path.isdir(root) else 0
         self.writes = WriteCounter(root)
         self._workers: dict[int, psutil.Process] = {}
@@ -316,7 +318,9 @@ class Sampler:
             try:
                 full = p.memory_full_info()  # rss and uss from one read of smaps
                 self.worker_peak = max(self.worker_peak, full.rss)
-                self.worker_peak_uss = max(self.worker_peak_uss, full.uss)
+                if full.uss > self.worker_peak_uss:  # what it ran then: Ray sets the title
+                    self.worker_peak_uss = full.uss
+                    self.worker_peak_task = " ".join(p.cmdline())[:120]
             except psutil.Error:
                 self._workers.pop(pid, None)
 
@@ -401,7 +405,8 @@ def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
         raise RuntimeError(f"synth made {result['llm_calls']} LLM calls: the cache missed")
     got = {"driver_peak_mb": round(s.driver_peak / MiB, 1),
            "worker_peak_mb": round(s.worker_peak / MiB, 1),
-           "worker_peak_uss_mb": round(s.worker_peak_uss / MiB, 1), "wall_s": round(wall, 2),
+           "worker_peak_uss_mb": round(s.worker_peak_uss / MiB, 1),
+           "worker_peak_task": s.worker_peak_task, "wall_s": round(wall, 2),
            "objects_written": s.objects_written, "objects_kept": _count_files(out) - s.files_before}
     if s.writes.overflow:  # the kernel dropped events: the count is a lower bound
         got["objects_lower_bound"] = True

@@ -19,7 +19,8 @@ def test_bench_scale_tiny(tmp_path, ray_session, capsys):
     for stage, by_size in got["stages"].items():
         assert set(by_size) == {"50"}, stage
         m = by_size["50"]
-        assert set(m) == KEYS, stage
+        assert set(m) == KEYS | {"worker_peak_task"}, stage
+        assert m["worker_peak_task"].startswith("ray::"), stage  # the task at the peak
         assert all(m[k] > 0 for k in KEYS), (stage, m)
         assert m["objects_written"] >= m["objects_kept"], (stage, m)
         assert m["worker_peak_uss_mb"] <= m["worker_peak_mb"], (stage, m)  # USS is part of RSS
