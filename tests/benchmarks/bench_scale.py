@@ -320,7 +320,7 @@ class Sampler:
                 self.worker_peak = max(self.worker_peak, full.rss)
                 if full.uss > self.worker_peak_uss:  # what it ran then: Ray sets the title
                     self.worker_peak_uss = full.uss
-                    self.worker_peak_task = " ".join(p.cmdline())[:120]
+                    self.worker_peak_task = " ".join(p.cmdline()).strip()[:120]
             except psutil.Error:
                 self._workers.pop(pid, None)
 
