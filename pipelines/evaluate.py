@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -77,13 +78,18 @@ def score_chunk(gallery_rows: int, itemsize: int = 4) -> int:
     return max(1, min(SCORE_CHUNK, SCORE_BYTES // (itemsize * max(1, gallery_rows))))
 
 
+def top_k_in_chunks(n_queries: int, scores: Callable[[slice], np.ndarray], k: int,
+                    chunk: int) -> np.ndarray:
+    """top_k of every query's scores, `scores(rows)` giving a chunk of queries' rows."""
+    parts = [top_k(scores(slice(i, i + chunk)), k) for i in range(0, n_queries, chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
+
+
 def top_k_chunked(queries: np.ndarray, gallery: np.ndarray, k: int = TOP,
                   chunk: int | None = None) -> np.ndarray:
     """top_k of queries @ gallery.T, `chunk` query rows at a time (default: score_chunk)."""
-    chunk = chunk or score_chunk(len(gallery))
-    parts = [top_k(queries[i:i + chunk] @ gallery.T, k)
-             for i in range(0, len(queries), chunk)]
-    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
+    return top_k_in_chunks(len(queries), lambda rows: queries[rows] @ gallery.T, k,
+                           chunk or score_chunk(len(gallery)))
 
 
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:
@@ -483,9 +489,8 @@ def _bm25_top(queries: list[str], texts: list[str], k: int = TOP,
     query's top k gallery rows, scored `chunk` queries at a time (default: score_chunk
     of its float64 scores), so what is held is chunk x gallery scores (a 2,000 x 50,000
     float64 matrix and its partition were 1.6 GB of driver at 1M examples)."""
-    chunk = chunk or score_chunk(len(texts), 8)
-    docs = [t.lower().split() or [""] for t in texts]
-    bm25 = BM25Okapi(docs)
-    parts = [top_k(np.stack([bm25.get_scores(q.lower().split()) for q in queries[i:i + chunk]]), k)
-             for i in range(0, len(queries), chunk)]
-    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
+    bm25 = BM25Okapi([t.lower().split() or [""] for t in texts])
+    return top_k_in_chunks(
+        len(queries), lambda rows: np.stack([bm25.get_scores(q.lower().split())
+                                             for q in queries[rows]]),
+        k, chunk or score_chunk(len(texts), 8))
