@@ -32,7 +32,8 @@ LISTING_PREFIX = ".listing-"  # + a run's uuid hex: an ingest's listing, in its 
 # inputs and config. Docs and refactors leave data valid.
 STAGE_LOGIC = {
     "corpus": 1,
-    "ingest": 5,  # 5: near_dup_group/near_dup_sig columns, codec by language id, geometry
+    "ingest": 6,  # 5: near_dup_group/near_dup_sig columns, codec by language id, geometry;
+    # 6: near-dup buckets over ALL_PAIRS_MAX members joined through centres
     "synth": 3,  # 2: usage columns, filters, run-wide dedupe; 3: any-to-any pairs
     "relabel": 1,
     "shard": 2,  # 2: queries of any modality, with their task instruction

@@ -11,6 +11,12 @@ Audio, pages and interleaved records have none (each is its own group).
 Grouping: locality-sensitive buckets (pHash bands, MinHash bands) propose pairs, each
 pair is verified (Hamming distance / estimated Jaccard), and verified pairs are joined
 with union-find. A group is named by its smallest Example id.
+
+A bucket of up to ALL_PAIRS_MAX members checks every pair. A larger one (templated
+pages, boilerplate, one photo shot a thousand times: a bucket grows with the corpus)
+checks each member against at most MAX_CENTRES centres instead (`_by_centres`), so its
+cost grows with its size, not the square of it; two members close to each other but to
+no common centre may then stay apart in that bucket.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ SHINGLE = 5
 MINHASH_PERMS = 64
 MINHASH_BANDS = 16  # 16 bands x 4 rows: pairs above ~0.5 Jaccard become candidates
 MIN_JACCARD = 0.8
+ALL_PAIRS_MAX = 1024  # bucket members: up to this many, every pair is checked
+MAX_CENTRES = 32  # a larger bucket: each member is checked against at most this many
 _PRIME = (1 << 31) - 1
 _KINDS = {b"I": "image", b"V": "video", b"T": "text"}
 
@@ -176,7 +184,12 @@ def bucket_keys(kind: str, payload: bytes) -> list[bytes]:
 
 def bucket_pairs(kind: str, members: list[str], sigs: dict[str, tuple[str, bytes]]
                  ) -> Iterable[tuple[str, str]]:
-    """The verified near-duplicate pairs among one bucket's members."""
+    """The verified near-duplicate pairs among one bucket's members: every pair up to
+    ALL_PAIRS_MAX members, each member against the bucket's centres above it."""
+    if len(members) > ALL_PAIRS_MAX:
+        close_to = _close_to(kind, members, sigs)
+        yield from ((members[i], members[j]) for i, j in _by_centres(len(members), close_to))
+        return
     if kind in ("image", "text"):  # every pair of the bucket at once, in numpy
         yield from (_close_images if kind == "image" else _close_texts)(members, sigs)
         return
@@ -184,6 +197,42 @@ def bucket_pairs(kind: str, members: list[str], sigs: dict[str, tuple[str, bytes
         for b in members[i + 1:]:
             if _close(sigs[a][0], sigs[a][1], sigs[b][1]):
                 yield a, b
+
+
+def _close_to(kind: str, members: list[str], sigs: dict[str, tuple[str, bytes]]):
+    """`close_to(i)`: a bool per member, whether it is close to member i (as `_close`),
+    one vectorised pass over the bucket for images and texts."""
+    if kind == "image":
+        h = np.array([struct.unpack(">Q", sigs[m][1][:8])[0] for m in members], dtype=np.uint64)
+        return lambda i: np.bitwise_count(h ^ h[i]) <= MAX_HAMMING
+    if kind == "text":
+        lens = np.array([len(sigs[m][1]) for m in members])
+        width = int(lens.max())
+        v = np.zeros((len(members), width // 4), dtype=np.uint32)
+        for r, m in enumerate(members):
+            payload = np.frombuffer(sigs[m][1], ">u4")
+            v[r, :len(payload)] = payload
+        return lambda i: (lens == lens[i]) & ((v == v[i]).mean(axis=1) >= MIN_JACCARD)
+    return lambda i: np.array([_close(kind, sigs[members[i]][1], sigs[m][1]) for m in members])
+
+
+def _by_centres(n: int, close_to) -> Iterable[tuple[int, int]]:
+    """(centre, member) pairs of a bucket too large to check every pair: the first
+    member not yet close to a centre becomes the next centre and is checked against the
+    whole bucket (so chains through centres join), at most MAX_CENTRES times: O(n) checks
+    per centre. Members are in a fixed order (by id), so every engine picks the same."""
+    left = np.arange(n)
+    for _ in range(MAX_CENTRES):
+        if not len(left):  # a last lone member may still be close to a covered one
+            return
+        centre = int(left[0])
+        near = close_to(centre)
+        near[centre] = False
+        for j in np.flatnonzero(near):
+            yield centre, int(j)
+        rest = ~near[left]
+        rest[0] = False
+        left = left[rest]
 
 
 class UnionFind:

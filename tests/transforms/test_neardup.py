@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 from loom.schemas.spec import PreprocessingSpec
+from loom.transforms import neardup
 from loom.transforms.image import decode_image
 from loom.transforms.neardup import (
     _PRIME,
@@ -142,3 +143,75 @@ def test_video_signature_needs_every_frame_close():
     assert len(sig) == 1 + 8 * 4
     assert near_dup_groups([("a", sig), ("b", sig)]) == {"a": "a", "b": "a"}
     assert near_dup_groups([("a", sig), ("b", sig2)]) == {"a": "a", "b": "b"}
+
+
+def _image_rows(hashes: dict[str, int]) -> list[tuple[str, bytes]]:
+    return [(k, b"I" + h.to_bytes(8, "big")) for k, h in hashes.items()]
+
+
+def test_a_bucket_over_the_cap_joins_through_centres(monkeypatch):
+    """Three tight clusters of pHashes in one bucket (same low band), over a cap of 8:
+    each cluster is one group, as every pair would give, and clusters stay apart."""
+    monkeypatch.setattr(neardup, "ALL_PAIRS_MAX", 8)
+    bases = [0x0000_0000_0000_0155, 0xFFFF_0000_FFFF_0155, 0x00FF_FF00_F0F0_F155]
+    hashes = {}
+    for c, base in enumerate(bases):
+        for k in range(10):  # 0-2 high bits flipped per member: within MAX_HAMMING of all
+            flip = (1 << (40 + k % 3)) if k % 2 else (1 << (50 + k % 4)) | (1 << 30)
+            hashes[f"{c}-{k:02d}"] = base ^ (flip if k else 0)
+    groups = near_dup_groups(_image_rows(hashes))
+    assert groups == {k: f"{k[0]}-00" for k in hashes}
+
+
+def test_a_bucket_over_the_cap_costs_at_most_the_centres(monkeypatch):
+    """200 mutually distant pHashes sharing one band: with the cap, each member is
+    checked against 5 centres (5 passes over the bucket), not against all 199 others,
+    and none joins."""
+    monkeypatch.setattr(neardup, "ALL_PAIRS_MAX", 8)
+    monkeypatch.setattr(neardup, "MAX_CENTRES", 5)
+    rng = np.random.default_rng(0)
+    hashes = {}
+    while len(hashes) < 200:
+        h = (int(rng.integers(0, 2**53)) << 10) | 0x155  # same bits 0-9: one bucket
+        if all(bin(h ^ o).count("1") > MAX_HAMMING for o in hashes.values()):
+            hashes[f"x{len(hashes):03d}"] = h
+    passes = []
+    real = neardup._close_to
+
+    def counted(kind, members, sigs):
+        fn = real(kind, members, sigs)
+        return lambda i: (passes.append(len(members)), fn(i))[1]
+
+    monkeypatch.setattr(neardup, "_close_to", counted)
+    groups = near_dup_groups(_image_rows(hashes))
+    assert groups == {k: k for k in hashes}
+    assert 200 in passes and passes.count(200) == 5
+
+
+def test_texts_over_the_cap_group_as_every_pair_would(monkeypatch):
+    base = ("The committee approved the annual budget after a long debate about road repairs, "
+            "school funding and the new library that the town has wanted for years.")
+    other = ("Heavy rain flooded the lower fields overnight, so the harvest was delayed by a "
+             "week and the farmers moved their machines to higher ground before dawn.")
+    words = ["long", "annual", "new", "lower", "heavy", "higher"]
+    rows = []
+    for name, text in (("a", base), ("b", other)):
+        for k, w in enumerate(words):
+            rows.append((f"{name}{k}", signature("text", [{"text": text.replace(w, w.upper() + "s")}],
+                                                 None)))
+        rows.append((f"{name}9", signature("text", [{"text": text}], None)))
+    every_pair = near_dup_groups(rows)
+    monkeypatch.setattr(neardup, "ALL_PAIRS_MAX", 2)
+    assert near_dup_groups(rows) == every_pair
+    assert {g for k, g in every_pair.items() if k.startswith("a")} == {"a0"}
+    assert {g for k, g in every_pair.items() if k.startswith("b")} == {"b0"}
+
+
+def test_a_chain_over_the_cap_joins_through_a_later_centre(monkeypatch):
+    """x~y and y~z, x and z 12 bits apart: x is the first centre (joins y), z the second,
+    checked against the whole bucket, y included: one group, as every pair gives."""
+    monkeypatch.setattr(neardup, "ALL_PAIRS_MAX", 2)
+    base = 0x0F0F_0F0F_0F0F_0F0F
+    step = [base, base ^ (0b111111 << 20), base ^ (0b111111_111111 << 20)]
+    rows = _image_rows(dict(zip("xyz", step, strict=True)))
+    assert near_dup_groups(rows) == {"x": "x", "y": "x", "z": "x"}
