@@ -35,7 +35,10 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     whole-CPU actors starve the read tasks.
 
     Without `actors`, the pool grows to what the nodes hold (`sizing.etl_actors`, within
-    min/max), one item per block so items spread over every node's actors."""
+    min/max). Up to MAX_BLOCKS items (or 2 per cluster CPU) get a block each, so items
+    spread over every node's actors; more share those blocks (still run one at a time):
+    Ray Data's driver keeps state per block (some 5 KB), which per item grew with the
+    corpus."""
     ensure_ray()
     name = getattr(task.factory, "func", task.factory).__name__
     need = task.resources
@@ -54,8 +57,9 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     # the deadline is read from the DataContext when the Dataset is made: make it inside
     with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
                                                            memory_mb=need.memory_mb):
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         ds = ray.data.from_items([{"item": dumps(i)} for i in items],
-                                 override_num_blocks=len(items))
+                                 override_num_blocks=input_blocks(len(items), cluster_cpus))
         ds = ds.map_batches(
             _StageActor,
             fn_constructor_args=(task,),
@@ -76,10 +80,16 @@ MAX_BLOCKS = 64
 MAX_PARTITIONS = 128
 
 
+def input_blocks(items: int, cpus: int) -> int:
+    """Blocks for `items` work items on `cpus` CPUs: one per item up to a cap that grows
+    with the cluster, not with the corpus."""
+    return max(1, min(items, max(MAX_BLOCKS, 2 * cpus)))
+
+
 def exchange_layout(items: int, cpus: int) -> tuple[int, int]:
     """(input blocks, partitions per groupby) for an exchange over `items` work items on
     `cpus` CPUs: both grow with the items only up to a cap that grows with the cluster."""
-    blocks = min(items, max(MAX_BLOCKS, 2 * cpus))
+    blocks = input_blocks(items, cpus)
     parts = min(items, max(2 * cpus, min(-(-items // 8), MAX_PARTITIONS)))
     return blocks, parts
 

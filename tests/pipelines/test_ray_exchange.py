@@ -11,6 +11,7 @@ import pytest
 from loom.pipelines.exchange import Exchange
 from loom.pipelines.ray import runner
 from loom.pipelines.ray.runner import exchange_layout, run_ray_exchange
+from loom.pipelines.work import StageTask
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 16, 256])
@@ -57,3 +58,43 @@ def test_items_sharing_blocks_group_as_a_plain_group_by(ray_session, monkeypatch
     for key, values in first.items():
         second[f"n{len(values) % 5}"].append(key)
     assert got == sorted((k, json.dumps(sorted(v)).encode()) for k, v in second.items())
+
+
+class _Echo:
+    def teardown(self) -> None:
+        pass
+
+
+class _EchoTask(StageTask):
+    """Returns its item, and the actor process that ran it."""
+
+    def open(self):
+        return _Echo()
+
+    def run(self, stage, item: dict) -> dict:
+        import os
+
+        return item | {"pid": os.getpid()}
+
+
+def test_run_ray_items_share_capped_blocks_and_each_runs_once(ray_session, tmp_path, monkeypatch):
+    """40 items over a cap of 4 blocks: Ray Data is asked for 4 blocks (not 40: its driver
+    keeps state per block), every item's result comes back exactly once, and both actors
+    of the pool get work."""
+    import ray
+
+    asked = []
+    real = ray.data.from_items
+
+    def from_items(rows, override_num_blocks=None, **kw):
+        asked.append(override_num_blocks)
+        return real(rows, override_num_blocks=override_num_blocks, **kw)
+
+    monkeypatch.setattr(runner, "MAX_BLOCKS", 4)
+    monkeypatch.setattr(ray.data, "from_items", from_items)
+    monkeypatch.setattr(runner.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    items = [{"name": f"i{k:02d}", "k": k} for k in range(40)]
+    out = runner.run_ray(_EchoTask(_Echo, str(tmp_path)), items, actors=2)
+    assert asked == [4]
+    assert sorted(r["k"] for r in out) == list(range(40))
+    assert len({r["pid"] for r in out}) == 2
