@@ -9,8 +9,8 @@ OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "worker_peak_mb",
 size) already in OUT is skipped, so a killed run resumes where it stopped.
 
 Inputs, generated once per size under DIR and reused:
-- ingest lists and hashes SIZE tiny text files (a thousand per folder) with `run_ingest`
-  on Ray; backfill embeds the same files (backfill always ingests its raw prefix first,
+- ingest lists and hashes SIZE tiny text files (a thousand per folder; distinct phrases,
+  every 20th a near copy of one before it: 5% near-duplicates) with `run_ingest` on Ray; backfill embeds the same files (backfill always ingests its raw prefix first,
   so its numbers include that ingest).
 - every other stage starts from generated data written straight as versions: an Examples
   version (half 48 px JPEG images, half short texts, the spec's tokenizer trained on the
@@ -57,6 +57,7 @@ STAGES = ("ingest", "synth", "mine", "shard", "eval", "backfill")
 MiB = 2**20
 PART_ROWS = 4096  # rows per generated Examples / Pairs part
 FILES_PER_DIR = 1000
+NEAR_EVERY = 20  # every 20th media file is a near copy of one before it (5% near-dups)
 WORDS = ("red green blue yellow circle square triangle small large bright dark top bottom "
          "left right river mountain city forest cat dog bird boat car").split()
 
@@ -80,10 +81,23 @@ def _words(i: int, n: int = 6) -> str:
     return " ".join(WORDS[(i * 7 + 3 * k + k * k) % len(WORDS)] for k in range(n)) + f" {i}"
 
 
+def _phrase(i: int, n: int = 6) -> str:
+    """n words spelled by the base-24 digits of a scramble of i (a bijection on 24^n: the
+    multiplier is prime to it), so the files are distinct phrases, not a few dozen
+    near-duplicate clusters (`_words` gives 24 phrases: ingest's near-dup join then
+    grew with the square of the corpus, a corpus no real bucket looks like)."""
+    x = (i * 2654435761 + 12345) % len(WORDS) ** n
+    out = []
+    for _ in range(n):
+        x, d = divmod(x, len(WORDS))
+        out.append(WORDS[d])
+    return " ".join(out)
+
+
 def make_media(workdir: str, size: int) -> str:
     """SIZE tiny, distinct text files (what ingest lists, hashes and decodes)."""
     path = os.path.join(workdir, f"media-{size}")
-    want = {"files": size}
+    want = {"files": size, "text": "phrase", "near_every": NEAR_EVERY}
     if _stamp_ok(path, want):
         return path
     shutil.rmtree(path, ignore_errors=True)
@@ -92,7 +106,8 @@ def make_media(workdir: str, size: int) -> str:
         if i % FILES_PER_DIR == 0:
             os.makedirs(sub, exist_ok=True)
         with open(os.path.join(sub, f"doc-{i:07d}.txt"), "w") as f:
-            f.write(f"note {_words(i)}.\n")
+            j = i - i % NEAR_EVERY if i % NEAR_EVERY == NEAR_EVERY - 1 else i
+            f.write(f"note {_phrase(j)} {j}{'!' if j != i else '.'}\n")
     _stamp(path, want)
     return path
 
