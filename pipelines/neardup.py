@@ -1,16 +1,10 @@
 """Ingest's near-duplicate groups as an engine exchange: the driver never holds signatures.
 
-1. map (per Examples part): each signature's LSH buckets (`transforms.neardup.
-   bucket_keys`) go to the bucket's partition as Arrow rows (bucket, ref), where ref is
-   (part index << 32 | row): 26 bytes a bucket, not the id and signature (~330 bytes for a
-   text, 16 buckets each: 5 GB through the shuffle at 1M texts, most in buckets of one).
-2. candidates (per bucket partition): only buckets with two or more members go on, as
-   requests to the parts that hold them.
-3. fetch (per part): the part's ids and signatures are read once, and each requested row
-   goes back to its bucket's partition as (bucket, id, signature).
-4. join (per bucket partition): buckets are verified pair by pair (`bucket_pairs`, the
-   same checks as the one-process `near_dup_groups`) and joined; only the members of
-   components of two or more come back, as JSON {member: component}.
+1. map (per Examples part): each signature goes to the partition of every LSH bucket
+   it falls in (`transforms.neardup.bucket_keys`), as Arrow rows (bucket, id, signature).
+2. reduce (per partition): buckets with two or more members are verified pair by pair
+   (`bucket_pairs`, the same checks as the one-process `near_dup_groups`) and joined; only
+   the members of components of two or more come back, as JSON {member: component}.
 
 Every verified pair shares a bucket, and every bucket lives in one partition, so the
 driver's union of what comes back is the whole graph's components: the same groups as
@@ -23,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, to_ipc
@@ -33,64 +26,31 @@ from loom.schemas import storage
 from loom.transforms.neardup import UnionFind, bucket_keys, bucket_pairs, parse
 
 MAX_PARTITIONS = 64
-_REFS = pa.schema([("bucket", pa.binary()), ("ref", pa.int64())])
 _ROWS = pa.schema([("bucket", pa.binary()), ("id", pa.string()), ("sig", pa.binary())])
-_ROW_BITS = 32  # ref = part index << 32 | row in the part
 
 
 class NearDupSteps:
-    def __init__(self, partitions: int, files: list[str]):
+    def __init__(self, partitions: int):
         self.partitions = partitions
-        self.files = files  # the Examples parts, by index (a ref names one)
 
     def _partition(self, key: bytes) -> int:
         return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big") \
             % self.partitions
 
     def map(self, item: dict) -> KeyValues:
-        k = item["index"]
-        sigs = storage.read_parquet([self.files[k]], columns=["near_dup_sig"]).column(
-            "near_dup_sig").to_pylist()
-        out: dict[int, tuple[list, list]] = {}
-        for row, sig in enumerate(sigs):
+        t = storage.read_parquet([item["file"]], columns=["id", "near_dup_sig"])
+        out: dict[int, tuple[list, list, list]] = {}
+        for ex_id, sig in zip(t.column("id").to_pylist(), t.column("near_dup_sig").to_pylist(),
+                              strict=True):
             if (parsed := parse(sig)) is None:
                 continue
-            ref = k << _ROW_BITS | row
             for key in bucket_keys(*parsed):
-                b, r = out.setdefault(self._partition(key), ([], []))
+                b, i, s = out.setdefault(self._partition(key), ([], [], []))
                 b.append(key)
-                r.append(ref)
+                i.append(ex_id)
+                s.append(sig)
         for p, cols in sorted(out.items()):
-            yield f"p{p:04d}", to_ipc(pa.table(list(cols), schema=_REFS))
-
-    @staticmethod
-    def candidates(key: str, values: list[bytes]) -> KeyValues:
-        """The refs of buckets with two or more members, as requests to their parts."""
-        rows = pa.concat_tables([from_ipc(v) for v in values])
-        counts = rows.group_by("bucket", use_threads=False).aggregate([("ref", "count")])
-        shared = counts.filter(pc.greater(counts.column("ref_count"), 1)).column("bucket")
-        rows = rows.filter(pc.is_in(rows.column("bucket"), value_set=shared))
-        if not rows.num_rows:
-            return
-        rows = rows.append_column("partition", pa.array([key] * rows.num_rows, pa.string()))
-        rows = rows.sort_by([("ref", "ascending"), ("bucket", "ascending")])
-        part = rows.column("ref").to_numpy() >> _ROW_BITS
-        cuts = np.flatnonzero(np.diff(part)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(part)], strict=True):
-            yield f"f{int(part[lo]):06d}", to_ipc(rows.slice(lo, hi - lo))
-
-    def fetch(self, key: str, values: list[bytes]) -> KeyValues:
-        """One read of the part's ids and signatures; each requested row back to its
-        bucket's partition."""
-        reqs = pa.concat_tables([from_ipc(v) for v in values])
-        t = storage.read_parquet([self.files[int(key[1:])]], columns=["id", "near_dup_sig"])
-        at = pa.array(reqs.column("ref").to_numpy() & ((1 << _ROW_BITS) - 1))
-        rows = pa.table([reqs.column("bucket"), t.column("id").take(at),
-                         t.column("near_dup_sig").take(at)], schema=_ROWS)
-        rows = rows.append_column("partition", reqs.column("partition"))
-        for p in sorted(set(reqs.column("partition").to_pylist())):
-            mine = rows.filter(pc.equal(rows.column("partition"), p))
-            yield p, to_ipc(mine.drop_columns(["partition"]))
+            yield f"p{p:04d}", to_ipc(pa.table(list(cols), schema=_ROWS))
 
     @staticmethod
     def join(key: str, values: list[bytes]) -> KeyValues:
@@ -121,12 +81,11 @@ def near_dup_groups_of(engine: Engine | EngineOptions, version_dir: str, files: 
                        ) -> dict[str, str]:
     """{member: group} for every Example of a group of two or more, over the Examples
     `files`; any other Example is its own group."""
-    steps = NearDupSteps(max(1, min(MAX_PARTITIONS, len(files))), list(files))
-    items = [{"name": f"examples-{k:05d}", "index": k} for k in range(len(files))]
+    steps = NearDupSteps(max(1, min(MAX_PARTITIONS, len(files))))
+    items = [{"name": f"examples-{k:05d}", "file": uri} for k, uri in enumerate(files)]
     uf = UnionFind()
-    exchange = Exchange(version_dir, steps.map, (steps.candidates, steps.fetch, steps.join),
-                        "near-dup")
-    for _, value in run_exchange(engine, exchange, items):
+    for _, value in run_exchange(engine, Exchange(version_dir, steps.map, (steps.join,),
+                                                  "near-dup"), items):
         for member, group in json.loads(value).items():
             uf.union(member, group)
     return uf.joined()

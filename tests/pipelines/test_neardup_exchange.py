@@ -4,7 +4,6 @@ driver never reads a signature."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pyarrow.parquet as pq
@@ -125,44 +124,3 @@ def test_only_changed_parts_are_rewritten_with_their_groups(tmp_path):
                                                        for i in t.column("id").to_pylist()]
         changed = want != t.column("id").to_pylist()
         assert (f.sha256 != sha) == changed, path  # untouched parts are not rewritten
-
-
-def test_only_buckets_of_two_or_more_fetch_signatures(tmp_path):
-    """The steps by hand (a dict group-by between them): the map ships (bucket, ref)
-    only, and the signatures fetched are those of the near-copies' rows, not of the 100
-    unrelated texts whose buckets hold one member each."""
-    from collections import defaultdict
-
-    from loom.pipelines.exchange import from_ipc
-    from loom.pipelines.neardup import NearDupSteps
-
-    rng = random.Random(7)
-    letters = "abcdefghijklmnopqrstuvwxyz "
-    rows, pairs = [], set()
-    for n in range(100):
-        text = "".join(rng.choice(letters) for _ in range(300))
-        rows.append((f"solo-{n:03d}", b"T" + minhash(text).astype(">u4").tobytes()))
-    for n in range(5):
-        text = "".join(rng.choice(letters) for _ in range(300))
-        for c, t in enumerate((text, text[:-3] + "xyz")):
-            rows.append((f"pair-{n}-{c}", b"T" + minhash(t).astype(">u4").tobytes()))
-            pairs.add(f"pair-{n}-{c}")
-    rng.shuffle(rows)
-    version = _parts(str(tmp_path / "v"), rows, 16)
-    paths = [storage.join(version["writer"].dir, f.path) for f in version["tables"]["examples"]]
-    steps = NearDupSteps(4, paths)
-    stage = [kv for k in range(len(paths)) for kv in steps.map({"index": k})]
-    assert {tuple(from_ipc(v).schema.names) for _, v in stage} == {("bucket", "ref")}
-    fetched: list[str] = []
-    for reduce in (steps.candidates, steps.fetch, steps.join):
-        grouped = defaultdict(list)
-        for key, value in stage:
-            grouped[key].append(value)
-        stage = [kv for key in sorted(grouped) for kv in reduce(key, grouped[key])]
-        if reduce == steps.fetch:
-            fetched = [i for _, v in stage for i in from_ipc(v).column("id").to_pylist()]
-    assert set(fetched) == pairs
-    joined = {}
-    for _, value in stage:
-        joined |= json.loads(value)
-    assert joined == {f"pair-{n}-{c}": f"pair-{n}-0" for n in range(5) for c in (0, 1)}
