@@ -185,7 +185,8 @@ def bucket_keys(kind: str, payload: bytes) -> list[bytes]:
 def bucket_pairs(kind: str, members: list[str], sigs: dict[str, tuple[str, bytes]]
                  ) -> Iterable[tuple[str, str]]:
     """The verified near-duplicate pairs among one bucket's members: every pair up to
-    ALL_PAIRS_MAX members, each member against the bucket's centres above it."""
+    ALL_PAIRS_MAX members; above that, each member against at most MAX_CENTRES centres
+    (`_by_centres`)."""
     if len(members) > ALL_PAIRS_MAX:
         close_to = _close_to(kind, members, sigs)
         yield from ((members[i], members[j]) for i, j in _by_centres(len(members), close_to))
