@@ -7,7 +7,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from loom.pipelines.beam.options import to_args
 from loom.pipelines.engine import BeamOptions
-from loom.pipelines.work import StageTask
+
+from tests.stages import Echo, EchoTask
 
 
 def _parsed(options: dict) -> dict:
@@ -49,22 +50,7 @@ def test_local_runs_never_try_prism(monkeypatch, tmp_path):
     for opts in ({}, {"runner": "DirectRunner"}):
         options = BeamOptions(options=opts)
         assert options.args(1)[0] == "--runner=FnApiRunner"
-        out = run_beam(_EchoTask(_Echo, str(tmp_path)), [{"name": "a"}], workers=1,
+        out = run_beam(EchoTask(Echo, str(tmp_path)), [{"name": "a"}], workers=1,
                        options=options)
         assert out == [{"name": "a"}]
     assert tried == []
-
-
-class _Echo:
-    def teardown(self) -> None:
-        pass
-
-
-class _EchoTask(StageTask):
-    """Returns each item as its result: enough to run a pipeline."""
-
-    def open(self):
-        return _Echo()
-
-    def run(self, stage, item: dict) -> dict:
-        return item

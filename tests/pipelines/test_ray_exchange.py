@@ -11,7 +11,8 @@ import pytest
 from loom.pipelines.exchange import Exchange
 from loom.pipelines.ray import runner
 from loom.pipelines.ray.runner import exchange_layout, run_ray_exchange
-from loom.pipelines.work import StageTask
+
+from tests.stages import Echo, EchoTask
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 16, 256])
@@ -60,21 +61,13 @@ def test_items_sharing_blocks_group_as_a_plain_group_by(ray_session, monkeypatch
     assert got == sorted((k, json.dumps(sorted(v)).encode()) for k, v in second.items())
 
 
-class _Echo:
-    def teardown(self) -> None:
-        pass
-
-
-class _EchoTask(StageTask):
+class _PidTask(EchoTask):
     """Returns its item, and the actor process that ran it."""
-
-    def open(self):
-        return _Echo()
 
     def run(self, stage, item: dict) -> dict:
         import os
 
-        return item | {"pid": os.getpid()}
+        return super().run(stage, item) | {"pid": os.getpid()}
 
 
 def test_run_ray_items_share_capped_blocks_and_each_runs_once(ray_session, tmp_path, monkeypatch):
@@ -94,7 +87,7 @@ def test_run_ray_items_share_capped_blocks_and_each_runs_once(ray_session, tmp_p
     monkeypatch.setattr(ray.data, "from_items", from_items)
     monkeypatch.setattr(runner.ray, "cluster_resources", lambda: {"CPU": 2.0})
     items = [{"name": f"i{k:02d}", "k": k} for k in range(40)]
-    out = runner.run_ray(_EchoTask(_Echo, str(tmp_path)), items, actors=2)
+    out = runner.run_ray(_PidTask(Echo, str(tmp_path)), items, actors=2)
     assert asked == [4]
     assert sorted(r["k"] for r in out) == list(range(40))
     assert len({r["pid"] for r in out}) == 2
