@@ -39,3 +39,16 @@ def to_ipc(table: pa.Table) -> bytes:
 
 def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def run_here(exchange: Exchange, items: list[dict]) -> list[tuple[str, bytes]]:
+    """The same steps in this process, sorted by key as `run_exchange` returns them: for
+    inputs bounded by a constant, where starting an engine's pipeline costs more than the
+    work (the steps do not depend on the order of a key's values, on any engine)."""
+    pairs = [kv for item in items for kv in exchange.map(item)]
+    for reduce in exchange.reduces:
+        grouped: dict[str, list[bytes]] = {}
+        for key, value in pairs:
+            grouped.setdefault(key, []).append(value)
+        pairs = [kv for key in sorted(grouped) for kv in reduce(key, grouped[key])]
+    return sorted(pairs, key=lambda kv: kv[0])

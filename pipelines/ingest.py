@@ -40,7 +40,6 @@ from loom.schemas.records import (
 from loom.schemas.spec import SPEC_FILE, PreprocessingSpec
 from loom.transforms.archives import ArchiveLimits
 from loom.transforms.ingest import (
-    STORAGE_ERROR,
     IngestConfig,
     IngestStage,
     confine_listed,
@@ -63,16 +62,15 @@ class StorageFailure(RuntimeError):
     """Most listed files could not be read: a configuration error (exit 1), not bad input."""
 
 
-def check_readable(files: pa.Table, listed: int) -> None:
+def check_readable(got: ingest_once.Resolved, listed: int) -> None:
     """StorageFailure when more than half the listed files failed for storage reasons: a
     few are Rejected `unreadable`, but most means the input is not where the workers can
     read it (a local path on another node, missing credentials), and nothing is committed."""
-    failed = files.column("uri").filter(pc.starts_with(files.column("id"), STORAGE_ERROR))
-    if listed and len(failed) > MAX_UNREADABLE_SHARE * listed:
+    if listed and got.storage_errors > MAX_UNREADABLE_SHARE * listed:
         raise StorageFailure(
-            f"{len(failed)} of {listed} listed files could not be read (storage errors, e.g. "
-            f"{failed[0].as_py()}); nothing committed: check that every worker can read the input "
-            "(a gs:// URI on a multi-node cluster) and its credentials")
+            f"{got.storage_errors} of {listed} listed files could not be read (storage errors, "
+            f"e.g. {got.storage_example}); nothing committed: check that every worker can read "
+            "the input (a gs:// URI on a multi-node cluster) and its credentials")
 
 
 def run_ingest(input_uri: str, output_root: str, spec: PreprocessingSpec | None = None,
@@ -142,26 +140,24 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
             _write_sample(writer, sampled, tables, stats)
         del sample, sampled  # the sample's bytes: bounded, but done with
         with timed(timings, "resolve_s"):
-            files = ingest_once.read_files_tables(writer.dir,
-                                                  ingest_once.pop_files_records(tables))
-            check_readable(files, listed)
-            got = ingest_once.resolve(files, writer, tables, stats)
-            del files
-    rejected_uris = _rejected_uris(writer.dir, tables)  # before reused and bad-name rows
+            got = ingest_once.resolve(
+                engine, writer, tables, stats,
+                prior[1].files(prior[0], "files") if prior is not None else [], set(bad_names))
+            check_readable(got, listed)
     reused = got.reused
     if reused:
-        _copy_reused(prior, writer, reused, tables, stats, got.dups)
+        _copy_reused(prior, writer, reused, tables, stats, got.reused_dups)
+    tables["files"] = got.files
     if bad_names:  # rejected in the driver, before any engine: both engines agree
+        bad = sorted(bad_names)
         tables.setdefault("rejected", []).append(writer.write_part(
             "rejected", "bad-names-00000", pa.Table.from_pylist(
-                [_bad_name_row(u) for u in sorted(bad_names)], schema=REJECTED)))
+                [_bad_name_row(u) for u in bad], schema=REJECTED)))
+        tables["files"].append(writer.write_part("files", "bad-names-00000", pa.Table.from_arrays(
+            [pa.array(bad, pa.string()), pa.array([bad_names[u] for u in bad], pa.string()),
+             pa.array(["rejected"] * len(bad), pa.string())], schema=FILES)))
         stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
-    files_table = _files_table(got.canonical, rejected_uris, prior, bad_names)
-    del rejected_uris
-    tables["files"] = [writer.write_part("files", "part-00000", files_table)]
-    del files_table
-    if got.duplicates.num_rows:
-        tables["duplicates"] = [writer.write_part("duplicates", "part-00000", got.duplicates)]
+    tables["duplicates"] = got.duplicates
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
 
@@ -174,7 +170,7 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
         "rejected": stats.get("rejected_files", 0),
         "examples": sum(f.rows for f in tables["examples"]),
         "rejected_records": stats.get("rejected_records", 0),
-        "decoded": len(got.decoded),
+        "decoded": got.decoded,
         "reused_files": len(reused),
         # Examples in a near-duplicate group beyond its first member, and such groups
         # (exact copies are `duplicate`: never decoded; near ones are kept, grouped)
@@ -223,10 +219,11 @@ def _summary(version_dir: str, tables: dict) -> dict[str, int]:
     out: dict[str, int] = {}
     for table, column, prefix in (("examples", "modality", "examples."),
                                   ("rejected", "reason", "rejected.")):
-        files = [storage.join(version_dir, f.path) for f in tables.get(table, [])]
-        if files:
-            for value in storage.read_parquet(files, columns=[column]).column(column).to_pylist():
-                out[prefix + value] = out.get(prefix + value, 0) + 1
+        for f in tables.get(table, []):  # a part at a time: counts, never the column
+            col = storage.read_parquet([storage.join(version_dir, f.path)], columns=[column])
+            for vc in pc.value_counts(col.column(column)).to_pylist():
+                key = prefix + vc["values"]
+                out[key] = out.get(key, 0) + vc["counts"]
     return dict(sorted(out.items()))
 
 
@@ -260,40 +257,6 @@ def _prior_outcomes(prior: tuple[str, mf.Manifest], uris: pa.Array) -> pa.Array:
     """The prior version's outcome of each of `uris`, in their order."""
     return ingest_listing.prior_values(
         mf.read_table_parts(*prior, "files", columns=["uri", "outcome"]), uris, "outcome")
-
-
-def _rejected_uris(version_dir: str, tables: dict) -> pa.Array:
-    """Every URI a Rejected row names (a decoded file is rejected iff a file-level row
-    names it)."""
-    files = [storage.join(version_dir, f.path) for f in tables.get("rejected", [])]
-    if not files:
-        return pa.array([], pa.string())
-    return storage.read_parquet(files, columns=["uri"], schema=REJECTED).column(
-        "uri").combine_chunks()
-
-
-def _files_table(canonical: pa.Table, rejected_uris: pa.Array,
-                 prior: tuple[str, mf.Manifest] | None, bad_names: dict[str, str]
-                 ) -> pa.Table:
-    """FILES, in URI order: each decoded canonical (rejected iff a Rejected row names it),
-    each reused one (its prior outcome) and each badly named file (rejected)."""
-    t = canonical.filter(pc.is_in(canonical.column("state"),
-                                  value_set=pa.array(["decoded", "reused"])))
-    if bad_names:  # a bad name's escaped URI wins over a listed file of that name
-        t = t.filter(pc.invert(pc.is_in(t.column("uri"), value_set=pa.array(list(bad_names)))))
-    outcome = pc.if_else(pc.is_in(t.column("uri"), value_set=rejected_uris),
-                         "rejected", "accepted")
-    reused = pc.equal(t.column("state"), "reused")
-    if prior is not None and pc.any(reused).as_py():  # in URI order, as `t` is
-        was = _prior_outcomes(prior, t.column("uri").filter(reused).combine_chunks())
-        outcome = pc.replace_with_mask(outcome, reused.combine_chunks(), was)
-    bad = sorted(bad_names)
-    t = pa.concat_tables([
-        pa.Table.from_arrays([t.column("uri"), t.column("id"), outcome], schema=FILES),
-        pa.Table.from_arrays([pa.array(bad, pa.string()),
-                              pa.array([bad_names[u] for u in bad], pa.string()),
-                              pa.array(["rejected"] * len(bad), pa.string())], schema=FILES)])
-    return t.take(pc.sort_indices(t, [("uri", "ascending")])).combine_chunks()
 
 
 def _copy_reused(prior: tuple[str, mf.Manifest],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from loom.jobs.corpus import generate_corpus
+from loom.pipelines import ingest_once, neardup
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
@@ -16,7 +18,13 @@ def _rows(out: dict, table: str) -> list[dict]:
     return mf.read_table(vdir, manifest, table).to_pylist()
 
 
-def test_added_files_decode_alone(tmp_path):
+@pytest.mark.parametrize("where", ["driver", "engine"])
+def test_added_files_decode_alone(tmp_path, monkeypatch, where):
+    """`engine`: copies resolved and near-dup groups rewritten on the engine, as a large
+    corpus's are (prior outcomes then read by the workers), not in the driver."""
+    if where == "engine":
+        monkeypatch.setattr(ingest_once, "LOCAL_MAX_FILES", 0)
+        monkeypatch.setattr(neardup, "LOCAL_MAX_PARTS", 0)
     generate_corpus(str(tmp_path / "c"), 20, 20, seed=3)
     media, root = str(tmp_path / "c" / "media"), str(tmp_path / "out")
     first = run_ingest(media, root, engine=Engine.BEAM)
@@ -48,6 +56,8 @@ def test_added_files_decode_alone(tmp_path):
     assert len(_rows(second, "rejected")) == len(_rows(first, "rejected")) + 1
     outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
     assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"
+    was = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(first, "files")}
+    assert "rejected" in was.values() and {u: outcomes[u] for u in was} == was
     # Reused rows are copied one prior part at a time, each into its own part, in order.
     m1, m2 = (mf.resolve_input(o["uri"])[1] for o in (first, second))
     prior_parts = [f.rows for f in m1.tables["examples"]]

@@ -50,7 +50,7 @@ def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
     to the files table written, before the near-duplicate exchange, its peak while
     listing, and what it holds when the engine starts to decode)"""
     media = _corpus(tmp_path / name, n)
-    read, near, seen = ingest_once.read_files_tables, ingest.group_near_dups, {}
+    read, near, seen = ingest_once.resolve, ingest.group_near_dups, {}
     stage, write_listing = ingest.run_stage, ingest_listing.write_listing
 
     def listing(*args, **kwargs):
@@ -76,7 +76,7 @@ def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
         seen["after"] = tracemalloc.get_traced_memory()[1]
         return near(*args, **kwargs)
 
-    monkeypatch.setattr(ingest_once, "read_files_tables", read_files)
+    monkeypatch.setattr(ingest_once, "resolve", read_files)
     monkeypatch.setattr(ingest, "group_near_dups", grouped)
     monkeypatch.setattr(ingest, "run_stage", run_stage)
     monkeypatch.setattr(ingest_listing, "PART_ROWS", LISTING_PART_ROWS)

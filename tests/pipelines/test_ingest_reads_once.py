@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from loom.jobs.corpus import generate_corpus
+from loom.pipelines import ingest_once
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
@@ -31,7 +32,7 @@ def _tables(out: dict) -> dict[str, list]:
     }
 
 
-def test_every_object_is_downloaded_once(gcs):
+def test_every_object_is_downloaded_once(gcs, monkeypatch):
     """Counted at the store: the emulator logs each content download. The old hash pass
     (then a decode pass) downloaded every object twice."""
     base = f"gs://{gcs.bucket}/once-{uuid.uuid4().hex[:8]}"
@@ -43,6 +44,7 @@ def test_every_object_is_downloaded_once(gcs):
     _copy(texts[0], f"{media}/zz-late-copy.txt")  # far from its original: another item
     _copy(images[0], f"{media}/aa-early-copy.png")  # sorts first: the original's canonical
     before = gcs.downloads()
+    monkeypatch.setattr(ingest_once, "LOCAL_MAX_FILES", 0)  # copies resolved on the engine
     out = run_ingest(media, f"{base}/out", engine=Engine.BEAM, files_per_item=3)
     after = gcs.downloads()
     prefix = f"{gcs.bucket}/{media.removeprefix(f'gs://{gcs.bucket}/')}/"
@@ -58,9 +60,10 @@ def test_every_object_is_downloaded_once(gcs):
     assert images[0].rsplit("/", 1)[-1] in dups and "zz-late-copy.txt" in dups
 
 
-def test_item_size_does_not_change_the_outcome(tmp_path):
+def test_item_size_does_not_change_the_outcome(tmp_path, monkeypatch):
     """Copies met in the same item are hashed, not decoded; copies in other items are
-    decoded there and dropped after: one file per item and 64 give the same tables."""
+    decoded there and dropped after: one file per item and 64 give the same tables, with
+    copies resolved on the engine (as a large corpus's are) or in the driver."""
     generate_corpus(str(tmp_path / "c"), 6, 6, seed=3)
     media = tmp_path / "c" / "media"
     listed = sorted(p for p in media.rglob("*") if p.is_file())
@@ -70,7 +73,10 @@ def test_item_size_does_not_change_the_outcome(tmp_path):
                       ("sub/copy.txt", txt)):
         (media / name).parent.mkdir(exist_ok=True)
         (media / name).write_bytes(src.read_bytes())
-    one = run_ingest(str(media), str(tmp_path / "one"), engine=Engine.BEAM, files_per_item=1)
+    with monkeypatch.context() as m:
+        m.setattr(ingest_once, "LOCAL_MAX_FILES", 0)
+        one = run_ingest(str(media), str(tmp_path / "one"), engine=Engine.BEAM,
+                         files_per_item=1)
     many = run_ingest(str(media), str(tmp_path / "many"), engine=Engine.BEAM)
     layout = {"bytes_out"}  # more, smaller parts: only the bytes written differ
     assert ({k: v for k, v in one["counts"].items() if k not in layout}

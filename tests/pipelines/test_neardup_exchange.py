@@ -8,6 +8,7 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
+from loom.pipelines import neardup
 from loom.pipelines.neardup import group_near_dups, near_dup_groups_of
 from loom.pipelines.runner import Engine
 from loom.schemas import manifest as mf
@@ -103,12 +104,20 @@ def test_groups_are_the_families_they_were_made_as(engine, tmp_path, monkeypatch
     assert near_dup_groups(rows) == {ex_id: made.get(ex_id, ex_id) for ex_id, _ in rows}
 
 
-def test_only_changed_parts_are_rewritten_with_their_groups(tmp_path):
+@pytest.mark.parametrize("where", ["driver", "beam", "ray"])
+def test_only_changed_parts_are_rewritten_with_their_groups(tmp_path, monkeypatch, request,
+                                                            where):
+    """`beam`, `ray`: the parts are rewritten on that engine, as a large corpus's are."""
+    engine = Engine.RAY if where == "ray" else Engine.BEAM
+    if where == "ray":
+        request.getfixturevalue("ray_session")
+    if where != "driver":
+        monkeypatch.setattr(neardup, "LOCAL_MAX_PARTS", 0)
     rows, made = _families(seed=5)
     version = _parts(str(tmp_path / "v"), rows, 9)
     files = version["tables"]["examples"]
     before = [(f.path, f.sha256) for f in files]
-    counts = group_near_dups(Engine.BEAM, version["writer"], version["tables"])
+    counts = group_near_dups(engine, version["writer"], version["tables"])
     sizes: dict[str, int] = {}
     for g in made.values():
         sizes[g] = sizes.get(g, 0) + 1
