@@ -13,7 +13,7 @@ from __future__ import annotations
 import tracemalloc
 
 import loom.pipelines.ingest as ingest
-from loom.pipelines import ingest_listing, ingest_once
+from loom.pipelines import ingest_listing, ingest_once, neardup
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
 from loom.schemas.spec import PreprocessingSpec
@@ -24,7 +24,9 @@ MAX_BYTES_PER_FILE = 1000  # now 210-380 (noisy: Ray's driver threads are traced
 # Ray Data's driver-side state per work item (some 5 KB an item of 64 files) and the
 # near-duplicate exchange's, not the listing (the same figure before and after it was
 # streamed: its peak came before the engine and was lower than these)
-MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # now 90-200
+MAX_BYTES_PER_FILE_AFTER_ENGINE = 400  # 90-200 with resolution in the driver (Arrow, not
+# traced); now 310 with it on the engine: Ray Data's driver state per input block of the
+# resolve exchange (8 and 40 blocks here; capped at 64, so flat at scale), no per-file rows
 # Listing, and what is held while the engine decodes: planted, a listing held as a list
 # gives 240 and 195 B per file; measured about 6 (one listing part at a time) and 22-58 (a
 # work item's reference per 64 files, and Ray's state of the planning exchange: its driver
@@ -80,6 +82,10 @@ def _peaks(tmp_path, monkeypatch, name: str, n: int, spec: PreprocessingSpec
     monkeypatch.setattr(ingest, "group_near_dups", grouped)
     monkeypatch.setattr(ingest, "run_stage", run_stage)
     monkeypatch.setattr(ingest_listing, "PART_ROWS", LISTING_PART_ROWS)
+    # copies resolved and near-dup parts rewritten on the engine, as a large corpus's are
+    # (below these constants the driver runs the same steps itself: bounded, not per file)
+    monkeypatch.setattr(ingest_once, "LOCAL_MAX_FILES", 0)
+    monkeypatch.setattr(neardup, "LOCAL_MAX_PARTS", 0)
     monkeypatch.setattr(ingest_listing, "write_listing", listing)
     tracemalloc.start()
     try:
