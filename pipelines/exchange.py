@@ -2,8 +2,8 @@
 
 A stage that must bring rows together across inputs (a join, a global sort) states it
 as an `Exchange`: `map` turns one work item into (key, value) pairs, and each reduce
-takes one key with all its values and yields the next step's pairs. The last step's
-values are small JSON texts (file records, counters) that come back to the driver; the
+takes one key with all its values and yields the next step's pairs (no reduce: the
+map's pairs are the result, with no shuffle). The last step's values are small JSON texts (file records, counters) that come back to the driver; the
 rows travel through the engine's own shuffle (Beam's GroupByKey, Ray Data's groupby),
 never through the driver and never as one file per (input, output) pair. Engines only
 decide where the steps run: the functions are the same on both, so their output is too.

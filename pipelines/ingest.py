@@ -4,8 +4,10 @@ Every listed file is read once (`ingest_once`): (1) the tokenizer is trained on 
 sample of the text, read in the driver, which also decodes those files (they are not
 read again); (2) every other file is read, hashed and decoded on the engine in one go,
 copies of one size side by side so a copy is hashed but not decoded; (3) exact duplicates
-are resolved from the hashes in the driver. listed = accepted + duplicate + rejected is
-checked before the manifest is written.
+are resolved from the hashes on the engine too (`ingest_once.ResolveSteps`), which writes
+the FILES and DUPLICATE tables; (4) near-duplicates are grouped (`neardup`). The driver
+keeps counters and part records, never a row per file. listed = accepted + duplicate +
+rejected is checked before the manifest is written.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
             [pa.array(bad, pa.string()), pa.array([bad_names[u] for u in bad], pa.string()),
              pa.array(["rejected"] * len(bad), pa.string())], schema=FILES)))
         stats["rejected_files"] = stats.get("rejected_files", 0) + len(bad_names)
+        key = f"rejected.{Reason.BAD_NAME.value}"
+        stats[key] = stats.get(key, 0) + len(bad_names)
     tables["duplicates"] = got.duplicates
     for t in ("examples", "rejected", "duplicates"):
         tables.setdefault(t, [])
@@ -188,7 +192,8 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
     rejected_rows = sum(f.rows for f in tables["rejected"])
     if rejected_rows != counts["rejected"] + counts["rejected_records"]:
         raise RuntimeError(f"rejected rows {rejected_rows} do not match outcomes {counts}")
-    counts |= _summary(writer.dir, tables)
+    counts |= {k: v for k, v in sorted(stats.items())  # rows per modality and per reason
+               if k.startswith(("examples.", "rejected.")) and v}
     counts["bytes_in"] = bytes_in
     sizes = {e.uri: e.size for e in storage.list_files(writer.dir)}
     counts["bytes_out"] = sum(sizes.get(storage.join(writer.dir, f.path), 0)
@@ -212,19 +217,6 @@ def _bad_name_row(uri: str) -> dict:
     return {"uri": uri, "stage": IngestStage.name, "reason": Reason.BAD_NAME.value,
             "message": "file name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
                        "rename it to ingest it", "record_id": None}
-
-
-def _summary(version_dir: str, tables: dict) -> dict[str, int]:
-    """Rows per modality (`examples.<modality>`) and per reason (`rejected.<reason>`)."""
-    out: dict[str, int] = {}
-    for table, column, prefix in (("examples", "modality", "examples."),
-                                  ("rejected", "reason", "rejected.")):
-        for f in tables.get(table, []):  # a part at a time: counts, never the column
-            col = storage.read_parquet([storage.join(version_dir, f.path)], columns=[column])
-            for vc in pc.value_counts(col.column(column)).to_pylist():
-                key = prefix + vc["values"]
-                out[key] = out.get(key, 0) + vc["counts"]
-    return dict(sorted(out.items()))
 
 
 def _base_uri(uri: str, listed: set[str]) -> str:
@@ -276,6 +268,10 @@ def _copy_reused(prior: tuple[str, mf.Manifest],
             if not keep:
                 continue
             part = old.take(pa.array(keep, pa.int64()))
+            by = "modality" if table == "examples" else "reason"
+            for vc in pc.value_counts(part.column(by)).to_pylist():
+                key = f"{table}.{vc['values']}"
+                stats[key] = stats.get(key, 0) + vc["counts"]
             if table == "examples":  # copies may have come or gone since
                 sources = [s if _base_uri(s[0], reused) != s[0] else [s[0], *dups.get(s[0], [])]
                            for s in part.column("source_uris").to_pylist()]

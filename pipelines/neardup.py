@@ -130,10 +130,6 @@ class RegroupSteps:
         record = write_part(self.version_dir, "examples", name, part)
         yield f"{item['part']:06d}", json.dumps(record.to_json()).encode()
 
-    @staticmethod
-    def done(key: str, values: list[bytes]) -> KeyValues:
-        yield key, values[0]
-
 
 def group_near_dups(engine: Engine | EngineOptions, writer: mf.VersionWriter, tables: dict
                     ) -> dict[str, int]:
@@ -153,7 +149,8 @@ def group_near_dups(engine: Engine | EngineOptions, writer: mf.VersionWriter, ta
     items = [{"name": f"regroup-{k:05d}", "part": k, "groups": by_part.pop(k, {})}
              for k in sorted(check)]
     steps = RegroupSteps(writer.dir, [f.path for f in files])
-    exchange = Exchange(writer.dir, steps.map, (steps.done,), "near-dup-regroup")
+    # a map and no reduce: one result a part, so no shuffle to pay for
+    exchange = Exchange(writer.dir, steps.map, (), "near-dup-regroup")
     run = run_exchange if len(items) > LOCAL_MAX_PARTS else lambda _, *a: run_here(*a)
     for key, value in run(engine, exchange, items):
         files[int(key)] = FileRecord(**json.loads(value))

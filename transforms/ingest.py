@@ -389,6 +389,9 @@ class _Accumulator:
                 stats |= {"rejected_records": len(bad) - 1, "rejected_files": 1}
             else:
                 stats["rejected_files"] = 1
+        for r in bad:  # rows per reason: counted here, not read back from the parts
+            key = f"rejected.{r['reason']}"
+            stats[key] = stats.get(key, 0) + 1
         self.examples.extend(got)
         self.rejected.extend(bad)
         rec |= {"examples": len(got), "rejected": len(bad), "stats": _stats_json(stats)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from loom.jobs.corpus import generate_corpus
@@ -54,6 +55,11 @@ def test_added_files_decode_alone(tmp_path, monkeypatch, where):
                                                  for u in e["source_uris"]))
     assert copied["id"] in old and len(copied["source_uris"]) == len(old[copied["id"]]["source_uris"]) + 1
     assert len(_rows(second, "rejected")) == len(_rows(first, "rejected")) + 1
+    for out in (first, second):  # counts per modality and reason: reused rows counted too
+        want = Counter(f"examples.{e['modality']}" for e in _rows(out, "examples"))
+        want.update(f"rejected.{r['reason']}" for r in _rows(out, "rejected"))
+        assert {k: v for k, v in out["counts"].items()
+                if k.startswith(("examples.", "rejected."))} == dict(want)
     outcomes = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(second, "files")}
     assert outcomes["new.png"] == "accepted" and outcomes["new-empty.txt"] == "rejected"
     was = {r["uri"].rsplit("/", 1)[-1]: r["outcome"] for r in _rows(first, "files")}

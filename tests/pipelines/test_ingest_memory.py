@@ -13,6 +13,7 @@ from __future__ import annotations
 import tracemalloc
 
 import loom.pipelines.ingest as ingest
+import pyarrow.parquet as pq
 from loom.pipelines import ingest_listing, ingest_once, neardup
 from loom.pipelines.ingest import run_ingest
 from loom.pipelines.runner import Engine
@@ -121,3 +122,32 @@ def test_driver_memory_per_file_is_bounded(tmp_path, monkeypatch, ray_session):
     assert held < MAX_BYTES_PER_FILE_HELD, f"held while decoding: {held:.0f} B per file"
     assert per_file < MAX_BYTES_PER_FILE, f"driver grows {per_file:.0f} B per listed file"
     assert after < MAX_BYTES_PER_FILE_AFTER_ENGINE, f"after the engine: {after:.0f} B per file"
+
+
+def test_the_driver_reads_no_per_file_rows(tmp_path, monkeypatch, ray_session):
+    """On the engine path (a corpus over `LOCAL_MAX_FILES`), every read of the stage's
+    per-file rows, Examples and signatures happens in Ray workers: the driver process
+    reads no `_work/files` part and no Examples or Rejected part (its counts per modality
+    and reason come from the stage's stats)."""
+    monkeypatch.setattr(ingest_once, "LOCAL_MAX_FILES", 0)
+    monkeypatch.setattr(neardup, "LOCAL_MAX_PARTS", 0)
+    spec = PreprocessingSpec()
+    spec = spec.model_copy(update={"tokenizer_json": train_tokenizer(
+        ["text number about things"], spec.vocab_size)})
+    reads: list[tuple[str, list | None]] = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: reads.append(
+        (str(path), k.get("columns"))) or real(path, *a, **k))
+    # 8 files an item: files of one size fill several items, so copies are decoded in
+    # other items than their originals and dropped after, by the engine
+    out = run_ingest(_corpus(tmp_path, 300), str(tmp_path / "out"), spec, engine=Engine.RAY,
+                     files_per_item=8)
+    monkeypatch.undo()
+    c = out["counts"]
+    assert (c["listed"], c["duplicate"], c["accepted"]) == (300, 7, 293)
+    assert c["decoded"] == 293 and c["examples"] == 293
+    per_file = [p for p, _ in reads if "/_work/files/" in p]
+    assert not per_file, per_file[:3]
+    rows = [(p, cols) for p, cols in reads if "/examples/" in p or "/rejected/" in p]
+    assert not rows, rows[:3]
+    assert c["examples.text"] == 293 and not [k for k in c if k.startswith("rejected.")]

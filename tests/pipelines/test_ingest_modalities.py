@@ -65,6 +65,12 @@ def test_every_modality_one_outcome_per_file(bucket, tmp_path):
         by_mod[e["modality"]] = by_mod.get(e["modality"], 0) + 1
     # 1 image, 1 text, 2 audio, 1 video, 3 pages, 2 interleaved (jsonl r0, r3) + 1 (parquet)
     assert by_mod == {"image": 1, "text": 1, "audio": 2, "video": 1, "page": 3, "interleaved": 3}
+    by_reason: dict[str, int] = {}  # the counts per modality and reason are the tables'
+    for r in rejected.values():
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    assert {k: v for k, v in c.items() if k.startswith(("examples.", "rejected."))} == {
+        **{f"examples.{m}": n for m, n in by_mod.items()},
+        **{f"rejected.{r}": n for r, n in by_reason.items()}}
     assert c["examples"] == len(examples) == 11
     video = next(e for e in examples if e["modality"] == "video")
     assert [p["kind"] for p in video["parts"]] == ["video", "audio"]
