@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, run_here, to_ipc
@@ -27,6 +28,8 @@ from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
 from loom.transforms.neardup import UnionFind, bucket_keys, bucket_pairs, parse
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 MAX_PARTITIONS = 64
 LOCAL_MAX_PARTS = 16  # at most this many parts to rewrite: in the driver, no pipeline
@@ -86,40 +89,83 @@ class NearDupSteps:
                                   sort_keys=True).encode()
 
 
-def _groups_and_parts(engine: Engine | EngineOptions, version_dir: str, files: list[str]
-                      ) -> tuple[dict[str, str], dict[str, int]]:
+_GROUPS = pa.schema([("part", pa.int64()), ("id", pa.string()), ("group", pa.string())])
+
+
+def _components(engine: Engine | EngineOptions, version_dir: str, files: list[str]
+                ) -> tuple[pa.Table, int, int]:
+    """Every Example of a group of two or more as (part, id, group) rows, sorted by part
+    and id, with the number of such Examples and of groups. What the driver keeps of the
+    joins' results is numpy arrays (an id's bytes, its part), not a Python object per
+    member; the components are scipy's, over the joins' (member, root) edges."""
     steps = NearDupSteps(max(1, min(MAX_PARTITIONS, len(files))))
     items = [{"name": f"examples-{k:05d}", "file": uri, "part": k}
              for k, uri in enumerate(files)]
-    uf, parts = UnionFind(), {}
+    members, roots, parts = [], [], []
     for _, value in run_exchange(engine, Exchange(version_dir, steps.map, (steps.join,),
                                                   "near-dup"), items):
         got = json.loads(value)
-        for member, group in got["groups"].items():
-            uf.union(member, group)
-        parts |= got["parts"]
-    return uf.joined(), parts
+        joined, where = got["groups"], got["parts"]
+        members.append(np.array([m.encode() for m in joined], dtype=np.bytes_))
+        roots.append(np.array([r.encode() for r in joined.values()], dtype=np.bytes_))
+        parts.append(np.fromiter((where[m] for m in joined), np.int64, len(joined)))
+        del got, joined, where
+    if not members:
+        return _GROUPS.empty_table(), 0, 0
+    m, r = np.concatenate(members), np.concatenate(roots)
+    part_of = np.concatenate(parts)
+    del members, roots, parts
+    uniq, at = np.unique(np.concatenate([m, r]), return_inverse=True)
+    n = len(m)
+    del m, r
+    graph = coo_matrix((np.ones(n, np.int8), (at[:n], at[n:])), shape=(len(uniq), len(uniq)))
+    count, label = connected_components(graph, directed=False)
+    first = np.full(count, len(uniq))  # uniq is sorted: a group is its smallest member
+    np.minimum.at(first, label, np.arange(len(uniq)))
+    part = np.empty(len(uniq), np.int64)  # every member is a key of some join's result
+    part[at[:n]] = part_of
+    order = np.lexsort((uniq, part))
+    table = pa.table([pa.array(part[order]),
+                      pa.array(np.char.decode(uniq[order], "utf-8"), pa.string()),
+                      pa.array(np.char.decode(uniq[first[label]][order], "utf-8"), pa.string())],
+                     schema=_GROUPS)
+    return table, len(uniq), count
 
 
 def near_dup_groups_of(engine: Engine | EngineOptions, version_dir: str, files: list[str]
                        ) -> dict[str, str]:
     """{member: group} for every Example of a group of two or more, over the Examples
     `files`; any other Example is its own group."""
-    return _groups_and_parts(engine, version_dir, files)[0]
+    t = _components(engine, version_dir, files)[0]
+    return dict(zip(t.column("id").to_pylist(), t.column("group").to_pylist(), strict=True))
+
+
+_LOADED: dict[str, tuple[np.ndarray, pa.Table]] = {}  # a worker's groups file, read once
 
 
 class RegroupSteps:
     """Rewrites an Examples part whose `near_dup_group` column changed (picklable: the
-    version and its parts' paths; each item brings its part's members' groups)."""
+    version, its parts' paths and the groups file, which each worker reads once)."""
 
-    def __init__(self, version_dir: str, paths: list[str]):
-        self.version_dir, self.paths = version_dir, paths
+    def __init__(self, version_dir: str, paths: list[str], groups_uri: str):
+        self.version_dir, self.paths, self.groups_uri = version_dir, paths, groups_uri
+
+    def _groups(self, part: int) -> dict[str, str]:
+        if self.groups_uri not in _LOADED:
+            _LOADED.clear()
+            t = storage.read_parquet([self.groups_uri], schema=_GROUPS)
+            _LOADED[self.groups_uri] = (t.column("part").to_numpy(), t)
+        parts, t = _LOADED[self.groups_uri]
+        lo, hi = np.searchsorted(parts, part), np.searchsorted(parts, part, side="right")
+        rows = t.slice(lo, hi - lo)
+        return dict(zip(rows.column("id").to_pylist(), rows.column("group").to_pylist(),
+                        strict=True))
 
     def map(self, item: dict) -> KeyValues:
         path = self.paths[item["part"]]
         uri = storage.join(self.version_dir, path)
         t = storage.read_parquet([uri], columns=["id", "near_dup_group"])
-        groups = item["groups"]
+        groups = self._groups(item["part"])
         new = [groups.get(i, i) for i in t.column("id").to_pylist()]
         if new == t.column("near_dup_group").to_pylist():
             return  # as written (every Example its own group, or reused unchanged)
@@ -134,27 +180,26 @@ class RegroupSteps:
 def group_near_dups(engine: Engine | EngineOptions, writer: mf.VersionWriter, tables: dict
                     ) -> dict[str, int]:
     """Join near-duplicate Examples across all parts on the engine, then rewrite just the
-    parts whose `near_dup_group` column changed, on the engine too."""
+    parts whose `near_dup_group` column changed, on the engine too: the members' groups
+    go to the workers as one Parquet file under the version's `_work`."""
     files = tables.get("examples", [])
     paths = [storage.join(writer.dir, f.path) for f in files]
     if not paths:
         return {"near_duplicate": 0, "near_dup_groups": 0}
-    groups, parts = _groups_and_parts(engine, writer.dir, paths)
-    by_part: dict[int, dict[str, str]] = {}
-    for member, group in groups.items():
-        by_part.setdefault(parts[member], {})[member] = group
-    del parts
-    check = set(by_part) | {k for k, f in enumerate(files)  # prior groups may have changed
-                            if f.path.startswith("examples/reused-")}
-    items = [{"name": f"regroup-{k:05d}", "part": k, "groups": by_part.pop(k, {})}
-             for k in sorted(check)]
-    steps = RegroupSteps(writer.dir, [f.path for f in files])
+    groups, members, count = _components(engine, writer.dir, paths)
+    groups = groups.filter(pc.not_equal(groups.column("id"), groups.column("group")))
+    groups_uri = storage.join(writer.dir, mf.WORK, "near-dup-groups.parquet")
+    storage.write_parquet(groups, groups_uri)
+    check = set(np.unique(groups.column("part").to_numpy()).tolist()) | {
+        k for k, f in enumerate(files)  # a reused part's prior groups may have changed
+        if f.path.startswith("examples/reused-")}
+    del groups
+    items = [{"name": f"regroup-{k:05d}", "part": k} for k in sorted(check)]
+    steps = RegroupSteps(writer.dir, [f.path for f in files], groups_uri)
     # a map and no reduce: one result a part, so no shuffle to pay for
     exchange = Exchange(writer.dir, steps.map, (), "near-dup-regroup")
     run = run_exchange if len(items) > LOCAL_MAX_PARTS else lambda _, *a: run_here(*a)
     for key, value in run(engine, exchange, items):
         files[int(key)] = FileRecord(**json.loads(value))
-    sizes: dict[str, int] = {}
-    for g in groups.values():
-        sizes[g] = sizes.get(g, 0) + 1
-    return {"near_duplicate": sum(sizes.values()) - len(sizes), "near_dup_groups": len(sizes)}
+    _LOADED.clear()  # run here: the driver read the file
+    return {"near_duplicate": members - count, "near_dup_groups": count}
