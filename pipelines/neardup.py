@@ -92,44 +92,57 @@ class NearDupSteps:
 _GROUPS = pa.schema([("part", pa.int64()), ("id", pa.string()), ("group", pa.string())])
 
 
+_EDGES = pa.schema([("member", pa.string()), ("root", pa.string()), ("part", pa.int64())])
+
+
+def _unique_rows(t: pa.Table) -> pa.Table:
+    return t.group_by(t.column_names, use_threads=False).aggregate([])
+
+
 def _components(engine: Engine | EngineOptions, version_dir: str, files: list[str]
                 ) -> tuple[pa.Table, int, int]:
     """Every Example of a group of two or more as (part, id, group) rows, sorted by part
-    and id, with the number of such Examples and of groups. What the driver keeps of the
-    joins' results is numpy arrays (an id's bytes, its part), not a Python object per
-    member; the components are scipy's, over the joins' (member, root) edges."""
+    and id, with the number of such Examples and of groups. A pair sharing several bands
+    comes back from several partitions: the joins' (member, root, part) rows are kept as
+    Arrow and made unique as they arrive (not a Python object per member), and the
+    components are scipy's over those edges; a group is named by its smallest member."""
     steps = NearDupSteps(max(1, min(MAX_PARTITIONS, len(files))))
     items = [{"name": f"examples-{k:05d}", "file": uri, "part": k}
              for k, uri in enumerate(files)]
-    members, roots, parts = [], [], []
+    edges, kept = [], 0
     for _, value in run_exchange(engine, Exchange(version_dir, steps.map, (steps.join,),
                                                   "near-dup"), items):
         got = json.loads(value)
         joined, where = got["groups"], got["parts"]
-        members.append(np.array([m.encode() for m in joined], dtype=np.bytes_))
-        roots.append(np.array([r.encode() for r in joined.values()], dtype=np.bytes_))
-        parts.append(np.fromiter((where[m] for m in joined), np.int64, len(joined)))
+        edges.append(pa.table([pa.array(list(joined), pa.string()),
+                               pa.array(list(joined.values()), pa.string()),
+                               pa.array([where[m] for m in joined], pa.int64())],
+                              schema=_EDGES))
         del got, joined, where
-    if not members:
+        if sum(e.num_rows for e in edges) > 2 * kept + 65536:  # repeats dropped as they come
+            edges = [_unique_rows(pa.concat_tables(edges))]
+            kept = edges[0].num_rows
+    if not edges:
         return _GROUPS.empty_table(), 0, 0
-    m, r = np.concatenate(members), np.concatenate(roots)
-    part_of = np.concatenate(parts)
-    del members, roots, parts
-    uniq, at = np.unique(np.concatenate([m, r]), return_inverse=True)
-    n = len(m)
-    del m, r
-    graph = coo_matrix((np.ones(n, np.int8), (at[:n], at[n:])), shape=(len(uniq), len(uniq)))
+    edges_t = _unique_rows(pa.concat_tables(edges))
+    del edges
+    ids = pa.chunked_array([edges_t.column("member"), edges_t.column("root")]
+                           ).combine_chunks().dictionary_encode()
+    names, at = ids.dictionary, ids.indices.to_numpy()
+    n = edges_t.num_rows
+    graph = coo_matrix((np.ones(n, np.int8), (at[:n], at[n:])), shape=(len(names),) * 2)
     count, label = connected_components(graph, directed=False)
-    first = np.full(count, len(uniq))  # uniq is sorted: a group is its smallest member
-    np.minimum.at(first, label, np.arange(len(uniq)))
-    part = np.empty(len(uniq), np.int64)  # every member is a key of some join's result
-    part[at[:n]] = part_of
-    order = np.lexsort((uniq, part))
-    table = pa.table([pa.array(part[order]),
-                      pa.array(np.char.decode(uniq[order], "utf-8"), pa.string()),
-                      pa.array(np.char.decode(uniq[first[label]][order], "utf-8"), pa.string())],
+    rank = np.empty(len(names), np.int64)  # each name's place in sorted order
+    rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
+    first = np.full(count, len(names))  # per component: the smallest member's rank
+    np.minimum.at(first, label, rank)
+    by_rank = pc.sort_indices(names).to_numpy()
+    part = np.empty(len(names), np.int64)  # every member is a key of some join's result
+    part[at[:n]] = edges_t.column("part").to_numpy()
+    table = pa.table([pa.array(part), names, names.take(pa.array(by_rank[first[label]]))],
                      schema=_GROUPS)
-    return table, len(uniq), count
+    table = table.sort_by([("part", "ascending"), ("id", "ascending")])
+    return table, len(names), count
 
 
 def near_dup_groups_of(engine: Engine | EngineOptions, version_dir: str, files: list[str]
