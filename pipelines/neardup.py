@@ -3,17 +3,19 @@
 1. map (per Examples part): each signature goes to the partition of every LSH bucket
    it falls in (`transforms.neardup.bucket_keys`), as Arrow rows (bucket, id, signature).
 2. reduce (per partition): buckets with two or more members are verified pair by pair
-   (`bucket_pairs`, the same checks as the one-process `near_dup_groups`) and joined; only
-   the members of components of two or more come back, as JSON {member: component}.
+   (`bucket_pairs`, the same checks as the one-process `near_dup_groups`) and joined; the
+   members of components of two or more go on as (member, root, part) edges to the
+   partition of their member;
+3. reduce (per partition): each edge once (a pair sharing several bands was joined in
+   several partitions), back as JSON.
 
 Every verified pair shares a bucket, and every bucket lives in one partition, so the
-driver's union of what comes back is the whole graph's components: the same groups as
-`near_dup_groups` over every row. The driver holds near-duplicate members only (none for
-a corpus without near-copies) and the part each is in; the parts that hold one (and parts
-reused from a prior version, whose groups may have changed) are then rewritten on the
-engine, each task given its own part's members.
+components over what comes back are the whole graph's: the same groups as
+`near_dup_groups` over every row. The driver holds near-duplicate edges only (none for a
+corpus without near-copies), as Arrow; the parts that hold a member (and parts reused
+from a prior version, whose groups may have changed) are then rewritten on the engine,
+the members' groups read by the workers from one Parquet file.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -35,6 +37,13 @@ MAX_PARTITIONS = 64
 LOCAL_MAX_PARTS = 16  # at most this many parts to rewrite: in the driver, no pipeline
 _ROWS = pa.schema([("bucket", pa.binary()), ("id", pa.string()), ("sig", pa.binary()),
                    ("part", pa.int64())])
+
+
+_EDGES = pa.schema([("member", pa.string()), ("root", pa.string()), ("part", pa.int64())])
+
+
+def _unique_rows(t: pa.Table) -> pa.Table:
+    return t.group_by(t.column_names, use_threads=False).aggregate([])
 
 
 class NearDupSteps:
@@ -61,8 +70,7 @@ class NearDupSteps:
             part = pa.array([item.get("part", -1)] * len(cols[0]), pa.int64())
             yield f"p{p:04d}", to_ipc(pa.table([*cols, part], schema=_ROWS))
 
-    @staticmethod
-    def join(key: str, values: list[bytes]) -> KeyValues:
+    def join(self, key: str, values: list[bytes]) -> KeyValues:
         rows = pa.concat_tables([from_ipc(v) for v in values])
         shared = rows.group_by("bucket", use_threads=False).aggregate([("id", "count")])
         shared = shared.filter(pc.greater(shared.column("id_count"), 1)).column("bucket")
@@ -84,47 +92,49 @@ class NearDupSteps:
                     uf.union(a, b)
                 start = end
         joined = uf.joined()
-        if joined:  # the last step's values are JSON texts on every engine
-            yield key, json.dumps({"groups": joined, "parts": {m: parts[m] for m in joined}},
-                                  sort_keys=True).encode()
+        if not joined:
+            return
+        # a pair sharing several bands is joined in several partitions: its edges go on
+        # to the partition of their member, where repeats are dropped (`dedupe`)
+        edges = pa.table([pa.array(list(joined), pa.string()),
+                          pa.array(list(joined.values()), pa.string()),
+                          pa.array([parts[m] for m in joined], pa.int64())], schema=_EDGES)
+        to = np.array([self._partition(m.encode()) for m in joined], np.int64)
+        for p in np.unique(to):
+            yield f"e{p:04d}", to_ipc(edges.filter(pa.array(to == p)))
+
+    @staticmethod
+    def dedupe(key: str, values: list[bytes]) -> KeyValues:
+        """One partition's (member, root, part) edges, each once (the last step's values
+        are JSON texts on every engine)."""
+        edges = _unique_rows(pa.concat_tables([from_ipc(v) for v in values]))
+        yield key, json.dumps({c: edges.column(c).to_pylist() for c in _EDGES.names}
+                              ).encode()
 
 
 _GROUPS = pa.schema([("part", pa.int64()), ("id", pa.string()), ("group", pa.string())])
 
 
-_EDGES = pa.schema([("member", pa.string()), ("root", pa.string()), ("part", pa.int64())])
-
-
-def _unique_rows(t: pa.Table) -> pa.Table:
-    return t.group_by(t.column_names, use_threads=False).aggregate([])
-
-
 def _components(engine: Engine | EngineOptions, version_dir: str, files: list[str]
                 ) -> tuple[pa.Table, int, int]:
     """Every Example of a group of two or more as (part, id, group) rows, sorted by part
-    and id, with the number of such Examples and of groups. A pair sharing several bands
-    comes back from several partitions: the joins' (member, root, part) rows are kept as
-    Arrow and made unique as they arrive (not a Python object per member), and the
-    components are scipy's over those edges; a group is named by its smallest member."""
+    and id, with the number of such Examples and of groups. The joins' (member, root,
+    part) edges come back once each (`dedupe`) and are kept as Arrow, not a Python object
+    per member; the components are scipy's over them; a group is named by its smallest
+    member."""
     steps = NearDupSteps(max(1, min(MAX_PARTITIONS, len(files))))
     items = [{"name": f"examples-{k:05d}", "file": uri, "part": k}
              for k, uri in enumerate(files)]
-    edges, kept = [], 0
-    for _, value in run_exchange(engine, Exchange(version_dir, steps.map, (steps.join,),
-                                                  "near-dup"), items):
+    edges = []
+    for _, value in run_exchange(engine, Exchange(
+            version_dir, steps.map, (steps.join, steps.dedupe), "near-dup"), items):
         got = json.loads(value)
-        joined, where = got["groups"], got["parts"]
-        edges.append(pa.table([pa.array(list(joined), pa.string()),
-                               pa.array(list(joined.values()), pa.string()),
-                               pa.array([where[m] for m in joined], pa.int64())],
+        edges.append(pa.table([pa.array(got[c], _EDGES.field(c).type) for c in _EDGES.names],
                               schema=_EDGES))
-        del got, joined, where
-        if sum(e.num_rows for e in edges) > 2 * kept + 65536:  # repeats dropped as they come
-            edges = [_unique_rows(pa.concat_tables(edges))]
-            kept = edges[0].num_rows
+        del got
     if not edges:
         return _GROUPS.empty_table(), 0, 0
-    edges_t = _unique_rows(pa.concat_tables(edges))
+    edges_t = pa.concat_tables(edges).combine_chunks()
     del edges
     ids = pa.chunked_array([edges_t.column("member"), edges_t.column("root")]
                            ).combine_chunks().dictionary_encode()
