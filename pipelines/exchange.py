@@ -12,8 +12,10 @@ decide where the steps run: the functions are the same on both, so their output 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import pyarrow as pa
 
 KeyValues = Iterable[tuple[str, bytes]]
@@ -52,3 +54,10 @@ def run_here(exchange: Exchange, items: list[dict]) -> list[tuple[str, bytes]]:
             grouped.setdefault(key, []).append(value)
         pairs = [kv for key in sorted(grouped) for kv in reduce(key, grouped[key])]
     return sorted(pairs, key=lambda kv: kv[0])
+
+
+def buckets_of(keys: list[str], n: int) -> np.ndarray:
+    """Each key's bucket: its md5's first 32 bits mod n (Python's str hash is salted per
+    process, so workers would disagree)."""
+    return np.array([int(hashlib.md5(k.encode()).hexdigest()[:8], 16) % n for k in keys],
+                    np.int64)

@@ -11,7 +11,6 @@ their stats back, so the outcome tables are those of a hash-first ingest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections import defaultdict
 
@@ -19,7 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from loom.pipelines import ingest_listing
-from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, run_here, to_ipc
+from loom.pipelines.exchange import (
+    Exchange,
+    KeyValues,
+    buckets_of,
+    from_ipc,
+    run_here,
+    to_ipc,
+)
 from loom.pipelines.runner import Engine, EngineOptions, run_exchange
 from loom.schemas import manifest as mf
 from loom.schemas import storage
@@ -87,12 +93,6 @@ class Resolved:
     storage_example: str | None
 
 
-def _bucket(ids: list[str], n: int) -> np.ndarray:
-    """Each id's bucket: its md5's first 32 bits mod n (the same in every process)."""
-    return np.array([int(hashlib.md5(i.encode()).hexdigest()[:8], 16) % n for i in ids],
-                    np.int64)
-
-
 def _starts(counts: pa.ChunkedArray) -> pa.Array:
     c = counts.to_numpy()
     return pa.array(np.cumsum(c) - c, pa.int64())
@@ -133,7 +133,7 @@ class ResolveSteps:
             "ex_start": _starts(t.column("examples")), "examples": t.column("examples"),
             "rej_start": _starts(t.column("rejected")), "rejected": t.column("rejected")},
             schema=_ROUTED)
-        b = _bucket(t.column("id").to_pylist(), self.buckets)
+        b = buckets_of(t.column("id").to_pylist(), self.buckets)
         for n in np.unique(b):
             yield f"b{n:04d}", to_ipc(rows.filter(pa.array(b == n)))
 

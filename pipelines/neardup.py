@@ -16,6 +16,7 @@ corpus without near-copies), as Arrow; the parts that hold a member (and parts r
 from a prior version, whose groups may have changed) are then rewritten on the engine,
 the members' groups read by the workers from one Parquet file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -142,11 +143,11 @@ def _components(engine: Engine | EngineOptions, version_dir: str, files: list[st
     n = edges_t.num_rows
     graph = coo_matrix((np.ones(n, np.int8), (at[:n], at[n:])), shape=(len(names),) * 2)
     count, label = connected_components(graph, directed=False)
+    by_rank = pc.sort_indices(names).to_numpy()
     rank = np.empty(len(names), np.int64)  # each name's place in sorted order
-    rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
+    rank[by_rank] = np.arange(len(names))
     first = np.full(count, len(names))  # per component: the smallest member's rank
     np.minimum.at(first, label, rank)
-    by_rank = pc.sort_indices(names).to_numpy()
     part = np.empty(len(names), np.int64)  # every member is a key of some join's result
     part[at[:n]] = edges_t.column("part").to_numpy()
     table = pa.table([pa.array(part), names, names.take(pa.array(by_rank[first[label]]))],

@@ -16,13 +16,12 @@ that lost rows): no keys, no pair_ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from loom.pipelines.exchange import Exchange, KeyValues, from_ipc, to_ipc
+from loom.pipelines.exchange import Exchange, KeyValues, buckets_of, from_ipc, to_ipc
 from loom.pipelines.runner import Engine, EngineOptions, run_exchange
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
@@ -36,13 +35,6 @@ MAX_BUCKETS = 1 << 12
 
 def bucket_count(rows: int) -> int:
     return min(MAX_BUCKETS, max(1, -(-rows // ROWS_PER_BUCKET)))
-
-
-def buckets_of(keys: list[str], n: int) -> np.ndarray:
-    """Each key's bucket: its md5's first 32 bits mod n (Python's str hash is salted per
-    process, so workers would disagree)."""
-    return np.array([int(hashlib.md5(k.encode()).hexdigest()[:8], 16) % n for k in keys],
-                    np.int64)
 
 
 class DedupeSteps:
