@@ -17,8 +17,10 @@ Inputs, generated once per size under DIR and reused:
   generator's words) and a Pairs version (one text query per Example, split by id).
   mine, eval and backfill embed with an untrained tiny encoder checkpoint (dim 32, one
   layer: the model costs little, the driver paths are what is measured); synth runs with
-  the offline backend from a response cache that an unmeasured run filled first, so the
-  measured run makes no LLM call.
+  the offline backend from a response cache written straight from the Examples first
+  (every key the run asks for, two English queries an answer, in a few processes: the
+  offline server answering 2.5M calls at 1M takes hours), so the measured run makes no
+  LLM call.
 
 Each (stage, size) runs in a fresh child process (the driver) with its own local Ray
 session (2 CPUs, 256 MB object store), started before measuring. While the stage runs, a
@@ -193,6 +195,59 @@ def make_world(workdir: str, size: int) -> dict:
         json.dump(world, f)
     _stamp(path, want)
     return world
+
+
+def _prefill_part(args: tuple[str, str, int]) -> int:
+    """One Examples part's answers, written straight into the response cache (the key
+    synth computes, the fields an answer of the offline backend has)."""
+    import pyarrow.parquet as pq
+    from loom.synth.cache import ResponseCache
+    from loom.synth.client import LLMConfig
+    from loom.synth.prompts import PromptSet
+    from loom.synth.stage import DEFAULT_KINDS, response_key
+
+    part, cache_uri, seed = args
+    llm, cache = LLMConfig(), ResponseCache(cache_uri)
+    prompts = PromptSet.load(sorted({k for ks in DEFAULT_KINDS.values() for k in ks}))
+    t = pq.read_table(part, columns=["id", "modality"]).to_pydict()
+    n = 0
+    for j, (eid, modality) in enumerate(zip(t["id"], t["modality"], strict=True)):
+        for kind in DEFAULT_KINDS[modality]:
+            k = response_key(llm, prompts.version(kind, modality), eid)
+            i = seed + j
+            answer = {"model_version": "loom-offline-1", "repaired": False,
+                      "queries": [f"the {kind} of a {_words(i, 3)} scene",
+                                  f"where is the {_words(i + 1, 2)} in this one"],
+                      "response_id": k[:20], "task": f"Retrieve the {modality} it describes.",
+                      "usage": {"calls": 1, "input_tokens": 400, "output_tokens": 30}}
+            path = cache.uri(k)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:  # a plain write: no fsync, nothing measured here
+                json.dump(answer, f, sort_keys=True)
+            n += 1
+    return n
+
+
+def prefill_synth_cache(workdir: str, size: int, out: str) -> int:
+    """Every answer the synth run will ask for, written into `out`'s response cache in a
+    few processes (the offline server at 1M takes hours; this takes minutes), so the
+    measured run makes no LLM call. Kept between runs: a stamp says it is complete."""
+    import multiprocessing
+
+    from loom.schemas import manifest as mf
+
+    cache_uri = os.path.join(out, "_llm_cache")
+    want = {"prefilled": size}
+    if _stamp_ok(cache_uri, want):
+        return 0
+    world = make_world(workdir, size)
+    ex_dir, manifest = mf.resolve_input(world["examples"])
+    parts = [os.path.join(ex_dir, f.path) for f in manifest.tables["examples"]]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        n = sum(pool.imap_unordered(
+            _prefill_part, [(p, cache_uri, i * PART_ROWS) for i, p in enumerate(parts)]))
+    _stamp(cache_uri, want)
+    return n
 
 
 # ---- measurement ------------------------------------------------------------------------
@@ -401,17 +456,14 @@ def _stage_call(stage: str, size: int, workdir: str, out: str):
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
+def child(stage: str, size: int, workdir: str) -> dict:
     """One (stage, size) in this process: the driver being measured."""
     from loom.pipelines.ray.session import ensure_ray
 
     out = os.path.join(workdir, "out", f"{stage}-{size}")
-    _fresh(out, keep=("_llm_cache",) if stage == "synth" else ())  # a prefill reuses one
+    _fresh(out, keep=("_llm_cache",) if stage == "synth" else ())  # prefilled
     call = _stage_call(stage, size, workdir, out)
     ensure_ray(num_cpus=2, object_store_mb=256)
-    if prefill:  # fills the response cache; nothing of it is measured
-        call()
-        return {}
     with Sampler(out) as s:
         t = time.perf_counter()
         result = call()
@@ -428,11 +480,10 @@ def child(stage: str, size: int, workdir: str, prefill: bool = False) -> dict:
     return got
 
 
-def _run_child(stage: str, size: int, workdir: str, timeout_s: float,
-               prefill: bool = False) -> dict:
+def _run_child(stage: str, size: int, workdir: str, timeout_s: float) -> dict:
     """The child runs in its own process group, so a timeout ends it and its Ray session."""
     cmd = [sys.executable, "-m", "tests.benchmarks.bench_scale", "--child", stage, str(size),
-           "--workdir", workdir] + (["--prefill"] if prefill else [])
+           "--workdir", workdir]
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -452,10 +503,10 @@ def run(sizes: list[int], stages: list[str], workdir: str, out_json: str,
     """A (stage, size) that fails or runs past `timeout_s` is reported on stderr and left
     out of OUT (a rerun tries it again); the others still run. `isolate=False` measures in
     this process, on its Ray session (a test's shared one), with no timeout."""
-    def measure(stage: str, size: int, prefill: bool = False) -> dict:
+    def measure(stage: str, size: int) -> dict:
         if isolate:
-            return _run_child(stage, size, workdir, timeout_s, prefill)
-        return child(stage, size, workdir, prefill)
+            return _run_child(stage, size, workdir, timeout_s)
+        return child(stage, size, workdir)
 
     os.makedirs(workdir, exist_ok=True)
     try:
@@ -474,7 +525,8 @@ def run(sizes: list[int], stages: list[str], workdir: str, out_json: str,
                 make_world(workdir, size)
             try:
                 if stage == "synth":
-                    measure(stage, size, prefill=True)
+                    prefill_synth_cache(workdir, size, os.path.join(workdir, "out",
+                                                                    f"synth-{size}"))
                 done[str(size)] = measure(stage, size)
             except RuntimeError as e:
                 print(f"{stage} {size}: not measured: {e}", file=sys.stderr, flush=True)
@@ -495,11 +547,10 @@ def main() -> None:
     ap.add_argument("--json", dest="out_json")
     ap.add_argument("--timeout-s", type=float, default=900, help="per (stage, size) child")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)
-    ap.add_argument("--prefill", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     workdir = os.path.abspath(args.workdir)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), workdir, args.prefill)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), workdir)))
         return
     if not args.out_json:
         ap.error("--json is required")

@@ -1,5 +1,6 @@
 """bench_scale at a tiny size: the JSON has the issue's shape, every number is measured
-(positive), and a rerun skips what OUT already holds."""
+(positive), synth's prefilled cache answers every call it makes (the child raises on a
+miss), and a rerun skips what OUT already holds."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ KEYS = {"driver_peak_mb", "worker_peak_mb", "worker_peak_uss_mb", "wall_s", "obj
 
 def test_bench_scale_tiny(tmp_path, ray_session, capsys):
     out = tmp_path / "scale.json"
-    got = run([50], ["ingest", "shard"], str(tmp_path / "work"), str(out), isolate=False)
+    got = run([50], ["ingest", "shard", "synth"], str(tmp_path / "work"), str(out), isolate=False)
     assert json.loads(out.read_text()) == got
-    assert set(got) == {"stages"} and set(got["stages"]) == {"ingest", "shard"}
+    assert set(got) == {"stages"} and set(got["stages"]) == {"ingest", "shard", "synth"}
     for stage, by_size in got["stages"].items():
         assert set(by_size) == {"50"}, stage
         m = by_size["50"]
@@ -26,5 +27,5 @@ def test_bench_scale_tiny(tmp_path, ray_session, capsys):
         assert m["worker_peak_uss_mb"] <= m["worker_peak_mb"], (stage, m)  # USS is part of RSS
         assert isinstance(m["objects_written"], int)
     capsys.readouterr()
-    again = run([50], ["ingest", "shard"], str(tmp_path / "work"), str(out), isolate=False)
+    again = run([50], ["ingest", "shard", "synth"], str(tmp_path / "work"), str(out), isolate=False)
     assert again == got and "ingest 50" not in capsys.readouterr().out  # nothing re-measured
