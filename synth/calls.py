@@ -1,12 +1,13 @@
 """The one LLM call loop: synth and relabel both send their calls through `CallLoop`.
 
-Cache first (on the caller's thread: a hit costs no loop hop and no request); a miss
-builds its parts, then runs on the loop's own event loop (`client.aio`), many calls in
-flight under a concurrency cap and request/token buckets (synth.limits), transient faults
-retried (synth.client). Refusals and answers still schema-invalid after the one repair
-are cached as such, so a rerun does not pay for them again; calls that failed after
-every retry are not cached, so a rerun tries them again. Every call is counted under
-`LLM_STAT_NAMES` (calls, cache hits, billed requests, retries, repairs, refusals, tokens).
+Cache first (on the caller's thread, a remote cache's entries a few at a time: a hit
+costs no loop hop and no model request); a miss builds its parts, then runs on the loop's
+own event loop (`client.aio`), many calls in flight under a concurrency cap and
+request/token buckets (synth.limits), transient faults retried (synth.client). Refusals
+and answers still schema-invalid after the one repair are cached as such, so a rerun does
+not pay for them again; calls that failed after every retry are not cached, so a rerun
+tries them again. Every call is counted under `LLM_STAT_NAMES` (calls, cache hits, billed
+requests, retries, repairs, refusals, tokens).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class CallLoop:
         stats = new_stats()
         answers: list[dict | None] = [None] * len(calls)
         todo = []
-        for i, call in enumerate(calls):
-            cached = self._cache.get(call.key)
+        for i, (call, cached) in enumerate(zip(calls, self._cache.get_many(
+                [c.key for c in calls]), strict=True)):
             if cached is not None:
                 answers[i] = cached
                 stats["cache_hits"] += 1
@@ -156,8 +157,10 @@ class CallLoop:
         which makes its Rejected row)."""
         self.setup()
         out = {}
+        cached = dict(zip((keys := list(dict.fromkeys(c.key for c in calls))),
+                          self._cache.get_many(keys), strict=True))
         for call in calls:
-            if call.key in out or self._cache.get(call.key) is not None:
+            if call.key in out or cached[call.key] is not None:
                 continue
             try:
                 parts = self.refs.place(call.parts(), call.prompt)
