@@ -7,13 +7,14 @@ pretrained weights with the head at its start, models.trunk.initial_encoder), an
 text->text a BM25 baseline. The gallery is every held-out asset of the target modality.
 The baselines that need a whole index in memory (BM25, untrained) read a seeded sample of
 exactly `baseline_cap` items of a larger gallery (relevant items of the queries they
-score first, then distractors); the task's entry says so in `baseline_sample`. The driver
+score first, then distractors), on a worker; the task's entry says so in
+`baseline_sample`. The driver
 holds queries (at most max_queries a task), per-item metadata and vectors, never the
 gallery's ITEMs or the held-out Example rows: workers read the Pairs and Examples files,
 build every task's gallery ITEMs and embed what the per-checkpoint cache lacks (mine's
 cache: pipelines/ray/evaluate.py); the driver fills the vectors from the cache into
-memory maps in its own temp. The untrained baseline is not a checkpoint and embeds
-in-process, its sampled gallery ITEMs read from the files a chunk at a time. Queries and
+memory maps in its own temp. The untrained baseline is not a checkpoint and embeds in
+its worker, its sampled gallery ITEMs read from the files a chunk at a time. Queries and
 gallery both go through the checkpoint's own preprocessing (models.inputs): a gallery
 ingested with another tokenizer is re-tokenized; other frame or audio settings are
 refused. Relevance is the exact positive, or with a ground-truth file, any gallery asset
@@ -40,6 +41,7 @@ from loom.models.inputs import examples_spec
 from loom.models.trunk import initial_encoder
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
+from loom.pipelines.embed_cache import cache_keys
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import METRICS, Split, rows_of
@@ -209,7 +211,7 @@ class _Task:
     rows: pa.Table  # the gallery's Examples rows: file, row, parts (in gallery order)
     inline: list[dict]  # the written positives' ITEMs, after those rows
     relevant: list[set[int]]
-    lexical: tuple[list[str], list[str]] | None  # (query, gallery) texts for BM25
+    lexical: tuple[list[str], pa.ChunkedArray] | None  # (query, gallery) texts for BM25
 
     @property
     def size(self) -> int:
@@ -217,37 +219,46 @@ class _Task:
 
     @classmethod
     def build(cls, prepared: dict, plan: pa.Table) -> _Task:
-        """From prepare_tasks' entry and the task's gallery plan rows (plan order)."""
-        from loom.pipelines.embed_cache import cache_keys
-
+        """From prepare_tasks' entry and the task's gallery plan rows (plan order). The
+        gallery's columns stay Arrow: only the queries' relevant items become sets."""
         inline = prepared["inline"]
-        ids = plan.column("id").to_pylist() + [e["id"] for e in inline]
-        keys = plan.column("key").to_pylist() + [e["key"] for e in inline]
-        index: dict[str, int] = {}
-        for i, x in enumerate(ids[: len(plan)]):
-            index[x] = i
-        for i, e in enumerate(inline, start=len(plan)):
-            if e["id"] in index:
-                raise RuntimeError(f"written positive {e['id']} is also a gallery Example")
-            index[e["id"]] = i
-        by_key: dict[str, set[int]] = {}
-        for i, k in enumerate(keys):
-            by_key.setdefault(k, set()).add(i)
+        inline_ids = pa.array([e["id"] for e in inline], pa.string())
+        if len(inline) and pc.any(pc.is_in(inline_ids, value_set=plan.column("id"))).as_py():
+            twice = pc.filter(inline_ids, pc.is_in(inline_ids, value_set=plan.column("id")))
+            raise RuntimeError(f"written positive {twice[0]} is also a gallery Example")
+        ids = pa.chunked_array([*plan.column("id").chunks, inline_ids], pa.string())
+        keys = pa.chunked_array([*plan.column("key").cast(pa.string()).chunks,
+                                 pa.array([e["key"] for e in inline], pa.string())], pa.string())
         qs = prepared["queries"]
-        relevant = [by_key[keys[index[q["positive_id"]]]] | {index[q["positive_id"]]}
-                    for q in qs]
+        at = pc.index_in(pa.array([q["positive_id"] for q in qs], pa.string()), value_set=ids)
+        if at.null_count:
+            raise RuntimeError(f"{at.null_count} queries' positives are not in the gallery")
+        pos_keys = keys.take(at)
+        same = pc.indices_nonzero(pc.is_in(keys, value_set=pc.unique(pos_keys)))
+        by_key: dict[str | None, set[int]] = {}  # the gallery items that share a positive's key
+        for i, k in zip(same.to_pylist(), keys.take(same).to_pylist(), strict=True):
+            by_key.setdefault(k, set()).add(i)
+        relevant = [by_key[k] | {p} for k, p in zip(pos_keys.to_pylist(), at.to_pylist(),
+                                                    strict=True)]
         lexical = None
         if prepared["lexical"]:
-            lexical = ([q["text"] for q in qs],
-                       plan.column("text").to_pylist() + [e["text"] for e in inline])
+            lexical = ([q["text"] for q in qs], pa.chunked_array(
+                [*plan.column("text").chunks, pa.array([e["text"] for e in inline],
+                                                       pa.string())], pa.string()))
         q_dig = [q["digest"] for q in qs]
         i_dig = [e["digest"] for e in inline]
-        g_keys = np.concatenate([cache_keys(plan.column("id").to_pylist(),
-                                            plan.column("digest").to_pylist()),
+        g_keys = np.concatenate([*_plan_keys(plan),
                                  cache_keys([f"q:{d}" for d in i_dig], i_dig)])
         return cls([q["item"] for q in qs], cache_keys([f"q:{d}" for d in q_dig], q_dig),
                    g_keys, plan.select(["file", "row", "parts"]), [e["item"] for e in inline],
                    relevant, lexical)
+
+
+def _plan_keys(plan: pa.Table, step: int = 1 << 16) -> list[np.ndarray]:
+    """The plan rows' embedding cache keys, `step` rows' ids as Python strings at a time."""
+    return [cache_keys(plan.column("id").slice(s, step).to_pylist(),
+                       plan.column("digest").slice(s, step).to_pylist())
+            for s in range(0, len(plan), step)] or [np.zeros(0, "S16")]
 
 
 def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root: str,
@@ -326,6 +337,10 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
             tasks = {name: _Task.build(t, plan.filter(pc.equal(names, name)))
                      for name, t in sorted(prepared["tasks"].items())}
             del plan, names, prepared
+            untrained_ref = ray.put(untrained)  # one copy for every task's baselines
+            pending = {name: _baselines(task, baseline_cap, seed, untrained_ref, ex_dir,
+                                        ex_manifest, handler)
+                       for name, task in tasks.items()}  # on workers, beside the ranking
             vectors = _fill(tasks, cache, tmp)
             sizes = sorted({*ckpt.encoder_config.embed_dims,
                             *(d for d in dims if 0 < d < ckpt.encoder_config.out_dim)})
@@ -336,29 +351,18 @@ def run_eval(pairs_uri: str, checkpoint: str, checkpoint_root: str, output_root:
                     qd = _renorm(q_full[:, :d])
                     gd = _renorm_map(g_full, d, os.path.join(tmp, f"gallery-{t}-d{d}.npy"))
                     by_dim[d] = embedding_metrics(qd, gd, task.relevant)
-                sample = baseline_sample(task.size, task.relevant, baseline_cap, seed)
-                rows_b, qs_b = (sample if sample is not None else
-                                (np.arange(task.size), np.arange(len(task.queries))))
-                at = {int(g): i for i, g in enumerate(rows_b)}
-                relevant_b = [{at[g] for g in task.relevant[q]} for q in qs_b]
-                base = embedding_metrics(
-                    handler.embed([task.queries[q] for q in qs_b], untrained),
-                    _embed_rows(task, rows_b, handler, untrained, ex_dir, ex_manifest),
-                    relevant_b)
                 entry = dict(by_dim[sizes[-1]])
                 entry |= {f"random_{k}": v for k, v in
                           random_recall(task.size, task.relevant).items()}
-                entry |= {f"untrained_{k}": v for k, v in
-                          base.items()}
-                if task.lexical is not None:
-                    q_texts, g_texts = task.lexical
-                    lexical = _bm25_top([q_texts[q] for q in qs_b], [g_texts[i] for i in rows_b])
-                    entry |= {f"lexical_{k}": v for k, v in
-                              metrics_from_top(lexical, relevant_b).items()}
+                ref, sample = pending.pop(name)
+                base = ray.get(ref)
+                entry |= {f"untrained_{k}": v for k, v in base["untrained"].items()}
+                if base["lexical"] is not None:
+                    entry |= {f"lexical_{k}": v for k, v in base["lexical"].items()}
                 entry |= {"queries": len(task.queries), "gallery": task.size}
                 if sample is not None:
                     entry["baseline_sample"] = {"gallery": task.size, "cap": baseline_cap,
-                                                "seed": seed, "queries": len(qs_b)}
+                                                "seed": seed, "queries": len(sample[1])}
                 table[name] = entry | {"by_dim": {str(d): m for d, m in by_dim.items()}}
                 baselines = {k: v for k, v in entry.items() if k.startswith(BASELINES)}
                 for d, m in by_dim.items():  # one row per pair and size; baselines repeated
@@ -407,25 +411,29 @@ def _fill(tasks: dict[str, _Task], cache, tmp: str) -> dict[str, tuple[np.ndarra
     return out
 
 
-def _embed_rows(task: _Task, rows: np.ndarray, handler: EncoderHandler, model, ex_dir: str,
-                ex_manifest: mf.Manifest) -> np.ndarray:
-    """The gallery rows' vectors under `model` (the untrained baseline, in this process),
-    their ITEMs read from the Examples files by a task, UNTRAINED_CHUNK at a time."""
-    import ray
-    from loom.pipelines.ray.evaluate import gallery_items
+def _baselines(task: _Task, cap: int, seed: int, untrained, ex_dir: str,
+               ex_manifest: mf.Manifest, handler: EncoderHandler):
+    """(an ObjectRef of the untrained and lexical metrics, the sample or None): the task's
+    capped, seeded sample is chosen here; its gallery ITEMs are read, embedded and indexed
+    by a worker (pipelines.ray.evaluate.baseline_metrics), so the driver holds neither
+    the sample's vectors nor BM25's index."""
+    from loom.pipelines.ray.evaluate import baseline_metrics
 
+    sample = baseline_sample(task.size, task.relevant, cap, seed)
+    rows, qs = (sample if sample is not None else
+                (np.arange(task.size), np.arange(len(task.queries))))
     n = len(task.rows)
-    step = UNTRAINED_CHUNK * handler.batch_size  # whole batches: the same as one call
-    out = []
-    for s in range(0, len(rows), step):
-        chunk = rows[s : s + step].tolist()
-        locs = task.rows.take(pa.array([r for r in chunk if r < n], pa.int64())).to_pylist()
-        read = iter(ray.get(gallery_items.remote(
-            ex_dir, ex_manifest, handler,
-            [(x["file"], x["row"], x["parts"]) for x in locs])) if locs else [])
-        items = [next(read) if r < n else task.inline[r - n] for r in chunk]
-        out.append(handler.embed(items, model))
-    return np.concatenate(out) if out else np.zeros((0, handler.dim or 1), np.float32)
+    relevant = [set(np.searchsorted(rows, sorted(task.relevant[q])).tolist())
+                for q in qs]  # rows is sorted and holds every scored query's items
+    lexical = None
+    if task.lexical is not None:
+        q_texts, g_texts = task.lexical
+        lexical = ([q_texts[q] for q in qs], g_texts.take(pa.array(rows, pa.int64())))
+    ref = baseline_metrics.remote(
+        ex_dir, ex_manifest, handler, untrained, [task.queries[q] for q in qs],
+        task.rows.take(pa.array(rows[rows < n], pa.int64())),
+        [task.inline[r - n] for r in rows[rows >= n]], relevant, lexical)
+    return ref, sample
 
 
 def heldout_rows(pairs: pa.Table) -> list[dict]:

@@ -12,8 +12,9 @@
    mine uses for the same checkpoint).
 3. The driver reads the plan's small columns and fills the vectors from the cache into
    memory-mapped .npy files in its own local temp (nodes share no disk).
-4. `gallery_items` (a task): the ITEMs of chosen gallery rows, read from their files, for
-   the untrained baseline's capped sample.
+4. `baseline_metrics` (a task per retrieval task): the untrained and lexical baselines on
+   the task's capped sample, its gallery ITEMs read from their files a chunk at a time,
+   so neither the sample's vectors nor BM25's index are in the driver.
 """
 
 from __future__ import annotations
@@ -217,9 +218,8 @@ def gallery_reader(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHandle
                              spec_uri=spec_uri, truth=[ray.put(truth)])
 
 
-@ray.remote
-def gallery_items(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHandler,
-                  locations: list[tuple[int, int, list[int] | None]]) -> list[dict]:
+def read_gallery_items(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHandler,
+                       locations: list[tuple[int, int, list[int] | None]]) -> list[dict]:
     """The gallery ITEMs at (file, row, parts) locations, in order, read from the files."""
     prep = handler.inputs()
     files = ex_manifest.tables.get("examples", [])
@@ -234,3 +234,37 @@ def gallery_items(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHandler
             rows[(f, r)] = prep.retokenized(e)
     return [example_to_item(rows[(f, r)], idx) for f, r, idx in locations]
 
+
+
+@ray.remote
+def baseline_metrics(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHandler,
+                     untrained, queries: list[dict], rows: pa.Table, inline: list[dict],
+                     relevant: list[set[int]],
+                     lexical: tuple[list[str], pa.ChunkedArray] | None) -> dict:
+    """Step 4: one task's untrained and lexical baselines over its sample (evaluate's
+    `_baselines`): the gallery is the Examples rows at `rows` (file, row, parts), then the
+    `inline` written positives; ITEMs read UNTRAINED_CHUNK model batches at a time."""
+    from loom.pipelines.evaluate import (
+        UNTRAINED_CHUNK,
+        _bm25_top,
+        embedding_metrics,
+        metrics_from_top,
+    )
+
+    step = UNTRAINED_CHUNK * handler.batch_size  # whole batches: the same as one call
+    gallery = []
+    for s in range(0, len(rows), step):
+        locs = rows.slice(s, step).to_pylist()
+        gallery.append(handler.embed(read_gallery_items(
+            ex_dir, ex_manifest, handler, [(x["file"], x["row"], x["parts"]) for x in locs]),
+            untrained))
+    if inline:
+        gallery.append(handler.embed(inline, untrained))
+    vectors = (np.concatenate(gallery) if gallery
+               else np.zeros((0, handler.dim or 1), np.float32))
+    out = {"untrained": embedding_metrics(handler.embed(queries, untrained), vectors, relevant),
+           "lexical": None}
+    if lexical is not None:
+        out["lexical"] = metrics_from_top(_bm25_top(lexical[0], lexical[1].to_pylist()),
+                                          relevant)
+    return out

@@ -9,9 +9,8 @@ import uuid
 
 import numpy as np
 import pytest
-from loom.models.handler import EncoderHandler
-from loom.pipelines import evaluate
 from loom.pipelines.evaluate import baseline_sample, run_eval
+from loom.pipelines.ray import evaluate as ray_evaluate
 from loom.schemas import manifest as mf
 from loom.schemas import storage
 from loom.schemas.records import EXAMPLE, PAIR, empty_part, to_table
@@ -131,18 +130,19 @@ def test_baselines_read_a_capped_gallery(world, monkeypatch):
     """A gallery over the cap: BM25 and the untrained model read exactly `cap` items (the
     JSON says so); the checkpoint's own figures and the random baseline keep the whole."""
     calls = []
-    bm25, embed = evaluate._bm25_top, EncoderHandler.embed
+    real = ray_evaluate.baseline_metrics
 
-    def spy_bm25(queries, texts):
-        calls.append(("bm25", len(queries), len(texts)))
-        return bm25(queries, texts)
+    class Spy:  # what each task's baselines are given to read, on their worker
+        @staticmethod
+        def remote(ex_dir, ex_manifest, handler, untrained, queries, rows, inline, relevant,
+                   lexical):
+            calls.append(("embed", len(queries), len(rows) + len(inline)))
+            if lexical is not None:
+                calls.append(("bm25", len(lexical[0]), len(lexical[1])))
+            return real.remote(ex_dir, ex_manifest, handler, untrained, queries, rows, inline,
+                               relevant, lexical)
 
-    def spy_embed(self, items, model):  # the untrained baseline embeds in this process
-        calls.append(("embed", len(items)))
-        return embed(self, items, model)
-
-    monkeypatch.setattr(evaluate, "_bm25_top", spy_bm25)
-    monkeypatch.setattr(EncoderHandler, "embed", spy_embed)
+    monkeypatch.setattr(ray_evaluate, "baseline_metrics", Spy)
     out = run_eval(world["pairs_dir"], world["ckpt"], world["ckpts"],
                    str(world["base"] / "eval-capped"), baseline_cap=15)
     ev, full = out["eval"], world["out"]["eval"]
@@ -161,8 +161,9 @@ def test_baselines_read_a_capped_gallery(world, monkeypatch):
     assert ev["text->text:natural"]["baseline_sample"]["queries"] == 7
     assert ev["interleaved->text"]["baseline_sample"]["queries"] == N
     assert ("bm25", 7, 15) in calls and all(c[2] == 15 for c in calls if c[0] == "bm25")
-    sizes = [c[1] for c in calls if c[0] == "embed"]
+    sizes = [c[2] for c in calls if c[0] == "embed"]
     assert sizes.count(15) == len(capped) and max(sizes) == 15  # never a whole gallery
+    assert len(sizes) == len(ev)  # every task's baselines, each on a worker
 
 
 def test_gallery_is_embedded_through_the_cache_by_workers(world):

@@ -58,7 +58,7 @@ def clips(tmp_path_factory):
 
 
 def test_driver_never_holds_the_gallery(clips):
-    base, cap = clips["base"], 2  # the untrained baseline reads 2 clips in this process
+    base, cap = clips["base"], 2  # the untrained baseline reads 2 clips (in a worker)
     args = (clips["pairs"], clips["ckpt"], clips["ckpts"])
     warm = run_eval(*args, str(base / "warm"), baseline_cap=cap)  # imports, Ray started
     tracemalloc.start()
