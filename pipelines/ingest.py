@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from loom.pipelines import ingest_listing, ingest_once
 from loom.pipelines.cluster import check_paths
 from loom.pipelines.common import BadInput, cleanup_work, result, reuse, timed
@@ -146,9 +145,9 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
                 engine, writer, tables, stats,
                 prior[1].files(prior[0], "files") if prior is not None else [], set(bad_names))
             check_readable(got, listed)
-    reused = got.reused
-    if reused:
-        _copy_reused(prior, writer, reused, tables, stats, got.reused_dups)
+    if got.reused:
+        with timed(timings, "reuse_s"):
+            ingest_once.copy_reused(engine, writer, prior, got, tables, stats)
     tables["files"] = got.files
     if bad_names:  # rejected in the driver, before any engine: both engines agree
         bad = sorted(bad_names)
@@ -175,7 +174,7 @@ def _run(listing: ingest_listing.Listing, input_uri: str, output_root: str,
         "examples": sum(f.rows for f in tables["examples"]),
         "rejected_records": stats.get("rejected_records", 0),
         "decoded": got.decoded,
-        "reused_files": len(reused),
+        "reused_files": got.reused,
         # Examples in a near-duplicate group beyond its first member, and such groups
         # (exact copies are `duplicate`: never decoded; near ones are kept, grouped)
         "near_duplicate": near["near_duplicate"],
@@ -219,19 +218,6 @@ def _bad_name_row(uri: str) -> dict:
                        "rename it to ingest it", "record_id": None}
 
 
-def _base_uri(uri: str, listed: set[str]) -> str:
-    """The listed file a row came from: `manifest.jsonl#3` -> `manifest.jsonl`, and
-    `shard.tar#dir/0001.jpg` -> `shard.tar` (a listed name may itself hold a `#`)."""
-    if uri in listed:
-        return uri
-    at = uri.find("#")
-    while at != -1:
-        if uri[:at] in listed:
-            return uri[:at]
-        at = uri.find("#", at + 1)
-    return uri
-
-
 def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Manifest] | None:
     """The newest complete version of the same input and config: its rows can be reused."""
     try:
@@ -243,47 +229,6 @@ def _prior_version(root: str, input_uri: str, config: dict) -> tuple[str, mf.Man
             or manifest.logic_version != mf.logic_version("ingest")):  # columns may differ
         return None
     return vdir, manifest
-
-
-def _prior_outcomes(prior: tuple[str, mf.Manifest], uris: pa.Array) -> pa.Array:
-    """The prior version's outcome of each of `uris`, in their order."""
-    return ingest_listing.prior_values(
-        mf.read_table_parts(*prior, "files", columns=["uri", "outcome"]), uris, "outcome")
-
-
-def _copy_reused(prior: tuple[str, mf.Manifest],
-                 writer: mf.VersionWriter, reused: set[str], tables: dict, stats: dict,
-                 dups: dict[str, list[str]]) -> None:
-    """Rows of unchanged files are copied from the prior version, not decoded again: one
-    prior part at a time, each into a part of its own, so memory holds one part."""
-    for table, column in (("examples", "source_uris"), ("rejected", "uri")):
-        for n, old in enumerate(mf.read_table_parts(*prior, table)):
-            keys = old.column(column).to_pylist()
-            if column == "source_uris":
-                keys = [k[0] if k else "" for k in keys]
-            keep = [i for i, k in enumerate(keys) if _base_uri(k, reused) in reused]
-            if table == "rejected":
-                stats["rejected_records"] = stats.get("rejected_records", 0) + sum(
-                    1 for i in keep if _base_uri(keys[i], reused) != keys[i])
-            if not keep:
-                continue
-            part = old.take(pa.array(keep, pa.int64()))
-            by = "modality" if table == "examples" else "reason"
-            for vc in pc.value_counts(part.column(by)).to_pylist():
-                key = f"{table}.{vc['values']}"
-                stats[key] = stats.get(key, 0) + vc["counts"]
-            if table == "examples":  # copies may have come or gone since
-                sources = [s if _base_uri(s[0], reused) != s[0] else [s[0], *dups.get(s[0], [])]
-                           for s in part.column("source_uris").to_pylist()]
-                idx = part.schema.get_field_index("source_uris")
-                part = part.set_column(idx, part.schema.field(idx),
-                                       pa.array(sources, pa.list_(pa.string())))
-            tables.setdefault(table, []).append(
-                writer.write_part(table, f"reused-{n:05d}", part))
-    was = _prior_outcomes(prior, pa.array(sorted(reused), pa.string()))
-    accepted = pc.sum(pc.equal(was, "accepted")).as_py() or 0
-    stats["accepted_files"] = stats.get("accepted_files", 0) + accepted
-    stats["rejected_files"] = stats.get("rejected_files", 0) + len(was) - was.null_count - accepted
 
 
 def _text_candidate(uri: str) -> bool:

@@ -81,14 +81,15 @@ _EDITS = pa.schema([  # what a part loses (drop) or re-sources (fix), as spans o
 @dataclasses.dataclass
 class Resolved:
     """What the driver keeps of the resolution: counters and the parts written, no rows.
-    `reused` (canonicals a prior version holds) and `reused_dups` (their copies) are
-    empty on a first ingest: they are what `_copy_reused` copies from that version."""
+    `reused` counts the canonicals a prior version holds (none on a first ingest);
+    `reused_parts` name them with their copies (`_work/reused` parts, a bucket each):
+    what `copy_reused` copies from that version."""
 
     files: list[FileRecord]
     duplicates: list[FileRecord]
     decoded: int
-    reused: set[str]
-    reused_dups: dict[str, list[str]]
+    reused: int
+    reused_parts: list[str]
     storage_errors: int
     storage_example: str | None
 
@@ -156,7 +157,7 @@ class ResolveSteps:
         dups: dict[str, list[str]] = {}
         for o, c in zip(owner.tolist(), np.flatnonzero(copy).tolist(), strict=True):
             dups.setdefault(uris[o], []).append(uris[c])  # URIs ascend within an id
-        summary: dict = {"stats": {}, "decoded": 0, "reused": [], "reused_dups": {},
+        summary: dict = {"stats": {}, "decoded": 0, "reused": 0, "reused_part": None,
                          "storage_errors": 0, "storage_example": None,
                          "files": None, "duplicates": None}
         if copy.any():
@@ -188,11 +189,9 @@ class ResolveSteps:
             if copies[i] != dups.get(uris[i], []):
                 edits[col["part"][i]].append({"kind": "fix", **span, "uri": uris[i],
                                               "copies": dups.get(uris[i], [])})
-        for i in np.flatnonzero(canonical).tolist():
-            if state[i] == "reused":
-                summary["reused"].append(uris[i])
-                if uris[i] in dups:
-                    summary["reused_dups"][uris[i]] = dups[uris[i]]
+        is_reused = canonical & pc.equal(rows.column("state"), "reused").to_numpy(
+            zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+        was = self._reused(key, uris, is_reused, dups, summary)
         keep = canonical & pc.is_in(rows.column("state"), value_set=pa.array(
             ["decoded", "reused"])).to_numpy(zero_copy_only=False)
         summary["decoded"] = int((canonical & (np.array(state) == "decoded")).sum()) if n else 0
@@ -204,24 +203,43 @@ class ResolveSteps:
             keep &= ~pc.is_in(rows.column("uri"), value_set=pa.array(
                 sorted(self.bad_names), pa.string())).to_numpy(zero_copy_only=False)
         if keep.any():
-            summary["files"] = self._files_part(key, rows, keep, rejected).to_json()
+            summary["files"] = self._files_part(key, rows, keep, rejected, is_reused,
+                                                was).to_json()
         for part, e in sorted(edits.items()):
             yield f"p{part:06d}", to_ipc(pa.Table.from_pylist(e, schema=_EDITS))
         yield f"s{key[1:]}", json.dumps(summary, sort_keys=True).encode()
 
-    def _files_part(self, key: str, rows: pa.Table, keep: np.ndarray, rejected: np.ndarray
-                    ) -> FileRecord:
+    def _reused(self, key: str, uris: list[str], is_reused: np.ndarray,
+                dups: dict[str, list[str]], summary: dict) -> pa.Array | None:
+        """The bucket's reused canonicals (those a prior version holds): written with their
+        copies as a `_work/reused` part for `copy_reused`, their prior outcomes counted
+        (and returned, in row order: FILES keeps them)."""
+        if not self.prior_files or not is_reused.any():
+            return None
+        names = pa.array([uris[i] for i in np.flatnonzero(is_reused).tolist()], pa.string())
+        part = storage.join(self.version_dir, "_work", "reused", f"part-{key[1:]}.parquet")
+        storage.write_parquet(pa.table({"uri": names, "copies": pa.array(
+            [dups.get(u, []) for u in names.to_pylist()], pa.list_(pa.string()))}), part)
+        was = ingest_listing.prior_values(
+            (storage.read_parquet([f], columns=["uri", "outcome"]) for f in self.prior_files),
+            names, "outcome")
+        accepted = pc.sum(pc.equal(was, "accepted")).as_py() or 0
+        for name, v in (("accepted_files", accepted),
+                        ("rejected_files", len(was) - was.null_count - accepted)):
+            summary["stats"][name] = summary["stats"].get(name, 0) + v
+        summary["reused"], summary["reused_part"] = len(names), part
+        return was
+
+    def _files_part(self, key: str, rows: pa.Table, keep: np.ndarray, rejected: np.ndarray,
+                    is_reused: np.ndarray, was: pa.Array | None) -> FileRecord:
         """FILES for the bucket's canonicals, in URI order: a decoded one is rejected iff
-        its stage rejected the file, a reused one keeps its prior outcome."""
+        its stage rejected the file, a reused one keeps its prior outcome (`was`, over
+        the `is_reused` rows)."""
         t = rows.filter(pa.array(keep))
         outcome = pa.array(np.where(rejected[keep], "rejected", "accepted"), pa.string())
-        reused = pc.equal(t.column("state"), "reused").combine_chunks()
-        if self.prior_files and pc.any(reused).as_py():
-            was = ingest_listing.prior_values(
-                (storage.read_parquet([f], columns=["uri", "outcome"])
-                 for f in self.prior_files),
-                t.column("uri").filter(reused).combine_chunks(), "outcome")
-            outcome = pc.replace_with_mask(outcome, reused, was)
+        if was is not None and (kept := is_reused[keep]).any():
+            outcome = pc.replace_with_mask(outcome, pa.array(kept),
+                                           was.filter(pa.array(keep[is_reused])))
         files = pa.Table.from_arrays([t.column("uri"), t.column("id"), outcome],
                                      schema=FILES).sort_by("uri")
         return mf.write_part(self.version_dir, "files", f"part-{key[1:]}", files)
@@ -282,7 +300,7 @@ def resolve(engine: Engine | EngineOptions, writer: mf.VersionWriter,
     steps = ResolveSteps(writer.dir, [r.path for r in records], buckets, tuple(prior_files),
                          frozenset(bad_names))
     items = [{"name": f"files-{k:05d}", "part": k} for k in range(len(records))]
-    got = Resolved([], [], 0, set(), {}, 0, None)
+    got = Resolved([], [], 0, 0, [], 0, None)
     where = {t: {f.path: n for n, f in enumerate(tables.get(t, []))}
              for t in ("examples", "rejected")}
     gone: set[tuple[str, int]] = set()
@@ -302,8 +320,9 @@ def resolve(engine: Engine | EngineOptions, writer: mf.VersionWriter,
         for s, v in out["stats"].items():
             stats[s] = stats.get(s, 0) + v
         got.decoded += out["decoded"]
-        got.reused.update(out["reused"])
-        got.reused_dups |= out["reused_dups"]
+        got.reused += out["reused"]
+        if out["reused_part"]:
+            got.reused_parts.append(out["reused_part"])
         got.storage_errors += out["storage_errors"]
         if got.storage_example is None:
             got.storage_example = out["storage_example"]
@@ -319,3 +338,138 @@ def resolve(engine: Engine | EngineOptions, writer: mf.VersionWriter,
 def pop_files_records(tables: dict[str, list[FileRecord]]) -> list[FileRecord]:
     """The stage's `_work/files` parts: work data, never part of the version."""
     return tables.pop(INGEST_FILES_TABLE, [])
+
+
+def base_uri(uri: str, listed: set[str]) -> str:
+    """The listed file a row came from: `manifest.jsonl#3` -> `manifest.jsonl`, and
+    `shard.tar#dir/0001.jpg` -> `shard.tar` (a listed name may itself hold a `#`)."""
+    if uri in listed:
+        return uri
+    at = uri.find("#")
+    while at != -1:
+        if uri[:at] in listed:
+            return uri[:at]
+        at = uri.find("#", at + 1)
+    return uri
+
+
+def _stem(uris: list[str]) -> list[str]:
+    """What routes a URI: its text before the first `#`, the same for a listed file and
+    every row it gave (a member's URI extends its file's), whichever `#` ends the file."""
+    return [u.split("#", 1)[0] for u in uris]
+
+
+_ROW_REFS = pa.schema([("table", pa.string()), ("part", pa.int64()), ("row", pa.int64()),
+                       ("key", pa.string())])
+_KEEP = pa.schema([("row", pa.int64()), ("copies", pa.list_(pa.string())),
+                   ("member", pa.bool_())])
+
+
+class CopySteps:
+    """A re-ingest copies the rows of unchanged files from the prior version, on the
+    engine (issue 16: the driver holds no per-file rows). Three steps:
+
+    1. map: a `_work/reused` part (reused canonicals and their copies now) or one prior
+       Examples / Rejected part (each row's file URI, no other column) to the bucket of
+       each URI's stem (`_stem`);
+    2. per bucket: which prior rows come from a reused file (`base_uri`), each sent to its
+       part with the copies its Example names now (a file's own row names them all);
+    3. per prior part: its kept rows written as `reused-NNNNN`, their counts per
+       modality / reason and rejected records returned.
+    """
+
+    def __init__(self, version_dir: str, prior_dir: str, prior_parts: dict[str, list[str]],
+                 buckets: int):
+        self.version_dir, self.prior_dir = version_dir, prior_dir
+        self.prior_parts, self.buckets = prior_parts, buckets
+
+    def map(self, item: dict) -> KeyValues:
+        if "reused" in item:
+            out = storage.read_parquet([item["reused"]])
+            keys = out.column("uri").to_pylist()
+        else:
+            table, k = item["table"], item["part"]
+            column = "source_uris" if table == "examples" else "uri"
+            col = storage.read_parquet([storage.join(self.prior_dir, self.prior_parts[table][k])],
+                                       columns=[column]).column(column)
+            keys = ([s[0] if s else "" for s in col.to_pylist()] if table == "examples"
+                    else [u or "" for u in col.to_pylist()])
+            out = pa.Table.from_arrays(
+                [pa.array([table] * len(keys), pa.string()),
+                 pa.array(np.full(len(keys), k, np.int64)),
+                 pa.array(np.arange(len(keys), dtype=np.int64)), pa.array(keys, pa.string())],
+                schema=_ROW_REFS)
+        if not keys:
+            return
+        b = buckets_of(_stem(keys), self.buckets)
+        for n in np.unique(b):
+            yield f"b{n:04d}", to_ipc(out.filter(pa.array(b == n)))
+
+    def select(self, key: str, values: list[bytes]) -> KeyValues:
+        tables = [from_ipc(v) for v in values]
+        reused = [t for t in tables if "copies" in t.column_names]
+        refs = [t for t in tables if "copies" not in t.column_names]
+        if not reused or not refs:
+            return
+        r = pa.concat_tables(reused)
+        names = r.column("uri").to_pylist()
+        copies = dict(zip(names, r.column("copies").to_pylist(), strict=True))
+        listed = set(names)
+        refs_t = pa.concat_tables(refs)
+        by_part: dict[tuple[str, int], list[tuple[int, list[str] | None, bool]]] = defaultdict(list)
+        for table, part, row, k in zip(*(refs_t.column(c).to_pylist() for c in _ROW_REFS.names),
+                                       strict=True):
+            base = base_uri(k, listed)
+            if base in listed:
+                member = base != k
+                by_part[(table, part)].append((row, None if member else copies[k], member))
+        for (table, part), rows in sorted(by_part.items()):
+            yield f"p{table[0]}{part:06d}", to_ipc(pa.Table.from_arrays(
+                [pa.array([x[0] for x in rows], pa.int64()),
+                 pa.array([x[1] for x in rows], pa.list_(pa.string())),
+                 pa.array([x[2] for x in rows], pa.bool_())], schema=_KEEP))
+
+    def write(self, key: str, values: list[bytes]) -> KeyValues:
+        table = "examples" if key[1] == "e" else "rejected"
+        k = int(key[2:])
+        keep = pa.concat_tables([from_ipc(v) for v in values]).sort_by("row")
+        old = storage.read_parquet([storage.join(self.prior_dir, self.prior_parts[table][k])])
+        part = old.take(keep.column("row"))
+        by = "modality" if table == "examples" else "reason"
+        stats = {f"{table}.{vc['values']}": vc["counts"]
+                 for vc in pc.value_counts(part.column(by)).to_pylist()}
+        if table == "rejected":
+            stats["rejected_records"] = pc.sum(keep.column("member")).as_py() or 0
+        else:  # copies may have come or gone since: a file's own row names them as now
+            sources = part.column("source_uris").to_pylist()
+            for i, (own, dups) in enumerate(zip(pc.invert(keep.column("member")).to_pylist(),
+                                                keep.column("copies").to_pylist(), strict=True)):
+                if own:
+                    sources[i] = [sources[i][0], *dups]
+            idx = part.schema.get_field_index("source_uris")
+            part = part.set_column(idx, part.schema.field(idx),
+                                   pa.array(sources, part.schema.field(idx).type))
+        rec = mf.write_part(self.version_dir, table, f"reused-{k:05d}", part)
+        yield key, json.dumps({"table": table, "record": rec.to_json(), "stats": stats}).encode()
+
+
+def copy_reused(engine: Engine | EngineOptions, writer: mf.VersionWriter,
+                prior: tuple[str, mf.Manifest], got: Resolved,
+                tables: dict[str, list[FileRecord]], stats: dict[str, int]) -> None:
+    """Rows of unchanged files are copied from the prior version, not decoded again
+    (`CopySteps`): each prior part's kept rows into a part of its own. Below
+    LOCAL_MAX_FILES reused files the same steps run in the driver."""
+    prior_dir, manifest = prior
+    parts = {t: [f.path for f in manifest.tables.get(t, [])] for t in ("examples", "rejected")}
+    buckets = max(1, min(MAX_BUCKETS, -(-got.reused // FILES_PER_BUCKET)))
+    steps = CopySteps(writer.dir, prior_dir, parts, buckets)
+    items = [{"name": f"reused-{n:05d}", "reused": p} for n, p in enumerate(got.reused_parts)]
+    items += [{"name": f"prior-{t}-{k:05d}", "table": t, "part": k}
+              for t in ("examples", "rejected") for k in range(len(parts[t]))]
+    exchange = Exchange(writer.dir, steps.map, (steps.select, steps.write), "ingest-reuse")
+    run = run_exchange if got.reused > LOCAL_MAX_FILES else lambda _, *a: run_here(*a)
+    for _, value in run(engine, exchange, items):
+        out = json.loads(value)
+        tables.setdefault(out["table"], []).append(FileRecord(**out["record"]))
+        for s, v in out["stats"].items():
+            stats[s] = stats.get(s, 0) + v

@@ -140,9 +140,8 @@ def test_the_driver_reads_no_per_file_rows(tmp_path, monkeypatch, ray_session):
         (str(path), k.get("columns"))) or real(path, *a, **k))
     # 8 files an item: files of one size fill several items, so copies are decoded in
     # other items than their originals and dropped after, by the engine
-    out = run_ingest(_corpus(tmp_path, 300), str(tmp_path / "out"), spec, engine=Engine.RAY,
-                     files_per_item=8)
-    monkeypatch.undo()
+    corpus = _corpus(tmp_path, 300)
+    out = run_ingest(corpus, str(tmp_path / "out"), spec, engine=Engine.RAY, files_per_item=8)
     c = out["counts"]
     assert (c["listed"], c["duplicate"], c["accepted"]) == (300, 7, 293)
     assert c["decoded"] == 293 and c["examples"] == 293
@@ -151,3 +150,17 @@ def test_the_driver_reads_no_per_file_rows(tmp_path, monkeypatch, ray_session):
     rows = [(p, cols) for p, cols in reads if "/examples/" in p or "/rejected/" in p]
     assert not rows, rows[:3]
     assert c["examples.text"] == 293 and not [k for k in c if k.startswith("rejected.")]
+    # A re-ingest with one file more copies the 293 others' rows on the engine too: the
+    # driver reads neither the prior version's rows nor the reused files' parts.
+    (tmp_path / "media" / "zz-new.txt").write_text("a text added after the first ingest")
+    reads.clear()
+    again = run_ingest(corpus, str(tmp_path / "out"), spec, engine=Engine.RAY,
+                       files_per_item=8)
+    monkeypatch.undo()
+    c2 = again["counts"]
+    assert (c2["listed"], c2["decoded"], c2["reused_files"]) == (301, 1, 293)
+    assert c2["examples"] == c2["examples.text"] == 294 and c2["accepted"] == 294
+    per_file = [p for p, _ in reads if "/_work/files/" in p or "/_work/reused/" in p]
+    assert not per_file, per_file[:3]
+    rows = [(p, cols) for p, cols in reads if "/examples/" in p or "/rejected/" in p]
+    assert not rows, rows[:3]
