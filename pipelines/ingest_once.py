@@ -378,10 +378,15 @@ class CopySteps:
        modality / reason and rejected records returned.
     """
 
-    def __init__(self, version_dir: str, prior_dir: str, prior_parts: dict[str, list[str]],
-                 buckets: int):
-        self.version_dir, self.prior_dir = version_dir, prior_dir
-        self.prior_parts, self.buckets = prior_parts, buckets
+    def __init__(self, version_dir: str, prior: tuple[str, mf.Manifest], buckets: int):
+        self.version_dir, (self.prior_dir, self.prior) = version_dir, prior
+        self.buckets = buckets
+
+    def _prior_part(self, table: str, k: int, columns: list[str] | None = None) -> pa.Table:
+        """One prior part as `mf.read_table` reads it (an older schema with today's
+        columns)."""
+        one = dataclasses.replace(self.prior, tables={table: [self.prior.tables[table][k]]})
+        return mf.read_table(self.prior_dir, one, table, columns=columns)
 
     def map(self, item: dict) -> KeyValues:
         if "reused" in item:
@@ -390,8 +395,7 @@ class CopySteps:
         else:
             table, k = item["table"], item["part"]
             column = "source_uris" if table == "examples" else "uri"
-            col = storage.read_parquet([storage.join(self.prior_dir, self.prior_parts[table][k])],
-                                       columns=[column]).column(column)
+            col = self._prior_part(table, k, [column]).column(column)
             keys = ([s[0] if s else "" for s in col.to_pylist()] if table == "examples"
                     else [u or "" for u in col.to_pylist()])
             out = pa.Table.from_arrays(
@@ -433,8 +437,7 @@ class CopySteps:
         table = "examples" if key[1] == "e" else "rejected"
         k = int(key[2:])
         keep = pa.concat_tables([from_ipc(v) for v in values]).sort_by("row")
-        old = storage.read_parquet([storage.join(self.prior_dir, self.prior_parts[table][k])])
-        part = old.take(keep.column("row"))
+        part = self._prior_part(table, k).take(keep.column("row"))
         by = "modality" if table == "examples" else "reason"
         stats = {f"{table}.{vc['values']}": vc["counts"]
                  for vc in pc.value_counts(part.column(by)).to_pylist()}
@@ -459,13 +462,11 @@ def copy_reused(engine: Engine | EngineOptions, writer: mf.VersionWriter,
     """Rows of unchanged files are copied from the prior version, not decoded again
     (`CopySteps`): each prior part's kept rows into a part of its own. Below
     LOCAL_MAX_FILES reused files the same steps run in the driver."""
-    prior_dir, manifest = prior
-    parts = {t: [f.path for f in manifest.tables.get(t, [])] for t in ("examples", "rejected")}
     buckets = max(1, min(MAX_BUCKETS, -(-got.reused // FILES_PER_BUCKET)))
-    steps = CopySteps(writer.dir, prior_dir, parts, buckets)
+    steps = CopySteps(writer.dir, prior, buckets)
     items = [{"name": f"reused-{n:05d}", "reused": p} for n, p in enumerate(got.reused_parts)]
     items += [{"name": f"prior-{t}-{k:05d}", "table": t, "part": k}
-              for t in ("examples", "rejected") for k in range(len(parts[t]))]
+              for t in ("examples", "rejected") for k in range(len(prior[1].tables.get(t, [])))]
     exchange = Exchange(writer.dir, steps.map, (steps.select, steps.write), "ingest-reuse")
     run = run_exchange if got.reused > LOCAL_MAX_FILES else lambda _, *a: run_here(*a)
     for _, value in run(engine, exchange, items):
