@@ -385,8 +385,8 @@ class CopySteps:
     def _prior_part(self, table: str, k: int, columns: list[str] | None = None) -> pa.Table:
         """One prior part as `mf.read_table` reads it (an older schema with today's
         columns)."""
-        one = dataclasses.replace(self.prior, tables={table: [self.prior.tables[table][k]]})
-        return mf.read_table(self.prior_dir, one, table, columns=columns)
+        return mf.read_file(self.prior_dir, self.prior, table, self.prior.tables[table][k],
+                            columns)
 
     def map(self, item: dict) -> KeyValues:
         if "reused" in item:

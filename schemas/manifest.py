@@ -184,6 +184,13 @@ def read_table(version_dir: str, manifest: Manifest, table: str,
                          table, columns)
 
 
+def read_file(version_dir: str, manifest: Manifest, table: str, f: FileRecord,
+              columns: list[str] | None = None) -> pa.Table:
+    """`read_table` of one of the table's listed files alone."""
+    return read_table(version_dir, dataclasses.replace(manifest, tables={table: [f]}), table,
+                      columns)
+
+
 def read_table_parts(version_dir: str, manifest: Manifest, table: str,
                      columns: list[str] | None = None) -> Iterator[pa.Table]:
     """`read_table`, one listed file at a time (memory holds one part)."""

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import numpy as np
@@ -43,25 +42,19 @@ TASK_SCHEMA = pa.schema([("name", pa.string()), ("target", pa.string()),
                          ("positives", pa.list_(pa.string()))])
 
 
-def _file_table(ex_dir: str, manifest: mf.Manifest, f: mf.FileRecord,
-                columns: list[str] | None = None) -> pa.Table:
-    one = dataclasses.replace(manifest, tables={"examples": [f]})
-    return mf.read_table(ex_dir, one, "examples", columns=columns)
-
-
 def heldout_rows_of(ex_dir: str, manifest: mf.Manifest, f: mf.FileRecord,
                     heldout_fraction: float, ids: set[str] | None = None
                     ) -> tuple[np.ndarray, list[dict]]:
     """(row numbers, rows) of one Examples file's held-out Examples (those in `ids` when
     given): the split is decided on the id and group columns alone (in Arrow), so
     train rows never become dicts."""
-    keys = _file_table(ex_dir, manifest, f, ["id", *GROUP_COLUMNS]).to_pylist()
+    keys = mf.read_file(ex_dir, manifest, "examples", f, ["id", *GROUP_COLUMNS]).to_pylist()
     rows = np.array([i for i, k in enumerate(keys)
                      if (ids is None or k["id"] in ids)
                      and example_split(k, heldout_fraction) == Split.HELDOUT], dtype=np.int64)
     if not len(rows):
         return rows, []
-    return rows, rows_of(_file_table(ex_dir, manifest, f).take(rows))  # features: float16
+    return rows, rows_of(mf.read_file(ex_dir, manifest, "examples", f).take(rows))  # features: float16
 
 
 def _kinds_of(pairs: list[dict], meta: dict[str, dict]) -> list[str] | None:
@@ -229,7 +222,7 @@ def read_gallery_items(ex_dir: str, ex_manifest: mf.Manifest, handler: EncoderHa
     rows: dict[tuple[int, int], dict] = {}
     for f, want in by_file.items():
         want = sorted(set(want))
-        table = _file_table(ex_dir, ex_manifest, files[f]).take(np.array(want, np.int64))
+        table = mf.read_file(ex_dir, ex_manifest, "examples", files[f]).take(np.array(want, np.int64))
         for r, e in zip(want, rows_of(table), strict=True):
             rows[(f, r)] = prep.retokenized(e)
     return [example_to_item(rows[(f, r)], idx) for f, r, idx in locations]
