@@ -165,16 +165,14 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     for t in ("pairs", "rejected"):
         tables.setdefault(t, [])
     with timed(timings, "filters_s"):
-        tables["pairs"], dropped = _run_filters(writer.dir, tables["pairs"], filters,
-                                                config.get("roundtrip"), checkpoint_root,
-                                                ex_dir, ex_manifest, engine, output_root)
-    pairs = storage.read_parquet([storage.join(writer.dir, f.path) for f in tables["pairs"]],
-                                 columns=["split"]) if tables["pairs"] else None
-    heldout = sum(1 for s in pairs.column("split").to_pylist() if s == "heldout") if pairs else 0
+        tables["pairs"], dropped, heldout_dropped = _run_filters(
+            writer.dir, tables["pairs"], filters, config.get("roundtrip"), checkpoint_root,
+            ex_dir, ex_manifest, engine, output_root)
     counts = {
         "examples": ex_manifest.rows("examples"),
         "pairs": sum(f.rows for f in tables["pairs"]),
-        "heldout_pairs": heldout,
+        # counted by the stage and the filters' rewrites: the driver reads no Pairs rows
+        "heldout_pairs": int(stats.get("heldout_pairs", 0)) - heldout_dropped,
         "rejected": sum(f.rows for f in tables["rejected"]),
     } | {k: int(stats.get(k, 0)) for k in STAT_NAMES} | dropped | batch_counts
     lineage = {
@@ -228,40 +226,44 @@ def _spent(stats: dict, batch_counts: dict, price, run_price) -> dict:
 def _run_filters(version_dir: str, files: list[FileRecord], cfg: qf.FilterConfig,
                  roundtrip: dict | None, checkpoint_root: str, ex_dir: str,
                  ex_manifest: mf.Manifest, engine: Engine | str | EngineOptions = Engine.BEAM,
-                 cache_root: str | None = None) -> tuple[list[FileRecord], dict[str, int]]:
+                 cache_root: str | None = None
+                 ) -> tuple[list[FileRecord], dict[str, int], int]:
     """Run-wide filters over the written pairs; rewrites only the parts that lose rows.
+    (The parts after, the counts dropped per filter, how many dropped pairs were held out.)
 
     The duplicate filter is an exchange on the stage's engine (`synth_dedupe`), the round
     trip Ray steps (`pipelines/ray/roundtrip.py`): the driver gets back file records and
     counts, never keys, pair_ids or vectors."""
     counts = {"filtered_roundtrip": 0}
     if not files or not (cfg.dedupe or roundtrip):
-        return files, counts
-    counts["filtered_duplicate"] = 0
+        return files, counts, 0
+    counts["filtered_duplicate"], heldout = 0, 0
     if cfg.dedupe:
-        files, counts["filtered_duplicate"] = drop_duplicates(engine, version_dir, files)
+        files, counts["filtered_duplicate"], heldout = drop_duplicates(engine, version_dir,
+                                                                       files)
     if not roundtrip or not files:
-        return files, counts
-    counts["filtered_roundtrip"], files = _roundtrip(  # no root given: a cache for this run
+        return files, counts, heldout
+    counts["filtered_roundtrip"], files, lost = _roundtrip(  # no root given: a cache for this run
         version_dir, files, roundtrip, checkpoint_root, ex_dir, ex_manifest,
         cache_root or storage.join(version_dir, mf.WORK))
-    return files, counts
+    return files, counts, heldout + lost
 
 
 def _roundtrip(version_dir: str, files: list[FileRecord], roundtrip: dict, checkpoint_root: str,
                ex_dir: str, ex_manifest: mf.Manifest, cache_root: str
-               ) -> tuple[int, list[FileRecord]]:
-    """(queries dropped, the Pairs parts after): the round trip as Ray steps
-    (`pipelines/ray/roundtrip.py`); the driver passes file names, never rows or vectors."""
+               ) -> tuple[int, list[FileRecord], int]:
+    """(queries dropped, the Pairs parts after, how many dropped were held out): the round
+    trip as Ray steps (`pipelines/ray/roundtrip.py`); the driver passes file names, never
+    rows or vectors."""
     n, misses = _roundtrip_misses(version_dir, files, roundtrip, checkpoint_root, ex_dir,
                                   ex_manifest, cache_root)
     if not n:
-        return 0, files
+        return 0, files, 0
     import ray
     from loom.pipelines.ray import roundtrip as steps
 
     kept = ray.get([steps.drop_misses.remote(version_dir, f, misses) for f in files])
-    return n, [f for f in kept if f is not None]
+    return n, [f for f, _ in kept if f is not None], sum(h for _, h in kept)
 
 
 def _roundtrip_misses(version_dir: str, files: list[FileRecord], roundtrip: dict,

@@ -8,7 +8,8 @@ smallest pair_id of a key stays. Three steps over the written pairs parts:
 2. per bucket: every key of the run lies in one bucket, so the smallest pair_id per key
    is known there; the other pair_ids go to the part they live in (key = part);
 3. per part that loses rows: the part is rewritten without them under its own name, or
-   deleted when nothing is left; its file record and how many it lost come back.
+   deleted when nothing is left; its file record and how many it lost (and how many of
+   those were held out) come back.
 
 The driver holds the list of parts and what comes back (a record and a count per part
 that lost rows): no keys, no pair_ids.
@@ -25,6 +26,7 @@ from loom.pipelines.exchange import Exchange, KeyValues, buckets_of, from_ipc, t
 from loom.pipelines.runner import Engine, EngineOptions, run_exchange
 from loom.schemas import storage
 from loom.schemas.manifest import FileRecord, write_part
+from loom.schemas.records import Split
 from loom.synth import filters as qf
 
 KEY_COLUMNS = ["pair_id", "query_text", "query_modality", "positive_modality",
@@ -70,35 +72,39 @@ class DedupeSteps:
     def rewrite(self, key: str, values: list[bytes]) -> KeyValues:
         """One part that loses rows: rewritten under its own name (deleted if emptied)."""
         drop = pa.concat_tables([from_ipc(v) for v in values]).column("pair_id")
-        record, dropped = without_pairs(self.version_dir, self.paths[int(key)], drop)
+        record, dropped, heldout = without_pairs(self.version_dir, self.paths[int(key)], drop)
         yield key, json.dumps({"record": record.to_json() if record else None,
-                               "dropped": dropped}).encode()
+                               "dropped": dropped, "heldout": heldout}).encode()
 
 
-def without_pairs(version_dir: str, path: str, drop: pa.Array) -> tuple[FileRecord | None, int]:
+def without_pairs(version_dir: str, path: str, drop: pa.Array
+                  ) -> tuple[FileRecord | None, int, int]:
     """A Pairs part without the pair_ids in `drop`, rewritten under its own name (deleted
-    if emptied): (its new record, None when deleted; rows dropped). A part holding none of
-    them is left as it is: (None, 0), its record unchanged."""
+    if emptied): (its new record, None when deleted; rows dropped; how many of them were
+    held out). A part holding none of them is left as it is: (None, 0, 0), its record
+    unchanged."""
     uri = storage.join(version_dir, path)
     table = storage.read_parquet([uri])
-    kept = table.filter(pc.invert(pc.is_in(table.column("pair_id"), value_set=drop)))
+    mask = pc.is_in(table.column("pair_id"), value_set=drop)
+    kept = table.filter(pc.invert(mask))
     dropped = table.num_rows - kept.num_rows
     if not dropped:
-        return None, 0
+        return None, 0, 0
+    heldout = pc.sum(pc.equal(table.filter(mask).column("split"), Split.HELDOUT.value)).as_py()
     if not kept.num_rows:
         storage.delete(uri)
-        return None, dropped
+        return None, dropped, heldout or 0
     name = path.split("/", 1)[1].removesuffix(".parquet")  # the filtered part replaces it
-    return write_part(version_dir, "pairs", name, kept), dropped
+    return write_part(version_dir, "pairs", name, kept), dropped, heldout or 0
 
 
 def drop_duplicates(engine: Engine | str | EngineOptions, version_dir: str,
                     files: list[FileRecord], buckets: int | None = None
-                    ) -> tuple[list[FileRecord], int]:
+                    ) -> tuple[list[FileRecord], int, int]:
     """The pairs parts without duplicate queries (in the order given; a part that lost every
-    row is gone), and how many rows were dropped."""
+    row is gone), how many rows were dropped and how many of those were held out."""
     if not files:
-        return files, 0
+        return files, 0, 0
     steps = DedupeSteps(version_dir, [f.path for f in files],
                         buckets or bucket_count(sum(f.rows for f in files)))
     items = [{"name": f"pairs-{n:05d}", "part": n} for n in range(len(files))]
@@ -111,4 +117,5 @@ def drop_duplicates(engine: Engine | str | EngineOptions, version_dir: str,
             out.append(f)
         elif changed[n]["record"] is not None:
             out.append(FileRecord(**changed[n]["record"]))
-    return out, sum(c["dropped"] for c in changed.values())
+    return (out, sum(c["dropped"] for c in changed.values()),
+            sum(c["heldout"] for c in changed.values()))

@@ -30,6 +30,7 @@ from loom.schemas.records import (
     REJECTED,
     Modality,
     Reason,
+    Split,
     nonempty,
     query_modality,
     rows_of,
@@ -51,7 +52,8 @@ from loom.transforms.stage import BaseStage, Resources
 from PIL import Image
 
 STAT_NAMES = (*LLM_STAT_NAMES, "filtered_length", "filtered_language")
-STATS = stats_schema(STAT_NAMES)
+# and the held-out pairs written: the driver's count, less what the run-wide filters drop
+STATS = stats_schema((*STAT_NAMES, "heldout_pairs"))
 STAGE = "synth"
 
 
@@ -324,5 +326,6 @@ class SynthStage(BaseStage):
             pairs += [common | {"pair_id": pair_id(eid, kind, version, j)}
                       | pair_sides(shape, ex, q)
                       for j, q in enumerate(queries) if q in kept]
+        stats["heldout_pairs"] = sum(p["split"] == Split.HELDOUT.value for p in pairs)
         return {"pairs": to_table(pairs, PAIR), "rejected": to_table(rejected, REJECTED),
                 "stats": to_table([stats], STATS)}

@@ -151,8 +151,10 @@ def find_misses(cache: EmbeddingCache, query_plans: list[str], gallery_plans: li
 
 
 @ray.remote
-def drop_misses(version_dir: str, record: FileRecord, misses_uri: str) -> FileRecord | None:
-    """One Pairs part without the misses, under its own name (None: nothing left)."""
+def drop_misses(version_dir: str, record: FileRecord, misses_uri: str
+                ) -> tuple[FileRecord | None, int]:
+    """One Pairs part without the misses, under its own name (None: nothing left), and how
+    many held-out pairs it lost."""
     drop = storage.read_parquet([misses_uri]).column("pair_id")
-    kept, dropped = without_pairs(version_dir, record.path, drop)
-    return kept if dropped else record
+    kept, dropped, heldout = without_pairs(version_dir, record.path, drop)
+    return (kept if dropped else record), heldout

@@ -79,6 +79,8 @@ def test_pairs_split_by_positive_id(chain):
     every pair of an asset is on one side, and about a fifth of the assets are held out."""
     pairs = _table(chain["first"]["stages"]["synth"]["uri"], "pairs")
     assert {p["split"] for p in pairs} == {"train", "heldout"}
+    assert chain["first"]["stages"]["synth"]["counts"]["heldout_pairs"] == sum(
+        p["split"] == "heldout" for p in pairs)
     examples = {e["id"]: e for e in _table(chain["first"]["stages"]["ingest"]["uri"], "examples")}
     by_asset: dict[str, set[str]] = {}
     for p in pairs:  # an asset group: of the Example the LLM wrote about (image->text too)

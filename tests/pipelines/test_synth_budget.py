@@ -106,5 +106,9 @@ def test_roundtrip_filter_with_a_checkpoint(tmp_path):
     dropped = strict["counts"]["filtered_roundtrip"]
     assert 0 < dropped < base["counts"]["pairs"]  # an untrained encoder misses some at k=1
     assert strict["counts"]["pairs"] == base["counts"]["pairs"] - dropped
+    for run in (base, strict):  # the stage's count less what the round trip dropped
+        assert run["counts"]["heldout_pairs"] == sum(
+            r["split"] == "heldout" for r in _pairs(run["uri"]))
+    assert strict["counts"]["heldout_pairs"] < base["counts"]["heldout_pairs"]
     kept = {r["pair_id"] for r in _pairs(strict["uri"])}
     assert kept < {r["pair_id"] for r in _pairs(base["uri"])}

@@ -41,7 +41,8 @@ def _pair(pid: str, group: tuple, spelling) -> dict:
     return {"pair_id": pid, "kind": "k", "query_text": "" if side == "positive" else text,
             "query_modality": qmod, "query_ref": {"example_id": f"e-{pid}", "parts": None}
             if qmod != "text" else None, "positive_id": f"x-{pid}", "positive_modality": pmod,
-            "positive_text": text if side == "positive" else None, "split": "train",
+            "positive_text": text if side == "positive" else None,
+            "split": "heldout" if int(pid, 16) % 3 == 0 else "train",
             "prompt_version": "v", "model": "m", "backend": "offline"}
 
 
@@ -79,11 +80,20 @@ def _write(vdir: str, parts: list[list[dict]]):
             for n, rows in enumerate(parts)]
 
 
-def _check(vdir: str, parts: list[list[dict]], keep: set[str], before, after, dropped: int):
+def _heldout_dropped(parts: list[list[dict]], keep: set[str]) -> int:
+    n = sum(r["split"] == "heldout" for rows in parts for r in rows if r["pair_id"] not in keep)
+    assert n > 0
+    return n
+
+
+def _check(vdir: str, parts: list[list[dict]], keep: set[str], before, after, dropped: int,
+           heldout: int):
     """Kept rows are the expected ones, in their parts' order, under their parts' names; an
-    emptied part is gone, a part that lost nothing is untouched."""
+    emptied part is gone, a part that lost nothing is untouched; the dropped rows and the
+    held-out ones among them are counted."""
     total = sum(map(len, parts))
     assert dropped == total - len(keep)
+    assert heldout == _heldout_dropped(parts, keep)
     kept_by_part = {}
     for rec in after:
         kept_by_part[rec.path] = [r["pair_id"] for r in storage.read_parquet(
@@ -103,8 +113,8 @@ def test_beam_keeps_the_smallest_pair_id_per_normalized_query(corpus, tmp_path, 
     parts, keep = corpus
     vdir = str(tmp_path / "v")
     before = _write(vdir, parts)
-    after, dropped = drop_duplicates(Engine.BEAM, vdir, before, buckets=buckets)
-    _check(vdir, parts, keep, before, after, dropped)
+    after, dropped, heldout = drop_duplicates(Engine.BEAM, vdir, before, buckets=buckets)
+    _check(vdir, parts, keep, before, after, dropped, heldout)
 
 
 def test_ray_keeps_the_same_pairs_and_reads_no_rows_in_the_driver(corpus, tmp_path, monkeypatch,
@@ -117,10 +127,10 @@ def test_ray_keeps_the_same_pairs_and_reads_no_rows_in_the_driver(corpus, tmp_pa
     real = pq.read_table
     monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: reads.append(str(path))
                         or real(path, *a, **k))
-    after, dropped = drop_duplicates(Engine.RAY, vdir, before, buckets=5)
+    after, dropped, heldout = drop_duplicates(Engine.RAY, vdir, before, buckets=5)
     assert reads == []
     monkeypatch.undo()
-    _check(vdir, parts, keep, before, after, dropped)
+    _check(vdir, parts, keep, before, after, dropped, heldout)
 
 
 def test_run_filters_counts_and_engines_agree(corpus, tmp_path, ray_session):
@@ -132,9 +142,10 @@ def test_run_filters_counts_and_engines_agree(corpus, tmp_path, ray_session):
         out[engine] = _run_filters(vdir, _write(vdir, parts), FilterConfig(), None, "", "", None,
                                    engine)
     assert out[Engine.BEAM] == out[Engine.RAY]
-    files, counts = out[Engine.BEAM]
+    files, counts, heldout = out[Engine.BEAM]
     assert counts == {"filtered_duplicate": sum(map(len, parts)) - len(keep),
                       "filtered_roundtrip": 0}
+    assert heldout == _heldout_dropped(parts, keep)
     kept = [r["pair_id"] for f in files for r in storage.read_parquet(
         [storage.join(str(tmp_path / "beam"), f.path)], columns=["pair_id"]).to_pylist()]
     assert sorted(kept) == sorted(keep)

@@ -173,7 +173,8 @@ def test_run_wide_duplicate_filter_over_parts(tmp_path):
 
     def pair(pid, text, pm="image"):
         return {"pair_id": pid, "kind": "k", "query_text": text, "query_modality": "text",
-                "positive_id": f"x{pid}", "positive_modality": pm, "split": "train",
+                "positive_id": f"x{pid}", "positive_modality": pm,
+                "split": "heldout" if pid in "mbq" else "train",
                 "prompt_version": "v", "model": "m", "backend": "offline"}
 
     parts = [[pair("m", "Red circle"), pair("c", "a blue ring"), pair("q", "green")],
@@ -182,7 +183,8 @@ def test_run_wide_duplicate_filter_over_parts(tmp_path):
     vdir = str(tmp_path / "v")
     files = [write_part(vdir, "pairs", f"part-{n:05d}", pa.Table.from_pylist(rows, schema=PAIR))
              for n, rows in enumerate(parts)]
-    out, counts = _run_filters(vdir, files, qf.FilterConfig(), None, "", "", None)
+    out, counts, heldout = _run_filters(vdir, files, qf.FilterConfig(), None, "", "", None)
+    assert heldout == 1  # "m" is dropped; "b" and "q", held out too, stay
     kept = [r["pair_id"] for f in out for r in storage.read_parquet(
         [storage.join(vdir, f.path)]).to_pylist()]
     assert sorted(kept) == ["b", "c", "k", "q"]
