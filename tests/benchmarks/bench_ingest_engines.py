@@ -1,10 +1,14 @@
 """Benchmark: ingest on the engines (1 vs 2 workers), and the whole `loom ingest` against
 the sum of its bare parts, with every file read counted.
 
-    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--files 2000] [--repeats 2] [--no-ray] [--no-whole]
+    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--files 2000] [--jpegs 0] [--repeats 2] [--no-ray] [--no-whole]
 
 Corpus: `jobs.corpus.generate_corpus` (75% PNG 96x96, 25% text, its few bad files) in
-a temp dir.
+a temp dir; with `--jpegs N`, N of the files are photo-sized JPEGs (640x480 q85, noise
+and shapes: bench_image_decode's) and the rest keep that mix. The default corpus's files
+cost ~0.2 ms each to decode, so at 10,000 files the engines' fixed costs (pipeline start,
+decoder processes) outweigh the work being scaled; photos are what a real bucket's
+images cost.
 
 - Scaling: the decode pass as `run_ingest` runs it (URIs only: the stage hashes the
   one read; size-grouped items of 64; tokenizer trained beforehand), through
@@ -41,6 +45,7 @@ READS = ReadCounter()  # before any worker process starts
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=2000, help="corpus size (75%% PNG, 25%% text)")
+    ap.add_argument("--jpegs", type=int, default=0, help="of --files, JPEG 640x480 photos")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-whole", action="store_true")
@@ -50,12 +55,20 @@ def main() -> None:
         READS.install(tmp)
         from loom.jobs.corpus import generate_corpus
 
-        generate_corpus(tmp, args.files * 3 // 4, args.files - args.files * 3 // 4, seed=0)
+        rest = args.files - args.jpegs
+        generate_corpus(tmp, rest * 3 // 4, rest - rest * 3 // 4, seed=0)
         media = pathlib.Path(tmp, "media")
+        if args.jpegs:
+            from bench_image_decode import make_jpegs
+
+            (media / "jpegs").mkdir()
+            for start in range(0, args.jpegs, 100):  # a hundred in memory at a time
+                for i, blob in enumerate(make_jpegs(min(100, args.jpegs - start), seed=start)):
+                    (media / "jpegs" / f"photo-{start + i:05d}.jpg").write_bytes(blob)
         files = sorted(p for p in media.rglob("*") if p.is_file())
         out: list[tuple[str, str, str]] = []
-        print(f"{len(files)} files ({args.files * 3 // 4} PNG 96x96 + "
-              f"{args.files - args.files * 3 // 4} text + bad files), best of {args.repeats}")
+        print(f"{len(files)} files ({rest * 3 // 4} PNG 96x96 + {rest - rest * 3 // 4} text + "
+              f"{args.jpegs} JPEG 640x480 + bad files), best of {args.repeats}")
         if not args.no_whole:
             out += whole_vs_bare(media, tmp, files)
         scaling, rows = engines(media, tmp, files, args.repeats, not args.no_ray)
