@@ -54,8 +54,8 @@ BASELINES = ("random_", "untrained_", "lexical_")
 
 BASELINE_CAP = 50_000  # gallery items the whole-index baselines (BM25, untrained) read
 TOP = 10  # the deepest rank any metric reads (NDCG@10)
-SCORE_CHUNK = 256  # queries scored at once: memory is chunk x gallery, not queries x gallery
-SCORE_BYTES = 1 << 26  # ... and fewer where the gallery is large: a chunk's scores <= 64 MiB
+SCORE_CHUNK = 256  # queries scored at once: memory is chunk x block, not queries x gallery
+SCORE_BYTES = 1 << 24  # ... against a block of the gallery: a chunk's scores <= 16 MiB
 UNTRAINED_CHUNK = 8  # model batches of gallery ITEMs the untrained baseline reads at once
 
 
@@ -66,7 +66,7 @@ def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
     k = min(k, n)
     if k == n:
         return np.argsort(-scores, axis=1, kind="stable")
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # each row's k-th largest
+    kth = np.partition(scores, n - k, axis=1)[:, n - k]  # each row's k-th largest (one copy)
     out = np.empty((len(scores), k), dtype=np.int64)
     for i, row in enumerate(scores):
         cand = np.flatnonzero(row >= kth[i])  # ascending, so the stable sort keeps ties
@@ -88,10 +88,33 @@ def top_k_in_chunks(n_queries: int, scores: Callable[[slice], np.ndarray], k: in
 
 
 def top_k_chunked(queries: np.ndarray, gallery: np.ndarray, k: int = TOP,
-                  chunk: int | None = None) -> np.ndarray:
-    """top_k of queries @ gallery.T, `chunk` query rows at a time (default: score_chunk)."""
-    return top_k_in_chunks(len(queries), lambda rows: queries[rows] @ gallery.T, k,
-                           chunk or score_chunk(len(gallery)))
+                  chunk: int | None = None, block: int | None = None) -> np.ndarray:
+    """top_k of queries @ gallery.T: `chunk` query rows (default SCORE_CHUNK) against
+    `block` gallery rows at a time (default: what keeps their scores within SCORE_BYTES),
+    each block's top k merged into the chunk's running top k, ties to the lower gallery
+    index as in top_k. So what is held is a chunk x block of scores whatever the gallery
+    (scoring whole gallery rows was ~3 x 64 MiB of driver at 100,000 items), and the
+    gallery is read once per query chunk."""
+    n = len(gallery)
+    k = min(k, n)
+    chunk = chunk or SCORE_CHUNK
+    block = block or max(k, SCORE_BYTES // (4 * chunk))
+    if n <= block:
+        return top_k_in_chunks(len(queries), lambda rows: queries[rows] @ gallery.T, k, chunk)
+    parts = []
+    for i in range(0, len(queries), chunk):
+        q = queries[i : i + chunk]
+        best_i, best_s = np.empty((len(q), 0), np.int64), np.empty((len(q), 0), np.float32)
+        for b in range(0, n, block):
+            scores = q @ gallery[b : b + block].T
+            top = top_k(scores, k)
+            cand_i = np.concatenate([best_i, top + b], axis=1)
+            cand_s = np.concatenate([best_s, np.take_along_axis(scores, top, axis=1)], axis=1)
+            order = np.lexsort((cand_i, -cand_s), axis=-1)[:, :k]  # score, then index
+            best_i = np.take_along_axis(cand_i, order, axis=1)
+            best_s = np.take_along_axis(cand_s, order, axis=1)
+        parts.append(best_i)
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.int64)
 
 
 def recall_at(scores: np.ndarray, relevant: list[set[int]], ks=KS) -> dict[str, float]:

@@ -87,6 +87,42 @@ def test_chunked_scores_rank_as_the_whole_matrix(chunk):
     assert got == retrieval_metrics(full, relevant)
 
 
+@pytest.mark.parametrize(("chunk", "block", "k"), [(1, 1, 10), (7, 9, 10), (7, 9, 4), (30, 3, 10),
+                                                  (4, 49, 50), (256, 64, 1)])
+def test_gallery_blocks_rank_as_the_whole_matrix(chunk, block, k):
+    """Scored a block of the gallery at a time (fewer rows than k, a ragged last block),
+    each block's top k merged: the same rows, in the same order, as a stable sort of
+    whole rows; ties (many, from small integers) still go to the lower gallery index."""
+    rng = np.random.default_rng(block)
+    q = rng.integers(-2, 3, size=(30, 8)).astype(np.float32)
+    g = rng.integers(-2, 3, size=(50, 8)).astype(np.float32)
+    np.testing.assert_array_equal(top_k_chunked(q, g, k, chunk, block),
+                                  np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :k])
+
+
+def test_default_blocks_hold_a_chunk_of_scores_within_score_bytes(monkeypatch):
+    """With the defaults, a gallery larger than SCORE_BYTES allows is scored in blocks:
+    no scores array past SCORE_BYTES is made, and the ranking is the whole matrix's."""
+    from loom.pipelines import evaluate
+
+    monkeypatch.setattr(evaluate, "SCORE_BYTES", 4 * 256 * 40)  # 40 gallery rows a block
+    made = []
+    real = evaluate.top_k
+
+    def spy(scores, k=evaluate.TOP):
+        made.append(scores.shape)
+        return real(scores, k)
+
+    monkeypatch.setattr(evaluate, "top_k", spy)
+    rng = np.random.default_rng(3)
+    q = rng.integers(-2, 3, size=(300, 8)).astype(np.float32)
+    g = rng.integers(-2, 3, size=(130, 8)).astype(np.float32)
+    np.testing.assert_array_equal(top_k_chunked(q, g, 10),
+                                  np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :10])
+    assert max(r * c * 4 for r, c in made) <= evaluate.SCORE_BYTES
+    assert sorted({c for _, c in made}) == [10, 40]  # three whole blocks, a ragged last
+
+
 @pytest.mark.parametrize("chunk", [1, 4, 256])
 def test_bm25_in_query_chunks_ranks_as_the_whole_matrix(chunk):
     """The lexical baseline scored a chunk of queries at a time gives each query the top
@@ -111,7 +147,7 @@ def test_score_chunks_shrink_as_the_gallery_grows(monkeypatch):
         for itemsize in (4, 8):
             chunk = score_chunk(rows, itemsize)
             assert chunk >= 1 and (chunk == 1 or chunk * rows * itemsize <= evaluate.SCORE_BYTES)
-    assert score_chunk(10**6) == 16 and score_chunk(10**8) == 1
+    assert score_chunk(10**6) == 4 and score_chunk(10**8) == 1
     rng = np.random.default_rng(5)
     q = rng.integers(-2, 3, size=(20, 8)).astype(np.float32)
     g = rng.integers(-2, 3, size=(300, 8)).astype(np.float32)
