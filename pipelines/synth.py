@@ -55,6 +55,10 @@ from loom.synth.prompts import PromptSet
 from loom.synth.stage import STAT_NAMES, SynthConfig, SynthStage, media_parts, response_key
 
 ENGINE_WORKERS = {Engine.BEAM: 2, Engine.RAY: 2}  # stage instances the rate limits are split over
+# Work items (each writes a Pairs part) stop growing with the corpus past this many: past
+# it, items get more rows. A bigger item costs no more on a retry: finished calls are in
+# the response cache.
+MAX_ITEMS = 2048
 
 
 def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
@@ -151,7 +155,7 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
             with timed(timings, "batch_s"):
                 batch_counts = _run_batch(cfg, examples_files, examples_dir,
                                           storage.join(writer.dir, "_work", "batch"), batch)
-        items = file_items(examples_files, examples_dir, rows_per_item)
+        items = file_items(examples_files, examples_dir, item_rows(examples_files, rows_per_item))
         tables, stats = merge_results(
             run_stage(engine, StageTask(partial(SynthStage, cfg), writer.dir), items,
                       **(engine_opts or {})))
@@ -192,6 +196,12 @@ def run_synth(examples_uri: str, output_root: str, llm: LLMConfig | None = None,
     cleanup_work(writer.dir)
     return result("synth", manifest, writer.dir, False, llm_calls=counts["llm_calls"],
                   timings=timings, usage=usage)
+
+
+def item_rows(files: list[FileRecord], rows_per_item: int) -> int:
+    """Examples per work item: `rows_per_item`, or more where that would make more than
+    MAX_ITEMS items (1M Examples at 64 a piece wrote 15,625 Pairs parts)."""
+    return max(rows_per_item, -(-sum(f.rows for f in files) // MAX_ITEMS))
 
 
 def _run_batch(cfg: SynthConfig, files: list[FileRecord], base: str, work_uri: str,

@@ -108,3 +108,21 @@ def test_ray_and_beam_write_the_same_pairs(tmp_path, examples, ray_session):
     ray = run_synth(examples, str(tmp_path / "ray"), engine=Engine.RAY, rows_per_item=8)
     assert _pairs(ray["uri"]) == _pairs(beam["uri"]) and len(_pairs(beam["uri"])) > 0
     assert ray["counts"] == beam["counts"]
+
+
+def test_items_grow_past_max_items_and_write_the_same_pairs(tmp_path, examples, monkeypatch):
+    """Past MAX_ITEMS work items, items get more rows: fewer Pairs parts, the same pairs."""
+    from loom.pipelines import synth
+
+    small = run_synth(examples, str(tmp_path / "small"), rows_per_item=2)
+    vdir, manifest = mf.resolve_input(examples)
+    rows = manifest.rows("examples")
+    monkeypatch.setattr(synth, "MAX_ITEMS", 3)
+    big = run_synth(examples, str(tmp_path / "big"), rows_per_item=2)
+    parts = {name: len(mf.resolve_input(r["uri"])[1].tables["pairs"])
+             for name, r in (("small", small), ("big", big))}
+    files = len(manifest.tables["examples"])
+    assert parts["small"] >= rows // 2 > 3 + files  # one part per 2 Examples
+    assert parts["big"] <= 3 + files  # each file's slices of ceil(rows / 3) Examples
+    assert _pairs(big["uri"]) == _pairs(small["uri"]) and len(_pairs(big["uri"])) > 0
+    assert big["counts"] == small["counts"]
