@@ -155,3 +155,29 @@ def test_score_chunks_shrink_as_the_gallery_grows(monkeypatch):
     assert score_chunk(300) == 3
     np.testing.assert_array_equal(top_k_chunked(q, g, 10),
                                   np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :10])
+
+
+def test_a_task_plan_is_read_a_part_at_a_time(tmp_path, monkeypatch):
+    """The driver reads one task's gallery plan rows (in plan order) a part at a time,
+    never every task's plan in one table."""
+    import pyarrow as pa
+    from loom.pipelines import evaluate
+    from loom.pipelines.ray.evaluate import PLAN_SCHEMA
+    from loom.schemas import storage
+
+    rows = [{"task": t, "id": f"{t}{i}", "digest": "d", "key": "k", "text": None, "file": n,
+             "row": i, "parts": None} for n, t in enumerate("abab") for i in range(3)]
+    parts = []
+    for n in range(4):
+        parts.append(str(tmp_path / f"plan-{n}.parquet"))
+        storage.write_parquet(pa.Table.from_pylist(rows[3 * n : 3 * n + 3], PLAN_SCHEMA),
+                              parts[-1])
+    reads = []
+    real = storage.read_parquet
+    monkeypatch.setattr(storage, "read_parquet",
+                        lambda uris, *a, **k: reads.append(len(uris)) or real(uris, *a, **k))
+    got = evaluate._task_plan(parts, "b", PLAN_SCHEMA)
+    assert got.column("id").to_pylist() == ["b0", "b1", "b2", "b0", "b1", "b2"]
+    assert got.column("file").to_pylist() == [1, 1, 1, 3, 3, 3]
+    assert reads == [1, 1, 1, 1]
+    assert evaluate._task_plan([], "b", PLAN_SCHEMA).num_rows == 0
