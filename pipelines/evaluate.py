@@ -76,7 +76,7 @@ def top_k(scores: np.ndarray, k: int = TOP) -> np.ndarray:
 
 def score_chunk(gallery_rows: int, itemsize: int = 4) -> int:
     """Queries scored at once against `gallery_rows` items: SCORE_CHUNK, or fewer so one
-    chunk's scores stay within SCORE_BYTES (top_k holds about three such arrays)."""
+    chunk's scores stay within SCORE_BYTES (top_k holds about two such arrays)."""
     return max(1, min(SCORE_CHUNK, SCORE_BYTES // (itemsize * max(1, gallery_rows))))
 
 
