@@ -14,6 +14,7 @@ import pathlib
 import random
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -27,9 +28,19 @@ SIZE = 224
 
 
 def make_jpegs(n: int, seed: int = 0, w: int = 640, h: int = 480) -> list[bytes]:
+    return list(iter_jpegs(n, seed, w, h))
+
+
+def write_jpegs(folder: pathlib.Path, n: int) -> None:
+    """make_jpegs(n)'s photos as folder/photo-NNNNN.jpg, one in memory at a time."""
+    folder.mkdir()
+    for i, blob in enumerate(iter_jpegs(n)):
+        (folder / f"photo-{i:05d}.jpg").write_bytes(blob)
+
+
+def iter_jpegs(n: int, seed: int = 0, w: int = 640, h: int = 480) -> Iterator[bytes]:
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
-    out = []
     for _ in range(n):
         noise = nrng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         img = Image.fromarray(noise, "RGB")
@@ -41,8 +52,7 @@ def make_jpegs(n: int, seed: int = 0, w: int = 640, h: int = 480) -> list[bytes]
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
-        out.append(buf.getvalue())
-    return out
+        yield buf.getvalue()
 
 
 def store(img: Image.Image) -> bytes:

@@ -42,7 +42,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from bench_image_decode import make_jpegs  # noqa: E402
+from bench_image_decode import write_jpegs  # noqa: E402
 from loom.jobs.corpus import generate_corpus  # noqa: E402
 from loom.schemas.spec import PreprocessingSpec  # noqa: E402
 from loom.transforms.ingest import IngestConfig, IngestStage  # noqa: E402
@@ -87,9 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
         generate_corpus(tmp, args.images, args.texts, seed=0, bad_files=False)
         media = pathlib.Path(tmp, "media")
-        (media / "jpegs").mkdir()
-        for i, blob in enumerate(make_jpegs(args.jpegs)):
-            (media / "jpegs" / f"photo-{i:05d}.jpg").write_bytes(blob)
+        write_jpegs(media / "jpegs", args.jpegs)
         uris = sorted(str(p) for p in media.rglob("*") if p.is_file())
         texts = [p.read_text() for p in (media / "texts").glob("*.txt")]
         spec = PreprocessingSpec()

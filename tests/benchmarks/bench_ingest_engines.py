@@ -59,12 +59,9 @@ def main() -> None:
         generate_corpus(tmp, rest * 3 // 4, rest - rest * 3 // 4, seed=0)
         media = pathlib.Path(tmp, "media")
         if args.jpegs:
-            from bench_image_decode import make_jpegs
+            from bench_image_decode import write_jpegs
 
-            (media / "jpegs").mkdir()
-            for start in range(0, args.jpegs, 100):  # a hundred in memory at a time
-                for i, blob in enumerate(make_jpegs(min(100, args.jpegs - start), seed=start)):
-                    (media / "jpegs" / f"photo-{start + i:05d}.jpg").write_bytes(blob)
+            write_jpegs(media / "jpegs", args.jpegs)
         files = sorted(p for p in media.rglob("*") if p.is_file())
         out: list[tuple[str, str, str]] = []
         print(f"{len(files)} files ({rest * 3 // 4} PNG 96x96 + {rest - rest * 3 // 4} text + "
