@@ -90,7 +90,7 @@ def without_pairs(version_dir: str, path: str, drop: pa.Array
     dropped = table.num_rows - kept.num_rows
     if not dropped:
         return None, 0, 0
-    heldout = pc.sum(pc.equal(table.filter(mask).column("split"), Split.HELDOUT.value)).as_py()
+    heldout = pc.sum(pc.and_(mask, pc.equal(table.column("split"), Split.HELDOUT.value))).as_py()
     if not kept.num_rows:
         storage.delete(uri)
         return None, dropped, heldout or 0
