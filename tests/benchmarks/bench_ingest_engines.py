@@ -1,7 +1,7 @@
 """Benchmark: ingest on the engines (1 vs 2 workers), and the whole `loom ingest` against
 the sum of its bare parts, with every file read counted.
 
-    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--files 2000] [--jpegs 0] [--repeats 2] [--no-ray] [--no-whole]
+    .venv/bin/python tests/benchmarks/bench_ingest_engines.py [--files 2000] [--jpegs 0] [--repeats 2] [--workers 1 2] [--no-ray] [--no-whole]
 
 Corpus: `jobs.corpus.generate_corpus` (75% PNG 96x96, 25% text, its few bad files) in
 a temp dir; with `--jpegs N`, N of the files are photo-sized JPEGs (640x480 q85, noise
@@ -14,6 +14,8 @@ images cost.
   one read; size-grouped items of 64; tokenizer trained beforehand), through
   `pipelines.runner.run_stage` on Beam (DirectRunner, multi_threading, workers=1 and 2)
   and Ray Data (actors=1 and 2), isolation on. 1 and 2 are interleaved, best of N.
+  `--workers 1 4 8 16` measures those counts instead (a bigger machine), each against 1;
+  Ray then starts with as many CPUs as the largest count.
 - Whole ingest: `run_ingest(Engine.BEAM)` (defaults: 2 workers) from the listing to
   the manifest, against the bare parts done one after another in this process: read
   every file (`Path.read_bytes`), sha256, decode (bench_ingest's bare loop: Pillow +
@@ -21,7 +23,8 @@ images cost.
   file. Reads are counted in every process (`read_counter`: an audit hook on `open`).
 
 The last lines are always `scaling beam 2/1 X.XXx` and `scaling ray 2/1 X.XXx` (ray
-`n/a` with --no-ray). Not collected by pytest.
+`n/a` with --no-ray, both `n/a` when 2 is not among --workers); the other counts' lines
+(`scaling beam N/1`) come just before them. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000, help="corpus size (75%% PNG, 25%% text)")
     ap.add_argument("--jpegs", type=int, default=0, help="of --files, JPEG 640x480 photos")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="worker (Beam) and actor (Ray) counts; each is compared with 1")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-whole", action="store_true")
     args = ap.parse_args()
@@ -68,16 +73,22 @@ def main() -> None:
               f"{args.jpegs} JPEG 640x480 + bad files), best of {args.repeats}")
         if not args.no_whole:
             out += whole_vs_bare(media, tmp, files)
-        scaling, rows = engines(media, tmp, files, args.repeats, not args.no_ray)
+        counts = sorted({1, *args.workers})
+        scaling, rows = engines(media, tmp, files, args.repeats, not args.no_ray, counts)
         out += rows
     w = max(len(p) for p, _, _ in out)
     print(f"{'path':<{w}} {'s':>7} {'files/s':>8}")
     for p, s, fps in out:
         print(f"{p:<{w}} {s:>7} {fps:>8}")
     print(f"total wall {time.perf_counter() - t_all:.1f} s")
-    print(f"scaling beam 2/1 {scaling['beam']:.2f}x")
-    ray = f"{scaling['ray']:.2f}x" if "ray" in scaling else "n/a"
-    print(f"scaling ray 2/1 {ray}")
+    for w in counts[1:]:
+        if w != 2:
+            for engine in ("beam", "ray"):
+                if (engine, w) in scaling:
+                    print(f"scaling {engine} {w}/1 {scaling[engine, w]:.2f}x")
+    for engine in ("beam", "ray"):
+        ratio = f"{scaling[engine, 2]:.2f}x" if (engine, 2) in scaling else "n/a"
+        print(f"scaling {engine} 2/1 {ratio}")
 
 
 def whole_vs_bare(media: pathlib.Path, tmp: str, files: list[pathlib.Path]
@@ -153,7 +164,8 @@ def bare_parts(files: list[pathlib.Path], tmp: str) -> tuple[dict[str, float], d
 
 
 def engines(media: pathlib.Path, tmp: str, files: list[pathlib.Path], repeats: int,
-            ray_too: bool) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+            ray_too: bool, counts: list[int]
+            ) -> tuple[dict[tuple[str, int], float], list[tuple[str, str, str]]]:
     from loom.pipelines.ingest_once import size_grouped_items
     from loom.pipelines.runner import Engine, StageTask, merge_results, run_stage
     from loom.schemas.spec import PreprocessingSpec
@@ -183,28 +195,28 @@ def engines(media: pathlib.Path, tmp: str, files: list[pathlib.Path], repeats: i
             raise SystemExit(f"{key}: {stats}")
         return dt
 
-    for r in range(repeats):  # interleaved: drift hits 1 and 2 alike
-        for w in (1, 2):
+    for r in range(repeats):  # interleaved: drift hits every count alike
+        for w in counts:
             dt = run(Engine.BEAM, f"beam-w{w}", r, workers=w)
             best[f"beam {w}"] = min(best.get(f"beam {w}", 1e9), dt)
     out = [(f"Beam DirectRunner workers={w}, decode pass", f"{best[f'beam {w}']:.2f}",
-            f"{n / best[f'beam {w}']:.1f}") for w in (1, 2)]
+            f"{n / best[f'beam {w}']:.1f}") for w in counts]
     out += [(f"  its CPU time (workers={w})", f"{best[f'beam-w{w} cpu']:.2f}", "")
-            for w in (1, 2)]
-    scaling = {"beam": best["beam 1"] / best["beam 2"]}
+            for w in counts]
+    scaling = {("beam", w): best["beam 1"] / best[f"beam {w}"] for w in counts[1:]}
     if ray_too:
         from loom.pipelines.ray.session import ensure_ray
 
         t = time.perf_counter()
-        ensure_ray()
+        ensure_ray(num_cpus=counts[-1] if counts[-1] > 2 else None)
         out.append(("Ray start-up (ensure_ray/ray.init)", f"{time.perf_counter() - t:.2f}", ""))
         for r in range(repeats):
-            for a in (1, 2):
+            for a in counts:
                 dt = run(Engine.RAY, f"ray-a{a}", r, actors=a)
                 best[f"ray {a}"] = min(best.get(f"ray {a}", 1e9), dt)
         out += [(f"Ray Data actors={a}, decode pass", f"{best[f'ray {a}']:.2f}",
-                 f"{n / best[f'ray {a}']:.1f}") for a in (1, 2)]
-        scaling["ray"] = best["ray 1"] / best["ray 2"]
+                 f"{n / best[f'ray {a}']:.1f}") for a in counts]
+        scaling.update({("ray", a): best["ray 1"] / best[f"ray {a}"] for a in counts[1:]})
         import ray
 
         ray.shutdown()
