@@ -23,7 +23,9 @@ class _StageActor:
         self.stage = task.open()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [dumps(self.task.run(self.stage, json.loads(s))) for s in batch["item"]]
+        """A row is one input block's items (`strided_blocks`); a result row per item."""
+        out = [dumps(self.task.run(self.stage, item))
+               for s in batch["items"] for item in json.loads(s)]
         return {"result": np.array(out, dtype=object)}
 
 
@@ -58,8 +60,10 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
     with progress(items, name) as (_, bar), actor_deadline(name, cpus, need.num_gpus,
                                                            memory_mb=need.memory_mb):
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-        ds = ray.data.from_items([{"item": dumps(i)} for i in items],
-                                 override_num_blocks=input_blocks(len(items), cluster_cpus))
+        blocks = strided_blocks(len(items), input_blocks(len(items), cluster_cpus))
+        ds = ray.data.from_items(
+            [{"items": "[" + ",".join(dumps(items[i]) for i in b) + "]"} for b in blocks],
+            override_num_blocks=len(blocks))  # a row per block: the blocks are ours
         ds = ds.map_batches(
             _StageActor,
             fn_constructor_args=(task,),
@@ -78,6 +82,14 @@ def run_ray(task: StageTask, items: list[dict], actors: int | None = None,
 
 MAX_BLOCKS = 64
 MAX_PARTITIONS = 128
+
+
+def strided_blocks(items: int, blocks: int) -> list[list[int]]:
+    """The item indices of each input block: block j holds items j, j + blocks, j + 2 x
+    blocks, ... Items come in URI order, so the costly ones sit together (a folder of
+    photos or videos); cut into consecutive runs, they filled a few blocks, and at the end
+    of a pass a few actors worked through those while the rest of the pool sat idle."""
+    return [list(range(j, items, blocks)) for j in range(min(blocks, items))]
 
 
 def input_blocks(items: int, cpus: int) -> int:

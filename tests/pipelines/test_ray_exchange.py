@@ -28,6 +28,21 @@ def test_layout_is_capped_by_the_cluster_not_the_corpus(cpus):
     assert pieces[-1] <= max(64, 2 * cpus) * max(128, 2 * cpus)
 
 
+@pytest.mark.parametrize("items,blocks", [(1, 64), (3, 64), (40, 4), (157, 64), (4_150, 64),
+                                          (100_000, 512)])
+def test_strided_blocks_hold_every_item_once_and_spread_each_run(items, blocks):
+    got = runner.strided_blocks(items, blocks)
+    assert len(got) == min(items, blocks)
+    assert sorted(i for b in got for i in b) == list(range(items))
+    sizes = [len(b) for b in got]
+    assert max(sizes) - min(sizes) <= 1
+    # any run of consecutive items (a folder in URI order) lands in as many blocks as it
+    # has items, up to every block
+    for start, run in ((0, len(got)), (items // 3, min(items - items // 3, 7))):
+        owners = {j for j, b in enumerate(got) for i in b if start <= i < start + run}
+        assert len(owners) == min(run, len(got))
+
+
 def _map(item: dict):
     # every item sends a value to a key shared with items far from it in the list,
     # so each group gathers values from many input blocks
@@ -76,11 +91,12 @@ def test_run_ray_items_share_capped_blocks_and_each_runs_once(ray_session, tmp_p
     of the pool get work."""
     import ray
 
-    asked = []
+    asked, blocks = [], []
     real = ray.data.from_items
 
     def from_items(rows, override_num_blocks=None, **kw):
         asked.append(override_num_blocks)
+        blocks.extend([i["k"] for i in json.loads(r["items"])] for r in rows)
         return real(rows, override_num_blocks=override_num_blocks, **kw)
 
     monkeypatch.setattr(runner, "MAX_BLOCKS", 4)
@@ -89,5 +105,8 @@ def test_run_ray_items_share_capped_blocks_and_each_runs_once(ray_session, tmp_p
     items = [{"name": f"i{k:02d}", "k": k} for k in range(40)]
     out = runner.run_ray(_PidTask(Echo, str(tmp_path)), items, actors=2)
     assert asked == [4]
+    # a row per block, each taking every 4th item: items 0-9 (one costly folder, say)
+    # are spread over the 4 blocks, not all in the first
+    assert blocks == [list(range(j, 40, 4)) for j in range(4)]
     assert sorted(r["k"] for r in out) == list(range(40))
     assert len({r["pid"] for r in out}) == 2
