@@ -4,7 +4,7 @@ stage, as the corpus grows.
     nice -n 10 .venv/bin/python -m tests.benchmarks.bench_scale --sizes 10000 100000 1000000 \\
         --workdir DIR --json OUT [--stages ingest synth mine shard eval backfill]
 
-OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "worker_peak_mb",
+OUT is `{"stages": {STAGE: {"SIZE": {"driver_peak_mb", "driver_peak_at", "worker_peak_mb",
 "worker_peak_uss_mb", "worker_peak_task", "wall_s", "objects_written", "objects_kept"}}}}`, rewritten after every (stage, size); a (stage,
 size) already in OUT is skipped, so a killed run resumes where it stopped.
 
@@ -30,7 +30,10 @@ names `ray::` (this session's workers and actors; the peak of the largest one is
 reported), and their USS as well (`worker_peak_uss_mb`: RSS counts the object-store pages
 a worker maps, shared with the raylet and every other reader; USS leaves out every page
 another process maps too), with the process title Ray gave the worker at its USS peak
-(`worker_peak_task`: `ray::search`, `ray::MapWorker(...)`, ...). `objects_written` counts the files
+(`worker_peak_task`: `ray::search`, `ray::MapWorker(...)`, ...), and the loom functions the
+driver's main thread was in at its USS peak (`driver_peak_at`, outermost first: `run_backfill >
+run_ingest > ...`); with BENCH_SCALE_TIMELINE=PREFIX every sample goes to
+PREFIX-STAGE-SIZE.tsv (seconds, driver USS MB, those functions). `objects_written` counts the files
 the stage writes under its output root, whichever process writes them, from inotify
 (Linux): `_work` files deleted before the stage ends count, an atomic write (temp file +
 rename) counts once, a rewrite counts again; `objects_kept` counts the files still there
@@ -58,6 +61,10 @@ import psutil
 STAGES = ("ingest", "synth", "mine", "shard", "eval", "backfill")
 MiB = 2**20
 PART_ROWS = 4096  # rows per generated Examples / Pairs part
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOOM_DIRS = tuple(os.path.join(_ROOT, d) + os.sep  # loom's own code, not site-packages'
+                  for d in ("pipelines", "jobs", "models", "transforms", "synth", "schemas"))
+TIMELINE_ENV = "BENCH_SCALE_TIMELINE"  # PREFIX: each child writes PREFIX-STAGE-SIZE.tsv
 FILES_PER_DIR = 1000
 NEAR_EVERY = 20  # every 20th media file is a near copy of one before it (5% near-dups)
 WORDS = ("red green blue yellow circle square triangle small large bright dark top bottom "
@@ -356,11 +363,14 @@ class Sampler:
     """Peak driver USS, peak RSS and peak USS of the largest `ray::` process (each its own
     peak), files written under a root."""
 
-    def __init__(self, root: str, interval_s: float = 0.25):
+    def __init__(self, root: str, interval_s: float = 0.25, timeline: str | None = None):
         self.root, self.interval_s = root, interval_s
         self.me = psutil.Process()
         self.driver_peak = self.worker_peak = self.worker_peak_uss = 0
-        self.worker_peak_task = ""
+        self.worker_peak_task = self.driver_peak_at = ""
+        self._main = threading.main_thread().ident
+        self._t0 = time.monotonic()
+        self._timeline = open(timeline, "w") if timeline else None  # noqa: SIM115
         self.files_before = _count_files(root) if os.path.isdir(root) else 0
         self.writes = WriteCounter(root)
         self._workers: dict[int, psutil.Process] = {}
@@ -378,9 +388,25 @@ class Sampler:
             except psutil.Error:
                 pass
 
+    def _where(self) -> str:
+        """The loom functions the driver's main thread is in (outermost first)."""
+        frame, names = sys._current_frames().get(self._main), []
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(LOOM_DIRS):
+                names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        names.reverse()
+        if len(names) > 8:  # the entry point and the innermost calls say where
+            names = [*names[:3], "...", *names[-5:]]
+        return " > ".join(names)
+
     def sample(self) -> None:
         now = time.monotonic()
-        self.driver_peak = max(self.driver_peak, self.me.memory_full_info().uss)
+        uss = self.me.memory_full_info().uss
+        if uss > self.driver_peak:
+            self.driver_peak, self.driver_peak_at = uss, self._where()
+        if self._timeline:
+            self._timeline.write(f"{now - self._t0:.2f}\t{uss / MiB:.1f}\t{self._where()}\n")
         if now >= self._next_scan:
             self._scan_workers()
             self._next_scan = now + 1.0
@@ -409,6 +435,8 @@ class Sampler:
         self._thread.join()
         self.sample()
         self.objects_written = self.writes.close()
+        if self._timeline:
+            self._timeline.close()
 
 
 def _fresh(root: str, keep: tuple[str, ...] = ()) -> None:
@@ -464,13 +492,14 @@ def child(stage: str, size: int, workdir: str) -> dict:
     _fresh(out, keep=("_llm_cache",) if stage == "synth" else ())  # prefilled
     call = _stage_call(stage, size, workdir, out)
     ensure_ray(num_cpus=2, object_store_mb=256)
-    with Sampler(out) as s:
+    timeline = os.environ.get(TIMELINE_ENV)
+    with Sampler(out, timeline=f"{timeline}-{stage}-{size}.tsv" if timeline else None) as s:
         t = time.perf_counter()
         result = call()
         wall = time.perf_counter() - t
     if stage == "synth" and result.get("llm_calls"):
         raise RuntimeError(f"synth made {result['llm_calls']} LLM calls: the cache missed")
-    got = {"driver_peak_mb": round(s.driver_peak / MiB, 1),
+    got = {"driver_peak_mb": round(s.driver_peak / MiB, 1), "driver_peak_at": s.driver_peak_at,
            "worker_peak_mb": round(s.worker_peak / MiB, 1),
            "worker_peak_uss_mb": round(s.worker_peak_uss / MiB, 1),
            "worker_peak_task": s.worker_peak_task, "wall_s": round(wall, 2),
