@@ -21,9 +21,11 @@ from loom.schemas.records import Reason
 from loom.transforms.sniff import DecodeError
 
 
-def _init_worker() -> None:
-    """End the worker if its parent dies (even by SIGKILL): nobody would read its results."""
-    parent = os.getppid()
+def _init_worker(parent: int) -> None:
+    """End the worker if its parent dies (even by SIGKILL): nobody would read its results.
+    `parent` is the pid of the process that started it, passed in rather than read here:
+    a parent killed while the worker was still starting left it re-parented before it
+    looked, and it watched its new parent (init) for ever."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -89,7 +91,8 @@ class IsolatedDecoder:
         if self._pool is None:
             # spawn: forking a multi-threaded engine worker (Beam threads, Ray) is unsafe
             pool = cf.ProcessPoolExecutor(
-                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+                max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                initargs=(os.getpid(),))
             pool.submit(_call, _warm, (self.memory_bytes,)).result()
             for key, value in self._installs.items():
                 pool.submit(_call, _install, (key, value)).result()

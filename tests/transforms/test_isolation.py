@@ -96,3 +96,58 @@ def test_an_installed_value_reaches_every_worker_and_no_call_carries_it():
         assert sent and max(sent) < 10_000, sent  # the calls, not the value
     finally:
         iso.close()
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    import psutil
+
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_decoder_process_ends_when_its_parent_is_killed():
+    """A SIGKILLed engine worker leaves no decoder behind (each holds ~300 MB)."""
+    import subprocess
+    import sys
+
+    code = ("from loom.transforms.isolation import IsolatedDecoder\n"
+            "import time\n"
+            "d = IsolatedDecoder(timeout_s=5, memory_mb=0)\n"
+            "d.start()\n"
+            "print(*d._pool._processes, flush=True)\n"
+            "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert not _gone(worker, 1.0)  # alive while its parent is
+        parent.kill()
+        parent.wait()
+        assert _gone(worker, 10.0), "the decoder outlived its killed parent"
+    finally:
+        parent.kill()
+
+
+def test_a_decoder_whose_parent_died_before_it_started_watching_still_ends():
+    """The race the watch had: a parent killed while the decoder was starting. The
+    decoder is told its parent's pid; one that is already gone ends it at once."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    code = ("from loom.transforms.isolation import _init_worker\n"
+            "import time\n"
+            f"_init_worker({dead.pid})\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert child.wait(timeout=20) == 0
+    finally:
+        child.kill()
