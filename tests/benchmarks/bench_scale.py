@@ -403,10 +403,12 @@ class Sampler:
     def sample(self) -> None:
         now = time.monotonic()
         uss = self.me.memory_full_info().uss
-        if uss > self.driver_peak:
-            self.driver_peak, self.driver_peak_at = uss, self._where()
+        peak = uss > self.driver_peak
+        where = self._where() if peak or self._timeline else ""  # one walk of the stack
+        if peak:
+            self.driver_peak, self.driver_peak_at = uss, where
         if self._timeline:
-            self._timeline.write(f"{now - self._t0:.2f}\t{uss / MiB:.1f}\t{self._where()}\n")
+            self._timeline.write(f"{now - self._t0:.2f}\t{uss / MiB:.1f}\t{where}\n")
         if now >= self._next_scan:
             self._scan_workers()
             self._next_scan = now + 1.0
