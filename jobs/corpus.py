@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import random
 from collections.abc import Iterator
 from typing import Literal
@@ -65,13 +66,18 @@ def _describe(scene: AnyScene, rng: random.Random) -> str:
 
 
 def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
-                    bad_files: bool = True, world: World = "simple") -> dict:
+                    bad_files: bool = True, world: World = "simple", media: int | None = None,
+                    video_audio: float = 0.5) -> dict:
     """Writes the corpus; same seed -> byte-identical files. Returns file counts.
 
     world="rich" draws each modality's scenes in near-miss families (a base and a few
-    one-attribute-off or swapped-attribute variants); ground truth names the family."""
+    one-attribute-off or swapped-attribute variants); ground truth names the family.
+    world="multimodal" adds `media` videos, audio clips, PDF pages and records (default
+    n_images // 2 of each); `video_audio` of the videos (0 to 1) have an audio track."""
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}: one of {', '.join(WORLDS)}")
+    if not 0.0 <= video_audio <= 1.0:
+        raise ValueError(f"video_audio must be between 0 and 1, not {video_audio}")
     truth: list[dict] = []
     files: dict[str, bytes] = {}
 
@@ -105,7 +111,7 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
                     family=family)
 
     if world == "multimodal":
-        _add_media(add, seed, max(1, n_images // 2))
+        _add_media(add, seed, max(1, n_images // 2) if media is None else media, video_audio)
 
     n_bad = 0
     if bad_files:
@@ -139,9 +145,16 @@ def generate_corpus(out_dir: str, n_images: int, n_texts: int, seed: int = 0,
     return counts
 
 
-def _add_media(add, seed: int, n: int) -> None:
-    """Videos (every other one with an audio track), audio clips, two-page PDFs (a scene
-    and a near miss of it) and JSONL records, n of each (n // 2 PDFs)."""
+def _every(i: int, share: float) -> bool:
+    """Whether item i is one of a `share` of items spread evenly, starting at item 0 (0.5:
+    items 0, 2, 4, ...; 1: all; 0: none)."""
+    return math.ceil((i + 1) * share) > math.ceil(i * share)
+
+
+def _add_media(add, seed: int, n: int, video_audio: float) -> None:
+    """Videos (a `video_audio` share of them, spread evenly, with an audio track: 0.5 is
+    every other one), audio clips, two-page PDFs (a scene and a near miss of it) and JSONL
+    records, n of each (n // 2 PDFs)."""
     for kind in ("videos", "audio", "pages", "records"):
         rng = random.Random(f"loom-corpus-{seed}-{kind}-multimodal")
         order = list(range(n))
@@ -161,7 +174,8 @@ def _add_media(add, seed: int, n: int) -> None:
             scene, family = next(draws)
             if kind == "videos":
                 add(f"videos/clip-{order[i]:05d}.mp4",
-                    render_video(scene, rng, side=IMAGE_SIDE, audio=i % 2 == 0), scene,
+                    render_video(scene, rng, side=IMAGE_SIDE, audio=_every(i, video_audio)),
+                    scene,
                     family=family)
             elif kind == "audio":
                 add(f"audio/clip-{order[i]:05d}.wav", render_audio(scene, rng), scene,

@@ -91,6 +91,8 @@ class Study:
         corpus = storage.join(self.w, "corpus")
         if not storage.exists(storage.join(corpus, "ground_truth.jsonl")):
             world = {} if a.world == "simple" else {"world": a.world}  # simple: a smoke test
+            if a.world == "multimodal":
+                world |= {"media": a.media, "video_audio": a.video_audio}
             generate_corpus(corpus, a.images, a.texts, seed=0, bad_files=False, **world)
         self.truth_uri = storage.join(corpus, "ground_truth.jsonl")
         self.truth = {(r := json.loads(line))["file"]: r
@@ -384,6 +386,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--heldout", type=float, default=0.5)
+    ap.add_argument("--media", type=int, default=None,
+                    help="multimodal: videos, audio clips, PDF pages and records, each "
+                         "(default images // 2)")
+    ap.add_argument("--video-audio", type=float, default=0.5,
+                    help="multimodal: the share of videos with an audio track")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--soup-seeds", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--pft-epochs", type=int, default=12)

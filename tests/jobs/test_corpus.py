@@ -151,3 +151,30 @@ def test_multimodal_world_writes_every_medium_with_ground_truth(tmp_path):
     generate_corpus(str(again), 8, 4, seed=1, world="multimodal")
     assert all((media / p.relative_to(again / "media")).read_bytes() == p.read_bytes()
                for p in (again / "media").rglob("*") if p.is_file())  # same seed, same bytes
+
+
+def test_multimodal_world_media_count_and_audio_share(tmp_path):
+    """`media` sets how many of each medium, `video_audio` which share of the videos carry
+    an audio track (read back from the MP4s' streams, not from the generator)."""
+    import av
+    from loom.jobs.corpus import generate_corpus
+
+    def audio_tracks(out):
+        n = 0
+        for p in sorted((out / "media" / "videos").glob("*.mp4")):
+            with av.open(str(p)) as c:
+                n += bool(c.streams.audio)
+        return n
+
+    counts = generate_corpus(str(tmp_path / "all"), 2, 2, seed=3, world="multimodal",
+                             media=6, video_audio=1.0)
+    assert {k: counts[k] for k in ("videos", "audio", "pages", "records")} == \
+        {"videos": 6, "audio": 6, "pages": 6, "records": 6}
+    assert audio_tracks(tmp_path / "all") == 6
+    generate_corpus(str(tmp_path / "none"), 2, 2, seed=3, world="multimodal", media=4,
+                    video_audio=0.0)
+    assert audio_tracks(tmp_path / "none") == 0
+    generate_corpus(str(tmp_path / "half"), 8, 2, seed=3, world="multimodal")
+    assert audio_tracks(tmp_path / "half") == 2  # the default: every other one of 4
+    with pytest.raises(ValueError, match="video_audio"):
+        generate_corpus(str(tmp_path / "bad"), 2, 2, world="multimodal", video_audio=1.5)
