@@ -89,7 +89,7 @@ def run_backfill(input_uri: str, output_root: str, checkpoint: str, checkpoint_r
 
     ex_files = ex_manifest.files(ex_dir, "examples")
     book = _Book(ex_files)
-    n_ids = len(book.pos)
+    n_ids = book.n
     n_chunks = -(-n_ids // CHUNK)
     prior = _prior_version(output_root, version, ckpt_id, dim)
     prior_at = _PriorVectors(*prior, dim, book) if prior is not None else None
@@ -238,29 +238,40 @@ def _id_keys(uris: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 class _Book:
     """Unique Example ids in file and row order (first occurrence wins), as numpy columns:
-    a 64-bit key, the file and the row of each, about 40 bytes per id and no Python object
-    per id, so the driver's bookkeeping stays small at millions of Examples. Ids, sources
-    and modalities are read back per chunk from the Examples files when a part is written."""
+    the sorted 64-bit keys, each one's place in file order, and the file and row of each
+    place, 20 bytes per id and no Python object per id, so the driver's bookkeeping stays
+    small at millions of Examples. Ids, sources and modalities are read back per chunk from
+    the Examples files when a part is written."""
 
     def __init__(self, ex_files: list[str]):
         self.ex_files = ex_files
         keys, self.offsets = _id_keys(ex_files)
         order = np.argsort(keys, kind="stable")  # equal keys keep file and row order
         sorted_keys = keys[order]
-        first = np.ones(len(keys), dtype=bool)
+        del keys
+        first = np.ones(len(order), dtype=bool)
         first[1:] = sorted_keys[1:] != sorted_keys[:-1]
         self._cached: tuple[int, pa.Table] | None = None
         for dup in np.flatnonzero(~first):  # the same id again, or two ids on one key
             a, b = self._id_at(order[dup - 1]), self._id_at(order[dup])
             if a != b:
                 raise RuntimeError(f"backfill: ids {a!r} and {b!r} share a 64-bit key")
-        self.pos = np.sort(order[first])  # global row of each unique id, in file order
-        self._sorted = sorted_keys[first]
-        self._index = np.searchsorted(self.pos, order[first])  # sorted key -> file order
-        self.keys = np.empty_like(self._sorted)
-        self.keys[self._index] = self._sorted
-        self.file = np.searchsorted(self.offsets, self.pos, side="right") - 1
-        self.row = self.pos - self.offsets[self.file]
+        order, self._sorted = order[first], sorted_keys[first]
+        del sorted_keys, first
+        pos = np.sort(order)  # global row of each unique id, in file order
+        self.n = len(pos)
+        small = np.int32 if max(self.n, int(self.offsets[-1])) < 2**31 else np.int64
+        self._index = np.searchsorted(pos, order).astype(small)  # sorted key -> file order
+        del order
+        self.file = (np.searchsorted(self.offsets, pos, side="right") - 1).astype(np.int32)
+        self.row = (pos - self.offsets[self.file]).astype(small)
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Each id's key in file order (built when asked: only a prior version needs it)."""
+        keys = np.empty_like(self._sorted)
+        keys[self._index] = self._sorted
+        return keys
 
     def _table(self, f: int) -> pa.Table:
         if self._cached is None or self._cached[0] != f:
@@ -292,9 +303,20 @@ class _Book:
         return ids, sources, modalities
 
     def work(self, todo: np.ndarray) -> list[tuple[str, list[int]]]:
-        """(Examples file, rows) of the ids marked in `todo`, per file."""
-        return [(uri, self.row[(self.file == f) & todo].tolist())
-                for f, uri in enumerate(self.ex_files)]
+        """(Examples file, row spans) of the ids marked in `todo`, per file: the spans are
+        [start, stop, start, stop, ...] over runs of consecutive rows, so a file whose
+        rows are all to embed is two numbers whatever its size."""
+        sel = np.flatnonzero(todo)
+        f, r = self.file[sel], self.row[sel]
+        new = np.ones(len(sel), dtype=bool)
+        new[1:] = (f[1:] != f[:-1]) | (r[1:] != r[:-1] + 1)
+        starts = np.flatnonzero(new)
+        stops = np.append(starts[1:], len(sel))[: len(starts)] - 1
+        spans: list[list[int]] = [[] for _ in self.ex_files]
+        for fk, lo, hi in zip(f[starts].tolist(), r[starts].tolist(), r[stops].tolist(),
+                              strict=True):
+            spans[fk] += [lo, hi + 1]
+        return list(zip(self.ex_files, spans, strict=True))
 
 
 class _PriorVectors:
@@ -306,8 +328,9 @@ class _PriorVectors:
         keys, offsets = _id_keys(self.parts)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        at = np.minimum(np.searchsorted(sorted_keys, book.keys), max(0, len(keys) - 1))
-        self.found = (sorted_keys[at] == book.keys) if len(keys) else np.zeros(len(book.keys),
+        book_keys = book.keys
+        at = np.minimum(np.searchsorted(sorted_keys, book_keys), max(0, len(keys) - 1))
+        self.found = (sorted_keys[at] == book_keys) if len(keys) else np.zeros(len(book_keys),
                                                                                dtype=bool)
         self.at = order[at]  # the prior's global row (meaningful where found)
         self.offsets = offsets

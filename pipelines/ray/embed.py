@@ -50,11 +50,22 @@ class EmbedActor:
 
 def read_examples(batch: pa.Table) -> pa.Table:
     """Ray Data task: the rows to embed of each listed Examples file, as one Arrow table."""
-    tables = [storage.read_parquet([uri], columns=EXAMPLE_COLUMNS).take(take)
-              for uris, takes in zip(batch.column("uris").to_pylist(),
-                                     batch.column("takes").to_pylist(), strict=True)
-              for uri, take in zip(uris, takes, strict=True)]
+    tables = [storage.read_parquet([uri], columns=EXAMPLE_COLUMNS).take(_rows(spans))
+              for uris, spans_of in zip(batch.column("uris").to_pylist(),
+                                        batch.column("spans").to_pylist(), strict=True)
+              for uri, spans in zip(uris, spans_of, strict=True)]
     return pa.concat_tables(tables)
+
+
+def _rows(spans: list[int]) -> np.ndarray:
+    """The row numbers of [start, stop, start, stop, ...] spans."""
+    return np.concatenate([np.arange(lo, hi, dtype=np.int64)
+                           for lo, hi in zip(spans[::2], spans[1::2], strict=True)]
+                          or [np.zeros(0, np.int64)])
+
+
+def _span_rows(spans: list[int]) -> int:
+    return sum(spans[1::2]) - sum(spans[::2])
 
 
 def _actors(ds, handler: EncoderHandler, batch_size: int, actors: int, cpus_per_actor: float,
@@ -112,22 +123,27 @@ def embed_files_on_ray(work: list[tuple[str, list[int]]], handler: EncoderHandle
                        ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Streams (ids, vectors) per actor call as the actors finish them, in no promised order.
 
-    `work` is (Example Parquet URI, row numbers to embed) per file. Two operators in one
-    Ray Data job: reading tasks (one at a time, each over consecutive files of about
-    `rows_per_call` rows, with no CPU reserved so they run beside the actors and overlap
-    their forward passes) turn file names into Example rows; the actor pool embeds them in
-    calls of `rows_per_call` rows. The pool starts and loads the model once per job, and
-    nothing but file names, row numbers, ids and vectors passes through the driver."""
+    `work` is (Example Parquet URI, row spans to embed: [start, stop, start, stop, ...]) per
+    file. Two operators in one Ray Data job: reading tasks (one at a time, each over
+    consecutive files of about `rows_per_call` rows, with no CPU reserved so they run
+    beside the actors and overlap their forward passes) turn file names into Example rows;
+    the actor pool embeds them in calls of `rows_per_call` rows. The pool starts and loads
+    the model once per job, and nothing but file names, row spans, ids and vectors passes
+    through the driver (no row numbers one by one: two numbers a file that is embedded
+    whole)."""
     ensure_ray()
     rows_per_call = rows_per_call or ROWS_PER_CALL
     groups: list[dict] = []  # consecutive files, about rows_per_call rows: one read task
-    for uri, take in work:
-        if not take:
+    rows = 0
+    for uri, spans in work:
+        if not (n := _span_rows(spans)):
             continue
-        if not groups or sum(map(len, groups[-1]["takes"])) >= rows_per_call:
-            groups.append({"uris": [], "takes": []})
+        if not groups or rows >= rows_per_call:
+            groups.append({"uris": [], "spans": []})
+            rows = 0
         groups[-1]["uris"].append(uri)
-        groups[-1]["takes"].append(take)
+        groups[-1]["spans"].append(spans)
+        rows += n
     if not groups:
         return
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))

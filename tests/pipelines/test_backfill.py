@@ -199,12 +199,19 @@ def test_bookkeeping_dedups_in_file_order_and_reads_chunks_back(tmp_path, monkey
     monkeypatch.setattr(backfill, "CHUNK", 3)
     files = _example_files(tmp_path, [["a", "b", "c"], ["b", "d"], [], ["e", "a", "f"]])
     book = backfill._Book(files)
-    chunks = [book.chunk_meta(n) for n in range(-(-len(book.pos) // 3))]
+    chunks = [book.chunk_meta(n) for n in range(-(-book.n // 3))]
     assert [i for ids, _, _ in chunks for i in ids] == ["a", "b", "c", "d", "e", "f"]
     assert chunks[1][1] == ["gs://b/1/d", "gs://b/3/e", "gs://b/3/f"]
     assert list(book.position(["f", "a", "d"])) == [5, 0, 3]
     assert book.work(np.array([False, True, False, True, True, False])) == [
-        (files[0], [1]), (files[1], [1]), (files[2], []), (files[3], [0])]
+        (files[0], [1, 2]), (files[1], [1, 2]), (files[2], []), (files[3], [0, 1])]
+    # row spans [start, stop, ...]: a run of rows is two numbers, a skipped repeat ("a" in
+    # the last file) splits a run, a file's end ends one
+    assert book.work(np.ones(6, dtype=bool)) == [
+        (files[0], [0, 3]), (files[1], [1, 2]), (files[2], []), (files[3], [0, 1, 2, 3])]
+    assert book.work(np.array([True, True, False, True, True, True])) == [
+        (files[0], [0, 2]), (files[1], [1, 2]), (files[2], []), (files[3], [0, 1, 2, 3])]
+    assert book.work(np.zeros(6, dtype=bool)) == [(f, []) for f in files]
     with pytest.raises(RuntimeError, match="not an Example"):
         book.position(["zz"])
 
@@ -234,5 +241,5 @@ def test_bookkeeping_keeps_bytes_not_objects_per_id(tmp_path):
     book = backfill._Book(files)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert len(book.pos) == n
-    assert held / n < 64, f"{held / n:.0f} bytes held per id"
+    assert book.n == n
+    assert held / n < 32, f"{held / n:.0f} bytes held per id"
