@@ -36,6 +36,8 @@ from loom.schemas.records import INGEST_WORK, SCHEMA_VERSION
 PART_ROWS = 65536  # listing entries per part: what the driver holds at once
 FILES_PER_PARTITION = 50_000  # the exchange's partitions: about this many files each
 MAX_PARTITIONS = 64
+MAX_ITEMS = 2048  # work items grow past `files_per_item` files to stay about this many
+ITEM_BYTES = 64 << 20  # ... while their files' listed bytes stay within this
 LISTING = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                      ("bad_id", pa.string())])  # bad_id: a bad name's stand-in id, else null
 _ROUTED = pa.schema([("uri", pa.string()), ("listed", pa.int64()),
@@ -156,8 +158,10 @@ class ItemSteps:
     the item files."""
 
     def __init__(self, version_dir: str, partitions: int, per_item: int, skip: frozenset[str],
-                 prior_files: tuple[str, ...], remote_sizes: bool):
+                 prior_files: tuple[str, ...], remote_sizes: bool, grow_to: int = 0,
+                 grow_bytes: int = 0):
         self.version_dir, self.partitions, self.per_item = version_dir, partitions, per_item
+        self.grow_to, self.grow_bytes = grow_to, grow_bytes
         self.skip, self.prior_files, self.remote_sizes = skip, prior_files, remote_sizes
 
     def _partition(self, key: bytes) -> int:
@@ -196,7 +200,8 @@ class ItemSteps:
                                    t.column("prior_id").to_pylist(), strict=True)]
         items = ingest_once.size_grouped_items(
             rows, dict(zip(t.column("uri").to_pylist(), listed, strict=True)),
-            self.per_item, prefix=f"part-{key[1:]}")
+            self.per_item, prefix=f"part-{key[1:]}", grow_to=self.grow_to,
+            grow_bytes=self.grow_bytes)
         del rows, t
         uri = storage.join(self.version_dir, "_work", "items", f"{key}.parquet")
         sink = pa.BufferOutputStream()
@@ -220,10 +225,16 @@ def work_items(engine: Engine | EngineOptions, version_dir: str, listing: Listin
     """The stage's work items for the listing's well-named files not in `skip`, with
     their prior ids (from the `prior_files` parts of the version reused from): references
     to rows of `_work/items/` files, in name order. `remote_sizes`: the stage is given
-    the listed sizes (an object store's are exact; a local file is sized by its read)."""
+    the listed sizes (an object store's are exact; a local file is sized by its read).
+
+    Items hold `per_item` files, or more past `per_item * MAX_ITEMS` listed files: about
+    MAX_ITEMS items in all, each of at most ITEM_BYTES listed bytes (a million small files
+    make ~2,000 Examples parts, not ~16,000, and the driver, the engine and the bucket
+    count items and parts by the thousand; large files keep `per_item` a piece)."""
     partitions = max(1, min(MAX_PARTITIONS, -(-listing.listed // FILES_PER_PARTITION)))
+    grow_to = -(-listing.listed // MAX_ITEMS)
     steps = ItemSteps(version_dir, partitions, per_item, frozenset(skip), tuple(prior_files),
-                      remote_sizes)
+                      remote_sizes, grow_to if grow_to > per_item else 0, ITEM_BYTES)
     parts = [{"name": f"listing-{k:05d}", "file": f} for k, f in enumerate(listing.parts)]
     if len(parts) == 1:  # one part (at most PART_ROWS files): the same steps, here, with
         # no pipeline to start (its fixed cost dwarfs planning a small listing)

@@ -35,10 +35,15 @@ from loom.transforms.ingest import STORAGE_ERROR
 
 
 def size_grouped_items(rows: list[dict], sizes: dict[str, int], per_item: int,
-                       prefix: str = "part") -> list[dict]:
+                       prefix: str = "part", grow_to: int = 0, grow_bytes: int = 0
+                       ) -> list[dict]:
     """Inline work items of about `per_item` rows in URI order, except that files of one
     listed size (> 0) travel together: a group is kept whole in one item when it fits,
-    its members in URI order, at the place of its first member."""
+    its members in URI order, at the place of its first member.
+
+    An item may take up to `grow_to` rows (> per_item) while its files' listed bytes stay
+    within `grow_bytes`: a large listing of small files then makes fewer, larger items
+    (and parts), and one of large files keeps its items at `per_item` files."""
     groups: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
         if sizes.get(r["uri"], 0) > 0:
@@ -52,14 +57,25 @@ def size_grouped_items(rows: list[dict], sizes: dict[str, int], per_item: int,
                 units.append(sorted(groups[size], key=lambda g: g["uri"]))
         else:
             units.append([r])
+
+    def listed(rs: list[dict]) -> int:
+        return sum(max(0, sizes.get(r["uri"], 0)) for r in rs)
+
     items: list[list[dict]] = [[]]
+    held = 0  # the last item's listed bytes
     for unit in units:
         while unit:
-            if items[-1] and len(items[-1]) + len(unit) > per_item:
+            n, limit = len(items[-1]), per_item
+            if grow_to > per_item and held + listed(unit[: grow_to - n]) <= grow_bytes:
+                limit = grow_to
+            if n and n + len(unit) > limit:
                 items.append([])
-            room = per_item - len(items[-1])
-            items[-1].extend(unit[:room])
-            unit = unit[room:]
+                held = 0
+                continue
+            take = unit[: limit - n]
+            items[-1].extend(take)
+            held += listed(take)
+            unit = unit[len(take):]
     return [{"name": f"{prefix}-{i:05d}", "rows": rows_}
             for i, rows_ in enumerate(items) if rows_]
 

@@ -136,3 +136,36 @@ def test_load_item_reads_only_its_row_groups(tmp_path):
         got = load_item({"file": path, "offset": off, "length": n},
                         pa.schema([("uri", pa.string())]))
         assert got.column(0).to_pylist() == [f"u{i}" for i in range(off, off + n)]
+
+
+def test_items_grow_past_max_items_while_small(tmp_path, monkeypatch):
+    """Past `per_item * MAX_ITEMS` files an item takes more than `per_item` files, about
+    MAX_ITEMS items in all, but never more than ITEM_BYTES of listed bytes: small files
+    make fewer, larger items; large files stay `per_item` a piece. Every file once."""
+    monkeypatch.setattr(ingest_listing, "MAX_ITEMS", 4)
+    monkeypatch.setattr(ingest_listing, "ITEM_BYTES", 2000)
+    root = tmp_path / "raw"
+    root.mkdir()
+    for i in range(60):  # distinct sizes: no group travels together
+        (root / f"s{i:03d}.txt").write_bytes(b"s" * (10 + i))
+    listing = ingest_listing.write_listing(str(root), str(tmp_path / "out"))
+
+    def sizes_of(items):
+        return [[os.path.getsize(u) for u in load_item(i, INGEST_WORK).column("uri").to_pylist()]
+                for i in items]
+
+    small = sizes_of(ingest_listing.work_items("beam", str(tmp_path / "v1"), listing, 4,
+                                               set(), [], False))
+    assert sorted(s for item in small for s in item) == list(range(10, 70))
+    assert [len(item) for item in small] == [15, 15, 15, 15]  # 60 files / MAX_ITEMS 4
+
+    for i in range(60, 80):  # 20 large files: 900 bytes each, 2 fit ITEM_BYTES
+        (root / f"s{i:03d}.txt").write_bytes(b"L" * (900 + i))
+    listing = ingest_listing.write_listing(str(root), str(tmp_path / "out2"))
+    mixed = sizes_of(ingest_listing.work_items("beam", str(tmp_path / "v2"), listing, 4,
+                                               set(), [], False))
+    assert sorted(s for item in mixed for s in item) == sorted(
+        list(range(10, 70)) + [900 + i for i in range(60, 80)])
+    assert max(sum(item) for item in mixed if len(item) > 4) <= 2000
+    assert all(len(item) <= 4 for item in mixed if max(item) >= 900)
+    assert max(len(item) for item in mixed) == 20  # 80 files / 4 items
