@@ -30,7 +30,12 @@ loom's natural pairs mixed into the synthetic ones, and cuts the arms to pft, ft
 (continued pft for as many steps as ft took, not as many epochs):
 
     .venv/bin/python tests/benchmarks/study_train.py --workdir /work/study-mm \
-        --world multimodal --images 480 --texts 480 --seeds 0 1 2
+        --world multimodal --images 960 --texts 960 --media 640 --video-audio 1.0 \
+        --heldout 0.6 --seeds 0 1 2 --pft-epochs 4 --ft-epochs 2
+
+(`--media 640 --video-audio 1.0 --heldout 0.6`: 640 videos, all with an audio track, 640
+audio clips, 640 PDF pages and 640 records, 60% of the asset groups held out, so every
+natural pair, one per held-out asset, has >= 300 queries.)
 
 The summary is per modality pair: random, untrained, pft, ctrl and ft R@1 over the seeds,
 whether ft clears max(random, untrained) by 3x random on every seed, and ft - ctrl as
