@@ -232,9 +232,8 @@ def work_items(engine: Engine | EngineOptions, version_dir: str, listing: Listin
     make ~2,000 Examples parts, not ~16,000, and the driver, the engine and the bucket
     count items and parts by the thousand; large files keep `per_item` a piece)."""
     partitions = max(1, min(MAX_PARTITIONS, -(-listing.listed // FILES_PER_PARTITION)))
-    grow_to = -(-listing.listed // MAX_ITEMS)
     steps = ItemSteps(version_dir, partitions, per_item, frozenset(skip), tuple(prior_files),
-                      remote_sizes, grow_to if grow_to > per_item else 0, ITEM_BYTES)
+                      remote_sizes, -(-listing.listed // MAX_ITEMS), ITEM_BYTES)
     parts = [{"name": f"listing-{k:05d}", "file": f} for k, f in enumerate(listing.parts)]
     if len(parts) == 1:  # one part (at most PART_ROWS files): the same steps, here, with
         # no pipeline to start (its fixed cost dwarfs planning a small listing)
